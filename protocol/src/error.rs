@@ -1,0 +1,106 @@
+//! Typed errors of the codec and of rule validation.
+
+use alloc::string::String;
+
+/// Why a payload could not be decoded. Every variant is an expected outcome of hostile or
+/// corrupt input; the decoder never panics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The payload is larger than [`crate::MAX_MESSAGE_BYTES`].
+    #[error("payload is {size} bytes, over the {limit}-byte limit")]
+    TooLarge {
+        /// Size of the payload.
+        size: usize,
+        /// The limit it broke.
+        limit: usize,
+    },
+    /// The bytes are not a well-formed CBOR envelope map.
+    #[error("malformed CBOR envelope: {0}")]
+    Malformed(String),
+    /// The envelope's major format version is newer than this decoder understands.
+    #[error("unsupported format version {found} (this decoder reads version {supported})")]
+    UnsupportedVersion {
+        /// Version in the payload.
+        found: u64,
+        /// Version this decoder speaks.
+        supported: u8,
+    },
+    /// The kind code is not one this version defines.
+    #[error("unknown message kind {0}")]
+    UnknownKind(u64),
+    /// The device id is empty, too long or has characters outside the allowed alphabet.
+    #[error("invalid device id {0:?}")]
+    InvalidDevice(String),
+    /// The body does not match its kind's schema.
+    #[error("invalid {kind} body: {reason}")]
+    InvalidBody {
+        /// Kind whose body failed.
+        kind: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Why a message could not be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The encoded message would exceed [`crate::MAX_MESSAGE_BYTES`].
+    #[error("encoded message is {size} bytes, over the {limit}-byte limit")]
+    TooLarge {
+        /// Encoded size.
+        size: usize,
+        /// The limit it broke.
+        limit: usize,
+    },
+    /// A series has different numbers of time deltas and values.
+    #[error("series {sensor}/{metric} has {deltas} time deltas but {values} values")]
+    RaggedSeries {
+        /// Sensor name.
+        sensor: String,
+        /// Metric name.
+        metric: String,
+        /// Number of deltas.
+        deltas: usize,
+        /// Number of values.
+        values: usize,
+    },
+    /// The CBOR serializer failed.
+    #[error("CBOR serialization failed: {0}")]
+    Cbor(String),
+}
+
+/// Why a threshold rule document is not valid.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuleError {
+    /// The rule id is empty.
+    #[error("rule id must not be empty")]
+    EmptyId,
+    /// Sensor or metric is empty.
+    #[error("rule {id}: sensor and metric must not be empty")]
+    EmptyTarget {
+        /// Rule id.
+        id: String,
+    },
+    /// Threshold or clear level is NaN or infinite.
+    #[error("rule {id}: threshold and clear level must be finite numbers")]
+    NotFinite {
+        /// Rule id.
+        id: String,
+    },
+    /// The clear level is on the wrong side of the threshold, so the alert could never clear
+    /// or would flap.
+    #[error("rule {id}: clear level {clear} must be {side} the threshold {threshold}")]
+    ClearOnWrongSide {
+        /// Rule id.
+        id: String,
+        /// Threshold.
+        threshold: f64,
+        /// Clear level.
+        clear: f64,
+        /// "at or below" / "at or above".
+        side: &'static str,
+    },
+}

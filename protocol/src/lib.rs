@@ -1,0 +1,53 @@
+//! # osprey-protocol
+//!
+//! The wire format that Osprey gateways and the Osprey cloud speak. Everything here is pure data
+//! and codecs: no I/O, no async runtime, and it builds without `std` (with `alloc`) so that a
+//! microcontroller node could speak it too.
+//!
+//! ```text
+//!  agent                                     cloud
+//!  ─────                                     ─────
+//!  Envelope { v, kind, device, seq, body }   decode() ─► typed Envelope or typed DecodeError
+//!      │ encode() (CBOR, ≤ 128 KiB)              ▲
+//!      └──── MQTT dt/osprey/<device>/<kind> ─────┘  (or Kinesis, where the topic is lost:
+//!                                                    kind and device travel inside the payload)
+//! ```
+//!
+//! The byte-level contract is `protocol/SPEC.md`; its test vectors are decoded by this crate's
+//! tests, so the document and the code cannot drift apart.
+//!
+//! ```
+//! use osprey_protocol::{Envelope, Body, TelemetryBatch, Series};
+//!
+//! let mut series = Series::new("bearing", "temperature", "Cel");
+//! series.push(1_700_000_000_000, 41.5);
+//! series.push(1_700_000_001_000, 41.75);
+//! let msg = Envelope::new("pump-7", 1, Body::Telemetry(TelemetryBatch { series: vec![series] }));
+//! let bytes = msg.encode().unwrap();
+//! assert_eq!(osprey_protocol::decode(&bytes).unwrap(), msg);
+//! ```
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
+
+mod envelope;
+mod error;
+mod rule;
+pub mod topic;
+
+pub use envelope::{
+    decode, Alert, AlertEvent, Body, Envelope, Kind, Series, Severity, Status, StatusState,
+    TelemetryBatch, FORMAT_VERSION, MAX_MESSAGE_BYTES,
+};
+pub use error::{DecodeError, EncodeError, RuleError};
+pub use rule::{Comparison, ThresholdRule};
+
+/// Checks a device id: 1 to 128 characters of `A-Z a-z 0-9 _ - :` (the AWS IoT thing-name
+/// alphabet), so that it can stand in an MQTT topic level and a Kinesis partition key.
+pub fn valid_device_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b':')
+}

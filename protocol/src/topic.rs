@@ -1,0 +1,68 @@
+//! MQTT topic names, following AWS IoT's guidance: `dt/` for device data, `cmd/` for commands,
+//! the application name, then the device (thing name).
+//!
+//! | topic | carries |
+//! |---|---|
+//! | `dt/osprey/<device>/telemetry` | telemetry batches |
+//! | `dt/osprey/<device>/alerts` | alert events |
+//! | `dt/osprey/<device>/status` | birth, last will, periodic status |
+//! | `cmd/osprey/<device>/<command>` | commands to the device (e.g. `rules`) |
+
+use alloc::{format, string::String};
+
+use crate::Kind;
+
+/// Filter that matches every device's data topics.
+pub const ALL_DATA: &str = "dt/osprey/+/+";
+
+/// The data topic a device publishes messages of `kind` on.
+pub fn data(device: &str, kind: Kind) -> String {
+    format!("dt/osprey/{device}/{}", kind.topic_level())
+}
+
+/// The command topic for `device` and `command`.
+pub fn command(device: &str, command: &str) -> String {
+    format!("cmd/osprey/{device}/{command}")
+}
+
+/// Splits a data topic into its device and kind; `None` for anything else.
+pub fn parse_data(topic: &str) -> Option<(&str, Kind)> {
+    let mut parts = topic.split('/');
+    let (Some("dt"), Some("osprey"), Some(device), Some(level), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let kind = match level {
+        "telemetry" => Kind::Telemetry,
+        "alerts" => Kind::Alert,
+        "status" => Kind::Status,
+        _ => return None,
+    };
+    crate::valid_device_id(device).then_some((device, kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_topics_round_trip() {
+        for kind in [Kind::Telemetry, Kind::Alert, Kind::Status] {
+            let t = data("pump-7", kind);
+            assert_eq!(parse_data(&t), Some(("pump-7", kind)));
+        }
+    }
+
+    #[test]
+    fn foreign_topics_are_rejected() {
+        assert_eq!(parse_data("dt/other/pump/telemetry"), None);
+        assert_eq!(parse_data("dt/osprey/pump/telemetry/extra"), None);
+        assert_eq!(parse_data("dt/osprey/pu mp/telemetry"), None);
+        assert_eq!(parse_data("dt/osprey/pump/weather"), None);
+    }
+}
