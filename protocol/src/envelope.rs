@@ -350,11 +350,13 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
             .map(|(_, v)| v)
     };
     let uint = |name: &str| -> Result<u64, DecodeError> {
-        let v = field(name)
-            .ok_or_else(|| DecodeError::Malformed(format!("missing field {name:?}")))?;
+        let v =
+            field(name).ok_or_else(|| DecodeError::Malformed(format!("missing field {name:?}")))?;
         v.as_integer()
             .and_then(|i| u64::try_from(i).ok())
-            .ok_or_else(|| DecodeError::Malformed(format!("field {name:?} is not an unsigned integer")))
+            .ok_or_else(|| {
+                DecodeError::Malformed(format!("field {name:?} is not an unsigned integer"))
+            })
     };
 
     let version = uint("v")?;
@@ -373,15 +375,21 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         return Err(DecodeError::InvalidDevice(device.to_owned()));
     }
     let seq = uint("q")?;
-    let body = field("b").ok_or_else(|| DecodeError::Malformed("missing field \"b\"".to_owned()))?;
+    let body =
+        field("b").ok_or_else(|| DecodeError::Malformed("missing field \"b\"".to_owned()))?;
     let invalid = |reason: String| DecodeError::InvalidBody {
         kind: kind.topic_level(),
         reason,
     };
     let body = match kind {
         Kind::Telemetry => {
-            let batch: TelemetryBatch = body.deserialized().map_err(|e| invalid(format!("{e:?}")))?;
-            if let Some(s) = batch.series.iter().find(|s| s.dt_ms.len() != s.values.len()) {
+            let batch: TelemetryBatch =
+                body.deserialized().map_err(|e| invalid(format!("{e:?}")))?;
+            if let Some(s) = batch
+                .series
+                .iter()
+                .find(|s| s.dt_ms.len() != s.values.len())
+            {
                 return Err(invalid(format!(
                     "series {}/{} has {} time deltas but {} values",
                     s.sensor,
