@@ -1,5 +1,7 @@
 //! Codec properties: round trips, forward compatibility, and hostile input.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
+
 use ciborium::Value;
 use osprey_protocol::{
     decode, Alert, AlertEvent, Body, DecodeError, EncodeError, Envelope, Series, Severity, Status,

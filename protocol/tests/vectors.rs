@@ -2,6 +2,8 @@
 //! and those messages encode to exactly those bytes. A change that breaks either breaks the
 //! wire contract with every deployed gateway.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
+
 use osprey_protocol::{
     decode, Alert, AlertEvent, Body, Envelope, Series, Severity, Status, StatusState,
     TelemetryBatch,
