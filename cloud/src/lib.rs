@@ -1,1 +1,54 @@
-//! placeholder
+//! # osprey-cloud
+//!
+//! The cloud side of Osprey: it reads the messages gateways publish (from an MQTT broker, or
+//! from a Kinesis stream that AWS IoT Core or `osprey bridge` fills), applies each one exactly
+//! once, folds readings into one-minute event-time windows, keeps a fleet view in SQLite and
+//! serves it over HTTP.
+//!
+//! ```text
+//!  source::mqtt ──┐                                                     ┌─► api (axum): JSON + dashboard
+//!                 ├─► pipeline: decode ─► window::aggregate ─► store ───┤      (read connections)
+//!  source::kinesis┘   (bad payload        (per device, sensor,  (one    └─► checkpoints (Kinesis)
+//!   (all shards)       ─► dead_letters)    metric, minute)      writer thread, one transaction
+//!                                                                per message, dedup on (device, seq))
+//!
+//!  bridge: MQTT ─► bounded queue ─► PutRecords batches (≤ 500 records / 5 MiB) ─► Kinesis
+//! ```
+//!
+//! The module tree follows that flow: [`source`] feeds the [`pipeline`], which uses [`window`]
+//! and writes through [`store`]; [`api`] reads the store; [`serve`] wires them together for
+//! `osprey serve`, and [`bridge`] is `osprey bridge`. [`connection`] holds the MQTT and Kinesis
+//! client settings both of them share; [`shutdown`], [`backoff`] and [`clock`] are small
+//! helpers.
+//!
+//! Starting the whole service in-process (as the demo and the tests do):
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), osprey_cloud::serve::ServeError> {
+//! use osprey_cloud::{connection::mqtt::MqttConfig, serve::{self, ServeConfig, SourceConfig}};
+//!
+//! let cfg = ServeConfig::new(
+//!     "osprey.db",
+//!     "127.0.0.1:0".parse().unwrap(),
+//!     SourceConfig::Mqtt(MqttConfig::new("127.0.0.1", 1883, "osprey-serve")),
+//! );
+//! let running = serve::start(cfg).await?;
+//! println!("dashboard on http://{}", running.addr());
+//! running.source_ready().await;
+//! // ... later
+//! running.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod api;
+pub mod backoff;
+pub mod bridge;
+pub mod clock;
+pub mod connection;
+pub mod pipeline;
+pub mod serve;
+pub mod shutdown;
+pub mod source;
+pub mod store;
+pub mod window;

@@ -1,1 +1,254 @@
-fn main() {}
+//! `osprey`: the Osprey cloud command line. Parses arguments, sets up logging and calls into
+//! the `osprey_cloud` library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use osprey_cloud::bridge::{self, BridgeConfig};
+use osprey_cloud::connection::kinesis::{KinesisConfig, DEFAULT_REGION};
+use osprey_cloud::connection::mqtt::{MqttConfig, MqttTls};
+use osprey_cloud::serve::{self, ServeConfig, SourceConfig};
+
+/// Osprey cloud: ingest gateway telemetry from MQTT or Kinesis, keep a fleet view in SQLite,
+/// and serve it as a JSON API and a dashboard.
+#[derive(Debug, Parser)]
+#[command(name = "osprey", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Ingest messages (MQTT or Kinesis) into SQLite and serve the API and dashboard.
+    Serve(ServeArgs),
+    /// Forward every device's MQTT messages to a Kinesis stream (what an AWS IoT rule does).
+    Bridge(BridgeArgs),
+}
+
+/// Where `osprey serve` reads messages from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SourceKind {
+    /// Subscribe to dt/osprey/+/+ on an MQTT broker (--mqtt-host, --mqtt-port).
+    Mqtt,
+    /// Read every shard of a Kinesis stream (--stream, --endpoint-url, --region).
+    Kinesis,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// SQLite database file; created if missing.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "OSPREY_DB",
+        default_value = "osprey.db"
+    )]
+    db: PathBuf,
+    /// Address for the HTTP API and dashboard; port 0 picks a free port (the line printed on
+    /// start names it).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Where messages come from.
+    #[arg(long, value_enum, default_value_t = SourceKind::Mqtt)]
+    source: SourceKind,
+    #[command(flatten)]
+    mqtt: MqttArgs,
+    /// Kinesis stream to read (required with --source kinesis).
+    #[arg(long, value_name = "NAME")]
+    stream: Option<String>,
+    #[command(flatten)]
+    aws: AwsArgs,
+}
+
+#[derive(Debug, Args)]
+struct BridgeArgs {
+    #[command(flatten)]
+    mqtt: MqttArgs,
+    /// Kinesis stream to write; it must exist.
+    #[arg(long, value_name = "NAME")]
+    stream: String,
+    #[command(flatten)]
+    aws: AwsArgs,
+}
+
+#[derive(Debug, Args)]
+struct MqttArgs {
+    /// MQTT broker host name or address.
+    #[arg(long, value_name = "HOST", default_value = "127.0.0.1")]
+    mqtt_host: String,
+    /// MQTT broker port (1883 is plain MQTT, 8883 MQTT over TLS).
+    #[arg(long, value_name = "PORT", default_value_t = 1883)]
+    mqtt_port: u16,
+    /// MQTT client id. It names the broker's persistent session, which keeps messages for us
+    /// while we are down, so every running osprey process needs its own
+    /// [default: osprey-serve or osprey-bridge].
+    #[arg(long, value_name = "ID")]
+    mqtt_client_id: Option<String>,
+    /// PEM file of the CA that signed the broker's certificate; turns TLS on.
+    #[arg(long, value_name = "PATH")]
+    mqtt_ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (needs --mqtt-ca and --mqtt-key).
+    #[arg(long, value_name = "PATH", requires_all = ["mqtt_ca", "mqtt_key"])]
+    mqtt_cert: Option<PathBuf>,
+    /// PEM private key of the client certificate (needs --mqtt-cert).
+    #[arg(long, value_name = "PATH", requires = "mqtt_cert")]
+    mqtt_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct AwsArgs {
+    /// Kinesis endpoint instead of AWS's, e.g. http://127.0.0.1:5599 for a local moto server.
+    /// Credentials come from the usual AWS environment variables or profile.
+    #[arg(long, value_name = "URL")]
+    endpoint_url: Option<String>,
+    /// AWS region of the stream.
+    #[arg(long, value_name = "REGION", default_value = DEFAULT_REGION)]
+    region: String,
+}
+
+impl MqttArgs {
+    fn config(&self, default_client_id: &str) -> MqttConfig {
+        let client_id = self.mqtt_client_id.as_deref().unwrap_or(default_client_id);
+        let mut cfg = MqttConfig::new(&self.mqtt_host, self.mqtt_port, client_id);
+        cfg.tls = self.mqtt_ca.as_ref().map(|ca| MqttTls {
+            ca: ca.clone(),
+            client_cert: self.mqtt_cert.clone(),
+            client_key: self.mqtt_key.clone(),
+        });
+        cfg
+    }
+}
+
+impl AwsArgs {
+    fn config(&self, stream: &str) -> KinesisConfig {
+        KinesisConfig {
+            stream: stream.to_owned(),
+            endpoint_url: self.endpoint_url.clone(),
+            region: self.region.clone(),
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Bridge(args) => bridge(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("osprey: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr (stdout carries the one "listening" line); `RUST_LOG` overrides the
+/// default level `info`.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let source = match args.source {
+        SourceKind::Mqtt => SourceConfig::Mqtt(args.mqtt.config("osprey-serve")),
+        SourceKind::Kinesis => {
+            let Some(stream) = &args.stream else {
+                bail!("--source kinesis needs --stream NAME (the Kinesis stream to read)");
+            };
+            SourceConfig::Kinesis(args.aws.config(stream))
+        }
+    };
+    let cfg = ServeConfig::new(args.db, args.listen, source);
+    let mut running = serve::start(cfg)
+        .await
+        .context("osprey serve could not start")?;
+    println!("osprey serve: listening on {}", running.url());
+    let outcome = tokio::select! {
+        signal = shutdown_signal() => signal.map(|name| tracing::info!(signal = name, "shutting down")),
+        failure = running.stopped() => Err(anyhow::Error::new(failure)),
+    };
+    running
+        .shutdown()
+        .await
+        .context("osprey serve did not shut down cleanly")?;
+    outcome.context("osprey serve stopped")
+}
+
+async fn bridge(args: BridgeArgs) -> Result<()> {
+    let cfg = BridgeConfig::new(
+        args.mqtt.config("osprey-bridge"),
+        args.aws.config(&args.stream),
+    );
+    let (broker, stream) = (cfg.mqtt.url(), cfg.kinesis.stream.clone());
+    let running = bridge::start(cfg)
+        .await
+        .context("osprey bridge could not start")?;
+    println!("osprey bridge: forwarding {broker} to Kinesis stream {stream}");
+    let signal = shutdown_signal().await;
+    let stats = running.shutdown().await;
+    tracing::info!(?stats, "bridge stopped");
+    signal.map(|_| ())
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM, with the signal's name.
+async fn shutdown_signal() -> Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term =
+            signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.map(|()| "SIGINT").context("cannot wait for Ctrl-C"),
+            _ = term.recv() => Ok("SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot wait for Ctrl-C")?;
+        Ok("Ctrl-C")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_defaults() {
+        let cli = Cli::try_parse_from(["osprey", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(args.source, SourceKind::Mqtt);
+        assert_eq!(args.aws.region, "us-east-1");
+    }
+
+    #[test]
+    fn a_client_cert_needs_its_key_and_ca() {
+        let err = Cli::try_parse_from(["osprey", "serve", "--mqtt-cert", "c.pem"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+}

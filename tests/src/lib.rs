@@ -1,1 +1,52 @@
-//! placeholder
+//! Harness for Osprey's end-to-end suites: real processes on loopback.
+//!
+//! The suites in `tests/tests/*.rs` start the real `osprey-agent` and `osprey` binaries against
+//! real servers and look at what comes out. This crate gives them the pieces:
+//!
+//! ```text
+//!  paths     workspace_root(), bin("osprey")            built binaries (target/debug/…)
+//!  process   Proc                                       child process, logs to files, killed on drop
+//!  certs     Certs                                      openssl-made CA, server, device and rogue certs
+//!  mosquitto Mosquitto                                  a broker per test: plain or mutual TLS, stop/restart
+//!  moto      moto_endpoint(), unique_name()             the Kinesis/DynamoDB API that tests/run.sh started
+//!  net       free_port(), http_get_json(), wait_until() loopback ports, a tiny HTTP client, polling
+//! ```
+//!
+//! Everything is blocking std code. Setup failures panic with a message that says what to do
+//! (missing binary, missing Mosquitto, moto not started): a test that needs a server fails when it
+//! is missing, it never passes by skipping. Processes and brokers print their logs to stderr when
+//! they are dropped during a panic, so a failing test shows what the other side said.
+//!
+//! `bash tests/run.sh` installs Mosquitto, openssl and moto, starts moto, builds the binaries and
+//! runs the suites; `bash tests/run.sh -- cargo test -p osprey-tests --test NAME` runs one suite in
+//! the same environment.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::process::Command;
+//! use std::time::Duration;
+//! use osprey_tests::{bin, Certs, Mosquitto, Proc};
+//!
+//! let certs = Certs::generate("pump-7");
+//! let broker = Mosquitto::mtls(&certs);
+//! let mut agent = Proc::spawn(
+//!     Command::new(bin("osprey-agent")).args(["run", "--config", "agent.toml"]),
+//! );
+//! // … point the agent at 127.0.0.1:broker.port(), then look at what arrives …
+//! assert!(agent.wait_timeout(Duration::from_secs(1)).is_none(), "{}", agent.logs());
+//! ```
+
+mod certs;
+mod mosquitto;
+mod moto;
+mod net;
+mod paths;
+mod process;
+
+pub use certs::{Certs, ClientCert};
+pub use mosquitto::{mosquitto_tool, Listener, Mosquitto};
+pub use moto::{moto_endpoint, unique_name};
+pub use net::{free_port, http_get, http_get_json, http_request, wait_until, HttpResponse};
+pub use paths::{bin, target_profile_dir, workspace_root};
+pub use process::Proc;

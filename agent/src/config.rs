@@ -1,0 +1,447 @@
+//! Agent configuration: one TOML file, read in two stages.
+//!
+//! ```text
+//!  TOML text ──toml + serde (deny_unknown_fields)──► raw::AgentConfig (spans, Options)
+//!            ──defaults, paths, NonZero──► Config ──validate──► runtime
+//! ```
+//!
+//! Every error carries the line and column of the offending value, so `osprey-agent check`
+//! prints `FILE:LINE:COL: message`. The runtime sees only the validated [`Config`]. Configs can
+//! also be built in code ([`Config::simulated`], then adjust the public fields); [`crate::run`]
+//! validates them again, since public fields can be set to anything.
+//!
+//! ```toml
+//! device_id = "pump-7"
+//! [sampling]
+//! interval_ms = 1000
+//! [mqtt]
+//! host = "127.0.0.1"
+//! port = 1883
+//! [[rules]]
+//! id = "bearing-hot"
+//! sensor = "bearing"
+//! metric = "temperature"
+//! when = "above"
+//! threshold = 80.0
+//! clear = 75.0
+//! severity = "critical"
+//! ```
+//!
+//! `agent/examples/simulator.toml` lists every key with its default.
+
+mod error;
+mod raw;
+
+use std::collections::HashSet;
+use std::num::{NonZeroU16, NonZeroU64, NonZeroUsize};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use osprey_protocol::ThresholdRule;
+use toml::Spanned;
+
+pub use error::{ConfigError, Location};
+
+use crate::batch::BatchLimits;
+use crate::sim::{self, Scenario};
+use crate::tls::Tls;
+
+/// Default sample period.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(1000);
+/// Default number of readings that cuts a batch.
+pub const DEFAULT_MAX_READINGS: usize = 60;
+/// Largest allowed `batch.max_readings`: 4096 readings of at most ~14 bytes each stay well
+/// inside the 128 KiB message limit.
+pub const MAX_BATCH_READINGS: usize = 4096;
+/// Default age that cuts a batch.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_millis(5000);
+/// Default journal directory.
+pub const DEFAULT_JOURNAL_PATH: &str = "/var/lib/osprey-agent/journal";
+/// Default broker host.
+pub const DEFAULT_MQTT_HOST: &str = "127.0.0.1";
+/// Default broker port.
+pub const DEFAULT_MQTT_PORT: u16 = 1883;
+/// Default keep-alive.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// Default in-flight window.
+pub const DEFAULT_INFLIGHT: u16 = 32;
+
+/// The validated agent configuration.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Config {
+    /// Device id (thing name); see [`osprey_protocol::valid_device_id`].
+    pub device_id: String,
+    /// Sampling period and limit.
+    pub sampling: Sampling,
+    /// The simulated machine.
+    pub simulator: SimSettings,
+    /// When to cut telemetry batches.
+    pub batch: BatchLimits,
+    /// Journal directory.
+    pub journal_path: PathBuf,
+    /// Broker connection.
+    pub mqtt: Mqtt,
+    /// Local threshold rules.
+    pub rules: Vec<ThresholdRule>,
+}
+
+/// Validated `[sampling]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Sampling {
+    /// Sample period (at least 1 ms).
+    pub interval: Duration,
+    /// Stop after this many samples and exit once the journal is delivered; `None` runs until
+    /// shut down.
+    pub max_samples: Option<NonZeroU64>,
+}
+
+/// Validated `[simulator]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SimSettings {
+    /// Seed of the random stream.
+    pub seed: u64,
+    /// What the simulated machine does.
+    pub scenario: Scenario,
+}
+
+/// Validated `[mqtt]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Mqtt {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// MQTT client id.
+    pub client_id: String,
+    /// Keep-alive interval (zero, or whole seconds from 1 s to 65535 s).
+    pub keep_alive: Duration,
+    /// Most QoS 1 publishes awaiting PUBACK at once.
+    pub inflight: NonZeroU16,
+    /// TLS settings; plain MQTT when `None`.
+    pub tls: Option<Tls>,
+}
+
+/// Which setting a validation error is about; mapped back to a span for located errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    DeviceId,
+    Interval,
+    MaxAge,
+    JournalPath,
+    Host,
+    Port,
+    ClientId,
+    KeepAlive,
+    Alpn,
+    Rule(usize),
+}
+
+impl Field {
+    fn name(self) -> String {
+        match self {
+            Field::DeviceId => "device_id".to_owned(),
+            Field::Interval => "sampling.interval_ms".to_owned(),
+            Field::MaxAge => "batch.max_age_ms".to_owned(),
+            Field::JournalPath => "journal.path".to_owned(),
+            Field::Host => "mqtt.host".to_owned(),
+            Field::Port => "mqtt.port".to_owned(),
+            Field::ClientId => "mqtt.client_id".to_owned(),
+            Field::KeepAlive => "mqtt.keep_alive_s".to_owned(),
+            Field::Alpn => "mqtt.tls.alpn".to_owned(),
+            Field::Rule(i) => format!("[[rules]] entry {}", i + 1),
+        }
+    }
+}
+
+impl Config {
+    /// A config for a simulated device with every other setting at its default and the
+    /// simulator's [`sim::default_rules`]. Adjust the public fields afterwards if needed.
+    pub fn simulated(
+        device_id: &str,
+        seed: u64,
+        scenario: Scenario,
+        journal_path: impl Into<PathBuf>,
+        mqtt_host: &str,
+        mqtt_port: u16,
+    ) -> Result<Config, ConfigError> {
+        let config = Config {
+            device_id: device_id.to_owned(),
+            sampling: Sampling {
+                interval: DEFAULT_INTERVAL,
+                max_samples: None,
+            },
+            simulator: SimSettings { seed, scenario },
+            batch: default_batch_limits(),
+            journal_path: journal_path.into(),
+            mqtt: Mqtt {
+                host: mqtt_host.to_owned(),
+                port: mqtt_port,
+                client_id: device_id.to_owned(),
+                keep_alive: DEFAULT_KEEP_ALIVE,
+                inflight: default_inflight(),
+                tls: None,
+            },
+            rules: sim::default_rules(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and validates the config file at `path`; relative paths in it are relative to
+    /// the file's directory. Errors carry `path` with the line and column.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base_dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        Config::from_toml_str(&text, base_dir).map_err(|e| e.in_file(path.to_owned()))
+    }
+
+    /// Parses and validates config text; relative paths are resolved against `base_dir`.
+    pub fn from_toml_str(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let raw: raw::AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            location: e.span().map(|span| Location::of_offset(text, span.start)),
+            message: e.message().trim_end().to_owned(),
+        })?;
+        let config = from_raw(&raw, text, base_dir)?;
+        config.check().map_err(|(field, message)| ConfigError::Invalid {
+            location: span_of(&raw, field).map(|span| Location::of_offset(text, span.start)),
+            message: format!("{}: {message}", field.name()),
+        })?;
+        Ok(config)
+    }
+
+    /// Checks the invariants the runtime relies on.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check()
+            .map_err(|(field, message)| ConfigError::Invalid {
+                location: None,
+                message: format!("{}: {message}", field.name()),
+            })
+    }
+
+    fn check(&self) -> Result<(), (Field, String)> {
+        if !osprey_protocol::valid_device_id(&self.device_id) {
+            return Err((
+                Field::DeviceId,
+                format!(
+                    "invalid device id {:?}: use 1 to 128 characters of A-Z a-z 0-9 _ - :",
+                    self.device_id
+                ),
+            ));
+        }
+        if self.sampling.interval < Duration::from_millis(1) {
+            return Err((Field::Interval, "must be at least 1 ms".to_owned()));
+        }
+        if self.batch.max_age.is_zero() {
+            return Err((Field::MaxAge, "must be at least 1 ms".to_owned()));
+        }
+        if self.journal_path.as_os_str().is_empty() {
+            return Err((Field::JournalPath, "must not be empty".to_owned()));
+        }
+        self.check_mqtt()?;
+        let mut ids = HashSet::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            rule.validate()
+                .map_err(|e| (Field::Rule(i), e.to_string()))?;
+            if !ids.insert(rule.id.as_str()) {
+                return Err((Field::Rule(i), format!("duplicate rule id {:?}", rule.id)));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_mqtt(&self) -> Result<(), (Field, String)> {
+        let mqtt = &self.mqtt;
+        if mqtt.host.trim().is_empty() {
+            return Err((Field::Host, "must not be empty".to_owned()));
+        }
+        if mqtt.port == 0 {
+            return Err((Field::Port, "must be between 1 and 65535".to_owned()));
+        }
+        if mqtt.client_id.is_empty() || mqtt.client_id.len() > 128 {
+            return Err((Field::ClientId, "must be 1 to 128 bytes long".to_owned()));
+        }
+        let ka = mqtt.keep_alive;
+        if !ka.is_zero() && (ka.subsec_nanos() != 0 || ka.as_secs() > u64::from(u16::MAX)) {
+            return Err((
+                Field::KeepAlive,
+                "must be 0 (off) or a whole number of seconds up to 65535".to_owned(),
+            ));
+        }
+        if let Some(alpn) = mqtt.tls.as_ref().and_then(|t| t.alpn.as_deref()) {
+            if alpn.is_empty() || alpn.len() > 255 {
+                return Err((Field::Alpn, "must be 1 to 255 bytes long".to_owned()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The default batch limits.
+pub fn default_batch_limits() -> BatchLimits {
+    BatchLimits {
+        max_readings: NonZeroUsize::new(DEFAULT_MAX_READINGS).unwrap_or(NonZeroUsize::MIN),
+        max_age: DEFAULT_MAX_AGE,
+    }
+}
+
+fn default_inflight() -> NonZeroU16 {
+    NonZeroU16::new(DEFAULT_INFLIGHT).unwrap_or(NonZeroU16::MIN)
+}
+
+/// Applies defaults, resolves paths and converts to the validated types; the conversions that
+/// can fail here report their own location.
+fn from_raw(raw: &raw::AgentConfig, text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+    let at = |span: Range<usize>, key: &str, message: &str| ConfigError::Invalid {
+        location: Some(Location::of_offset(text, span.start)),
+        message: format!("{key}: {message}"),
+    };
+    let path = |s: &Spanned<String>| resolve(base_dir, s.get_ref());
+    if let Some(p) = &raw.journal.path {
+        if p.get_ref().is_empty() {
+            return Err(at(p.span(), "journal.path", "must not be empty"));
+        }
+    }
+
+    let max_readings = match &raw.batch.max_readings {
+        None => NonZeroUsize::new(DEFAULT_MAX_READINGS).unwrap_or(NonZeroUsize::MIN),
+        Some(v) => usize::try_from(*v.get_ref())
+            .ok()
+            .filter(|n| *n <= MAX_BATCH_READINGS)
+            .and_then(NonZeroUsize::new)
+            .ok_or_else(|| {
+                at(
+                    v.span(),
+                    "batch.max_readings",
+                    &format!("must be between 1 and {MAX_BATCH_READINGS}"),
+                )
+            })?,
+    };
+    let inflight = match &raw.mqtt.inflight {
+        None => default_inflight(),
+        Some(v) => u16::try_from(*v.get_ref())
+            .ok()
+            .and_then(NonZeroU16::new)
+            .ok_or_else(|| at(v.span(), "mqtt.inflight", "must be between 1 and 65535"))?,
+    };
+    let tls = match &raw.mqtt.tls {
+        None => None,
+        Some(tls) => {
+            let t = tls.get_ref();
+            let mut out = Tls::new(path(&t.ca));
+            match (&t.cert, &t.key) {
+                (Some(cert), Some(key)) => out = out.with_client(path(cert), path(key)),
+                (None, None) => {}
+                _ => {
+                    return Err(at(
+                        tls.span(),
+                        "mqtt.tls",
+                        "give both `cert` and `key` (mutual TLS) or neither",
+                    ))
+                }
+            }
+            if let Some(alpn) = &t.alpn {
+                out = out.with_alpn(alpn.get_ref());
+            }
+            Some(out)
+        }
+    };
+
+    let device_id = raw.device_id.get_ref().clone();
+    Ok(Config {
+        sampling: Sampling {
+            interval: raw
+                .sampling
+                .interval_ms
+                .as_ref()
+                .map_or(DEFAULT_INTERVAL, |v| Duration::from_millis(*v.get_ref())),
+            max_samples: raw.sampling.max_samples.and_then(NonZeroU64::new),
+        },
+        simulator: SimSettings {
+            seed: raw.simulator.seed.unwrap_or(0),
+            scenario: raw.simulator.scenario.unwrap_or(Scenario::Steady),
+        },
+        batch: BatchLimits {
+            max_readings,
+            max_age: raw
+                .batch
+                .max_age_ms
+                .as_ref()
+                .map_or(DEFAULT_MAX_AGE, |v| Duration::from_millis(*v.get_ref())),
+        },
+        journal_path: raw
+            .journal
+            .path
+            .as_ref()
+            .map_or_else(|| PathBuf::from(DEFAULT_JOURNAL_PATH), path),
+        mqtt: Mqtt {
+            host: raw
+                .mqtt
+                .host
+                .as_ref()
+                .map_or_else(|| DEFAULT_MQTT_HOST.to_owned(), |h| h.get_ref().clone()),
+            port: raw
+                .mqtt
+                .port
+                .as_ref()
+                .map_or(DEFAULT_MQTT_PORT, |p| *p.get_ref()),
+            client_id: raw
+                .mqtt
+                .client_id
+                .as_ref()
+                .map_or_else(|| device_id.clone(), |c| c.get_ref().clone()),
+            keep_alive: raw
+                .mqtt
+                .keep_alive_s
+                .as_ref()
+                .map_or(DEFAULT_KEEP_ALIVE, |k| Duration::from_secs(*k.get_ref())),
+            inflight,
+            tls,
+        },
+        rules: raw.rules.iter().map(|r| r.get_ref().clone()).collect(),
+        device_id,
+    })
+}
+
+/// Where `field` was written in the file, if it was.
+fn span_of(raw: &raw::AgentConfig, field: Field) -> Option<Range<usize>> {
+    match field {
+        Field::DeviceId => Some(raw.device_id.span()),
+        Field::Interval => raw.sampling.interval_ms.as_ref().map(Spanned::span),
+        Field::MaxAge => raw.batch.max_age_ms.as_ref().map(Spanned::span),
+        Field::JournalPath => raw.journal.path.as_ref().map(Spanned::span),
+        Field::Host => raw.mqtt.host.as_ref().map(Spanned::span),
+        Field::Port => raw.mqtt.port.as_ref().map(Spanned::span),
+        Field::ClientId => raw.mqtt.client_id.as_ref().map(Spanned::span),
+        Field::KeepAlive => raw.mqtt.keep_alive_s.as_ref().map(Spanned::span),
+        Field::Alpn => raw
+            .mqtt
+            .tls
+            .as_ref()
+            .and_then(|t| t.get_ref().alpn.as_ref())
+            .map(Spanned::span),
+        Field::Rule(i) => raw.rules.get(i).map(Spanned::span),
+    }
+}
+
+fn resolve(base_dir: &Path, path: &str) -> PathBuf {
+    let path = Path::new(path);
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        base_dir.join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,110 @@
+//! The config file as written: serde types that mirror the TOML, with source spans on every
+//! value that validation may reject, so errors can point at a line and column. Defaults are
+//! applied in [`super`] (absent values are `None` here), and nothing outside the config module
+//! sees these types.
+
+use osprey_protocol::ThresholdRule;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::sim::Scenario;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AgentConfig {
+    /// Device id, also the MQTT client id and topic level: 1 to 128 characters of
+    /// `A-Z a-z 0-9 _ - :` (the AWS IoT thing-name alphabet).
+    pub(crate) device_id: Spanned<String>,
+    /// How often to sample.
+    #[serde(default)]
+    pub(crate) sampling: SamplingConfig,
+    /// The simulated machine.
+    #[serde(default)]
+    pub(crate) simulator: SimulatorConfig,
+    /// When to cut telemetry batches.
+    #[serde(default)]
+    pub(crate) batch: BatchConfig,
+    /// Where undelivered messages are kept.
+    #[serde(default)]
+    pub(crate) journal: JournalConfig,
+    /// The broker connection.
+    #[serde(default)]
+    pub(crate) mqtt: MqttConfig,
+    /// Local threshold rules (`[[rules]]` entries, `osprey_protocol::ThresholdRule` documents).
+    #[serde(default)]
+    pub(crate) rules: Vec<Spanned<ThresholdRule>>,
+}
+
+/// `[sampling]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SamplingConfig {
+    /// Sample period in milliseconds (default 1000).
+    pub(crate) interval_ms: Option<Spanned<u64>>,
+    /// Stop after this many samples, then wait until the journal is delivered and exit; 0 (the
+    /// default) samples forever. For tests and benchmarks.
+    pub(crate) max_samples: Option<u64>,
+}
+
+/// `[simulator]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SimulatorConfig {
+    /// Seed of the random stream (default 0); mixed with a hash of the device id.
+    pub(crate) seed: Option<u64>,
+    /// `steady` (default) or `degrading`.
+    pub(crate) scenario: Option<Scenario>,
+}
+
+/// `[batch]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BatchConfig {
+    /// Cut a batch when it holds this many readings (default 60, at most 4096).
+    pub(crate) max_readings: Option<Spanned<u64>>,
+    /// ... or when its oldest reading is this many milliseconds old (default 5000).
+    pub(crate) max_age_ms: Option<Spanned<u64>>,
+}
+
+/// `[journal]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JournalConfig {
+    /// Journal directory (default `/var/lib/osprey-agent/journal`); relative paths are
+    /// relative to the config file's directory.
+    pub(crate) path: Option<Spanned<String>>,
+}
+
+/// `[mqtt]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MqttConfig {
+    /// Broker host name or IP address (default `127.0.0.1`). With TLS, the broker's
+    /// certificate must name it (subjectAltName).
+    pub(crate) host: Option<Spanned<String>>,
+    /// Broker port (default 1883; AWS IoT Core: 8883, or 443 with ALPN).
+    pub(crate) port: Option<Spanned<u16>>,
+    /// MQTT client id (default: the device id; AWS IoT Core expects the thing name).
+    pub(crate) client_id: Option<Spanned<String>>,
+    /// Keep-alive interval in seconds (default 30; 0 disables keep-alive).
+    pub(crate) keep_alive_s: Option<Spanned<u64>>,
+    /// Most QoS 1 publishes awaiting PUBACK at once (default 32).
+    pub(crate) inflight: Option<Spanned<u64>>,
+    /// Mutual TLS; plain MQTT when absent.
+    pub(crate) tls: Option<Spanned<TlsConfig>>,
+}
+
+/// `[mqtt.tls]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsConfig {
+    /// PEM file with the CA certificate that signed the broker's certificate.
+    pub(crate) ca: Spanned<String>,
+    /// PEM file with the device certificate; give it together with `key`.
+    pub(crate) cert: Option<Spanned<String>>,
+    /// PEM file with the device's private key; give it together with `cert`.
+    pub(crate) key: Option<Spanned<String>>,
+    /// ALPN protocol to offer, e.g. `x-amzn-mqtt-ca` for AWS IoT Core on port 443.
+    pub(crate) alpn: Option<Spanned<String>>,
+}

@@ -1,0 +1,189 @@
+//! Wires the pipeline for one device and runs it to the end.
+//!
+//! ```text
+//!  Sampler ──outbound (bounded)──► Writer ──append──► Journal ◄──read/remove── Uplink ──► MQTT
+//!     ▲                              └────── appended (Notify) ──────────────────┘
+//!     └─ stop (watch) ───────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! Ending a run:
+//! - `max_samples` reached: the sampler flushes its batch and ends, the writer drains the
+//!   channel and ends, then the run waits until the journal is empty (everything PUBACKed),
+//!   says goodbye to the broker and returns.
+//! - `shutdown` resolves: the same, except that the run does not wait for delivery; what is
+//!   left stays in the journal for the next start.
+//! - A journal failure in the writer or uplink stops everything and is returned.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
+
+use crate::batch::Batcher;
+use crate::config::Config;
+use crate::error::AgentError;
+use crate::journal::{Journal, SledJournal};
+use crate::rule::RuleSet;
+use crate::sampler::{Sampler, SamplerEnd};
+use crate::sim::Simulator;
+use crate::stats::{RunSummary, Stats};
+use crate::task::OwnedTask;
+use crate::tls;
+use crate::uplink::Uplink;
+use crate::writer::Writer;
+
+/// Messages that may wait between the sampler and the journal writer. Small: anything here is
+/// not yet durable.
+const OUTBOUND_CAPACITY: usize = 16;
+
+/// Runs the agent for `config` until `shutdown` resolves or, with `sampling.max_samples`,
+/// until every sample is taken and delivered.
+///
+/// Needs a tokio runtime (with the time feature enabled); installs no global state (no
+/// tracing subscriber, no signal handlers), so many agents can run in one process, each with
+/// its own journal directory.
+///
+/// Fails fast on an invalid config, unusable TLS files or an unopenable journal; afterwards
+/// only a journal failure (or a bug) ends it with an error. Connection problems are retried
+/// with backoff for as long as it runs.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunSummary, AgentError> {
+    config.validate()?;
+    // A few small file reads; done before any task starts so a wrong path fails the run.
+    let tls = config.mqtt.tls.as_ref().map(tls::client_config).transpose()?;
+    let path = config.journal_path.clone();
+    let journal: Arc<dyn Journal> = Arc::new(
+        tokio::task::spawn_blocking(move || SledJournal::open(&path))
+            .await
+            .map_err(|e| AgentError::join("journal open", e))??,
+    );
+    let device = config.device_id.clone();
+    tracing::info!(
+        device = %device,
+        journal = %config.journal_path.display(),
+        backlog = journal.len(),
+        scenario = config.simulator.scenario.name(),
+        rules = config.rules.len(),
+        "agent starting"
+    );
+
+    let stats = Arc::new(Stats::default());
+    let appended = Arc::new(Notify::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (delivered_tx, mut delivered_rx) = watch::channel(journal.len());
+    let (outbound_tx, outbound_rx) = mpsc::channel(OUTBOUND_CAPACITY);
+
+    let mut uplink = OwnedTask::spawn(
+        Uplink {
+            device: device.clone(),
+            mqtt: config.mqtt.clone(),
+            tls,
+            journal: Arc::clone(&journal),
+            appended: Arc::clone(&appended),
+            delivered_tx,
+            stats: Arc::clone(&stats),
+            started: Instant::now(),
+        }
+        .run(stop_rx.clone()),
+    );
+    let writer = OwnedTask::spawn(
+        Writer {
+            device: device.clone(),
+            journal: Arc::clone(&journal),
+            appended,
+            stats: Arc::clone(&stats),
+        }
+        .run(outbound_rx),
+    );
+    let mut sampler = OwnedTask::spawn(
+        Sampler {
+            device: device.clone(),
+            sim: Simulator::new(&device, config.simulator.seed, config.simulator.scenario),
+            rules: RuleSet::new(config.rules.clone()),
+            batcher: Batcher::new(config.batch),
+            interval: config.sampling.interval,
+            max_samples: config.sampling.max_samples,
+            outbound_tx,
+            stats: Arc::clone(&stats),
+        }
+        .run(stop_rx),
+    );
+
+    let mut shutdown = std::pin::pin!(shutdown);
+    // Phase 1: sample until done, told to stop, or the uplink fails.
+    let sampled = tokio::select! {
+        end = &mut sampler => Some(end.map_err(|e| AgentError::join("sampler", e))?),
+        _ = &mut shutdown => None,
+        result = &mut uplink => return Err(uplink_ended(result)),
+    };
+    let finished = sampled == Some(SamplerEnd::Finished);
+    if sampled.is_none() {
+        tracing::info!(device = %device, "shutting down");
+        stop_tx.send_replace(true);
+        sampler.await.map_err(|e| AgentError::join("sampler", e))?;
+    }
+    // The sampler dropped its sender, so the writer ends once it has journaled the rest
+    // (including the final partial batch), or reports the journal error that stopped it.
+    writer.await.map_err(|e| AgentError::join("journal writer", e))??;
+
+    // Phase 2 (max_samples only): wait until everything is acknowledged.
+    if finished {
+        tracing::info!(device = %device, backlog = journal.len(), "sampling done, delivering the journal");
+        tokio::select! {
+            _ = drained(journal.as_ref(), &mut delivered_rx) => {}
+            _ = &mut shutdown => tracing::info!(device = %device, "shutting down before the journal drained"),
+            result = &mut uplink => return Err(uplink_ended(result)),
+        }
+    }
+
+    stop_tx.send_replace(true);
+    uplink.await.map_err(|e| AgentError::join("uplink", e))??;
+    let journal_for_sync = Arc::clone(&journal);
+    // Persist the removals of the last PUBACKs, so the next start does not resend them.
+    tokio::task::spawn_blocking(move || journal_for_sync.sync())
+        .await
+        .map_err(|e| AgentError::join("journal sync", e))??;
+    let summary = stats.summary(journal.len());
+    tracing::info!(
+        device = %device,
+        samples = summary.samples,
+        alerts = summary.alerts,
+        published = summary.published,
+        backlog = summary.backlog,
+        "agent stopped"
+    );
+    Ok(summary)
+}
+
+/// Resolves once the journal is empty. `delivered_rx` wakes it after each delivery; if the
+/// uplink is gone it never resolves (the caller watches the uplink task for that).
+async fn drained(journal: &dyn Journal, delivered_rx: &mut watch::Receiver<u64>) {
+    loop {
+        // Mark the current value seen *before* looking at the journal, so a delivery that
+        // happens after the check still wakes us.
+        delivered_rx.borrow_and_update();
+        if journal.is_empty() {
+            return;
+        }
+        if delivered_rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// The error for an uplink that ended while the run still needed it.
+fn uplink_ended(
+    result: Result<Result<(), AgentError>, tokio::task::JoinError>,
+) -> AgentError {
+    match result {
+        Ok(Err(e)) => e,
+        Ok(Ok(())) => AgentError::Task {
+            task: "uplink",
+            detail: "ended before it was told to stop".to_owned(),
+        },
+        Err(e) => AgentError::join("uplink", e),
+    }
+}

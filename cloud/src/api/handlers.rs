@@ -1,0 +1,129 @@
+//! The route handlers.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::Uri;
+use axum::response::Html;
+use axum::Json;
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::params::Params;
+use super::ApiState;
+use crate::pipeline::PipelineStats;
+use crate::store::{AlertFilter, AlertRow, Counts, DeviceSummary, WindowFilter, WindowRow};
+
+type QueryPairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
+
+fn params(query: QueryPairs, allowed: &[&str]) -> Result<Params, ApiError> {
+    let Query(pairs) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    Params::parse(pairs, allowed)
+}
+
+/// `GET /`: the dashboard.
+pub async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("dashboard.html"))
+}
+
+#[derive(Serialize)]
+pub struct Health {
+    status: &'static str,
+}
+
+/// `GET /healthz`.
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// `GET /api/devices`.
+pub async fn devices(State(state): State<ApiState>) -> Result<Json<Vec<DeviceSummary>>, ApiError> {
+    Ok(Json(state.reader.devices().await?))
+}
+
+async fn known_device(state: &ApiState, device: &str) -> Result<DeviceSummary, ApiError> {
+    if !osprey_protocol::valid_device_id(device) {
+        return Err(ApiError::bad_request(format!(
+            "{device:?} is not a valid device id (1 to 128 of A-Z a-z 0-9 _ - :)"
+        )));
+    }
+    state
+        .reader
+        .device(device)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no device {device:?} has reported")))
+}
+
+/// `GET /api/devices/{device}`.
+pub async fn device(
+    State(state): State<ApiState>,
+    Path(device): Path<String>,
+) -> Result<Json<DeviceSummary>, ApiError> {
+    Ok(Json(known_device(&state, &device).await?))
+}
+
+/// `GET /api/devices/{device}/windows`.
+pub async fn device_windows(
+    State(state): State<ApiState>,
+    Path(device): Path<String>,
+    query: QueryPairs,
+) -> Result<Json<Vec<WindowRow>>, ApiError> {
+    let p = params(query, &["sensor", "metric", "since_ms", "limit"])?;
+    let filter = WindowFilter {
+        device: Some(device.clone()),
+        sensor: p.text("sensor"),
+        metric: p.text("metric"),
+        since_ms: p.time_ms("since_ms")?,
+        limit: p.limit()?,
+    };
+    known_device(&state, &device).await?;
+    Ok(Json(state.reader.windows(filter).await?))
+}
+
+/// `GET /api/windows`.
+pub async fn windows(
+    State(state): State<ApiState>,
+    query: QueryPairs,
+) -> Result<Json<Vec<WindowRow>>, ApiError> {
+    let p = params(query, &["device", "sensor", "metric", "since_ms", "limit"])?;
+    let filter = WindowFilter {
+        device: p.device("device")?,
+        sensor: p.text("sensor"),
+        metric: p.text("metric"),
+        since_ms: p.time_ms("since_ms")?,
+        limit: p.limit()?,
+    };
+    Ok(Json(state.reader.windows(filter).await?))
+}
+
+/// `GET /api/alerts`.
+pub async fn alerts(
+    State(state): State<ApiState>,
+    query: QueryPairs,
+) -> Result<Json<Vec<AlertRow>>, ApiError> {
+    let p = params(query, &["device", "since_ms", "limit"])?;
+    let filter = AlertFilter {
+        device: p.device("device")?,
+        since_ms: p.time_ms("since_ms")?,
+        limit: p.limit()?,
+    };
+    Ok(Json(state.reader.alerts(filter).await?))
+}
+
+#[derive(Serialize)]
+pub struct Stats {
+    pipeline: PipelineStats,
+    store: Counts,
+}
+
+/// `GET /api/stats`.
+pub async fn stats(State(state): State<ApiState>) -> Result<Json<Stats>, ApiError> {
+    Ok(Json(Stats {
+        pipeline: state.stats.snapshot(),
+        store: state.reader.counts().await?,
+    }))
+}
+
+/// Any other route.
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no such route: {}", uri.path()))
+}

@@ -1,0 +1,58 @@
+//! The HTTP API and the dashboard (axum).
+//!
+//! | route | returns |
+//! |---|---|
+//! | `GET /` | the dashboard page (self-contained HTML, polls `/api/devices` every 2 s) |
+//! | `GET /healthz` | `{"status": "ok"}` |
+//! | `GET /api/devices` | `[DeviceSummary]`, by device id |
+//! | `GET /api/devices/{device}` | `DeviceSummary`, 404 if unknown |
+//! | `GET /api/devices/{device}/windows?sensor=&metric=&since_ms=&limit=` | `[WindowRow]`, newest first; 404 if unknown |
+//! | `GET /api/windows?device=&sensor=&metric=&since_ms=&limit=` | `[WindowRow]`, newest first |
+//! | `GET /api/alerts?device=&since_ms=&limit=` | `[AlertRow]`, newest first |
+//! | `GET /api/stats` | `{"pipeline": PipelineStats, "store": Counts}` |
+//!
+//! Shapes: [`crate::store::DeviceSummary`], [`crate::store::WindowRow`],
+//! [`crate::store::AlertRow`]. `limit` is 1 to 10 000 (default 100). Errors are
+//! `{"error": "..."}` with 400 (bad parameter, named), 404 (unknown device or route) or 500.
+
+mod error;
+mod handlers;
+pub mod params;
+
+use axum::routing::get;
+use axum::Router;
+
+pub use error::ApiError;
+
+use crate::pipeline::IngestStats;
+use crate::store::StoreReader;
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    /// Read side of the store.
+    pub reader: StoreReader,
+    /// Ingest counters, for `/api/stats`.
+    pub stats: IngestStats,
+}
+
+/// The API's routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/", get(handlers::dashboard))
+        .route("/healthz", get(handlers::healthz))
+        .route("/api/devices", get(handlers::devices))
+        .route("/api/devices/{device}", get(handlers::device))
+        .route(
+            "/api/devices/{device}/windows",
+            get(handlers::device_windows),
+        )
+        .route("/api/windows", get(handlers::windows))
+        .route("/api/alerts", get(handlers::alerts))
+        .route("/api/stats", get(handlers::stats))
+        .fallback(handlers::not_found)
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests;

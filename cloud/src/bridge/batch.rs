@@ -1,0 +1,163 @@
+//! PutRecords batches: which records go together, and each record's partition key.
+
+use rumqttc::Publish;
+
+/// Most records in one PutRecords call.
+pub const MAX_RECORDS: usize = 500;
+
+/// Most bytes (data + partition keys) in one PutRecords call.
+pub const MAX_BATCH_BYTES: usize = 5 * 1024 * 1024;
+
+/// Most bytes (data + partition key) in one record.
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+/// Partition key when neither the payload nor the topic names a device.
+pub const UNKNOWN_DEVICE: &str = "unknown";
+
+/// One MQTT message waiting to go to Kinesis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// The publish, kept to acknowledge it once Kinesis has the record.
+    pub publish: Publish,
+    /// Partition key: the device id.
+    pub key: String,
+}
+
+impl Pending {
+    /// A record for `publish`, keyed by its device.
+    pub fn new(publish: Publish) -> Pending {
+        let key = partition_key(&publish.payload, &publish.topic);
+        Pending { publish, key }
+    }
+
+    /// The record's data: the payload, unchanged.
+    pub fn data(&self) -> Vec<u8> {
+        self.publish.payload.to_vec()
+    }
+
+    /// Bytes this record counts against the limits.
+    pub fn size(&self) -> usize {
+        self.publish.payload.len() + self.key.len()
+    }
+}
+
+/// The partition key for a payload: the device in the envelope (so all of a device's records
+/// land on one shard, in order, as the AWS IoT rule does with `${topic(3)}`); if the payload
+/// does not decode, the topic's device level, so the consumer still receives the payload and
+/// dead-letters it; failing both, [`UNKNOWN_DEVICE`].
+pub fn partition_key(payload: &[u8], topic: &str) -> String {
+    if let Ok(envelope) = osprey_protocol::decode(payload) {
+        return envelope.device;
+    }
+    match topic.split('/').nth(2) {
+        Some(device) if osprey_protocol::valid_device_id(device) => device.to_owned(),
+        _ => UNKNOWN_DEVICE.to_owned(),
+    }
+}
+
+/// Records gathered for one call, within the count and size limits.
+#[derive(Debug, Default)]
+pub struct Batch {
+    records: Vec<Pending>,
+    bytes: usize,
+}
+
+impl Batch {
+    /// Whether `record` can join without breaking a limit (a record always joins an empty
+    /// batch; oversized records are filtered out before batching).
+    pub fn fits(&self, record: &Pending) -> bool {
+        self.records.is_empty()
+            || (self.records.len() < MAX_RECORDS && self.bytes + record.size() <= MAX_BATCH_BYTES)
+    }
+
+    /// Adds `record`; check [`Batch::fits`] first.
+    pub fn push(&mut self, record: Pending) {
+        self.bytes += record.size();
+        self.records.push(record);
+    }
+
+    /// Whether no further record can join.
+    pub fn is_full(&self) -> bool {
+        self.records.len() >= MAX_RECORDS || self.bytes >= MAX_BATCH_BYTES
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// The records, emptying the batch.
+    pub fn take(&mut self) -> Vec<Pending> {
+        self.bytes = 0;
+        std::mem::take(&mut self.records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use osprey_protocol::{Body, Envelope, TelemetryBatch};
+    use rumqttc::QoS;
+
+    use super::*;
+
+    fn pending(payload: Vec<u8>) -> Pending {
+        Pending::new(Publish::new(
+            "dt/osprey/pump-1/telemetry",
+            QoS::AtLeastOnce,
+            payload,
+        ))
+    }
+
+    #[test]
+    fn key_is_the_envelope_device_then_the_topic() {
+        let bytes = Envelope::new("pump-7", 1, Body::Telemetry(TelemetryBatch::default()))
+            .encode()
+            .unwrap();
+        assert_eq!(partition_key(&bytes, "dt/osprey/other/telemetry"), "pump-7");
+        assert_eq!(
+            partition_key(b"junk", "dt/osprey/pump-3/telemetry"),
+            "pump-3"
+        );
+        assert_eq!(
+            partition_key(b"junk", "dt/osprey/bad id/telemetry"),
+            UNKNOWN_DEVICE
+        );
+        assert_eq!(partition_key(b"junk", "weird"), UNKNOWN_DEVICE);
+    }
+
+    #[test]
+    fn batches_stop_at_500_records() {
+        let mut batch = Batch::default();
+        for _ in 0..MAX_RECORDS {
+            let r = pending(vec![0; 10]);
+            assert!(batch.fits(&r));
+            batch.push(r);
+        }
+        assert!(batch.is_full());
+        assert!(!batch.fits(&pending(vec![0; 10])));
+        assert_eq!(batch.take().len(), MAX_RECORDS);
+        assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn batches_stop_at_5_mib() {
+        let mut batch = Batch::default();
+        let big = || pending(vec![0; MAX_RECORD_BYTES - 100]);
+        for _ in 0..5 {
+            let r = big();
+            assert!(batch.fits(&r));
+            batch.push(r);
+        }
+        assert!(
+            !batch.fits(&big()),
+            "a sixth ~1 MiB record would pass 5 MiB"
+        );
+        assert!(batch.fits(&pending(vec![0; 10])));
+        assert_eq!(batch.len(), 5);
+    }
+}

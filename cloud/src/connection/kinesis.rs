@@ -1,0 +1,65 @@
+//! Kinesis client settings.
+//!
+//! Credentials come from the AWS SDK's default chain (environment variables such as
+//! `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, profile files, instance roles); only the region
+//! and an optional endpoint (moto, kinesalite, LocalStack) are set here.
+
+use std::time::Duration;
+
+use aws_config::{timeout::TimeoutConfig, BehaviorVersion, Region};
+
+/// Region used when none is given.
+pub const DEFAULT_REGION: &str = "us-east-1";
+
+/// Which stream, where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KinesisConfig {
+    /// Stream name.
+    pub stream: String,
+    /// Endpoint URL instead of AWS's (e.g. `http://127.0.0.1:5599` for moto).
+    pub endpoint_url: Option<String>,
+    /// AWS region.
+    pub region: String,
+}
+
+impl KinesisConfig {
+    /// The stream `stream` on AWS in [`DEFAULT_REGION`].
+    pub fn new(stream: impl Into<String>) -> KinesisConfig {
+        KinesisConfig {
+            stream: stream.into(),
+            endpoint_url: None,
+            region: DEFAULT_REGION.to_owned(),
+        }
+    }
+
+    /// Uses `url` as the endpoint.
+    pub fn with_endpoint_url(mut self, url: impl Into<String>) -> KinesisConfig {
+        self.endpoint_url = Some(url.into());
+        self
+    }
+
+    /// A Kinesis client for these settings. Requests time out after 30 s so that a hung
+    /// connection cannot stall a shard reader or the bridge.
+    pub async fn client(&self) -> aws_sdk_kinesis::Client {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(self.region.clone()))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_timeout(Duration::from_secs(30))
+                    .build(),
+            );
+        if let Some(url) = &self.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        aws_sdk_kinesis::Client::new(&loader.load().await)
+    }
+
+    /// Where requests go, for logs and error messages.
+    pub fn endpoint(&self) -> String {
+        match &self.endpoint_url {
+            Some(url) => url.clone(),
+            None => format!("AWS Kinesis in {}", self.region),
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! MQTT client settings and a reconnecting QoS 1 subscriber.
+//!
+//! Both MQTT readers (the `serve` source and the bridge) use a **persistent session**
+//! (`clean_session = false`) and **manual acknowledgements**: a publish is acknowledged only
+//! after its effect is safe (stored, or accepted by Kinesis). If the cloud stops in between,
+//! the broker redelivers the message on the next connection, and dedup on `(device, seq)`
+//! absorbs the repeat. The session is keyed by the client id, so two running instances need
+//! two ids.
+//!
+//! ```text
+//!   poll ─► ConnAck ─► subscribe(filter, QoS 1) ─► SubAck ─► Subscribed
+//!     ▲                                                        │
+//!     │ error: wait (exponential backoff), poll again          ▼
+//!     └──────────────────────────────────────────────── Publish ... (caller acks)
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, Publish, QoS,
+    SubscribeReasonCode, TlsConfiguration, Transport,
+};
+use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+
+use crate::backoff::Backoff;
+
+/// Largest MQTT packet accepted or sent: the 1 MiB Kinesis record limit. Osprey messages are
+/// at most 128 KiB; larger ones are still read so that they can be dead-lettered.
+pub const MAX_PACKET_BYTES: usize = 1024 * 1024;
+
+/// Requests (acks, subscribes) that may queue for the event loop. Acks are bounded by the
+/// unacknowledged publishes the broker allows in flight, far below this.
+const REQUEST_CAPACITY: usize = 10_000;
+
+/// Where and how to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttConfig {
+    /// Broker host name or address.
+    pub host: String,
+    /// Broker port (1883 plain, 8883 TLS).
+    pub port: u16,
+    /// Client id; it names the persistent session, so it must be unique per running process.
+    pub client_id: String,
+    /// TLS settings; `None` for plain TCP.
+    pub tls: Option<MqttTls>,
+    /// Keep-alive interval.
+    pub keep_alive: Duration,
+}
+
+/// TLS settings: the CA that signed the broker's certificate and, for mutual TLS (AWS IoT
+/// Core, Mosquitto with `require_certificate`), a client certificate and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttTls {
+    /// PEM file with the CA certificate(s) to trust.
+    pub ca: PathBuf,
+    /// PEM file with the client certificate chain.
+    pub client_cert: Option<PathBuf>,
+    /// PEM file with the client's private key.
+    pub client_key: Option<PathBuf>,
+}
+
+/// Why MQTT client settings could not be turned into a connection.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MqttConfigError {
+    /// A PEM file could not be read or parsed.
+    #[error("cannot read PEM file {path}: {source}")]
+    ReadPem {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// The CA file holds no certificate rustls accepts.
+    #[error("no usable CA certificate in {path}")]
+    NoCaCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Only one of the client certificate and key was given.
+    #[error("mutual TLS needs both a client certificate and a client key")]
+    HalfClientAuth,
+    /// rustls refused the settings (e.g. the key does not match the certificate).
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// What the subscriber saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// The broker confirmed the subscription (after every (re)connect).
+    Subscribed,
+    /// A message; acknowledge it with [`Subscriber::ack`] once it is safe.
+    Publish(Publish),
+}
+
+impl MqttConfig {
+    /// Plain TCP to `host:port` as `client_id`, 30 s keep-alive.
+    pub fn new(host: impl Into<String>, port: u16, client_id: impl Into<String>) -> MqttConfig {
+        MqttConfig {
+            host: host.into(),
+            port,
+            client_id: client_id.into(),
+            tls: None,
+            keep_alive: Duration::from_secs(30),
+        }
+    }
+
+    /// Connection options: persistent session, manual acks, TLS if configured.
+    pub fn options(&self) -> Result<MqttOptions, MqttConfigError> {
+        let mut options = MqttOptions::new(&self.client_id, &self.host, self.port);
+        options
+            .set_keep_alive(self.keep_alive)
+            .set_clean_session(false)
+            .set_manual_acks(true)
+            .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
+            .set_request_channel_capacity(REQUEST_CAPACITY);
+        if let Some(tls) = &self.tls {
+            let config = tls.client_config()?;
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                Arc::new(config),
+            )));
+        }
+        Ok(options)
+    }
+
+    /// `mqtt://host:port` or `mqtts://host:port`, for logs.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
+        format!("{scheme}://{}:{}", self.host, self.port)
+    }
+}
+
+impl MqttTls {
+    /// The rustls client configuration (ring provider, safe default protocol versions).
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, MqttConfigError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in read_certs(&self.ca)? {
+            roots.add(cert)?;
+        }
+        if roots.is_empty() {
+            return Err(MqttConfigError::NoCaCertificate {
+                path: self.ca.clone(),
+            });
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots);
+        match (&self.client_cert, &self.client_key) {
+            (None, None) => Ok(builder.with_no_client_auth()),
+            (Some(cert), Some(key)) => {
+                let chain = read_certs(cert)?;
+                let key = PrivateKeyDer::from_pem_file(key).map_err(|source| {
+                    MqttConfigError::ReadPem {
+                        path: key.clone(),
+                        source,
+                    }
+                })?;
+                Ok(builder.with_client_auth_cert(chain, key)?)
+            }
+            _ => Err(MqttConfigError::HalfClientAuth),
+        }
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, MqttConfigError> {
+    let err = |source| MqttConfigError::ReadPem {
+        path: path.to_owned(),
+        source,
+    };
+    CertificateDer::pem_file_iter(path)
+        .map_err(err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)
+}
+
+/// A QoS 1 subscription that survives disconnects.
+pub struct Subscriber {
+    client: AsyncClient,
+    eventloop: EventLoop,
+    filter: String,
+    url: String,
+    backoff: Backoff,
+    subscribe_pending: bool,
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("filter", &self.filter)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscriber {
+    /// A subscriber to `filter`; it connects on the first [`Subscriber::next`].
+    pub fn new(cfg: &MqttConfig, filter: &str) -> Result<Subscriber, MqttConfigError> {
+        let (client, eventloop) = AsyncClient::new(cfg.options()?, REQUEST_CAPACITY);
+        Ok(Subscriber {
+            client,
+            eventloop,
+            filter: filter.to_owned(),
+            url: cfg.url(),
+            backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(10)),
+            subscribe_pending: false,
+        })
+    }
+
+    /// The next subscription confirmation or message. Connection errors are logged and
+    /// retried with backoff; this only returns with something received.
+    pub async fn next(&mut self) -> Received {
+        loop {
+            if self.subscribe_pending {
+                match self.client.try_subscribe(&self.filter, QoS::AtLeastOnce) {
+                    Ok(()) => self.subscribe_pending = false,
+                    Err(e) => tracing::warn!(error = %e, "could not queue the subscription yet"),
+                }
+            }
+            match self.eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    if ack.code != ConnectReturnCode::Success {
+                        tracing::warn!(broker = %self.url, code = ?ack.code, "broker refused the connection");
+                        continue;
+                    }
+                    tracing::info!(broker = %self.url, session_present = ack.session_present, "mqtt connected");
+                    self.backoff.reset();
+                    // Subscribe on every connect: cheap, and right even if the broker lost
+                    // the session.
+                    self.subscribe_pending = true;
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    if ack
+                        .return_codes
+                        .iter()
+                        .any(|c| matches!(c, SubscribeReasonCode::Failure))
+                    {
+                        tracing::error!(broker = %self.url, filter = %self.filter,
+                            "broker refused the subscription (check its ACL); retrying after reconnect");
+                        self.backoff_and_reconnect().await;
+                        continue;
+                    }
+                    tracing::info!(filter = %self.filter, "mqtt subscribed");
+                    return Received::Subscribed;
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => return Received::Publish(publish),
+                Ok(_) => {}
+                Err(e) => {
+                    let delay = self.backoff.next_delay();
+                    tracing::warn!(broker = %self.url, error = %e, retry_in_ms = delay.as_millis() as u64,
+                        "mqtt connection failed");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Acknowledges a publish (QoS 1 PUBACK), telling the broker it may forget it.
+    pub fn ack(&self, publish: &Publish) {
+        if let Err(e) = self.client.try_ack(publish) {
+            // Only possible if the request queue is full; the broker will redeliver the
+            // message and dedup will drop the copy.
+            tracing::warn!(error = %e, pkid = publish.pkid, "could not queue a PUBACK");
+        }
+    }
+
+    /// A clone of the client, to acknowledge from another task.
+    pub fn client(&self) -> AsyncClient {
+        self.client.clone()
+    }
+
+    /// Sends DISCONNECT and polls briefly so that queued acks and the disconnect go out.
+    pub async fn disconnect(mut self) {
+        if self.client.try_disconnect().is_err() {
+            return;
+        }
+        let drain = async {
+            while let Ok(event) = self.eventloop.poll().await {
+                if let Event::Outgoing(rumqttc::Outgoing::Disconnect) = event {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    }
+
+    async fn backoff_and_reconnect(&mut self) {
+        let delay = self.backoff.next_delay();
+        tokio::time::sleep(delay).await;
+        self.subscribe_pending = true;
+    }
+}

@@ -1,0 +1,274 @@
+//! The ingest pipeline: payload bytes in, exactly-once effects in the store out.
+//!
+//! ```text
+//!  payload ─► decode ─┬─► bad: dead letter (logged, counted; the pipeline goes on)
+//!                     └─► envelope ─► window::aggregate ─► store: dedup (device, seq),
+//!                                                          merge windows, alert, device
+//! ```
+//!
+//! Every source calls [`Pipeline::ingest`] (one message) or [`Pipeline::ingest_batch`] (many
+//! messages and a Kinesis checkpoint in one transaction). A payload that cannot be applied is
+//! an expected outcome ([`Outcome::Rejected`]), not an error; errors are store failures, after
+//! which the caller retries the same payloads (dedup makes that safe).
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use osprey_protocol::{decode, topic, Body, Envelope};
+use serde::Serialize;
+
+use crate::clock::now_ms;
+use crate::store::{Checkpoint, DeadLetter, Message, StoreError, StoreWriter, Write, Written};
+use crate::window;
+
+/// Where a payload came from; used in logs and dead letters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Origin {
+    /// An MQTT publish on `topic`. The topic's device and kind must match the payload's.
+    Mqtt {
+        /// The topic it was published on.
+        topic: String,
+    },
+    /// A Kinesis record.
+    Kinesis {
+        /// Stream name.
+        stream: String,
+        /// Shard id.
+        shard_id: String,
+        /// The record's sequence number.
+        sequence_number: String,
+    },
+    /// Fed in-process (tests, tools), labelled for the logs.
+    Direct(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Mqtt { topic } => write!(f, "mqtt:{topic}"),
+            Origin::Kinesis {
+                stream,
+                shard_id,
+                sequence_number,
+            } => write!(f, "kinesis:{stream}/{shard_id}/{sequence_number}"),
+            Origin::Direct(label) => write!(f, "direct:{label}"),
+        }
+    }
+}
+
+/// What ingesting one payload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The message was new and its effects are stored.
+    Applied,
+    /// The message had been applied before; nothing changed.
+    Duplicate,
+    /// The payload was not a valid message; it went to the dead letters with this reason.
+    Rejected(String),
+}
+
+/// Why ingesting failed. The payloads were not applied; retry them.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// The store could not apply the write.
+    #[error("could not store ingested messages: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Counters since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PipelineStats {
+    /// Messages applied.
+    pub applied: u64,
+    /// Messages skipped as duplicates.
+    pub duplicates: u64,
+    /// Payloads rejected (dead-lettered).
+    pub rejected: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    applied: AtomicU64,
+    duplicates: AtomicU64,
+    rejected: AtomicU64,
+}
+
+/// A read-only view of a pipeline's counters that does not keep the store writer alive (the
+/// API holds one). The default is a set of counters no pipeline updates.
+#[derive(Debug, Clone, Default)]
+pub struct IngestStats(Arc<Counters>);
+
+impl IngestStats {
+    /// The counters now.
+    pub fn snapshot(&self) -> PipelineStats {
+        PipelineStats {
+            applied: self.0.applied.load(Ordering::Relaxed),
+            duplicates: self.0.duplicates.load(Ordering::Relaxed),
+            rejected: self.0.rejected.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The ingest pipeline; cheap to clone (clones share the store writer and the counters).
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    writer: StoreWriter,
+    counters: Arc<Counters>,
+}
+
+impl Pipeline {
+    /// A pipeline writing through `writer`.
+    pub fn new(writer: StoreWriter) -> Pipeline {
+        Pipeline {
+            writer,
+            counters: Arc::default(),
+        }
+    }
+
+    /// Decodes, deduplicates, windows and stores one payload, in one transaction.
+    pub async fn ingest(&self, payload: &[u8], source: Origin) -> Result<Outcome, PipelineError> {
+        let mut outcomes = self.ingest_batch(vec![(payload, source)], None).await?;
+        Ok(outcomes.pop().unwrap_or(Outcome::Duplicate))
+    }
+
+    /// Ingests several payloads and stores `checkpoint`, all in one transaction (each message
+    /// is still deduplicated on its own). Returns one outcome per payload, in order.
+    pub async fn ingest_batch(
+        &self,
+        payloads: Vec<(&[u8], Origin)>,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<Vec<Outcome>, PipelineError> {
+        let received_ms = now_ms();
+        let mut writes = Vec::with_capacity(payloads.len());
+        let mut reasons = Vec::with_capacity(payloads.len());
+        for (payload, origin) in payloads {
+            match prepare(payload, &origin, received_ms) {
+                Ok(message) => {
+                    writes.push(Write::Message(message));
+                    reasons.push(None);
+                }
+                Err(reason) => {
+                    let total = self.counters.rejected.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::warn!(
+                        source = %origin,
+                        bytes = payload.len(),
+                        reason = %reason,
+                        rejected_total = total,
+                        "rejected payload, kept as a dead letter"
+                    );
+                    writes.push(Write::DeadLetter(DeadLetter {
+                        received_ms,
+                        source: origin.to_string(),
+                        reason: reason.clone(),
+                        payload: payload.to_vec(),
+                    }));
+                    reasons.push(Some(reason));
+                }
+            }
+        }
+        let written = self.writer.write(writes, checkpoint).await?;
+        let outcomes = written
+            .into_iter()
+            .zip(reasons)
+            .map(|(w, reason)| match (w, reason) {
+                (Written::Applied, _) => {
+                    self.counters.applied.fetch_add(1, Ordering::Relaxed);
+                    Outcome::Applied
+                }
+                (Written::Duplicate, _) => {
+                    self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                    Outcome::Duplicate
+                }
+                (Written::DeadLettered, reason) => Outcome::Rejected(reason.unwrap_or_default()),
+            })
+            .collect();
+        Ok(outcomes)
+    }
+
+    /// Counters since this pipeline was created.
+    pub fn stats(&self) -> PipelineStats {
+        self.stats_handle().snapshot()
+    }
+
+    /// A handle on the counters that outlives nothing else.
+    pub fn stats_handle(&self) -> IngestStats {
+        IngestStats(Arc::clone(&self.counters))
+    }
+}
+
+/// Turns a payload into the store's [`Message`], or says why it cannot be applied.
+pub fn prepare(payload: &[u8], origin: &Origin, received_ms: i64) -> Result<Message, String> {
+    let envelope = decode(payload).map_err(|e| e.to_string())?;
+    check_origin(&envelope, origin)?;
+    if i64::try_from(envelope.seq).is_err() {
+        return Err(format!(
+            "sequence number {} is above the supported maximum {}",
+            envelope.seq,
+            i64::MAX
+        ));
+    }
+    let Envelope { device, seq, body } = envelope;
+    let mut message = Message {
+        device,
+        seq,
+        received_ms,
+        event_ms: None,
+        readings: 0,
+        windows: Vec::new(),
+        alert: None,
+        status: None,
+    };
+    match body {
+        Body::Telemetry(batch) => {
+            message.readings = u64::try_from(batch.reading_count()).unwrap_or(u64::MAX);
+            message.event_ms = batch
+                .series
+                .iter()
+                .filter(|s| !s.values.is_empty())
+                .map(|s| s.last_time_ms())
+                .max();
+            message.windows = window::aggregate(&batch);
+        }
+        Body::Alert(alert) => {
+            message.event_ms = Some(alert.time_ms);
+            message.alert = Some(alert);
+        }
+        Body::Status(status) => {
+            // A status without a time (0, the field's default) says nothing about event time.
+            message.event_ms = (status.time_ms != 0).then_some(status.time_ms);
+            message.status = Some(status.state);
+        }
+    }
+    Ok(message)
+}
+
+/// On MQTT the topic names the device and kind; a payload that claims another device is
+/// refused, since brokers (AWS IoT policies, Mosquitto ACLs) authorise by topic.
+fn check_origin(envelope: &Envelope, origin: &Origin) -> Result<(), String> {
+    let Origin::Mqtt { topic } = origin else {
+        return Ok(());
+    };
+    let Some((device, kind)) = topic::parse_data(topic) else {
+        return Err(format!("topic {topic:?} is not an Osprey data topic"));
+    };
+    if device != envelope.device {
+        return Err(format!(
+            "payload device {:?} does not match topic device {device:?}",
+            envelope.device
+        ));
+    }
+    if kind != envelope.kind() {
+        return Err(format!(
+            "payload kind {} does not match topic kind {}",
+            envelope.kind().topic_level(),
+            kind.topic_level()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,187 @@
+use osprey_protocol::{
+    Alert, AlertEvent, Body, Envelope, Series, Severity, Status, StatusState, TelemetryBatch,
+};
+
+use super::*;
+use crate::store::{Store, WindowFilter};
+
+const T0: i64 = 1_700_000_000_000;
+
+fn telemetry(device: &str, seq: u64) -> Vec<u8> {
+    let mut s = Series::new("bearing", "temperature", "Cel");
+    s.push(T0, 40.0);
+    s.push(T0 + 1_000, 42.0);
+    Envelope::new(
+        device,
+        seq,
+        Body::Telemetry(TelemetryBatch { series: vec![s] }),
+    )
+    .encode()
+    .unwrap()
+}
+
+fn direct() -> Origin {
+    Origin::Direct("test".into())
+}
+
+fn open() -> (tempfile::TempDir, Store, Pipeline) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("osprey.db")).unwrap();
+    let pipeline = Pipeline::new(store.writer());
+    (dir, store, pipeline)
+}
+
+#[tokio::test]
+async fn garbage_is_rejected_and_ingest_goes_on() {
+    let (_dir, store, pipeline) = open();
+    for garbage in [
+        &b""[..],
+        b"\xff\xfe",
+        b"{\"json\": true}",
+        &[0xa1, 0x61, 0x76, 0x09],
+    ] {
+        let outcome = pipeline.ingest(garbage, direct()).await.unwrap();
+        assert!(matches!(outcome, Outcome::Rejected(_)), "{outcome:?}");
+    }
+    assert_eq!(
+        pipeline
+            .ingest(&telemetry("pump-1", 1), direct())
+            .await
+            .unwrap(),
+        Outcome::Applied
+    );
+    let stats = pipeline.stats();
+    assert_eq!((stats.applied, stats.rejected), (1, 4));
+    let counts = store.reader().counts().await.unwrap();
+    assert_eq!((counts.messages, counts.dead_letters), (1, 4));
+}
+
+#[tokio::test]
+async fn a_redelivered_message_is_a_duplicate() {
+    let (_dir, store, pipeline) = open();
+    let payload = telemetry("pump-1", 1);
+    assert_eq!(
+        pipeline.ingest(&payload, direct()).await.unwrap(),
+        Outcome::Applied
+    );
+    assert_eq!(
+        pipeline.ingest(&payload, direct()).await.unwrap(),
+        Outcome::Duplicate
+    );
+    let windows = store
+        .reader()
+        .windows(WindowFilter {
+            limit: 10,
+            ..WindowFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(windows.len(), 1);
+    assert_eq!((windows[0].count, windows[0].mean), (2, 41.0));
+    assert_eq!(pipeline.stats().duplicates, 1);
+}
+
+#[tokio::test]
+async fn a_batch_reports_each_outcome_and_stores_the_checkpoint() {
+    let (_dir, store, pipeline) = open();
+    let (a, b) = (telemetry("pump-1", 1), telemetry("pump-2", 1));
+    let origin = |n: &str| Origin::Kinesis {
+        stream: "s".into(),
+        shard_id: "shard-0".into(),
+        sequence_number: n.into(),
+    };
+    let outcomes = pipeline
+        .ingest_batch(
+            vec![
+                (&a, origin("1")),
+                (b"nope", origin("2")),
+                (&b, origin("3")),
+                (&a, origin("4")),
+            ],
+            Some(Checkpoint {
+                stream: "s".into(),
+                shard_id: "shard-0".into(),
+                sequence_number: "4".into(),
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcomes[0], Outcome::Applied);
+    assert!(matches!(outcomes[1], Outcome::Rejected(_)));
+    assert_eq!(outcomes[2], Outcome::Applied);
+    assert_eq!(outcomes[3], Outcome::Duplicate);
+    assert_eq!(
+        store.reader().checkpoint("s", "shard-0").await.unwrap(),
+        Some("4".into())
+    );
+}
+
+#[test]
+fn mqtt_topic_must_match_the_payload() {
+    let payload = telemetry("pump-1", 1);
+    let on = |topic: &str| {
+        prepare(
+            &payload,
+            &Origin::Mqtt {
+                topic: topic.into(),
+            },
+            0,
+        )
+    };
+    assert!(on("dt/osprey/pump-1/telemetry").is_ok());
+    let err = on("dt/osprey/pump-2/telemetry").unwrap_err();
+    assert!(err.contains("does not match topic device"), "{err}");
+    let err = on("dt/osprey/pump-1/alerts").unwrap_err();
+    assert!(err.contains("kind"), "{err}");
+}
+
+#[test]
+fn prepare_fills_in_readings_windows_and_event_time() {
+    let m = prepare(&telemetry("pump-1", 9), &direct(), 5).unwrap();
+    assert_eq!((m.device.as_str(), m.seq, m.received_ms), ("pump-1", 9, 5));
+    assert_eq!((m.readings, m.event_ms), (2, Some(T0 + 1_000)));
+    assert_eq!(m.windows.len(), 1);
+
+    let alert = Alert {
+        rule: "hot".into(),
+        sensor: "bearing".into(),
+        metric: "temperature".into(),
+        event: AlertEvent::Raise,
+        severity: Severity::Warning,
+        value: 81.0,
+        threshold: 80.0,
+        time_ms: T0,
+    };
+    let bytes = Envelope::new("pump-1", 10, Body::Alert(alert.clone()))
+        .encode()
+        .unwrap();
+    let m = prepare(&bytes, &direct(), 5).unwrap();
+    assert_eq!((m.alert, m.event_ms), (Some(alert), Some(T0)));
+
+    let status = Status {
+        state: StatusState::Offline,
+        agent_version: String::new(),
+        uptime_s: 0,
+        backlog: 0,
+        dropped: 0,
+        time_ms: 0,
+    };
+    let bytes = Envelope::new("pump-1", 11, Body::Status(status))
+        .encode()
+        .unwrap();
+    let m = prepare(&bytes, &direct(), 5).unwrap();
+    assert_eq!((m.status, m.event_ms), (Some(StatusState::Offline), None));
+}
+
+#[test]
+fn sequence_numbers_beyond_sqlite_integers_are_rejected() {
+    let bytes = Envelope::new(
+        "pump-1",
+        u64::MAX,
+        Body::Telemetry(TelemetryBatch::default()),
+    )
+    .encode()
+    .unwrap();
+    let err = prepare(&bytes, &direct(), 0).unwrap_err();
+    assert!(err.contains("sequence number"), "{err}");
+}

@@ -1,0 +1,284 @@
+//! `osprey serve`: store + one source + HTTP API, started and stopped as one.
+//!
+//! ```text
+//!  start(cfg) ─► open store ─► check source settings ─► bind API ─► spawn source, API
+//!                                                                        │
+//!  Running { addr, source_ready(), pipeline(), reader(), stopped(), shutdown() }
+//!
+//!  shutdown(): trigger ─► source finishes its current message/batch (checkpoint included)
+//!              ─► API drains requests ─► writer commits what is queued ─► store closed
+//! ```
+//!
+//! [`start`] returns as soon as the API listens, so a caller that binds port 0 learns the real
+//! address from [`Running::addr`]; [`Running::source_ready`] waits until the source is
+//! subscribed (MQTT) or has listed its shards (Kinesis).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::api::{self, ApiState};
+use crate::connection::kinesis::KinesisConfig;
+use crate::connection::mqtt::{MqttConfig, MqttConfigError, Subscriber};
+use crate::pipeline::Pipeline;
+use crate::shutdown::{self, Ready, Trigger};
+use crate::source;
+use crate::store::{Store, StoreError, StoreReader};
+
+/// How long shutdown waits for tasks before abandoning them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Where messages come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SourceConfig {
+    /// Subscribe to an MQTT broker.
+    Mqtt(MqttConfig),
+    /// Read every shard of a Kinesis stream.
+    Kinesis(KinesisConfig),
+    /// No source: only the API over an existing store (and [`Running::pipeline`] for
+    /// in-process callers).
+    None,
+}
+
+/// Settings of `osprey serve`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeConfig {
+    /// SQLite database file (created if missing).
+    pub db: PathBuf,
+    /// Address the HTTP API binds (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The source.
+    pub source: SourceConfig,
+}
+
+impl ServeConfig {
+    /// Settings from their parts.
+    pub fn new(db: impl Into<PathBuf>, listen: SocketAddr, source: SourceConfig) -> ServeConfig {
+        ServeConfig {
+            db: db.into(),
+            listen,
+            source,
+        }
+    }
+}
+
+/// Why serving failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The store could not be opened or closed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The MQTT settings are unusable.
+    #[error(transparent)]
+    Mqtt(#[from] MqttConfigError),
+    /// The Kinesis stream cannot be read.
+    #[error(transparent)]
+    Kinesis(#[from] source::kinesis::KinesisError),
+    /// The API address cannot be bound.
+    #[error("cannot listen on {addr}: {source}; pick another --listen address")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A task stopped on its own (it should run until shutdown).
+    #[error("the {task} stopped unexpectedly: {reason}")]
+    TaskStopped {
+        /// Which task.
+        task: &'static str,
+        /// What it reported.
+        reason: String,
+    },
+}
+
+type TaskResult = (&'static str, Result<(), String>);
+
+/// A running service.
+#[derive(Debug)]
+pub struct Running {
+    addr: SocketAddr,
+    trigger: Trigger,
+    ready: Ready,
+    pipeline: Pipeline,
+    reader: StoreReader,
+    store: Store,
+    tasks: JoinSet<TaskResult>,
+}
+
+/// Opens the store, binds the API and starts the source. Returns once the API listens.
+pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
+    let db = cfg.db.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(db))
+        .await
+        .map_err(|e| StoreError::ReadTask(e.to_string()))??;
+    let pipeline = Pipeline::new(store.writer());
+    let reader = store.reader();
+    let (trigger, shutdown) = shutdown::channel();
+    let (set_ready, ready) = shutdown::ready();
+    let mut tasks = JoinSet::new();
+
+    // Check the source's settings before anything listens, so a typo fails `start`.
+    match cfg.source.clone() {
+        SourceConfig::Mqtt(mqtt) => {
+            Subscriber::new(&mqtt, osprey_protocol::topic::ALL_DATA)?;
+            let (pipeline, shutdown) = (pipeline.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                let result = source::mqtt::run(mqtt, pipeline, set_ready, shutdown).await;
+                ("mqtt source", result.map_err(|e| e.to_string()))
+            });
+        }
+        SourceConfig::Kinesis(kinesis) => {
+            let client = kinesis.client().await;
+            source::kinesis::list_shards(&client, &kinesis).await?;
+            let (pipeline, reader, shutdown) = (pipeline.clone(), reader.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                source::kinesis::run(kinesis, client, pipeline, reader, set_ready, shutdown).await;
+                ("kinesis source", Ok(()))
+            });
+        }
+        SourceConfig::None => set_ready.set(),
+    }
+
+    let listener = match TcpListener::bind(cfg.listen).await {
+        Ok(listener) => listener,
+        Err(source) => {
+            trigger.trigger();
+            drop(pipeline);
+            while tasks.join_next().await.is_some() {}
+            store.close().await?;
+            return Err(ServeError::Bind {
+                addr: cfg.listen,
+                source,
+            });
+        }
+    };
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    let router = api::router(ApiState {
+        reader: reader.clone(),
+        stats: pipeline.stats_handle(),
+    });
+    let mut api_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let result = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { api_shutdown.wait().await })
+            .await;
+        ("http api", result.map_err(|e| e.to_string()))
+    });
+    tracing::info!(addr = %addr, db = %cfg.db.display(), "osprey serve running");
+    Ok(Running {
+        addr,
+        trigger,
+        ready,
+        pipeline,
+        reader,
+        store,
+        tasks,
+    })
+}
+
+/// Runs until `shutdown` resolves (or a task fails), then shuts down gracefully.
+pub async fn run(cfg: ServeConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let mut running = start(cfg).await?;
+    let failure = tokio::select! {
+        _ = shutdown => None,
+        failure = running.stopped() => Some(failure),
+    };
+    running.shutdown().await?;
+    failure.map_or(Ok(()), Err)
+}
+
+impl Running {
+    /// The address the API listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The API's base URL, `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Resolves once the source is subscribed (MQTT) or has listed its shards (Kinesis);
+    /// at once without a source.
+    pub async fn source_ready(&self) {
+        self.ready.wait().await;
+    }
+
+    /// The pipeline the source feeds; in-process callers may ingest through it directly.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// The read side of the store.
+    pub fn reader(&self) -> &StoreReader {
+        &self.reader
+    }
+
+    /// Resolves if a task stops before shutdown, with what it reported. Tasks run until
+    /// shutdown, so this is a failure; call [`Running::shutdown`] afterwards.
+    pub async fn stopped(&mut self) -> ServeError {
+        match self.tasks.join_next().await {
+            Some(Ok((task, result))) => ServeError::TaskStopped {
+                task,
+                reason: result
+                    .err()
+                    .unwrap_or_else(|| "no error reported".to_owned()),
+            },
+            Some(Err(e)) => ServeError::TaskStopped {
+                task: "task",
+                reason: e.to_string(),
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops the source (after its current message or batch, checkpoint included), drains the
+    /// API, commits queued writes and closes the store.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        let Running {
+            trigger,
+            pipeline,
+            store,
+            mut tasks,
+            ..
+        } = self;
+        trigger.trigger();
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while let Some(joined) = tasks.join_next().await {
+                match joined {
+                    Ok((task, Err(reason))) => {
+                        tracing::error!(task, reason = %reason, "task failed during shutdown")
+                    }
+                    Ok((task, Ok(()))) => tracing::debug!(task, "task stopped"),
+                    Err(e) => tracing::error!(error = %e, "task panicked during shutdown"),
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                grace_s = SHUTDOWN_GRACE.as_secs(),
+                "tasks did not stop in time; abandoning them"
+            );
+            tasks.shutdown().await;
+        }
+        drop(pipeline);
+        store.close().await?;
+        tracing::info!("osprey serve stopped");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

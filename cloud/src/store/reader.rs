@@ -1,0 +1,135 @@
+//! Read-only connections for the API and the Kinesis source, kept in a small pool.
+//!
+//! In WAL mode readers never block the writer and see the last committed transaction. Queries
+//! run on tokio's blocking pool so that a slow query cannot stall the runtime.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::{query, schema, StoreError};
+
+/// Idle connections kept for reuse; more may be open while queries run concurrently.
+const MAX_IDLE: usize = 4;
+
+/// Handle to the read side of the store; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct StoreReader {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl StoreReader {
+    /// A reader for the database at `path` (which the writer has already created).
+    pub(super) fn new(path: &Path) -> StoreReader {
+        StoreReader {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                idle: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Runs `f` on a read connection on the blocking pool.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.take()?;
+            let result = f(&conn).map_err(|source| StoreError::Read { source });
+            inner.give_back(conn);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::ReadTask(e.to_string()))?
+    }
+
+    /// The fleet: every device with its latest window per series and active alert count.
+    pub async fn devices(&self) -> Result<Vec<query::DeviceSummary>, StoreError> {
+        self.read(query::devices).await
+    }
+
+    /// One device, or `None` if the store has never heard of it.
+    pub async fn device(&self, device: &str) -> Result<Option<query::DeviceSummary>, StoreError> {
+        let device = device.to_owned();
+        self.read(move |conn| query::device(conn, &device)).await
+    }
+
+    /// Windows matching `filter`, newest first.
+    pub async fn windows(
+        &self,
+        filter: query::WindowFilter,
+    ) -> Result<Vec<query::WindowRow>, StoreError> {
+        self.read(move |conn| query::windows(conn, &filter)).await
+    }
+
+    /// Alert events matching `filter`, newest first.
+    pub async fn alerts(
+        &self,
+        filter: query::AlertFilter,
+    ) -> Result<Vec<query::AlertRow>, StoreError> {
+        self.read(move |conn| query::alerts(conn, &filter)).await
+    }
+
+    /// The checkpointed sequence number of a Kinesis shard, if any.
+    pub async fn checkpoint(
+        &self,
+        stream: &str,
+        shard_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let (stream, shard_id) = (stream.to_owned(), shard_id.to_owned());
+        self.read(move |conn| query::checkpoint(conn, &stream, &shard_id))
+            .await
+    }
+
+    /// Row counts for health and tests.
+    pub async fn counts(&self) -> Result<query::Counts, StoreError> {
+        self.read(query::counts).await
+    }
+}
+
+impl Inner {
+    fn take(&self) -> Result<Connection, StoreError> {
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        match pooled {
+            Some(conn) => Ok(conn),
+            None => open_read_only(&self.path),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
+    }
+}
+
+fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    schema::configure(&conn).map_err(|source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(conn)
+}

@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# Osprey's test command: `bash tests/run.sh` from anywhere in the repo.
+#
+#   bash tests/run.sh              install what is missing, start moto, then run every step:
+#                                  fmt, clippy, build, test (incl. end-to-end suites), cross
+#   bash tests/run.sh -- CMD ...   install and start the same things, then run only CMD in that
+#                                  environment, e.g. `bash tests/run.sh -- cargo test -p osprey-tests`
+#
+# What it installs, each only when missing (idempotent; a second run installs nothing):
+#   Debian:  mosquitto mosquitto-clients openssl qemu-user-static gcc-aarch64-linux-gnu
+#            gcc-arm-linux-gnueabihf chromium (+ python3 python3-venv when no python3 can make a venv)
+#   rustup:  targets aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl,
+#            components clippy rustfmt
+#   PyPI:    moto[server] 5.x in the venv .osprey-test/venv
+#
+# What it starts: one moto server (Kinesis + DynamoDB API) on a free loopback port, stopped on exit.
+# Mosquitto is NOT started here: every test starts its own brokers through the harness
+# (tests/src/mosquitto.rs) because tests stop and restart them.
+#
+# What it exports to the steps:
+#   OSPREY_TEST_MOTO_ENDPOINT=http://127.0.0.1:PORT   the moto server
+#   OSPREY_TEST_MOSQUITTO=/usr/sbin/mosquitto         the broker binary the harness starts
+#   AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+#
+# Everything listens on 127.0.0.1 only. Needs root (or sudo) only when something must be installed.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+STATE="$ROOT/.osprey-test"
+VENV="$STATE/venv"
+mkdir -p "$STATE"
+
+APT_PACKAGES=(mosquitto mosquitto-clients openssl qemu-user-static gcc-aarch64-linux-gnu
+    gcc-arm-linux-gnueabihf chromium)
+RUST_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl)
+RUST_COMPONENTS=(clippy rustfmt)
+MOTO_SPEC='moto[server]>=5,<6'
+
+if [[ -t 2 ]]; then BOLD=$'\033[1m' RED=$'\033[1;31m' OFF=$'\033[0m'; else BOLD="" RED="" OFF=""; fi
+log() { printf '%stests/run.sh:%s %s\n' "$BOLD" "$OFF" "$*" >&2; }
+die() { printf '%stests/run.sh: %s%s\n' "$RED" "$*" "$OFF" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# Timing and cleanup
+# ---------------------------------------------------------------------------------------------
+TIMINGS=()
+RUN_START=$SECONDS
+MOTO_PID=""
+STEP_NAME=""   # the step running now, so that the EXIT trap can name what failed
+STEP_START=0
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [[ -n "$STEP_NAME" ]]; then
+        TIMINGS+=("$(printf '%-34s %8d  FAILED (exit %d)' "$STEP_NAME" "$((SECONDS - STEP_START))" "$rc")")
+    fi
+    if [[ -n "$MOTO_PID" ]]; then
+        # moto runs in its own session (setsid): end its whole process group, then reap it.
+        kill -TERM -- "-$MOTO_PID" 2>/dev/null || kill -TERM "$MOTO_PID" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$MOTO_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL -- "-$MOTO_PID" 2>/dev/null || true
+        wait "$MOTO_PID" 2>/dev/null || true
+    fi
+    if ((${#TIMINGS[@]})); then
+        printf '\n%-34s %8s  %s\n' "step" "seconds" "result" >&2
+        printf '%s\n' "${TIMINGS[@]}" >&2
+        printf '%-34s %8d\n' "total" "$((SECONDS - RUN_START))" >&2
+    fi
+    if [[ -n "$STEP_NAME" ]]; then
+        printf '%stests/run.sh: FAILED at step "%s" (exit %d); later steps did not run%s\n' \
+            "$RED" "$STEP_NAME" "$rc" "$OFF" >&2
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# step NAME CMD...: run CMD and record its time. Deliberately not `CMD || ...`: that would switch
+# off `set -e` inside the shell functions used as steps. A failure exits the script here and the
+# EXIT trap reports which step failed.
+step() {
+    STEP_NAME=$1; shift
+    STEP_START=$SECONDS
+    log "== $STEP_NAME: $*"
+    "$@"
+    TIMINGS+=("$(printf '%-34s %8d  ok' "$STEP_NAME" "$((SECONDS - STEP_START))")")
+    STEP_NAME=""
+}
+
+as_root() {
+    if ((EUID == 0)); then "$@"
+    elif command -v sudo >/dev/null; then sudo "$@"
+    else die "need root to run: $* (or install it by hand)"; fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Install what is missing
+# ---------------------------------------------------------------------------------------------
+deb_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+# A python3 that can create a venv with pip (pyenv's python can; Debian's needs python3-venv).
+venv_python() {
+    local py
+    for py in "$(command -v python3 || true)" /usr/bin/python3; do
+        [[ -n "$py" && -x "$py" ]] || continue
+        if "$py" -c 'import venv, ensurepip' >/dev/null 2>&1; then echo "$py"; return 0; fi
+    done
+    return 1
+}
+
+moto_ready() { [[ -x "$VENV/bin/moto_server" ]] && "$VENV/bin/python" -c 'import moto.server' >/dev/null 2>&1; }
+
+install_debian() {
+    local missing=() p
+    for p in "${APT_PACKAGES[@]}"; do deb_installed "$p" || missing+=("$p"); done
+    if ! moto_ready && ! venv_python >/dev/null; then missing+=(python3 python3-venv); fi
+    if ((${#missing[@]} == 0)); then log "Debian packages: all present"; return 0; fi
+    command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get: install them by hand"
+    log "Debian packages missing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get update
+    as_root apt-get install -y "${missing[@]}"
+}
+
+install_rust() {
+    command -v rustup >/dev/null || die "rustup not found: install Rust stable with rustup first"
+    local installed t c
+    installed="$(rustup target list --installed)"
+    for t in "${RUST_TARGETS[@]}"; do
+        grep -qx "$t" <<<"$installed" || rustup target add "$t"
+    done
+    installed="$(rustup component list --installed)"
+    for c in "${RUST_COMPONENTS[@]}"; do
+        grep -q "^$c-" <<<"$installed" || rustup component add "$c"
+    done
+}
+
+install_moto() {
+    if moto_ready; then log "moto: present in $VENV"; return 0; fi
+    local py
+    py="$(venv_python)" || die "no python3 able to create a venv (install python3-venv)"
+    rm -rf "$VENV"
+    "$py" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$MOTO_SPEC"
+    moto_ready || die "moto installed into $VENV but does not import"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Start moto
+# ---------------------------------------------------------------------------------------------
+start_moto() {
+    local port
+    port="$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$STATE/moto.log" 2>&1 </dev/null &
+    MOTO_PID=$!
+    # Ready when it answers HTTP (any status); give up after 30 s or if it dies.
+    if ! "$VENV/bin/python" - "$port" "$MOTO_PID" <<'EOF'
+import os, sys, time, urllib.request, urllib.error
+port, pid = sys.argv[1], int(sys.argv[2])
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        sys.exit("moto_server exited")
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/data.json", timeout=1)
+        sys.exit(0)
+    except urllib.error.HTTPError:
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.1)
+sys.exit("moto_server did not answer within 30 s")
+EOF
+    then
+        cat "$STATE/moto.log" >&2 || true
+        die "moto server did not start (log above, $STATE/moto.log)"
+    fi
+    export OSPREY_TEST_MOTO_ENDPOINT="http://127.0.0.1:$port"
+    log "moto server pid $MOTO_PID at $OSPREY_TEST_MOTO_ENDPOINT (log: $STATE/moto.log)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+CMD=()
+if (($#)); then
+    [[ "$1" == "--" ]] || die "usage: bash tests/run.sh [-- CMD ARGS...]"
+    shift
+    CMD=("$@")
+    ((${#CMD[@]})) || die "usage: bash tests/run.sh [-- CMD ARGS...]"
+fi
+
+step "install: debian packages" install_debian
+step "install: rust targets, components" install_rust
+step "install: moto venv" install_moto
+step "start: moto server" start_moto
+
+export OSPREY_TEST_MOSQUITTO
+OSPREY_TEST_MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
+[[ -x "$OSPREY_TEST_MOSQUITTO" ]] || die "mosquitto not found at $OSPREY_TEST_MOSQUITTO"
+export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+
+if ((${#CMD[@]})); then
+    label="run: ${CMD[*]}"
+    step "${label:0:34}" "${CMD[@]}"
+    exit 0
+fi
+
+step "cargo fmt --check" cargo fmt --all -- --check
+step "cargo clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
+step "cargo build --bins" cargo build --workspace --bins
+step "cargo test --workspace" cargo test --workspace
+step "cross/build.sh --test" bash cross/build.sh --test
+log "all steps passed"
