@@ -140,7 +140,7 @@ smoke() {
     out="$($RUNNER "$binary" --help 2>&1)" || rc=$?
     printf '%s\n' "$out" | sed -n '1,12p' | sed 's/^/    | /' >&2
     ((rc == 0)) || die "smoke test failed: $RUNNER $binary --help exited $rc"
-    grep -q 'Usage' <<<"$out" || log "warning: '$BIN --help' printed no 'Usage' line"
+    grep -q 'Usage:' <<<"$out" || die "smoke test failed: '$BIN --help' printed no 'Usage:' line"
 }
 
 SUMMARY=()

@@ -135,7 +135,10 @@ mod tests {
         assert_eq!(batch.reading_count(), 4);
         assert_eq!(batch.series.len(), 2);
         let temp = &batch.series[0];
-        assert_eq!((temp.sensor.as_str(), temp.unit.as_str()), ("bearing", "Cel"));
+        assert_eq!(
+            (temp.sensor.as_str(), temp.unit.as_str()),
+            ("bearing", "Cel")
+        );
         assert_eq!(
             temp.readings().collect::<Vec<_>>(),
             [(1000, 1040.0), (2000, 2040.0)]
@@ -148,7 +151,10 @@ mod tests {
     fn becomes_due_when_the_oldest_reading_reaches_max_age() {
         let t0 = Instant::now();
         let mut b = Batcher::new(limits(100, 5000));
-        assert!(!b.is_due(t0 + Duration::from_secs(3600)), "empty is never due");
+        assert!(
+            !b.is_due(t0 + Duration::from_secs(3600)),
+            "empty is never due"
+        );
         assert_eq!(b.deadline(), None);
         let [r, _] = sample(0);
         b.push(&r, t0);

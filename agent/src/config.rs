@@ -213,10 +213,12 @@ impl Config {
             message: e.message().trim_end().to_owned(),
         })?;
         let config = from_raw(&raw, text, base_dir)?;
-        config.check().map_err(|(field, message)| ConfigError::Invalid {
-            location: span_of(&raw, field).map(|span| Location::of_offset(text, span.start)),
-            message: format!("{}: {message}", field.name()),
-        })?;
+        config
+            .check()
+            .map_err(|(field, message)| ConfigError::Invalid {
+                location: span_of(&raw, field).map(|span| Location::of_offset(text, span.start)),
+                message: format!("{}: {message}", field.name()),
+            })?;
         Ok(config)
     }
 

@@ -6,11 +6,14 @@ use crate::tls::TlsError;
 
 /// Why [`crate::run`] stopped with a failure. Connection problems are not among them: the
 /// uplink logs them and reconnects.
+///
+/// Like every error of this crate, its message describes only its own level; the cause is
+/// `source()`. Print the whole chain (`{:#}` with anyhow, or walk `source()`) in logs.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AgentError {
     /// The configuration is invalid.
-    #[error("invalid configuration: {0}")]
+    #[error("invalid configuration")]
     Config(#[from] ConfigError),
     /// The TLS certificate or key files cannot be used.
     #[error(transparent)]
@@ -19,7 +22,7 @@ pub enum AgentError {
     #[error(transparent)]
     Journal(#[from] JournalError),
     /// A status message could not be encoded (a bug).
-    #[error("cannot encode a status message: {0}")]
+    #[error("cannot encode a status message")]
     Encode(#[from] osprey_protocol::EncodeError),
     /// A pipeline task panicked or was cancelled: a bug.
     #[error("the {task} task stopped unexpectedly: {detail}")]

@@ -27,6 +27,9 @@
 //! batch: `batch.max_readings` readings or `batch.max_age` of data) and the messages queued
 //! between the sampler and the journal writer (a bounded channel, normally empty).
 //!
+//! Errors follow the `std::error::Error` convention: the message describes this failure, and
+//! the cause (sled's error) is its `source()`; print the chain (`{:#}` with anyhow) to see both.
+//!
 //! Not yet done (later issues): a byte bound with oldest-telemetry-first eviction, and moving a
 //! corrupt journal aside. Today an unopenable journal is a [`JournalError::Open`] naming its path.
 
@@ -80,8 +83,8 @@ pub enum JournalError {
     /// The journal could not be opened (missing permissions, a corrupt or foreign database, or
     /// another process holding it).
     #[error(
-        "cannot open the journal at {path}: {source} (check that the directory is writable and \
-         that no other osprey-agent uses it)"
+        "cannot open the journal at {path} (check that the directory is writable and that no \
+         other osprey-agent uses it)"
     )]
     Open {
         /// Journal directory.
@@ -90,7 +93,7 @@ pub enum JournalError {
         source: sled::Error,
     },
     /// Storing a message failed.
-    #[error("cannot write message {seq} to the journal at {path}: {source}")]
+    #[error("cannot write message {seq} to the journal at {path}")]
     Append {
         /// Journal directory.
         path: PathBuf,
@@ -100,7 +103,7 @@ pub enum JournalError {
         source: sled::Error,
     },
     /// Deleting a delivered message failed.
-    #[error("cannot remove message {seq} from the journal at {path}: {source}")]
+    #[error("cannot remove message {seq} from the journal at {path}")]
     Remove {
         /// Journal directory.
         path: PathBuf,
@@ -110,7 +113,7 @@ pub enum JournalError {
         source: sled::Error,
     },
     /// Reading messages back failed.
-    #[error("cannot read the journal at {path}: {source}")]
+    #[error("cannot read the journal at {path}")]
     Read {
         /// Journal directory.
         path: PathBuf,
@@ -118,7 +121,7 @@ pub enum JournalError {
         source: sled::Error,
     },
     /// Persisting the next sequence number failed.
-    #[error("cannot store the next sequence number in the journal at {path}: {source}")]
+    #[error("cannot store the next sequence number in the journal at {path}")]
     Reserve {
         /// Journal directory.
         path: PathBuf,
@@ -126,7 +129,7 @@ pub enum JournalError {
         source: sled::Error,
     },
     /// Flushing to disk failed.
-    #[error("cannot flush the journal at {path} to disk: {source}")]
+    #[error("cannot flush the journal at {path} to disk")]
     Sync {
         /// Journal directory.
         path: PathBuf,

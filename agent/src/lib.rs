@@ -42,7 +42,7 @@
 //! # Ok(()) }
 //! ```
 
-pub mod backoff;
+mod backoff;
 pub mod batch;
 mod clock;
 pub mod config;

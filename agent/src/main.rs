@@ -62,7 +62,7 @@ fn check(file: &Path) -> anyhow::Result<()> {
     let config = match Config::load(file) {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("{err}");
+            eprintln!("{:#}", anyhow::Error::new(err));
             std::process::exit(1);
         }
     };
@@ -186,9 +186,10 @@ fn summary(config: &Config) -> String {
         Some(t) => format!(
             "TLS, CA {}{}{}",
             t.ca.display(),
-            t.client
-                .as_ref()
-                .map_or_else(String::new, |c| format!(", client cert {}", c.cert.display())),
+            t.client.as_ref().map_or_else(String::new, |c| format!(
+                ", client cert {}",
+                c.cert.display()
+            )),
             t.alpn
                 .as_ref()
                 .map_or_else(String::new, |a| format!(", ALPN {a}"))

@@ -134,14 +134,54 @@ mod tests {
     fn hysteresis_table() {
         use Comparison::{Above, Below};
         let cases: &[(&str, ThresholdRule, &[f64], &str)] = &[
-            ("below threshold: nothing", rule(Above, 80.0, Some(75.0)), &[10.0, 79.99], ""),
-            ("threshold itself raises", rule(Above, 80.0, Some(75.0)), &[80.0], "R"),
-            ("hovering between levels: one raise", rule(Above, 80.0, Some(75.0)), &[81.0, 76.0, 80.5, 75.0, 90.0], "R"),
-            ("clear is strict", rule(Above, 80.0, Some(75.0)), &[81.0, 75.0, 74.99], "RC"),
-            ("raise again after clear", rule(Above, 80.0, Some(75.0)), &[81.0, 70.0, 85.0], "RCR"),
-            ("no clear level: clears below threshold", rule(Above, 80.0, None), &[80.0, 80.0, 79.9, 80.0], "RCR"),
-            ("below rule", rule(Below, 10.0, Some(12.0)), &[11.0, 10.0, 11.9, 12.1, 9.0], "RCR"),
-            ("NaN changes nothing", rule(Above, 80.0, Some(75.0)), &[f64::NAN, 81.0, f64::NAN, 70.0], "RC"),
+            (
+                "below threshold: nothing",
+                rule(Above, 80.0, Some(75.0)),
+                &[10.0, 79.99],
+                "",
+            ),
+            (
+                "threshold itself raises",
+                rule(Above, 80.0, Some(75.0)),
+                &[80.0],
+                "R",
+            ),
+            (
+                "hovering between levels: one raise",
+                rule(Above, 80.0, Some(75.0)),
+                &[81.0, 76.0, 80.5, 75.0, 90.0],
+                "R",
+            ),
+            (
+                "clear is strict",
+                rule(Above, 80.0, Some(75.0)),
+                &[81.0, 75.0, 74.99],
+                "RC",
+            ),
+            (
+                "raise again after clear",
+                rule(Above, 80.0, Some(75.0)),
+                &[81.0, 70.0, 85.0],
+                "RCR",
+            ),
+            (
+                "no clear level: clears below threshold",
+                rule(Above, 80.0, None),
+                &[80.0, 80.0, 79.9, 80.0],
+                "RCR",
+            ),
+            (
+                "below rule",
+                rule(Below, 10.0, Some(12.0)),
+                &[11.0, 10.0, 11.9, 12.1, 9.0],
+                "RCR",
+            ),
+            (
+                "NaN changes nothing",
+                rule(Above, 80.0, Some(75.0)),
+                &[f64::NAN, 81.0, f64::NAN, 70.0],
+                "RC",
+            ),
         ];
         for (name, rule, values, expected) in cases {
             assert_eq!(trace(rule.clone(), values), *expected, "{name}");

@@ -53,7 +53,12 @@ pub async fn run(
 ) -> Result<RunSummary, AgentError> {
     config.validate()?;
     // A few small file reads; done before any task starts so a wrong path fails the run.
-    let tls = config.mqtt.tls.as_ref().map(tls::client_config).transpose()?;
+    let tls = config
+        .mqtt
+        .tls
+        .as_ref()
+        .map(tls::client_config)
+        .transpose()?;
     let path = config.journal_path.clone();
     let journal: Arc<dyn Journal> = Arc::new(
         tokio::task::spawn_blocking(move || SledJournal::open(&path))
@@ -127,7 +132,9 @@ pub async fn run(
     }
     // The sampler dropped its sender, so the writer ends once it has journaled the rest
     // (including the final partial batch), or reports the journal error that stopped it.
-    writer.await.map_err(|e| AgentError::join("journal writer", e))??;
+    writer
+        .await
+        .map_err(|e| AgentError::join("journal writer", e))??;
 
     // Phase 2 (max_samples only): wait until everything is acknowledged.
     if finished {
@@ -175,9 +182,7 @@ async fn drained(journal: &dyn Journal, delivered_rx: &mut watch::Receiver<u64>)
 }
 
 /// The error for an uplink that ended while the run still needed it.
-fn uplink_ended(
-    result: Result<Result<(), AgentError>, tokio::task::JoinError>,
-) -> AgentError {
+fn uplink_ended(result: Result<Result<(), AgentError>, tokio::task::JoinError>) -> AgentError {
     match result {
         Ok(Err(e)) => e,
         Ok(Ok(())) => AgentError::Task {

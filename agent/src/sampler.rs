@@ -128,23 +128,23 @@ fn log_alert(device: &str, reading: &Reading, alert: &osprey_protocol::Alert) {
     let severity = format!("{:?}", alert.severity).to_lowercase();
     match alert.event {
         AlertEvent::Raise => tracing::warn!(
-            device,
+            device = %device,
             rule = %alert.rule,
             sensor = %reading.sensor,
             metric = %reading.metric,
             value = alert.value,
             threshold = alert.threshold,
-            severity,
+            severity = %severity,
             "alert raised"
         ),
         AlertEvent::Clear => tracing::warn!(
-            device,
+            device = %device,
             rule = %alert.rule,
             sensor = %reading.sensor,
             metric = %reading.metric,
             value = alert.value,
             clear = alert.threshold,
-            severity,
+            severity = %severity,
             "alert cleared"
         ),
     }
@@ -156,7 +156,6 @@ async fn sleep_until_or_forever(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -206,7 +205,10 @@ mod tests {
                 Outbound::Alert(_) => 0,
             })
             .sum();
-        assert_eq!(readings, 600, "200 samples × 3 series, last partial batch flushed");
+        assert_eq!(
+            readings, 600,
+            "200 samples × 3 series, last partial batch flushed"
+        );
         let alerts: Vec<_> = out
             .iter()
             .filter_map(|m| match m {

@@ -25,6 +25,9 @@
 //!   458 and 563 and never clears. A run with `max_samples = 600` therefore yields exactly two
 //!   raise events and no clear.
 //!
+//! The sample index restarts at 0 with every run of the agent: a restarted `degrading` device
+//! starts from a healthy bearing again.
+//!
 //! Values are rounded to two decimals: a realistic sensor resolution, and it keeps the CBOR
 //! floats of a batch short.
 
@@ -66,6 +69,24 @@ impl Scenario {
         }
     }
 }
+
+impl std::str::FromStr for Scenario {
+    type Err = UnknownScenario;
+
+    /// Parses a scenario name as written in the config file (for command-line flags).
+    fn from_str(name: &str) -> Result<Scenario, UnknownScenario> {
+        match name {
+            "steady" => Ok(Scenario::Steady),
+            "degrading" => Ok(Scenario::Degrading),
+            _ => Err(UnknownScenario(name.to_owned())),
+        }
+    }
+}
+
+/// A scenario name that is not `steady` or `degrading`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown scenario {0:?} (expected \"steady\" or \"degrading\")")]
+pub struct UnknownScenario(pub String);
 
 /// A seeded simulated machine. See the [module docs](self) for the value model.
 #[derive(Debug, Clone)]
@@ -110,8 +131,20 @@ impl Simulator {
             ),
         };
         vec![
-            Reading::new("bearing", "temperature", "Cel", time_ms, round2(temperature)),
-            Reading::new("bearing", "vibration", "mm/s", time_ms, round2(vibration.max(0.0))),
+            Reading::new(
+                "bearing",
+                "temperature",
+                "Cel",
+                time_ms,
+                round2(temperature),
+            ),
+            Reading::new(
+                "bearing",
+                "vibration",
+                "mm/s",
+                time_ms,
+                round2(vibration.max(0.0)),
+            ),
             Reading::new("motor", "current", "A", time_ms, round2(current.max(0.0))),
         ]
     }
@@ -183,6 +216,14 @@ mod tests {
     }
 
     #[test]
+    fn scenario_names_round_trip() {
+        for scenario in [Scenario::Steady, Scenario::Degrading] {
+            assert_eq!(scenario.name().parse::<Scenario>(), Ok(scenario));
+        }
+        assert!("drifting".parse::<Scenario>().is_err());
+    }
+
+    #[test]
     fn fnv1a64_matches_reference_vectors() {
         // Reference values from the FNV specification's test suite.
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
@@ -243,8 +284,10 @@ mod tests {
                     events.extend(rules.evaluate(r).into_iter().map(|a| (i, a)));
                 }
             }
-            let summary: Vec<(&str, AlertEvent)> =
-                events.iter().map(|(_, a)| (a.rule.as_str(), a.event)).collect();
+            let summary: Vec<(&str, AlertEvent)> = events
+                .iter()
+                .map(|(_, a)| (a.rule.as_str(), a.event))
+                .collect();
             assert_eq!(
                 summary,
                 [

@@ -61,7 +61,7 @@ pub struct ClientIdentity {
 #[non_exhaustive]
 pub enum TlsError {
     /// A PEM file could not be read.
-    #[error("cannot read the {what} file {path}: {source}")]
+    #[error("cannot read the {what} file {path}")]
     Read {
         /// Which file this is (`CA certificate`, `device certificate`, `private key`).
         what: &'static str,
@@ -71,7 +71,9 @@ pub enum TlsError {
         source: std::io::Error,
     },
     /// A file holds no PEM block of the expected kind.
-    #[error("the {what} file {path} contains no {expected} PEM block (is it DER, or the wrong file?)")]
+    #[error(
+        "the {what} file {path} contains no {expected} PEM block (is it DER, or the wrong file?)"
+    )]
     NoPem {
         /// Which file this is.
         what: &'static str,
@@ -81,7 +83,7 @@ pub enum TlsError {
         expected: &'static str,
     },
     /// The CA certificate is not usable as a trust anchor.
-    #[error("the CA certificate in {path} is not usable: {source}")]
+    #[error("the CA certificate in {path} is not usable as a trust anchor")]
     BadCa {
         /// The file.
         path: PathBuf,
@@ -89,10 +91,7 @@ pub enum TlsError {
         source: rustls::Error,
     },
     /// The certificate and key cannot be used together.
-    #[error(
-        "the device certificate {cert} and key {key} cannot be used together: {source} (check \
-         that the key belongs to the certificate and is an ECDSA P-256/P-384, RSA or Ed25519 key)"
-    )]
+    #[error("{}", client_auth_message(cert, key, source))]
     ClientAuth {
         /// Certificate file.
         cert: PathBuf,
@@ -104,6 +103,24 @@ pub enum TlsError {
     /// The crypto provider refused the default protocol versions (a build problem).
     #[error("the TLS provider does not support TLS 1.2/1.3: {0}")]
     Provider(rustls::Error),
+}
+
+/// The message for [`TlsError::ClientAuth`]: says which file to look at.
+fn client_auth_message(cert: &Path, key: &Path, source: &rustls::Error) -> String {
+    let (cert, key) = (cert.display(), key.display());
+    match source {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            format!("the private key {key} does not belong to the device certificate {cert}")
+        }
+        rustls::Error::InvalidCertificate(_) => format!(
+            "the device certificate {cert} cannot be used (it must be an X.509 v3 certificate; \
+             `openssl x509 -req` makes v1 unless given extensions)"
+        ),
+        _ => format!(
+            "the device certificate {cert} and private key {key} cannot be used together (the \
+             key must be an ECDSA P-256/P-384, RSA or Ed25519 key in PKCS#8, PKCS#1 or SEC1 PEM)"
+        ),
+    }
 }
 
 /// Loads the PEM files named in `tls` and builds a client configuration using `ring`.
@@ -186,6 +203,55 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/tls")
+            .join(name)
+    }
+
+    #[test]
+    fn mutual_tls_config_builds_with_alpn() {
+        let tls = Tls::new(fixture("ca.pem"))
+            .with_client(fixture("device.pem"), fixture("device.key"))
+            .with_alpn("x-amzn-mqtt-ca");
+        let config = client_config(&tls).unwrap();
+        assert_eq!(config.alpn_protocols, [b"x-amzn-mqtt-ca".to_vec()]);
+        assert!(config.client_auth_cert_resolver.has_certs());
+    }
+
+    #[test]
+    fn key_of_another_certificate_is_named() {
+        let tls =
+            Tls::new(fixture("ca.pem")).with_client(fixture("device.pem"), fixture("other.key"));
+        let msg = client_config(&tls).unwrap_err().to_string();
+        assert!(msg.contains("other.key does not belong"), "{msg}");
+    }
+
+    #[test]
+    fn x509_v1_certificate_gets_a_hint() {
+        let tls = Tls::new(fixture("ca.pem"))
+            .with_client(fixture("device-v1.pem"), fixture("device.key"));
+        let msg = client_config(&tls).unwrap_err().to_string();
+        assert!(msg.contains("device-v1.pem"), "{msg}");
+        assert!(msg.contains("X.509 v3"), "{msg}");
+    }
+
+    #[test]
+    fn certificate_file_given_as_key_is_reported() {
+        let tls = Tls::new(fixture("ca.pem")).with_client(fixture("device.pem"), fixture("ca.pem"));
+        let err = client_config(&tls).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TlsError::NoPem {
+                    what: "private key",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
 
     #[test]
     fn missing_ca_file_is_named() {

@@ -110,7 +110,10 @@ impl Session {
 /// How a connection ended.
 enum SessionEnd {
     Stopped,
-    Lost,
+    /// The connection failed or dropped; `connected` if it got as far as a ConnAck.
+    Lost {
+        connected: bool,
+    },
 }
 
 impl Uplink {
@@ -118,12 +121,24 @@ impl Uplink {
     /// journal failures; connection problems are logged and retried forever.
     pub(crate) async fn run(self, mut stop_rx: watch::Receiver<bool>) -> Result<(), AgentError> {
         let mut backoff = Backoff::uplink();
+        // The will's sequence number. Attempts that never reach ConnAck reuse it, so a broker
+        // outage does not burn a number per retry; once a broker has accepted a will it may
+        // publish it, so the next connection takes a fresh one. (A CONNECT accepted without
+        // the ConnAck arriving could, at worst, make two offline statuses share a number: the
+        // cloud keeps one, and the device was offline throughout anyway.)
+        let mut will_seq = None;
         loop {
             if *stop_rx.borrow() {
                 return Ok(());
             }
-            if let SessionEnd::Stopped = self.session(&mut stop_rx, &mut backoff).await? {
-                return Ok(());
+            let seq = match will_seq {
+                Some(seq) => seq,
+                None => *will_seq.insert(self.reserve_seq_durably().await?),
+            };
+            match self.session(seq, &mut stop_rx, &mut backoff).await? {
+                SessionEnd::Stopped => return Ok(()),
+                SessionEnd::Lost { connected: true } => will_seq = None,
+                SessionEnd::Lost { connected: false } => {}
             }
             let delay = backoff.next_delay(&mut rand::rng());
             tracing::info!(
@@ -142,10 +157,10 @@ impl Uplink {
     /// One connection, from CONNECT to its loss or a stop.
     async fn session(
         &self,
+        will_seq: u64,
         stop_rx: &mut watch::Receiver<bool>,
         backoff: &mut Backoff,
     ) -> Result<SessionEnd, AgentError> {
-        let will_seq = self.reserve_seq_durably().await?;
         let will = self.status(will_seq, StatusState::Offline)?;
         let (client, eventloop) = AsyncClient::new(
             self.options(will),
@@ -159,20 +174,22 @@ impl Uplink {
 
         loop {
             if session.connected && !self.fill_window(&client, &mut session)? {
-                return Ok(SessionEnd::Lost);
+                return Ok(SessionEnd::Lost {
+                    connected: session.connected,
+                });
             }
             tokio::select! {
                 event = event_rx.recv() => match event {
                     Some(Ok(event)) => {
                         if !self.on_event(event, &client, &mut session, backoff).await? {
-                            return Ok(SessionEnd::Lost);
+                            return Ok(SessionEnd::Lost { connected: session.connected });
                         }
                     }
                     Some(Err(error)) => {
                         self.log_connection_error(&error, session.connected);
-                        return Ok(SessionEnd::Lost);
+                        return Ok(SessionEnd::Lost { connected: session.connected });
                     }
-                    None => return Ok(SessionEnd::Lost),
+                    None => return Ok(SessionEnd::Lost { connected: session.connected }),
                 },
                 _ = self.appended.notified(), if session.connected => {}
                 _ = stopped(stop_rx) => {
@@ -184,8 +201,7 @@ impl Uplink {
     }
 
     fn options(&self, will: Vec<u8>) -> MqttOptions {
-        let mut options =
-            MqttOptions::new(&self.mqtt.client_id, &self.mqtt.host, self.mqtt.port);
+        let mut options = MqttOptions::new(&self.mqtt.client_id, &self.mqtt.host, self.mqtt.port);
         options
             .set_keep_alive(self.mqtt.keep_alive)
             .set_clean_session(true)
@@ -228,13 +244,21 @@ impl Uplink {
                 // Birth first, so the cloud learns the device is online before the backlog.
                 let seq = self.reserve_seq_durably().await?;
                 let birth = self.status(seq, StatusState::Online)?;
-                return Ok(self.publish(client, session, Kind::Status, birth, Pending::Status(seq)));
+                return Ok(self.publish(
+                    client,
+                    session,
+                    Kind::Status,
+                    birth,
+                    Pending::Status(seq),
+                ));
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => match session.requested.pop_front() {
                 Some(pending) => {
                     session.sent.insert(pkid, pending);
                 }
-                None => tracing::warn!(device = %self.device, pkid, "publish event with no request"),
+                None => {
+                    tracing::warn!(device = %self.device, pkid, "publish event with no request")
+                }
             },
             Event::Incoming(Packet::PubAck(ack)) => match session.sent.remove(&ack.pkid) {
                 Some(Pending::Journaled(seq)) => {
@@ -246,7 +270,9 @@ impl Uplink {
                 Some(Pending::Status(seq)) => {
                     tracing::debug!(device = %self.device, seq, "status delivered");
                 }
-                None => tracing::warn!(device = %self.device, pkid = ack.pkid, "PUBACK for unknown packet id"),
+                None => {
+                    tracing::warn!(device = %self.device, pkid = ack.pkid, "PUBACK for unknown packet id")
+                }
             },
             _ => {}
         }
@@ -322,7 +348,13 @@ impl Uplink {
             return Ok(());
         }
         let offline = self.status(will_seq, StatusState::Offline)?;
-        self.publish(client, session, Kind::Status, offline, Pending::Status(will_seq));
+        self.publish(
+            client,
+            session,
+            Kind::Status,
+            offline,
+            Pending::Status(will_seq),
+        );
         if let Err(error) = client.try_disconnect() {
             tracing::debug!(device = %self.device, %error, "cannot request DISCONNECT");
             return Ok(());
@@ -384,10 +416,7 @@ impl Uplink {
 /// Polls the event loop and forwards its events until the first error (which it forwards
 /// too) or until the control loop goes away. The event loop is dropped with this task: no
 /// reconnect happens behind the uplink's back.
-async fn drive(
-    mut eventloop: EventLoop,
-    event_tx: mpsc::Sender<Result<Event, ConnectionError>>,
-) {
+async fn drive(mut eventloop: EventLoop, event_tx: mpsc::Sender<Result<Event, ConnectionError>>) {
     loop {
         let event = eventloop.poll().await;
         let failed = event.is_err();

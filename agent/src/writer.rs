@@ -37,7 +37,10 @@ impl Writer {
     /// Journals messages until the sender side closes. A journal failure stops the writer,
     /// which closes the channel and so stops the sampler too: without a journal the agent
     /// cannot keep its no-loss promise.
-    pub(crate) async fn run(self, mut outbound_rx: mpsc::Receiver<Outbound>) -> Result<(), AgentError> {
+    pub(crate) async fn run(
+        self,
+        mut outbound_rx: mpsc::Receiver<Outbound>,
+    ) -> Result<(), AgentError> {
         while let Some(message) = outbound_rx.recv().await {
             self.write(message).await?;
         }

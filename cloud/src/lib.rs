@@ -46,6 +46,8 @@ pub mod backoff;
 pub mod bridge;
 pub mod clock;
 pub mod connection;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod pipeline;
 pub mod serve;
 pub mod shutdown;

@@ -1,6 +1,7 @@
 //! `osprey`: the Osprey cloud command line. Parses arguments, sets up logging and calls into
 //! the `osprey_cloud` library.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +16,7 @@ use osprey_cloud::serve::{self, ServeConfig, SourceConfig};
 /// Osprey cloud: ingest gateway telemetry from MQTT or Kinesis, keep a fleet view in SQLite,
 /// and serve it as a JSON API and a dashboard.
 #[derive(Debug, Parser)]
-#[command(name = "osprey", version, about, long_about = None)]
+#[command(name = "osprey", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,6 +28,34 @@ enum Command {
     Serve(ServeArgs),
     /// Forward every device's MQTT messages to a Kinesis stream (what an AWS IoT rule does).
     Bridge(BridgeArgs),
+    /// Run the whole pipeline in one process: an embedded MQTT broker, a simulated fleet
+    /// running the agent, the cloud reading MQTT, SQLite in a temporary directory, and the
+    /// dashboard. Runs until Ctrl-C.
+    #[cfg(feature = "demo")]
+    Demo(DemoArgs),
+}
+
+#[cfg(feature = "demo")]
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Number of simulated devices (the second one has a failing bearing).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    devices: usize,
+    /// Address of the dashboard and API.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Port of the embedded MQTT broker on 127.0.0.1 [default: a free port].
+    #[arg(long, value_name = "PORT")]
+    mqtt_port: Option<u16>,
+    /// Sample period of each simulated device, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    interval_ms: u64,
+    /// Seed of the simulated fleet: the same seed gives the same readings.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Keep the database and journals in this directory instead of a temporary one.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 /// Where `osprey serve` reads messages from.
@@ -140,6 +169,8 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Bridge(args) => bridge(args).await,
+        #[cfg(feature = "demo")]
+        Command::Demo(args) => demo(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -154,10 +185,11 @@ async fn main() -> ExitCode {
 /// default level `info`.
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
@@ -201,6 +233,40 @@ async fn bridge(args: BridgeArgs) -> Result<()> {
     let stats = running.shutdown().await;
     tracing::info!(?stats, "bridge stopped");
     signal.map(|_| ())
+}
+
+#[cfg(feature = "demo")]
+async fn demo(args: DemoArgs) -> Result<()> {
+    use osprey_cloud::demo::{self, DemoConfig};
+    let cfg = DemoConfig {
+        devices: args.devices,
+        listen: args.listen,
+        mqtt_port: args.mqtt_port,
+        interval: std::time::Duration::from_millis(args.interval_ms),
+        seed: args.seed,
+        data_dir: args.data_dir,
+    };
+    let listen = cfg.listen;
+    let shutdown = async {
+        if let Ok(name) = shutdown_signal().await {
+            tracing::info!(signal = name, "shutting down");
+        }
+    };
+    demo::run(cfg, shutdown, |ready| {
+        println!(
+            "Osprey demo: {} simulated devices -> MQTT broker on {} -> pipeline -> SQLite in {}",
+            ready.devices,
+            ready.mqtt,
+            ready.data_dir.display()
+        );
+        println!("  dashboard: {}/", ready.url);
+        println!("  API:       {}/api/devices", ready.url);
+        println!("Press Ctrl-C to stop.");
+    })
+    .await
+    .with_context(|| {
+        format!("osprey demo failed (if {listen} is in use, pass --listen 127.0.0.1:PORT)")
+    })
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM, with the signal's name.

@@ -74,7 +74,7 @@ pub enum Outcome {
 #[non_exhaustive]
 pub enum PipelineError {
     /// The store could not apply the write.
-    #[error("could not store ingested messages: {0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
@@ -130,8 +130,10 @@ impl Pipeline {
 
     /// Decodes, deduplicates, windows and stores one payload, in one transaction.
     pub async fn ingest(&self, payload: &[u8], source: Origin) -> Result<Outcome, PipelineError> {
-        let mut outcomes = self.ingest_batch(vec![(payload, source)], None).await?;
-        Ok(outcomes.pop().unwrap_or(Outcome::Duplicate))
+        let outcomes = self.ingest_batch(vec![(payload, source)], None).await?;
+        // The store answers one outcome per write; an empty answer would be a store bug, and
+        // "nothing changed" is the honest reading of it.
+        Ok(outcomes.into_iter().next().unwrap_or(Outcome::Duplicate))
     }
 
     /// Ingests several payloads and stores `checkpoint`, all in one transaction (each message

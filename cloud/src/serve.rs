@@ -81,13 +81,21 @@ pub enum ServeError {
     #[error(transparent)]
     Kinesis(#[from] source::kinesis::KinesisError),
     /// The API address cannot be bound.
-    #[error("cannot listen on {addr}: {source}; pick another --listen address")]
+    #[error("cannot listen on {addr}: {cause}; pick another --listen address")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// The OS error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
+    },
+    /// The store did not close in time because something still holds a pipeline handle.
+    #[error(
+        "the store did not close within {grace_s} s: a pipeline handle is still alive; \
+         its queued writes commit when it is dropped"
+    )]
+    StoreBusy {
+        /// How long shutdown waited.
+        grace_s: u64,
     },
     /// A task stopped on its own (it should run until shutdown).
     #[error("the {task} stopped unexpectedly: {reason}")]
@@ -149,20 +157,20 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
 
     let listener = match TcpListener::bind(cfg.listen).await {
         Ok(listener) => listener,
-        Err(source) => {
+        Err(cause) => {
             trigger.trigger();
             drop(pipeline);
             while tasks.join_next().await.is_some() {}
             store.close().await?;
             return Err(ServeError::Bind {
                 addr: cfg.listen,
-                source,
+                cause,
             });
         }
     };
-    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+    let addr = listener.local_addr().map_err(|cause| ServeError::Bind {
         addr: cfg.listen,
-        source,
+        cause,
     })?;
     let router = api::router(ApiState {
         reader: reader.clone(),
@@ -216,6 +224,8 @@ impl Running {
     }
 
     /// The pipeline the source feeds; in-process callers may ingest through it directly.
+    /// Drop any clone of it before [`Running::shutdown`]: the store closes only once every
+    /// pipeline handle is gone.
     pub fn pipeline(&self) -> &Pipeline {
         &self.pipeline
     }
@@ -274,7 +284,11 @@ impl Running {
             tasks.shutdown().await;
         }
         drop(pipeline);
-        store.close().await?;
+        tokio::time::timeout(SHUTDOWN_GRACE, store.close())
+            .await
+            .map_err(|_| ServeError::StoreBusy {
+                grace_s: SHUTDOWN_GRACE.as_secs(),
+            })??;
         tracing::info!("osprey serve stopped");
         Ok(())
     }

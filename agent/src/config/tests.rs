@@ -81,7 +81,10 @@ fn out_of_range_port_is_located() {
 fn invalid_device_id_is_located() {
     let (line, col, msg) = error_at("# gateway\ndevice_id = \"pump 7\"\n");
     assert_eq!((line, col), (2, 13));
-    assert!(msg.starts_with("2:13: device_id: invalid device id"), "{msg}");
+    assert!(
+        msg.starts_with("2:13: device_id: invalid device id"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -93,16 +96,28 @@ fn missing_device_id_is_reported() {
 #[test]
 fn bad_values_are_located() {
     let cases = [
-        ("[sampling]\ninterval_ms = 0\n", (3, 15), "sampling.interval_ms"),
+        (
+            "[sampling]\ninterval_ms = 0\n",
+            (3, 15),
+            "sampling.interval_ms",
+        ),
         ("[batch]\nmax_readings = 0\n", (3, 16), "batch.max_readings"),
-        ("[batch]\nmax_readings = 5000\n", (3, 16), "batch.max_readings"),
+        (
+            "[batch]\nmax_readings = 5000\n",
+            (3, 16),
+            "batch.max_readings",
+        ),
         ("[batch]\nmax_age_ms = 0\n", (3, 14), "batch.max_age_ms"),
         ("[mqtt]\ninflight = 0\n", (3, 12), "mqtt.inflight"),
         ("[mqtt]\nport = 0\n", (3, 8), "mqtt.port"),
         ("[mqtt]\nhost = \" \"\n", (3, 8), "mqtt.host"),
         ("[mqtt]\nclient_id = \"\"\n", (3, 13), "mqtt.client_id"),
         ("[journal]\npath = \"\"\n", (3, 8), "journal.path"),
-        ("[simulator]\nscenario = \"broken\"\n", (3, 12), "unknown variant"),
+        (
+            "[simulator]\nscenario = \"broken\"\n",
+            (3, 12),
+            "unknown variant",
+        ),
     ];
     for (body, expected, needle) in cases {
         let text = format!("device_id = \"p\"\n{body}");
@@ -114,7 +129,8 @@ fn bad_values_are_located() {
 
 #[test]
 fn tls_cert_without_key_is_rejected() {
-    let (line, _, msg) = error_at("device_id = \"p\"\n[mqtt.tls]\nca = \"ca.pem\"\ncert = \"d.pem\"\n");
+    let (line, _, msg) =
+        error_at("device_id = \"p\"\n[mqtt.tls]\nca = \"ca.pem\"\ncert = \"d.pem\"\n");
     assert!(line >= 2, "{msg}");
     assert!(msg.contains("both `cert` and `key`"), "{msg}");
 }
@@ -174,8 +190,15 @@ fn missing_file_is_a_read_error() {
 
 #[test]
 fn simulated_configs_validate_and_reject_bad_ids() {
-    let config =
-        Config::simulated("sim-01", 7, Scenario::Degrading, "/tmp/j", "localhost", 1883).unwrap();
+    let config = Config::simulated(
+        "sim-01",
+        7,
+        Scenario::Degrading,
+        "/tmp/j",
+        "localhost",
+        1883,
+    )
+    .unwrap();
     assert_eq!(config.mqtt.client_id, "sim-01");
     assert_eq!(config.rules.len(), 2);
     assert!(Config::simulated("bad id", 7, Scenario::Steady, "/tmp/j", "h", 1).is_err());

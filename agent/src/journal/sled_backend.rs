@@ -99,9 +99,11 @@ impl Journal for SledJournal {
         // counter; the value itself is still a valid lower bound.
         let mut next = self.next_seq.lock().unwrap_or_else(PoisonError::into_inner);
         let seq = *next;
-        let after = seq.checked_add(1).ok_or_else(|| JournalError::SeqExhausted {
-            path: self.path.clone(),
-        })?;
+        let after = seq
+            .checked_add(1)
+            .ok_or_else(|| JournalError::SeqExhausted {
+                path: self.path.clone(),
+            })?;
         self.meta
             .insert(NEXT_SEQ_KEY, &after.to_be_bytes())
             .map_err(|source| JournalError::Reserve {
@@ -132,14 +134,14 @@ impl Journal for SledJournal {
     }
 
     fn remove(&self, seq: u64) -> Result<(), JournalError> {
-        let removed = self
-            .messages
-            .remove(seq.to_be_bytes())
-            .map_err(|source| JournalError::Remove {
-                path: self.path.clone(),
-                seq,
-                source,
-            })?;
+        let removed =
+            self.messages
+                .remove(seq.to_be_bytes())
+                .map_err(|source| JournalError::Remove {
+                    path: self.path.clone(),
+                    seq,
+                    source,
+                })?;
         if removed.is_some() {
             self.len.fetch_sub(1, Ordering::Relaxed);
         }

@@ -29,8 +29,9 @@ pub(crate) fn explain(err: &ConnectionError, mqtt: &Mqtt) -> String {
             }
         ),
         ConnectionError::MqttState(StateError::ConnectionAborted) => format!(
-            "{addr} closed the connection: check the broker's log; on AWS IoT Core check that \
-             the policy allows connecting as {:?} and publishing to dt/osprey/<device>/*",
+            "{addr} closed the connection (broker restart, network drop, or a refusal: check \
+             the broker's log; AWS IoT Core also drops a connection whose policy does not allow \
+             client id {:?} to connect or publish to dt/osprey/<device>/*)",
             mqtt.client_id
         ),
         _ => match find_io(err) {
@@ -56,23 +57,24 @@ fn explain_tls(err: &rustls::Error, mqtt: &Mqtt) -> String {
             mqtt.host
         ),
         rustls::Error::AlertReceived(alert) => {
-            let client = tls
-                .and_then(|t| t.client.as_ref())
-                .map_or_else(
-                    || "no device certificate is configured (mqtt.tls.cert and key)".to_owned(),
-                    |c| {
-                        format!(
-                            "check that the device certificate {} is signed by a CA the broker \
+            let client = tls.and_then(|t| t.client.as_ref()).map_or_else(
+                || "no device certificate is configured (mqtt.tls.cert and key)".to_owned(),
+                |c| {
+                    format!(
+                        "check that the device certificate {} is signed by a CA the broker \
                              trusts (AWS IoT Core: registered and ACTIVE, with a policy attached) \
                              and that {} is its key",
-                            c.cert.display(),
-                            c.key.display()
-                        )
-                    },
-                );
+                        c.cert.display(),
+                        c.key.display()
+                    )
+                },
+            );
             format!("TLS: the broker refused the handshake ({alert:?}): {client}")
         }
-        other => format!("TLS handshake with {}:{} failed: {other}", mqtt.host, mqtt.port),
+        other => format!(
+            "TLS handshake with {}:{} failed: {other}",
+            mqtt.host, mqtt.port
+        ),
     }
 }
 
@@ -119,15 +121,19 @@ mod tests {
     use std::path::PathBuf;
 
     fn mqtt() -> Mqtt {
-        let mut config =
-            Config::simulated("pump-7", 1, Scenario::Steady, "/tmp/j", "broker.local", 8883)
-                .unwrap();
-        config.mqtt.tls = Some(
-            Tls::new(PathBuf::from("/etc/osprey/ca.pem")).with_client(
-                PathBuf::from("/etc/osprey/device.pem"),
-                PathBuf::from("/etc/osprey/device.key"),
-            ),
-        );
+        let mut config = Config::simulated(
+            "pump-7",
+            1,
+            Scenario::Steady,
+            "/tmp/j",
+            "broker.local",
+            8883,
+        )
+        .unwrap();
+        config.mqtt.tls = Some(Tls::new(PathBuf::from("/etc/osprey/ca.pem")).with_client(
+            PathBuf::from("/etc/osprey/device.pem"),
+            PathBuf::from("/etc/osprey/device.key"),
+        ));
         config.mqtt
     }
 

@@ -26,13 +26,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_kinesis::error::DisplayErrorContext;
 use osprey_protocol::topic;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::connection::kinesis::KinesisConfig;
+use crate::connection::kinesis::{describe_error, KinesisConfig};
 use crate::connection::mqtt::{MqttConfig, MqttConfigError, Received, Subscriber};
 use crate::shutdown::{self, Ready, SetReady, Shutdown, Trigger};
 use batch::{Pending, MAX_RECORD_BYTES};
@@ -144,7 +143,7 @@ pub async fn start(cfg: BridgeConfig) -> Result<Bridge, BridgeError> {
         .map_err(|e| BridgeError::Stream {
             stream: cfg.kinesis.stream.clone(),
             endpoint: cfg.kinesis.endpoint(),
-            message: DisplayErrorContext(&e).to_string(),
+            message: describe_error(&e),
         })?;
     let subscriber = Subscriber::new(&cfg.mqtt, topic::ALL_DATA)?;
     let counters = Arc::new(Counters::default());

@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_kinesis::error::DisplayErrorContext;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use aws_sdk_kinesis::Client;
@@ -20,6 +19,7 @@ use tokio::time::Instant;
 use super::batch::{Batch, Pending};
 use super::Counters;
 use crate::backoff::Backoff;
+use crate::connection::kinesis::describe_error;
 use crate::shutdown::Shutdown;
 
 /// How often the counters are logged while they change.
@@ -181,7 +181,7 @@ async fn put_with_retry(w: &Writer, records: Vec<Pending>, shutdown: &mut Shutdo
             }
             Err(e) => {
                 w.counters.failed_calls.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %DisplayErrorContext(&e), records = pending.len(),
+                tracing::warn!(error = %describe_error(&e), records = pending.len(),
                     "PutRecords failed; retrying the batch");
             }
         }

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use aws_config::{timeout::TimeoutConfig, BehaviorVersion, Region};
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 
 /// Region used when none is given.
 pub const DEFAULT_REGION: &str = "us-east-1";
@@ -62,4 +63,31 @@ impl KinesisConfig {
             None => format!("AWS Kinesis in {}", self.region),
         }
     }
+}
+
+/// A one-line description of an SDK error: the service's error code and message, or for
+/// transport failures the chain of causes (without the SDK's raw response dump).
+pub fn describe_error<E, R>(e: &SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    if let Some(service) = e.as_service_error() {
+        return format!(
+            "{}: {}",
+            service.code().unwrap_or("unknown error"),
+            service.message().unwrap_or("no message")
+        );
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
 }

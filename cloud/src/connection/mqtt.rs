@@ -1,7 +1,8 @@
 //! MQTT client settings and a reconnecting QoS 1 subscriber.
 //!
 //! Both MQTT readers (the `serve` source and the bridge) use a **persistent session**
-//! (`clean_session = false`) and **manual acknowledgements**: a publish is acknowledged only
+//! (`clean_session = false`, unless [`MqttConfig::persistent_session`] is off) and **manual
+//! acknowledgements**: a publish is acknowledged only
 //! after its effect is safe (stored, or accepted by Kinesis). If the cloud stops in between,
 //! the broker redelivers the message on the next connection, and dedup on `(device, seq)`
 //! absorbs the repeat. The session is keyed by the client id, so two running instances need
@@ -26,9 +27,16 @@ use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 
 use crate::backoff::Backoff;
 
-/// Largest MQTT packet accepted or sent: the 1 MiB Kinesis record limit. Osprey messages are
-/// at most 128 KiB; larger ones are still read so that they can be dead-lettered.
-pub const MAX_PACKET_BYTES: usize = 1024 * 1024;
+/// Largest MQTT packet accepted: MQTT's own maximum (remaining length 268,435,455 bytes).
+///
+/// Osprey messages are at most 128 KiB, but a bigger packet must still be read: refusing it
+/// drops the connection, and the broker redelivers the same message to the persistent session
+/// for ever. Read, it is dead-lettered (serve) or dropped with a log line (bridge). Brokers
+/// cap message sizes far lower (AWS IoT Core: 128 KB; Mosquitto: `message_size_limit`).
+pub const MAX_INCOMING_PACKET_BYTES: usize = 268_435_455 + 5;
+
+/// Largest MQTT packet sent (the clients here only send acks and subscriptions).
+const MAX_OUTGOING_PACKET_BYTES: usize = 64 * 1024;
 
 /// Requests (acks, subscribes) that may queue for the event loop. Acks are bounded by the
 /// unacknowledged publishes the broker allows in flight, far below this.
@@ -47,6 +55,10 @@ pub struct MqttConfig {
     pub tls: Option<MqttTls>,
     /// Keep-alive interval.
     pub keep_alive: Duration,
+    /// Ask the broker to keep the session (subscription and unacknowledged messages) while
+    /// we are disconnected (`clean_session = false`). On by default; turn it off for
+    /// throw-away clients that must not leave sessions behind on a shared broker.
+    pub persistent_session: bool,
 }
 
 /// TLS settings: the CA that signed the broker's certificate and, for mutual TLS (AWS IoT
@@ -66,13 +78,12 @@ pub struct MqttTls {
 #[non_exhaustive]
 pub enum MqttConfigError {
     /// A PEM file could not be read or parsed.
-    #[error("cannot read PEM file {path}: {source}")]
+    #[error("cannot read PEM file {path}: {cause}")]
     ReadPem {
         /// The file.
         path: PathBuf,
         /// What went wrong.
-        #[source]
-        source: rustls::pki_types::pem::Error,
+        cause: rustls::pki_types::pem::Error,
     },
     /// The CA file holds no certificate rustls accepts.
     #[error("no usable CA certificate in {path}")]
@@ -85,7 +96,7 @@ pub enum MqttConfigError {
     HalfClientAuth,
     /// rustls refused the settings (e.g. the key does not match the certificate).
     #[error("TLS setup failed: {0}")]
-    Tls(#[from] rustls::Error),
+    Tls(rustls::Error),
 }
 
 /// What the subscriber saw.
@@ -98,7 +109,7 @@ pub enum Received {
 }
 
 impl MqttConfig {
-    /// Plain TCP to `host:port` as `client_id`, 30 s keep-alive.
+    /// Plain TCP to `host:port` as `client_id`, 30 s keep-alive, persistent session.
     pub fn new(host: impl Into<String>, port: u16, client_id: impl Into<String>) -> MqttConfig {
         MqttConfig {
             host: host.into(),
@@ -106,17 +117,18 @@ impl MqttConfig {
             client_id: client_id.into(),
             tls: None,
             keep_alive: Duration::from_secs(30),
+            persistent_session: true,
         }
     }
 
-    /// Connection options: persistent session, manual acks, TLS if configured.
+    /// Connection options: manual acks, the session kind, TLS if configured.
     pub fn options(&self) -> Result<MqttOptions, MqttConfigError> {
         let mut options = MqttOptions::new(&self.client_id, &self.host, self.port);
         options
             .set_keep_alive(self.keep_alive)
-            .set_clean_session(false)
+            .set_clean_session(!self.persistent_session)
             .set_manual_acks(true)
-            .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
+            .set_max_packet_size(MAX_INCOMING_PACKET_BYTES, MAX_OUTGOING_PACKET_BYTES)
             .set_request_channel_capacity(REQUEST_CAPACITY);
         if let Some(tls) = &self.tls {
             let config = tls.client_config()?;
@@ -139,7 +151,7 @@ impl MqttTls {
     pub fn client_config(&self) -> Result<rustls::ClientConfig, MqttConfigError> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in read_certs(&self.ca)? {
-            roots.add(cert)?;
+            roots.add(cert).map_err(MqttConfigError::Tls)?;
         }
         if roots.is_empty() {
             return Err(MqttConfigError::NoCaCertificate {
@@ -148,19 +160,22 @@ impl MqttTls {
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
+            .with_safe_default_protocol_versions()
+            .map_err(MqttConfigError::Tls)?
             .with_root_certificates(roots);
         match (&self.client_cert, &self.client_key) {
             (None, None) => Ok(builder.with_no_client_auth()),
             (Some(cert), Some(key)) => {
                 let chain = read_certs(cert)?;
-                let key = PrivateKeyDer::from_pem_file(key).map_err(|source| {
+                let key = PrivateKeyDer::from_pem_file(key).map_err(|cause| {
                     MqttConfigError::ReadPem {
                         path: key.clone(),
-                        source,
+                        cause,
                     }
                 })?;
-                Ok(builder.with_client_auth_cert(chain, key)?)
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(MqttConfigError::Tls)
             }
             _ => Err(MqttConfigError::HalfClientAuth),
         }
@@ -168,9 +183,9 @@ impl MqttTls {
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, MqttConfigError> {
-    let err = |source| MqttConfigError::ReadPem {
+    let err = |cause| MqttConfigError::ReadPem {
         path: path.to_owned(),
-        source,
+        cause,
     };
     CertificateDer::pem_file_iter(path)
         .map_err(err)?
@@ -240,8 +255,8 @@ impl Subscriber {
                         .any(|c| matches!(c, SubscribeReasonCode::Failure))
                     {
                         tracing::error!(broker = %self.url, filter = %self.filter,
-                            "broker refused the subscription (check its ACL); retrying after reconnect");
-                        self.backoff_and_reconnect().await;
+                            "broker refused the subscription (check its ACL); retrying");
+                        self.retry_subscription_later().await;
                         continue;
                     }
                     tracing::info!(filter = %self.filter, "mqtt subscribed");
@@ -288,7 +303,7 @@ impl Subscriber {
         let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
     }
 
-    async fn backoff_and_reconnect(&mut self) {
+    async fn retry_subscription_later(&mut self) {
         let delay = self.backoff.next_delay();
         tokio::time::sleep(delay).await;
         self.subscribe_pending = true;

@@ -20,11 +20,11 @@
 //! messages out of order; counts and windows are unaffected (dedup, mergeable aggregates), the
 //! device status may briefly show an older state. Parent-before-child lineage is still to do.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_kinesis::error::{DisplayErrorContext, SdkError};
+use aws_sdk_kinesis::error::SdkError;
 use aws_sdk_kinesis::operation::get_records::GetRecordsError;
 use aws_sdk_kinesis::operation::get_shard_iterator::GetShardIteratorError;
 use aws_sdk_kinesis::types::ShardIteratorType;
@@ -33,7 +33,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
-use crate::connection::kinesis::KinesisConfig;
+use crate::connection::kinesis::{describe_error, KinesisConfig};
 use crate::pipeline::{Origin, Pipeline};
 use crate::shutdown::{SetReady, Shutdown};
 use crate::store::{Checkpoint, StoreReader};
@@ -83,7 +83,7 @@ pub async fn list_shards(
         let page = request.send().await.map_err(|e| KinesisError::ListShards {
             stream: cfg.stream.clone(),
             endpoint: cfg.endpoint(),
-            message: DisplayErrorContext(&e).to_string(),
+            message: describe_error(&e),
         })?;
         ids.extend(page.shards().iter().map(|s| s.shard_id().to_owned()));
         match page.next_token() {
@@ -118,6 +118,7 @@ pub async fn run(
     });
     let mut known: HashSet<String> = HashSet::new();
     let mut readers = JoinSet::new();
+    let mut reading: HashMap<tokio::task::Id, String> = HashMap::new();
     tracing::info!(stream = %cfg.stream, endpoint = %cfg.endpoint(), "kinesis source starting");
     loop {
         match list_shards(&shared.client, &cfg).await {
@@ -125,15 +126,33 @@ pub async fn run(
                 for id in ids {
                     if known.insert(id.clone()) {
                         tracing::info!(stream = %cfg.stream, shard = %id, "reading shard");
-                        readers.spawn(read_shard(Arc::clone(&shared), id, shutdown.clone()));
+                        let task = readers.spawn(read_shard(
+                            Arc::clone(&shared),
+                            id.clone(),
+                            shutdown.clone(),
+                        ));
+                        reading.insert(task.id(), id);
                     }
                 }
                 ready.set();
             }
             Err(e) => tracing::warn!(error = %e, "shard listing failed; keeping the known shards"),
         }
-        // Reap finished readers so the set does not grow; a finished shard stays in `known`.
-        while readers.try_join_next().is_some() {}
+        // Reap finished readers. A closed, fully read shard stays in `known`; a reader that
+        // panicked (a bug) is forgotten so that the next listing starts it again.
+        while let Some(done) = readers.try_join_next_with_id() {
+            match done {
+                Ok((task, ())) => {
+                    reading.remove(&task);
+                }
+                Err(e) => {
+                    if let Some(shard) = reading.remove(&e.id()) {
+                        tracing::error!(shard = %shard, error = %e, "shard reader failed; restarting it");
+                        known.remove(&shard);
+                    }
+                }
+            }
+        }
         tokio::select! {
             _ = shutdown.wait() => break,
             _ = tokio::time::sleep(RELIST_EVERY) => {}
@@ -154,7 +173,7 @@ fn classify_get_records(e: &SdkError<GetRecordsError>) -> Failure {
         Some(GetRecordsError::ProvisionedThroughputExceededException(_))
         | Some(GetRecordsError::KmsThrottlingException(_)) => Failure::Throttled,
         Some(GetRecordsError::ExpiredIteratorException(_)) => Failure::Expired,
-        _ => Failure::Other(DisplayErrorContext(e).to_string()),
+        _ => Failure::Other(describe_error(e)),
     }
 }
 
@@ -163,7 +182,7 @@ fn classify_get_iterator(e: &SdkError<GetShardIteratorError>) -> Failure {
         Some(GetShardIteratorError::ProvisionedThroughputExceededException(_)) => {
             Failure::Throttled
         }
-        _ => Failure::Other(DisplayErrorContext(e).to_string()),
+        _ => Failure::Other(describe_error(e)),
     }
 }
 
@@ -241,9 +260,9 @@ async fn read_shard(shared: Arc<Shared>, shard_id: String, mut shutdown: Shutdow
                         tracing::info!(shard = %shard_id, "shard iterator expired; re-acquiring");
                         continue;
                     }
+                    // The iterator may be what is wrong: start again from the checkpoint.
                     Failure::Other(message) => {
                         tracing::warn!(shard = %shard_id, error = %message, "GetRecords failed");
-                        iterator = Some(current);
                     }
                 }
                 if !pause(backoff.next_delay(), &mut shutdown).await {

@@ -31,13 +31,15 @@ const WRITE_QUEUE: usize = 64;
 #[non_exhaustive]
 pub enum StoreError {
     /// The database file could not be opened or set up.
-    #[error("cannot open the database {path}: {source}")]
+    #[error(
+        "cannot open the database {path}: {cause}; check that its directory exists and is \
+         writable, or pass another --db"
+    )]
     Open {
         /// Database path.
         path: PathBuf,
         /// SQLite's error.
-        #[source]
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
     /// The file was written by another schema version of Osprey.
     #[error(
@@ -53,25 +55,22 @@ pub enum StoreError {
         expected: i64,
     },
     /// The writer thread could not be started.
-    #[error("cannot start the store writer thread: {source}")]
+    #[error("cannot start the store writer thread: {cause}")]
     SpawnWriter {
         /// The OS error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A write transaction failed and was rolled back.
-    #[error("store write failed (rolled back): {source}")]
+    #[error("store write failed (rolled back): {cause}")]
     Write {
         /// SQLite's error.
-        #[source]
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
     /// A read query failed.
-    #[error("store query failed: {source}")]
+    #[error("store query failed: {cause}")]
     Read {
         /// SQLite's error.
-        #[source]
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
     /// The blocking task running a query panicked or was cancelled.
     #[error("store query task failed: {0}")]
@@ -95,9 +94,9 @@ impl Store {
     /// Blocks briefly for file I/O.
     pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
         let path = path.as_ref().to_owned();
-        let open_err = |source| StoreError::Open {
+        let open_err = |cause| StoreError::Open {
             path: path.clone(),
-            source,
+            cause,
         };
         let conn = Connection::open(&path).map_err(open_err)?;
         match schema::migrate(&conn).map_err(open_err)? {

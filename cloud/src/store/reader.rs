@@ -45,7 +45,7 @@ impl StoreReader {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
             let conn = inner.take()?;
-            let result = f(&conn).map_err(|source| StoreError::Read { source });
+            let result = f(&conn).map_err(|cause| StoreError::Read { cause });
             inner.give_back(conn);
             result
         })
@@ -123,13 +123,13 @@ impl Inner {
 
 fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags).map_err(|source| StoreError::Open {
+    let conn = Connection::open_with_flags(path, flags).map_err(|cause| StoreError::Open {
         path: path.to_owned(),
-        source,
+        cause,
     })?;
-    schema::configure(&conn).map_err(|source| StoreError::Open {
+    schema::configure(&conn).map_err(|cause| StoreError::Open {
         path: path.to_owned(),
-        source,
+        cause,
     })?;
     Ok(conn)
 }

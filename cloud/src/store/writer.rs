@@ -139,14 +139,14 @@ pub(super) fn spawn(
     let thread = std::thread::Builder::new()
         .name("osprey-store-writer".to_owned())
         .spawn(move || run(conn, jobs_rx))
-        .map_err(|source| StoreError::SpawnWriter { source })?;
+        .map_err(|cause| StoreError::SpawnWriter { cause })?;
     Ok((StoreWriter { jobs_tx }, thread))
 }
 
 fn run(mut conn: Connection, mut jobs_rx: mpsc::Receiver<Job>) {
     while let Some(job) = jobs_rx.blocking_recv() {
         let result = apply(&mut conn, &job.writes, job.checkpoint.as_ref())
-            .map_err(|source| StoreError::Write { source });
+            .map_err(|cause| StoreError::Write { cause });
         if let Err(e) = &result {
             tracing::error!(error = %e, writes = job.writes.len(), "store write failed, rolled back");
         }

@@ -1,0 +1,338 @@
+//! The whole agent (`osprey_agent::run`) against a scripted in-process MQTT endpoint.
+//!
+//! The fake speaks just enough MQTT 3.1.1 (CONNECT → CONNACK, QoS 1 PUBLISH → PUBACK,
+//! PINGREQ → PINGRESP) to script what a real broker cannot be told to do on cue: withhold
+//! acknowledgements and drop the connection mid-stream. Behaviour against a real broker
+//! (Mosquitto, with and without mutual TLS) is covered by the end-to-end suite in `tests/`.
+
+// Harness helpers outside `#[test]` functions: a failed setup step should panic the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use osprey_agent::{run, Config, RunSummary, Scenario};
+use osprey_protocol::{Body, Envelope, Kind, StatusState};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the fake does on one connection.
+#[derive(Debug, Clone, Copy)]
+struct Script {
+    /// Acknowledge QoS 1 publishes.
+    ack: bool,
+    /// Close the socket after this many publishes.
+    drop_after: Option<usize>,
+}
+
+const ACK_ALL: Script = Script {
+    ack: true,
+    drop_after: None,
+};
+
+/// One received message.
+#[derive(Debug, Clone)]
+struct Received {
+    connection: usize,
+    envelope: Envelope,
+}
+
+#[derive(Clone)]
+struct FakeBroker {
+    port: u16,
+    received: Arc<Mutex<Vec<Received>>>,
+    /// Number of connections that have ended.
+    ended_rx: tokio::sync::watch::Receiver<usize>,
+}
+
+impl FakeBroker {
+    /// Listens on a free loopback port; connection `i` follows `scripts[i]` (the last script
+    /// repeats).
+    async fn start(scripts: Vec<Script>) -> FakeBroker {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&received);
+        let (ended_tx, ended_rx) = tokio::sync::watch::channel(0);
+        let ended_tx = Arc::new(ended_tx);
+        tokio::spawn(async move {
+            for connection in 0.. {
+                let (socket, _) = listener.accept().await.unwrap();
+                let script = scripts[connection.min(scripts.len() - 1)];
+                let (log, ended_tx) = (Arc::clone(&log), Arc::clone(&ended_tx));
+                tokio::spawn(async move {
+                    serve(socket, connection, script, &log).await;
+                    ended_tx.send_modify(|n| *n += 1);
+                });
+            }
+        });
+        FakeBroker {
+            port,
+            received,
+            ended_rx,
+        }
+    }
+
+    /// Everything received, once `connections` connections have ended (the agent's run
+    /// returns as soon as its DISCONNECT is written, maybe before the fake has read it).
+    async fn received_after(&mut self, connections: usize) -> Vec<Received> {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            self.ended_rx.wait_for(|n| *n >= connections),
+        )
+        .await
+        .expect("the agent should disconnect")
+        .unwrap();
+        self.received.lock().unwrap().clone()
+    }
+}
+
+async fn read_packet(socket: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let header = socket.read_u8().await.ok()?;
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let b = socket.read_u8().await.ok()?;
+        len |= usize::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+    }
+    let mut body = vec![0; len];
+    socket.read_exact(&mut body).await.ok()?;
+    Some((header, body))
+}
+
+async fn serve(
+    mut socket: TcpStream,
+    connection: usize,
+    script: Script,
+    log: &Mutex<Vec<Received>>,
+) {
+    let mut publishes = 0;
+    while let Some((header, body)) = read_packet(&mut socket).await {
+        let reply: &[u8] = match header >> 4 {
+            1 => &[0x20, 0x02, 0x00, 0x00], // CONNECT → CONNACK, accepted
+            3 => {
+                let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                let qos = (header >> 1) & 0x03;
+                assert_eq!(qos, 1, "the agent publishes with QoS 1");
+                let pkid = [body[2 + topic_len], body[3 + topic_len]];
+                let envelope = osprey_protocol::decode(&body[4 + topic_len..]).unwrap();
+                let topic = std::str::from_utf8(&body[2..2 + topic_len]).unwrap();
+                assert_eq!(
+                    topic,
+                    osprey_protocol::topic::data(&envelope.device, envelope.kind())
+                );
+                log.lock().unwrap().push(Received {
+                    connection,
+                    envelope,
+                });
+                publishes += 1;
+                if script.drop_after == Some(publishes) {
+                    return;
+                }
+                if script.ack {
+                    socket
+                        .write_all(&[0x40, 0x02, pkid[0], pkid[1]])
+                        .await
+                        .unwrap();
+                }
+                continue;
+            }
+            12 => &[0xd0, 0x00], // PINGREQ → PINGRESP
+            14 => return,        // DISCONNECT
+            other => panic!("unexpected packet type {other}"),
+        };
+        if socket.write_all(reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn config(dir: &std::path::Path, port: u16, max_samples: u64) -> Config {
+    device_config("pump-7", dir, port, max_samples)
+}
+
+fn device_config(device: &str, dir: &std::path::Path, port: u16, max_samples: u64) -> Config {
+    let mut config = Config::simulated(
+        device,
+        42,
+        Scenario::Degrading,
+        dir.join("journal"),
+        "127.0.0.1",
+        port,
+    )
+    .unwrap();
+    config.sampling.interval = Duration::from_millis(2);
+    config.sampling.max_samples = std::num::NonZeroU64::new(max_samples);
+    config.batch.max_readings = std::num::NonZeroUsize::new(30).unwrap();
+    config.mqtt.inflight = std::num::NonZeroU16::new(4).unwrap();
+    config
+}
+
+async fn run_to_completion(config: Config) -> RunSummary {
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        run(config, std::future::pending::<()>()),
+    )
+    .await
+    .expect("the run should end once the journal is delivered")
+    .unwrap()
+}
+
+/// Journaled messages (telemetry and alerts) by connection, in arrival order.
+fn journaled(received: &[Received], connection: usize) -> Vec<u64> {
+    received
+        .iter()
+        .filter(|r| r.connection == connection && r.envelope.kind() != Kind::Status)
+        .map(|r| r.envelope.seq)
+        .collect()
+}
+
+fn reading_count(received: &[Received]) -> usize {
+    let mut seen = BTreeSet::new();
+    received
+        .iter()
+        .filter(|r| seen.insert(r.envelope.seq))
+        .map(|r| match &r.envelope.body {
+            Body::Telemetry(batch) => batch.reading_count(),
+            _ => 0,
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn max_samples_run_delivers_everything_then_returns() {
+    let mut broker = FakeBroker::start(vec![ACK_ALL]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let summary = run_to_completion(config(dir.path(), broker.port, 200)).await;
+
+    assert_eq!(summary.samples, 200);
+    assert_eq!(summary.readings, 600);
+    assert_eq!(
+        summary.alerts, 1,
+        "bearing-hot raises once, between samples 122 and 145"
+    );
+    assert_eq!(summary.backlog, 0);
+    assert_eq!(summary.published, summary.journaled);
+    let received = broker.received_after(1).await;
+    let seqs = journaled(&received, 0);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+    assert_eq!(seqs.len() as u64, summary.journaled);
+    assert_eq!(reading_count(&received), 600);
+
+    // Birth first; the clean shutdown's offline status last, under the will's number (1, the
+    // first number reserved: the will is registered before the connection exists).
+    let states: Vec<(u64, StatusState)> = received
+        .iter()
+        .filter_map(|r| match &r.envelope.body {
+            Body::Status(s) => Some((r.envelope.seq, s.state)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(states.len(), 2, "{states:?}");
+    assert_eq!(received[0].envelope.kind(), Kind::Status);
+    assert_eq!(states[0].1, StatusState::Online);
+    assert_eq!(states[1], (1, StatusState::Offline));
+}
+
+#[tokio::test]
+async fn reconnect_resends_unacked_in_order() {
+    // First connection: never acknowledge; the window (4) fills with the birth and three
+    // journal entries, then the connection drops.
+    let mut broker = FakeBroker::start(vec![
+        Script {
+            ack: false,
+            drop_after: Some(4),
+        },
+        ACK_ALL,
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let summary = run_to_completion(config(dir.path(), broker.port, 150)).await;
+
+    let received = broker.received_after(2).await;
+    let first = journaled(&received, 0);
+    let second = journaled(&received, 1);
+    assert_eq!(first.len(), 3, "birth + 3 fill the window of 4: {first:?}");
+    assert!(
+        second.windows(2).all(|w| w[0] < w[1]),
+        "replay in order: {second:?}"
+    );
+    assert_eq!(
+        second[..3],
+        first[..],
+        "the unacknowledged messages go first"
+    );
+    assert_eq!(summary.connections, 2);
+    assert_eq!(summary.backlog, 0);
+    assert_eq!(reading_count(&received), 450);
+}
+
+#[tokio::test]
+async fn journal_left_by_a_stopped_run_is_delivered_by_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    // No broker: shut down after a while; everything stays journaled.
+    let unused_port = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut offline = config(dir.path(), unused_port, 0);
+    offline.sampling.interval = Duration::from_millis(5);
+    let stopped = run(offline, tokio::time::sleep(Duration::from_millis(400)))
+        .await
+        .unwrap();
+    assert_eq!(stopped.published, 0);
+    assert!(stopped.backlog >= 1, "{stopped:?}");
+    assert_eq!(
+        stopped.backlog, stopped.journaled,
+        "the final partial batch is journaled"
+    );
+
+    let mut broker = FakeBroker::start(vec![ACK_ALL]).await;
+    let summary = run_to_completion(config(dir.path(), broker.port, 30)).await;
+    assert_eq!(summary.published, stopped.backlog + summary.journaled);
+    let received = broker.received_after(1).await;
+    let seqs = journaled(&received, 0);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    // Sequence numbers continue across the restart: nothing of the second run reuses one.
+    let envelopes: Vec<&Envelope> = received.iter().map(|r| &r.envelope).collect();
+    let unique: BTreeSet<u64> = envelopes.iter().map(|e| e.seq).collect();
+    assert_eq!(unique.len(), envelopes.len(), "no number used twice");
+    assert_eq!(
+        reading_count(&received) as u64,
+        stopped.readings + summary.readings
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_agents_share_one_process() {
+    let mut broker = FakeBroker::start(vec![ACK_ALL]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let runs: Vec<_> = (0..20)
+        .map(|i| {
+            let device = format!("sim-{i:02}");
+            let config = device_config(&device, &dir.path().join(&device), broker.port, 40);
+            tokio::spawn(run_to_completion(config))
+        })
+        .collect();
+    for run in runs {
+        let summary = run.await.unwrap();
+        assert_eq!((summary.samples, summary.backlog), (40, 0));
+    }
+    let received = broker.received_after(20).await;
+    for i in 0..20 {
+        let device = format!("sim-{i:02}");
+        let readings: usize = received
+            .iter()
+            .filter(|r| r.envelope.device == device)
+            .map(|r| match &r.envelope.body {
+                Body::Telemetry(batch) => batch.reading_count(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(readings, 120, "{device}");
+    }
+}
