@@ -1,0 +1,131 @@
+//! `osprey demo`, the README's first command, as a user meets it: the embedded broker, the
+//! simulated fleet and the cloud in one process; the API lists the devices with recent windows,
+//! the degrading machine raises its alert, the dashboard page (rendered by headless Chromium)
+//! shows every device, and Ctrl-C (SIGTERM here) stops it cleanly.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
+
+use std::process::Command;
+use std::time::Duration;
+
+use osprey_tests::{bin, http_get_json, wait_until, Proc};
+
+const DEVICES: usize = 4;
+
+/// Headless Chromium from Debian (tests/run.sh installs it).
+fn chromium() -> String {
+    for name in ["chromium", "chromium-browser"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {name}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if found {
+            return name.to_owned();
+        }
+    }
+    panic!("chromium not found: run tests/run.sh, which installs Debian's chromium");
+}
+
+/// The page's DOM after its scripts ran, as Chromium renders it.
+fn rendered_dom(url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn demo_serves_the_simulated_fleet_with_windows_alerts_and_a_dashboard() {
+    let mut demo = Proc::spawn(Command::new(bin("osprey")).args([
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--devices",
+        &DEVICES.to_string(),
+        "--interval-ms",
+        "50",
+    ]));
+    let line = demo.stdout_line_matching("  dashboard: ", Duration::from_secs(60));
+    let url = line
+        .trim()
+        .trim_start_matches("dashboard:")
+        .trim()
+        .trim_end_matches('/')
+        .to_owned();
+
+    let devices = wait_until(Duration::from_secs(60), Duration::from_millis(500), || {
+        let devices = http_get_json(&format!("{url}/api/devices"));
+        let list = devices.as_array()?.clone();
+        let ready = list.len() == DEVICES
+            && list.iter().all(|d| {
+                d["status"] == "online"
+                    && d["latest"].as_array().is_some_and(|w| w.len() == 3)
+                    && d["readings"].as_u64().unwrap_or(0) > 0
+            });
+        ready.then_some(list)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the demo's API never listed {DEVICES} reporting devices\n{}",
+            demo.logs()
+        )
+    });
+
+    // The second machine has a failing bearing: at 50 ms per sample it crosses 80 °C in ~7 s.
+    let degrading = devices[..]
+        .iter()
+        .map(|d| d["device"].as_str().unwrap().to_owned())
+        .find(|d| d.ends_with("-02"))
+        .unwrap();
+    let alert = wait_until(Duration::from_secs(60), Duration::from_millis(500), || {
+        let alerts = http_get_json(&format!("{url}/api/alerts?device={degrading}"));
+        alerts
+            .as_array()?
+            .iter()
+            .find(|a| a["rule"] == "bearing-hot" && a["event"] == "raise")
+            .cloned()
+    })
+    .unwrap_or_else(|| panic!("{degrading} never raised bearing-hot\n{}", demo.logs()));
+    assert!(alert["value"].as_f64().unwrap() >= 80.0, "{alert}");
+
+    let dom = rendered_dom(&format!("{url}/"));
+    for d in &devices {
+        let id = d["device"].as_str().unwrap();
+        assert!(dom.contains(id), "dashboard does not show {id}:\n{dom}");
+    }
+    assert!(dom.contains("bearing"), "dashboard shows no series:\n{dom}");
+    assert!(
+        !dom.contains("Waiting for data"),
+        "dashboard never loaded the fleet:\n{dom}"
+    );
+
+    let status = demo
+        .terminate(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("demo did not stop on SIGTERM\n{}", demo.logs()));
+    assert!(
+        status.success(),
+        "demo exited with {status}\n{}",
+        demo.logs()
+    );
+}
