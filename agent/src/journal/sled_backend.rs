@@ -54,11 +54,7 @@ impl SledJournal {
             path: path.to_owned(),
             source,
         };
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(open_err)?;
+        let db = open_waiting_for_lock(path).map_err(open_err)?;
         let messages = db.open_tree("messages").map_err(open_err)?;
         let meta = db.open_tree("meta").map_err(open_err)?;
 
@@ -90,6 +86,34 @@ impl SledJournal {
     /// The journal directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// How long [`SledJournal::open`] waits for a lock that a just-closed journal still holds.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens the sled database, waiting up to [`LOCK_WAIT`] while its file lock is held.
+///
+/// Dropping a `sled::Db` does not release its `flock` synchronously: sled's background flusher
+/// thread shares the handle and lets go a moment later (sled issues #1234, #1289). Reopening
+/// the same journal in one process (a reload, a test) can therefore see `WouldBlock` for a few
+/// milliseconds, more on a loaded gateway. A lock held by another live process still fails,
+/// after the wait, with sled's error.
+fn open_waiting_for_lock(path: &Path) -> sled::Result<sled::Db> {
+    let started = std::time::Instant::now();
+    loop {
+        let result = sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_BYTES)
+            .open();
+        match result {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
     }
 }
 
@@ -261,6 +285,20 @@ mod tests {
         }
         let j = SledJournal::open(dir.path()).unwrap();
         assert_eq!(j.reserve_seq().unwrap(), 42);
+    }
+
+    #[test]
+    fn reopen_right_after_drop_waits_for_the_lock() {
+        // Regression: the model test failed under load with "could not acquire lock" because
+        // sled releases its file lock after drop returns.
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..50u64 {
+            let j = SledJournal::open(dir.path()).unwrap();
+            j.append(j.reserve_seq().unwrap(), &i.to_be_bytes())
+                .unwrap();
+            drop(j);
+        }
+        assert_eq!(SledJournal::open(dir.path()).unwrap().len(), 50);
     }
 
     #[test]
