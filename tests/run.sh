@@ -36,6 +36,7 @@ APT_PACKAGES=(mosquitto mosquitto-clients openssl qemu-user-static gcc-aarch64-l
 RUST_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl)
 RUST_COMPONENTS=(clippy rustfmt)
 MOTO_SPEC='moto[server]>=5,<6'
+TEST_TIMEOUT="${OSPREY_TEST_TIMEOUT:-40m}"
 
 if [[ -t 2 ]]; then BOLD=$'\033[1m' RED=$'\033[1;31m' OFF=$'\033[0m'; else BOLD="" RED="" OFF=""; fi
 log() { printf '%stests/run.sh:%s %s\n' "$BOLD" "$OFF" "$*" >&2; }
@@ -47,6 +48,7 @@ die() { printf '%stests/run.sh: %s%s\n' "$RED" "$*" "$OFF" >&2; exit 1; }
 TIMINGS=()
 RUN_START=$SECONDS
 MOTO_PID=""
+TIMEOUT_PID=""  # the `timeout` wrapping a step, see with_timeout
 STEP_NAME=""   # the step running now, so that the EXIT trap can name what failed
 STEP_START=0
 
@@ -55,6 +57,10 @@ cleanup() {
     trap - EXIT INT TERM
     if [[ -n "$STEP_NAME" ]]; then
         TIMINGS+=("$(printf '%-34s %8d  FAILED (exit %d)' "$STEP_NAME" "$((SECONDS - STEP_START))" "$rc")")
+    fi
+    if [[ -n "$TIMEOUT_PID" ]]; then
+        kill -INT "$TIMEOUT_PID" 2>/dev/null || true
+        wait "$TIMEOUT_PID" 2>/dev/null || true
     fi
     if [[ -n "$MOTO_PID" ]]; then
         # moto runs in its own session (setsid): end its whole process group, then reap it.
@@ -69,8 +75,10 @@ cleanup() {
         printf '%-34s %8d\n' "total" "$((SECONDS - RUN_START))" >&2
     fi
     if [[ -n "$STEP_NAME" ]]; then
-        printf '%stests/run.sh: FAILED at step "%s" (exit %d); later steps did not run%s\n' \
-            "$RED" "$STEP_NAME" "$rc" "$OFF" >&2
+        local why=""
+        ((rc == 124)) && why=" (timed out)"
+        printf '%stests/run.sh: FAILED at step "%s" (exit %d%s); later steps did not run%s\n' \
+            "$RED" "$STEP_NAME" "$rc" "$why" "$OFF" >&2
     fi
     exit "$rc"
 }
@@ -88,6 +96,30 @@ step() {
     "$@"
     TIMINGS+=("$(printf '%-34s %8d  ok' "$STEP_NAME" "$((SECONDS - STEP_START))")")
     STEP_NAME=""
+}
+
+# retry CMD...: up to 3 tries, for installs that fetch from a registry (a transient network error
+# should not fail CI); a command that fails three times fails the step.
+retry() {
+    local n
+    for n in 1 2 3; do
+        "$@" && return 0
+        ((n < 3)) && { log "failed (try $n of 3), retrying in $((n * 5)) s: $*"; sleep $((n * 5)); }
+    done
+    return 1
+}
+
+# with_timeout LIMIT CMD...: CMD under coreutils timeout (exit 124 when it runs out). timeout puts
+# CMD in a process group of its own, which a terminal's Ctrl-C no longer reaches, so it runs in
+# the background here and the EXIT trap passes an interrupt on to it (timeout forwards the signal
+# to the whole group: cargo, the test binaries and the brokers they started).
+with_timeout() {
+    local limit=$1 rc=0; shift
+    timeout --kill-after=30s "$limit" "$@" &
+    TIMEOUT_PID=$!
+    wait "$TIMEOUT_PID" || rc=$?
+    TIMEOUT_PID=""
+    return "$rc"
 }
 
 as_root() {
@@ -121,8 +153,8 @@ install_debian() {
     command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get: install them by hand"
     log "Debian packages missing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    as_root apt-get update
-    as_root apt-get install -y "${missing[@]}"
+    retry as_root apt-get update
+    retry as_root apt-get install -y "${missing[@]}"
 }
 
 install_rust() {
@@ -130,11 +162,11 @@ install_rust() {
     local installed t c
     installed="$(rustup target list --installed)"
     for t in "${RUST_TARGETS[@]}"; do
-        grep -qx "$t" <<<"$installed" || rustup target add "$t"
+        grep -qx "$t" <<<"$installed" || retry rustup target add "$t"
     done
     installed="$(rustup component list --installed)"
     for c in "${RUST_COMPONENTS[@]}"; do
-        grep -q "^$c-" <<<"$installed" || rustup component add "$c"
+        grep -q "^$c-" <<<"$installed" || retry rustup component add "$c"
     done
 }
 
@@ -144,7 +176,7 @@ install_moto() {
     py="$(venv_python)" || die "no python3 able to create a venv (install python3-venv)"
     rm -rf "$VENV"
     "$py" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$MOTO_SPEC"
+    retry "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$MOTO_SPEC"
     moto_ready || die "moto installed into $VENV but does not import"
 }
 
@@ -152,12 +184,13 @@ install_moto() {
 # Start moto
 # ---------------------------------------------------------------------------------------------
 start_moto() {
-    local port
-    port="$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-    setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$STATE/moto.log" 2>&1 </dev/null &
-    MOTO_PID=$!
-    # Ready when it answers HTTP (any status); give up after 30 s or if it dies.
-    if ! "$VENV/bin/python" - "$port" "$MOTO_PID" <<'EOF'
+    local port try
+    for try in 1 2 3; do
+        port="$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+        setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$STATE/moto.log" 2>&1 </dev/null &
+        MOTO_PID=$!
+        # Ready when it answers HTTP (any status); give up after 30 s or as soon as it dies.
+        if "$VENV/bin/python" - "$port" "$MOTO_PID" <<'EOF'
 import os, sys, time, urllib.request, urllib.error
 port, pid = sys.argv[1], int(sys.argv[2])
 deadline = time.monotonic() + 30
@@ -175,12 +208,19 @@ while time.monotonic() < deadline:
         time.sleep(0.1)
 sys.exit("moto_server did not answer within 30 s")
 EOF
-    then
+        then
+            export OSPREY_TEST_MOTO_ENDPOINT="http://127.0.0.1:$port"
+            log "moto server pid $MOTO_PID at $OSPREY_TEST_MOTO_ENDPOINT (log: $STATE/moto.log)"
+            return 0
+        fi
         cat "$STATE/moto.log" >&2 || true
-        die "moto server did not start (log above, $STATE/moto.log)"
-    fi
-    export OSPREY_TEST_MOTO_ENDPOINT="http://127.0.0.1:$port"
-    log "moto server pid $MOTO_PID at $OSPREY_TEST_MOTO_ENDPOINT (log: $STATE/moto.log)"
+        kill -KILL -- "-$MOTO_PID" 2>/dev/null || true
+        wait "$MOTO_PID" 2>/dev/null || true
+        MOTO_PID=""
+        # Most likely another process took the port between choosing and binding it: try again.
+        log "moto server did not start (try $try of 3, log above)"
+    done
+    die "moto server did not start in 3 tries (log: $STATE/moto.log)"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -206,13 +246,14 @@ export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AW
 
 if ((${#CMD[@]})); then
     label="run: ${CMD[*]}"
-    step "${label:0:34}" "${CMD[@]}"
+    step "${label:0:34}" with_timeout "$TEST_TIMEOUT" "${CMD[@]}"
     exit 0
 fi
 
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
 step "cargo build --bins" cargo build --workspace --bins
-step "cargo test --workspace" cargo test --workspace
+# A generous limit so that a hung end-to-end test fails with a message instead of eating CI's time.
+step "cargo test --workspace" with_timeout "$TEST_TIMEOUT" cargo test --workspace
 step "cross/build.sh --test" bash cross/build.sh --test
 log "all steps passed"
