@@ -279,12 +279,16 @@ async fn journal_left_by_a_stopped_run_is_delivered_by_the_next() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         l.local_addr().unwrap().port()
     };
-    let mut offline = config(dir.path(), unused_port, 0);
+    // 20 samples, then the run waits for a delivery that cannot happen until it is shut down.
+    // The shutdown comes late enough for a slow start (qemu takes over a second), and the
+    // amount journaled does not depend on when it comes.
+    let mut offline = config(dir.path(), unused_port, 20);
     offline.sampling.interval = Duration::from_millis(5);
-    let stopped = run(offline, tokio::time::sleep(Duration::from_millis(400)))
+    let stopped = run(offline, tokio::time::sleep(Duration::from_secs(5)))
         .await
         .unwrap();
     assert_eq!(stopped.published, 0);
+    assert_eq!(stopped.samples, 20, "{stopped:?}");
     assert!(stopped.backlog >= 1, "{stopped:?}");
     assert_eq!(
         stopped.backlog, stopped.journaled,

@@ -22,6 +22,25 @@ fn example_config_parses() {
     assert_eq!(config.sampling.max_samples, None);
 }
 
+/// Every agent config shipped in the repo (examples and deployment defaults) is valid.
+#[test]
+fn every_shipped_agent_config_parses() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut checked = 0;
+    for dir in ["agent/examples", "deploy/config"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                if let Err(e) = Config::load(&path) {
+                    panic!("{}: {e}", path.display());
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 2, "found only {checked} configs");
+}
+
 #[test]
 fn minimal_config_gets_defaults() {
     let config = parse("device_id = \"pump-7\"\n").unwrap();
