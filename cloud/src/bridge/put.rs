@@ -79,26 +79,12 @@ pub(super) async fn run(w: Writer, mut queue_rx: mpsc::Receiver<Pending>, mut sh
         put_with_retry(&w, batch.take(), &mut shutdown).await;
         let now = w.counters.snapshot();
         if logged.0.elapsed() >= LOG_EVERY && now != logged.1 {
-            tracing::info!(
-                received = now.received,
-                forwarded = now.forwarded,
-                retried = now.retried,
-                failed_calls = now.failed_calls,
-                dropped = now.dropped,
-                "bridge counters"
-            );
+            log_counters(&now, "bridge counters");
             logged = (Instant::now(), now);
         }
     }
     let now = w.counters.snapshot();
-    tracing::info!(
-        received = now.received,
-        forwarded = now.forwarded,
-        retried = now.retried,
-        failed_calls = now.failed_calls,
-        dropped = now.dropped,
-        "bridge writer stopped"
-    );
+    log_counters(&now, "bridge writer stopped");
 }
 
 /// Puts `records`, retrying failed ones with exponential backoff until all are in or
@@ -198,4 +184,16 @@ async fn put_with_retry(w: &Writer, records: Vec<Pending>, shutdown: &mut Shutdo
             _ = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// Logs the bridge's counters with `message`.
+fn log_counters(now: &super::BridgeStats, message: &'static str) {
+    tracing::info!(
+        received = now.received,
+        forwarded = now.forwarded,
+        retried = now.retried,
+        failed_calls = now.failed_calls,
+        dropped = now.dropped,
+        "{message}"
+    );
 }
