@@ -107,14 +107,18 @@ fn open_waiting_for_lock(path: &Path) -> sled::Result<sled::Db> {
             .cache_capacity(CACHE_BYTES)
             .open();
         match result {
-            Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock && started.elapsed() < LOCK_WAIT =>
-            {
+            Err(sled::Error::Io(e)) if is_lock_held(&e) && started.elapsed() < LOCK_WAIT => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             other => return other,
         }
     }
+}
+
+/// Whether sled failed because another handle holds the journal's file lock. sled 0.34 wraps
+/// the `WouldBlock` from `flock` in an `Other` error whose text is all that identifies it.
+fn is_lock_held(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
 }
 
 impl Journal for SledJournal {
@@ -299,6 +303,23 @@ mod tests {
             drop(j);
         }
         assert_eq!(SledJournal::open(dir.path()).unwrap().len(), 50);
+    }
+
+    #[test]
+    fn a_lock_held_by_a_live_handle_is_reported_after_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = SledJournal::open(dir.path()).unwrap();
+        let started = std::time::Instant::now();
+        let err = SledJournal::open(dir.path()).unwrap_err();
+        assert!(
+            started.elapsed() >= LOCK_WAIT,
+            "gave up after {:?}",
+            started.elapsed()
+        );
+        assert!(
+            err.to_string().contains(&dir.path().display().to_string()),
+            "{err}"
+        );
     }
 
     #[test]
