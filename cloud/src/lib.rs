@@ -46,6 +46,7 @@ pub mod backoff;
 pub mod bridge;
 pub mod clock;
 pub mod connection;
+pub mod decode;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod pipeline;

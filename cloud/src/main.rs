@@ -28,6 +28,13 @@ enum Command {
     Serve(ServeArgs),
     /// Forward every device's MQTT messages to a Kinesis stream (what an AWS IoT rule does).
     Bridge(BridgeArgs),
+    /// Show a payload (an MQTT message body, a Kinesis record) as JSON. Reads FILE, or
+    /// standard input when FILE is `-` or absent; binary CBOR or hex text (white space allowed).
+    Decode {
+        /// The payload file; `-` for standard input.
+        #[arg(value_name = "FILE", default_value = "-")]
+        file: PathBuf,
+    },
     /// Run the whole pipeline in one process: an embedded MQTT broker, a simulated fleet
     /// running the agent, the cloud reading MQTT, SQLite in a temporary directory, and the
     /// dashboard. Runs until Ctrl-C.
@@ -169,6 +176,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Bridge(args) => bridge(args).await,
+        Command::Decode { file } => decode(&file),
         #[cfg(feature = "demo")]
         Command::Demo(args) => demo(args).await,
     };
@@ -267,6 +275,21 @@ async fn demo(args: DemoArgs) -> Result<()> {
     .with_context(|| {
         format!("osprey demo failed (if {listen} is in use, pass --listen 127.0.0.1:PORT)")
     })
+}
+
+fn decode(file: &std::path::Path) -> Result<()> {
+    use std::io::Read;
+    let mut input = Vec::new();
+    if file == std::path::Path::new("-") {
+        std::io::stdin()
+            .read_to_end(&mut input)
+            .context("cannot read standard input")?;
+    } else {
+        input = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    }
+    let json = osprey_cloud::decode::show(&input).context("cannot decode the payload")?;
+    println!("{}", serde_json::to_string_pretty(&json)?);
+    Ok(())
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM, with the signal's name.

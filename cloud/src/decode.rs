@@ -1,0 +1,137 @@
+//! `osprey decode`: shows a payload as JSON, for an operator looking at what a device sent
+//! (an MQTT payload saved with `mosquitto_sub -N`, a Kinesis record, a dead letter).
+
+use osprey_protocol::{decode, Body, DecodeError, Envelope, Kind, FORMAT_VERSION};
+use serde_json::{json, Value};
+
+/// Why a payload could not be shown.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShowError {
+    /// Nothing was given.
+    #[error("the input is empty")]
+    Empty,
+    /// The text looked like hex but is not.
+    #[error("the input looks like hex but is not")]
+    BadHex(#[from] hex::FromHexError),
+    /// The bytes are not an Osprey message.
+    #[error("not an Osprey v{FORMAT_VERSION} message")]
+    Decode(#[from] DecodeError),
+}
+
+/// The payload's bytes: `input` itself, or its hex decoding when `input` is text made only of
+/// hex digits and white space. A binary envelope always starts with a CBOR map header (byte
+/// 0xa0 to 0xbf), which is not a hex digit, so the two cannot be confused.
+pub fn payload_bytes(input: &[u8]) -> Result<Vec<u8>, ShowError> {
+    let text: Vec<u8> = input
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    if text.is_empty() {
+        return Err(ShowError::Empty);
+    }
+    if text.iter().all(u8::is_ascii_hexdigit) {
+        return Ok(hex::decode(&text)?);
+    }
+    Ok(input.to_vec())
+}
+
+/// Decodes a payload (binary or hex, see [`payload_bytes`]) to readable JSON.
+pub fn show(input: &[u8]) -> Result<Value, ShowError> {
+    Ok(to_json(&decode(&payload_bytes(input)?)?))
+}
+
+/// A message as readable JSON: full field names, readings as `[time_ms, value]` pairs.
+pub fn to_json(msg: &Envelope) -> Value {
+    let body = match &msg.body {
+        Body::Telemetry(batch) => json!({
+            "readings": batch.reading_count(),
+            "series": batch.series.iter().map(|s| json!({
+                "sensor": s.sensor,
+                "metric": s.metric,
+                "unit": s.unit,
+                "readings": s.readings().map(|(t, v)| json!([t, v])).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        }),
+        Body::Alert(a) => json!({
+            "rule": a.rule,
+            "sensor": a.sensor,
+            "metric": a.metric,
+            "event": a.event,
+            "severity": a.severity,
+            "value": a.value,
+            "threshold": a.threshold,
+            "time_ms": a.time_ms,
+        }),
+        Body::Status(s) => json!({
+            "state": s.state,
+            "agent_version": s.agent_version,
+            "uptime_s": s.uptime_s,
+            "backlog": s.backlog,
+            "dropped": s.dropped,
+            "time_ms": s.time_ms,
+        }),
+    };
+    json!({
+        "version": FORMAT_VERSION,
+        "kind": match msg.kind() {
+            Kind::Telemetry => "telemetry",
+            Kind::Alert => "alert",
+            Kind::Status => "status",
+        },
+        "device": msg.device,
+        "seq": msg.seq,
+        "body": body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use osprey_protocol::{Series, TelemetryBatch};
+
+    use super::*;
+
+    fn telemetry() -> Envelope {
+        let mut s = Series::new("bearing", "temperature", "Cel");
+        s.push(1_700_000_000_000, 41.5);
+        s.push(1_700_000_001_000, 41.75);
+        Envelope::new(
+            "pump-7",
+            4,
+            Body::Telemetry(TelemetryBatch { series: vec![s] }),
+        )
+    }
+
+    #[test]
+    fn binary_and_hex_input_show_the_same_message() {
+        let bytes = telemetry().encode().unwrap();
+        let spaced_hex = hex::encode(&bytes)
+            .as_bytes()
+            .chunks(16)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let from_binary = show(&bytes).unwrap();
+        assert_eq!(show(spaced_hex.as_bytes()).unwrap(), from_binary);
+        assert_eq!(from_binary["kind"], "telemetry");
+        assert_eq!(from_binary["body"]["readings"], 2);
+        assert_eq!(from_binary["device"], "pump-7");
+        assert_eq!(from_binary["seq"], 4);
+        assert_eq!(
+            from_binary["body"]["series"][0]["readings"],
+            json!([[1_700_000_000_000i64, 41.5], [1_700_000_001_000i64, 41.75]])
+        );
+    }
+
+    #[test]
+    fn bad_input_says_what_is_wrong() {
+        assert!(matches!(show(b" \n"), Err(ShowError::Empty)));
+        assert!(matches!(show(b"abc"), Err(ShowError::BadHex(_))));
+        let err = show(b"hello, world").unwrap_err();
+        assert!(
+            err.to_string().starts_with("not an Osprey v1 message"),
+            "{err}"
+        );
+    }
+}
