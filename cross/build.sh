@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Build the gateway agent for ARM and smoke-test it under qemu.
 #
-#   bash cross/build.sh [--test] [--target TRIPLE]...
+#   bash cross/build.sh [--test] [--target TRIPLE]... [--dist DIR]
 #
 #   --target TRIPLE  build only this target (repeatable). Default: all three of
 #                    aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl
 #   --test           also run `cargo test -p osprey-agent --target TRIPLE` under qemu, for the
 #                    aarch64-gnu and armv7 targets by default, or for every --target given
+#   --dist DIR       also copy each binary to DIR/osprey-agent-TRIPLE and write DIR/SHA256SUMS
+#                    (the artifact names deploy/greengrass/recipe.yaml refers to)
 #
 # For each target it builds `-p osprey-agent` with the size-optimised `gateway` profile (root
 # Cargo.toml), prints the binary's path and size, and runs `osprey-agent --help` under qemu.
+# Checks, each failing the build: the musl binary is static (no ELF interpreter) and stays under
+# the size budget of 4,000,000 bytes (OSPREY_MUSL_BUDGET_BYTES overrides); for the -gnu binaries it
+# prints the newest glibc symbol version they need (what deploy/pi/install.sh compares against).
 #
 # Two ways to build, chosen per run:
 #   cross   when `cross` is installed and a container engine answers (`docker info` or
@@ -38,19 +43,23 @@ BIN=osprey-agent
 PROFILE=gateway
 ALL_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl)
 DEFAULT_TEST_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
+MUSL_BUDGET_BYTES="${OSPREY_MUSL_BUDGET_BYTES:-4000000}"
 
 if [[ -t 2 ]]; then BOLD=$'\033[1m' RED=$'\033[1;31m' OFF=$'\033[0m'; else BOLD="" RED="" OFF=""; fi
 log() { printf '%scross/build.sh:%s %s\n' "$BOLD" "$OFF" "$*" >&2; }
 die() { printf '%scross/build.sh: %s%s\n' "$RED" "$*" "$OFF" >&2; exit 1; }
-usage() { sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 RUN_TESTS=0
 TARGETS=()
+DIST=""
 while (($#)); do
     case "$1" in
         --test) RUN_TESTS=1 ;;
         --target) [[ $# -ge 2 ]] || usage; TARGETS+=("$2"); shift ;;
         --target=*) TARGETS+=("${1#--target=}") ;;
+        --dist) [[ $# -ge 2 ]] || usage; DIST="$2"; shift ;;
+        --dist=*) DIST="${1#--dist=}" ;;
         -h|--help) usage ;;
         *) log "unknown argument: $1"; usage ;;
     esac
@@ -143,6 +152,25 @@ smoke() {
     grep -q 'Usage:' <<<"$out" || die "smoke test failed: '$BIN --help' printed no 'Usage:' line"
 }
 
+# Linkage checks: static musl binaries under the budget; -gnu binaries report their glibc floor.
+check_linkage() {
+    local t=$1 binary=$2 size=$3 glibc
+    case "$t" in
+        *-musl*)
+            if readelf -lW "$binary" | grep -q 'program interpreter'; then
+                die "$binary is dynamically linked (it has an ELF interpreter); the musl build must be static"
+            fi
+            ((size < MUSL_BUDGET_BYTES)) ||
+                die "$binary is $size bytes, over the budget of $MUSL_BUDGET_BYTES bytes (issue #8: a static aarch64 agent under 4 MB); find what grew with cargo bloat or drop features"
+            log "$t: static, $size bytes < budget $MUSL_BUDGET_BYTES"
+            ;;
+        *-gnu*)
+            glibc="$(grep -ao 'GLIBC_2\.[0-9]*' "$binary" | sort -u -t. -k2,2n | tail -1)"
+            log "$t: dynamically linked, needs ${glibc:-no versioned glibc symbols} or newer on the device"
+            ;;
+    esac
+}
+
 SUMMARY=()
 for t in "${TARGETS[@]}"; do
     target_facts "$t"
@@ -155,6 +183,12 @@ for t in "${TARGETS[@]}"; do
     [[ -f "$binary" ]] || die "build of $t succeeded but $binary is missing"
     size=$(stat -c %s "$binary")
     log "$binary: $size bytes ($(awk -v s="$size" 'BEGIN { printf "%.2f MB", s / 1e6 }')), built in ${dt}s"
+    check_linkage "$t" "$binary" "$size"
+    if [[ -n "$DIST" ]]; then
+        mkdir -p "$DIST"
+        install -m 0755 "$binary" "$DIST/$BIN-$t"
+        log "copied to $DIST/$BIN-$t"
+    fi
     log "== smoke test: $RUNNER $binary --help"
     smoke "$t" "$binary"
     SUMMARY+=("$(printf '%-32s %10s  %5ss  %s' "$t" "$size" "$dt" "${binary#"$ROOT"/}")")
@@ -169,6 +203,11 @@ if ((RUN_TESTS)); then
         "${CARGO[@]}" test -p "$PACKAGE" --target "$t"
         SUMMARY+=("$(printf '%-32s %10s  %5ss  %s' "$t" "tests ok" "$((SECONDS - t0))" "cargo test -p $PACKAGE under qemu")")
     done
+fi
+
+if [[ -n "$DIST" ]]; then
+    (cd "$DIST" && sha256sum -- "$BIN"-* >SHA256SUMS)
+    log "artifacts and SHA256SUMS in $DIST"
 fi
 
 printf '\n%-32s %10s  %6s  %s\n' "target" "bytes" "time" "binary" >&2

@@ -9,16 +9,22 @@
 # What it installs, each only when missing (idempotent; a second run installs nothing):
 #   Debian:  mosquitto mosquitto-clients openssl qemu-user-static gcc-aarch64-linux-gnu
 #            gcc-arm-linux-gnueabihf chromium (+ python3 python3-venv when no python3 can make a venv)
+#            openssh-server shellcheck systemd (deploy suite: sshd, shellcheck, systemd-analyze)
 #   rustup:  targets aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl,
 #            components clippy rustfmt
 #   PyPI:    moto[server] 5.x in the venv .osprey-test/venv
+#            cfn-lint and awscli in the same venv (deploy suite: template lint, provisioning on moto)
+#   npm:     kinesalite 3.3.3 in .osprey-test/kinesalite (a second Kinesis implementation; only
+#            when node and npm are present, otherwise the kinesalite suite fails and says why)
 #
-# What it starts: one moto server (Kinesis + DynamoDB API) on a free loopback port, stopped on exit.
+# What it starts: one moto server (Kinesis + DynamoDB API) on a free loopback port, and kinesalite
+# (Kinesis API) on another when it is installed; both stopped on exit.
 # Mosquitto is NOT started here: every test starts its own brokers through the harness
 # (tests/src/mosquitto.rs) because tests stop and restart them.
 #
 # What it exports to the steps:
 #   OSPREY_TEST_MOTO_ENDPOINT=http://127.0.0.1:PORT   the moto server
+#   OSPREY_TEST_KINESALITE_ENDPOINT=http://127.0.0.1:PORT   kinesalite (when installed)
 #   OSPREY_TEST_MOSQUITTO=/usr/sbin/mosquitto         the broker binary the harness starts
 #   AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
 #
@@ -32,10 +38,11 @@ VENV="$STATE/venv"
 mkdir -p "$STATE"
 
 APT_PACKAGES=(mosquitto mosquitto-clients openssl qemu-user-static gcc-aarch64-linux-gnu
-    gcc-arm-linux-gnueabihf chromium)
+    gcc-arm-linux-gnueabihf chromium openssh-server shellcheck systemd)
 RUST_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl)
 RUST_COMPONENTS=(clippy rustfmt)
 MOTO_SPEC='moto[server]>=5,<6'
+DEPLOY_PYPI=(cfn-lint awscli)
 TEST_TIMEOUT="${OSPREY_TEST_TIMEOUT:-40m}"
 
 if [[ -t 2 ]]; then BOLD=$'\033[1m' RED=$'\033[1;31m' OFF=$'\033[0m'; else BOLD="" RED="" OFF=""; fi
@@ -48,6 +55,8 @@ die() { printf '%stests/run.sh: %s%s\n' "$RED" "$*" "$OFF" >&2; exit 1; }
 TIMINGS=()
 RUN_START=$SECONDS
 MOTO_PID=""
+KINESALITE_PID=""
+KINESALITE_SPEC='kinesalite@3.3.3'
 TIMEOUT_PID=""  # the `timeout` wrapping a step, see with_timeout
 STEP_NAME=""   # the step running now, so that the EXIT trap can name what failed
 STEP_START=0
@@ -68,6 +77,10 @@ cleanup() {
         for _ in $(seq 1 50); do kill -0 "$MOTO_PID" 2>/dev/null || break; sleep 0.1; done
         kill -KILL -- "-$MOTO_PID" 2>/dev/null || true
         wait "$MOTO_PID" 2>/dev/null || true
+    fi
+    if [[ -n "$KINESALITE_PID" ]]; then
+        kill -TERM -- "-$KINESALITE_PID" 2>/dev/null || kill -TERM "$KINESALITE_PID" 2>/dev/null || true
+        wait "$KINESALITE_PID" 2>/dev/null || true
     fi
     if ((${#TIMINGS[@]})); then
         printf '\n%-34s %8s  %s\n' "step" "seconds" "result" >&2
@@ -180,6 +193,51 @@ install_moto() {
     moto_ready || die "moto installed into $VENV but does not import"
 }
 
+# cfn-lint and the AWS CLI for tests/tests/deploy.rs, into the moto venv.
+install_deploy_tools() {
+    if [[ -x "$VENV/bin/cfn-lint" && -x "$VENV/bin/aws" ]]; then log "cfn-lint, awscli: present in $VENV"; return 0; fi
+    retry "$VENV/bin/python" -m pip install --disable-pip-version-check -q "${DEPLOY_PYPI[@]}"
+}
+
+KINESALITE_DIR="$STATE/kinesalite"
+kinesalite_ready() { [[ -x "$KINESALITE_DIR/node_modules/.bin/kinesalite" ]]; }
+
+install_kinesalite() {
+    if kinesalite_ready; then log "kinesalite: present in $KINESALITE_DIR"; return 0; fi
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        log "kinesalite: no node/npm on this machine; the kinesalite suite will fail and say so"
+        return 0
+    fi
+    mkdir -p "$KINESALITE_DIR"
+    retry npm install --prefix "$KINESALITE_DIR" --no-audit --no-fund --silent "$KINESALITE_SPEC"
+    kinesalite_ready || die "kinesalite installed into $KINESALITE_DIR but has no executable"
+}
+
+start_kinesalite() {
+    kinesalite_ready || { log "kinesalite: not installed, not started"; return 0; }
+    local port
+    port="$("$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    # In-memory (no --path), streams ACTIVE at once, small shard-limit checks off.
+    setsid node "$KINESALITE_DIR/node_modules/.bin/kinesalite" --port "$port" --createStreamMs 0 \
+        --deleteStreamMs 0 --updateStreamMs 0 --shardLimit 1000 >"$STATE/kinesalite.log" 2>&1 </dev/null &
+    KINESALITE_PID=$!
+    "$VENV/bin/python" - "$port" "$KINESALITE_PID" <<'EOF2' || die "kinesalite did not start (log: $STATE/kinesalite.log)"
+import os, socket, sys, time
+port, pid = int(sys.argv[1]), int(sys.argv[2])
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    os.kill(pid, 0)
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.1)
+sys.exit("kinesalite did not listen within 30 s")
+EOF2
+    export OSPREY_TEST_KINESALITE_ENDPOINT="http://127.0.0.1:$port"
+    log "kinesalite pid $KINESALITE_PID at $OSPREY_TEST_KINESALITE_ENDPOINT (log: $STATE/kinesalite.log)"
+}
+
 # ---------------------------------------------------------------------------------------------
 # Start moto
 # ---------------------------------------------------------------------------------------------
@@ -217,6 +275,8 @@ EOF
         kill -KILL -- "-$MOTO_PID" 2>/dev/null || true
         wait "$MOTO_PID" 2>/dev/null || true
         MOTO_PID=""
+KINESALITE_PID=""
+KINESALITE_SPEC='kinesalite@3.3.3'
         # Most likely another process took the port between choosing and binding it: try again.
         log "moto server did not start (try $try of 3, log above)"
     done
@@ -237,7 +297,10 @@ fi
 step "install: debian packages" install_debian
 step "install: rust targets, components" install_rust
 step "install: moto venv" install_moto
+step "install: cfn-lint, awscli (venv)" install_deploy_tools
+step "install: kinesalite (npm)" install_kinesalite
 step "start: moto server" start_moto
+step "start: kinesalite" start_kinesalite
 
 export OSPREY_TEST_MOSQUITTO
 OSPREY_TEST_MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use rand::Rng;
 
+/// How long a connection must last before the next reconnect starts from the base delay.
+pub const STABLE: Duration = Duration::from_secs(30);
+
 /// Backoff state for one reconnect loop.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -45,9 +48,18 @@ impl Backoff {
         ceiling.mul_f64(rng.random::<f64>())
     }
 
-    /// Starts over from `base` (after a successful connection).
+    /// Starts over from `base`.
     pub fn reset(&mut self) {
         self.attempt = 0;
+    }
+
+    /// A connection that was accepted ended after `lasted`: start over only if it was stable
+    /// for [`STABLE`], so that a broker dropping every connection right after accepting it
+    /// (duplicate client id, policy refusal) still sees growing delays.
+    pub fn connection_ended(&mut self, lasted: Duration) {
+        if lasted >= STABLE {
+            self.reset();
+        }
     }
 }
 
@@ -88,6 +100,20 @@ mod tests {
         assert!(delays.iter().all(|d| *d <= Duration::from_millis(500)));
         let distinct: std::collections::HashSet<_> = delays.iter().collect();
         assert!(distinct.len() > 150, "full jitter spreads the fleet");
+    }
+
+    #[test]
+    fn only_a_stable_connection_resets_the_backoff() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut b = Backoff::uplink();
+        for _ in 0..4 {
+            b.next_delay(&mut rng);
+            // Accepted, then dropped within a second: a duplicate client id.
+            b.connection_ended(Duration::from_secs(1));
+        }
+        assert_eq!(b.ceiling(), Duration::from_secs(8));
+        b.connection_ended(STABLE);
+        assert_eq!(b.ceiling(), Duration::from_millis(500));
     }
 
     #[test]

@@ -31,9 +31,10 @@
 
 mod error;
 mod raw;
+mod sensors;
 
 use std::collections::HashSet;
-use std::num::{NonZeroU16, NonZeroU64, NonZeroUsize};
+use std::num::{NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -42,8 +43,12 @@ use osprey_protocol::ThresholdRule;
 use toml::Spanned;
 
 pub use error::{ConfigError, Location};
+pub use sensors::{
+    default_alarms_path, ActionConfig, ActionKind, ActionOn, SensorConfig, SensorKind,
+};
 
 use crate::batch::BatchLimits;
+use crate::journal::{Durability, JournalOptions, MIN_MAX_BYTES};
 use crate::sim::{self, Scenario};
 use crate::tls::Tls;
 
@@ -66,6 +71,8 @@ pub const DEFAULT_MQTT_PORT: u16 = 1883;
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// Default in-flight window.
 pub const DEFAULT_INFLIGHT: u16 = 32;
+/// Default publish-rate cap (AWS IoT Core's per-connection limit), messages per second.
+pub const DEFAULT_MAX_PUBLISH_RATE: u32 = 100;
 
 /// The validated agent configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,10 +88,19 @@ pub struct Config {
     pub batch: BatchLimits,
     /// Journal directory.
     pub journal_path: PathBuf,
+    /// Journal quota and durability.
+    pub journal: JournalOptions,
     /// Broker connection.
     pub mqtt: Mqtt,
     /// Local threshold rules.
     pub rules: Vec<ThresholdRule>,
+    /// Sensors to read; empty: the simulated machine of [`Config::simulator`] alone, with no
+    /// health data (so its output is exactly the simulator's).
+    pub sensors: Vec<SensorConfig>,
+    /// Local actions on alert events.
+    pub actions: Vec<ActionConfig>,
+    /// File that keeps raised alarms across restarts.
+    pub alarms_path: PathBuf,
 }
 
 /// Validated `[sampling]`.
@@ -122,6 +138,11 @@ pub struct Mqtt {
     pub keep_alive: Duration,
     /// Most QoS 1 publishes awaiting PUBACK at once.
     pub inflight: NonZeroU16,
+    /// Most journal publishes per second (token bucket); `None`: unlimited.
+    pub max_publish_rate: Option<NonZeroU32>,
+    /// Let live telemetry alternate with the backlog after a reconnect, instead of waiting
+    /// behind it (per-device order is then kept only within each).
+    pub interleave_live: bool,
     /// TLS settings; plain MQTT when `None`.
     pub tls: Option<Tls>,
 }
@@ -133,6 +154,7 @@ enum Field {
     Interval,
     MaxAge,
     JournalPath,
+    JournalMaxBytes,
     Host,
     Port,
     ClientId,
@@ -148,6 +170,7 @@ impl Field {
             Field::Interval => "sampling.interval_ms".to_owned(),
             Field::MaxAge => "batch.max_age_ms".to_owned(),
             Field::JournalPath => "journal.path".to_owned(),
+            Field::JournalMaxBytes => "journal.max_bytes".to_owned(),
             Field::Host => "mqtt.host".to_owned(),
             Field::Port => "mqtt.port".to_owned(),
             Field::ClientId => "mqtt.client_id".to_owned(),
@@ -178,15 +201,25 @@ impl Config {
             simulator: SimSettings { seed, scenario },
             batch: default_batch_limits(),
             journal_path: journal_path.into(),
+            journal: JournalOptions::default(),
             mqtt: Mqtt {
                 host: mqtt_host.to_owned(),
                 port: mqtt_port,
                 client_id: device_id.to_owned(),
                 keep_alive: DEFAULT_KEEP_ALIVE,
                 inflight: default_inflight(),
+                max_publish_rate: NonZeroU32::new(DEFAULT_MAX_PUBLISH_RATE),
+                interleave_live: false,
                 tls: None,
             },
             rules: sim::default_rules(),
+            sensors: Vec::new(),
+            actions: Vec::new(),
+            alarms_path: PathBuf::new(),
+        };
+        let config = Config {
+            alarms_path: default_alarms_path(&config.journal_path),
+            ..config
         };
         config.validate()?;
         Ok(config)
@@ -249,6 +282,12 @@ impl Config {
         }
         if self.journal_path.as_os_str().is_empty() {
             return Err((Field::JournalPath, "must not be empty".to_owned()));
+        }
+        if self.journal.max_bytes < MIN_MAX_BYTES {
+            return Err((
+                Field::JournalMaxBytes,
+                format!("must be at least {MIN_MAX_BYTES} (two maximal messages)"),
+            ));
         }
         self.check_mqtt()?;
         let mut ids = HashSet::new();
@@ -360,6 +399,23 @@ fn from_raw(raw: &raw::AgentConfig, text: &str, base_dir: &Path) -> Result<Confi
     };
 
     let device_id = raw.device_id.get_ref().clone();
+    let default_sim = (
+        raw.simulator.seed.unwrap_or(0),
+        raw.simulator.scenario.unwrap_or(Scenario::Steady),
+    );
+    let sensors_config = sensors::sensors(&raw.sensors, default_sim, text, base_dir)?;
+    let rule_ids: Vec<&str> = raw.rules.iter().map(|r| r.get_ref().id.as_str()).collect();
+    let actions_config = sensors::actions(&raw.actions, &rule_ids, text, base_dir)?;
+    let alarms_path = match &raw.alarms.path {
+        Some(p) if p.get_ref().is_empty() => {
+            return Err(at(p.span(), "alarms.path", "must not be empty"))
+        }
+        Some(p) => path(p),
+        None => default_alarms_path(&raw.journal.path.as_ref().map_or_else(
+            || PathBuf::from(DEFAULT_JOURNAL_PATH),
+            path,
+        )),
+    };
     Ok(Config {
         sampling: Sampling {
             interval: raw
@@ -386,6 +442,17 @@ fn from_raw(raw: &raw::AgentConfig, text: &str, base_dir: &Path) -> Result<Confi
             .path
             .as_ref()
             .map_or_else(|| PathBuf::from(DEFAULT_JOURNAL_PATH), path),
+        journal: JournalOptions {
+            max_bytes: raw
+                .journal
+                .max_bytes
+                .as_ref()
+                .map_or(crate::journal::DEFAULT_MAX_BYTES, |v| *v.get_ref()),
+            durability: match raw.journal.flush_interval_ms {
+                None | Some(0) => Durability::EachAppend,
+                Some(ms) => Durability::Interval(Duration::from_millis(ms)),
+            },
+        },
         mqtt: Mqtt {
             host: raw
                 .mqtt
@@ -408,9 +475,17 @@ fn from_raw(raw: &raw::AgentConfig, text: &str, base_dir: &Path) -> Result<Confi
                 .as_ref()
                 .map_or(DEFAULT_KEEP_ALIVE, |k| Duration::from_secs(*k.get_ref())),
             inflight,
+            max_publish_rate: match raw.mqtt.max_publish_rate {
+                None => NonZeroU32::new(DEFAULT_MAX_PUBLISH_RATE),
+                Some(rate) => NonZeroU32::new(rate),
+            },
+            interleave_live: raw.mqtt.interleave_live.unwrap_or(false),
             tls,
         },
         rules: raw.rules.iter().map(|r| r.get_ref().clone()).collect(),
+        sensors: sensors_config,
+        actions: actions_config,
+        alarms_path,
         device_id,
     })
 }
@@ -422,6 +497,7 @@ fn span_of(raw: &raw::AgentConfig, field: Field) -> Option<Range<usize>> {
         Field::Interval => raw.sampling.interval_ms.as_ref().map(Spanned::span),
         Field::MaxAge => raw.batch.max_age_ms.as_ref().map(Spanned::span),
         Field::JournalPath => raw.journal.path.as_ref().map(Spanned::span),
+        Field::JournalMaxBytes => raw.journal.max_bytes.as_ref().map(Spanned::span),
         Field::Host => raw.mqtt.host.as_ref().map(Spanned::span),
         Field::Port => raw.mqtt.port.as_ref().map(Spanned::span),
         Field::ClientId => raw.mqtt.client_id.as_ref().map(Spanned::span),

@@ -17,7 +17,7 @@
 //! | [`sim`] | deterministic simulated machine ([`Simulator`]) |
 //! | [`rule`] | threshold rules with hysteresis ([`RuleSet`]) |
 //! | [`batch`] | columnar telemetry batches ([`Batcher`]) |
-//! | [`journal`] | durable store of undelivered messages ([`Journal`], [`SledJournal`]) |
+//! | [`journal`] | durable store of undelivered messages ([`Journal`], [`SledJournal`]): byte quota, drop counters, corrupt-journal recovery |
 //! | `writer` | gives messages their sequence numbers and journals them |
 //! | `uplink` | MQTT delivery, PUBACK bookkeeping, reconnect with backoff |
 //! | [`tls`] | rustls client configuration from PEM files |
@@ -52,6 +52,7 @@ pub mod reading;
 pub mod rule;
 mod runtime;
 mod sampler;
+pub mod sensors;
 pub mod sim;
 mod stats;
 mod stop;
@@ -66,6 +67,6 @@ pub use error::AgentError;
 pub use journal::{Journal, JournalError, SledJournal};
 pub use reading::Reading;
 pub use rule::RuleSet;
-pub use runtime::run;
+pub use runtime::{run, run_with_reload};
 pub use sim::{Scenario, Simulator};
 pub use stats::RunSummary;

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use osprey_agent::config::Config;
-use osprey_agent::tls;
+use osprey_agent::{journal, tls};
+
+mod journal_cli;
 
 /// Osprey gateway agent: samples sensors, raises threshold alerts locally, keeps every
 /// message in an on-disk journal and delivers it over MQTT (QoS 1, optional mutual TLS for
@@ -40,6 +42,41 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Look at a journal (stop the agent first: the journal is locked while it runs).
+    Journal {
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
+    /// List the sensors this machine has: I2C buses and the addresses that answer (probed
+    /// with one-byte reads, never writes), 1-Wire devices, hwmon sensors, thermal zones.
+    Sensors {
+        /// Directory holding `sys/` and `dev/` (for a copy of another machine's tree).
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+    },
+}
+
+/// `osprey-agent journal …`
+#[derive(Debug, Subcommand)]
+enum JournalCommand {
+    /// Messages by kind, readings, bytes, oldest/newest seq and event time, dropped counts.
+    Stats(JournalArgs),
+    /// Every message as one JSON line (decoded with the protocol decoder), alerts first.
+    Export(JournalArgs),
+    /// Check that every record passes its checksum and decodes; exits 1 if one does not.
+    Verify(JournalArgs),
+}
+
+/// Which journal.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+struct JournalArgs {
+    /// The agent's config file (its journal.path is used).
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The journal directory.
+    #[arg(long, value_name = "DIR")]
+    path: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -47,6 +84,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { file } => check(&file),
         Command::Run { config } => run(&config),
+        Command::Journal { command } => journal_command(command),
+        Command::Sensors { root } => {
+            print!("{}", osprey_agent::sensors::scan::report(&root));
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -95,7 +137,10 @@ fn run(file: &Path) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     let summary = runtime
-        .block_on(osprey_agent::run(config, shutdown_signal()))
+        .block_on(async {
+            let reload_rx = reload_on_sighup(file.to_owned());
+            osprey_agent::run_with_reload(config, shutdown_signal(), reload_rx).await
+        })
         .context("the agent stopped with an error")?;
     tracing::info!(
         samples = summary.samples,
@@ -108,6 +153,50 @@ fn run(file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn journal_command(command: JournalCommand) -> anyhow::Result<()> {
+    let (JournalCommand::Stats(args) | JournalCommand::Export(args) | JournalCommand::Verify(args)) =
+        &command;
+    let path = match (&args.path, &args.config) {
+        (Some(path), _) => path.clone(),
+        (None, Some(file)) => {
+            Config::load(file)
+                .with_context(|| format!("cannot read the journal path from {}", file.display()))?
+                .journal_path
+        }
+        (None, None) => anyhow::bail!("give --config FILE or --path DIR"),
+    };
+    let seen =
+        journal::inspect(&path).context("cannot open the journal (is the agent stopped?)")?;
+    match command {
+        JournalCommand::Stats(_) => print!("{}", journal_cli::stats(&seen)),
+        JournalCommand::Export(_) => {
+            let mut out = std::io::stdout().lock();
+            journal_cli::export(&seen, &mut out).context("cannot write the export")?;
+        }
+        JournalCommand::Verify(_) => {
+            if !seen.problems.is_empty() {
+                for problem in &seen.problems {
+                    eprintln!("{}: {}", path.display(), problem.error);
+                }
+                anyhow::bail!(
+                    "{} of {} records in {} are damaged; the agent will move this journal aside \
+                     on its next start and keep the {} intact messages",
+                    seen.problems.len(),
+                    seen.problems.len() + seen.entries.len(),
+                    path.display(),
+                    seen.entries.len()
+                );
+            }
+            println!(
+                "{}: ok, {} messages, every record passes its checksum and decodes",
+                path.display(),
+                seen.entries.len()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Logs to stderr, filtered by RUST_LOG (default `info`).
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -116,6 +205,43 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// On SIGHUP, reads the config file again and hands it to the agent if it is valid (rules,
+/// sensors and actions are applied without losing rule states or data); an invalid file is
+/// logged and the running config stays.
+fn reload_on_sighup(file: PathBuf) -> Option<tokio::sync::mpsc::Receiver<Config>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGHUP; config reload is off");
+                return None;
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                match Config::load(&file) {
+                    Ok(config) => {
+                        tracing::info!(file = %file.display(), "SIGHUP: reloading the config");
+                        if tx.send(config).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(error) => tracing::error!(%error, "SIGHUP: config not reloaded, keeping the running one"),
+                }
+            }
+        });
+        Some(rx)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        None
+    }
 }
 
 /// Resolves on Ctrl-C or, on Unix, SIGTERM (what systemd and Greengrass send).

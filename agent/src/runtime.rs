@@ -20,13 +20,10 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
-use crate::batch::Batcher;
 use crate::config::Config;
 use crate::error::AgentError;
-use crate::journal::{Journal, SledJournal};
-use crate::rule::RuleSet;
+use crate::journal::{self, Durability, Journal};
 use crate::sampler::{Sampler, SamplerEnd};
-use crate::sim::Simulator;
 use crate::stats::{RunSummary, Stats};
 use crate::task::OwnedTask;
 use crate::tls;
@@ -51,6 +48,17 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunSummary, AgentError> {
+    run_with_reload(config, shutdown, None).await
+}
+
+/// [`run`], and apply every config that arrives on `reload_rx` (the binary sends one per
+/// SIGHUP): rules, sensors and actions change at once, keeping rule states, sensor health and
+/// the partial batch; other sections need a restart.
+pub async fn run_with_reload(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    reload_rx: Option<mpsc::Receiver<Config>>,
+) -> Result<RunSummary, AgentError> {
     config.validate()?;
     // A few small file reads; done before any task starts so a wrong path fails the run.
     let tls = config
@@ -60,16 +68,21 @@ pub async fn run(
         .map(tls::client_config)
         .transpose()?;
     let path = config.journal_path.clone();
-    let journal: Arc<dyn Journal> = Arc::new(
-        tokio::task::spawn_blocking(move || SledJournal::open(&path))
+    let options = config.journal;
+    // A corrupt journal is moved aside and replaced (and logged) rather than stopping the
+    // agent; only an unusable directory or a journal held by another process fails here.
+    let (journal, recovery) =
+        tokio::task::spawn_blocking(move || journal::open_or_recover(&path, options))
             .await
-            .map_err(|e| AgentError::join("journal open", e))??,
-    );
+            .map_err(|e| AgentError::join("journal open", e))??;
+    let journal: Arc<dyn Journal> = Arc::new(journal);
     let device = config.device_id.clone();
     tracing::info!(
         device = %device,
         journal = %config.journal_path.display(),
         backlog = journal.len(),
+        backlog_bytes = journal.bytes(),
+        dropped_readings = journal.counters().dropped.readings,
         scenario = config.simulator.scenario.name(),
         rules = config.rules.len(),
         "agent starting"
@@ -98,24 +111,25 @@ pub async fn run(
         Writer {
             device: device.clone(),
             journal: Arc::clone(&journal),
-            appended,
+            appended: Arc::clone(&appended),
             stats: Arc::clone(&stats),
+            journal_max_bytes: config.journal.max_bytes,
         }
         .run(outbound_rx),
     );
     let mut sampler = OwnedTask::spawn(
-        Sampler {
-            device: device.clone(),
-            sim: Simulator::new(&device, config.simulator.seed, config.simulator.scenario),
-            rules: RuleSet::new(config.rules.clone()),
-            batcher: Batcher::new(config.batch),
-            interval: config.sampling.interval,
-            max_samples: config.sampling.max_samples,
-            outbound_tx,
-            stats: Arc::clone(&stats),
-        }
-        .run(stop_rx),
+        Sampler::from_config(&config, outbound_tx, Arc::clone(&stats), reload_rx).run(stop_rx),
     );
+
+    // With interval durability, a flusher makes appends durable (and so publishable).
+    let _flusher = match config.journal.durability {
+        Durability::EachAppend => None,
+        Durability::Interval(period) => Some(OwnedTask::spawn(flush_every(
+            period,
+            Arc::clone(&journal),
+            Arc::clone(&appended),
+        ))),
+    };
 
     let mut shutdown = std::pin::pin!(shutdown);
     // Phase 1: sample until done, told to stop, or the uplink fails.
@@ -153,7 +167,9 @@ pub async fn run(
     tokio::task::spawn_blocking(move || journal_for_sync.sync())
         .await
         .map_err(|e| AgentError::join("journal sync", e))??;
-    let summary = stats.summary(journal.len());
+    let mut summary = stats.summary(journal.len());
+    summary.dropped_readings = journal.counters().dropped.readings;
+    summary.journal_recovered = recovery.is_some();
     tracing::info!(
         device = %device,
         samples = summary.samples,
@@ -163,6 +179,36 @@ pub async fn run(
         "agent stopped"
     );
     Ok(summary)
+}
+
+/// Flushes the journal every `period` while it has unflushed appends, and wakes the uplink
+/// after each flush (entries become readable only once durable). A failed flush is logged and
+/// retried on the next tick; until one succeeds nothing new is published, and the sync at
+/// shutdown reports the error.
+async fn flush_every(
+    period: std::time::Duration,
+    journal: Arc<dyn Journal>,
+    appended: Arc<Notify>,
+) {
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if !journal.needs_sync() {
+            continue;
+        }
+        let j = Arc::clone(&journal);
+        match tokio::task::spawn_blocking(move || j.sync()).await {
+            Ok(Ok(())) => appended.notify_one(),
+            Ok(Err(error)) => {
+                tracing::error!(error = %error, "cannot flush the journal; retrying");
+            }
+            Err(error) => {
+                tracing::error!(%error, "journal flush task failed");
+                return;
+            }
+        }
+    }
 }
 
 /// Resolves once the journal is empty. `delivered_rx` wakes it after each delivery; if the

@@ -14,6 +14,15 @@
 //! | `bearing/vibration` | `mm/s` | 2.0 ± 0.15 σ | `min(2.0 + 0.01·i, 12)` ± 0.15 σ |
 //! | `motor/current` | `A` | 12 ± 0.3 σ | `min(12 + 0.004·i, 15)` ± 0.3 σ |
 //!
+//! Further scenarios for testing rules and sensor health (the series and units are the same):
+//!
+//! | scenario | what happens |
+//! |---|---|
+//! | `noisy` | `steady` with four times the noise (temperature ± 3.2 σ) |
+//! | `drifting` | `steady` whose temperature drifts up by 0.02 °C per sample (a sensor losing calibration), up to +30 °C |
+//! | `stuck` | `steady`, but from sample 100 on the temperature repeats its last value forever (a frozen sensor) |
+//! | `dropouts` | `steady`, but each reading is missing with probability 1/10 (drawn from a second stream, so the values that do arrive equal `steady`'s) |
+//!
 //! The noise is bounded (a sum of four uniforms, at most ±3.47 σ), which makes the rule
 //! outcomes of [`default_rules`] exact rather than probable:
 //!
@@ -58,7 +67,28 @@ pub enum Scenario {
     Steady,
     /// A failing bearing: temperature and vibration rise linearly with the sample index.
     Degrading,
+    /// A healthy machine measured with four times the noise.
+    Noisy,
+    /// A healthy machine whose temperature sensor drifts upwards.
+    Drifting,
+    /// A healthy machine whose temperature sensor freezes at sample [`STUCK_FROM`].
+    Stuck,
+    /// A healthy machine whose readings go missing one time in ten.
+    Dropouts,
 }
+
+/// The sample index from which the `stuck` scenario repeats its temperature.
+pub const STUCK_FROM: u64 = 100;
+
+/// Every scenario, in declaration order.
+pub const SCENARIOS: [Scenario; 6] = [
+    Scenario::Steady,
+    Scenario::Degrading,
+    Scenario::Noisy,
+    Scenario::Drifting,
+    Scenario::Stuck,
+    Scenario::Dropouts,
+];
 
 impl Scenario {
     /// The scenario's name as written in the config file.
@@ -66,6 +96,10 @@ impl Scenario {
         match self {
             Scenario::Steady => "steady",
             Scenario::Degrading => "degrading",
+            Scenario::Noisy => "noisy",
+            Scenario::Drifting => "drifting",
+            Scenario::Stuck => "stuck",
+            Scenario::Dropouts => "dropouts",
         }
     }
 }
@@ -75,17 +109,16 @@ impl std::str::FromStr for Scenario {
 
     /// Parses a scenario name as written in the config file (for command-line flags).
     fn from_str(name: &str) -> Result<Scenario, UnknownScenario> {
-        match name {
-            "steady" => Ok(Scenario::Steady),
-            "degrading" => Ok(Scenario::Degrading),
-            _ => Err(UnknownScenario(name.to_owned())),
-        }
+        SCENARIOS
+            .into_iter()
+            .find(|s| s.name() == name)
+            .ok_or_else(|| UnknownScenario(name.to_owned()))
     }
 }
 
-/// A scenario name that is not `steady` or `degrading`.
+/// A scenario name that is not one of [`SCENARIOS`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown scenario {0:?} (expected \"steady\" or \"degrading\")")]
+#[error("unknown scenario {0:?} (expected steady, degrading, noisy, drifting, stuck or dropouts)")]
 pub struct UnknownScenario(pub String);
 
 /// A seeded simulated machine. See the [module docs](self) for the value model.
@@ -94,6 +127,10 @@ pub struct Simulator {
     rng: ChaCha8Rng,
     scenario: Scenario,
     index: u64,
+    /// `stuck`: the frozen temperature.
+    frozen: Option<f64>,
+    /// `dropouts`: which readings go missing, a stream of its own.
+    drops: ChaCha8Rng,
 }
 
 impl Simulator {
@@ -103,6 +140,8 @@ impl Simulator {
             rng: ChaCha8Rng::seed_from_u64(seed ^ fnv1a64(device_id.as_bytes())),
             scenario,
             index: 0,
+            frozen: None,
+            drops: ChaCha8Rng::seed_from_u64(!(seed ^ fnv1a64(device_id.as_bytes()))),
         }
     }
 
@@ -120,8 +159,9 @@ impl Simulator {
         // Draw the noise for every series first and always in the same order, so the stream
         // position depends only on the index.
         let (n_temp, n_vib, n_cur) = (self.noise(), self.noise(), self.noise());
+        let steady = (42.0 + 0.8 * n_temp, 2.0 + 0.15 * n_vib, 12.0 + 0.3 * n_cur);
         let (temperature, vibration, current) = match self.scenario {
-            Scenario::Steady => (42.0 + 0.8 * n_temp, 2.0 + 0.15 * n_vib, 12.0 + 0.3 * n_cur),
+            Scenario::Steady | Scenario::Stuck | Scenario::Dropouts => steady,
             Scenario::Degrading => (
                 (DEGRADING_START_CELSIUS + DEGRADING_CELSIUS_PER_SAMPLE * i)
                     .min(DEGRADING_MAX_CELSIUS)
@@ -129,15 +169,19 @@ impl Simulator {
                 (2.0 + DEGRADING_VIBRATION_PER_SAMPLE * i).min(12.0) + 0.15 * n_vib,
                 (12.0 + 0.004 * i).min(15.0) + 0.3 * n_cur,
             ),
-        };
-        vec![
-            Reading::new(
-                "bearing",
-                "temperature",
-                "Cel",
-                time_ms,
-                round2(temperature),
+            Scenario::Noisy => (
+                42.0 + 3.2 * n_temp,
+                2.0 + 0.6 * n_vib,
+                12.0 + 1.2 * n_cur,
             ),
+            Scenario::Drifting => ((42.0 + (0.02 * i).min(30.0)) + 0.8 * n_temp, steady.1, steady.2),
+        };
+        let mut temperature = round2(temperature);
+        if self.scenario == Scenario::Stuck && self.index > STUCK_FROM {
+            temperature = *self.frozen.get_or_insert(temperature);
+        }
+        let mut readings = vec![
+            Reading::new("bearing", "temperature", "Cel", time_ms, temperature),
             Reading::new(
                 "bearing",
                 "vibration",
@@ -146,7 +190,14 @@ impl Simulator {
                 round2(vibration.max(0.0)),
             ),
             Reading::new("motor", "current", "A", time_ms, round2(current.max(0.0))),
-        ]
+        ];
+        if self.scenario == Scenario::Dropouts {
+            // Drawn from the second stream, so the noise stream stays steady's.
+            let keep = [(); 3].map(|()| self.drops.next_u64() % 10 != 0);
+            let mut k = keep.iter();
+            readings.retain(|_| k.next().copied().unwrap_or(true));
+        }
+        readings
     }
 
     /// Approximately standard normal noise, bounded to ±2√3: the Irwin–Hall sum of four
@@ -169,22 +220,16 @@ impl Simulator {
 pub fn default_rules() -> Vec<ThresholdRule> {
     vec![
         ThresholdRule {
-            id: "bearing-hot".to_owned(),
-            sensor: "bearing".to_owned(),
-            metric: "temperature".to_owned(),
-            when: Comparison::Above,
             threshold: 80.0,
             clear: Some(75.0),
             severity: Severity::Critical,
+            ..ThresholdRule::new("bearing-hot", "bearing", "temperature", Comparison::Above)
         },
         ThresholdRule {
-            id: "vibration-high".to_owned(),
-            sensor: "bearing".to_owned(),
-            metric: "vibration".to_owned(),
-            when: Comparison::Above,
             threshold: 7.1,
             clear: Some(6.0),
             severity: Severity::Warning,
+            ..ThresholdRule::new("vibration-high", "bearing", "vibration", Comparison::Above)
         },
     ]
 }
@@ -217,10 +262,10 @@ mod tests {
 
     #[test]
     fn scenario_names_round_trip() {
-        for scenario in [Scenario::Steady, Scenario::Degrading] {
+        for scenario in SCENARIOS {
             assert_eq!(scenario.name().parse::<Scenario>(), Ok(scenario));
         }
-        assert!("drifting".parse::<Scenario>().is_err());
+        assert!("wobbly".parse::<Scenario>().is_err());
     }
 
     #[test]
@@ -298,6 +343,41 @@ mod tests {
             );
             assert!((122..=145).contains(&events[0].0), "hot at {}", events[0].0);
             assert!((458..=563).contains(&events[1].0), "vib at {}", events[1].0);
+        }
+    }
+
+    #[test]
+    fn new_scenarios_do_what_they_say() {
+        let steady = run("pump-3", 5, Scenario::Steady, 400);
+        let temps = |scenario| -> Vec<f64> {
+            run("pump-3", 5, scenario, 400)
+                .iter()
+                .map(|s| s[0].value)
+                .collect()
+        };
+        // Stuck: from sample 100 the temperature never changes; before, it is steady's.
+        let stuck = temps(Scenario::Stuck);
+        assert!(stuck[100..].iter().all(|t| *t == stuck[100]));
+        assert!(stuck[..=100].iter().zip(&steady).all(|(a, b)| *a == b[0].value));
+        // Drifting: same noise, trend +0.02 per sample.
+        let drifting = temps(Scenario::Drifting);
+        assert!((drifting[399] - steady[399][0].value - 7.98).abs() < 0.011);
+        // Noisy: four times the spread of steady around the same level.
+        let spread = |v: &[f64]| {
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+        };
+        let steady_temps: Vec<f64> = steady.iter().map(|s| s[0].value).collect();
+        let ratio = spread(&temps(Scenario::Noisy)) / spread(&steady_temps);
+        assert!((ratio - 4.0).abs() < 0.05, "{ratio}");
+        // Dropouts: about one reading in ten is missing; those that arrive are steady's values.
+        let dropouts = run("pump-3", 5, Scenario::Dropouts, 400);
+        let missing: usize = dropouts.iter().map(|s| 3 - s.len()).sum();
+        assert!((60..=180).contains(&missing), "{missing} of 1200 missing");
+        for (got, want) in dropouts.iter().zip(&steady) {
+            for r in got {
+                assert!(want.contains(r), "{r:?} not in {want:?}");
+            }
         }
     }
 

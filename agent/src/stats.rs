@@ -36,6 +36,8 @@ impl Stats {
             dropped: Stats::get(&self.dropped),
             connections: Stats::get(&self.connections),
             backlog,
+            dropped_readings: 0,
+            journal_recovered: false,
         }
     }
 }
@@ -63,4 +65,9 @@ pub struct RunSummary {
     pub connections: u64,
     /// Messages still in the journal when the run ended (0 after a `max_samples` run).
     pub backlog: u64,
+    /// Readings dropped over the device's life (journal quota, damaged records), as reported
+    /// in status messages.
+    pub dropped_readings: u64,
+    /// Whether the journal was corrupt at start and was moved aside.
+    pub journal_recovered: bool,
 }

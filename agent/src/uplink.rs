@@ -5,9 +5,17 @@
 //!           ┌──────────── reconnect after backoff (500 ms … 30 s, full jitter) ◄──────────┐
 //!           ▼                                                                              │
 //!  reserve will seq ─► fresh AsyncClient + EventLoop (clean session) ─► ConnAck ─► birth   │
-//!    ─► replay journal from seq 0 ─► publish new entries as they are appended ─────────────┤
-//!         (at most `inflight` unacknowledged)                          connection error ──┘
+//!    ─► replay: alerts, then telemetry (backlog, or backlog and live interleaved) ─────────┤
+//!         (at most `inflight` unacknowledged,                connection error or the      │
+//!          at most `max_publish_rate` per second)           broker closing it ───────────┘
 //! ```
+//!
+//! Replay order: every connection starts from the journal's beginning. Priority entries
+//! (alerts) go first, then telemetry in `seq` order, so a device's telemetry arrives in the
+//! order it was taken. With `mqtt.interleave_live`, telemetry appended after the ConnAck
+//! ("live") alternates with the backlog instead of waiting behind it: fresh data reaches the
+//! dashboard during a long catch-up, at the price of per-device order (each of backlog and
+//! live stays in order).
 //!
 //! Why a fresh client per connection: rumqttc keeps its own copy of unacknowledged publishes in
 //! the `EventLoop` and replays it on reconnect. Dropping the event loop on every error and
@@ -30,6 +38,7 @@
 //! so if both ever arrive the cloud keeps one.
 
 mod diagnose;
+mod rate;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -47,10 +56,11 @@ use crate::backoff::Backoff;
 use crate::clock::wall_clock_ms;
 use crate::config::Mqtt;
 use crate::error::AgentError;
-use crate::journal::{Journal, JournalError};
+use crate::journal::{Class, Entry, Journal, JournalError};
 use crate::stats::Stats;
 use crate::stop::stopped;
 use crate::task::OwnedTask;
+use rate::TokenBucket;
 
 /// Request channel slots beyond the in-flight window: birth, offline status and DISCONNECT,
 /// so `try_publish` never finds the channel full.
@@ -83,7 +93,7 @@ pub(crate) struct Uplink {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
     /// A journal entry; removed from the journal on PUBACK.
-    Journaled(u64),
+    Journaled(Class, u64),
     /// A status message (not journaled).
     Status(u64),
 }
@@ -92,9 +102,22 @@ enum Pending {
 #[derive(Debug, Default)]
 struct Session {
     connected: bool,
-    /// Next journal sequence number to publish; starts at 0 so every connection replays the
-    /// whole journal.
-    cursor: u64,
+    /// When the ConnAck arrived.
+    connected_at: Option<Instant>,
+    /// Next alert to publish; starts at 0 so every connection replays the whole journal.
+    priority_cursor: u64,
+    /// Next telemetry to publish (the backlog's, when interleaving).
+    telemetry_cursor: u64,
+    /// Telemetry at or past this seq was appended after the ConnAck (set then).
+    live_from: u64,
+    /// Next live telemetry to publish, when interleaving.
+    live_cursor: u64,
+    /// Whether the last telemetry published came from the live side (interleaving).
+    last_was_live: bool,
+    /// The publish-rate cap, if any.
+    bucket: Option<TokenBucket>,
+    /// When to try again after the rate cap stopped `fill_window`.
+    wake_at: Option<Instant>,
     /// Requested, waiting for their `Outgoing::Publish(pkid)` event (request order).
     requested: VecDeque<Pending>,
     /// Written to the network, waiting for PUBACK.
@@ -105,14 +128,23 @@ impl Session {
     fn unacked(&self) -> usize {
         self.requested.len() + self.sent.len()
     }
+
+    fn lost(&self) -> SessionEnd {
+        SessionEnd::Lost {
+            connected: self.connected,
+            lasted: self.connected_at.map_or(Duration::ZERO, |t| t.elapsed()),
+        }
+    }
 }
 
 /// How a connection ended.
 enum SessionEnd {
     Stopped,
-    /// The connection failed or dropped; `connected` if it got as far as a ConnAck.
+    /// The connection failed or dropped; `connected` if it got as far as a ConnAck, and then
+    /// how long it lasted.
     Lost {
         connected: bool,
+        lasted: Duration,
     },
 }
 
@@ -135,10 +167,21 @@ impl Uplink {
                 Some(seq) => seq,
                 None => *will_seq.insert(self.reserve_seq_durably().await?),
             };
-            match self.session(seq, &mut stop_rx, &mut backoff).await? {
+            match self.session(seq, &mut stop_rx).await? {
                 SessionEnd::Stopped => return Ok(()),
-                SessionEnd::Lost { connected: true } => will_seq = None,
-                SessionEnd::Lost { connected: false } => {}
+                SessionEnd::Lost {
+                    connected: true,
+                    lasted,
+                } => {
+                    will_seq = None;
+                    // Not reset on ConnAck: a broker that accepts and then drops us at once
+                    // (a duplicate client id, a policy refusal on AWS IoT Core) must not
+                    // turn into a reconnect storm.
+                    backoff.connection_ended(lasted);
+                }
+                SessionEnd::Lost {
+                    connected: false, ..
+                } => {}
             }
             let delay = backoff.next_delay(&mut rand::rng());
             tracing::info!(
@@ -159,7 +202,6 @@ impl Uplink {
         &self,
         will_seq: u64,
         stop_rx: &mut watch::Receiver<bool>,
-        backoff: &mut Backoff,
     ) -> Result<SessionEnd, AgentError> {
         let will = self.status(will_seq, StatusState::Offline)?;
         let (client, eventloop) = AsyncClient::new(
@@ -169,31 +211,38 @@ impl Uplink {
         let (event_tx, mut event_rx) = mpsc::channel(EVENT_BUFFER);
         // Dropped (aborted, closing the socket) when this connection is abandoned.
         let _driver = OwnedTask::spawn(drive(eventloop, event_tx));
-        let mut session = Session::default();
+        let mut session = Session {
+            bucket: self
+                .mqtt
+                .max_publish_rate
+                .map(|rate| TokenBucket::new(rate, Instant::now())),
+            ..Session::default()
+        };
         tracing::debug!(device = %self.device, host = %self.mqtt.host, port = self.mqtt.port, "connecting");
 
         loop {
             if session.connected && !self.fill_window(&client, &mut session)? {
-                return Ok(SessionEnd::Lost {
-                    connected: session.connected,
-                });
+                return Ok(session.lost());
             }
             tokio::select! {
                 event = event_rx.recv() => match event {
                     Some(Ok(event)) => {
-                        if !self.on_event(event, &client, &mut session, backoff).await? {
-                            return Ok(SessionEnd::Lost { connected: session.connected });
+                        if !self.on_event(event, &client, &mut session).await? {
+                            return Ok(session.lost());
                         }
                     }
                     Some(Err(error)) => {
                         self.log_connection_error(&error, session.connected);
-                        return Ok(SessionEnd::Lost { connected: session.connected });
+                        return Ok(session.lost());
                     }
-                    None => return Ok(SessionEnd::Lost { connected: session.connected }),
+                    None => return Ok(session.lost()),
                 },
                 _ = self.appended.notified(), if session.connected => {}
+                _ = sleep_until_some(session.wake_at), if session.wake_at.is_some() => {
+                    session.wake_at = None;
+                }
                 _ = stopped(stop_rx) => {
-                    self.goodbye(&client, &mut session, &mut event_rx, will_seq, backoff).await?;
+                    self.goodbye(&client, &mut session, &mut event_rx, will_seq).await?;
                     return Ok(SessionEnd::Stopped);
                 }
             }
@@ -227,12 +276,11 @@ impl Uplink {
         event: Event,
         client: &AsyncClient,
         session: &mut Session,
-        backoff: &mut Backoff,
     ) -> Result<bool, AgentError> {
         match event {
             Event::Incoming(Packet::ConnAck(_)) => {
                 session.connected = true;
-                backoff.reset();
+                session.connected_at = Some(Instant::now());
                 Stats::add(&self.stats.connections, 1);
                 tracing::info!(
                     device = %self.device,
@@ -243,6 +291,7 @@ impl Uplink {
                 );
                 // Birth first, so the cloud learns the device is online before the backlog.
                 let seq = self.reserve_seq_durably().await?;
+                session.live_from = seq;
                 let birth = self.status(seq, StatusState::Online)?;
                 return Ok(self.publish(
                     client,
@@ -261,8 +310,8 @@ impl Uplink {
                 }
             },
             Event::Incoming(Packet::PubAck(ack)) => match session.sent.remove(&ack.pkid) {
-                Some(Pending::Journaled(seq)) => {
-                    self.journal.remove(seq)?;
+                Some(Pending::Journaled(class, seq)) => {
+                    self.journal.remove(class, seq)?;
                     Stats::add(&self.stats.published, 1);
                     self.delivered_tx.send_replace(self.journal.len());
                     tracing::trace!(device = %self.device, seq, pkid = ack.pkid, "delivered");
@@ -279,37 +328,96 @@ impl Uplink {
         Ok(true)
     }
 
-    /// Publishes journal entries past the cursor while the window has room. `Ok(false)`
-    /// means the request channel is closed (the event loop died).
+    /// Publishes journal entries past the cursors while the window has room and the rate
+    /// cap allows. `Ok(false)` means the request channel is closed (the event loop died).
     fn fill_window(&self, client: &AsyncClient, session: &mut Session) -> Result<bool, AgentError> {
         let window = usize::from(self.mqtt.inflight.get());
-        while session.unacked() < window {
-            let entries = self
-                .journal
-                .read_from(session.cursor, window - session.unacked())?;
+        loop {
+            let room = window.saturating_sub(session.unacked());
+            if room == 0 {
+                return Ok(true);
+            }
+            let now = Instant::now();
+            let allowed = match session.bucket.as_mut() {
+                None => room,
+                Some(bucket) => match bucket.available(now) {
+                    0 => {
+                        session.wake_at = Some(bucket.next_token_at());
+                        return Ok(true);
+                    }
+                    n => room.min(usize::try_from(n).unwrap_or(usize::MAX)),
+                },
+            };
+            let entries = self.next_entries(session, allowed)?;
             if entries.is_empty() {
-                break;
+                return Ok(true);
             }
             for entry in entries {
-                session.cursor = entry.seq.saturating_add(1);
-                // The topic needs the kind; decoding also catches a damaged entry before it
-                // reaches the cloud.
-                let kind = match osprey_protocol::decode(&entry.message) {
-                    Ok(envelope) => envelope.kind(),
-                    Err(error) => {
-                        tracing::error!(device = %self.device, seq = entry.seq, %error, "dropping undecodable journal entry");
-                        self.journal.remove(entry.seq)?;
-                        Stats::add(&self.stats.dropped, 1);
-                        continue;
-                    }
-                };
-                let pending = Pending::Journaled(entry.seq);
-                if !self.publish(client, session, kind, entry.message, pending) {
+                self.advance(session, &entry);
+                if let Some(bucket) = session.bucket.as_mut() {
+                    bucket.take(now);
+                }
+                let pending = Pending::Journaled(entry.class(), entry.seq);
+                if !self.publish(client, session, entry.kind, entry.message, pending) {
                     return Ok(false);
                 }
             }
         }
-        Ok(true)
+    }
+
+    /// Up to `n` entries to publish next: alerts first, then telemetry (see the module docs
+    /// for interleaving).
+    fn next_entries(&self, session: &Session, n: usize) -> Result<Vec<Entry>, AgentError> {
+        let mut out = self
+            .journal
+            .read(Class::Priority, session.priority_cursor, n)?;
+        let rest = n - out.len();
+        if rest == 0 {
+            return Ok(out);
+        }
+        if !self.mqtt.interleave_live {
+            out.extend(
+                self.journal
+                    .read(Class::Telemetry, session.telemetry_cursor, rest)?,
+            );
+            return Ok(out);
+        }
+        let mut backlog: VecDeque<Entry> = self
+            .journal
+            .read(Class::Telemetry, session.telemetry_cursor, rest)?
+            .into_iter()
+            .filter(|e| e.seq < session.live_from)
+            .collect();
+        let live_start = session.live_cursor.max(session.live_from);
+        let mut live: VecDeque<Entry> = self
+            .journal
+            .read(Class::Telemetry, live_start, rest)?
+            .into();
+        let mut take_live = !session.last_was_live;
+        while out.len() < n && !(backlog.is_empty() && live.is_empty()) {
+            let next = (if take_live { live.pop_front() } else { None })
+                .or_else(|| backlog.pop_front())
+                .or_else(|| live.pop_front());
+            out.extend(next);
+            take_live = !take_live;
+        }
+        Ok(out)
+    }
+
+    /// Moves the cursor past `entry`.
+    fn advance(&self, session: &mut Session, entry: &Entry) {
+        let after = entry.seq.saturating_add(1);
+        match entry.class() {
+            Class::Priority => session.priority_cursor = after,
+            Class::Telemetry if self.mqtt.interleave_live && entry.seq >= session.live_from => {
+                session.live_cursor = after;
+                session.last_was_live = true;
+            }
+            Class::Telemetry => {
+                session.telemetry_cursor = after;
+                session.last_was_live = false;
+            }
+        }
     }
 
     /// Requests a QoS 1 publish and records it in the FIFO; `false` if rumqttc refused it.
@@ -342,7 +450,6 @@ impl Uplink {
         session: &mut Session,
         event_rx: &mut mpsc::Receiver<Result<Event, ConnectionError>>,
         will_seq: u64,
-        backoff: &mut Backoff,
     ) -> Result<(), AgentError> {
         if !session.connected {
             return Ok(());
@@ -364,7 +471,7 @@ impl Uplink {
                 if event == Event::Outgoing(Outgoing::Disconnect) {
                     return Ok(());
                 }
-                self.on_event(event, client, session, backoff).await?;
+                self.on_event(event, client, session).await?;
             }
             Ok::<(), AgentError>(())
         };
@@ -378,13 +485,16 @@ impl Uplink {
 
     /// A status message, encoded.
     fn status(&self, seq: u64, state: StatusState) -> Result<Vec<u8>, AgentError> {
+        let counters = self.journal.counters();
         let status = Status {
-            state,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_s: self.started.elapsed().as_secs(),
             backlog: self.journal.len(),
-            dropped: Stats::get(&self.stats.dropped),
+            backlog_bytes: self.journal.bytes(),
+            dropped: counters.dropped.readings,
+            dropped_quota: counters.quota_readings,
             time_ms: wall_clock_ms(),
+            ..Status::new(state)
         };
         Ok(Envelope::new(&self.device, seq, Body::Status(status)).encode()?)
     }
@@ -423,5 +533,12 @@ async fn drive(mut eventloop: EventLoop, event_tx: mpsc::Sender<Result<Event, Co
         if event_tx.send(event).await.is_err() || failed {
             return;
         }
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -12,7 +12,7 @@ use osprey_protocol::{Alert, Body, Envelope, TelemetryBatch};
 use tokio::sync::{mpsc, Notify};
 
 use crate::error::AgentError;
-use crate::journal::Journal;
+use crate::journal::{Dropped, Journal, Record};
 use crate::stats::Stats;
 
 /// A message on its way to the journal.
@@ -31,6 +31,8 @@ pub(crate) struct Writer {
     /// Signalled after every append; the uplink waits on it when it has caught up.
     pub(crate) appended: Arc<Notify>,
     pub(crate) stats: Arc<Stats>,
+    /// The journal's quota, for the log line when it fills up.
+    pub(crate) journal_max_bytes: u64,
 }
 
 impl Writer {
@@ -41,16 +43,36 @@ impl Writer {
         self,
         mut outbound_rx: mpsc::Receiver<Outbound>,
     ) -> Result<(), AgentError> {
+        let mut evicting = false;
         while let Some(message) = outbound_rx.recv().await {
-            self.write(message).await?;
+            let dropped = self.write(message).await?;
+            // Log the start and end of an eviction episode, not every eviction.
+            match (evicting, dropped.is_empty()) {
+                (false, false) => tracing::warn!(
+                    device = %self.device,
+                    max_bytes = self.journal_max_bytes,
+                    "journal full: evicting the oldest telemetry (counted as dropped)"
+                ),
+                (true, true) => tracing::info!(
+                    device = %self.device,
+                    dropped_readings = self.journal.counters().dropped.readings,
+                    "journal no longer full"
+                ),
+                _ => {}
+            }
+            evicting = !dropped.is_empty();
         }
         Ok(())
     }
 
-    async fn write(&self, message: Outbound) -> Result<(), AgentError> {
-        let body = match message {
-            Outbound::Telemetry(batch) => Body::Telemetry(batch),
-            Outbound::Alert(alert) => Body::Alert(alert),
+    /// Journals one message; returns what the quota made it drop.
+    async fn write(&self, message: Outbound) -> Result<Dropped, AgentError> {
+        let (body, readings) = match message {
+            Outbound::Telemetry(batch) => {
+                let readings = u32::try_from(batch.reading_count()).unwrap_or(u32::MAX);
+                (Body::Telemetry(batch), readings)
+            }
+            Outbound::Alert(alert) => (Body::Alert(alert), 0),
         };
         let kind = body.kind();
         let journal = Arc::clone(&self.journal);
@@ -60,35 +82,52 @@ impl Writer {
             let seq = journal.reserve_seq()?;
             match Envelope::new(&device, seq, body).encode() {
                 Ok(bytes) => {
-                    journal.append(seq, &bytes)?;
-                    Ok::<_, AgentError>(Ok((seq, bytes.len())))
+                    let appended = journal.append(&Record {
+                        seq,
+                        kind,
+                        readings,
+                        message: &bytes,
+                    })?;
+                    Ok::<_, AgentError>(Ok((seq, bytes.len(), appended)))
                 }
-                Err(e) => Ok(Err((seq, e))),
+                Err(e) => {
+                    journal.count_dropped(Dropped::one(kind, readings))?;
+                    Ok(Err((seq, e)))
+                }
             }
         })
         .await
         .map_err(|e| AgentError::join("journal writer", e))??;
         match written {
-            Ok((seq, bytes)) => {
-                tracing::debug!(seq, kind = kind.topic_level(), bytes, "journaled");
-                Stats::add(&self.stats.journaled, 1);
-                self.appended.notify_one();
+            Ok((seq, bytes, appended)) => {
+                tracing::debug!(
+                    seq,
+                    kind = kind.topic_level(),
+                    bytes,
+                    stored = appended.stored,
+                    "journaled"
+                );
+                if appended.stored {
+                    Stats::add(&self.stats.journaled, 1);
+                    self.appended.notify_one();
+                }
+                Ok(appended.dropped)
             }
             Err((seq, error)) => {
                 // Only reachable through a bug (the batch size limit keeps batches far below
                 // the message limit); losing the message is better than stopping the agent.
                 tracing::error!(seq, kind = kind.topic_level(), %error, "message dropped: cannot encode");
                 Stats::add(&self.stats.dropped, 1);
+                Ok(Dropped::default())
             }
         }
-        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::SledJournal;
+    use crate::journal::{Class, SledJournal};
     use osprey_protocol::{AlertEvent, Series, Severity};
 
     #[tokio::test]
@@ -102,6 +141,7 @@ mod tests {
             journal: Arc::clone(&journal),
             appended: Arc::clone(&appended),
             stats: Arc::clone(&stats),
+            journal_max_bytes: crate::journal::DEFAULT_MAX_BYTES,
         };
         let (tx, rx) = mpsc::channel(4);
         let task = tokio::spawn(writer.run(rx));
@@ -127,7 +167,8 @@ mod tests {
         task.await.unwrap().unwrap();
 
         appended.notified().await; // a permit is stored even though nobody was waiting
-        let entries = journal.read_from(0, 10).unwrap();
+        let mut entries = journal.read(Class::Priority, 0, 10).unwrap();
+        entries.extend(journal.read(Class::Telemetry, 0, 10).unwrap());
         let decoded: Vec<Envelope> = entries
             .iter()
             .map(|e| osprey_protocol::decode(&e.message).unwrap())

@@ -191,6 +191,15 @@ fn journaled(received: &[Received], connection: usize) -> Vec<u64> {
         .collect()
 }
 
+/// Sequence numbers of the messages of `kind` received on `connection`, in arrival order.
+fn of_kind(received: &[Received], connection: usize, kind: Kind) -> Vec<u64> {
+    received
+        .iter()
+        .filter(|r| r.connection == connection && r.envelope.kind() == kind)
+        .map(|r| r.envelope.seq)
+        .collect()
+}
+
 fn reading_count(received: &[Received]) -> usize {
     let mut seen = BTreeSet::new();
     received
@@ -255,16 +264,24 @@ async fn reconnect_resends_unacked_in_order() {
 
     let received = broker.received_after(2).await;
     let first = journaled(&received, 0);
-    let second = journaled(&received, 1);
+    let second = of_kind(&received, 1, Kind::Telemetry);
     assert_eq!(first.len(), 3, "birth + 3 fill the window of 4: {first:?}");
     assert!(
         second.windows(2).all(|w| w[0] < w[1]),
-        "replay in order: {second:?}"
+        "telemetry replayed in order: {second:?}"
     );
     assert_eq!(
         second[..3],
         first[..],
-        "the unacknowledged messages go first"
+        "the unacknowledged telemetry goes first"
+    );
+    // The alert, journaled while the first connection was stuck, jumps the telemetry backlog.
+    let alerts = of_kind(&received, 1, Kind::Alert);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(
+        journaled(&received, 1)[0],
+        alerts[0],
+        "alerts replay before backlog telemetry"
     );
     assert_eq!(summary.connections, 2);
     assert_eq!(summary.backlog, 0);

@@ -1,45 +1,25 @@
 //! `osprey decode`: shows a payload as JSON, for an operator looking at what a device sent
 //! (an MQTT payload saved with `mosquitto_sub -N`, a Kinesis record, a dead letter).
 
-use osprey_protocol::{decode, Body, DecodeError, Envelope, Kind, FORMAT_VERSION};
+use osprey_protocol::{decode, Body, DecodeError, Envelope, Kind, PayloadError, FORMAT_VERSION};
 use serde_json::{json, Value};
 
 /// Why a payload could not be shown.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ShowError {
-    /// Nothing was given.
-    #[error("the input is empty")]
-    Empty,
-    /// The text looked like hex but is not.
-    #[error("the input looks like hex but is not")]
-    BadHex(#[from] hex::FromHexError),
+    /// Neither bytes nor hex: empty input, or an odd number of hex digits.
+    #[error(transparent)]
+    Input(#[from] PayloadError),
     /// The bytes are not an Osprey message.
     #[error("not an Osprey v{FORMAT_VERSION} message")]
     Decode(#[from] DecodeError),
 }
 
-/// The payload's bytes: `input` itself, or its hex decoding when `input` is text made only of
-/// hex digits and white space. A binary envelope always starts with a CBOR map header (byte
-/// 0xa0 to 0xbf), which is not a hex digit, so the two cannot be confused.
-pub fn payload_bytes(input: &[u8]) -> Result<Vec<u8>, ShowError> {
-    let text: Vec<u8> = input
-        .iter()
-        .copied()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect();
-    if text.is_empty() {
-        return Err(ShowError::Empty);
-    }
-    if text.iter().all(u8::is_ascii_hexdigit) {
-        return Ok(hex::decode(&text)?);
-    }
-    Ok(input.to_vec())
-}
-
-/// Decodes a payload (binary or hex, see [`payload_bytes`]) to readable JSON.
+/// Decodes a payload (binary, or hex with any white space; see
+/// [`osprey_protocol::payload_bytes`]) to readable JSON.
 pub fn show(input: &[u8]) -> Result<Value, ShowError> {
-    Ok(to_json(&decode(&payload_bytes(input)?)?))
+    Ok(to_json(&decode(&osprey_protocol::payload_bytes(input)?)?))
 }
 
 /// A message as readable JSON: full field names, readings as `[time_ms, value]` pairs.
@@ -71,6 +51,10 @@ pub fn to_json(msg: &Envelope) -> Value {
             "backlog": s.backlog,
             "dropped": s.dropped,
             "time_ms": s.time_ms,
+            "backlog_bytes": s.backlog_bytes,
+            "dropped_quota": s.dropped_quota,
+            "boot_id": s.boot_id,
+            "clock": s.clock,
         }),
     };
     json!({
@@ -126,8 +110,12 @@ mod tests {
 
     #[test]
     fn bad_input_says_what_is_wrong() {
-        assert!(matches!(show(b" \n"), Err(ShowError::Empty)));
-        assert!(matches!(show(b"abc"), Err(ShowError::BadHex(_))));
+        assert!(matches!(
+            show(b" \n"),
+            Err(ShowError::Input(PayloadError::Empty))
+        ));
+        let odd = show(b"abc").unwrap_err();
+        assert!(odd.to_string().contains("odd number of digits"), "{odd}");
         let err = show(b"hello, world").unwrap_err();
         assert!(
             err.to_string().starts_with("not an Osprey v1 message"),

@@ -41,6 +41,7 @@
 //! # }
 //! ```
 
+pub mod analytics;
 pub mod api;
 pub mod backoff;
 pub mod bridge;

@@ -96,6 +96,11 @@ struct ServeArgs {
     /// Kinesis stream to read (required with --source kinesis).
     #[arg(long, value_name = "NAME")]
     stream: Option<String>,
+    /// Keep the Kinesis shard checkpoints in this DynamoDB table (partition key `shard`, a
+    /// string), with a lease per shard so that several consumers share a stream; default:
+    /// in the SQLite database.
+    #[arg(long, value_name = "TABLE", requires = "stream")]
+    checkpoint_table: Option<String>,
     #[command(flatten)]
     aws: AwsArgs,
 }
@@ -165,6 +170,7 @@ impl AwsArgs {
             stream: stream.to_owned(),
             endpoint_url: self.endpoint_url.clone(),
             region: self.region.clone(),
+            checkpoint_table: None,
         }
     }
 }
@@ -208,7 +214,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
             let Some(stream) = &args.stream else {
                 bail!("--source kinesis needs --stream NAME (the Kinesis stream to read)");
             };
-            SourceConfig::Kinesis(args.aws.config(stream))
+            let mut kinesis = args.aws.config(stream);
+            kinesis.checkpoint_table = args.checkpoint_table.clone();
+            SourceConfig::Kinesis(kinesis)
         }
     };
     let cfg = ServeConfig::new(args.db, args.listen, source);

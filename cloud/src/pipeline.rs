@@ -11,16 +11,17 @@
 //! an expected outcome ([`Outcome::Rejected`]), not an error; errors are store failures, after
 //! which the caller retries the same payloads (dedup makes that safe).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use osprey_protocol::{decode, topic, Body, Envelope};
 use serde::Serialize;
 
 use crate::clock::now_ms;
 use crate::store::{Checkpoint, DeadLetter, Message, StoreError, StoreWriter, Write, Written};
-use crate::window;
+use crate::window::{self, WindowSpec};
 
 /// Where a payload came from; used in logs and dead letters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +80,7 @@ pub enum PipelineError {
 }
 
 /// Counters since start.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PipelineStats {
     /// Messages applied.
     pub applied: u64,
@@ -87,6 +88,25 @@ pub struct PipelineStats {
     pub duplicates: u64,
     /// Payloads rejected (dead-lettered).
     pub rejected: u64,
+    /// Kinesis source only: each shard's reader, by shard id (absent for other sources).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub shards: BTreeMap<String, ShardProgress>,
+}
+
+/// Where a Kinesis shard's reader is, for `/api/stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ShardProgress {
+    /// `waiting` (for its parent shards to finish), `reading`, or `finished` (SHARD_END).
+    pub state: &'static str,
+    /// Iterator age: how far the last GetRecords response was behind the stream's tip
+    /// (Kinesis's `MillisBehindLatest`); 0 when caught up.
+    pub millis_behind_latest: i64,
+    /// Records read from the shard since start.
+    pub records: u64,
+    /// GetRecords calls refused for throughput since start.
+    pub throttled: u64,
+    /// Iterators that expired and were re-acquired from the checkpoint since start.
+    pub expired_iterators: u64,
 }
 
 #[derive(Debug, Default)]
@@ -94,6 +114,7 @@ struct Counters {
     applied: AtomicU64,
     duplicates: AtomicU64,
     rejected: AtomicU64,
+    shards: Mutex<BTreeMap<String, ShardProgress>>,
 }
 
 /// A read-only view of a pipeline's counters that does not keep the store writer alive (the
@@ -108,7 +129,19 @@ impl IngestStats {
             applied: self.0.applied.load(Ordering::Relaxed),
             duplicates: self.0.duplicates.load(Ordering::Relaxed),
             rejected: self.0.rejected.load(Ordering::Relaxed),
+            shards: self
+                .0
+                .shards
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
         }
+    }
+
+    /// Updates the progress of `shard` (Kinesis source).
+    pub fn update_shard(&self, shard: &str, update: impl FnOnce(&mut ShardProgress)) {
+        let mut shards = self.0.shards.lock().unwrap_or_else(PoisonError::into_inner);
+        update(shards.entry(shard.to_owned()).or_default());
     }
 }
 
@@ -117,6 +150,7 @@ impl IngestStats {
 pub struct Pipeline {
     writer: StoreWriter,
     counters: Arc<Counters>,
+    windows: WindowSpec,
 }
 
 impl Pipeline {
@@ -125,6 +159,16 @@ impl Pipeline {
         Pipeline {
             writer,
             counters: Arc::default(),
+            windows: WindowSpec::default(),
+        }
+    }
+
+    /// The same pipeline computing the windows of `spec` (tumbling one-minute windows only,
+    /// by default).
+    pub fn with_windows(self, spec: WindowSpec) -> Pipeline {
+        Pipeline {
+            windows: spec,
+            ..self
         }
     }
 
@@ -147,7 +191,13 @@ impl Pipeline {
         let mut writes = Vec::with_capacity(payloads.len());
         let mut reasons = Vec::with_capacity(payloads.len());
         for (payload, origin) in payloads {
-            match prepare(payload, &origin, received_ms) {
+            // AWS IoT lifecycle events (JSON) that a rule put on the stream: presence.
+            if let Some(presence) = crate::source::presence::parse(payload, &origin, received_ms) {
+                writes.push(Write::Presence(presence));
+                reasons.push(None);
+                continue;
+            }
+            match prepare_with(payload, &origin, received_ms, &self.windows) {
                 Ok(message) => {
                     writes.push(Write::Message(message));
                     reasons.push(None);
@@ -203,6 +253,16 @@ impl Pipeline {
 
 /// Turns a payload into the store's [`Message`], or says why it cannot be applied.
 pub fn prepare(payload: &[u8], origin: &Origin, received_ms: i64) -> Result<Message, String> {
+    prepare_with(payload, origin, received_ms, &WindowSpec::default())
+}
+
+/// [`prepare`] with the windows of `spec`.
+pub fn prepare_with(
+    payload: &[u8],
+    origin: &Origin,
+    received_ms: i64,
+    spec: &WindowSpec,
+) -> Result<Message, String> {
     let envelope = decode(payload).map_err(|e| e.to_string())?;
     check_origin(&envelope, origin)?;
     if i64::try_from(envelope.seq).is_err() {
@@ -232,7 +292,7 @@ pub fn prepare(payload: &[u8], origin: &Origin, received_ms: i64) -> Result<Mess
                 .filter(|s| !s.values.is_empty())
                 .map(|s| s.last_time_ms())
                 .max();
-            message.windows = window::aggregate(&batch);
+            message.windows = window::aggregate_spec(&batch, spec);
         }
         Body::Alert(alert) => {
             message.event_ms = Some(alert.time_ms);

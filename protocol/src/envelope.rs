@@ -10,15 +10,16 @@ use ciborium::Value;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DecodeError, EncodeError};
+use crate::limit::{Limit, MAX_DEPTH, MAX_MESSAGE_BYTES};
+use crate::telemetry::TelemetryBatch;
 
 /// Major version of the wire format this crate writes and reads.
 pub const FORMAT_VERSION: u8 = 1;
 
-/// Largest message, in bytes, that is encoded or decoded (AWS IoT Core's 128 KB payload limit).
-pub const MAX_MESSAGE_BYTES: usize = 128 * 1024;
-
-/// Deepest CBOR nesting accepted; a version 1 envelope needs four levels.
-const MAX_DEPTH: usize = 16;
+/// Minor revision of the format this crate writes (1.1: the compact time and value columns and
+/// the new status fields). A minor revision never changes what existing keys mean, so it is
+/// not on the wire; see `SPEC.md`, "Versioning".
+pub const FORMAT_MINOR: u8 = 1;
 
 /// What a message carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -95,90 +96,6 @@ impl Body {
     }
 }
 
-/// A batch of readings, stored column-wise per series.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TelemetryBatch {
-    /// One entry per (sensor, metric).
-    #[serde(rename = "s")]
-    pub series: Vec<Series>,
-}
-
-impl TelemetryBatch {
-    /// Number of readings across all series.
-    pub fn reading_count(&self) -> usize {
-        self.series.iter().map(|s| s.values.len()).sum()
-    }
-}
-
-/// The readings of one (sensor, metric): a base time, per-reading time deltas and values.
-///
-/// Reading `i` was taken at `t0_ms + dt_ms[0] + … + dt_ms[i]` (milliseconds since the Unix
-/// epoch), so the first delta is usually 0 and regular sampling repeats one small delta.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Series {
-    /// Sensor name, e.g. `bearing`.
-    #[serde(rename = "n")]
-    pub sensor: String,
-    /// Metric name, e.g. `temperature`.
-    #[serde(rename = "m")]
-    pub metric: String,
-    /// Unit (UCUM code, e.g. `Cel`, `%`, `m/s2`); may be empty.
-    #[serde(rename = "u", default)]
-    pub unit: String,
-    /// Base time, milliseconds since the Unix epoch.
-    #[serde(rename = "t")]
-    pub t0_ms: i64,
-    /// Time deltas in milliseconds, cumulative from `t0_ms`.
-    #[serde(rename = "dt")]
-    pub dt_ms: Vec<u32>,
-    /// Values.
-    #[serde(rename = "x")]
-    pub values: Vec<f64>,
-}
-
-impl Series {
-    /// An empty series.
-    pub fn new(sensor: &str, metric: &str, unit: &str) -> Series {
-        Series {
-            sensor: sensor.to_owned(),
-            metric: metric.to_owned(),
-            unit: unit.to_owned(),
-            t0_ms: 0,
-            dt_ms: Vec::new(),
-            values: Vec::new(),
-        }
-    }
-
-    /// Appends a reading. Times must not go backwards within a series; a reading older than
-    /// the previous one, or more than `u32::MAX` ms after it, is given the previous time plus
-    /// the clamped delta (the agent's clock is monotonic, so this only guards the type).
-    pub fn push(&mut self, time_ms: i64, value: f64) {
-        if self.values.is_empty() {
-            self.t0_ms = time_ms;
-            self.dt_ms.push(0);
-        } else {
-            let last = self.last_time_ms();
-            let delta = time_ms.saturating_sub(last).clamp(0, i64::from(u32::MAX));
-            self.dt_ms.push(u32::try_from(delta).unwrap_or(u32::MAX));
-        }
-        self.values.push(value);
-    }
-
-    /// Time of the last reading (or `t0_ms` when empty).
-    pub fn last_time_ms(&self) -> i64 {
-        self.readings().last().map(|(t, _)| t).unwrap_or(self.t0_ms)
-    }
-
-    /// The readings as `(time_ms, value)` pairs.
-    pub fn readings(&self) -> impl Iterator<Item = (i64, f64)> + '_ {
-        let mut t = self.t0_ms;
-        self.dt_ms.iter().zip(&self.values).map(move |(dt, v)| {
-            t = t.saturating_add(i64::from(*dt));
-            (t, *v)
-        })
-    }
-}
-
 /// Severity of an alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -240,7 +157,35 @@ pub enum StatusState {
     Offline,
 }
 
-/// Agent presence and health.
+/// Whether the agent's wall clock is synchronised (for example by NTP or GPS), which says how
+/// far the cloud can trust reading times.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClockState {
+    /// The agent does not know (the default; also what an unknown name on the wire reads as).
+    #[default]
+    Unknown,
+    /// The clock is synchronised.
+    Synced,
+    /// The clock is free-running; times may be off.
+    Unsynced,
+}
+
+impl<'de> Deserialize<'de> for ClockState {
+    /// Reads `"synced"`, `"unsynced"` and `"unknown"`; any other text is `Unknown`, so that a
+    /// later minor revision can add states without breaking old decoders.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<ClockState, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Ok(match name.as_str() {
+            "synced" => ClockState::Synced,
+            "unsynced" => ClockState::Unsynced,
+            _ => ClockState::Unknown,
+        })
+    }
+}
+
+/// Agent presence and health, sent as the birth message on every connect, as the last will,
+/// and periodically. Keys added in 1.1 are left out on the wire when they hold their default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     /// Online or offline.
@@ -255,12 +200,70 @@ pub struct Status {
     /// Messages waiting in the journal.
     #[serde(rename = "bl", default)]
     pub backlog: u64,
-    /// Readings dropped since start (journal quota, sensor errors).
+    /// Readings dropped since the agent started, whatever the cause.
     #[serde(rename = "dr", default)]
     pub dropped: u64,
     /// Time the status was taken, milliseconds since the Unix epoch.
     #[serde(rename = "t", default)]
     pub time_ms: i64,
+    /// Bytes waiting in the journal (1.1).
+    #[serde(rename = "bb", default, skip_serializing_if = "is_zero")]
+    pub backlog_bytes: u64,
+    /// Of [`Status::dropped`], the readings the journal dropped because its quota was full
+    /// (1.1).
+    #[serde(rename = "dq", default, skip_serializing_if = "is_zero")]
+    pub dropped_quota: u64,
+    /// Identifies the current boot of the gateway (Linux: `/proc/sys/kernel/random/boot_id`;
+    /// elsewhere random per agent start), so that the cloud can tell a reboot from a
+    /// reconnect (1.1).
+    #[serde(rename = "bi", default, skip_serializing_if = "String::is_empty")]
+    pub boot_id: String,
+    /// Whether the wall clock is synchronised (1.1).
+    #[serde(rename = "cs", default, skip_serializing_if = "is_unknown")]
+    pub clock: ClockState,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_unknown(c: &ClockState) -> bool {
+    *c == ClockState::Unknown
+}
+
+impl Status {
+    /// A status in `state` with every other field zero, empty or unknown; fill in what is
+    /// known with struct update syntax: `Status { uptime_s: 12, ..Status::new(state) }`.
+    pub fn new(state: StatusState) -> Status {
+        Status {
+            state,
+            agent_version: String::new(),
+            uptime_s: 0,
+            backlog: 0,
+            dropped: 0,
+            time_ms: 0,
+            backlog_bytes: 0,
+            dropped_quota: 0,
+            boot_id: String::new(),
+            clock: ClockState::Unknown,
+        }
+    }
+
+    /// Checks the text limits.
+    fn check_limits(&self) -> Result<(), (Limit, usize)> {
+        Limit::TextBytes.check(self.agent_version.len())?;
+        Limit::TextBytes.check(self.boot_id.len())
+    }
+}
+
+impl Alert {
+    /// Checks the text limits.
+    fn check_limits(&self) -> Result<(), (Limit, usize)> {
+        for text in [&self.rule, &self.sensor, &self.metric] {
+            Limit::TextBytes.check(text.len())?;
+        }
+        Ok(())
+    }
 }
 
 /// Wire form of an envelope being written.
@@ -293,21 +296,15 @@ impl Envelope {
         self.encode_with_limit(MAX_MESSAGE_BYTES)
     }
 
-    /// Encodes to CBOR, refusing messages over `limit` bytes.
+    /// Encodes to CBOR, refusing messages over `limit` bytes (and over the count and length
+    /// limits in [`crate::limit`], which decoders enforce). To fit a telemetry batch under a
+    /// byte limit, split it first with [`TelemetryBatch::split_to_fit`].
     pub fn encode_with_limit(&self, limit: usize) -> Result<Vec<u8>, EncodeError> {
-        if let Body::Telemetry(batch) = &self.body {
-            if let Some(s) = batch
-                .series
-                .iter()
-                .find(|s| s.dt_ms.len() != s.values.len())
-            {
-                return Err(EncodeError::RaggedSeries {
-                    sensor: s.sensor.clone(),
-                    metric: s.metric.clone(),
-                    deltas: s.dt_ms.len(),
-                    values: s.values.len(),
-                });
-            }
+        let over = |(limit, found)| EncodeError::LimitExceeded { limit, found };
+        match &self.body {
+            Body::Telemetry(batch) => batch.check()?,
+            Body::Alert(alert) => alert.check_limits().map_err(over)?,
+            Body::Status(status) => status.check_limits().map_err(over)?,
         }
         let mut out = Vec::new();
         let (v, k, d, q) = (FORMAT_VERSION, self.kind().code(), &*self.device, self.seq);
@@ -330,7 +327,8 @@ impl Envelope {
 /// Decodes one message. Never panics; every failure is a [`DecodeError`].
 ///
 /// Fields this version does not know are ignored (forward compatibility within a major
-/// version); a newer major version or an unknown kind is an error.
+/// version); a newer major version or an unknown kind is an error. Both the 1.0 and the 1.1
+/// column forms of telemetry are read.
 pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(DecodeError::TooLarge {
@@ -338,8 +336,15 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
             limit: MAX_MESSAGE_BYTES,
         });
     }
+    // ciborium's limit counts nested maps and arrays, the top-level map included.
     let value: Value = ciborium::de::from_reader_with_recursion_limit(bytes, MAX_DEPTH)
-        .map_err(|e| DecodeError::Malformed(format!("{e:?}")))?;
+        .map_err(|e| match e {
+            ciborium::de::Error::RecursionLimitExceeded => DecodeError::LimitExceeded {
+                limit: Limit::Depth,
+                found: MAX_DEPTH + 1,
+            },
+            e => DecodeError::Malformed(format!("{e:?}")),
+        })?;
     let Value::Map(entries) = value else {
         return Err(DecodeError::Malformed("top level is not a map".to_owned()));
     };
@@ -381,31 +386,56 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         kind: kind.topic_level(),
         reason,
     };
+    // Counts are checked on the generic value, before any column is expanded.
+    if let Some(n) = series_count(body) {
+        Limit::SeriesPerBatch.check(n).map_err(over_limit)?;
+    }
     let body = match kind {
         Kind::Telemetry => {
             let batch: TelemetryBatch =
-                body.deserialized().map_err(|e| invalid(format!("{e:?}")))?;
-            if let Some(s) = batch
-                .series
-                .iter()
-                .find(|s| s.dt_ms.len() != s.values.len())
-            {
-                return Err(invalid(format!(
-                    "series {}/{} has {} time deltas but {} values",
-                    s.sensor,
-                    s.metric,
-                    s.dt_ms.len(),
-                    s.values.len()
-                )));
+                body.deserialized().map_err(|e| invalid(schema_error(e)))?;
+            for s in &batch.series {
+                s.check_limits().map_err(over_limit)?;
             }
             Body::Telemetry(batch)
         }
-        Kind::Alert => Body::Alert(body.deserialized().map_err(|e| invalid(format!("{e:?}")))?),
-        Kind::Status => Body::Status(body.deserialized().map_err(|e| invalid(format!("{e:?}")))?),
+        Kind::Alert => {
+            let alert: Alert = body.deserialized().map_err(|e| invalid(schema_error(e)))?;
+            alert.check_limits().map_err(over_limit)?;
+            Body::Alert(alert)
+        }
+        Kind::Status => {
+            let status: Status = body.deserialized().map_err(|e| invalid(schema_error(e)))?;
+            status.check_limits().map_err(over_limit)?;
+            Body::Status(status)
+        }
     };
     Ok(Envelope {
         device: device.to_owned(),
         seq,
         body,
     })
+}
+
+fn over_limit((limit, found): (Limit, usize)) -> DecodeError {
+    DecodeError::LimitExceeded { limit, found }
+}
+
+/// The length of a telemetry body's `"s"` array, if it has one.
+fn series_count(body: &Value) -> Option<usize> {
+    let Value::Map(entries) = body else {
+        return None;
+    };
+    entries.iter().find_map(|(k, v)| match (k.as_text(), v) {
+        (Some("s"), Value::Array(items)) => Some(items.len()),
+        _ => None,
+    })
+}
+
+/// A schema error as text: the message of a custom error (ours say what is wrong with which
+/// series), the debug form otherwise.
+fn schema_error(e: ciborium::value::Error) -> String {
+    match e {
+        ciborium::value::Error::Custom(msg) => msg,
+    }
 }

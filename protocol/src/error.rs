@@ -2,6 +2,8 @@
 
 use alloc::string::String;
 
+use crate::limit::Limit;
+
 /// Why a payload could not be decoded. Every variant is an expected outcome of hostile or
 /// corrupt input; the decoder never panics.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +42,15 @@ pub enum DecodeError {
         /// What was wrong.
         reason: String,
     },
+    /// A count, length or depth is over one of the limits in [`crate::limit`]. For
+    /// [`Limit::Depth`], `found` is the first level over the limit (the decoder stops there).
+    #[error("{limit} is {found}, over the limit of {max}: {advice}", max = limit.max(), advice = limit.advice())]
+    LimitExceeded {
+        /// The limit.
+        limit: Limit,
+        /// The value found.
+        found: usize,
+    },
 }
 
 /// Why a message could not be encoded.
@@ -69,6 +80,27 @@ pub enum EncodeError {
     /// The CBOR serializer failed.
     #[error("CBOR serialization failed: {0}")]
     Cbor(String),
+    /// A count or length is over one of the limits in [`crate::limit`].
+    #[error("{limit} is {found}, over the limit of {max}: {advice}", max = limit.max(), advice = limit.advice())]
+    LimitExceeded {
+        /// The limit.
+        limit: Limit,
+        /// The value found.
+        found: usize,
+    },
+    /// A batch cannot be split to fit a byte limit: one reading of this series alone, in its
+    /// own message, is already over it. Raise the limit or shorten the names.
+    #[error("one reading of series {sensor}/{metric} needs {needed} bytes, over the {limit}-byte limit; raise the limit")]
+    LimitTooSmall {
+        /// Sensor name.
+        sensor: String,
+        /// Metric name.
+        metric: String,
+        /// Size of a message holding that one reading.
+        needed: usize,
+        /// The limit asked for.
+        limit: usize,
+    },
 }
 
 /// Why a threshold rule document is not valid.
@@ -102,5 +134,45 @@ pub enum RuleError {
         clear: f64,
         /// "at or below" / "at or above".
         side: &'static str,
+    },
+    /// The rule's kind needs a field the document leaves out.
+    #[error("rule {id}: when = \"{when}\" needs `{field}`; add it")]
+    MissingField {
+        /// Rule id.
+        id: String,
+        /// The missing field.
+        field: &'static str,
+        /// The rule's kind.
+        when: &'static str,
+    },
+    /// The document sets a field its kind does not use (likely a mistake).
+    #[error("rule {id}: `{field}` does not apply to when = \"{when}\"; remove it")]
+    UnusedField {
+        /// Rule id.
+        id: String,
+        /// The field.
+        field: &'static str,
+        /// The rule's kind.
+        when: &'static str,
+    },
+    /// An `outside` rule whose band is empty.
+    #[error("rule {id}: low ({low}) must be below high ({high})")]
+    EmptyBand {
+        /// Rule id.
+        id: String,
+        /// Lower edge.
+        low: f64,
+        /// Upper edge.
+        high: f64,
+    },
+    /// An `outside` rule whose clear band is not strictly inside its band.
+    #[error("rule {id}: clear_low < clear_high must lie within low ({low}) and high ({high})")]
+    ClearBandOutside {
+        /// Rule id.
+        id: String,
+        /// Lower edge.
+        low: f64,
+        /// Upper edge.
+        high: f64,
     },
 }

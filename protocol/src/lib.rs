@@ -30,16 +30,27 @@
 
 extern crate alloc;
 
+mod columns;
 mod envelope;
 mod error;
+pub mod limit;
+mod payload;
 mod rule;
+mod telemetry;
 pub mod topic;
 
+pub use columns::{MAX_SCALE, MAX_SCALED};
 pub use envelope::{
-    decode, Alert, AlertEvent, Body, Envelope, Kind, Series, Severity, Status, StatusState,
-    TelemetryBatch, FORMAT_VERSION, MAX_MESSAGE_BYTES,
+    decode, Alert, AlertEvent, Body, ClockState, Envelope, Kind, Severity, Status, StatusState,
+    FORMAT_MINOR, FORMAT_VERSION,
 };
 pub use error::{DecodeError, EncodeError, RuleError};
+pub use payload::{payload_bytes, PayloadError};
+pub use limit::{
+    Limit, MAX_DEPTH, MAX_MESSAGE_BYTES, MAX_READINGS_PER_SERIES, MAX_SERIES_PER_BATCH,
+    MAX_TEXT_BYTES,
+};
+pub use telemetry::{Series, TelemetryBatch, ENVELOPE_OVERHEAD_MAX};
 pub use rule::{Comparison, ThresholdRule};
 
 /// Checks a device id: 1 to 128 characters of `A-Z a-z 0-9 _ - :` (the AWS IoT thing-name

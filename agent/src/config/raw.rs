@@ -34,6 +34,15 @@ pub(crate) struct AgentConfig {
     /// Local threshold rules (`[[rules]]` entries, `osprey_protocol::ThresholdRule` documents).
     #[serde(default)]
     pub(crate) rules: Vec<Spanned<ThresholdRule>>,
+    /// Sensors (`[[sensors]]` entries); none: the simulated machine of `[simulator]`.
+    #[serde(default)]
+    pub(crate) sensors: Vec<Spanned<super::sensors::SensorEntry>>,
+    /// Local actions on alert events (`[[actions]]` entries).
+    #[serde(default)]
+    pub(crate) actions: Vec<Spanned<super::sensors::ActionEntry>>,
+    /// Where raised alarms are kept across restarts.
+    #[serde(default)]
+    pub(crate) alarms: super::sensors::AlarmsEntry,
 }
 
 /// `[sampling]`
@@ -74,6 +83,14 @@ pub(crate) struct JournalConfig {
     /// Journal directory (default `/var/lib/osprey-agent/journal`); relative paths are
     /// relative to the config file's directory.
     pub(crate) path: Option<Spanned<String>>,
+    /// Most bytes of stored records (default 64 MiB, at least 262272). When full, the oldest
+    /// telemetry is evicted first, alerts last; every dropped reading is counted and reported
+    /// in status messages.
+    pub(crate) max_bytes: Option<Spanned<u64>>,
+    /// 0 (default): fsync every message before it may be published. N: fsync every N ms and
+    /// publish only what is flushed; a power cut can then lose up to N ms of (unpublished)
+    /// messages. See ARCHITECTURE.md, "Agent journal and uplink".
+    pub(crate) flush_interval_ms: Option<u64>,
 }
 
 /// `[mqtt]`
@@ -91,6 +108,12 @@ pub(crate) struct MqttConfig {
     pub(crate) keep_alive_s: Option<Spanned<u64>>,
     /// Most QoS 1 publishes awaiting PUBACK at once (default 32).
     pub(crate) inflight: Option<Spanned<u64>>,
+    /// Most journal publishes per second (default 100, AWS IoT Core's per-connection limit;
+    /// 0 = unlimited).
+    pub(crate) max_publish_rate: Option<u32>,
+    /// After a reconnect, alternate live telemetry with the backlog instead of sending the
+    /// backlog first (default false: telemetry arrives in the order it was taken).
+    pub(crate) interleave_live: Option<bool>,
     /// Mutual TLS; plain MQTT when absent.
     pub(crate) tls: Option<Spanned<TlsConfig>>,
 }

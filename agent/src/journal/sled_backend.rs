@@ -1,92 +1,294 @@
 //! The sled implementation of [`Journal`].
 //!
-//! On-disk layout (one sled database in the journal directory):
+//! On-disk layout (the journal directory):
 //!
-//! | tree | key | value |
+//! | what | where | content |
 //! |---|---|---|
-//! | `messages` | sequence number, 8 bytes big-endian (so byte order is numeric order) | encoded envelope |
-//! | `meta` | `next_seq` | next sequence number to hand out, 8 bytes big-endian |
+//! | records | sled tree `journal`, keys `a`/`t` ‖ seq | see [`super::record`] |
+//! | counters | same tree, key `mcounters` | dropped batches, readings, alerts, resets, quota readings (5 × u64 BE) |
+//! | sequence lease | file `seq.lease` | see [`super::lease`] |
 //!
-//! On open, the next number is the larger of `meta/next_seq` and the last stored key + 1, so a
-//! lost `meta` write can never make a stored number be handed out again.
+//! Records and counters share one tree so that an append, the evictions it causes and the
+//! updated drop counts are applied as one atomic sled batch: a crash never counts an eviction
+//! that did not happen or loses the count of one that did.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::{Entry, Journal, JournalError};
+use super::record::{self, RecordError, KEY_LEN};
+use super::{
+    lease, Appended, Class, Counters, Dropped, Durability, Entry, Journal, JournalError,
+    JournalOptions, Record,
+};
 
 /// First sequence number of a fresh journal.
 const FIRST_SEQ: u64 = 1;
-/// Key of the next sequence number in the `meta` tree.
-const NEXT_SEQ_KEY: &[u8] = b"next_seq";
+/// Key of the counters.
+const COUNTERS_KEY: &[u8] = b"mcounters";
+/// Length of the stored counters.
+const COUNTERS_LEN: usize = 40;
 /// sled's page cache limit. sled's default is 1 GiB; a gateway journal is small and the demo
 /// runs twenty agents in one process.
 const CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Sizes and counters, changed together under one lock so that concurrent appends (with
+/// their evictions) and removals keep them exact.
+#[derive(Debug, Default)]
+struct State {
+    len: u64,
+    bytes: u64,
+    counters: Counters,
+}
+
+/// The next number to hand out and how far the lease file allows.
+#[derive(Debug)]
+struct Seqs {
+    next: u64,
+    leased: u64,
+}
 
 /// A journal stored in a sled database directory.
 pub struct SledJournal {
     path: PathBuf,
     db: sled::Db,
-    messages: sled::Tree,
-    meta: sled::Tree,
-    /// Next number to hand out. The lock also orders the `meta` writes, so the stored value
-    /// only ever grows.
-    next_seq: Mutex<u64>,
-    /// Message count, kept here because sled's `len` walks the whole tree.
-    len: AtomicU64,
+    tree: sled::Tree,
+    options: JournalOptions,
+    state: Mutex<State>,
+    seqs: Mutex<Seqs>,
+    /// Highest sequence number appended.
+    last_appended: AtomicU64,
+    /// Highest sequence number known to be on disk; `read` returns nothing above it.
+    durable: AtomicU64,
 }
 
 impl std::fmt::Debug for SledJournal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SledJournal")
             .field("path", &self.path)
-            .field("len", &self.len.load(Ordering::Relaxed))
+            .field("len", &self.len())
             .finish_non_exhaustive()
     }
 }
 
+/// What a full scan at open found.
+pub(crate) struct Scanned {
+    pub(crate) journal: SledJournal,
+    /// Records that failed their checksum or did not decode, with their keys.
+    pub(crate) problems: Vec<(Vec<u8>, RecordError)>,
+}
+
 impl SledJournal {
-    /// Opens (or creates) the journal in directory `path`. Blocking: call it from a blocking
-    /// context in async code.
+    /// Opens (or creates) the journal in directory `path` with default options. Blocking:
+    /// call it from a blocking context in async code. A damaged record is an error here; the
+    /// agent opens through [`super::open_or_recover`], which moves such a journal aside.
     pub fn open(path: &Path) -> Result<SledJournal, JournalError> {
+        SledJournal::open_with(path, JournalOptions::default())
+    }
+
+    /// Opens (or creates) the journal in directory `path`; fails with
+    /// [`JournalError::Corrupt`] if any record is damaged.
+    pub fn open_with(path: &Path, options: JournalOptions) -> Result<SledJournal, JournalError> {
+        let scanned = SledJournal::open_scanned(path, options)?;
+        match scanned.problems.first() {
+            None => Ok(scanned.journal),
+            Some((_, problem)) => Err(JournalError::Corrupt {
+                path: path.to_owned(),
+                what: format!("{problem} ({} damaged records)", scanned.problems.len()),
+            }),
+        }
+    }
+
+    /// Opens the journal and checks every record (checksum, envelope decodes and matches).
+    pub(crate) fn open_scanned(
+        path: &Path,
+        options: JournalOptions,
+    ) -> Result<Scanned, JournalError> {
         let open_err = |source| JournalError::Open {
             path: path.to_owned(),
             source,
         };
         let db = open_waiting_for_lock(path).map_err(open_err)?;
-        let messages = db.open_tree("messages").map_err(open_err)?;
-        let meta = db.open_tree("meta").map_err(open_err)?;
+        let tree = db.open_tree("journal").map_err(open_err)?;
 
-        let stored_next = meta
-            .get(NEXT_SEQ_KEY)
-            .map_err(open_err)?
-            .map(|v| decode_u64(path, "the stored next sequence number", &v))
-            .transpose()?;
-        let last_key = messages
-            .last()
-            .map_err(open_err)?
-            .map(|(k, _)| decode_u64(path, "a message key", &k))
-            .transpose()?;
-        let after_last = last_key.map_or(FIRST_SEQ, |k| k.saturating_add(1));
-        let next = stored_next.unwrap_or(FIRST_SEQ).max(after_last);
-        // A one-off full walk at open; afterwards the count is maintained incrementally.
-        let len = messages.len() as u64;
-
-        Ok(SledJournal {
+        let mut state = State::default();
+        let mut problems = Vec::new();
+        let mut last_seq = 0;
+        for item in tree.iter() {
+            let (key, value) = item.map_err(open_err)?;
+            if key.as_ref() == COUNTERS_KEY {
+                state.counters = decode_counters(&value).ok_or_else(|| JournalError::Corrupt {
+                    path: path.to_owned(),
+                    what: format!(
+                        "the counters are {} bytes long, expected {COUNTERS_LEN}",
+                        value.len()
+                    ),
+                })?;
+                continue;
+            }
+            let checked = record::parse_key(&key).and_then(|(class, seq)| {
+                last_seq = last_seq.max(seq);
+                let entry = record::decode_value(seq, class, &value)?;
+                record::check_envelope(&entry)
+            });
+            match checked {
+                Ok(()) => {
+                    state.len += 1;
+                    state.bytes += (key.len() + value.len()) as u64;
+                }
+                Err(problem) => problems.push((key.to_vec(), problem)),
+            }
+        }
+        let leased = lease::read(path).unwrap_or(FIRST_SEQ);
+        let next = leased.max(last_seq.saturating_add(1)).max(FIRST_SEQ);
+        let journal = SledJournal {
             path: path.to_owned(),
             db,
-            messages,
-            meta,
-            next_seq: Mutex::new(next),
-            len: AtomicU64::new(len),
-        })
+            tree,
+            options,
+            state: Mutex::new(state),
+            // The lease must be renewed before `next` is handed out.
+            seqs: Mutex::new(Seqs { next, leased: next }),
+            last_appended: AtomicU64::new(last_seq),
+            durable: AtomicU64::new(last_seq),
+        };
+        Ok(Scanned { journal, problems })
     }
 
     /// The journal directory.
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The options it was opened with.
+    pub fn options(&self) -> JournalOptions {
+        self.options
+    }
+
+    /// Makes sure no number below `seq` is handed out from now on (used when a corrupt journal
+    /// is replaced and the old numbers are not all known).
+    pub(crate) fn skip_seqs_below(&self, seq: u64) -> Result<(), JournalError> {
+        let mut seqs = lock(&self.seqs);
+        if seqs.next < seq {
+            seqs.next = seq;
+        }
+        Ok(())
+    }
+
+    /// Replaces the counters (carried over from a replaced journal).
+    pub(crate) fn set_counters(&self, counters: Counters) -> Result<(), JournalError> {
+        let mut state = lock(&self.state);
+        self.tree
+            .insert(COUNTERS_KEY, &encode_counters(&counters)[..])
+            .map_err(|source| self.read_err(source))?;
+        state.counters = counters;
+        Ok(())
+    }
+
+    /// Every intact entry of both classes, in class then seq order, skipping damaged ones.
+    pub(crate) fn intact_entries(&self) -> Vec<Entry> {
+        self.tree
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(key, value)| {
+                let (class, seq) = record::parse_key(&key).ok()?;
+                let entry = record::decode_value(seq, class, &value).ok()?;
+                record::check_envelope(&entry).ok().map(|()| entry)
+            })
+            .collect()
+    }
+
+    /// The underlying tree, for tests that damage records behind the journal's back.
+    #[cfg(test)]
+    pub(crate) fn raw_tree(&self) -> sled::Tree {
+        self.tree.clone()
+    }
+
+    fn read_err(&self, source: sled::Error) -> JournalError {
+        JournalError::Read {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Evicts oldest-first from `class` into `batch` until `size` more bytes fit.
+    fn evict(
+        &self,
+        state: &State,
+        class: Class,
+        size: u64,
+        evicted: &mut Evicted,
+    ) -> Result<(), JournalError> {
+        for item in self.tree.scan_prefix(record::prefix(class)) {
+            if state.bytes - evicted.bytes + size <= self.options.max_bytes {
+                break;
+            }
+            let (key, value) = item.map_err(|source| self.read_err(source))?;
+            let readings = record::parse_key(&key)
+                .and_then(|(class, seq)| record::decode_value(seq, class, &value))
+                .map_or(0, |e| e.readings);
+            let kind = match class {
+                Class::Priority => osprey_protocol::Kind::Alert,
+                Class::Telemetry => osprey_protocol::Kind::Telemetry,
+            };
+            evicted.dropped.add(Dropped::one(kind, readings));
+            evicted.bytes += (key.len() + value.len()) as u64;
+            evicted.count += 1;
+            evicted.batch.remove(key);
+        }
+        Ok(())
+    }
+}
+
+/// Records chosen for eviction by one append.
+#[derive(Default)]
+struct Evicted {
+    batch: sled::Batch,
+    dropped: Dropped,
+    bytes: u64,
+    count: u64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means another thread panicked mid-update; the sizes are statistics
+    // and the counters are re-read from disk on the next open.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn encode_counters(c: &Counters) -> [u8; COUNTERS_LEN] {
+    let mut out = [0u8; COUNTERS_LEN];
+    for (i, v) in [
+        c.dropped.batches,
+        c.dropped.readings,
+        c.dropped.alerts,
+        c.resets,
+        c.quota_readings,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        out[i * 8..(i + 1) * 8].copy_from_slice(&v.to_be_bytes());
+    }
+    out
+}
+
+fn decode_counters(bytes: &[u8]) -> Option<Counters> {
+    let n = |i: usize| {
+        bytes
+            .get(i * 8..(i + 1) * 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+    };
+    (bytes.len() == COUNTERS_LEN).then_some(())?;
+    Some(Counters {
+        dropped: Dropped {
+            batches: n(0)?,
+            readings: n(1)?,
+            alerts: n(2)?,
+        },
+        resets: n(3)?,
+        quota_readings: n(4)?,
+    })
 }
 
 /// How long [`SledJournal::open`] waits for a lock that a just-closed journal still holds.
@@ -117,111 +319,254 @@ fn open_waiting_for_lock(path: &Path) -> sled::Result<sled::Db> {
 
 /// Whether sled failed because another handle holds the journal's file lock. sled 0.34 wraps
 /// the `WouldBlock` from `flock` in an `Other` error whose text is all that identifies it.
-fn is_lock_held(e: &std::io::Error) -> bool {
+pub(crate) fn is_lock_held(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
 }
 
 impl Journal for SledJournal {
     fn reserve_seq(&self) -> Result<u64, JournalError> {
-        // A poisoned lock only means another thread panicked between reading and bumping the
-        // counter; the value itself is still a valid lower bound.
-        let mut next = self.next_seq.lock().unwrap_or_else(PoisonError::into_inner);
-        let seq = *next;
+        let mut seqs = lock(&self.seqs);
+        let seq = seqs.next;
         let after = seq
             .checked_add(1)
             .ok_or_else(|| JournalError::SeqExhausted {
                 path: self.path.clone(),
             })?;
-        self.meta
-            .insert(NEXT_SEQ_KEY, &after.to_be_bytes())
-            .map_err(|source| JournalError::Reserve {
+        if seq >= seqs.leased {
+            let lease = seq.saturating_add(lease::BLOCK);
+            lease::write(&self.path, lease).map_err(|source| JournalError::Reserve {
                 path: self.path.clone(),
                 source,
             })?;
-        *next = after;
+            seqs.leased = lease;
+        }
+        seqs.next = after;
         Ok(seq)
     }
 
-    fn append(&self, seq: u64, message: &[u8]) -> Result<(), JournalError> {
+    fn append(&self, record: &Record<'_>) -> Result<Appended, JournalError> {
+        let seq = record.seq;
         let err = |source| JournalError::Append {
             path: self.path.clone(),
             seq,
             source,
         };
-        let previous = self
-            .messages
-            .insert(seq.to_be_bytes(), message)
-            .map_err(err)?;
-        if previous.is_none() {
-            self.len.fetch_add(1, Ordering::Relaxed);
+        let class = Class::of(record.kind);
+        let value = record::encode_value(record.kind, record.readings, record.message);
+        let size = (KEY_LEN + value.len()) as u64;
+        if size > self.options.max_bytes {
+            return Err(JournalError::TooLarge {
+                path: self.path.clone(),
+                seq,
+                bytes: size,
+                max_bytes: self.options.max_bytes,
+            });
         }
-        // Flush per append: the message must be on disk before it can be published, or a
-        // power cut after the PUBACK-less publish could lose it.
-        self.db.flush().map_err(err)?;
+        let appended = {
+            let mut state = lock(&self.state);
+            let mut evicted = Evicted::default();
+            // Oldest telemetry first; alerts only make room for alerts.
+            self.evict(&state, Class::Telemetry, size, &mut evicted)?;
+            let fits = |e: &Evicted| state.bytes - e.bytes + size <= self.options.max_bytes;
+            if class == Class::Telemetry && !fits(&evicted) {
+                // Only alerts are left and they stay: drop this batch, evict nothing.
+                evicted = Evicted::default();
+            }
+            if class == Class::Priority {
+                self.evict(&state, Class::Priority, size, &mut evicted)?;
+            }
+            let stored = fits(&evicted);
+            if stored {
+                evicted.batch.insert(&record::key(class, seq), value);
+            } else {
+                evicted
+                    .dropped
+                    .add(Dropped::one(record.kind, record.readings));
+            }
+            let mut counters = state.counters;
+            if !evicted.dropped.is_empty() {
+                counters.dropped.add(evicted.dropped);
+                counters.quota_readings = counters
+                    .quota_readings
+                    .saturating_add(evicted.dropped.readings);
+                evicted
+                    .batch
+                    .insert(COUNTERS_KEY, &encode_counters(&counters)[..]);
+            }
+            self.tree.apply_batch(evicted.batch).map_err(err)?;
+            state.counters = counters;
+            state.len -= evicted.count;
+            state.bytes -= evicted.bytes;
+            if stored {
+                state.len += 1;
+                state.bytes += size;
+            }
+            Appended {
+                stored,
+                dropped: evicted.dropped,
+            }
+        };
+        self.last_appended.fetch_max(seq, Ordering::SeqCst);
+        if self.options.durability == Durability::EachAppend {
+            // The message must be on disk before it can be published, or a power cut after
+            // the PUBACK-less publish could lose it.
+            self.db.flush().map_err(err)?;
+            self.durable.fetch_max(seq, Ordering::SeqCst);
+        }
+        Ok(appended)
+    }
+
+    fn remove(&self, class: Class, seq: u64) -> Result<(), JournalError> {
+        let mut state = lock(&self.state);
+        let removed = self
+            .tree
+            .remove(record::key(class, seq))
+            .map_err(|source| JournalError::Remove {
+                path: self.path.clone(),
+                seq,
+                source,
+            })?;
+        if let Some(value) = removed {
+            state.len -= 1;
+            state.bytes -= (KEY_LEN + value.len()) as u64;
+        }
         Ok(())
     }
 
-    fn remove(&self, seq: u64) -> Result<(), JournalError> {
-        let removed =
-            self.messages
-                .remove(seq.to_be_bytes())
-                .map_err(|source| JournalError::Remove {
-                    path: self.path.clone(),
-                    seq,
-                    source,
-                })?;
-        if removed.is_some() {
-            self.len.fetch_sub(1, Ordering::Relaxed);
+    fn read(&self, class: Class, from: u64, limit: usize) -> Result<Vec<Entry>, JournalError> {
+        let durable = self.durable.load(Ordering::SeqCst);
+        if from > durable {
+            return Ok(Vec::new());
         }
-        Ok(())
-    }
-
-    fn read_from(&self, from: u64, limit: usize) -> Result<Vec<Entry>, JournalError> {
-        self.messages
-            .range(from.to_be_bytes()..)
-            .take(limit)
-            .map(|item| {
-                let (key, value) = item.map_err(|source| JournalError::Read {
-                    path: self.path.clone(),
-                    source,
-                })?;
-                Ok(Entry {
-                    seq: decode_u64(&self.path, "a message key", &key)?,
-                    message: value.to_vec(),
-                })
-            })
-            .collect()
+        let range = record::key(class, from)..=record::key(class, durable);
+        let mut entries = Vec::new();
+        for item in self.tree.range(range) {
+            if entries.len() >= limit {
+                break;
+            }
+            let (key, value) = item.map_err(|source| self.read_err(source))?;
+            let decoded =
+                record::parse_key(&key).and_then(|(c, seq)| record::decode_value(seq, c, &value));
+            match decoded {
+                Ok(entry) => entries.push(entry),
+                Err(problem) => {
+                    // Damaged after open (bad storage): drop it rather than stop delivery.
+                    tracing::error!(journal = %self.path.display(), %problem, "dropping a damaged journal record");
+                    let kind = match class {
+                        Class::Priority => osprey_protocol::Kind::Alert,
+                        Class::Telemetry => osprey_protocol::Kind::Telemetry,
+                    };
+                    let mut state = lock(&self.state);
+                    if self.tree.remove(&key).ok().flatten().is_some() {
+                        state.len -= 1;
+                        state.bytes -= (key.len() + value.len()) as u64;
+                    }
+                    drop(state);
+                    self.count_dropped(Dropped::one(kind, 0))?;
+                }
+            }
+        }
+        Ok(entries)
     }
 
     fn len(&self) -> u64 {
-        self.len.load(Ordering::Relaxed)
+        lock(&self.state).len
+    }
+
+    fn bytes(&self) -> u64 {
+        lock(&self.state).bytes
+    }
+
+    fn counters(&self) -> Counters {
+        lock(&self.state).counters
+    }
+
+    fn count_dropped(&self, dropped: Dropped) -> Result<(), JournalError> {
+        let mut counters = self.counters();
+        counters.dropped.add(dropped);
+        self.set_counters(counters)
+    }
+
+    fn needs_sync(&self) -> bool {
+        self.last_appended.load(Ordering::SeqCst) > self.durable.load(Ordering::SeqCst)
     }
 
     fn sync(&self) -> Result<(), JournalError> {
+        let upto = self.last_appended.load(Ordering::SeqCst);
         self.db.flush().map_err(|source| JournalError::Sync {
             path: self.path.clone(),
             source,
         })?;
+        self.durable.fetch_max(upto, Ordering::SeqCst);
         Ok(())
     }
 }
 
-/// Reads an 8-byte big-endian number, or reports which stored item was malformed.
-fn decode_u64(path: &Path, what: &str, bytes: &[u8]) -> Result<u64, JournalError> {
-    let array: [u8; 8] = bytes.try_into().map_err(|_| JournalError::Corrupt {
-        path: path.to_owned(),
-        what: format!("{what} is {} bytes long, expected 8", bytes.len()),
-    })?;
-    Ok(u64::from_be_bytes(array))
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use osprey_protocol::{Alert, AlertEvent, Body, Envelope, Kind, Series, Severity};
     use proptest::prelude::*;
 
-    fn seqs(j: &SledJournal) -> Vec<u64> {
-        j.read_from(0, usize::MAX)
+    /// An encoded telemetry message with `readings` readings.
+    pub(crate) fn telemetry(seq: u64, readings: u32) -> Vec<u8> {
+        let mut series = Series::new("bearing", "temperature", "Cel");
+        for i in 0..readings {
+            series.push(1_700_000_000_000 + i64::from(i) * 10, 40.0 + f64::from(i));
+        }
+        let body = Body::Telemetry(osprey_protocol::TelemetryBatch {
+            series: vec![series],
+        });
+        Envelope::new("pump-7", seq, body).encode().unwrap()
+    }
+
+    /// An encoded alert.
+    pub(crate) fn alert(seq: u64) -> Vec<u8> {
+        let alert = Alert {
+            rule: "bearing-hot".to_owned(),
+            sensor: "bearing".to_owned(),
+            metric: "temperature".to_owned(),
+            event: AlertEvent::Raise,
+            severity: Severity::Critical,
+            value: 81.0,
+            threshold: 80.0,
+            time_ms: 1_700_000_000_000,
+        };
+        Envelope::new("pump-7", seq, Body::Alert(alert))
+            .encode()
+            .unwrap()
+    }
+
+    /// Reserves a number and appends a telemetry message with `readings` readings under it.
+    pub(crate) fn append_telemetry(j: &dyn Journal, readings: u32) -> (u64, Appended) {
+        let seq = j.reserve_seq().unwrap();
+        let message = telemetry(seq, readings);
+        let appended = j
+            .append(&Record {
+                seq,
+                kind: Kind::Telemetry,
+                readings,
+                message: &message,
+            })
+            .unwrap();
+        (seq, appended)
+    }
+
+    fn append_alert(j: &dyn Journal) -> u64 {
+        let seq = j.reserve_seq().unwrap();
+        let message = alert(seq);
+        j.append(&Record {
+            seq,
+            kind: Kind::Alert,
+            readings: 0,
+            message: &message,
+        })
+        .unwrap();
+        seq
+    }
+
+    fn seqs(j: &SledJournal, class: Class) -> Vec<u64> {
+        j.read(class, 0, usize::MAX)
             .unwrap()
             .into_iter()
             .map(|e| e.seq)
@@ -236,59 +581,175 @@ mod tests {
             let j = SledJournal::open(&path).unwrap();
             assert!(j.is_empty());
             for i in 0..5u64 {
-                let seq = j.reserve_seq().unwrap();
+                let (seq, appended) = append_telemetry(&j, 3);
                 assert_eq!(seq, FIRST_SEQ + i);
-                j.append(seq, format!("m{seq}").as_bytes()).unwrap();
+                assert!(appended.stored);
             }
             // A status message's number: reserved, never appended.
             assert_eq!(j.reserve_seq().unwrap(), 6);
-            j.remove(2).unwrap();
-            j.remove(2).unwrap(); // removing twice is harmless
-            j.remove(4).unwrap();
+            j.remove(Class::Telemetry, 2).unwrap();
+            j.remove(Class::Telemetry, 2).unwrap(); // removing twice is harmless
+            j.remove(Class::Telemetry, 4).unwrap();
             j.sync().unwrap();
             assert_eq!(j.len(), 3);
         }
         let j = SledJournal::open(&path).unwrap();
         assert_eq!(j.len(), 3);
-        assert_eq!(seqs(&j), [1, 3, 5]);
-        let entries = j.read_from(3, 1).unwrap();
-        assert_eq!(
-            entries,
-            [Entry {
-                seq: 3,
-                message: b"m3".to_vec()
-            }]
-        );
-        // 6 went out as a status message before the restart; it is not reused.
-        assert_eq!(j.reserve_seq().unwrap(), 7);
+        assert_eq!(seqs(&j, Class::Telemetry), [1, 3, 5]);
+        let entries = j.read(Class::Telemetry, 3, 1).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].seq, 3);
+        assert_eq!(entries[0].readings, 3);
+        assert_eq!(entries[0].message, telemetry(3, 3));
+        // 6 went out as a status message before the restart; it is not reused, nor is
+        // anything else of the leased block.
+        assert!(j.reserve_seq().unwrap() > 6);
     }
 
     #[test]
-    fn next_seq_survives_an_emptied_journal() {
+    fn alerts_are_read_in_their_own_class() {
         let dir = tempfile::tempdir().unwrap();
-        {
+        let j = SledJournal::open(dir.path()).unwrap();
+        append_telemetry(&j, 1);
+        let a = append_alert(&j);
+        append_telemetry(&j, 1);
+        assert_eq!(seqs(&j, Class::Priority), [a]);
+        assert_eq!(seqs(&j, Class::Telemetry), [1, 3]);
+    }
+
+    #[test]
+    fn next_seq_survives_an_emptied_journal_and_a_lost_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let last = {
             let j = SledJournal::open(dir.path()).unwrap();
+            let mut last = 0;
             for _ in 0..3 {
-                let seq = j.reserve_seq().unwrap();
-                j.append(seq, b"x").unwrap();
-                j.remove(seq).unwrap();
+                let (seq, _) = append_telemetry(&j, 1);
+                j.remove(Class::Telemetry, seq).unwrap();
+                last = seq;
             }
             j.sync().unwrap();
-        }
+            last
+        };
         let j = SledJournal::open(dir.path()).unwrap();
         assert!(j.is_empty());
-        assert_eq!(j.reserve_seq().unwrap(), 4);
+        assert!(j.reserve_seq().unwrap() > last);
+        drop(j);
+        // Even with sled's files gone, the lease keeps the numbers growing.
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_name() != "seq.lease" {
+                let p = entry.path();
+                if p.is_dir() {
+                    std::fs::remove_dir_all(p).unwrap();
+                } else {
+                    std::fs::remove_file(p).unwrap();
+                }
+            }
+        }
+        let j = SledJournal::open(dir.path()).unwrap();
+        assert!(j.reserve_seq().unwrap() > last + 1);
     }
 
     #[test]
-    fn next_seq_is_past_the_last_key_even_without_meta() {
+    fn full_quota_evicts_oldest_telemetry_first_and_counts_it_persistently() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = (KEY_LEN + record::HEADER_LEN + telemetry(1, 10).len()) as u64;
+        let options = JournalOptions {
+            max_bytes: one * 4 + one / 2,
+            durability: Durability::EachAppend,
+        };
+        let alert_seq;
+        {
+            let j = SledJournal::open_with(dir.path(), options).unwrap();
+            append_telemetry(&j, 10); // 1
+            alert_seq = append_alert(&j); // 2
+            for _ in 0..3 {
+                append_telemetry(&j, 10); // 3, 4, 5
+            }
+            assert!(j.bytes() <= options.max_bytes);
+            // 1 was evicted to make room (the alert is smaller than a batch).
+            assert_eq!(seqs(&j, Class::Telemetry), [3, 4, 5]);
+            let (_, appended) = append_telemetry(&j, 10); // 6 evicts 3
+            assert_eq!(appended.dropped.readings, 10);
+            assert_eq!(seqs(&j, Class::Telemetry), [4, 5, 6]);
+            assert_eq!(seqs(&j, Class::Priority), [alert_seq]);
+            assert_eq!(
+                j.counters().dropped,
+                Dropped {
+                    batches: 2,
+                    readings: 20,
+                    alerts: 0
+                }
+            );
+        }
+        let j = SledJournal::open_with(dir.path(), options).unwrap();
+        assert_eq!(j.counters().dropped.readings, 20);
+        assert_eq!(j.len(), 4);
+        assert!(j.bytes() <= options.max_bytes);
+    }
+
+    #[test]
+    fn alerts_survive_until_no_telemetry_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let alert_size = (KEY_LEN + record::HEADER_LEN + alert(1).len()) as u64;
+        let options = JournalOptions {
+            max_bytes: alert_size * 2,
+            durability: Durability::EachAppend,
+        };
+        let j = SledJournal::open_with(dir.path(), options).unwrap();
+        let a1 = append_alert(&j);
+        let a2 = append_alert(&j);
+        // A batch does not fit next to two alerts: the batch is dropped, the alerts stay.
+        let (_, appended) = append_telemetry(&j, 5);
+        assert!(!appended.stored);
+        assert_eq!(seqs(&j, Class::Priority), [a1, a2]);
+        // A third alert evicts the oldest alert.
+        let a3 = append_alert(&j);
+        assert_eq!(seqs(&j, Class::Priority), [a2, a3]);
+        assert_eq!(
+            j.counters().dropped,
+            Dropped {
+                batches: 1,
+                readings: 5,
+                alerts: 1
+            }
+        );
+    }
+
+    #[test]
+    fn interval_durability_hides_entries_until_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = JournalOptions {
+            max_bytes: crate::journal::DEFAULT_MAX_BYTES,
+            durability: Durability::Interval(std::time::Duration::from_millis(50)),
+        };
+        let j = SledJournal::open_with(dir.path(), options).unwrap();
+        append_telemetry(&j, 1);
+        assert!(j.needs_sync());
+        assert!(seqs(&j, Class::Telemetry).is_empty());
+        j.sync().unwrap();
+        assert!(!j.needs_sync());
+        assert_eq!(seqs(&j, Class::Telemetry), [1]);
+    }
+
+    #[test]
+    fn a_damaged_record_makes_open_fail_with_corrupt() {
         let dir = tempfile::tempdir().unwrap();
         {
             let j = SledJournal::open(dir.path()).unwrap();
-            j.append(41, b"x").unwrap(); // as if the meta write had been lost
+            append_telemetry(&j, 2);
+            let mut value = record::encode_value(Kind::Telemetry, 2, &telemetry(2, 2));
+            let last = value.len() - 1;
+            value[last] ^= 0xff;
+            j.tree
+                .insert(record::key(Class::Telemetry, 2), value)
+                .unwrap();
+            j.sync().unwrap();
         }
-        let j = SledJournal::open(dir.path()).unwrap();
-        assert_eq!(j.reserve_seq().unwrap(), 42);
+        let err = SledJournal::open(dir.path()).unwrap_err();
+        assert!(matches!(err, JournalError::Corrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains("record 2"), "{err}");
     }
 
     #[test]
@@ -296,10 +757,9 @@ mod tests {
         // Regression: the model test failed under load with "could not acquire lock" because
         // sled releases its file lock after drop returns.
         let dir = tempfile::tempdir().unwrap();
-        for i in 0..50u64 {
+        for _ in 0..50u64 {
             let j = SledJournal::open(dir.path()).unwrap();
-            j.append(j.reserve_seq().unwrap(), &i.to_be_bytes())
-                .unwrap();
+            append_telemetry(&j, 1);
             drop(j);
         }
         assert_eq!(SledJournal::open(dir.path()).unwrap().len(), 50);
@@ -334,14 +794,14 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Append,
+        Append(u32),
         Remove(usize),
         Reopen,
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            3 => Just(Op::Append),
+            3 => (1u32..40).prop_map(Op::Append),
             2 => any::<usize>().prop_map(Op::Remove),
             1 => Just(Op::Reopen),
         ]
@@ -349,45 +809,62 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
-        /// Model-based: the journal behaves like an ordered map plus a counter that never
-        /// goes back, across reopens.
+        /// Model-based: the journal behaves like an ordered map that evicts its oldest entries
+        /// past the quota, plus a counter that never goes back, across reopens; every reading
+        /// appended is either stored, delivered (removed) or counted as dropped.
         #[test]
-        fn behaves_like_an_ordered_map(ops in proptest::collection::vec(op(), 1..40)) {
+        fn behaves_like_a_bounded_ordered_map(ops in proptest::collection::vec(op(), 1..40)) {
             let dir = tempfile::tempdir().unwrap();
-            let mut j = SledJournal::open(dir.path()).unwrap();
+            let options = JournalOptions { max_bytes: 2_000, durability: Durability::EachAppend };
+            let mut j = SledJournal::open_with(dir.path(), options).unwrap();
             let mut model = std::collections::BTreeMap::new();
             let mut last_seq = 0;
+            let (mut appended_readings, mut removed_readings) = (0u64, 0u64);
             for op in ops {
                 match op {
-                    Op::Append => {
-                        let seq = j.reserve_seq().unwrap();
+                    Op::Append(readings) => {
+                        let (seq, appended) = append_telemetry(&j, readings);
                         prop_assert!(seq > last_seq);
                         last_seq = seq;
-                        j.append(seq, &seq.to_le_bytes()).unwrap();
-                        model.insert(seq, seq.to_le_bytes().to_vec());
+                        appended_readings += u64::from(readings);
+                        if appended.stored {
+                            model.insert(seq, readings);
+                        }
+                        // Evictions take the oldest.
+                        let mut dropped = appended.dropped.readings;
+                        if !appended.stored { dropped -= u64::from(readings); }
+                        while dropped > 0 {
+                            let (_, r) = model.pop_first().unwrap();
+                            dropped -= u64::from(r);
+                        }
                     }
                     Op::Remove(i) => {
                         if let Some(&seq) = model.keys().nth(i % model.len().max(1)) {
-                            j.remove(seq).unwrap();
-                            model.remove(&seq);
+                            j.remove(Class::Telemetry, seq).unwrap();
+                            removed_readings += u64::from(model.remove(&seq).unwrap());
                         }
                     }
                     Op::Reopen => {
                         j.sync().unwrap();
                         drop(j);
-                        j = SledJournal::open(dir.path()).unwrap();
+                        j = SledJournal::open_with(dir.path(), options).unwrap();
                     }
                 }
-                let stored: Vec<(u64, Vec<u8>)> = j
-                    .read_from(0, usize::MAX)
+                let stored: Vec<(u64, u32)> = j
+                    .read(Class::Telemetry, 0, usize::MAX)
                     .unwrap()
                     .into_iter()
-                    .map(|e| (e.seq, e.message))
+                    .map(|e| (e.seq, e.readings))
                     .collect();
-                let expected: Vec<(u64, Vec<u8>)> =
-                    model.iter().map(|(k, v)| (*k, v.clone())).collect();
+                let expected: Vec<(u64, u32)> = model.iter().map(|(k, v)| (*k, *v)).collect();
                 prop_assert_eq!(stored, expected);
                 prop_assert_eq!(j.len(), model.len() as u64);
+                prop_assert!(j.bytes() <= options.max_bytes);
+                let kept: u64 = model.values().map(|r| u64::from(*r)).sum();
+                prop_assert_eq!(
+                    appended_readings,
+                    kept + removed_readings + j.counters().dropped.readings
+                );
             }
         }
     }

@@ -67,11 +67,12 @@ pub async fn device_windows(
     Path(device): Path<String>,
     query: QueryPairs,
 ) -> Result<Json<Vec<WindowRow>>, ApiError> {
-    let p = params(query, &["sensor", "metric", "since_ms", "limit"])?;
+    let p = params(query, &["sensor", "metric", "kind", "since_ms", "limit"])?;
     let filter = WindowFilter {
         device: Some(device.clone()),
         sensor: p.text("sensor"),
         metric: p.text("metric"),
+        kind: Some(p.window_kind()?),
         since_ms: p.time_ms("since_ms")?,
         limit: p.limit()?,
     };
@@ -84,11 +85,15 @@ pub async fn windows(
     State(state): State<ApiState>,
     query: QueryPairs,
 ) -> Result<Json<Vec<WindowRow>>, ApiError> {
-    let p = params(query, &["device", "sensor", "metric", "since_ms", "limit"])?;
+    let p = params(
+        query,
+        &["device", "sensor", "metric", "kind", "since_ms", "limit"],
+    )?;
     let filter = WindowFilter {
         device: p.device("device")?,
         sensor: p.text("sensor"),
         metric: p.text("metric"),
+        kind: Some(p.window_kind()?),
         since_ms: p.time_ms("since_ms")?,
         limit: p.limit()?,
     };

@@ -6,13 +6,14 @@
 //! | `GET /healthz` | `{"status": "ok"}` |
 //! | `GET /api/devices` | `[DeviceSummary]`, by device id |
 //! | `GET /api/devices/{device}` | `DeviceSummary`, 404 if unknown |
-//! | `GET /api/devices/{device}/windows?sensor=&metric=&since_ms=&limit=` | `[WindowRow]`, newest first; 404 if unknown |
-//! | `GET /api/windows?device=&sensor=&metric=&since_ms=&limit=` | `[WindowRow]`, newest first |
+//! | `GET /api/devices/{device}/windows?sensor=&metric=&kind=&since_ms=&limit=` | `[WindowRow]`, newest first; 404 if unknown |
+//! | `GET /api/windows?device=&sensor=&metric=&kind=&since_ms=&limit=` | `[WindowRow]`, newest first |
 //! | `GET /api/alerts?device=&since_ms=&limit=` | `[AlertRow]`, newest first |
 //! | `GET /api/stats` | `{"pipeline": PipelineStats, "store": Counts}` |
 //!
 //! Shapes: [`crate::store::DeviceSummary`], [`crate::store::WindowRow`],
-//! [`crate::store::AlertRow`]. `limit` is 1 to 10 000 (default 100). Errors are
+//! [`crate::store::AlertRow`]. `kind` is `tumbling` (default), `hopping` or `session`; `limit` is
+//! 1 to 10 000 (default 100). Errors are
 //! `{"error": "..."}` with 400 (bad parameter, named), 404 (unknown device or route) or 500.
 
 mod error;

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::error::ApiError;
+use crate::window::WindowKind;
 
 /// Rows returned when `limit` is not given.
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -73,6 +74,18 @@ impl Params {
             .transpose()
     }
 
+    /// `kind`: a window kind, [`WindowKind::Tumbling`] when absent.
+    pub fn window_kind(&self) -> Result<WindowKind, ApiError> {
+        let Some(v) = self.values.get("kind") else {
+            return Ok(WindowKind::Tumbling);
+        };
+        WindowKind::parse(v).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "kind must be tumbling, hopping or session, got {v:?}"
+            ))
+        })
+    }
+
     /// `limit`: 1 to [`MAX_LIMIT`], [`DEFAULT_LIMIT`] when absent.
     pub fn limit(&self) -> Result<u32, ApiError> {
         let Some(v) = self.values.get("limit") else {
@@ -136,5 +149,9 @@ mod tests {
         assert!(msg(&[("limit", "10001")]).contains("limit must be"));
         assert!(msg(&[("since_ms", "yesterday")]).contains("since_ms must be"));
         assert!(msg(&[("device", "a b")]).contains("not a valid device id"));
+        let kind = |v: &str| Params::parse(pairs(&[("kind", v)]), &["kind"])?.window_kind();
+        assert_eq!(kind("").unwrap(), WindowKind::Tumbling);
+        assert_eq!(kind("session").unwrap(), WindowKind::Session);
+        assert!(kind("sliding").unwrap_err().message.contains("kind must be"));
     }
 }

@@ -1,6 +1,7 @@
 //! PutRecords batches: which records go together, and each record's partition key.
 
 use rumqttc::Publish;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Most records in one PutRecords call.
 pub const MAX_RECORDS: usize = 500;
@@ -15,19 +16,31 @@ pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 pub const UNKNOWN_DEVICE: &str = "unknown";
 
 /// One MQTT message waiting to go to Kinesis.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Pending {
     /// The publish, kept to acknowledge it once Kinesis has the record.
     pub publish: Publish,
     /// Partition key: the device id.
     pub key: String,
+    /// The share of the bridge's memory budget this record holds until it is dropped
+    /// (acknowledged, or abandoned at shutdown).
+    budget: Option<OwnedSemaphorePermit>,
 }
 
 impl Pending {
     /// A record for `publish`, keyed by its device.
     pub fn new(publish: Publish) -> Pending {
         let key = partition_key(&publish.payload, &publish.topic);
-        Pending { publish, key }
+        Pending {
+            publish,
+            key,
+            budget: None,
+        }
+    }
+
+    /// Attaches the memory `budget` permit the record holds while it waits.
+    pub fn hold(&mut self, budget: OwnedSemaphorePermit) {
+        self.budget = Some(budget);
     }
 
     /// The record's data: the payload, unchanged.

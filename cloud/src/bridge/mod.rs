@@ -10,8 +10,10 @@
 //! - **At least once.** A message is acknowledged on MQTT only after Kinesis accepted its
 //!   record; the MQTT session is persistent, so anything unacknowledged at a crash comes back.
 //!   Duplicates are harmless: the consumer deduplicates on `(device, seq)`.
-//! - **Bounded memory.** When the queue is full the reader stops polling the broker, which
-//!   then holds messages for us (backpressure). The broker's in-flight window (Mosquitto's
+//! - **Bounded memory.** Every queued record holds its size from a byte budget
+//!   ([`BridgeConfig::max_buffered_bytes`], 64 MiB by default) until it is acknowledged; the
+//!   queue also has a record limit. When either is used up (Kinesis slow or throttling) the
+//!   reader stops polling the broker, which then holds messages for us (backpressure). The broker's in-flight window (Mosquitto's
 //!   `max_inflight_messages`, 20 by default) also caps how many unacknowledged messages exist.
 //! - **Order.** Records of one device share a partition key, hence a shard; a retried record
 //!   can land after a later one. The consumer does not depend on order.
@@ -28,11 +30,11 @@ use std::time::Duration;
 
 use osprey_protocol::topic;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::connection::kinesis::{describe_error, KinesisConfig};
-use crate::connection::mqtt::{MqttConfig, MqttConfigError, Received, Subscriber};
+use crate::connection::mqtt::{Flow, MqttConfig, MqttConfigError, Subscriber};
 use crate::shutdown::{self, Ready, SetReady, Shutdown, Trigger};
 use batch::{Pending, MAX_RECORD_BYTES};
 
@@ -45,6 +47,9 @@ pub struct BridgeConfig {
     pub kinesis: KinesisConfig,
     /// Records that may wait between MQTT and Kinesis.
     pub queue: usize,
+    /// Payload bytes that may be held between MQTT and Kinesis (queued, in a batch, or being
+    /// retried); at least one maximum-size record.
+    pub max_buffered_bytes: usize,
     /// Longest a record waits for its batch to fill.
     pub linger: Duration,
     /// A batch closes when no record arrived for this long.
@@ -58,6 +63,7 @@ impl BridgeConfig {
             mqtt,
             kinesis,
             queue: 10_000,
+            max_buffered_bytes: 64 * 1024 * 1024,
             linger: Duration::from_millis(200),
             gap: Duration::from_millis(10),
         }
@@ -93,21 +99,30 @@ pub struct BridgeStats {
     pub received: u64,
     /// Records Kinesis accepted (and MQTT messages acknowledged).
     pub forwarded: u64,
+    /// Bytes (data + partition key) of the records Kinesis accepted.
+    pub bytes: u64,
     /// Records Kinesis refused in a batch and that were sent again.
     pub retried: u64,
+    /// Of the retried records, those refused for throughput (`ProvisionedThroughputExceeded`).
+    pub throttled: u64,
     /// PutRecords calls that failed as a whole.
     pub failed_calls: u64,
     /// Messages dropped because they can never fit a Kinesis record.
     pub dropped: u64,
+    /// Bytes held between MQTT and Kinesis now (a gauge, bounded by the byte budget).
+    pub buffered_bytes: u64,
 }
 
 #[derive(Debug, Default)]
 struct Counters {
     received: AtomicU64,
     forwarded: AtomicU64,
+    bytes: AtomicU64,
     retried: AtomicU64,
+    throttled: AtomicU64,
     failed_calls: AtomicU64,
     dropped: AtomicU64,
+    budget: Option<(Arc<Semaphore>, usize)>,
 }
 
 impl Counters {
@@ -115,9 +130,14 @@ impl Counters {
         BridgeStats {
             received: self.received.load(Ordering::Relaxed),
             forwarded: self.forwarded.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),
+            throttled: self.throttled.load(Ordering::Relaxed),
             failed_calls: self.failed_calls.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
+            buffered_bytes: self.budget.as_ref().map_or(0, |(budget, total)| {
+                total.saturating_sub(budget.available_permits()) as u64
+            }),
         }
     }
 }
@@ -146,7 +166,14 @@ pub async fn start(cfg: BridgeConfig) -> Result<Bridge, BridgeError> {
             message: describe_error(&e),
         })?;
     let subscriber = Subscriber::new(&cfg.mqtt, topic::ALL_DATA)?;
-    let counters = Arc::new(Counters::default());
+    let max_bytes = cfg
+        .max_buffered_bytes
+        .clamp(MAX_RECORD_BYTES, u32::MAX as usize);
+    let budget = Arc::new(Semaphore::new(max_bytes));
+    let counters = Arc::new(Counters {
+        budget: Some((Arc::clone(&budget), max_bytes)),
+        ..Counters::default()
+    });
     let (trigger, shutdown) = shutdown::channel();
     let (set_ready, ready) = shutdown::ready();
     let (queue_tx, queue_rx) = mpsc::channel(cfg.queue.max(1));
@@ -154,7 +181,7 @@ pub async fn start(cfg: BridgeConfig) -> Result<Bridge, BridgeError> {
     let writer = put::Writer {
         client,
         stream: cfg.kinesis.stream.clone(),
-        acker: subscriber.client(),
+        acker: subscriber.acker(),
         counters: Arc::clone(&counters),
         linger: cfg.linger,
         gap: cfg.gap,
@@ -167,6 +194,7 @@ pub async fn start(cfg: BridgeConfig) -> Result<Bridge, BridgeError> {
     let reader = tokio::spawn(read(
         subscriber,
         queue_tx,
+        budget,
         set_ready,
         shutdown,
         Arc::clone(&counters),
@@ -210,40 +238,53 @@ impl Bridge {
 async fn read(
     mut subscriber: Subscriber,
     queue_tx: mpsc::Sender<Pending>,
+    budget: Arc<Semaphore>,
     ready: SetReady,
     mut shutdown: Shutdown,
     counters: Arc<Counters>,
     writer_done: oneshot::Receiver<()>,
 ) {
-    loop {
-        let received = tokio::select! {
-            biased;
-            _ = shutdown.wait() => break,
-            received = subscriber.next() => received,
-        };
-        let publish = match received {
-            Received::Subscribed => {
-                ready.set();
-                continue;
+    let acker = subscriber.acker();
+    let handler_shutdown = shutdown.clone();
+    subscriber
+        .receive(&ready, &mut shutdown, |publish| {
+            let (queue_tx, budget, acker, counters, mut shutdown) = (
+                queue_tx.clone(),
+                Arc::clone(&budget),
+                acker.clone(),
+                Arc::clone(&counters),
+                handler_shutdown.clone(),
+            );
+            async move {
+                counters.received.fetch_add(1, Ordering::Relaxed);
+                let mut record = Pending::new(publish);
+                if record.size() > MAX_RECORD_BYTES {
+                    tracing::error!(topic = %record.publish.topic, bytes = record.size(),
+                        "message exceeds the 1 MiB Kinesis record limit; dropped");
+                    counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    acker.ack(&record.publish);
+                    return Flow::Continue;
+                }
+                // A spent byte budget or a full queue blocks here, so the broker is not
+                // polled: backpressure. The size fits in u32 (checked above).
+                let need = u32::try_from(record.size()).unwrap_or(u32::MAX);
+                let permit = tokio::select! {
+                    biased;
+                    _ = shutdown.wait() => return Flow::Stop,
+                    permit = budget.acquire_many_owned(need) => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return Flow::Stop,
+                    },
+                };
+                record.hold(permit);
+                tokio::select! {
+                    biased;
+                    _ = shutdown.wait() => Flow::Stop,
+                    sent = queue_tx.send(record) => if sent.is_err() { Flow::Stop } else { Flow::Continue },
+                }
             }
-            Received::Publish(publish) => publish,
-        };
-        counters.received.fetch_add(1, Ordering::Relaxed);
-        let record = Pending::new(publish);
-        if record.size() > MAX_RECORD_BYTES {
-            tracing::error!(topic = %record.publish.topic, bytes = record.size(),
-                "message exceeds the 1 MiB Kinesis record limit; dropped");
-            counters.dropped.fetch_add(1, Ordering::Relaxed);
-            subscriber.ack(&record.publish);
-            continue;
-        }
-        // A full queue blocks here, so the broker is not polled: backpressure.
-        tokio::select! {
-            biased;
-            _ = shutdown.wait() => break,
-            sent = queue_tx.send(record) => if sent.is_err() { break },
-        }
-    }
+        })
+        .await;
     drop(queue_tx);
     // Keep the connection until the writer has queued its last acknowledgements, then let
     // the disconnect flush them.

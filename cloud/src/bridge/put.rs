@@ -12,7 +12,6 @@ use std::time::Duration;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use aws_sdk_kinesis::Client;
-use rumqttc::AsyncClient;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -20,7 +19,11 @@ use super::batch::{Batch, Pending};
 use super::Counters;
 use crate::backoff::Backoff;
 use crate::connection::kinesis::describe_error;
+use crate::connection::mqtt::Acker;
 use crate::shutdown::Shutdown;
+
+/// The per-record error code of a PutRecords entry refused for throughput.
+const THROUGHPUT_EXCEEDED: &str = "ProvisionedThroughputExceededException";
 
 /// How often the counters are logged while they change.
 const LOG_EVERY: Duration = Duration::from_secs(10);
@@ -29,7 +32,7 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 pub(super) struct Writer {
     pub client: Client,
     pub stream: String,
-    pub acker: AsyncClient,
+    pub acker: Acker,
     pub counters: Arc<Counters>,
     pub linger: Duration,
     pub gap: Duration,
@@ -110,7 +113,7 @@ async fn put_with_retry(w: &Writer, records: Vec<Pending>, shutdown: &mut Shutdo
                     // could never be sent, so it is dropped rather than retried for ever.
                     tracing::error!(error = %e, "cannot build a PutRecords entry; dropping the record");
                     w.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                    let _ = w.acker.try_ack(&record.publish);
+                    w.acker.ack(&record.publish);
                 }
             }
         }
@@ -132,12 +135,18 @@ async fn put_with_retry(w: &Writer, records: Vec<Pending>, shutdown: &mut Shutdo
                 for (i, record) in pending.into_iter().enumerate() {
                     match results.get(i) {
                         Some(result) if result.error_code().is_none() => {
-                            if let Err(e) = w.acker.try_ack(&record.publish) {
-                                tracing::warn!(error = %e, "could not queue a PUBACK; the broker will redeliver");
-                            }
+                            w.acker.ack(&record.publish);
                             w.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+                            w.counters
+                                .bytes
+                                .fetch_add(record.size() as u64, Ordering::Relaxed);
                         }
                         other => {
+                            if other.and_then(|r| r.error_code())
+                                == Some(THROUGHPUT_EXCEEDED)
+                            {
+                                w.counters.throttled.fetch_add(1, Ordering::Relaxed);
+                            }
                             if first_error.is_none() {
                                 first_error = other.map(|r| {
                                     format!(
@@ -191,7 +200,10 @@ fn log_counters(now: &super::BridgeStats, message: &'static str) {
     tracing::info!(
         received = now.received,
         forwarded = now.forwarded,
+        bytes = now.bytes,
         retried = now.retried,
+        throttled = now.throttled,
+        buffered_bytes = now.buffered_bytes,
         failed_calls = now.failed_calls,
         dropped = now.dropped,
         "{message}"

@@ -21,6 +21,9 @@ pub struct KinesisConfig {
     pub endpoint_url: Option<String>,
     /// AWS region.
     pub region: String,
+    /// DynamoDB table for the consumer's shard checkpoints and leases (the AWS deployment);
+    /// `None` keeps them in the SQLite store. Same endpoint and region as the stream.
+    pub checkpoint_table: Option<String>,
 }
 
 impl KinesisConfig {
@@ -30,6 +33,7 @@ impl KinesisConfig {
             stream: stream.into(),
             endpoint_url: None,
             region: DEFAULT_REGION.to_owned(),
+            checkpoint_table: None,
         }
     }
 
@@ -42,6 +46,16 @@ impl KinesisConfig {
     /// A Kinesis client for these settings. Requests time out after 30 s so that a hung
     /// connection cannot stall a shard reader or the bridge.
     pub async fn client(&self) -> aws_sdk_kinesis::Client {
+        aws_sdk_kinesis::Client::new(&self.sdk_config().await)
+    }
+
+    /// A DynamoDB client with the same endpoint, region and timeouts (moto and LocalStack
+    /// serve both APIs on one endpoint).
+    pub async fn dynamodb_client(&self) -> aws_sdk_dynamodb::Client {
+        aws_sdk_dynamodb::Client::new(&self.sdk_config().await)
+    }
+
+    async fn sdk_config(&self) -> aws_config::SdkConfig {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(self.region.clone()))
             .timeout_config(
@@ -53,7 +67,7 @@ impl KinesisConfig {
         if let Some(url) = &self.endpoint_url {
             loader = loader.endpoint_url(url);
         }
-        aws_sdk_kinesis::Client::new(&loader.load().await)
+        loader.load().await
     }
 
     /// Where requests go, for logs and error messages.

@@ -15,6 +15,7 @@
 //!     └──────────────────────────────────────────────── Publish ... (caller acks)
 //! ```
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,7 @@ use rumqttc::{
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 
 use crate::backoff::Backoff;
+use crate::shutdown::{SetReady, Shutdown};
 
 /// Largest MQTT packet accepted: MQTT's own maximum (remaining length 268,435,455 bytes).
 ///
@@ -193,6 +195,30 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, MqttConfigErr
         .map_err(err)
 }
 
+/// What a [`Subscriber::receive`] handler wants next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Go on with the next message.
+    Continue,
+    /// Stop receiving (shutdown came while the handler waited).
+    Stop,
+}
+
+/// Acknowledges publishes on a [`Subscriber`]'s connection; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Acker(AsyncClient);
+
+impl Acker {
+    /// Queues the PUBACK of `publish`, telling the broker it may forget it.
+    pub fn ack(&self, publish: &Publish) {
+        if let Err(e) = self.0.try_ack(publish) {
+            // Only possible if the request queue is full; the broker will redeliver the
+            // message and dedup will drop the copy.
+            tracing::warn!(error = %e, pkid = publish.pkid, "could not queue a PUBACK; the broker will redeliver");
+        }
+    }
+}
+
 /// A QoS 1 subscription that survives disconnects.
 pub struct Subscriber {
     client: AsyncClient,
@@ -274,18 +300,45 @@ impl Subscriber {
         }
     }
 
-    /// Acknowledges a publish (QoS 1 PUBACK), telling the broker it may forget it.
-    pub fn ack(&self, publish: &Publish) {
-        if let Err(e) = self.client.try_ack(publish) {
-            // Only possible if the request queue is full; the broker will redeliver the
-            // message and dedup will drop the copy.
-            tracing::warn!(error = %e, pkid = publish.pkid, "could not queue a PUBACK");
+    /// The receive loop both MQTT readers share: sets `ready` on every subscription and hands
+    /// each publish to `on_publish`, one at a time (the next message is not polled until the
+    /// handler returns, so a slow handler is backpressure on the broker). Returns on shutdown
+    /// or when the handler says [`Flow::Stop`]; the caller then calls
+    /// [`Subscriber::disconnect`].
+    pub async fn receive<F, Fut>(
+        &mut self,
+        ready: &SetReady,
+        shutdown: &mut Shutdown,
+        mut on_publish: F,
+    ) where
+        F: FnMut(Publish) -> Fut,
+        Fut: Future<Output = Flow>,
+    {
+        loop {
+            let received = tokio::select! {
+                biased;
+                _ = shutdown.wait() => return,
+                received = self.next() => received,
+            };
+            match received {
+                Received::Subscribed => ready.set(),
+                Received::Publish(publish) => {
+                    if on_publish(publish).await == Flow::Stop {
+                        return;
+                    }
+                }
+            }
         }
     }
 
-    /// A clone of the client, to acknowledge from another task.
-    pub fn client(&self) -> AsyncClient {
-        self.client.clone()
+    /// Acknowledges a publish (QoS 1 PUBACK), telling the broker it may forget it.
+    pub fn ack(&self, publish: &Publish) {
+        self.acker().ack(publish);
+    }
+
+    /// A handle that acknowledges publishes from another task.
+    pub fn acker(&self) -> Acker {
+        Acker(self.client.clone())
     }
 
     /// Sends DISCONNECT and polls briefly so that queued acks and the disconnect go out.

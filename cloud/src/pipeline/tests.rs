@@ -77,7 +77,7 @@ async fn a_redelivered_message_is_a_duplicate() {
         .await
         .unwrap();
     assert_eq!(windows.len(), 1);
-    assert_eq!((windows[0].count, windows[0].mean), (2, 41.0));
+    assert_eq!((windows[0].moments().count, windows[0].moments().mean), (2, 41.0));
     assert_eq!(pipeline.stats().duplicates, 1);
 }
 
@@ -159,12 +159,8 @@ fn prepare_fills_in_readings_windows_and_event_time() {
     assert_eq!((m.alert, m.event_ms), (Some(alert), Some(T0)));
 
     let status = Status {
-        state: StatusState::Offline,
-        agent_version: String::new(),
-        uptime_s: 0,
-        backlog: 0,
-        dropped: 0,
         time_ms: 0,
+        ..Status::new(StatusState::Offline)
     };
     let bytes = Envelope::new("pump-1", 11, Body::Status(status))
         .encode()

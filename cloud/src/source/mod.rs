@@ -1,5 +1,6 @@
 //! Where messages come from: an MQTT broker ([`mqtt`]) or every shard of a Kinesis stream
-//! ([`kinesis`]). Each source feeds payloads into the [`crate::pipeline::Pipeline`] and only
+//! ([`kinesis`]), where AWS IoT lifecycle events are also understood as presence
+//! ([`presence`]). Each source feeds payloads into the [`crate::pipeline::Pipeline`] and only
 //! acknowledges (MQTT PUBACK) or checkpoints (Kinesis) what the pipeline has stored, so a
 //! crash anywhere re-delivers rather than loses; dedup makes the re-delivery harmless.
 //!
@@ -8,3 +9,4 @@
 
 pub mod kinesis;
 pub mod mqtt;
+pub mod presence;

@@ -7,9 +7,10 @@
 use std::time::Duration;
 
 use osprey_protocol::topic;
+use rumqttc::Publish;
 
 use crate::backoff::Backoff;
-use crate::connection::mqtt::{MqttConfig, MqttConfigError, Received, Subscriber};
+use crate::connection::mqtt::{Acker, Flow, MqttConfig, MqttConfigError, Subscriber};
 use crate::pipeline::{Origin, Outcome, Pipeline};
 use crate::shutdown::{SetReady, Shutdown};
 
@@ -24,48 +25,45 @@ pub async fn run(
 ) -> Result<(), MqttConfigError> {
     let mut subscriber = Subscriber::new(&cfg, topic::ALL_DATA)?;
     tracing::info!(broker = %cfg.url(), client_id = %cfg.client_id, filter = topic::ALL_DATA, "mqtt source starting");
+    let acker = subscriber.acker();
+    let handler_shutdown = shutdown.clone();
+    subscriber
+        .receive(&ready, &mut shutdown, |publish| {
+            let (pipeline, acker, mut shutdown) =
+                (pipeline.clone(), acker.clone(), handler_shutdown.clone());
+            async move { store(&pipeline, &acker, publish, &mut shutdown).await }
+        })
+        .await;
+    subscriber.disconnect().await;
+    tracing::info!(stats = ?pipeline.stats(), "mqtt source stopped");
+    Ok(())
+}
+
+/// Ingests one publish, retrying store failures, and acknowledges it once stored.
+async fn store(pipeline: &Pipeline, acker: &Acker, publish: Publish, shutdown: &mut Shutdown) -> Flow {
+    let origin = Origin::Mqtt {
+        topic: publish.topic.clone(),
+    };
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        let received = tokio::select! {
-            _ = shutdown.wait() => break,
-            received = subscriber.next() => received,
-        };
-        let publish = match received {
-            Received::Subscribed => {
-                ready.set();
-                continue;
-            }
-            Received::Publish(publish) => publish,
-        };
-        let origin = Origin::Mqtt {
-            topic: publish.topic.clone(),
-        };
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        loop {
-            match pipeline.ingest(&publish.payload, origin.clone()).await {
-                Ok(outcome) => {
-                    if outcome == Outcome::Duplicate {
-                        tracing::debug!(topic = %publish.topic, "duplicate message skipped");
-                    }
-                    subscriber.ack(&publish);
-                    break;
+        match pipeline.ingest(&publish.payload, origin.clone()).await {
+            Ok(outcome) => {
+                if outcome == Outcome::Duplicate {
+                    tracing::debug!(topic = %publish.topic, "duplicate message skipped");
                 }
-                Err(e) => {
-                    let delay = backoff.next_delay();
-                    tracing::error!(error = %e, topic = %publish.topic, retry_in_ms = delay.as_millis() as u64,
-                        "could not store a message; retrying");
-                    tokio::select! {
-                        // Not acked: the broker redelivers it to the next session.
-                        _ = shutdown.wait() => {
-                            subscriber.disconnect().await;
-                            return Ok(());
-                        }
-                        _ = tokio::time::sleep(delay) => {}
-                    }
+                acker.ack(&publish);
+                return Flow::Continue;
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::error!(error = %e, topic = %publish.topic, retry_in_ms = delay.as_millis() as u64,
+                    "could not store a message; retrying");
+                tokio::select! {
+                    // Not acked: the broker redelivers it to the next session.
+                    _ = shutdown.wait() => return Flow::Stop,
+                    _ = tokio::time::sleep(delay) => {}
                 }
             }
         }
     }
-    subscriber.disconnect().await;
-    tracing::info!(stats = ?pipeline.stats(), "mqtt source stopped");
-    Ok(())
 }

@@ -21,7 +21,7 @@ use rusqlite::Connection;
 
 pub use query::{AlertFilter, AlertRow, Counts, DeviceSummary, WindowFilter, WindowRow};
 pub use reader::StoreReader;
-pub use writer::{Checkpoint, DeadLetter, Message, StoreWriter, Write, Written};
+pub use writer::{Checkpoint, DeadLetter, Message, Presence, StoreWriter, Write, Written};
 
 /// Jobs that may wait for the writer before callers feel backpressure.
 const WRITE_QUEUE: usize = 64;

@@ -5,6 +5,10 @@ use std::collections::BTreeMap;
 use rusqlite::{params, types::Value, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
+use crate::analytics::{Aggregate, Moments, Sketch};
+use crate::window::table::Stored;
+use crate::window::WindowKind;
+
 /// One device in the fleet view.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeviceSummary {
@@ -30,7 +34,7 @@ pub struct DeviceSummary {
     pub latest: Vec<WindowRow>,
 }
 
-/// One window of one series.
+/// One window of one series, as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WindowRow {
     /// Device id.
@@ -39,22 +43,22 @@ pub struct WindowRow {
     pub sensor: String,
     /// Metric name.
     pub metric: String,
-    /// Unit.
-    pub unit: String,
-    /// Window start, inclusive (ms since the epoch, event time).
-    pub start_ms: i64,
-    /// Window end, exclusive.
-    pub end_ms: i64,
-    /// Readings in the window.
-    pub count: u64,
-    /// Sum of the values.
-    pub sum: f64,
-    /// Smallest value.
-    pub min: f64,
-    /// Largest value.
-    pub max: f64,
-    /// `sum / count`.
-    pub mean: f64,
+    /// `tumbling`, `hopping` or `session`.
+    pub kind: WindowKind,
+    /// The window has ended at or before the device's watermark (its newest event time): more
+    /// data for it would be late, and would still be merged, as a new version.
+    pub closed: bool,
+    /// Bounds, unit, version and aggregate (count, sum, min, max, mean, variance, skewness,
+    /// kurtosis, p50, p95, p99).
+    #[serde(flatten)]
+    pub window: Stored,
+}
+
+impl WindowRow {
+    /// The window's count, sum, min, max, mean and moments.
+    pub fn moments(&self) -> &Moments {
+        &self.window.agg.moments
+    }
 }
 
 /// One alert event.
@@ -91,6 +95,8 @@ pub struct WindowFilter {
     pub sensor: Option<String>,
     /// Only this metric.
     pub metric: Option<String>,
+    /// Only this kind of window (the API defaults to tumbling).
+    pub kind: Option<WindowKind>,
     /// Only windows starting at or after this time.
     pub since_ms: Option<i64>,
     /// At most this many rows.
@@ -127,16 +133,25 @@ const DEVICE_COLUMNS: &str = "d.device, d.first_seen_ms, d.last_seen_ms, d.last_
      d.last_seq, d.readings, d.status, d.status_ms, \
      (SELECT COUNT(*) FROM alert_state a WHERE a.device = d.device AND a.event = 'raise')";
 
-const LATEST_WINDOWS: &str = "SELECT w.device, w.sensor, w.metric, w.unit, w.start_ms, w.end_ms, \
-     w.count, w.sum, w.min, w.max \
-     FROM series s JOIN windows w ON w.device = s.device AND w.sensor = s.sensor \
-     AND w.metric = s.metric AND w.start_ms = s.latest_start_ms";
+/// The columns [`read_stored`] reads, in its order.
+pub const STORED_COLUMNS: &str =
+    "start_ms, end_ms, unit, version, count, sum, min, max, mean, m2, m3, m4, sketch";
+
+/// Window rows: device, sensor, metric, kind, closed, then [`STORED_COLUMNS`].
+const WINDOW_SELECT: &str = "SELECT w.device, w.sensor, w.metric, w.kind, \
+     coalesce(w.end_ms <= (SELECT d.last_event_ms FROM devices d WHERE d.device = w.device), 0), \
+     w.start_ms, w.end_ms, w.unit, w.version, w.count, w.sum, w.min, w.max, w.mean, w.m2, w.m3, \
+     w.m4, w.sketch";
+
+const LATEST_WINDOWS: &str = "FROM series s JOIN windows w ON w.device = s.device \
+     AND w.sensor = s.sensor AND w.metric = s.metric AND w.kind = 'tumbling' \
+     AND w.start_ms = s.latest_start_ms";
 
 /// Every device, ordered by id.
 pub fn devices(conn: &Connection) -> rusqlite::Result<Vec<DeviceSummary>> {
     let mut latest: BTreeMap<String, Vec<WindowRow>> = BTreeMap::new();
     let mut stmt = conn.prepare_cached(&format!(
-        "{LATEST_WINDOWS} ORDER BY w.device, w.sensor, w.metric"
+        "{WINDOW_SELECT} {LATEST_WINDOWS} ORDER BY w.device, w.sensor, w.metric"
     ))?;
     for row in stmt.query_map([], window_row)? {
         let row = row?;
@@ -169,7 +184,7 @@ pub fn device(conn: &Connection, device: &str) -> rusqlite::Result<Option<Device
         return Ok(None);
     };
     let mut stmt = conn.prepare_cached(&format!(
-        "{LATEST_WINDOWS} WHERE s.device = ?1 ORDER BY w.sensor, w.metric"
+        "{WINDOW_SELECT} {LATEST_WINDOWS} WHERE s.device = ?1 ORDER BY w.sensor, w.metric"
     ))?;
     summary.latest = stmt
         .query_map(params![device], window_row)?
@@ -181,10 +196,12 @@ pub fn device(conn: &Connection, device: &str) -> rusqlite::Result<Option<Device
 pub fn windows(conn: &Connection, filter: &WindowFilter) -> rusqlite::Result<Vec<WindowRow>> {
     let mut clauses = Vec::new();
     let mut args: Vec<Value> = Vec::new();
+    let kind = filter.kind.map(|k| k.as_str().to_owned());
     for (column, value) in [
-        ("device", &filter.device),
-        ("sensor", &filter.sensor),
-        ("metric", &filter.metric),
+        ("w.device", &filter.device),
+        ("w.sensor", &filter.sensor),
+        ("w.metric", &filter.metric),
+        ("w.kind", &kind),
     ] {
         if let Some(v) = value {
             args.push(Value::Text(v.clone()));
@@ -193,12 +210,12 @@ pub fn windows(conn: &Connection, filter: &WindowFilter) -> rusqlite::Result<Vec
     }
     if let Some(since) = filter.since_ms {
         args.push(Value::Integer(since));
-        clauses.push(format!("start_ms >= ?{}", args.len()));
+        clauses.push(format!("w.start_ms >= ?{}", args.len()));
     }
     args.push(Value::Integer(i64::from(filter.limit)));
     let sql = format!(
-        "SELECT device, sensor, metric, unit, start_ms, end_ms, count, sum, min, max \
-         FROM windows {} ORDER BY start_ms DESC, device, sensor, metric LIMIT ?{}",
+        "{WINDOW_SELECT} FROM windows w {} \
+         ORDER BY w.start_ms DESC, w.device, w.sensor, w.metric, w.kind LIMIT ?{}",
         where_clause(&clauses),
         args.len()
     );
@@ -306,19 +323,51 @@ fn device_row(row: &Row<'_>) -> rusqlite::Result<DeviceSummary> {
 }
 
 fn window_row(row: &Row<'_>) -> rusqlite::Result<WindowRow> {
-    let count: u64 = row.get(6)?;
-    let sum: f64 = row.get(7)?;
+    let kind: String = row.get(3)?;
+    let kind = WindowKind::parse(&kind).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            3,
+            rusqlite::types::Type::Text,
+            format!("unknown window kind {kind:?}").into(),
+        )
+    })?;
     Ok(WindowRow {
         device: row.get(0)?,
         sensor: row.get(1)?,
         metric: row.get(2)?,
-        unit: row.get(3)?,
-        start_ms: row.get(4)?,
-        end_ms: row.get(5)?,
-        count,
-        sum,
-        min: row.get(8)?,
-        max: row.get(9)?,
-        mean: if count == 0 { 0.0 } else { sum / count as f64 },
+        kind,
+        closed: row.get(4)?,
+        window: read_stored(row, 5)?,
+    })
+}
+
+/// Reads the [`STORED_COLUMNS`] starting at column `at`. A moment SQLite could not keep (NaN
+/// is stored as NULL) reads back as NaN.
+pub fn read_stored(row: &Row<'_>, at: usize) -> rusqlite::Result<Stored> {
+    let real = |i: usize| -> rusqlite::Result<f64> {
+        Ok(row.get::<_, Option<f64>>(at + i)?.unwrap_or(f64::NAN))
+    };
+    let bytes: Vec<u8> = row.get(at + 12)?;
+    let sketch = Sketch::from_bytes(&bytes).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(at + 12, rusqlite::types::Type::Blob, e.into())
+    })?;
+    Ok(Stored {
+        start_ms: row.get(at)?,
+        end_ms: row.get(at + 1)?,
+        unit: row.get(at + 2)?,
+        version: row.get(at + 3)?,
+        agg: Aggregate {
+            moments: Moments {
+                count: row.get(at + 4)?,
+                sum: real(5)?,
+                min: real(6)?,
+                max: real(7)?,
+                mean: real(8)?,
+                m2: real(9)?,
+                m3: real(10)?,
+                m4: real(11)?,
+            },
+            sketch,
+        },
     })
 }

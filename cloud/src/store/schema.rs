@@ -4,8 +4,9 @@
 //! |---|---|---|
 //! | `devices` | device | first/last seen (cloud clock), newest event time, highest seq, reading count, status |
 //! | `seen` | (device, seq) | every message applied: the dedup set |
-//! | `windows` | (device, sensor, metric, start_ms) | one-minute aggregates: count, sum, min, max |
-//! | `series` | (device, sensor, metric) | unit and newest window start, so "latest per series" is a key lookup |
+//! | `windows` | (device, sensor, metric, kind, start_ms) | tumbling, hopping and session windows: end, unit, version, count, sum, min, max, mean, central moments `m2..m4`, quantile sketch (bytes) |
+//! | `signals` | (device, sensor, metric) | the series' maintenance signals (JSON), recomputed when its tumbling windows change |
+//! | `series` | (device, sensor, metric) | unit and newest tumbling window start, so "latest per series" is a key lookup |
 //! | `alerts` | (device, seq) | every alert event |
 //! | `alert_state` | (device, rule) | each rule's newest event, so "active alerts" is a count |
 //! | `checkpoints` | (stream, shard_id) | last Kinesis sequence number applied per shard |
@@ -17,7 +18,7 @@
 use rusqlite::Connection;
 
 /// Schema version kept in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How long a connection waits for another's lock before giving up.
 pub const BUSY_TIMEOUT_MS: u64 = 5_000;
@@ -42,14 +43,21 @@ CREATE TABLE IF NOT EXISTS windows (
     device   TEXT NOT NULL,
     sensor   TEXT NOT NULL,
     metric   TEXT NOT NULL,
-    unit     TEXT NOT NULL,
+    kind     TEXT NOT NULL,
     start_ms INTEGER NOT NULL,
     end_ms   INTEGER NOT NULL,
+    unit     TEXT NOT NULL,
+    version  INTEGER NOT NULL,
     count    INTEGER NOT NULL,
-    sum      REAL NOT NULL,
+    sum      REAL,
     min      REAL NOT NULL,
     max      REAL NOT NULL,
-    PRIMARY KEY (device, sensor, metric, start_ms)
+    mean     REAL,
+    m2       REAL,
+    m3       REAL,
+    m4       REAL,
+    sketch   BLOB NOT NULL,
+    PRIMARY KEY (device, sensor, metric, kind, start_ms)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS windows_by_start ON windows (start_ms);
 CREATE TABLE IF NOT EXISTS series (
@@ -58,6 +66,14 @@ CREATE TABLE IF NOT EXISTS series (
     metric          TEXT NOT NULL,
     unit            TEXT NOT NULL,
     latest_start_ms INTEGER NOT NULL,
+    PRIMARY KEY (device, sensor, metric)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS signals (
+    device   TEXT NOT NULL,
+    sensor   TEXT NOT NULL,
+    metric   TEXT NOT NULL,
+    as_of_ms INTEGER NOT NULL,
+    body     TEXT NOT NULL,
     PRIMARY KEY (device, sensor, metric)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS alerts (

@@ -1,26 +1,28 @@
 use osprey_protocol::{Alert, AlertEvent, Severity, StatusState};
 
 use super::*;
-use crate::window::WindowDelta;
+use crate::window::{Aggregate, WindowDelta, WindowKind};
 
 const START: i64 = 1_700_000_040_000; // a minute boundary
 
-fn delta(count: u64, sum: f64, min: f64, max: f64) -> WindowDelta {
+fn delta(values: &[f64]) -> WindowDelta {
+    let mut agg = Aggregate::new();
+    for &v in values {
+        agg.add(v);
+    }
     WindowDelta {
         sensor: "bearing".into(),
         metric: "temperature".into(),
         unit: "Cel".into(),
+        kind: WindowKind::Tumbling,
         start_ms: START,
         end_ms: START + 60_000,
-        count,
-        sum,
-        min,
-        max,
+        agg,
     }
 }
 
 fn telemetry(device: &str, seq: u64, windows: Vec<WindowDelta>) -> Write {
-    let readings = windows.iter().map(|w| w.count).sum();
+    let readings = windows.iter().map(|w| w.agg.count()).sum();
     Write::Message(Message {
         device: device.into(),
         seq,
@@ -85,7 +87,7 @@ fn all_windows() -> WindowFilter {
 async fn the_same_message_twice_counts_once() {
     let (_dir, store) = open().await;
     let w = store.writer();
-    let msg = telemetry("pump-1", 7, vec![delta(3, 120.0, 39.0, 41.0)]);
+    let msg = telemetry("pump-1", 7, vec![delta(&[39.0, 40.0, 41.0])]);
     assert_eq!(
         w.write(vec![msg.clone()], None).await.unwrap(),
         [Written::Applied]
@@ -97,7 +99,7 @@ async fn the_same_message_twice_counts_once() {
     let r = store.reader();
     let windows = r.windows(all_windows()).await.unwrap();
     assert_eq!(windows.len(), 1);
-    assert_eq!((windows[0].count, windows[0].sum), (3, 120.0));
+    assert_eq!((windows[0].moments().count, windows[0].moments().sum), (3, 120.0));
     let dev = r.device("pump-1").await.unwrap().unwrap();
     assert_eq!((dev.readings, dev.last_seq), (3, 7));
     assert_eq!(r.counts().await.unwrap().messages, 1);
@@ -109,8 +111,8 @@ async fn two_messages_merge_into_one_window() {
     let w = store.writer();
     w.write(
         vec![
-            telemetry("pump-1", 1, vec![delta(2, 80.0, 39.0, 41.0)]),
-            telemetry("pump-1", 2, vec![delta(2, 100.0, 45.0, 55.0)]),
+            telemetry("pump-1", 1, vec![delta(&[39.0, 41.0])]),
+            telemetry("pump-1", 2, vec![delta(&[45.0, 55.0])]),
         ],
         None,
     )
@@ -120,10 +122,11 @@ async fn two_messages_merge_into_one_window() {
     assert_eq!(windows.len(), 1);
     let win = &windows[0];
     assert_eq!(
-        (win.count, win.sum, win.min, win.max),
+        (win.moments().count, win.moments().sum, win.moments().min, win.moments().max),
         (4, 180.0, 39.0, 55.0)
     );
-    assert_eq!(win.mean, 45.0);
+    assert_eq!(win.moments().mean, 45.0);
+    assert_eq!(win.window.version, 2, "two merges");
     let dev = store.reader().device("pump-1").await.unwrap().unwrap();
     assert_eq!(dev.readings, 4);
     assert_eq!(dev.latest, windows);
@@ -132,7 +135,7 @@ async fn two_messages_merge_into_one_window() {
 #[tokio::test]
 async fn latest_window_per_series_is_the_newest() {
     let (_dir, store) = open().await;
-    let mut later = delta(1, 50.0, 50.0, 50.0);
+    let mut later = delta(&[50.0]);
     later.start_ms += 60_000;
     later.end_ms += 60_000;
     // The newer window arrives first; the older one (backfill) must not displace it.
@@ -141,7 +144,7 @@ async fn latest_window_per_series_is_the_newest() {
         .write(
             vec![
                 telemetry("pump-1", 2, vec![later.clone()]),
-                telemetry("pump-1", 1, vec![delta(1, 40.0, 40.0, 40.0)]),
+                telemetry("pump-1", 1, vec![delta(&[40.0])]),
             ],
             None,
         )
@@ -150,10 +153,10 @@ async fn latest_window_per_series_is_the_newest() {
     let devices = store.reader().devices().await.unwrap();
     assert_eq!(devices.len(), 1);
     assert_eq!(devices[0].latest.len(), 1);
-    assert_eq!(devices[0].latest[0].start_ms, later.start_ms);
+    assert_eq!(devices[0].latest[0].window.start_ms, later.start_ms);
     assert_eq!(devices[0].last_event_ms, Some(START + 2));
     let windows = store.reader().windows(all_windows()).await.unwrap();
-    assert_eq!(windows[0].start_ms, later.start_ms, "newest first");
+    assert_eq!(windows[0].window.start_ms, later.start_ms, "newest first");
 }
 
 #[tokio::test]
@@ -263,7 +266,7 @@ async fn a_closed_store_reopens_with_its_data() {
     store
         .writer()
         .write(
-            vec![telemetry("pump-1", 1, vec![delta(1, 1.0, 1.0, 1.0)])],
+            vec![telemetry("pump-1", 1, vec![delta(&[1.0])])],
             None,
         )
         .await
@@ -273,7 +276,7 @@ async fn a_closed_store_reopens_with_its_data() {
     let again = store
         .writer()
         .write(
-            vec![telemetry("pump-1", 1, vec![delta(1, 1.0, 1.0, 1.0)])],
+            vec![telemetry("pump-1", 1, vec![delta(&[1.0])])],
             None,
         )
         .await

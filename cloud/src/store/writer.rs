@@ -7,17 +7,28 @@
 //!
 //! Each message is applied idempotently: the transaction first inserts `(device, seq)` into
 //! `seen`; if that row already exists the message is a duplicate and nothing else is touched.
-//! Windows merge (`count + count`, `sum + sum`, `min(min)`, `max(max)`), so a message either
-//! counts once or not at all, whatever crashes in between.
+//! Window deltas fold into the stored windows with [`crate::window::table::fold`] (read the
+//! window, merge the aggregates, write it back with the version + 1; sessions absorb the stored
+//! sessions they touch), so a message either counts once or not at all, whatever crashes in
+//! between. The device's watermark is its newest event time before the message.
+//!
+//! After a transaction commits, the windows it changed are sent to
+//! [`StoreWriter::subscribe`]rs (a late reading's corrected window among them).
 
 use std::thread::JoinHandle;
 
 use osprey_protocol::{Alert, AlertEvent, Severity, StatusState};
-use rusqlite::{params, Connection, Transaction};
-use tokio::sync::{mpsc, oneshot};
+use rusqlite::types::Value;
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::query::{read_stored, STORED_COLUMNS};
 use super::StoreError;
-use crate::window::WindowDelta;
+use crate::window::table::{fold, Stored, WindowStore, WindowUpdate};
+use crate::window::{WindowDelta, WindowKind};
+
+/// Window updates a subscriber may fall behind by before it misses some.
+const UPDATES_CAPACITY: usize = 4096;
 
 /// Largest dead-letter payload kept; longer ones are cut (the `size` column keeps the length).
 pub const MAX_DEAD_LETTER_BYTES: usize = osprey_protocol::MAX_MESSAGE_BYTES;
@@ -56,6 +67,20 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
 }
 
+/// A device's presence from outside its own messages (an AWS IoT lifecycle event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    /// The device (the MQTT client id).
+    pub device: String,
+    /// Online (connected) or offline (disconnected).
+    pub state: StatusState,
+    /// When it happened (the broker's clock, ms since the epoch); older than the stored
+    /// status means it is ignored.
+    pub time_ms: i64,
+    /// When the cloud received it.
+    pub received_ms: i64,
+}
+
 /// One thing to write.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
@@ -63,6 +88,8 @@ pub enum Write {
     Message(Message),
     /// Record a rejected payload.
     DeadLetter(DeadLetter),
+    /// Set a device's presence (idempotent; no dedup needed).
+    Presence(Presence),
 }
 
 /// How far a Kinesis shard has been applied.
@@ -97,6 +124,7 @@ struct Job {
 #[derive(Debug, Clone)]
 pub struct StoreWriter {
     jobs_tx: mpsc::Sender<Job>,
+    updates_tx: broadcast::Sender<WindowUpdate>,
 }
 
 impl std::fmt::Debug for Job {
@@ -128,6 +156,13 @@ impl StoreWriter {
             .map_err(|_| StoreError::WriterStopped)?;
         reply_rx.await.map_err(|_| StoreError::WriterStopped)?
     }
+
+    /// Every window changed by a committed write from now on (new, merged, corrected late,
+    /// or a session that absorbed others). A subscriber that falls more than 4 096 updates
+    /// behind misses the oldest (`RecvError::Lagged`) and should re-read the store.
+    pub fn subscribe(&self) -> broadcast::Receiver<WindowUpdate> {
+        self.updates_tx.subscribe()
+    }
 }
 
 /// Starts the writer thread on `conn` with a queue of `capacity` jobs.
@@ -136,19 +171,41 @@ pub(super) fn spawn(
     capacity: usize,
 ) -> Result<(StoreWriter, JoinHandle<()>), StoreError> {
     let (jobs_tx, jobs_rx) = mpsc::channel(capacity.max(1));
+    let (updates_tx, _) = broadcast::channel(UPDATES_CAPACITY);
+    let thread_updates_tx = updates_tx.clone();
     let thread = std::thread::Builder::new()
         .name("osprey-store-writer".to_owned())
-        .spawn(move || run(conn, jobs_rx))
+        .spawn(move || run(conn, jobs_rx, thread_updates_tx))
         .map_err(|cause| StoreError::SpawnWriter { cause })?;
-    Ok((StoreWriter { jobs_tx }, thread))
+    Ok((
+        StoreWriter {
+            jobs_tx,
+            updates_tx,
+        },
+        thread,
+    ))
 }
 
-fn run(mut conn: Connection, mut jobs_rx: mpsc::Receiver<Job>) {
+fn run(
+    mut conn: Connection,
+    mut jobs_rx: mpsc::Receiver<Job>,
+    updates_tx: broadcast::Sender<WindowUpdate>,
+) {
+    let mut updates = Vec::new();
     while let Some(job) = jobs_rx.blocking_recv() {
-        let result = apply(&mut conn, &job.writes, job.checkpoint.as_ref())
+        updates.clear();
+        let result = apply(&mut conn, &job.writes, job.checkpoint.as_ref(), &mut updates)
             .map_err(|cause| StoreError::Write { cause });
-        if let Err(e) = &result {
-            tracing::error!(error = %e, writes = job.writes.len(), "store write failed, rolled back");
+        match &result {
+            Err(e) => {
+                tracing::error!(error = %e, writes = job.writes.len(), "store write failed, rolled back");
+            }
+            Ok(_) => {
+                for update in updates.drain(..) {
+                    // No subscriber is not an error: nobody is listening.
+                    let _ = updates_tx.send(update);
+                }
+            }
         }
         // The caller may have given up waiting; the transaction stands (or was rolled back)
         // either way, so there is nothing more to do with the reply.
@@ -162,20 +219,25 @@ fn run(mut conn: Connection, mut jobs_rx: mpsc::Receiver<Job>) {
     tracing::debug!("store writer stopped");
 }
 
-/// Applies one job in one transaction.
+/// Applies one job in one transaction; the windows it changed are pushed onto `updates`.
 pub(super) fn apply(
     conn: &mut Connection,
     writes: &[Write],
     checkpoint: Option<&Checkpoint>,
+    updates: &mut Vec<WindowUpdate>,
 ) -> rusqlite::Result<Vec<Written>> {
     let tx = conn.transaction()?;
     let mut written = Vec::with_capacity(writes.len());
     for write in writes {
         written.push(match write {
-            Write::Message(m) => apply_message(&tx, m)?,
+            Write::Message(m) => apply_message(&tx, m, updates)?,
             Write::DeadLetter(d) => {
                 insert_dead_letter(&tx, d)?;
                 Written::DeadLettered
+            }
+            Write::Presence(p) => {
+                apply_presence(&tx, p)?;
+                Written::Applied
             }
         });
     }
@@ -198,15 +260,30 @@ pub(super) fn apply(
     Ok(written)
 }
 
-fn apply_message(tx: &Transaction<'_>, m: &Message) -> rusqlite::Result<Written> {
+fn apply_message(
+    tx: &Transaction<'_>,
+    m: &Message,
+    updates: &mut Vec<WindowUpdate>,
+) -> rusqlite::Result<Written> {
     let fresh = tx
         .prepare_cached("INSERT OR IGNORE INTO seen (device, seq) VALUES (?1, ?2)")?
         .execute(params![m.device, m.seq])?;
     if fresh == 0 {
         return Ok(Written::Duplicate);
     }
-    for w in &m.windows {
-        merge_window(tx, &m.device, w)?;
+    if !m.windows.is_empty() {
+        let watermark: Option<i64> = tx
+            .prepare_cached("SELECT last_event_ms FROM devices WHERE device = ?1")?
+            .query_row(params![m.device], |row| row.get(0))
+            .optional()?
+            .flatten();
+        let mut store = SqlWindows { tx };
+        for w in &m.windows {
+            if w.kind == WindowKind::Tumbling {
+                touch_series(tx, &m.device, w)?;
+            }
+            updates.push(fold(&mut store, &m.device, w.clone(), watermark)?);
+        }
     }
     if let Some(alert) = &m.alert {
         insert_alert(tx, &m.device, m.seq, alert)?;
@@ -243,20 +320,83 @@ fn apply_message(tx: &Transaction<'_>, m: &Message) -> rusqlite::Result<Written>
     Ok(Written::Applied)
 }
 
-fn merge_window(tx: &Transaction<'_>, device: &str, w: &WindowDelta) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO windows (device, sensor, metric, unit, start_ms, end_ms, count, sum, min, max)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-         ON CONFLICT (device, sensor, metric, start_ms) DO UPDATE SET
-             unit = excluded.unit,
-             count = count + excluded.count,
-             sum = sum + excluded.sum,
-             min = min(min, excluded.min),
-             max = max(max, excluded.max)",
-    )?
-    .execute(params![
-        device, w.sensor, w.metric, w.unit, w.start_ms, w.end_ms, w.count, w.sum, w.min, w.max
-    ])?;
+/// The windows table, seen through the writer's transaction.
+struct SqlWindows<'a, 'c> {
+    tx: &'a Transaction<'c>,
+}
+
+impl WindowStore for SqlWindows<'_, '_> {
+    type Error = rusqlite::Error;
+
+    fn overlapping(&mut self, device: &str, d: &WindowDelta) -> rusqlite::Result<Vec<Stored>> {
+        let mut args: Vec<Value> = vec![
+            Value::Text(device.to_owned()),
+            Value::Text(d.sensor.clone()),
+            Value::Text(d.metric.clone()),
+            Value::Text(d.kind.as_str().to_owned()),
+        ];
+        // A session merges with every stored session it overlaps; other kinds with their
+        // own window only.
+        let range = if d.kind == WindowKind::Session {
+            args.extend([Value::Integer(d.end_ms), Value::Integer(d.start_ms)]);
+            "start_ms < ?5 AND end_ms > ?6"
+        } else {
+            args.push(Value::Integer(d.start_ms));
+            "start_ms = ?5"
+        };
+        let mut stmt = self.tx.prepare_cached(&format!(
+            "SELECT {STORED_COLUMNS} FROM windows \
+             WHERE device = ?1 AND sensor = ?2 AND metric = ?3 AND kind = ?4 AND {range}"
+        ))?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args), |row| read_stored(row, 0))?
+            .collect();
+        rows
+    }
+
+    fn put(&mut self, u: &WindowUpdate) -> rusqlite::Result<()> {
+        let kind = u.kind.as_str();
+        for start in &u.absorbed {
+            self.tx
+                .prepare_cached(
+                    "DELETE FROM windows WHERE device = ?1 AND sensor = ?2 AND metric = ?3 \
+                     AND kind = ?4 AND start_ms = ?5",
+                )?
+                .execute(params![u.device, u.sensor, u.metric, kind, start])?;
+        }
+        let w = &u.window;
+        let m = &w.agg.moments;
+        self.tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO windows (device, sensor, metric, kind, start_ms, end_ms, \
+                 unit, version, count, sum, min, max, mean, m2, m3, m4, sketch) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+            )?
+            .execute(params![
+                u.device,
+                u.sensor,
+                u.metric,
+                kind,
+                w.start_ms,
+                w.end_ms,
+                w.unit,
+                w.version,
+                m.count,
+                m.sum,
+                m.min,
+                m.max,
+                m.mean,
+                m.m2,
+                m.m3,
+                m.m4,
+                w.agg.sketch.to_bytes()
+            ])?;
+        Ok(())
+    }
+}
+
+/// Keeps `series` pointing at the newest tumbling window of the series.
+fn touch_series(tx: &Transaction<'_>, device: &str, w: &WindowDelta) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO series (device, sensor, metric, unit, latest_start_ms)
          VALUES (?1, ?2, ?3, ?4, ?5)
@@ -297,6 +437,25 @@ fn insert_alert(tx: &Transaction<'_>, device: &str, seq: u64, a: &Alert) -> rusq
             OR (excluded.time_ms = alert_state.time_ms AND excluded.seq > alert_state.seq)",
     )?
     .execute(params![device, a.rule, event, a.time_ms, seq])?;
+    Ok(())
+}
+
+/// Sets a device's status from a lifecycle event, unless a newer status is stored.
+fn apply_presence(tx: &Transaction<'_>, p: &Presence) -> rusqlite::Result<()> {
+    let status = match p.state {
+        StatusState::Online => "online",
+        StatusState::Offline => "offline",
+    };
+    tx.prepare_cached(
+        "INSERT INTO devices
+             (device, first_seen_ms, last_seen_ms, last_event_ms, last_seq, readings, status, status_ms)
+         VALUES (?1, ?2, ?2, NULL, 0, 0, ?3, ?4)
+         ON CONFLICT (device) DO UPDATE SET
+             status = excluded.status,
+             status_ms = excluded.status_ms
+         WHERE status_ms IS NULL OR excluded.status_ms >= status_ms",
+    )?
+    .execute(params![p.device, p.received_ms, status, p.time_ms])?;
     Ok(())
 }
 

@@ -1,0 +1,96 @@
+//! Output of `osprey-agent journal stats|export` (the inspection itself is
+//! `osprey_agent::journal::inspect`).
+
+use std::io::Write;
+
+use osprey_agent::journal::Inspection;
+use osprey_protocol::{Body, Kind};
+use serde_json::{json, Value};
+
+/// The `stats` report: one line per kind, then sizes and counters.
+pub(crate) fn stats(seen: &Inspection) -> String {
+    let mut out = format!("journal   {}\n", seen.path.display());
+    for (name, kind) in [
+        ("telemetry", Kind::Telemetry),
+        ("alerts", Kind::Alert),
+        ("status", Kind::Status),
+    ] {
+        let s = seen.stats(kind);
+        if s.messages == 0 && kind == Kind::Status {
+            continue;
+        }
+        let range = |r: Option<(i64, i64)>| {
+            r.map_or_else(|| "-".to_owned(), |(lo, hi)| format!("{lo}..{hi}"))
+        };
+        out.push_str(&format!(
+            "{name:<9} {} messages, {} readings, {} bytes, seq {}, time_ms {}\n",
+            s.messages,
+            s.readings,
+            s.bytes,
+            s.seq
+                .map_or_else(|| "-".to_owned(), |(lo, hi)| format!("{lo}..{hi}")),
+            range(s.time_ms),
+        ));
+    }
+    let c = seen.counters;
+    out.push_str(&format!(
+        "total     {} messages, {} bytes of records\n\
+         dropped   {} readings ({} by the quota) in {} batches, {} alerts, over the device's life\n\
+         resets    {} (corrupt journals moved aside)\n\
+         damaged   {} records\n",
+        seen.entries.len(),
+        seen.bytes,
+        c.dropped.readings,
+        c.quota_readings,
+        c.dropped.batches,
+        c.dropped.alerts,
+        c.resets,
+        seen.problems.len(),
+    ));
+    out
+}
+
+/// Writes every intact message as one JSON line.
+pub(crate) fn export(seen: &Inspection, out: &mut impl Write) -> std::io::Result<()> {
+    for entry in &seen.entries {
+        let line = match osprey_protocol::decode(&entry.message) {
+            Ok(envelope) => json!({
+                "seq": envelope.seq,
+                "device": envelope.device,
+                "kind": envelope.kind().topic_level(),
+                "bytes": entry.message.len(),
+                "body": body(&envelope.body),
+            }),
+            // `inspect` only lists entries that decode; keep the line anyway if one does not.
+            Err(error) => json!({ "seq": entry.seq, "error": error.to_string() }),
+        };
+        serde_json::to_writer(&mut *out, &line)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+fn body(body: &Body) -> Value {
+    match body {
+        Body::Telemetry(batch) => json!({
+            "readings": batch.reading_count(),
+            "series": batch.series.iter().map(|s| json!({
+                "sensor": s.sensor,
+                "metric": s.metric,
+                "unit": s.unit,
+                "readings": s.readings().map(|(t, v)| json!([t, v])).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        }),
+        Body::Alert(a) => json!({
+            "rule": a.rule,
+            "event": a.event,
+            "severity": a.severity,
+            "sensor": a.sensor,
+            "metric": a.metric,
+            "value": a.value,
+            "threshold": a.threshold,
+            "time_ms": a.time_ms,
+        }),
+        Body::Status(s) => json!({ "state": s.state, "time_ms": s.time_ms }),
+    }
+}

@@ -1,0 +1,204 @@
+//! A command source: runs a program on every sample and parses what it prints.
+//!
+//! Each non-empty output line is one reading, in one of these forms:
+//!
+//! ```text
+//! 21.5                  a bare number: metric from the config (default `value`)
+//! temperature 21.5      metric and value
+//! temperature 21.5 Cel  metric, value and UCUM unit
+//! temperature=21.5      metric=value
+//! ```
+//!
+//! A non-zero exit, a line that does not parse, or no output within the timeout is a
+//! [`SensorError::Command`] (the program is killed at the timeout). The program runs without a
+//! shell; arguments are passed as given.
+
+use std::io::Read as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{SensorError, Source};
+use crate::reading::Reading;
+
+/// Runs `program args…` and parses its output.
+#[derive(Debug, Clone)]
+pub struct CommandSource {
+    sensor: String,
+    argv: Vec<String>,
+    metric: String,
+    unit: String,
+    timeout: Duration,
+}
+
+impl CommandSource {
+    /// A source named `sensor` running `argv` (program first); bare numbers become `metric`
+    /// in `unit`.
+    pub fn new(
+        sensor: &str,
+        argv: Vec<String>,
+        metric: &str,
+        unit: &str,
+        timeout: Duration,
+    ) -> CommandSource {
+        CommandSource {
+            sensor: sensor.to_owned(),
+            argv,
+            metric: metric.to_owned(),
+            unit: unit.to_owned(),
+            timeout,
+        }
+    }
+
+    fn error(&self, detail: impl Into<String>) -> SensorError {
+        SensorError::Command {
+            command: self.argv.first().cloned().unwrap_or_default(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Runs `argv` with a timeout; returns its stdout.
+pub(crate) fn run_with_timeout(
+    argv: &[String],
+    env: &[(&str, String)],
+    timeout: Duration,
+) -> Result<String, String> {
+    let (program, args) = argv.split_first().ok_or("empty command")?;
+    let mut child = Command::new(program)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start: {e}"))?;
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "no result within {} ms; killed",
+                    timeout.as_millis()
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+            Err(e) => return Err(format!("cannot wait: {e}")),
+        }
+    };
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        stdout
+            .read_to_string(&mut out)
+            .map_err(|e| format!("output is not UTF-8 text: {e}"))?;
+    }
+    if !status.success() {
+        let mut err = String::new();
+        if let Some(mut stderr) = child.stderr.take() {
+            let _ = stderr.read_to_string(&mut err);
+        }
+        return Err(format!("exited with {status}: {}", err.trim()));
+    }
+    Ok(out)
+}
+
+/// Parses the output format described in the [module docs](self).
+pub fn parse_output(
+    sensor: &str,
+    default_metric: &str,
+    default_unit: &str,
+    time_ms: i64,
+    text: &str,
+) -> Result<Vec<Reading>, String> {
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let line_owned = line.replacen('=', " ", 1);
+        let fields: Vec<&str> = line_owned.split_whitespace().collect();
+        let (metric, value, unit) = match fields.as_slice() {
+            [v] => (default_metric, *v, default_unit),
+            [m, v] => (*m, *v, default_unit),
+            [m, v, u] => (*m, *v, *u),
+            _ => return Err(format!("cannot parse line {line:?}")),
+        };
+        let value: f64 = value
+            .parse()
+            .map_err(|_| format!("{value:?} in line {line:?} is not a number"))?;
+        out.push(Reading::new(sensor, metric, unit, time_ms, value));
+    }
+    Ok(out)
+}
+
+impl Source for CommandSource {
+    fn name(&self) -> &str {
+        &self.sensor
+    }
+
+    fn read(&mut self, time_ms: i64) -> Result<Vec<Reading>, SensorError> {
+        let text = run_with_timeout(&self.argv, &[], self.timeout).map_err(|e| self.error(e))?;
+        parse_output(&self.sensor, &self.metric, &self.unit, time_ms, &text)
+            .map_err(|e| self.error(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str, timeout_ms: u64) -> CommandSource {
+        CommandSource::new(
+            "ups",
+            vec!["/bin/sh".into(), "-c".into(), script.into()],
+            "charge",
+            "%",
+            Duration::from_millis(timeout_ms),
+        )
+    }
+
+    #[test]
+    fn parses_every_line_form() {
+        let r = sh("printf '87\\nvoltage 13.2 V\\nload=41\\n\\n'", 10_000)
+            .read(5)
+            .unwrap();
+        let got: Vec<(&str, f64, &str, i64)> = r
+            .iter()
+            .map(|r| (r.metric.as_str(), r.value, r.unit.as_str(), r.time_ms))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("charge", 87.0, "%", 5),
+                ("voltage", 13.2, "V", 5),
+                ("load", 41.0, "%", 5)
+            ]
+        );
+    }
+
+    #[test]
+    fn failures_are_command_errors() {
+        for (script, timeout, needle) in [
+            ("echo broken >&2; exit 3", 10_000, "broken"),
+            ("echo hot", 10_000, "not a number"),
+            ("echo a b c d", 10_000, "cannot parse"),
+            ("sleep 5", 200, "killed"),
+        ] {
+            let err = sh(script, timeout).read(0).unwrap_err();
+            assert!(matches!(err, SensorError::Command { .. }), "{err}");
+            assert!(err.to_string().contains(needle), "{script}: {err}");
+        }
+        let missing = CommandSource::new(
+            "x",
+            vec!["/nonexistent/prog".into()],
+            "v",
+            "1",
+            Duration::from_secs(1),
+        );
+        assert!(missing
+            .clone()
+            .read(0)
+            .unwrap_err()
+            .to_string()
+            .contains("cannot start"));
+    }
+}

@@ -1,0 +1,112 @@
+//! The Kinesis event source mapping handler: one batch of one shard's records in, the records
+//! to retry out.
+//!
+//! ```text
+//!  record ─► lifecycle event JSON? ─► presence
+//!         └► prepare (decode, check, window deltas: osprey-cloud's core)
+//!               ├─ bad payload ─► dead letter (not a failure: retrying cannot fix it)
+//!               └─ message ─► DynamoState::apply (dedup + windows + device, one transaction)
+//!  a DynamoDB failure ─► batchItemFailures = [this record]; stop
+//! ```
+//!
+//! Records are processed in order. At the first transient failure the handler stops and
+//! reports that record's sequence number: the event source mapping then checkpoints the
+//! records before it and retries from it (with `ReportBatchItemFailures` on the mapping), so
+//! one shard's order holds and later records are not applied ahead of it. Records re-sent by
+//! a retry that were already applied are dropped by dedup.
+
+use aws_lambda_events::event::kinesis::{KinesisEvent, KinesisEventRecord};
+use aws_lambda_events::event::streams::KinesisEventResponse;
+use osprey_cloud::clock::now_ms;
+use osprey_cloud::pipeline::{prepare, Origin};
+use osprey_cloud::source::presence;
+use osprey_cloud::store::DeadLetter;
+
+use crate::state::{Applied, DynamoState, StateError, MAX_WINDOWS_PER_MESSAGE};
+
+/// What happened to one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// A new message, applied.
+    Applied,
+    /// Applied before; dropped.
+    Duplicate,
+    /// A lifecycle event, stored as presence.
+    Presence,
+    /// Not a valid message; kept as a dead letter with this reason.
+    DeadLettered(String),
+}
+
+/// Handles one Kinesis event: returns the records to retry (empty when all went through).
+pub async fn handle(event: &KinesisEvent, state: &DynamoState) -> KinesisEventResponse {
+    let mut response = KinesisEventResponse::default();
+    for record in &event.records {
+        if let Err(e) = handle_record(record, state).await {
+            tracing::warn!(sequence_number = %record.kinesis.sequence_number, error = %e,
+                "record failed; reporting it for retry");
+            response.add_failure(record.kinesis.sequence_number.clone());
+            break;
+        }
+    }
+    response
+}
+
+/// The stream name in an event source ARN (`arn:aws:kinesis:region:account:stream/NAME`).
+pub fn stream_name(record: &KinesisEventRecord) -> String {
+    record
+        .event_source_arn
+        .as_deref()
+        .and_then(|arn| arn.rsplit_once(":stream/"))
+        .map_or_else(|| "unknown".to_owned(), |(_, name)| name.to_owned())
+}
+
+/// Handles one record.
+pub async fn handle_record(
+    record: &KinesisEventRecord,
+    state: &DynamoState,
+) -> Result<RecordOutcome, StateError> {
+    let stream = stream_name(record);
+    let sequence_number = record.kinesis.sequence_number.clone();
+    // eventID is "<shard id>:<sequence number>".
+    let shard_id = record
+        .event_id
+        .as_deref()
+        .and_then(|id| id.split_once(':'))
+        .map_or_else(|| "unknown".to_owned(), |(shard, _)| shard.to_owned());
+    let origin = Origin::Kinesis {
+        stream: stream.clone(),
+        shard_id: shard_id.clone(),
+        sequence_number: sequence_number.clone(),
+    };
+    let payload = record.kinesis.data.0.as_slice();
+    let received_ms = now_ms();
+    if let Some(p) = presence::parse(payload, &origin, received_ms) {
+        state.presence(&p).await?;
+        return Ok(RecordOutcome::Presence);
+    }
+    let reason = match prepare(payload, &origin, received_ms) {
+        Ok(message) if message.windows.len() <= MAX_WINDOWS_PER_MESSAGE => {
+            return Ok(match state.apply(&message).await? {
+                Applied::Applied => RecordOutcome::Applied,
+                Applied::Duplicate => RecordOutcome::Duplicate,
+            });
+        }
+        Ok(message) => format!(
+            "the message touches {} windows; one DynamoDB transaction holds at most {}",
+            message.windows.len(),
+            MAX_WINDOWS_PER_MESSAGE
+        ),
+        Err(reason) => reason,
+    };
+    tracing::warn!(source = %origin, reason = %reason, "rejected payload, kept as a dead letter");
+    let dead = DeadLetter {
+        received_ms,
+        source: origin.to_string(),
+        reason: reason.clone(),
+        payload: payload.to_vec(),
+    };
+    state
+        .dead_letter(&stream, &format!("{shard_id}#{sequence_number}"), &dead)
+        .await?;
+    Ok(RecordOutcome::DeadLettered(reason))
+}

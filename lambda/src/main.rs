@@ -1,0 +1,43 @@
+//! `osprey-lambda`: the Kinesis event source mapping handler on the Lambda runtime.
+//!
+//! Environment: `OSPREY_STATE_TABLE` (dedup, windows, devices) and
+//! `OSPREY_DEAD_LETTER_TABLE`, both keyed by `pk` and `sk` (strings); the usual AWS variables
+//! for region and credentials (the function's role); `AWS_ENDPOINT_URL` works for local tests.
+//! Enable `ReportBatchItemFailures` on the event source mapping.
+
+use aws_lambda_events::event::kinesis::KinesisEvent;
+use aws_lambda_events::event::streams::KinesisEventResponse;
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+use osprey_lambda::{handler, state::DynamoState};
+
+fn table(var: &str) -> Result<String, Error> {
+    std::env::var(var).map_err(|_| {
+        Error::from(format!(
+            "{var} is not set: give the function the DynamoDB table name in {var}"
+        ))
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .without_time()
+        .init();
+    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let state = DynamoState::new(
+        aws_sdk_dynamodb::Client::new(&config),
+        table("OSPREY_STATE_TABLE")?,
+        table("OSPREY_DEAD_LETTER_TABLE")?,
+    );
+    let state = &state;
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<KinesisEvent>| async move {
+            Ok::<KinesisEventResponse, Error>(handler::handle(&event.payload, state).await)
+        },
+    ))
+    .await
+}

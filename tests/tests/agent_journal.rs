@@ -1,0 +1,247 @@
+//! `osprey-agent journal stats|export|verify`, and the agent starting on a corrupt journal, as
+//! an operator meets them: the real binary on journals written to disk.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use osprey_agent::journal::{Journal, Record};
+use osprey_agent::SledJournal;
+use osprey_protocol::{Alert, AlertEvent, Body, Envelope, Series, Severity, TelemetryBatch};
+use osprey_tests::{bin, free_port, wait_until, Proc};
+
+/// Writes 3 telemetry batches of 5 readings and one alert, then closes the journal.
+fn write_journal(path: &Path) {
+    let j = SledJournal::open(path).unwrap();
+    for i in 0..4 {
+        let seq = j.reserve_seq().unwrap();
+        let (body, readings) = if i == 2 {
+            let alert = Alert {
+                rule: "bearing-hot".to_owned(),
+                sensor: "bearing".to_owned(),
+                metric: "temperature".to_owned(),
+                event: AlertEvent::Raise,
+                severity: Severity::Critical,
+                value: 81.0,
+                threshold: 80.0,
+                time_ms: 1_700_000_000_500,
+            };
+            (Body::Alert(alert), 0)
+        } else {
+            let mut series = Series::new("bearing", "temperature", "Cel");
+            for r in 0..5 {
+                series.push(1_700_000_000_000 + i * 1000 + r * 100, 40.0 + r as f64);
+            }
+            (
+                Body::Telemetry(TelemetryBatch {
+                    series: vec![series],
+                }),
+                5,
+            )
+        };
+        let kind = body.kind();
+        let message = Envelope::new("pump-7", seq, body).encode().unwrap();
+        j.append(&Record {
+            seq,
+            kind,
+            readings,
+            message: &message,
+        })
+        .unwrap();
+    }
+    drop(j);
+    // sled lets go of its lock a moment after drop; the CLI waits for it, but be kind.
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+fn journal_cli(command: &str, path: &Path) -> Output {
+    Command::new(bin("osprey-agent"))
+        .args(["journal", command, "--path"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Damages sled's files so that it cannot open them.
+fn damage(path: &Path) {
+    std::fs::write(
+        path.join("conf"),
+        "this is not a sled configuration file; the SD card ate it",
+    )
+    .unwrap();
+}
+
+#[test]
+fn stats_count_messages_readings_and_seq_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal");
+    write_journal(&path);
+    let out = journal_cli("stats", &path);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("telemetry 3 messages, 15 readings"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("seq 1..4"), "{stdout}");
+    assert!(
+        stdout.contains("alerts    1 messages, 0 readings"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("dropped   0 readings"), "{stdout}");
+}
+
+#[test]
+fn export_prints_one_decoded_json_line_per_message_alerts_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal");
+    write_journal(&path);
+    let out = journal_cli("export", &path);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [3, 1, 2, 4]);
+    assert_eq!(lines[0]["kind"], "alerts");
+    assert_eq!(lines[0]["body"]["rule"], "bearing-hot");
+    assert_eq!(lines[1]["kind"], "telemetry");
+    assert_eq!(lines[1]["device"], "pump-7");
+    assert_eq!(lines[1]["body"]["readings"], 5);
+    assert_eq!(
+        lines[1]["body"]["series"][0]["readings"][1],
+        serde_json::json!([1_700_000_000_100i64, 41.0])
+    );
+}
+
+#[test]
+fn verify_passes_a_good_journal_and_fails_a_damaged_one_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal");
+    write_journal(&path);
+    let out = journal_cli("verify", &path);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ok, 4 messages"));
+
+    damage(&path);
+    let out = journal_cli("verify", &path);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    assert!(stderr.contains("orrupt"), "{stderr}");
+
+    let out = journal_cli("verify", &dir.path().join("nowhere"));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("there is no journal at"), "{stderr}");
+}
+
+#[test]
+fn agent_starts_on_a_corrupt_journal_by_moving_it_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal");
+    write_journal(&path);
+    damage(&path);
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "device_id = \"pump-7\"\n[sampling]\ninterval_ms = 10\n[journal]\npath = \"{}\"\n\
+             [mqtt]\nport = {}\n",
+            path.display(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut agent = Proc::spawn(
+        Command::new(bin("osprey-agent"))
+            .args(["run", "--config"])
+            .arg(&config),
+    );
+    let moved = wait_until(Duration::from_secs(60), Duration::from_millis(50), || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("journal.corrupt-")
+            })
+            .then_some(())
+    });
+    assert!(moved.is_some(), "not moved aside: {}", agent.logs());
+    let said = wait_until(Duration::from_secs(60), Duration::from_millis(50), || {
+        agent
+            .stderr()
+            .contains("the journal was corrupt: moved it aside")
+            .then_some(())
+    });
+    assert!(said.is_some(), "{}", agent.logs());
+    // It keeps running (sampling into the fresh journal, retrying the absent broker).
+    assert!(
+        agent.wait_timeout(Duration::from_secs(2)).is_none(),
+        "{}",
+        agent.logs()
+    );
+    agent.terminate(Duration::from_secs(30));
+    let out = journal_cli("stats", &path);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.contains("resets    1"), "{stdout}");
+}
+
+#[test]
+fn verify_and_run_survive_a_database_file_sled_panics_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal");
+    write_journal(&path);
+    // Overwrite the start of sled's log with noise (sled 0.34 panics reading it).
+    let mut db = std::fs::read(path.join("db")).unwrap();
+    let mut x = 0x9e37_79b9_u32;
+    for b in db.iter_mut().take(4096) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    std::fs::write(path.join("db"), db).unwrap();
+    let out = journal_cli("verify", &path);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("corrupt"), "{stderr}");
+
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "device_id = \"pump-7\"\n[journal]\npath = \"{}\"\n[mqtt]\nport = {}\n",
+            path.display(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut agent = Proc::spawn(
+        Command::new(bin("osprey-agent"))
+            .args(["run", "--config"])
+            .arg(&config),
+    );
+    let said = wait_until(Duration::from_secs(60), Duration::from_millis(50), || {
+        agent
+            .stderr()
+            .contains("the journal was corrupt: moved it aside")
+            .then_some(())
+    });
+    assert!(said.is_some(), "{}", agent.logs());
+    assert!(
+        agent.wait_timeout(Duration::from_secs(1)).is_none(),
+        "{}",
+        agent.logs()
+    );
+}

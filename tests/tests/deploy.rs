@@ -1,0 +1,1084 @@
+//! Deployment artifacts checked as far as this machine allows: the CloudFormation template
+//! (cfn-lint and what it wires), the Greengrass recipe (parsed, artifacts map to cross/build.sh
+//! outputs, its lifecycle run as the nucleus would against a mutual-TLS Mosquitto), the systemd
+//! unit (systemd-analyze verify), the Pi installer over a real sshd into a temporary root, the
+//! device provisioning script against moto's IoT API, and shellcheck on every script.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use osprey_agent::config::Config;
+use osprey_protocol::ThresholdRule;
+use osprey_tests::{
+    bin, free_port, mosquitto_tool, moto_endpoint, unique_name, wait_until, workspace_root, Certs,
+    Mosquitto, Proc,
+};
+use serde_yaml_ng::Value;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+fn root_file(rel: &str) -> PathBuf {
+    let path = workspace_root().join(rel);
+    assert!(path.is_file(), "{} is missing", path.display());
+    path
+}
+
+fn read(rel: &str) -> String {
+    fs::read_to_string(root_file(rel)).unwrap()
+}
+
+fn yaml(rel: &str) -> Value {
+    serde_yaml_ng::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel} is not YAML: {e}"))
+}
+
+/// `value[a][b]...`, panicking with the path when something is missing.
+fn at<'a>(value: &'a Value, path: &[&str]) -> &'a Value {
+    path.iter().fold(value, |v, key| {
+        v.get(key)
+            .unwrap_or_else(|| panic!("missing {} in {v:?}", path.join(".")))
+    })
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        // CloudFormation short forms (!Sub, !Ref, ...) parse as tagged values.
+        Value::Tagged(t) => text(&t.value),
+        other => panic!("not a scalar: {other:?}"),
+    }
+}
+
+/// A scalar or a list of scalars, as text.
+fn texts(value: &Value) -> Vec<String> {
+    match value {
+        Value::Sequence(list) => list.iter().map(text).collect(),
+        one => vec![text(one)],
+    }
+}
+
+/// Runs `cmd` to completion; panics when it cannot start.
+fn output(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs `cmd` and requires exit 0, showing its output otherwise.
+fn succeed(cmd: &mut Command) -> Output {
+    let out = output(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Requires that a command failed and that its stderr says `says`.
+fn fails_saying(out: &Output, says: &str) {
+    assert!(
+        !out.status.success(),
+        "succeeded, expected a failure saying {says:?}"
+    );
+    assert!(
+        stderr(out).contains(says),
+        "want {says:?} in:\n{}",
+        stderr(out)
+    );
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A program from tests/run.sh's venv (cfn-lint, aws), or from PATH.
+fn venv_tool(name: &str) -> PathBuf {
+    let venv = workspace_root().join(".osprey-test/venv/bin").join(name);
+    if venv.is_file() {
+        return venv;
+    }
+    system_tool(name)
+}
+
+/// A program on PATH; panics with how to install it.
+fn system_tool(name: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} not found: run the suite through `bash tests/run.sh`, which installs it")
+        })
+}
+
+/// The targets cross/build.sh builds (its ALL_TARGETS line).
+fn cross_targets() -> Vec<String> {
+    let script = read("cross/build.sh");
+    let line = script
+        .lines()
+        .find(|l| l.starts_with("ALL_TARGETS=("))
+        .expect("cross/build.sh has no ALL_TARGETS=(...) line");
+    line.trim_start_matches("ALL_TARGETS=(")
+        .trim_end_matches(')')
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn agent_check(config: &Path) -> Output {
+    output(Command::new(bin("osprey-agent")).arg("check").arg(config))
+}
+
+/// Copies the test CA, device certificate and key to the names an AWS-style config uses.
+fn place_certs(certs: &Certs, dir: &Path, ca: &str, cert: &str, key: &str) {
+    fs::create_dir_all(dir).unwrap();
+    fs::copy(&certs.ca, dir.join(ca)).unwrap();
+    fs::copy(&certs.client.cert, dir.join(cert)).unwrap();
+    fs::copy(&certs.client.key, dir.join(key)).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// CloudFormation
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn cfn_lint_passes_on_the_template_and_fails_on_a_broken_copy() {
+    let template = root_file("deploy/aws/template.yaml");
+    let lint = venv_tool("cfn-lint");
+    succeed(Command::new(&lint).arg(&template));
+
+    // The same linter must reject a mistake, or the pass above proves nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.yaml");
+    let text =
+        read("deploy/aws/template.yaml").replace("TelemetryStream.Arn", "TelemetryStream.Nope");
+    fs::write(&broken, text).unwrap();
+    let out = output(Command::new(&lint).arg(&broken));
+    assert!(!out.status.success(), "cfn-lint accepted a broken GetAtt");
+    assert!(stdout(&out).contains("Nope"), "{}", stdout(&out));
+}
+
+#[test]
+fn template_scopes_devices_to_their_topics_and_wires_rule_stream_lambda_and_alarms() {
+    let t = yaml("deploy/aws/template.yaml");
+    let resources = at(&t, &["Resources"]).as_mapping().unwrap();
+    let of_type = |ty: &str| -> Vec<&Value> {
+        resources
+            .values()
+            .filter(|r| r.get("Type").and_then(Value::as_str) == Some(ty))
+            .collect()
+    };
+
+    // Topic rule: the protocol's data topics into the stream, keyed by the device level.
+    let rule = at(
+        &t,
+        &[
+            "Resources",
+            "TelemetryRule",
+            "Properties",
+            "TopicRulePayload",
+        ],
+    );
+    let sql = text(at(rule, &["Sql"]));
+    assert!(
+        sql.contains(&format!("'{}'", osprey_protocol::topic::ALL_DATA)),
+        "{sql}"
+    );
+    let topic = osprey_protocol::topic::data("pump-7", osprey_protocol::Kind::Telemetry);
+    assert_eq!(
+        topic.split('/').nth(2),
+        Some("pump-7"),
+        "device is topic level 3"
+    );
+    let kinesis = &at(rule, &["Actions"]).as_sequence().unwrap()[0]["Kinesis"];
+    assert_eq!(text(at(kinesis, &["PartitionKey"])), "${topic(3)}");
+    assert!(
+        rule.get("ErrorAction").is_some(),
+        "the topic rule needs an error action"
+    );
+
+    // Device policy: every statement is about the connecting thing's own name, no wildcards.
+    let statements = at(
+        &t,
+        &[
+            "Resources",
+            "DevicePolicy",
+            "Properties",
+            "PolicyDocument",
+            "Statement",
+        ],
+    )
+    .as_sequence()
+    .unwrap();
+    let mut actions = Vec::new();
+    for s in statements {
+        for resource in texts(at(s, &["Resource"])) {
+            assert!(
+                resource.contains("${!iot:Connection.Thing.ThingName}"),
+                "not scoped to the thing: {resource}"
+            );
+        }
+        actions.push(text(at(s, &["Action"])));
+    }
+    assert!(actions.iter().all(|a| !a.contains('*')), "{actions:?}");
+    let publish = statements
+        .iter()
+        .find(|s| text(&s["Action"]) == "iot:Publish")
+        .expect("no iot:Publish statement");
+    assert!(text(&publish["Resource"])
+        .ends_with(":topic/dt/osprey/${!iot:Connection.Thing.ThingName}/*"));
+
+    // The aggregator: osprey-lambda on arm64, custom runtime, partial batch failures.
+    let function = at(&t, &["Resources", "AggregatorFunction", "Properties"]);
+    assert_eq!(text(at(function, &["Runtime"])), "provided.al2023");
+    assert_eq!(text(at(function, &["Handler"])), "bootstrap");
+    assert_eq!(text(&at(function, &["Architectures"])[0]), "arm64");
+    let mapping = at(&t, &["Resources", "AggregatorEventSource", "Properties"]);
+    assert_eq!(
+        text(&at(mapping, &["FunctionResponseTypes"])[0]),
+        "ReportBatchItemFailures"
+    );
+
+    // Stream, tables, topic, alarms on both iterator ages.
+    assert_eq!(of_type("AWS::Kinesis::Stream").len(), 1);
+    assert_eq!(of_type("AWS::DynamoDB::Table").len(), 2);
+    assert_eq!(of_type("AWS::SNS::Topic").len(), 1);
+    let metrics: Vec<String> = of_type("AWS::CloudWatch::Alarm")
+        .iter()
+        .map(|a| text(at(a, &["Properties", "MetricName"])))
+        .collect();
+    assert!(
+        metrics.contains(&"GetRecords.IteratorAgeMilliseconds".to_owned()),
+        "{metrics:?}"
+    );
+    assert!(metrics.contains(&"IteratorAge".to_owned()), "{metrics:?}");
+
+    // Least privilege: no IAM statement grants every action or a service wildcard.
+    for role in of_type("AWS::IAM::Role") {
+        for policy in at(role, &["Properties", "Policies"]).as_sequence().unwrap() {
+            for s in at(policy, &["PolicyDocument", "Statement"])
+                .as_sequence()
+                .unwrap()
+            {
+                let actions = texts(at(s, &["Action"]));
+                assert!(actions.iter().all(|a| !a.contains('*')), "{actions:?}");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Greengrass
+// ---------------------------------------------------------------------------------------------
+
+/// The recipe's manifests as (architecture, manifest).
+fn manifests(recipe: &Value) -> Vec<(String, &Value)> {
+    at(recipe, &["Manifests"])
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| (text(at(m, &["Platform", "architecture"])), m))
+        .collect()
+}
+
+/// The file names of a manifest's artifacts.
+fn artifact_names(manifest: &Value) -> Vec<String> {
+    at(manifest, &["Artifacts"])
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let uri = text(at(a, &["URI"]));
+            assert!(uri.starts_with("s3://"), "{uri}");
+            uri.rsplit('/').next().unwrap().to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn recipe_artifacts_are_cross_build_outputs_and_its_defaults_are_valid_rules() {
+    let recipe = yaml("deploy/greengrass/recipe.yaml");
+    assert_eq!(text(at(&recipe, &["RecipeFormatVersion"])), "2020-01-25");
+    let targets = cross_targets();
+    let m = manifests(&recipe);
+    let archs: Vec<&str> = m.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(archs, ["aarch64", "arm"]);
+    let defaults = at(&recipe, &["ComponentConfiguration", "DefaultConfiguration"]);
+
+    for (arch, manifest) in &m {
+        let names = artifact_names(manifest);
+        let binary = names
+            .iter()
+            .find_map(|n| n.strip_prefix("osprey-agent-"))
+            .unwrap_or_else(|| panic!("{arch}: no osprey-agent-<triple> artifact in {names:?}"));
+        assert!(
+            targets.iter().any(|t| t == binary),
+            "{binary} is not built by cross/build.sh ({targets:?})"
+        );
+        let want = if arch == "aarch64" {
+            "aarch64-"
+        } else {
+            "armv7-"
+        };
+        assert!(binary.starts_with(want), "{arch} manifest ships {binary}");
+        for name in names.iter().filter(|n| !n.starts_with("osprey-agent-")) {
+            root_file(&format!("deploy/greengrass/{name}"));
+        }
+        // Every file the lifecycle runs is one of the artifacts; every configuration key it
+        // reads has a default.
+        let lifecycle = serde_yaml_ng::to_string(at(manifest, &["Lifecycle"])).unwrap();
+        for used in lifecycle.split("{artifacts:path}/").skip(1) {
+            let name: String = used
+                .chars()
+                .take_while(|c| !matches!(c, '"' | ' ' | '\n'))
+                .collect();
+            assert!(
+                names.contains(&name),
+                "{arch}: lifecycle runs {name}, not an artifact"
+            );
+        }
+        for used in lifecycle.split("{configuration:/").skip(1) {
+            let key = used.split('}').next().unwrap();
+            assert!(
+                defaults.get(key).is_some(),
+                "{arch}: {{configuration:/{key}}} has no default"
+            );
+        }
+    }
+
+    let rules: Vec<ThresholdRule> =
+        serde_yaml_ng::from_value(at(defaults, &["rules"]).clone()).unwrap();
+    assert!(!rules.is_empty());
+    for rule in &rules {
+        rule.validate()
+            .unwrap_or_else(|e| panic!("default rule {}: {e}", rule.id));
+    }
+}
+
+/// Greengrass's recipe variables for one simulated core device.
+struct Nucleus {
+    vars: BTreeMap<String, String>,
+    configuration: Value,
+}
+
+impl Nucleus {
+    /// Replaces `{namespace:key}` the way the nucleus does: configuration scalars as text,
+    /// containers as compact JSON.
+    fn interpolate(&self, s: &str) -> String {
+        let mut out = s.to_owned();
+        for (k, v) in &self.vars {
+            out = out.replace(&format!("{{{k}}}"), v);
+        }
+        while let Some(start) = out.find("{configuration:/") {
+            let end = start + out[start..].find('}').unwrap();
+            let key = &out[start + "{configuration:/".len()..end];
+            let value = at(&self.configuration, &[key]);
+            let replacement = match value {
+                Value::Sequence(_) | Value::Mapping(_) => serde_json::to_string(value).unwrap(),
+                scalar => text(scalar),
+            };
+            out.replace_range(start..=end, &replacement);
+        }
+        out
+    }
+
+    /// A lifecycle step of `manifest` as the nucleus runs it: `sh -c SCRIPT` with Setenv.
+    fn step(&self, manifest: &Value, step: &str) -> Command {
+        let lifecycle = at(manifest, &["Lifecycle"]);
+        let script = self.interpolate(&text(at(lifecycle, &[step, "Script"])));
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script);
+        for (k, v) in at(lifecycle, &["Setenv"]).as_mapping().unwrap() {
+            cmd.env(text(k), self.interpolate(&text(v)));
+        }
+        cmd
+    }
+}
+
+#[test]
+fn greengrass_lifecycle_installs_and_runs_the_agent_against_a_mutual_tls_broker() {
+    let thing = "gg-core-1";
+    let recipe = yaml("deploy/greengrass/recipe.yaml");
+    let (_, manifest) = manifests(&recipe).into_iter().next().unwrap();
+    let certs = Certs::generate(thing);
+    let broker = Mosquitto::mtls(&certs);
+
+    // The component's directories, with the host's agent standing in for the ARM artifact and
+    // the test CA's device certificate standing in for the core device's.
+    let dir = tempfile::tempdir().unwrap();
+    let (artifacts, work, gg_root) = (
+        dir.path().join("artifacts"),
+        dir.path().join("work"),
+        dir.path().join("gg"),
+    );
+    fs::create_dir_all(&artifacts).unwrap();
+    fs::create_dir_all(&work).unwrap();
+    place_certs(
+        &certs,
+        &gg_root,
+        "rootCA.pem",
+        "thingCert.crt",
+        "privKey.key",
+    );
+    for name in artifact_names(manifest) {
+        let src = if name.starts_with("osprey-agent-") {
+            bin("osprey-agent")
+        } else {
+            root_file(&format!("deploy/greengrass/{name}"))
+        };
+        fs::copy(src, artifacts.join(&name)).unwrap();
+    }
+    let mut nucleus = Nucleus {
+        vars: BTreeMap::from([
+            ("artifacts:path".to_owned(), artifacts.display().to_string()),
+            ("work:path".to_owned(), work.display().to_string()),
+            ("kernel:rootPath".to_owned(), gg_root.display().to_string()),
+            ("iot:thingName".to_owned(), thing.to_owned()),
+        ]),
+        configuration: at(&recipe, &["ComponentConfiguration", "DefaultConfiguration"]).clone(),
+    };
+
+    // The defaults leave the endpoint empty: the install fails and says what to set.
+    fails_saying(&output(&mut nucleus.step(manifest, "Install")), "mqttHost");
+
+    // With the endpoint merged in, the install writes a config the agent accepts.
+    let config = nucleus.configuration.as_mapping_mut().unwrap();
+    config.insert("mqttHost".into(), "127.0.0.1".into());
+    config.insert("mqttPort".into(), u64::from(broker.port()).into());
+    config.insert("samplingIntervalMs".into(), 20u64.into());
+    config.insert("batchMaxAgeMs".into(), 200u64.into());
+    succeed(&mut nucleus.step(manifest, "Install"));
+    let loaded = Config::load(&work.join("agent.toml")).unwrap();
+    assert_eq!(loaded.device_id, thing);
+    assert_eq!(
+        loaded.mqtt.client_id,
+        format!("{thing}-osprey"),
+        "the nucleus holds the thing name"
+    );
+    assert_eq!(loaded.journal_path, work.join("journal"));
+    let defaults: Vec<ThresholdRule> =
+        serde_yaml_ng::from_value(nucleus.configuration["rules"].clone()).unwrap();
+    assert_eq!(
+        loaded.rules, defaults,
+        "rules differ from the component configuration"
+    );
+
+    // Run: the agent connects with the "core device" certificate and publishes as the thing.
+    let observer = certs.issue_client("observer");
+    let port = broker.port().to_string();
+    let topic = format!("dt/osprey/{thing}/#");
+    let mut sub = Proc::spawn(Command::new(mosquitto_tool("mosquitto_sub")).args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "--cafile",
+        certs.ca.to_str().unwrap(),
+        "--cert",
+        observer.cert.to_str().unwrap(),
+        "--key",
+        observer.key.to_str().unwrap(),
+        "-t",
+        &topic,
+        "-C",
+        "1",
+        "-W",
+        "60",
+        "-F",
+        "%x",
+    ]));
+    let mut agent = Proc::spawn(&mut nucleus.step(manifest, "Run"));
+    let status = sub.wait_exit(Duration::from_secs(90));
+    assert!(
+        status.success(),
+        "nothing arrived:\n{}\n{}\n{}",
+        sub.logs(),
+        agent.logs(),
+        broker.log()
+    );
+    let hex = sub.stdout();
+    let bytes: Vec<u8> = (0..hex.trim().len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex.trim()[i..i + 2], 16).unwrap())
+        .collect();
+    let envelope = osprey_protocol::decode(&bytes).unwrap();
+    assert_eq!(envelope.device, thing);
+    agent.terminate(Duration::from_secs(20));
+}
+
+// ---------------------------------------------------------------------------------------------
+// systemd unit and the Pi installer
+// ---------------------------------------------------------------------------------------------
+
+/// `Key=value` lines of a unit file, in order.
+fn unit_entries(unit: &str) -> Vec<(String, String)> {
+    unit.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('['))
+        .map(|l| {
+            let (k, v) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("not Key=value: {l}"));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+/// `systemd-analyze verify` on `unit` with the agent path replaced by `agent`; returns what it
+/// said about the unit file (nothing when it is clean).
+fn verify_unit(unit: &str, agent: &Path) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("osprey-agent.service");
+    fs::write(
+        &path,
+        unit.replace("/usr/local/bin/osprey-agent", agent.to_str().unwrap()),
+    )
+    .unwrap();
+    let out = output(
+        Command::new(system_tool("systemd-analyze"))
+            .arg("verify")
+            .arg(&path),
+    );
+    let about_unit: Vec<String> = stderr(&out)
+        .lines()
+        .filter(|l| l.contains("osprey-agent.service"))
+        .map(str::to_owned)
+        .collect();
+    if !out.status.success() && about_unit.is_empty() {
+        return stderr(&out);
+    }
+    about_unit.join("\n")
+}
+
+#[test]
+fn systemd_unit_verifies_and_matches_the_installer_and_sysusers() {
+    let unit = read("deploy/pi/osprey-agent.service");
+    let entries = unit_entries(&unit);
+    let get = |k: &str| -> Vec<&str> {
+        entries
+            .iter()
+            .filter(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(get("User"), ["osprey"]);
+    assert_eq!(get("SupplementaryGroups"), ["i2c gpio"]);
+    assert_eq!(get("StateDirectory"), ["osprey-agent"]);
+    assert_eq!(get("Restart"), ["on-failure"]);
+    assert_eq!(get("DeviceAllow"), ["char-i2c rw", "char-gpiochip rw"]);
+    assert!(get("ExecStart")[0]
+        .starts_with("/usr/local/bin/osprey-agent run --config /etc/osprey-agent/agent.toml"));
+
+    // The user and groups it names are the ones the installer creates.
+    let sysusers = read("deploy/pi/osprey-agent.sysusers");
+    for line in [
+        "u osprey ",
+        "m osprey i2c",
+        "m osprey gpio",
+        "g i2c ",
+        "g gpio ",
+    ] {
+        assert!(
+            sysusers.lines().any(|l| l.starts_with(line)),
+            "sysusers lacks {line:?}"
+        );
+    }
+    let installer = read("deploy/pi/install.sh");
+    for path in [
+        "/usr/local/bin/osprey-agent",
+        "/etc/osprey-agent/agent.toml",
+        "/etc/systemd/system/osprey-agent.service",
+    ] {
+        assert!(
+            installer.contains(path),
+            "install.sh does not install {path}"
+        );
+    }
+
+    assert_eq!(
+        verify_unit(&unit, &bin("osprey-agent")),
+        "",
+        "systemd-analyze verify complained"
+    );
+    // ... and it does complain about a bad value, so the clean run above means something.
+    let said = verify_unit(
+        &unit.replace("Restart=on-failure", "Restart=sometimes"),
+        &bin("osprey-agent"),
+    );
+    assert!(said.contains("sometimes"), "{said}");
+}
+
+/// Runs the installer in dry-run mode for a host with `facts` ("ARCH GLIBC").
+fn plan_for(facts: &str) -> Output {
+    output(
+        Command::new("bash")
+            .arg(root_file("deploy/pi/install.sh"))
+            .args(["--dry-run", "--facts", facts, "pi@gateway.invalid"]),
+    )
+}
+
+#[test]
+fn pi_installer_picks_the_build_for_the_host_architecture_and_glibc() {
+    for (facts, triple) in [
+        ("aarch64 2.36", "aarch64-unknown-linux-gnu"),
+        ("aarch64 2.34", "aarch64-unknown-linux-gnu"),
+        ("aarch64 2.33", "aarch64-unknown-linux-musl"),
+        ("aarch64 2.31", "aarch64-unknown-linux-musl"),
+        ("aarch64 none", "aarch64-unknown-linux-musl"),
+        ("armv7l 2.36", "armv7-unknown-linux-gnueabihf"),
+    ] {
+        let out = plan_for(facts);
+        assert!(out.status.success(), "{facts}: {}", stderr(&out));
+        let artifact =
+            format!("target/{triple}/gateway/osprey-agent -> /usr/local/bin/osprey-agent");
+        assert!(
+            stdout(&out).contains(&artifact),
+            "{facts}: want {triple}\n{}",
+            stdout(&out)
+        );
+        assert!(
+            stdout(&out).contains("systemctl enable osprey-agent.service"),
+            "{}",
+            stdout(&out)
+        );
+    }
+    for (facts, says) in [
+        ("armv7l 2.31", "no 32-bit static build"),
+        ("armv6l 2.36", "ARMv6"),
+        ("x86_64 2.36", "--binary"),
+    ] {
+        fails_saying(&plan_for(facts), says);
+    }
+}
+
+/// An OpenSSH server on a loopback port that accepts one throwaway key, killed on drop.
+struct Sshd {
+    port: u16,
+    key: PathBuf,
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Sshd {
+    fn start() -> Sshd {
+        let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .expect("sshd not found: run the suite through `bash tests/run.sh` (installs openssh-server)");
+        // sshd refuses to start without its privilege separation directory.
+        fs::create_dir_all("/run/sshd")
+            .expect("cannot create /run/sshd: run the suite as root (tests/run.sh)");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for name in ["host", "user"] {
+            succeed(
+                Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                    .arg(d.join(name)),
+            );
+        }
+        fs::copy(d.join("user.pub"), d.join("authorized_keys")).unwrap();
+        let port = free_port();
+        let config = d.join("sshd_config");
+        fs::write(
+            &config,
+            format!(
+                "ListenAddress 127.0.0.1:{port}\nHostKey {host}\nAuthorizedKeysFile {keys}\n\
+                 PidFile {pid}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n",
+                host = d.join("host").display(),
+                keys = d.join("authorized_keys").display(),
+                pid = d.join("sshd.pid").display(),
+            ),
+        )
+        .unwrap();
+        let mut proc = Proc::spawn(
+            Command::new(sshd)
+                .arg("-D")
+                .arg("-e")
+                .arg("-f")
+                .arg(&config),
+        );
+        let ready = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        assert!(
+            ready.is_some() && proc.is_running(),
+            "sshd did not start:\n{}",
+            proc.logs()
+        );
+        Sshd {
+            port,
+            key: d.join("user"),
+            _proc: proc,
+            _dir: dir,
+        }
+    }
+
+    /// The installer's SSH options for this server.
+    fn options(&self) -> Vec<String> {
+        [
+            "-p",
+            &self.port.to_string(),
+            "-i",
+            self.key.to_str().unwrap(),
+            "--ssh-opt",
+            "StrictHostKeyChecking=no",
+            "--ssh-opt",
+            "UserKnownHostsFile=/dev/null",
+            "--ssh-opt",
+            "LogLevel=ERROR",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+}
+
+#[test]
+fn pi_installer_installs_over_ssh_into_a_root() {
+    let sshd = Sshd::start();
+    let user = String::from_utf8(succeed(Command::new("id").arg("-un")).stdout).unwrap();
+    let host = format!("{}@127.0.0.1", user.trim());
+    let dest = tempfile::tempdir().unwrap();
+    let r = dest.path();
+    // A device config with mutual TLS, so that certificates travel too.
+    let certs = Certs::generate("pump-7");
+    let src = tempfile::tempdir().unwrap();
+    place_certs(
+        &certs,
+        &src.path().join("certs"),
+        "ca.pem",
+        "device.pem",
+        "device.key",
+    );
+    let config = read("deploy/config/simulator.toml").replace(
+        "# [mqtt.tls]\n# ca = \"certs/ca.pem\"\n# cert = \"certs/device.pem\"\n# key = \"certs/device.key\"",
+        "[mqtt.tls]\nca = \"certs/ca.pem\"\ncert = \"certs/device.pem\"\nkey = \"certs/device.key\"",
+    );
+    assert!(
+        config.contains("\n[mqtt.tls]\n"),
+        "deploy/config/simulator.toml changed its TLS comment"
+    );
+    fs::write(src.path().join("agent.toml"), config).unwrap();
+
+    // A private copy of the agent: other suites may rebuild target/debug meanwhile.
+    let agent = src.path().join("osprey-agent");
+    fs::copy(bin("osprey-agent"), &agent).unwrap();
+
+    let out = succeed(
+        Command::new("bash")
+            .arg(root_file("deploy/pi/install.sh"))
+            .args(sshd.options())
+            .arg("--binary")
+            .arg(&agent)
+            .arg("--config")
+            .arg(src.path().join("agent.toml"))
+            .arg("--certs")
+            .arg(src.path().join("certs"))
+            .arg("--root")
+            .arg(r)
+            .arg(&host),
+    );
+    let log = stderr(&out);
+    assert!(
+        log.contains(&format!("{}, glibc", std::env::consts::ARCH)),
+        "detection: {log}"
+    );
+
+    // The user and groups, in the root's own passwd and group files.
+    let passwd = fs::read_to_string(r.join("etc/passwd")).unwrap();
+    let osprey = passwd
+        .lines()
+        .find(|l| l.starts_with("osprey:"))
+        .expect("no osprey user");
+    assert!(
+        osprey.ends_with(":/var/lib/osprey-agent:/usr/sbin/nologin"),
+        "{osprey}"
+    );
+    let group = fs::read_to_string(r.join("etc/group")).unwrap();
+    for g in ["i2c", "gpio"] {
+        let line = group
+            .lines()
+            .find(|l| l.starts_with(&format!("{g}:")))
+            .unwrap();
+        assert!(line.ends_with(":osprey"), "{line}");
+    }
+    let gid: u32 = group
+        .lines()
+        .find_map(|l| l.strip_prefix("osprey:x:"))
+        .and_then(|rest| rest.split(':').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // Files, modes and owners.
+    let binary = r.join("usr/local/bin/osprey-agent");
+    assert!(
+        fs::read(&binary).unwrap() == fs::read(&agent).unwrap(),
+        "the installed binary differs from the one given"
+    );
+    assert_eq!(
+        fs::metadata(&binary).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    for f in [
+        "etc/osprey-agent/agent.toml",
+        "etc/osprey-agent/certs/device.key",
+    ] {
+        let meta = fs::metadata(r.join(f)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o640, "{f}");
+        assert_eq!((meta.uid(), meta.gid()), (0, gid), "{f}");
+    }
+    let wants = r.join("etc/systemd/system/multi-user.target.wants/osprey-agent.service");
+    assert_eq!(
+        fs::read_link(&wants).unwrap(),
+        Path::new("/etc/systemd/system/osprey-agent.service")
+    );
+
+    // What landed works: the config (with its certificates) checks, the unit verifies.
+    let check = agent_check(&r.join("etc/osprey-agent/agent.toml"));
+    assert!(check.status.success(), "{}", stderr(&check));
+    assert!(stdout(&check).contains("pump-7"));
+    let unit = fs::read_to_string(r.join("etc/systemd/system/osprey-agent.service")).unwrap();
+    assert_eq!(verify_unit(&unit, &binary), "");
+    drop(sshd);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device provisioning
+// ---------------------------------------------------------------------------------------------
+
+/// Points the AWS CLI in `cmd` at moto (the CLI v1 reads the region from AWS_DEFAULT_REGION).
+fn on_moto<'a>(cmd: &'a mut Command, endpoint: &str) -> &'a mut Command {
+    cmd.env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_DEFAULT_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+}
+
+fn provision(args: &[&str], out_dir: &Path) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.arg(root_file("deploy/aws/provision-device.sh"))
+        .args(args)
+        .arg("--out")
+        .arg(out_dir);
+    cmd
+}
+
+#[test]
+fn provision_dry_run_calls_nothing_and_writes_a_config_the_agent_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("pump-9");
+    let out = succeed(&mut provision(
+        &[
+            "--dry-run",
+            "--policy",
+            "osprey-device",
+            "--endpoint",
+            "abc-ats.iot.eu-west-1.amazonaws.com",
+            "pump-9",
+        ],
+        &out_dir,
+    ));
+    let said = stderr(&out);
+    for call in [
+        "iot create-thing --thing-name pump-9",
+        "iot create-keys-and-certificate",
+        "iot attach-policy",
+        "iot attach-thing-principal",
+    ] {
+        assert!(said.contains(call), "plan lacks {call}: {said}");
+    }
+    assert!(
+        !out_dir.join("certs").exists(),
+        "a dry run must not create certificates"
+    );
+
+    // The config names the files a real run writes; with test certificates there it checks.
+    place_certs(
+        &Certs::generate("pump-9"),
+        &out_dir.join("certs"),
+        "AmazonRootCA1.pem",
+        "device.pem.crt",
+        "private.pem.key",
+    );
+    let check = agent_check(&out_dir.join("agent.toml"));
+    assert!(check.status.success(), "{}", stderr(&check));
+    let config = Config::load(&out_dir.join("agent.toml")).unwrap();
+    assert_eq!(config.device_id, "pump-9");
+    assert_eq!(
+        (config.mqtt.host.as_str(), config.mqtt.port),
+        ("abc-ats.iot.eu-west-1.amazonaws.com", 8883)
+    );
+
+    let bad = output(&mut provision(
+        &["--dry-run", "--policy", "p", "pump/9"],
+        &out_dir,
+    ));
+    fails_saying(&bad, "invalid thing name");
+}
+
+#[test]
+fn provision_against_moto_creates_thing_and_certificate_and_a_working_config() {
+    let endpoint = moto_endpoint();
+    let aws = venv_tool("aws");
+    let path = format!(
+        "{}:{}",
+        aws.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let aws_cmd = |args: &[&str]| {
+        let mut cmd = Command::new(&aws);
+        cmd.args(args);
+        on_moto(&mut cmd, &endpoint);
+        cmd
+    };
+    let policy = unique_name("osprey-device");
+    let thing = unique_name("pump");
+    succeed(&mut aws_cmd(&[
+        "iot",
+        "create-policy",
+        "--policy-name",
+        &policy,
+        "--policy-document",
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:Connect","Resource":"*"}]}"#,
+    ]));
+
+    let certs = Certs::generate(&thing);
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join(&thing);
+    let mut first = provision(
+        &[
+            "--policy",
+            &policy,
+            "--ca-file",
+            certs.ca.to_str().unwrap(),
+            &thing,
+        ],
+        &out_dir,
+    );
+    succeed(on_moto(first.env("PATH", &path), &endpoint));
+
+    // moto now has the thing with one certificate, and the certificate has the policy.
+    let principals = stdout(&succeed(&mut aws_cmd(&[
+        "iot",
+        "list-thing-principals",
+        "--thing-name",
+        &thing,
+        "--query",
+        "principals[0]",
+        "--output",
+        "text",
+    ])));
+    let cert_arn = principals.trim();
+    assert!(cert_arn.starts_with("arn:aws:iot:"), "{principals}");
+    let policies = stdout(&succeed(&mut aws_cmd(&[
+        "iot",
+        "list-attached-policies",
+        "--target",
+        cert_arn,
+        "--query",
+        "policies[].policyName",
+        "--output",
+        "text",
+    ])));
+    assert_eq!(policies.trim(), policy);
+
+    // The key never left the machine readable by others; the config checks with it.
+    let key = out_dir.join("certs/private.pem.key");
+    assert_eq!(
+        fs::metadata(&key).unwrap().permissions().mode() & 0o077,
+        0,
+        "key readable by others"
+    );
+    let check = agent_check(&out_dir.join("agent.toml"));
+    assert!(check.status.success(), "{}", stderr(&check));
+    let config = Config::load(&out_dir.join("agent.toml")).unwrap();
+    assert_eq!(config.device_id, thing);
+    assert!(
+        config.mqtt.host.ends_with(".amazonaws.com"),
+        "{}",
+        config.mqtt.host
+    );
+
+    // A second run into the same directory refuses instead of overwriting the key.
+    let again = output(&mut provision(&["--policy", &policy, &thing], &out_dir).env("PATH", &path));
+    fails_saying(&again, "already holds a provisioned device");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scripts and docs
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn shellcheck_passes_on_every_script() {
+    let mut scripts = Vec::new();
+    for dir in [
+        "cross",
+        "deploy",
+        "deploy/pi",
+        "deploy/aws",
+        "deploy/greengrass",
+        "tests",
+    ] {
+        for entry in fs::read_dir(workspace_root().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "sh") {
+                scripts.push(path);
+            }
+        }
+    }
+    for expected in [
+        "cross/build.sh",
+        "deploy/pi/install.sh",
+        "deploy/aws/provision-device.sh",
+        "deploy/greengrass/write-config.sh",
+    ] {
+        assert!(
+            scripts.contains(&workspace_root().join(expected)),
+            "{expected} not found"
+        );
+    }
+    succeed(Command::new(system_tool("shellcheck")).args(&scripts));
+}
+
+#[test]
+fn deploy_readme_names_files_that_exist() {
+    let readme = read("deploy/README.md");
+    let mut named = 0;
+    for token in readme.split('`').skip(1).step_by(2) {
+        let path = token.split_whitespace().next().unwrap_or("");
+        let is_repo_path = ["deploy/", "cross/", "agent/", "protocol/"]
+            .iter()
+            .any(|p| path.starts_with(p));
+        if !is_repo_path || path.contains(['<', '*', '$']) || path.starts_with("deploy/out/") {
+            continue;
+        }
+        assert!(
+            workspace_root().join(path).exists(),
+            "deploy/README.md names {path}, which does not exist"
+        );
+        named += 1;
+    }
+    assert!(
+        named >= 5,
+        "deploy/README.md names only {named} repository files"
+    );
+}
