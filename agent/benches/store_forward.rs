@@ -50,6 +50,7 @@ fn batches(count: usize) -> Vec<TelemetryBatch> {
     let mut batcher = Batcher::new(BatchLimits {
         max_readings: std::num::NonZeroUsize::new(60).unwrap(),
         max_age: Duration::from_secs(3600),
+        ..osprey_agent::config::default_batch_limits()
     });
     let now = tokio::time::Instant::now();
     let mut out = Vec::with_capacity(count);

@@ -1,16 +1,31 @@
 //! The batcher: gathers readings into a columnar [`TelemetryBatch`] (one [`Series`] per sensor
-//! and metric) until it holds `max_readings` readings or its oldest reading is `max_age` old.
+//! and metric) until it holds `max_readings` readings, its oldest reading is `max_age` old, or
+//! one more reading would make its message larger than `max_bytes`.
 //!
 //! It is pure: the caller passes the current instant, so tests need no clock, and it hands a
 //! full batch back rather than sending it anywhere (the sampler decides where it goes).
+//!
+//! Size: the message of a batch is measured as the protocol's worst case for it (longest
+//! device id, largest sequence number: [`TelemetryBatch::max_message_len`]), so the writer can
+//! number it freely. Measuring is cheap until the batch could possibly be near the limit: the
+//! batcher first adds up [`Series::encoded_len_bound`] (O(1) per series), and only past the
+//! limit does it encode, and then only the series that changed since it last measured.
 
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-use osprey_protocol::{Series, TelemetryBatch};
+use osprey_protocol::{Series, TelemetryBatch, MAX_MESSAGE_BYTES};
 use tokio::time::Instant;
 
 use crate::reading::Reading;
+
+/// Smallest allowed [`BatchLimits::max_bytes`]: room for one reading with the longest names
+/// the protocol allows, so that every reading fits into some batch.
+pub const MIN_BATCH_BYTES: usize = 1024;
+
+/// Default and largest [`BatchLimits::max_bytes`]: the protocol's message limit (128 KiB, AWS
+/// IoT Core's payload limit).
+pub const DEFAULT_BATCH_BYTES: usize = MAX_MESSAGE_BYTES;
 
 /// When a batch is cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +34,9 @@ pub struct BatchLimits {
     pub max_readings: NonZeroUsize,
     /// ... or when its oldest reading is this old.
     pub max_age: Duration,
+    /// ... or before its encoded message would grow past this many bytes
+    /// ([`MIN_BATCH_BYTES`]`..=`[`DEFAULT_BATCH_BYTES`]).
+    pub max_bytes: usize,
 }
 
 /// Accumulates readings into a batch.
@@ -26,17 +44,22 @@ pub struct BatchLimits {
 pub struct Batcher {
     limits: BatchLimits,
     batch: TelemetryBatch,
+    /// Encoded size of each series of `batch` when last measured; `None` once it changed.
+    sizes: Vec<Option<usize>>,
     readings: usize,
     /// When the first reading of the current batch arrived.
     opened: Option<Instant>,
 }
 
 impl Batcher {
-    /// An empty batcher.
-    pub fn new(limits: BatchLimits) -> Batcher {
+    /// An empty batcher. A `max_bytes` outside [`MIN_BATCH_BYTES`]`..=`[`DEFAULT_BATCH_BYTES`]
+    /// is clamped into that range (the config loader rejects such values first).
+    pub fn new(mut limits: BatchLimits) -> Batcher {
+        limits.max_bytes = limits.max_bytes.clamp(MIN_BATCH_BYTES, DEFAULT_BATCH_BYTES);
         Batcher {
             limits,
             batch: TelemetryBatch::default(),
+            sizes: Vec::new(),
             readings: 0,
             opened: None,
         }
@@ -52,33 +75,74 @@ impl Batcher {
         self.readings == 0
     }
 
-    /// Adds a reading that arrived at `now`; returns the batch if this filled it.
+    /// Adds a reading that arrived at `now`; returns the batch if this filled it. When the
+    /// reading would push the message past `max_bytes`, the batch is returned without it and
+    /// the reading opens the next batch.
     pub fn push(&mut self, reading: &Reading, now: Instant) -> Option<TelemetryBatch> {
-        let series = match self
+        let i = self.add(reading, now);
+        if !self.fits() {
+            self.remove_last(i);
+            let full = self.take();
+            self.add(reading, now);
+            return full;
+        }
+        if self.readings >= self.limits.max_readings.get() {
+            self.take()
+        } else {
+            None
+        }
+    }
+
+    /// Appends the reading to its series (a new one if needed); returns the series' index.
+    fn add(&mut self, reading: &Reading, now: Instant) -> usize {
+        let i = match self
             .batch
             .series
             .iter()
             .position(|s| s.sensor == reading.sensor && s.metric == reading.metric)
         {
-            Some(i) => &mut self.batch.series[i],
+            Some(i) => i,
             None => {
                 self.batch.series.push(Series::new(
                     &reading.sensor,
                     &reading.metric,
                     &reading.unit,
                 ));
-                let last = self.batch.series.len() - 1;
-                &mut self.batch.series[last]
+                self.sizes.push(None);
+                self.batch.series.len() - 1
             }
         };
-        series.push(reading.time_ms, reading.value);
+        self.batch.series[i].push(reading.time_ms, reading.value);
+        self.sizes[i] = None;
         self.readings += 1;
         self.opened.get_or_insert(now);
-        if self.readings >= self.limits.max_readings.get() {
-            self.take()
-        } else {
-            None
+        i
+    }
+
+    /// Undoes the last [`Batcher::add`], which went to series `i`.
+    fn remove_last(&mut self, i: usize) {
+        let series = &mut self.batch.series[i];
+        series.pop();
+        self.sizes[i] = None;
+        if series.values.is_empty() {
+            self.batch.series.remove(i);
+            self.sizes.remove(i);
         }
+        self.readings -= 1;
+    }
+
+    /// Whether the current batch's message is within `max_bytes`.
+    fn fits(&mut self) -> bool {
+        let count = self.batch.series.len();
+        let bound: usize = self.batch.series.iter().map(Series::encoded_len_bound).sum();
+        if TelemetryBatch::message_len_max(count, bound) <= self.limits.max_bytes {
+            return true;
+        }
+        let mut exact = 0;
+        for (series, size) in self.batch.series.iter().zip(&mut self.sizes) {
+            exact += *size.get_or_insert_with(|| series.encoded_len());
+        }
+        TelemetryBatch::message_len_max(count, exact) <= self.limits.max_bytes
     }
 
     /// Whether the batch is non-empty and its oldest reading is at least `max_age` old.
@@ -100,6 +164,7 @@ impl Batcher {
         }
         self.readings = 0;
         self.opened = None;
+        self.sizes.clear();
         Some(std::mem::take(&mut self.batch))
     }
 }
@@ -112,6 +177,7 @@ mod tests {
         BatchLimits {
             max_readings: NonZeroUsize::new(max_readings).unwrap(),
             max_age: Duration::from_millis(max_age_ms),
+            max_bytes: DEFAULT_BATCH_BYTES,
         }
     }
 
@@ -177,5 +243,101 @@ mod tests {
         assert_eq!(b.len(), 1);
         let batch = b.take().unwrap();
         assert_eq!(batch.series[0].values, [47.0]);
+    }
+
+    /// Feeds `readings` through a batcher with `max_bytes`, flushing at the end.
+    fn run(readings: &[Reading], max_readings: usize, max_bytes: usize) -> Vec<TelemetryBatch> {
+        let now = Instant::now();
+        let mut b = Batcher::new(BatchLimits {
+            max_bytes,
+            ..limits(max_readings, 60_000)
+        });
+        let mut out: Vec<TelemetryBatch> = readings.iter().filter_map(|r| b.push(r, now)).collect();
+        out.extend(b.take());
+        out
+    }
+
+    fn flatten(batches: &[TelemetryBatch]) -> Vec<(String, i64, u64)> {
+        batches
+            .iter()
+            .flat_map(|b| &b.series)
+            .flat_map(|s| s.readings().map(|(t, v)| (s.metric.clone(), t, v.to_bits())))
+            .collect()
+    }
+
+    /// Readings of three series whose values defeat the compact forms now and then, so that
+    /// sizes jump around.
+    fn mixed_readings(n: usize) -> Vec<Reading> {
+        (0..n)
+            .map(|i| {
+                let t = 1_700_000_000_000 + (i / 3) as i64 * 1000 + (i % 7) as i64;
+                match i % 3 {
+                    0 => Reading::new("bearing", "temperature", "Cel", t, (4000 + i % 50) as f64 / 100.0),
+                    1 => Reading::new("motor", "current", "A", t, if i % 11 == 0 { 0.1 + 0.2 } else { 12.5 }),
+                    _ => Reading::new("hub", "accel", "m/s2", t, (i as f64).sin()),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn byte_limit_cuts_batches_that_fit_and_keep_every_reading_in_order() {
+        let readings = mixed_readings(3000);
+        for max_bytes in [MIN_BATCH_BYTES, 1500, 4096, 8000] {
+            let batches = run(&readings, 4096, max_bytes);
+            assert!(batches.len() > 1, "{max_bytes}: one batch");
+            for b in &batches {
+                let size = b.max_message_len();
+                assert!(size <= max_bytes, "{max_bytes}: a batch makes {size} bytes");
+                // The real encoding (any device id, any seq) stays within it too.
+                let msg = osprey_protocol::Envelope::new(
+                    &"d".repeat(128),
+                    u64::MAX,
+                    osprey_protocol::Body::Telemetry(b.clone()),
+                );
+                assert!(msg.encode_with_limit(max_bytes).is_ok());
+            }
+            // Batches are not cut much earlier than needed: all but the last are over half full.
+            for b in &batches[..batches.len() - 1] {
+                assert!(b.max_message_len() > max_bytes / 2, "{max_bytes}: {}", b.max_message_len());
+            }
+            let mut want = vec![TelemetryBatch::default()];
+            for r in &readings {
+                let w = &mut want[0];
+                match w.series.iter_mut().find(|s| s.metric == r.metric) {
+                    Some(s) => s.push(r.time_ms, r.value),
+                    None => {
+                        let mut s = Series::new(&r.sensor, &r.metric, &r.unit);
+                        s.push(r.time_ms, r.value);
+                        w.series.push(s);
+                    }
+                }
+            }
+            // Per series, the readings come out in the order they went in, none lost.
+            for metric in ["temperature", "current", "accel"] {
+                let pick = |b: &[TelemetryBatch]| -> Vec<(String, i64, u64)> {
+                    flatten(b).into_iter().filter(|r| r.0 == metric).collect()
+                };
+                assert_eq!(pick(&batches), pick(&want), "{max_bytes}: {metric}");
+            }
+            assert_eq!(
+                batches.iter().map(TelemetryBatch::reading_count).sum::<usize>(),
+                readings.len()
+            );
+        }
+    }
+
+    #[test]
+    fn byte_limit_is_clamped_to_the_allowed_range() {
+        let b = Batcher::new(BatchLimits {
+            max_bytes: 10,
+            ..limits(10, 1000)
+        });
+        assert_eq!(b.limits.max_bytes, MIN_BATCH_BYTES);
+        let b = Batcher::new(BatchLimits {
+            max_bytes: usize::MAX,
+            ..limits(10, 1000)
+        });
+        assert_eq!(b.limits.max_bytes, DEFAULT_BATCH_BYTES);
     }
 }

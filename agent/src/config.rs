@@ -333,6 +333,7 @@ pub fn default_batch_limits() -> BatchLimits {
     BatchLimits {
         max_readings: NonZeroUsize::new(DEFAULT_MAX_READINGS).unwrap_or(NonZeroUsize::MIN),
         max_age: DEFAULT_MAX_AGE,
+        max_bytes: crate::batch::DEFAULT_BATCH_BYTES,
     }
 }
 
@@ -365,6 +366,25 @@ fn from_raw(raw: &raw::AgentConfig, text: &str, base_dir: &Path) -> Result<Confi
                     v.span(),
                     "batch.max_readings",
                     &format!("must be between 1 and {MAX_BATCH_READINGS}"),
+                )
+            })?,
+    };
+    let batch_bytes = match &raw.batch.max_bytes {
+        None => crate::batch::DEFAULT_BATCH_BYTES,
+        Some(v) => usize::try_from(*v.get_ref())
+            .ok()
+            .filter(|n| {
+                (crate::batch::MIN_BATCH_BYTES..=crate::batch::DEFAULT_BATCH_BYTES).contains(n)
+            })
+            .ok_or_else(|| {
+                at(
+                    v.span(),
+                    "batch.max_bytes",
+                    &format!(
+                        "must be between {} and {} (the protocol's message limit)",
+                        crate::batch::MIN_BATCH_BYTES,
+                        crate::batch::DEFAULT_BATCH_BYTES
+                    ),
                 )
             })?,
     };
@@ -436,6 +456,7 @@ fn from_raw(raw: &raw::AgentConfig, text: &str, base_dir: &Path) -> Result<Confi
                 .max_age_ms
                 .as_ref()
                 .map_or(DEFAULT_MAX_AGE, |v| Duration::from_millis(*v.get_ref())),
+            max_bytes: batch_bytes,
         },
         journal_path: raw
             .journal

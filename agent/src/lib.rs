@@ -15,7 +15,8 @@
 //! |---|---|
 //! | [`config`] | TOML config → validated [`Config`], with line:column errors |
 //! | [`sim`] | deterministic simulated machine ([`Simulator`]) |
-//! | [`rule`] | threshold rules with hysteresis ([`RuleSet`]) |
+//! | [`sensors`] | sensor sources (sysfs, 1-Wire, I2C drivers, GPIO, commands), sensor health |
+//! | [`rule`] | local rules with hysteresis and delays ([`RuleSet`]), persisted alarms, actions |
 //! | [`batch`] | columnar telemetry batches ([`Batcher`]) |
 //! | [`journal`] | durable store of undelivered messages ([`Journal`], [`SledJournal`]): byte quota, drop counters, corrupt-journal recovery |
 //! | `writer` | gives messages their sequence numbers and journals them |
@@ -44,6 +45,7 @@
 
 mod backoff;
 pub mod batch;
+mod boot;
 mod clock;
 pub mod config;
 mod error;

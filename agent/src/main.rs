@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use osprey_agent::config::Config;
+use osprey_agent::config::{Config, SensorKind};
+use osprey_protocol::Comparison;
 use osprey_agent::{journal, tls};
 
 mod journal_cli;
@@ -332,25 +333,74 @@ fn summary(config: &Config) -> String {
         .rules
         .iter()
         .map(|r| {
+            let condition = match r.when {
+                Comparison::Outside => {
+                    let (low, high) = r.clear_band();
+                    format!(
+                        "outside {}..{}, clear inside {low}..{high}",
+                        r.low.unwrap_or(f64::NAN),
+                        r.high.unwrap_or(f64::NAN)
+                    )
+                }
+                Comparison::NoData => {
+                    format!("no data for {} ms", r.timeout_ms.unwrap_or(0))
+                }
+                when => format!("{} {}, clear {}", when.name(), r.threshold, r.clear_level()),
+            };
+            let delays = match (r.on_delay_ms, r.off_delay_ms) {
+                (0, 0) => String::new(),
+                (on, off) => format!(", delays on {on} ms off {off} ms"),
+            };
             format!(
-                "{} ({}/{} {} {}, clear {}, {})",
+                "{} ({}/{} {condition}{delays}, {})",
                 r.id,
                 r.sensor,
                 r.metric,
-                format!("{:?}", r.when).to_lowercase(),
-                r.threshold,
-                r.clear_level(),
                 format!("{:?}", r.severity).to_lowercase()
             )
         })
         .collect();
+    line("rules", list_or_none(rules));
+    let sensors: Vec<String> = config
+        .sensors
+        .iter()
+        .map(|s| format!("{} ({})", s.name, sensor_kind(&s.kind)))
+        .collect();
     line(
-        "rules",
-        if rules.is_empty() {
-            "none".to_owned()
+        "sensors",
+        if sensors.is_empty() {
+            "the simulator".to_owned()
         } else {
-            rules.join("; ")
+            sensors.join("; ")
         },
     );
+    line("actions", list_or_none(config.actions.iter().map(|a| format!("{} → {:?}", a.rule, a.kind)).collect()));
+    line("alarms", config.alarms_path.display().to_string());
     out
+}
+
+fn list_or_none(items: Vec<String>) -> String {
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join("; ")
+    }
+}
+
+fn sensor_kind(kind: &SensorKind) -> String {
+    match kind {
+        SensorKind::Simulator { seed, scenario } => format!("simulator, {}, seed {seed}", scenario.name()),
+        SensorKind::Hwmon { chip, .. } => format!("hwmon {chip}"),
+        SensorKind::Thermal { zone, .. } => format!("thermal zone {zone}"),
+        SensorKind::Ds18b20 { id, .. } => format!("DS18B20 {id}"),
+        SensorKind::Bme280 { bus, address } => format!("BME280 at {address:#04x} on {}", bus.display()),
+        SensorKind::Sht3x { bus, address } => format!("SHT3x at {address:#04x} on {}", bus.display()),
+        SensorKind::Adxl345 { bus, address, rate_hz, block } => format!(
+            "ADXL345 at {address:#04x} on {}, {rate_hz} Hz, blocks of {block}",
+            bus.display()
+        ),
+        SensorKind::Gpio { line, .. } => format!("GPIO {line}"),
+        SensorKind::Command { argv, .. } => format!("command {}", argv.join(" ")),
+        other => format!("{other:?}"),
+    }
 }

@@ -301,6 +301,7 @@ mod tests {
         c.batch = BatchLimits {
             max_readings: NonZeroUsize::new(max_readings).unwrap(),
             max_age,
+            ..c.batch
         };
         c.sampling.max_samples = NonZeroU64::new(max_samples);
         let (tx, rx) = mpsc::channel(1024);

@@ -174,7 +174,7 @@ fn device_config(device: &str, dir: &std::path::Path, port: u16, max_samples: u6
 
 async fn run_to_completion(config: Config) -> RunSummary {
     tokio::time::timeout(
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         run(config, std::future::pending::<()>()),
     )
     .await
@@ -286,6 +286,55 @@ async fn reconnect_resends_unacked_in_order() {
     assert_eq!(summary.connections, 2);
     assert_eq!(summary.backlog, 0);
     assert_eq!(reading_count(&received), 450);
+}
+
+#[tokio::test]
+async fn interleave_live_sends_fresh_telemetry_during_a_capped_catch_up() {
+    // The first connection stalls and drops, so a backlog builds up; the second drains it at
+    // 20 messages/s while sampling goes on at 75 batches/s.
+    let mut broker = FakeBroker::start(vec![
+        Script {
+            ack: false,
+            drop_after: Some(4),
+        },
+        ACK_ALL,
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), broker.port, 1500);
+    config.mqtt.interleave_live = true;
+    config.mqtt.max_publish_rate = std::num::NonZeroU32::new(20);
+    let started = std::time::Instant::now();
+    let summary = run_to_completion(config).await;
+    let received = broker.received_after(2).await;
+
+    let birth = received
+        .iter()
+        .find(|r| r.connection == 1 && r.envelope.kind() == Kind::Status)
+        .map(|r| r.envelope.seq)
+        .expect("birth on the second connection");
+    let second = of_kind(&received, 1, Kind::Telemetry);
+    let first_live = second
+        .iter()
+        .position(|s| *s > birth)
+        .expect("live telemetry");
+    let last_backlog = second.iter().rposition(|s| *s < birth).expect("backlog");
+    assert!(
+        first_live < last_backlog,
+        "live telemetry waited behind the whole backlog: {second:?} (birth {birth})"
+    );
+    // Each side stays in order.
+    let (live, backlog): (Vec<u64>, Vec<u64>) = second.iter().partition(|s| **s > birth);
+    assert!(live.windows(2).all(|w| w[0] < w[1]), "{live:?}");
+    assert!(backlog.windows(2).all(|w| w[0] < w[1]), "{backlog:?}");
+    assert_eq!(reading_count(&received), 4500);
+    assert_eq!(summary.backlog, 0);
+    // 150 batches at 20/s cannot take less than ~7 s: the cap held.
+    assert!(
+        started.elapsed() >= Duration::from_secs(6),
+        "drained in {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]

@@ -53,9 +53,17 @@ impl TelemetryBatch {
     /// The size of the largest message this batch can make: its encoded size in an envelope
     /// with the longest device id and the largest sequence number. Exact for that worst case.
     pub fn max_message_len(&self) -> usize {
-        body_header_len(self.series.len())
-            + self.series.iter().map(Series::encoded_len).sum::<usize>()
-            + ENVELOPE_OVERHEAD_MAX
+        TelemetryBatch::message_len_max(
+            self.series.len(),
+            self.series.iter().map(Series::encoded_len).sum(),
+        )
+    }
+
+    /// [`TelemetryBatch::max_message_len`] of a batch of `series` series whose
+    /// [`Series::encoded_len`]s add up to `series_bytes`: for callers that keep the sizes of
+    /// the series they fill.
+    pub fn message_len_max(series: usize, series_bytes: usize) -> usize {
+        body_header_len(series) + series_bytes + ENVELOPE_OVERHEAD_MAX
     }
 
     /// Splits the batch into batches whose messages are each at most `limit` bytes, for any

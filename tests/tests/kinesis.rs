@@ -399,3 +399,23 @@ fn kinesalite_four_shards_restart_and_split_count_every_reading_once() {
     });
     scenario(&endpoint, &[]);
 }
+
+#[test]
+fn moto_with_dynamodb_checkpoints_counts_every_reading_once() {
+    let endpoint = moto_endpoint();
+    let table = unique_name("checkpoints");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(&endpoint)
+            .load()
+            .await;
+        let client = aws_sdk_dynamodb::Client::new(&config);
+        osprey_cloud::source::kinesis::dynamo::DynamoCheckpoints::create_table(&client, &table)
+            .await
+            .unwrap();
+    });
+    // The killed consumer's leases lapse after 30 s; the restarted one then takes the shards.
+    scenario(&endpoint, &["--checkpoint-table", &table]);
+}

@@ -74,6 +74,9 @@ pub(crate) struct BatchConfig {
     pub(crate) max_readings: Option<Spanned<u64>>,
     /// ... or when its oldest reading is this many milliseconds old (default 5000).
     pub(crate) max_age_ms: Option<Spanned<u64>>,
+    /// ... or before its message would exceed this many bytes (default and maximum 131072,
+    /// at least 1024).
+    pub(crate) max_bytes: Option<Spanned<u64>>,
 }
 
 /// `[journal]`

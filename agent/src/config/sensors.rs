@@ -255,6 +255,17 @@ pub struct ActionConfig {
     pub kind: ActionKind,
 }
 
+impl ActionConfig {
+    /// An action (for configs built in code).
+    pub fn new(rule: &str, on: ActionOn, kind: ActionKind) -> ActionConfig {
+        ActionConfig {
+            rule: rule.to_owned(),
+            on,
+            kind,
+        }
+    }
+}
+
 /// Builds located errors for one file.
 struct At<'a> {
     text: &'a str,

@@ -14,9 +14,10 @@
 //! Significance: the trend is reported only when the slope's t statistic
 //! (`slope / standard error`) reaches [`SignalsConfig::trend_t`] (6 by default; a flat series
 //! of independent noise gets there about twice in a billion fits). A time to threshold needs a
-//! tighter slope, [`SignalsConfig::predict_t`] (20: the slope known to ±10 % at two standard
+//! tighter slope, [`SignalsConfig::predict_t`] (30: the slope known to ±10 % at three standard
 //! errors), so the estimate is good enough to act on. Its range comes from the slope's
-//! interval at three standard errors.
+//! interval at three standard errors. The fit uses the last 240 windows (four hours of
+//! one-minute windows).
 
 use osprey_protocol::{Comparison, Severity, ThresholdRule};
 use serde::{Deserialize, Serialize};
@@ -48,10 +49,10 @@ impl Default for SignalsConfig {
     fn default() -> SignalsConfig {
         SignalsConfig {
             ewma_alpha: 0.1,
-            trend_windows: 120,
+            trend_windows: 240,
             min_trend_windows: 20,
             trend_t: 6.0,
-            predict_t: 20.0,
+            predict_t: 30.0,
             horizon_ms: 24 * 3_600_000,
             rules: Vec::new(),
         }

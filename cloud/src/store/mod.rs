@@ -12,12 +12,15 @@
 pub mod query;
 pub mod reader;
 pub mod schema;
+pub mod signals;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use rusqlite::Connection;
+
+use crate::analytics::signals::SignalsConfig;
 
 pub use query::{AlertFilter, AlertRow, Counts, DeviceSummary, WindowFilter, WindowRow};
 pub use reader::StoreReader;
@@ -93,6 +96,15 @@ impl Store {
     /// Opens (creating if needed) the database at `path` and starts the writer thread.
     /// Blocks briefly for file I/O.
     pub fn open(path: impl AsRef<Path>) -> Result<Store, StoreError> {
+        Store::open_with(path, SignalsConfig::default())
+    }
+
+    /// [`Store::open`], with the writer computing maintenance signals under `signals` (its
+    /// rules, horizon and fit settings).
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        signals: SignalsConfig,
+    ) -> Result<Store, StoreError> {
         let path = path.as_ref().to_owned();
         let open_err = |cause| StoreError::Open {
             path: path.clone(),
@@ -109,7 +121,7 @@ impl Store {
                 })
             }
         }
-        let (writer, thread) = writer::spawn(conn, WRITE_QUEUE)?;
+        let (writer, thread) = writer::spawn(conn, WRITE_QUEUE, signals)?;
         let reader = StoreReader::new(&path);
         tracing::info!(path = %path.display(), "store open");
         Ok(Store {

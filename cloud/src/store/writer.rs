@@ -24,6 +24,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::query::{read_stored, STORED_COLUMNS};
 use super::StoreError;
+use crate::analytics::signals::SignalsConfig;
 use crate::window::table::{fold, Stored, WindowStore, WindowUpdate};
 use crate::window::{WindowDelta, WindowKind};
 
@@ -169,13 +170,14 @@ impl StoreWriter {
 pub(super) fn spawn(
     conn: Connection,
     capacity: usize,
+    signals: SignalsConfig,
 ) -> Result<(StoreWriter, JoinHandle<()>), StoreError> {
     let (jobs_tx, jobs_rx) = mpsc::channel(capacity.max(1));
     let (updates_tx, _) = broadcast::channel(UPDATES_CAPACITY);
     let thread_updates_tx = updates_tx.clone();
     let thread = std::thread::Builder::new()
         .name("osprey-store-writer".to_owned())
-        .spawn(move || run(conn, jobs_rx, thread_updates_tx))
+        .spawn(move || run(conn, jobs_rx, thread_updates_tx, &signals))
         .map_err(|cause| StoreError::SpawnWriter { cause })?;
     Ok((
         StoreWriter {
@@ -190,12 +192,19 @@ fn run(
     mut conn: Connection,
     mut jobs_rx: mpsc::Receiver<Job>,
     updates_tx: broadcast::Sender<WindowUpdate>,
+    signals: &SignalsConfig,
 ) {
     let mut updates = Vec::new();
     while let Some(job) = jobs_rx.blocking_recv() {
         updates.clear();
-        let result = apply(&mut conn, &job.writes, job.checkpoint.as_ref(), &mut updates)
-            .map_err(|cause| StoreError::Write { cause });
+        let result = apply(
+            &mut conn,
+            &job.writes,
+            job.checkpoint.as_ref(),
+            &mut updates,
+            signals,
+        )
+        .map_err(|cause| StoreError::Write { cause });
         match &result {
             Err(e) => {
                 tracing::error!(error = %e, writes = job.writes.len(), "store write failed, rolled back");
@@ -219,12 +228,14 @@ fn run(
     tracing::debug!("store writer stopped");
 }
 
-/// Applies one job in one transaction; the windows it changed are pushed onto `updates`.
+/// Applies one job in one transaction; the windows it changed are pushed onto `updates`, and
+/// the signals of the series they belong to are recomputed in the same transaction.
 pub(super) fn apply(
     conn: &mut Connection,
     writes: &[Write],
     checkpoint: Option<&Checkpoint>,
     updates: &mut Vec<WindowUpdate>,
+    signals: &SignalsConfig,
 ) -> rusqlite::Result<Vec<Written>> {
     let tx = conn.transaction()?;
     let mut written = Vec::with_capacity(writes.len());
@@ -256,6 +267,7 @@ pub(super) fn apply(
             crate::clock::now_ms()
         ])?;
     }
+    super::signals::refresh(&tx, signals, updates)?;
     tx.commit()?;
     Ok(written)
 }
