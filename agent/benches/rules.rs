@@ -9,8 +9,9 @@
 //! 2. latency, printed as p50/p99 over 20,000 alert events: the sampler's path from reading
 //!    the sensors to the local alert having fired, measured two ways:
 //!    - `memory`: simulator sample → rules → alert logged (tracing, no subscriber);
-//!    - `sysfs`: a hwmon channel read from files → rules → GPIO output written through sysfs
-//!      (a fake tree in a temp directory, so it is the kernel's VFS cost, not a real pin).
+//!    - `sysfs`: a hwmon channel read from files (with its health check) → rules → GPIO
+//!      output written through sysfs; the files are a fake tree in `/dev/shm` (tmpfs, in
+//!      memory like sysfs), so this is the kernel's VFS cost, not a real pin's.
 //!
 //! Each iteration's reading alternates between alarm and safe levels, so every iteration
 //! fires a raise or a clear.
@@ -30,7 +31,11 @@ use osprey_agent::{Reading, RuleSet, Scenario, Simulator};
 use osprey_protocol::{Comparison, ThresholdRule};
 
 fn many_rules() -> Vec<ThresholdRule> {
-    let series = [("bearing", "temperature"), ("bearing", "vibration"), ("motor", "current")];
+    let series = [
+        ("bearing", "temperature"),
+        ("bearing", "vibration"),
+        ("motor", "current"),
+    ];
     (0..64)
         .map(|i| {
             let (sensor, metric) = series[i % 3];
@@ -68,7 +73,10 @@ fn many_rules() -> Vec<ThresholdRule> {
 
 fn evaluate(c: &mut Criterion) {
     let mut group = c.benchmark_group("evaluate_one_sample");
-    for (name, rules) in [("2_default_rules", default_rules()), ("64_mixed_rules", many_rules())] {
+    for (name, rules) in [
+        ("2_default_rules", default_rules()),
+        ("64_mixed_rules", many_rules()),
+    ] {
         let mut set = RuleSet::new(rules);
         let mut sim = Simulator::new("bench-1", 1, Scenario::Steady);
         let mut t = 0i64;
@@ -135,7 +143,14 @@ fn latency_memory() {
 }
 
 fn latency_sysfs() {
-    let dir = tempfile::tempdir().unwrap();
+    // Real sysfs lives in memory; a temp directory on disk would time the disk's writes.
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
+    println!("fake sysfs tree in {}", dir.path().display());
     let hwmon = dir.path().join("hwmon/hwmon0");
     let gpio = dir.path().join("gpio/gpio18");
     std::fs::create_dir_all(&hwmon).unwrap();
@@ -162,7 +177,11 @@ fn latency_sysfs() {
         let start = Instant::now();
         let sample = sensors.sample(i as i64);
         let mut fired = 0;
-        for r in sample.readings.iter().filter(|r: &&Reading| r.metric == "temp1") {
+        for r in sample
+            .readings
+            .iter()
+            .filter(|r: &&Reading| r.metric == "temp1")
+        {
             for alert in rules.evaluate(r) {
                 fired += actions.fire("bench-1", &alert);
             }
@@ -196,7 +215,11 @@ fn machine() -> String {
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|| "unknown CPU".to_owned());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cpu}, {cores} cores, {} {}", std::env::consts::OS, std::env::consts::ARCH)
+    format!(
+        "{cpu}, {cores} cores, {} {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
 }
 
 fn main() {

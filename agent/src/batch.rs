@@ -134,7 +134,12 @@ impl Batcher {
     /// Whether the current batch's message is within `max_bytes`.
     fn fits(&mut self) -> bool {
         let count = self.batch.series.len();
-        let bound: usize = self.batch.series.iter().map(Series::encoded_len_bound).sum();
+        let bound: usize = self
+            .batch
+            .series
+            .iter()
+            .map(Series::encoded_len_bound)
+            .sum();
         if TelemetryBatch::message_len_max(count, bound) <= self.limits.max_bytes {
             return true;
         }
@@ -261,7 +266,10 @@ mod tests {
         batches
             .iter()
             .flat_map(|b| &b.series)
-            .flat_map(|s| s.readings().map(|(t, v)| (s.metric.clone(), t, v.to_bits())))
+            .flat_map(|s| {
+                s.readings()
+                    .map(|(t, v)| (s.metric.clone(), t, v.to_bits()))
+            })
             .collect()
     }
 
@@ -272,8 +280,20 @@ mod tests {
             .map(|i| {
                 let t = 1_700_000_000_000 + (i / 3) as i64 * 1000 + (i % 7) as i64;
                 match i % 3 {
-                    0 => Reading::new("bearing", "temperature", "Cel", t, (4000 + i % 50) as f64 / 100.0),
-                    1 => Reading::new("motor", "current", "A", t, if i % 11 == 0 { 0.1 + 0.2 } else { 12.5 }),
+                    0 => Reading::new(
+                        "bearing",
+                        "temperature",
+                        "Cel",
+                        t,
+                        (4000 + i % 50) as f64 / 100.0,
+                    ),
+                    1 => Reading::new(
+                        "motor",
+                        "current",
+                        "A",
+                        t,
+                        if i % 11 == 0 { 0.1 + 0.2 } else { 12.5 },
+                    ),
                     _ => Reading::new("hub", "accel", "m/s2", t, (i as f64).sin()),
                 }
             })
@@ -299,7 +319,11 @@ mod tests {
             }
             // Batches are not cut much earlier than needed: all but the last are over half full.
             for b in &batches[..batches.len() - 1] {
-                assert!(b.max_message_len() > max_bytes / 2, "{max_bytes}: {}", b.max_message_len());
+                assert!(
+                    b.max_message_len() > max_bytes / 2,
+                    "{max_bytes}: {}",
+                    b.max_message_len()
+                );
             }
             let mut want = vec![TelemetryBatch::default()];
             for r in &readings {
@@ -321,7 +345,10 @@ mod tests {
                 assert_eq!(pick(&batches), pick(&want), "{max_bytes}: {metric}");
             }
             assert_eq!(
-                batches.iter().map(TelemetryBatch::reading_count).sum::<usize>(),
+                batches
+                    .iter()
+                    .map(TelemetryBatch::reading_count)
+                    .sum::<usize>(),
                 readings.len()
             );
         }

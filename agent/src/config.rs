@@ -431,10 +431,12 @@ fn from_raw(raw: &raw::AgentConfig, text: &str, base_dir: &Path) -> Result<Confi
             return Err(at(p.span(), "alarms.path", "must not be empty"))
         }
         Some(p) => path(p),
-        None => default_alarms_path(&raw.journal.path.as_ref().map_or_else(
-            || PathBuf::from(DEFAULT_JOURNAL_PATH),
-            path,
-        )),
+        None => default_alarms_path(
+            &raw.journal
+                .path
+                .as_ref()
+                .map_or_else(|| PathBuf::from(DEFAULT_JOURNAL_PATH), path),
+        ),
     };
     Ok(Config {
         sampling: Sampling {

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use osprey_agent::config::{Config, SensorKind};
-use osprey_protocol::Comparison;
 use osprey_agent::{journal, tls};
+use osprey_protocol::Comparison;
 
 mod journal_cli;
 
@@ -232,7 +232,9 @@ fn reload_on_sighup(file: PathBuf) -> Option<tokio::sync::mpsc::Receiver<Config>
                             return;
                         }
                     }
-                    Err(error) => tracing::error!(%error, "SIGHUP: config not reloaded, keeping the running one"),
+                    Err(error) => {
+                        tracing::error!(%error, "SIGHUP: config not reloaded, keeping the running one")
+                    }
                 }
             }
         });
@@ -374,7 +376,16 @@ fn summary(config: &Config) -> String {
             sensors.join("; ")
         },
     );
-    line("actions", list_or_none(config.actions.iter().map(|a| format!("{} → {:?}", a.rule, a.kind)).collect()));
+    line(
+        "actions",
+        list_or_none(
+            config
+                .actions
+                .iter()
+                .map(|a| format!("{} → {:?}", a.rule, a.kind))
+                .collect(),
+        ),
+    );
     line("alarms", config.alarms_path.display().to_string());
     out
 }
@@ -389,13 +400,24 @@ fn list_or_none(items: Vec<String>) -> String {
 
 fn sensor_kind(kind: &SensorKind) -> String {
     match kind {
-        SensorKind::Simulator { seed, scenario } => format!("simulator, {}, seed {seed}", scenario.name()),
+        SensorKind::Simulator { seed, scenario } => {
+            format!("simulator, {}, seed {seed}", scenario.name())
+        }
         SensorKind::Hwmon { chip, .. } => format!("hwmon {chip}"),
         SensorKind::Thermal { zone, .. } => format!("thermal zone {zone}"),
         SensorKind::Ds18b20 { id, .. } => format!("DS18B20 {id}"),
-        SensorKind::Bme280 { bus, address } => format!("BME280 at {address:#04x} on {}", bus.display()),
-        SensorKind::Sht3x { bus, address } => format!("SHT3x at {address:#04x} on {}", bus.display()),
-        SensorKind::Adxl345 { bus, address, rate_hz, block } => format!(
+        SensorKind::Bme280 { bus, address } => {
+            format!("BME280 at {address:#04x} on {}", bus.display())
+        }
+        SensorKind::Sht3x { bus, address } => {
+            format!("SHT3x at {address:#04x} on {}", bus.display())
+        }
+        SensorKind::Adxl345 {
+            bus,
+            address,
+            rate_hz,
+            block,
+        } => format!(
             "ADXL345 at {address:#04x} on {}, {rate_hz} Hz, blocks of {block}",
             bus.display()
         ),

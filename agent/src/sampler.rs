@@ -81,7 +81,9 @@ impl Sampler {
                 tracing::info!(device = %config.device_id, restored, file = %store.path().display(), "raised alarms restored");
             }
             Ok(_) => {}
-            Err(error) => tracing::warn!(device = %config.device_id, %error, "starting with no raised alarms"),
+            Err(error) => {
+                tracing::warn!(device = %config.device_id, %error, "starting with no raised alarms")
+            }
         }
         Sampler {
             device: config.device_id.clone(),
@@ -335,14 +337,20 @@ mod tests {
         let mut c = config(Scenario::Degrading, &dir.path().join("journal"));
         c.sampling.max_samples = NonZeroU64::new(200);
         let first = run_config(&c, None).await;
-        assert_eq!(alerts(&first), [("bearing-hot".to_owned(), AlertEvent::Raise)]);
+        assert_eq!(
+            alerts(&first),
+            [("bearing-hot".to_owned(), AlertEvent::Raise)]
+        );
         assert!(c.alarms_path.exists());
         // The restarted simulator starts healthy again: the restored alarm clears, and is
         // not raised a second time.
         c.simulator.scenario = Scenario::Steady;
         c.sampling.max_samples = NonZeroU64::new(3);
         let second = run_config(&c, None).await;
-        assert_eq!(alerts(&second), [("bearing-hot".to_owned(), AlertEvent::Clear)]);
+        assert_eq!(
+            alerts(&second),
+            [("bearing-hot".to_owned(), AlertEvent::Clear)]
+        );
         let third = run_config(&c, None).await;
         assert_eq!(alerts(&third), []);
     }
@@ -355,7 +363,10 @@ mod tests {
             &[
                 ("hwmon/hwmon0/name", "cpu_thermal\n"),
                 ("hwmon/hwmon0/temp1_input", "51000\n"),
-                ("w1/28-01/w1_slave", "72 01 4b 46 7f ff 0e 10 57 : crc=57 NO\n72 01 4b 46 7f ff 0e 10 57 t=23125\n"),
+                (
+                    "w1/28-01/w1_slave",
+                    "72 01 4b 46 7f ff 0e 10 57 : crc=57 NO\n72 01 4b 46 7f ff 0e 10 57 t=23125\n",
+                ),
             ],
         );
         let text = format!(
@@ -377,17 +388,36 @@ mod tests {
         let series: std::collections::BTreeSet<(String, String)> = out
             .iter()
             .filter_map(|m| match m {
-                Outbound::Telemetry(b) => Some(b.series.iter().map(|s| (s.sensor.clone(), s.metric.clone())).collect::<Vec<_>>()),
+                Outbound::Telemetry(b) => Some(
+                    b.series
+                        .iter()
+                        .map(|s| (s.sensor.clone(), s.metric.clone()))
+                        .collect::<Vec<_>>(),
+                ),
                 Outbound::Alert(_) => None,
             })
             .flatten()
             .collect();
-        for (sensor, metric) in [("soc", "temp1"), ("soc", "health"), ("tank", "health"), ("tank", "crc_failures")] {
-            assert!(series.contains(&(sensor.to_owned(), metric.to_owned())), "{series:?}");
+        for (sensor, metric) in [
+            ("soc", "temp1"),
+            ("soc", "health"),
+            ("tank", "health"),
+            ("tank", "crc_failures"),
+        ] {
+            assert!(
+                series.contains(&(sensor.to_owned(), metric.to_owned())),
+                "{series:?}"
+            );
         }
-        assert!(!series.contains(&("tank".to_owned(), "temperature".to_owned())), "a CRC failure yields no value");
+        assert!(
+            !series.contains(&("tank".to_owned(), "temperature".to_owned())),
+            "a CRC failure yields no value"
+        );
         let saved = std::fs::read_to_string(&c.alarms_path).unwrap();
-        assert!(saved.contains("soc-hot") && saved.contains("sensor-fault/tank"), "{saved}");
+        assert!(
+            saved.contains("soc-hot") && saved.contains("sensor-fault/tank"),
+            "{saved}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -399,7 +429,12 @@ mod tests {
         let mut reloaded = c.clone();
         reloaded.rules.push(osprey_protocol::ThresholdRule {
             threshold: 10.0,
-            ..osprey_protocol::ThresholdRule::new("current-high", "motor", "current", osprey_protocol::Comparison::Above)
+            ..osprey_protocol::ThresholdRule::new(
+                "current-high",
+                "motor",
+                "current",
+                osprey_protocol::Comparison::Above,
+            )
         });
         let send = tokio::spawn(async move {
             // After bearing-hot has been raised (sample ~145 at 1 s).
@@ -440,7 +475,10 @@ mod tests {
             readings, 600,
             "200 samples × 3 series, last partial batch flushed"
         );
-        assert_eq!(alerts(&out), [("bearing-hot".to_owned(), AlertEvent::Raise)]);
+        assert_eq!(
+            alerts(&out),
+            [("bearing-hot".to_owned(), AlertEvent::Raise)]
+        );
         assert_eq!(Stats::get(&stats.samples), 200);
         assert_eq!(Stats::get(&stats.batches), 10);
     }

@@ -169,12 +169,12 @@ impl Simulator {
                 (2.0 + DEGRADING_VIBRATION_PER_SAMPLE * i).min(12.0) + 0.15 * n_vib,
                 (12.0 + 0.004 * i).min(15.0) + 0.3 * n_cur,
             ),
-            Scenario::Noisy => (
-                42.0 + 3.2 * n_temp,
-                2.0 + 0.6 * n_vib,
-                12.0 + 1.2 * n_cur,
+            Scenario::Noisy => (42.0 + 3.2 * n_temp, 2.0 + 0.6 * n_vib, 12.0 + 1.2 * n_cur),
+            Scenario::Drifting => (
+                (42.0 + (0.02 * i).min(30.0)) + 0.8 * n_temp,
+                steady.1,
+                steady.2,
             ),
-            Scenario::Drifting => ((42.0 + (0.02 * i).min(30.0)) + 0.8 * n_temp, steady.1, steady.2),
         };
         let mut temperature = round2(temperature);
         if self.scenario == Scenario::Stuck && self.index > STUCK_FROM {
@@ -358,7 +358,10 @@ mod tests {
         // Stuck: from sample 100 the temperature never changes; before, it is steady's.
         let stuck = temps(Scenario::Stuck);
         assert!(stuck[100..].iter().all(|t| *t == stuck[100]));
-        assert!(stuck[..=100].iter().zip(&steady).all(|(a, b)| *a == b[0].value));
+        assert!(stuck[..=100]
+            .iter()
+            .zip(&steady)
+            .all(|(a, b)| *a == b[0].value));
         // Drifting: same noise, trend +0.02 per sample.
         let drifting = temps(Scenario::Drifting);
         assert!((drifting[399] - steady[399][0].value - 7.98).abs() < 0.011);

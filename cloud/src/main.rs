@@ -3,6 +3,7 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,7 +12,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use osprey_cloud::bridge::{self, BridgeConfig};
 use osprey_cloud::connection::kinesis::{KinesisConfig, DEFAULT_REGION};
 use osprey_cloud::connection::mqtt::{MqttConfig, MqttTls};
+use osprey_cloud::analytics::{self, signals::SignalsConfig};
 use osprey_cloud::serve::{self, ServeConfig, SourceConfig};
+use osprey_cloud::window::{Hopping, WindowSpec, WINDOW_MS};
 
 /// Osprey cloud: ingest gateway telemetry from MQTT or Kinesis, keep a fleet view in SQLite,
 /// and serve it as a JSON API and a dashboard.
@@ -103,6 +106,75 @@ struct ServeArgs {
     checkpoint_table: Option<String>,
     #[command(flatten)]
     aws: AwsArgs,
+    #[command(flatten)]
+    analytics: AnalyticsArgs,
+}
+
+/// Windows and maintenance signals.
+#[derive(Debug, Args)]
+struct AnalyticsArgs {
+    /// TOML file with [[rules]] (an agent's configuration file works): the signals predict
+    /// when each series' trend reaches its rule's level.
+    #[arg(long, value_name = "PATH")]
+    rules: Option<PathBuf>,
+    /// A predicted crossing sooner than this many hours raises a maintenance alert.
+    #[arg(long, value_name = "HOURS", default_value_t = 24.0)]
+    horizon_hours: f64,
+    /// Also keep hopping windows: SIZE/SLIDE in seconds, e.g. 300/60.
+    #[arg(long, value_name = "SIZE/SLIDE")]
+    hop: Option<String>,
+    /// Also keep session windows, closed by a silence of this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    session_gap_s: Option<u32>,
+}
+
+impl AnalyticsArgs {
+    fn windows(&self) -> Result<WindowSpec> {
+        let secs = |v: &str| -> Result<NonZeroU32> {
+            v.trim()
+                .parse::<u32>()
+                .ok()
+                .and_then(|s| s.checked_mul(1000))
+                .and_then(NonZeroU32::new)
+                .with_context(|| format!("--hop: {v:?} is not a positive number of seconds"))
+        };
+        let hopping = match &self.hop {
+            None => None,
+            Some(v) => {
+                let (size, slide) = v
+                    .split_once('/')
+                    .with_context(|| format!("--hop takes SIZE/SLIDE in seconds, got {v:?}"))?;
+                Some(Hopping {
+                    size_ms: secs(size)?,
+                    slide_ms: secs(slide)?,
+                })
+            }
+        };
+        let gap = match self.session_gap_s {
+            None => None,
+            Some(s) => Some(
+                s.checked_mul(1000)
+                    .and_then(NonZeroU32::new)
+                    .context("--session-gap-s must be 1 to 4294967")?,
+            ),
+        };
+        Ok(WindowSpec::new(WINDOW_MS, hopping, gap)?)
+    }
+
+    fn signals(&self) -> Result<SignalsConfig> {
+        if !(self.horizon_hours.is_finite() && self.horizon_hours >= 0.0) {
+            bail!("--horizon-hours must be a number of hours >= 0");
+        }
+        let rules = match &self.rules {
+            Some(path) => analytics::rules::load(path)?,
+            None => Vec::new(),
+        };
+        Ok(SignalsConfig {
+            rules,
+            horizon_ms: (self.horizon_hours * 3_600_000.0) as i64,
+            ..SignalsConfig::default()
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -219,7 +291,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
             SourceConfig::Kinesis(kinesis)
         }
     };
-    let cfg = ServeConfig::new(args.db, args.listen, source);
+    let mut cfg = ServeConfig::new(args.db, args.listen, source);
+    cfg.windows = args.analytics.windows()?;
+    cfg.signals = args.analytics.signals()?;
     let mut running = serve::start(cfg)
         .await
         .context("osprey serve could not start")?;

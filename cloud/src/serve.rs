@@ -13,6 +13,8 @@
 //! address from [`Running::addr`]; [`Running::source_ready`] waits until the source is
 //! subscribed (MQTT) or has listed its shards (Kinesis).
 
+use crate::analytics::signals::SignalsConfig;
+use crate::window::WindowSpec;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,7 +48,7 @@ pub enum SourceConfig {
 }
 
 /// Settings of `osprey serve`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServeConfig {
     /// SQLite database file (created if missing).
     pub db: PathBuf,
@@ -54,6 +56,10 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// The source.
     pub source: SourceConfig,
+    /// The windows to compute (default: one-minute tumbling windows only).
+    pub windows: WindowSpec,
+    /// Maintenance signals: rules, horizon, fit settings.
+    pub signals: SignalsConfig,
 }
 
 impl ServeConfig {
@@ -63,6 +69,8 @@ impl ServeConfig {
             db: db.into(),
             listen,
             source,
+            windows: WindowSpec::default(),
+            signals: SignalsConfig::default(),
         }
     }
 }
@@ -123,11 +131,11 @@ pub struct Running {
 
 /// Opens the store, binds the API and starts the source. Returns once the API listens.
 pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
-    let db = cfg.db.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(db))
+    let (db, signals) = (cfg.db.clone(), cfg.signals.clone());
+    let store = tokio::task::spawn_blocking(move || Store::open_with(db, signals))
         .await
         .map_err(|e| StoreError::ReadTask(e.to_string()))??;
-    let pipeline = Pipeline::new(store.writer());
+    let pipeline = Pipeline::new(store.writer()).with_windows(cfg.windows);
     let reader = store.reader();
     let (trigger, shutdown) = shutdown::channel();
     let (set_ready, ready) = shutdown::ready();

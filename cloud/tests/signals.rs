@@ -148,3 +148,48 @@ fn flat_noisy_series_predict_nothing() {
     assert_eq!(false_predictions, 0);
     assert_eq!(false_trends, 0);
 }
+
+#[tokio::test]
+async fn the_store_keeps_signals_and_the_device_health_names_the_predicted_breach() {
+    use osprey_cloud::pipeline::{Origin, Pipeline};
+    use osprey_cloud::store::Store;
+    use osprey_protocol::{Body, Envelope, Series, TelemetryBatch};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SignalsConfig {
+        rules: vec![rule(80.0)],
+        horizon_ms: 24 * 3_600_000,
+        ..SignalsConfig::default()
+    };
+    let store = Store::open_with(dir.path().join("osprey.db"), cfg).unwrap();
+    let pipeline = Pipeline::new(store.writer());
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    // Three hours of a bearing warming at 4 °C/h from 40 °C: 80 °C is 10 h from the start.
+    let all = windows(&mut rng, 180, 0.3, |h| 40.0 + 4.0 * h);
+    for (k, w) in all.iter().enumerate() {
+        let mut s = Series::new("bearing", "temperature", "Cel");
+        s.push(w.start_ms + 30_000, w.moments.mean);
+        let payload = Envelope::new("pump-1", k as u64 + 1, Body::Telemetry(TelemetryBatch { series: vec![s] }))
+            .encode()
+            .unwrap();
+        pipeline.ingest(&payload, Origin::Direct("t".into())).await.unwrap();
+    }
+    let signals = store.reader().device_signals("pump-1").await.unwrap();
+    let series = &signals.series[0];
+    let p = &series.predictions[0];
+    let true_remaining = 10.0 * HOUR - (series.as_of_ms - T0) as f64;
+    assert!(
+        (p.remaining_ms as f64 - true_remaining).abs() <= 0.1 * true_remaining,
+        "predicted {} h, true {} h",
+        p.remaining_ms as f64 / HOUR,
+        true_remaining / HOUR
+    );
+    assert!(p.maintenance_alert);
+    assert!(signals.health.score <= 70, "{:?}", signals.health);
+    assert!(signals.health.reasons[0].reason.contains("maintenance alert"));
+    let device = store.reader().device("pump-1").await.unwrap().unwrap();
+    assert_eq!(device.health, signals.health);
+    assert_eq!(device.next_breach.unwrap().prediction.rule, "bearing-hot");
+    drop(pipeline);
+    store.close().await.unwrap();
+}

@@ -171,11 +171,13 @@ pub(crate) fn scaled(values: &[f64]) -> Option<(u8, Vec<i64>)> {
         previous = k;
     }
     // Whole entries, keys included: "s": S (left out when 0), "xi": [...] against "x": [...].
-    let scale_len = if scale == 0 { 0 } else { 2 + int_len(i64::from(scale)) };
-    let ints = scale_len
-        + 3
-        + array_len(column.len())
-        + column.iter().map(|&k| int_len(k)).sum::<usize>();
+    let scale_len = if scale == 0 {
+        0
+    } else {
+        2 + int_len(i64::from(scale))
+    };
+    let ints =
+        scale_len + 3 + array_len(column.len()) + column.iter().map(|&k| int_len(k)).sum::<usize>();
     let floats = 2 + array_len(values.len()) + values.iter().map(|&v| float_len(v)).sum::<usize>();
     (ints <= floats).then_some((scale, column))
 }
@@ -184,7 +186,7 @@ pub(crate) fn scaled(values: &[f64]) -> Option<(u8, Vec<i64>)> {
 fn scaled_at(v: f64, scale: u8) -> Option<i64> {
     let p = POW10[usize::from(scale)];
     let k = (v * p).round();
-    if !(k.abs() <= MAX_SCALED as f64) {
+    if k.is_nan() || k.abs() > MAX_SCALED as f64 {
         return None;
     }
     let k = k as i64;

@@ -337,8 +337,8 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         });
     }
     // ciborium's limit counts nested maps and arrays, the top-level map included.
-    let value: Value = ciborium::de::from_reader_with_recursion_limit(bytes, MAX_DEPTH)
-        .map_err(|e| match e {
+    let value: Value =
+        ciborium::de::from_reader_with_recursion_limit(bytes, MAX_DEPTH).map_err(|e| match e {
             ciborium::de::Error::RecursionLimitExceeded => DecodeError::LimitExceeded {
                 limit: Limit::Depth,
                 found: MAX_DEPTH + 1,

@@ -45,13 +45,13 @@ pub use envelope::{
     FORMAT_MINOR, FORMAT_VERSION,
 };
 pub use error::{DecodeError, EncodeError, RuleError};
-pub use payload::{payload_bytes, PayloadError};
 pub use limit::{
     Limit, MAX_DEPTH, MAX_MESSAGE_BYTES, MAX_READINGS_PER_SERIES, MAX_SERIES_PER_BATCH,
     MAX_TEXT_BYTES,
 };
-pub use telemetry::{Series, TelemetryBatch, ENVELOPE_OVERHEAD_MAX};
+pub use payload::{payload_bytes, PayloadError};
 pub use rule::{Comparison, ThresholdRule};
+pub use telemetry::{Series, TelemetryBatch, ENVELOPE_OVERHEAD_MAX};
 
 /// Checks a device id: 1 to 128 characters of `A-Z a-z 0-9 _ - :` (the AWS IoT thing-name
 /// alphabet), so that it can stand in an MQTT topic level and a Kinesis partition key.

@@ -12,7 +12,9 @@ pub enum PayloadError {
     #[error("the input is empty")]
     Empty,
     /// The text is made of hex digits but an odd number of them.
-    #[error("the input looks like hex but has an odd number of digits ({digits}); a byte is two digits")]
+    #[error(
+        "the input looks like hex but has an odd number of digits ({digits}); a byte is two digits"
+    )]
     OddHex {
         /// Number of hex digits.
         digits: usize,
@@ -68,11 +70,20 @@ mod tests {
 
     #[test]
     fn hex_with_white_space_and_raw_bytes() {
-        assert_eq!(payload_bytes(b"a5 0F\n1b").as_deref(), Ok(&[0xa5, 0x0f, 0x1b][..]));
-        assert_eq!(payload_bytes(&[0xa5, 0x61]).as_deref(), Ok(&[0xa5, 0x61][..]));
+        assert_eq!(
+            payload_bytes(b"a5 0F\n1b").as_deref(),
+            Ok(&[0xa5, 0x0f, 0x1b][..])
+        );
+        assert_eq!(
+            payload_bytes(&[0xa5, 0x61]).as_deref(),
+            Ok(&[0xa5, 0x61][..])
+        );
         assert_eq!(payload_bytes(b" \n\t"), Err(PayloadError::Empty));
         assert_eq!(payload_bytes(b""), Err(PayloadError::Empty));
-        assert_eq!(payload_bytes(b"abc"), Err(PayloadError::OddHex { digits: 3 }));
+        assert_eq!(
+            payload_bytes(b"abc"),
+            Err(PayloadError::OddHex { digits: 3 })
+        );
         // Text that is not all hex is taken as it is (and then fails to decode as CBOR).
         assert_eq!(payload_bytes(b"hello").as_deref(), Ok(&b"hello"[..]));
     }

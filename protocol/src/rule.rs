@@ -168,7 +168,10 @@ impl ThresholdRule {
     pub fn clear_band(&self) -> (f64, f64) {
         let low = self.low.unwrap_or(f64::NAN);
         let high = self.high.unwrap_or(f64::NAN);
-        (self.clear_low.unwrap_or(low), self.clear_high.unwrap_or(high))
+        (
+            self.clear_low.unwrap_or(low),
+            self.clear_high.unwrap_or(high),
+        )
     }
 
     /// Checks the document: non-empty names, the fields its kind needs and no others, finite
@@ -191,12 +194,32 @@ impl ThresholdRule {
             ("clear", self.clear.is_some(), single),
             ("low", self.low.is_some(), when == Comparison::Outside),
             ("high", self.high.is_some(), when == Comparison::Outside),
-            ("clear_low", self.clear_low.is_some(), when == Comparison::Outside),
-            ("clear_high", self.clear_high.is_some(), when == Comparison::Outside),
+            (
+                "clear_low",
+                self.clear_low.is_some(),
+                when == Comparison::Outside,
+            ),
+            (
+                "clear_high",
+                self.clear_high.is_some(),
+                when == Comparison::Outside,
+            ),
             ("window_ms", self.window_ms.is_some(), rate),
-            ("timeout_ms", self.timeout_ms.is_some(), when == Comparison::NoData),
-            ("on_delay_ms", self.on_delay_ms != 0, when != Comparison::NoData),
-            ("off_delay_ms", self.off_delay_ms != 0, when != Comparison::NoData),
+            (
+                "timeout_ms",
+                self.timeout_ms.is_some(),
+                when == Comparison::NoData,
+            ),
+            (
+                "on_delay_ms",
+                self.on_delay_ms != 0,
+                when != Comparison::NoData,
+            ),
+            (
+                "off_delay_ms",
+                self.off_delay_ms != 0,
+                when != Comparison::NoData,
+            ),
         ];
         for (field, present, applies) in fields {
             if present && !applies {

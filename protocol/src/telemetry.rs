@@ -166,7 +166,12 @@ impl Part {
     }
 
     /// How many readings of `series` from `start` on fit into this part, and their size.
-    fn fit(&self, series: &Series, start: usize, limit: usize) -> Result<(usize, usize), EncodeError> {
+    fn fit(
+        &self,
+        series: &Series,
+        start: usize,
+        limit: usize,
+    ) -> Result<(usize, usize), EncodeError> {
         let n = series.values.len();
         if self.batch.series.len() >= MAX_SERIES_PER_BATCH {
             return Ok((0, 0));
@@ -296,7 +301,8 @@ impl Series {
     /// and every time delta as a 32-bit integer (5 bytes), which is what the compact forms are
     /// never bigger than.
     pub fn encoded_len_bound(&self) -> usize {
-        let text = |s: &str| 2 + columns::int_len(i64::try_from(s.len()).unwrap_or(i64::MAX)) + s.len();
+        let text =
+            |s: &str| 2 + columns::int_len(i64::try_from(s.len()).unwrap_or(i64::MAX)) + s.len();
         let n = self.values.len().max(self.dt_ms.len());
         let array = columns::int_len(i64::try_from(n).unwrap_or(i64::MAX));
         1 + text(&self.sensor)
@@ -413,18 +419,27 @@ struct SeriesIn {
 impl<'de> Deserialize<'de> for Series {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Series, D::Error> {
         let w = SeriesIn::deserialize(deserializer)?;
-        let bad = |why: &str| {
-            serde::de::Error::custom(alloc::format!("series {}/{}: {why}", w.n, w.m))
-        };
+        let bad =
+            |why: &str| serde::de::Error::custom(alloc::format!("series {}/{}: {why}", w.n, w.m));
         let values = match (w.x, w.s, w.xi) {
             (Some(x), None, None) => x,
             (None, s, Some(xi)) => columns::expand_scaled(s.unwrap_or(0), &xi).map_err(bad)?,
-            _ => return Err(bad("needs exactly one value form: \"x\", or \"xi\" with optional \"s\"")),
+            _ => {
+                return Err(bad(
+                    "needs exactly one value form: \"x\", or \"xi\" with optional \"s\"",
+                ))
+            }
         };
         let dt_ms = match (w.dt, w.p, w.e) {
             (Some(dt), None, None) => dt,
-            (None, Some(p), e) => columns::expand_period(p, e.as_deref(), values.len()).map_err(bad)?,
-            _ => return Err(bad("needs exactly one time form: \"dt\", or \"p\" with optional \"e\"")),
+            (None, Some(p), e) => {
+                columns::expand_period(p, e.as_deref(), values.len()).map_err(bad)?
+            }
+            _ => {
+                return Err(bad(
+                    "needs exactly one time form: \"dt\", or \"p\" with optional \"e\"",
+                ))
+            }
         };
         if dt_ms.len() != values.len() {
             return Err(bad(&alloc::format!(

@@ -4,8 +4,8 @@
 
 use ciborium::Value;
 use osprey_protocol::{
-    decode, Alert, AlertEvent, Body, ClockState, DecodeError, EncodeError, Envelope, Series, Severity, Status,
-    StatusState, TelemetryBatch, MAX_MESSAGE_BYTES,
+    decode, Alert, AlertEvent, Body, ClockState, DecodeError, EncodeError, Envelope, Series,
+    Severity, Status, StatusState, TelemetryBatch, MAX_MESSAGE_BYTES,
 };
 use proptest::prelude::*;
 
@@ -177,7 +177,11 @@ fn body() -> impl Strategy<Value = Body> {
                 backlog_bytes: bl / 3,
                 dropped_quota: up / 7,
                 boot_id: if on { "b".into() } else { String::new() },
-                clock: if up % 2 == 0 { ClockState::Synced } else { ClockState::Unknown },
+                clock: if up % 2 == 0 {
+                    ClockState::Synced
+                } else {
+                    ClockState::Unknown
+                },
                 ..Status::new(if on {
                     StatusState::Online
                 } else {

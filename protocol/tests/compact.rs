@@ -13,7 +13,11 @@ use proptest::prelude::*;
 fn values() -> impl Strategy<Value = Vec<f64>> {
     let decimal = (0u32..=6, -1_000_000_000i64..1_000_000_000)
         .prop_map(|(s, k)| k as f64 / 10f64.powi(s as i32));
-    let walk = (0u32..=3, -500_000i64..500_000, prop::collection::vec(-30i64..30, 0..200))
+    let walk = (
+        0u32..=3,
+        -500_000i64..500_000,
+        prop::collection::vec(-30i64..30, 0..200),
+    )
         .prop_map(|(s, start, steps)| {
             let mut k = start;
             steps
@@ -51,7 +55,13 @@ fn deltas(n: usize) -> impl Strategy<Value = Vec<u32>> {
             jitter
                 .iter()
                 .enumerate()
-                .map(|(i, j)| if i == 0 { 0 } else { (i64::from(p) + j).max(0) as u32 })
+                .map(|(i, j)| {
+                    if i == 0 {
+                        0
+                    } else {
+                        (i64::from(p) + j).max(0) as u32
+                    }
+                })
                 .collect()
         }),
         prop::collection::vec(any::<u32>(), n),
@@ -59,7 +69,13 @@ fn deltas(n: usize) -> impl Strategy<Value = Vec<u32>> {
 }
 
 fn series() -> impl Strategy<Value = Series> {
-    ("[a-z]{1,10}", "[a-z]{1,10}", "[A-Za-z%/]{0,4}", any::<i64>(), values())
+    (
+        "[a-z]{1,10}",
+        "[a-z]{1,10}",
+        "[A-Za-z%/]{0,4}",
+        any::<i64>(),
+        values(),
+    )
         .prop_flat_map(|(n, m, u, t0, values)| {
             let len = values.len();
             (Just((n, m, u, t0, values)), deltas(len))

@@ -23,9 +23,13 @@ fn one_reading(sensor: &str) -> Series {
 /// Encodes a message without the encoder's limit checks, so that the decoder's can be tested.
 fn encode_raw(msg: &Envelope) -> Vec<u8> {
     let mut map = match ciborium::from_reader::<Value, _>(
-        &Envelope::new(&msg.device, msg.seq, Body::Telemetry(TelemetryBatch::default()))
-            .encode()
-            .unwrap()[..],
+        &Envelope::new(
+            &msg.device,
+            msg.seq,
+            Body::Telemetry(TelemetryBatch::default()),
+        )
+        .encode()
+        .unwrap()[..],
     )
     .unwrap()
     {
@@ -101,7 +105,11 @@ fn text_lengths_in_every_body() {
         s.push(0, 1.0);
         telemetry(vec![s])
     };
-    check(telemetry(vec![one_reading(&at)]), telemetry(vec![one_reading(&long)]), want());
+    check(
+        telemetry(vec![one_reading(&at)]),
+        telemetry(vec![one_reading(&long)]),
+        want(),
+    );
     check(unit(&at), unit(&long), want());
     let alert = |rule: &str| {
         Envelope::new(
@@ -147,7 +155,10 @@ fn nested(levels: usize) -> Vec<u8> {
 
 #[test]
 fn nesting_depth() {
-    assert!(decode(&nested(MAX_DEPTH - 1)).is_ok(), "depth {MAX_DEPTH} is accepted");
+    assert!(
+        decode(&nested(MAX_DEPTH - 1)).is_ok(),
+        "depth {MAX_DEPTH} is accepted"
+    );
     assert_eq!(
         decode(&nested(MAX_DEPTH)),
         Err(over(Limit::Depth, MAX_DEPTH + 1).1)
@@ -155,7 +166,10 @@ fn nesting_depth() {
     // Far deeper input is the same typed error, not a stack overflow.
     assert!(matches!(
         decode(&nested(100_000)),
-        Err(DecodeError::LimitExceeded { limit: Limit::Depth, .. })
+        Err(DecodeError::LimitExceeded {
+            limit: Limit::Depth,
+            ..
+        })
     ));
 }
 
@@ -201,6 +215,9 @@ fn message_size() {
     assert!(series(fits).encode().unwrap().len() <= MAX_MESSAGE_BYTES);
     assert!(matches!(
         series(fits + 1).encode(),
-        Err(EncodeError::TooLarge { limit: MAX_MESSAGE_BYTES, .. })
+        Err(EncodeError::TooLarge {
+            limit: MAX_MESSAGE_BYTES,
+            ..
+        })
     ));
 }

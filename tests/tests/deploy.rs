@@ -1019,7 +1019,7 @@ fn provision_against_moto_creates_thing_and_certificate_and_a_working_config() {
     );
 
     // A second run into the same directory refuses instead of overwriting the key.
-    let again = output(&mut provision(&["--policy", &policy, &thing], &out_dir).env("PATH", &path));
+    let again = output(provision(&["--policy", &policy, &thing], &out_dir).env("PATH", &path));
     fails_saying(&again, "already holds a provisioned device");
 }
 

@@ -22,7 +22,9 @@ async fn client() -> aws_sdk_dynamodb::Client {
 async fn a_leased_shard_is_refused_to_a_second_consumer_until_released() {
     let client = client().await;
     let table = unique_name("cp");
-    DynamoCheckpoints::create_table(&client, &table).await.unwrap();
+    DynamoCheckpoints::create_table(&client, &table)
+        .await
+        .unwrap();
     let lease = Duration::from_secs(60);
     let a = DynamoCheckpoints::new(client.clone(), &table, "stream", "consumer-a", lease);
     let b = DynamoCheckpoints::new(client.clone(), &table, "stream", "consumer-b", lease);
@@ -60,7 +62,9 @@ async fn a_leased_shard_is_refused_to_a_second_consumer_until_released() {
 async fn a_lapsed_lease_can_be_taken_over() {
     let client = client().await;
     let table = unique_name("cp");
-    DynamoCheckpoints::create_table(&client, &table).await.unwrap();
+    DynamoCheckpoints::create_table(&client, &table)
+        .await
+        .unwrap();
     let short = DynamoCheckpoints::new(
         client.clone(),
         &table,

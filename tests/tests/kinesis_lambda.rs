@@ -21,7 +21,11 @@ fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -38,7 +42,10 @@ fn base64(bytes: &[u8]) -> String {
 fn telemetry(device: &str, seq: u64) -> Vec<u8> {
     let mut series = Series::new("motor", "temperature", "Cel");
     for r in 0..10 {
-        series.push(T0 + (seq as i64 * 10 + r) * 1000, seq as f64 + r as f64 / 10.0);
+        series.push(
+            T0 + (seq as i64 * 10 + r) * 1000,
+            seq as f64 + r as f64 / 10.0,
+        );
     }
     Envelope::new(
         device,
@@ -113,7 +120,10 @@ async fn partial_failure_reports_only_the_failed_record_and_retries_apply_once()
         .collect();
     assert_eq!(failed, [seq(2)], "only the record that failed is reported");
     let device = state.device("lam-pump").await.unwrap().unwrap();
-    assert_eq!(device["readings"], "10", "the record before it is applied, not the one after: {device:?}");
+    assert_eq!(
+        device["readings"], "10",
+        "the record before it is applied, not the one after: {device:?}"
+    );
 
     // The mapping retries from the failed record; now the table exists.
     DynamoState::create_table(&client, &dead).await.unwrap();
@@ -121,7 +131,10 @@ async fn partial_failure_reports_only_the_failed_record_and_retries_apply_once()
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     let dead_letters = state.dead_letters(stream).await.unwrap();
     assert_eq!(dead_letters.len(), 1, "{dead_letters:?}");
-    assert_eq!(dead_letters[0].0, format!("shardId-000000000000#{}", seq(2)));
+    assert_eq!(
+        dead_letters[0].0,
+        format!("shardId-000000000000#{}", seq(2))
+    );
     assert!(dead_letters[0].1.contains("CBOR"), "{dead_letters:?}");
 
     // A full redelivery (e.g. after a timeout) changes nothing.
@@ -141,7 +154,11 @@ async fn partial_failure_reports_only_the_failed_record_and_retries_apply_once()
     assert_eq!(window.moments.count, 20);
     assert_eq!(window.moments.min, 1.0);
     assert_eq!(window.moments.max, 2.9);
-    assert!((window.moments.sum - 39.0).abs() < 1e-9, "{}", window.moments.sum);
+    assert!(
+        (window.moments.sum - 39.0).abs() < 1e-9,
+        "{}",
+        window.moments.sum
+    );
 }
 
 #[tokio::test]
@@ -173,7 +190,10 @@ async fn lifecycle_events_set_presence_and_older_ones_are_ignored() {
     let device = state.device("lam-fan").await.unwrap().unwrap();
     assert_eq!(device["status"], "offline", "{device:?}");
     let response = handle(
-        &event("s", &[(seq(3), "lam-fan", lifecycle("connected", T0 + 3_000))]),
+        &event(
+            "s",
+            &[(seq(3), "lam-fan", lifecycle("connected", T0 + 3_000))],
+        ),
         &state,
     )
     .await;

@@ -266,6 +266,9 @@ impl ActionConfig {
     }
 }
 
+/// (key, its span if written, the kinds it applies to).
+type KeyUse<'a> = (&'a str, Option<Range<usize>>, &'a [&'a str]);
+
 /// Builds located errors for one file.
 struct At<'a> {
     text: &'a str,
@@ -281,7 +284,15 @@ impl At<'_> {
 }
 
 const KINDS: [&str; 9] = [
-    "simulator", "hwmon", "thermal", "ds18b20", "bme280", "sht3x", "adxl345", "gpio", "command",
+    "simulator",
+    "hwmon",
+    "thermal",
+    "ds18b20",
+    "bme280",
+    "sht3x",
+    "adxl345",
+    "gpio",
+    "command",
 ];
 
 /// Validates the `[[sensors]]` entries.
@@ -295,7 +306,13 @@ pub(crate) fn sensors(
     let mut out: Vec<SensorConfig> = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
         let e = entry.get_ref();
-        let key = |field: &str| format!("[[sensors]] entry {} ({:?}): {field}", i + 1, e.name.get_ref());
+        let key = |field: &str| {
+            format!(
+                "[[sensors]] entry {} ({:?}): {field}",
+                i + 1,
+                e.name.get_ref()
+            )
+        };
         let name = e.name.get_ref().clone();
         if name.trim().is_empty() {
             return Err(at.err(e.name.span(), key("name must not be empty")));
@@ -307,27 +324,66 @@ pub(crate) fn sensors(
         if !KINDS.contains(&kind) {
             return Err(at.err(
                 e.kind.span(),
-                key(&format!("unknown kind {kind:?}; use one of {}", KINDS.join(", "))),
+                key(&format!(
+                    "unknown kind {kind:?}; use one of {}",
+                    KINDS.join(", ")
+                )),
             ));
         }
         // (key, span if present, kinds it applies to)
         let span = |v: Option<Range<usize>>| v;
-        let keys: [(&str, Option<Range<usize>>, &[&str]); 16] = [
-            ("bus", span(e.bus.as_ref().map(Spanned::span)), &["bme280", "sht3x", "adxl345"]),
-            ("address", e.address.as_ref().map(Spanned::span), &["bme280", "sht3x", "adxl345"]),
+        let keys: [KeyUse<'_>; 16] = [
+            (
+                "bus",
+                span(e.bus.as_ref().map(Spanned::span)),
+                &["bme280", "sht3x", "adxl345"],
+            ),
+            (
+                "address",
+                e.address.as_ref().map(Spanned::span),
+                &["bme280", "sht3x", "adxl345"],
+            ),
             ("id", e.id.as_ref().map(Spanned::span), &["ds18b20"]),
             ("chip", e.chip.as_ref().map(Spanned::span), &["hwmon"]),
             ("zone", e.zone.as_ref().map(Spanned::span), &["thermal"]),
-            ("root", e.root.as_ref().map(Spanned::span), &["hwmon", "thermal", "ds18b20", "gpio"]),
+            (
+                "root",
+                e.root.as_ref().map(Spanned::span),
+                &["hwmon", "thermal", "ds18b20", "gpio"],
+            ),
             ("line", e.line.as_ref().map(Spanned::span), &["gpio"]),
-            ("active_low", e.active_low.as_ref().map(Spanned::span), &["gpio"]),
-            ("metric", e.metric.as_ref().map(Spanned::span), &["gpio", "command"]),
+            (
+                "active_low",
+                e.active_low.as_ref().map(Spanned::span),
+                &["gpio"],
+            ),
+            (
+                "metric",
+                e.metric.as_ref().map(Spanned::span),
+                &["gpio", "command"],
+            ),
             ("unit", e.unit.as_ref().map(Spanned::span), &["command"]),
-            ("command", e.command.as_ref().map(Spanned::span), &["command"]),
-            ("timeout_ms", e.timeout_ms.as_ref().map(Spanned::span), &["command"]),
-            ("rate_hz", e.rate_hz.as_ref().map(Spanned::span), &["adxl345"]),
+            (
+                "command",
+                e.command.as_ref().map(Spanned::span),
+                &["command"],
+            ),
+            (
+                "timeout_ms",
+                e.timeout_ms.as_ref().map(Spanned::span),
+                &["command"],
+            ),
+            (
+                "rate_hz",
+                e.rate_hz.as_ref().map(Spanned::span),
+                &["adxl345"],
+            ),
             ("block", e.block.as_ref().map(Spanned::span), &["adxl345"]),
-            ("scenario", e.scenario.as_ref().map(Spanned::span), &["simulator"]),
+            (
+                "scenario",
+                e.scenario.as_ref().map(Spanned::span),
+                &["simulator"],
+            ),
             ("seed", e.seed.as_ref().map(Spanned::span), &["simulator"]),
         ];
         for (field, present, kinds) in &keys {
@@ -335,7 +391,9 @@ pub(crate) fn sensors(
                 if !kinds.contains(&kind) {
                     return Err(at.err(
                         span.clone(),
-                        key(&format!("`{field}` does not apply to kind = {kind:?}; remove it")),
+                        key(&format!(
+                            "`{field}` does not apply to kind = {kind:?}; remove it"
+                        )),
                     ));
                 }
             }
@@ -344,13 +402,17 @@ pub(crate) fn sensors(
             if present {
                 Ok(())
             } else {
-                Err(at.err(entry.span(), key(&format!("kind = {kind:?} needs `{field}`"))))
+                Err(at.err(
+                    entry.span(),
+                    key(&format!("kind = {kind:?} needs `{field}`")),
+                ))
             }
         };
         let root = |default: &str| {
-            e.root
-                .as_ref()
-                .map_or_else(|| PathBuf::from(default), |r| super::resolve(base_dir, r.get_ref()))
+            e.root.as_ref().map_or_else(
+                || PathBuf::from(default),
+                |r| super::resolve(base_dir, r.get_ref()),
+            )
         };
         let address = |primary: u8| -> Result<u8, ConfigError> {
             match &e.address {
@@ -358,12 +420,19 @@ pub(crate) fn sensors(
                 Some(a) => u8::try_from(*a.get_ref())
                     .ok()
                     .filter(|a| (0x08..=0x77).contains(a))
-                    .ok_or_else(|| at.err(a.span(), key("address must be a 7-bit address from 0x08 to 0x77"))),
+                    .ok_or_else(|| {
+                        at.err(
+                            a.span(),
+                            key("address must be a 7-bit address from 0x08 to 0x77"),
+                        )
+                    }),
             }
         };
         let bus = || -> Result<PathBuf, ConfigError> {
             need("bus", e.bus.is_some())?;
-            Ok(e.bus.as_ref().map_or_else(PathBuf::new, |b| PathBuf::from(b.get_ref())))
+            Ok(e.bus
+                .as_ref()
+                .map_or_else(PathBuf::new, |b| PathBuf::from(b.get_ref())))
         };
         let text_of = |v: &Option<Spanned<String>>| v.as_ref().map(|s| s.get_ref().clone());
         let kind = match kind {
@@ -405,14 +474,21 @@ pub(crate) fn sensors(
                     None => DEFAULT_ADXL345_RATE_HZ,
                     Some(r) => crate::sensors::adxl345::Rate::from_hz(*r.get_ref())
                         .map(crate::sensors::adxl345::Rate::hz)
-                        .ok_or_else(|| at.err(r.span(), key("rate_hz must be 100, 200, 400, 800, 1600 or 3200")))?,
+                        .ok_or_else(|| {
+                            at.err(
+                                r.span(),
+                                key("rate_hz must be 100, 200, 400, 800, 1600 or 3200"),
+                            )
+                        })?,
                 };
                 let block = match &e.block {
                     None => DEFAULT_VIBRATION_BLOCK,
                     Some(b) => usize::try_from(*b.get_ref())
                         .ok()
                         .filter(|n| (16..=65_536).contains(n))
-                        .ok_or_else(|| at.err(b.span(), key("block must be 16 to 65536 samples")))?,
+                        .ok_or_else(|| {
+                            at.err(b.span(), key("block must be 16 to 65536 samples"))
+                        })?,
                 };
                 SensorKind::Adxl345 {
                     bus: bus()?,
@@ -431,10 +507,17 @@ pub(crate) fn sensors(
                 }
             }
             _ => {
-                let argv = e.command.as_ref().map(|c| c.get_ref().clone()).unwrap_or_default();
+                let argv = e
+                    .command
+                    .as_ref()
+                    .map(|c| c.get_ref().clone())
+                    .unwrap_or_default();
                 if argv.first().is_none_or(|p| p.is_empty()) {
                     let span = e.command.as_ref().map_or(entry.span(), Spanned::span);
-                    return Err(at.err(span, key("kind = \"command\" needs `command = [\"program\", \"arg\", …]`")));
+                    return Err(at.err(
+                        span,
+                        key("kind = \"command\" needs `command = [\"program\", \"arg\", …]`"),
+                    ));
                 }
                 SensorKind::Command {
                     argv,
@@ -460,7 +543,10 @@ pub(crate) fn sensors(
                 }
                 Some(s) => Duration::from_millis(*s.get_ref()),
             },
-            stuck_after: e.stuck_after_ms.as_ref().map(|s| Duration::from_millis(*s.get_ref())),
+            stuck_after: e
+                .stuck_after_ms
+                .as_ref()
+                .map(|s| Duration::from_millis(*s.get_ref())),
         };
         out.push(SensorConfig { name, kind, health });
     }
@@ -495,14 +581,18 @@ pub(crate) fn actions(
         if rule != "*" && rule != FAULT_RULE && !rule_ids.contains(&rule.as_str()) {
             return Err(at.err(
                 e.rule.span(),
-                key(&format!("no rule {rule:?}; use a [[rules]] id, {FAULT_RULE:?} or \"*\"")),
+                key(&format!(
+                    "no rule {rule:?}; use a [[rules]] id, {FAULT_RULE:?} or \"*\""
+                )),
             ));
         }
         let on = match e.on.as_ref().map(|o| (o.get_ref().as_str(), o.span())) {
             None | Some(("both", _)) => ActionOn::Both,
             Some(("raise", _)) => ActionOn::Raise,
             Some(("clear", _)) => ActionOn::Clear,
-            Some((_, span)) => return Err(at.err(span, key("on must be \"raise\", \"clear\" or \"both\""))),
+            Some((_, span)) => {
+                return Err(at.err(span, key("on must be \"raise\", \"clear\" or \"both\"")))
+            }
         };
         let chosen = [e.log.is_some(), e.gpio.is_some(), e.command.is_some()]
             .iter()
@@ -514,20 +604,32 @@ pub(crate) fn actions(
                 key("give exactly one of `log = true`, `gpio = <line>` or `command = [...]` (one entry per action)"),
             ));
         }
-        let gpio_only = [("active_low", e.active_low.as_ref().map(Spanned::span)), ("root", e.root.as_ref().map(Spanned::span))];
+        let gpio_only = [
+            ("active_low", e.active_low.as_ref().map(Spanned::span)),
+            ("root", e.root.as_ref().map(Spanned::span)),
+        ];
         if e.gpio.is_none() {
             if let Some((field, Some(span))) = gpio_only.into_iter().find(|(_, s)| s.is_some()) {
-                return Err(at.err(span, key(&format!("`{field}` applies to gpio actions only"))));
+                return Err(at.err(
+                    span,
+                    key(&format!("`{field}` applies to gpio actions only")),
+                ));
             }
         }
         if e.command.is_none() {
             if let Some(t) = &e.timeout_ms {
-                return Err(at.err(t.span(), key("`timeout_ms` applies to command actions only")));
+                return Err(at.err(
+                    t.span(),
+                    key("`timeout_ms` applies to command actions only"),
+                ));
             }
         }
         let kind = if let Some(log) = &e.log {
             if !*log.get_ref() {
-                return Err(at.err(log.span(), key("log = false does nothing; remove the entry")));
+                return Err(at.err(
+                    log.span(),
+                    key("log = false does nothing; remove the entry"),
+                ));
             }
             ActionKind::Log
         } else if let Some(line) = &e.gpio {
@@ -540,7 +642,11 @@ pub(crate) fn actions(
                 ),
             }
         } else {
-            let argv = e.command.as_ref().map(|c| c.get_ref().clone()).unwrap_or_default();
+            let argv = e
+                .command
+                .as_ref()
+                .map(|c| c.get_ref().clone())
+                .unwrap_or_default();
             if argv.first().is_none_or(|p| p.is_empty()) {
                 let span = e.command.as_ref().map_or(entry.span(), Spanned::span);
                 return Err(at.err(span, key("command must name a program")));
@@ -568,13 +674,19 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::from_toml_str(&format!("device_id = \"pi-1\"\n{text}"), Path::new("/etc/osprey"))
+        Config::from_toml_str(
+            &format!("device_id = \"pi-1\"\n{text}"),
+            Path::new("/etc/osprey"),
+        )
     }
 
     /// (line, column, message fragment) of the error.
     fn error_at(text: &str) -> (usize, usize, String) {
         let err = parse(text).unwrap_err();
-        let loc = err.location().cloned().unwrap_or_else(|| panic!("no location: {err}"));
+        let loc = err
+            .location()
+            .cloned()
+            .unwrap_or_else(|| panic!("no location: {err}"));
         (loc.line, loc.column, err.to_string())
     }
 
@@ -583,17 +695,30 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config");
         let pi = Config::load(&root.join("pi-bme280-ds18b20.toml")).unwrap();
         let kinds: Vec<&SensorKind> = pi.sensors.iter().map(|s| &s.kind).collect();
-        assert!(matches!(kinds[0], SensorKind::Bme280 { address: 0x76, .. }), "{kinds:?}");
+        assert!(
+            matches!(kinds[0], SensorKind::Bme280 { address: 0x76, .. }),
+            "{kinds:?}"
+        );
         assert!(matches!(kinds[1], SensorKind::Ds18b20 { .. }), "{kinds:?}");
-        assert_eq!(pi.alarms_path, Path::new("/var/lib/osprey-agent/alarms.json"));
+        assert_eq!(
+            pi.alarms_path,
+            Path::new("/var/lib/osprey-agent/alarms.json")
+        );
         assert_eq!(pi.actions.len(), 2);
         let pump = Config::load(&root.join("pump-accelerometer.toml")).unwrap();
         assert!(matches!(
             pump.sensors[0].kind,
-            SensorKind::Adxl345 { rate_hz: 3200, block: 1024, .. }
+            SensorKind::Adxl345 {
+                rate_hz: 3200,
+                block: 1024,
+                ..
+            }
         ));
         let sim = Config::load(&root.join("simulator.toml")).unwrap();
-        assert!(sim.sensors.is_empty(), "the simulator runs without [[sensors]]");
+        assert!(
+            sim.sensors.is_empty(),
+            "the simulator runs without [[sensors]]"
+        );
         assert_eq!(
             sim.alarms_path,
             Path::new("/var/lib/osprey-agent/journal.alarms.json")
@@ -643,11 +768,16 @@ mod tests {
             }
         );
         assert_eq!(config.sensors[0].health, HealthConfig::default());
-        assert!(matches!(&config.sensors[1].kind, SensorKind::Command { metric, unit, timeout, .. }
-            if metric == "value" && unit == "1" && *timeout == DEFAULT_COMMAND_TIMEOUT));
+        assert!(
+            matches!(&config.sensors[1].kind, SensorKind::Command { metric, unit, timeout, .. }
+            if metric == "value" && unit == "1" && *timeout == DEFAULT_COMMAND_TIMEOUT)
+        );
         assert_eq!(
             config.sensors[2].kind,
-            SensorKind::Simulator { seed: 0, scenario: Scenario::Stuck }
+            SensorKind::Simulator {
+                seed: 0,
+                scenario: Scenario::Stuck
+            }
         );
         assert_eq!(
             config.actions,

@@ -99,13 +99,12 @@ pub fn inspect(path: &Path) -> Result<Inspection, JournalError> {
         });
     }
     // sled panics on some damaged files; report that as corruption, not as a crash.
-    let scanned = std::panic::catch_unwind(|| {
-        SledJournal::open_scanned(path, JournalOptions::default())
-    })
-    .map_err(|_| JournalError::Corrupt {
-        path: path.to_owned(),
-        what: "sled cannot read its files (it panicked opening them)".to_owned(),
-    })??;
+    let scanned =
+        std::panic::catch_unwind(|| SledJournal::open_scanned(path, JournalOptions::default()))
+            .map_err(|_| JournalError::Corrupt {
+            path: path.to_owned(),
+            what: "sled cannot read its files (it panicked opening them)".to_owned(),
+        })??;
     let journal = scanned.journal;
     Ok(Inspection {
         path: path.to_owned(),

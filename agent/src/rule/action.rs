@@ -62,7 +62,9 @@ impl Actions {
                         tracing::error!(rule = %alert.rule, line, %error, "GPIO action failed");
                     }
                 }
-                ActionKind::Command { argv, timeout } => spawn_command(argv.clone(), *timeout, alert),
+                ActionKind::Command { argv, timeout } => {
+                    spawn_command(argv.clone(), *timeout, alert)
+                }
             }
         }
         ran
@@ -83,7 +85,10 @@ fn spawn_command(argv: Vec<String>, timeout: Duration, alert: &Alert) {
         ("OSPREY_SENSOR", alert.sensor.clone()),
         ("OSPREY_METRIC", alert.metric.clone()),
         ("OSPREY_VALUE", alert.value.to_string()),
-        ("OSPREY_SEVERITY", format!("{:?}", alert.severity).to_lowercase()),
+        (
+            "OSPREY_SEVERITY",
+            format!("{:?}", alert.severity).to_lowercase(),
+        ),
     ];
     let rule = alert.rule.clone();
     let spawned = std::thread::Builder::new()
@@ -126,7 +131,10 @@ mod tests {
         std::fs::write(gpio_dir.join("value"), "0").unwrap();
         std::fs::write(gpio_dir.join("direction"), "in").unwrap();
         let out = dir.path().join("event.txt");
-        let script = format!("echo \"$OSPREY_RULE $OSPREY_EVENT $OSPREY_VALUE $OSPREY_SEVERITY\" > {}", out.display());
+        let script = format!(
+            "echo \"$OSPREY_RULE $OSPREY_EVENT $OSPREY_VALUE $OSPREY_SEVERITY\" > {}",
+            out.display()
+        );
         let actions = Actions::new(vec![
             ActionConfig {
                 rule: "bearing-hot".into(),
@@ -146,9 +154,18 @@ mod tests {
                 },
             },
         ]);
-        assert_eq!(actions.fire("pump-7", &alert("bearing-hot", AlertEvent::Raise)), 2);
-        assert_eq!(std::fs::read_to_string(gpio_dir.join("value")).unwrap(), "1");
-        assert_eq!(std::fs::read_to_string(gpio_dir.join("direction")).unwrap(), "out");
+        assert_eq!(
+            actions.fire("pump-7", &alert("bearing-hot", AlertEvent::Raise)),
+            2
+        );
+        assert_eq!(
+            std::fs::read_to_string(gpio_dir.join("value")).unwrap(),
+            "1"
+        );
+        assert_eq!(
+            std::fs::read_to_string(gpio_dir.join("direction")).unwrap(),
+            "out"
+        );
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !out.exists() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -160,8 +177,17 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(text, "bearing-hot raise 81.5 critical\n");
-        assert_eq!(actions.fire("pump-7", &alert("bearing-hot", AlertEvent::Clear)), 1);
-        assert_eq!(std::fs::read_to_string(gpio_dir.join("value")).unwrap(), "0");
-        assert_eq!(actions.fire("pump-7", &alert("other", AlertEvent::Clear)), 0);
+        assert_eq!(
+            actions.fire("pump-7", &alert("bearing-hot", AlertEvent::Clear)),
+            1
+        );
+        assert_eq!(
+            std::fs::read_to_string(gpio_dir.join("value")).unwrap(),
+            "0"
+        );
+        assert_eq!(
+            actions.fire("pump-7", &alert("other", AlertEvent::Clear)),
+            0
+        );
     }
 }

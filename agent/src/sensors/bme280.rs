@@ -28,8 +28,8 @@ const REG_CTRL_HUM: u8 = 0xF2;
 const REG_CONFIG: u8 = 0xF5;
 const REG_CTRL_MEAS: u8 = 0xF4;
 const REG_DATA: u8 = 0xF7;
-/// osrs_t = ×1, osrs_p = ×1, mode = normal.
-const CTRL_MEAS_NORMAL: u8 = 0b001_001_11;
+/// osrs_t = ×1 (bits 7:5 = 001), osrs_p = ×1 (bits 4:2 = 001), mode = normal (bits 1:0 = 11).
+const CTRL_MEAS_NORMAL: u8 = 0x27;
 
 /// Factory calibration words (datasheet table 16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

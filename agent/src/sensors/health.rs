@@ -217,6 +217,8 @@ impl Health {
 mod tests {
     use super::*;
 
+    type Read = Result<Vec<Reading>, SensorError>;
+
     fn ok(v: f64) -> Result<Vec<Reading>, SensorError> {
         Ok(vec![Reading::new("tank", "temperature", "Cel", 0, v)])
     }
@@ -262,7 +264,7 @@ mod tests {
             stale_after: Duration::from_secs(3),
             stuck_after: Some(Duration::from_secs(2)),
         };
-        let cases: Vec<(&str, Vec<Result<Vec<Reading>, SensorError>>, &[u8], &str)> = vec![
+        let cases: Vec<(&str, Vec<Read>, &[u8], &str)> = vec![
             ("healthy", vec![ok(1.0), ok(2.0), ok(3.0)], &[0, 0, 0], ""),
             (
                 "one CRC failure is data, not a fault",

@@ -141,9 +141,10 @@ fn log_error(sensor: &str, error: &SensorError) {
 fn build(device: &str, s: &SensorConfig) -> Entry {
     let name = s.name.as_str();
     let source: Box<dyn Source> = match &s.kind {
-        SensorKind::Simulator { seed, scenario } => {
-            Box::new(Named(name.to_owned(), Simulator::new(device, *seed, *scenario)))
-        }
+        SensorKind::Simulator { seed, scenario } => Box::new(Named(
+            name.to_owned(),
+            Simulator::new(device, *seed, *scenario),
+        )),
         SensorKind::Hwmon { chip, root } => Box::new(Hwmon::new(name, chip, root)),
         SensorKind::Thermal { zone, root } => Box::new(ThermalZone::new(name, zone, root)),
         SensorKind::Ds18b20 { id, root } => Box::new(Ds18b20::new(name, id, root)),
@@ -152,13 +153,23 @@ fn build(device: &str, s: &SensorConfig) -> Entry {
             active_low,
             metric,
             root,
-        } => Box::new(GpioInput::new(name, metric, GpioLine::new(root, *line, *active_low))),
+        } => Box::new(GpioInput::new(
+            name,
+            metric,
+            GpioLine::new(root, *line, *active_low),
+        )),
         SensorKind::Command {
             argv,
             metric,
             unit,
             timeout,
-        } => Box::new(CommandSource::new(name, argv.clone(), metric, unit, *timeout)),
+        } => Box::new(CommandSource::new(
+            name,
+            argv.clone(),
+            metric,
+            unit,
+            *timeout,
+        )),
         SensorKind::Bme280 { bus, address } => i2c_chip(name, Chip::Bme280, bus, *address),
         SensorKind::Sht3x { bus, address } => i2c_chip(name, Chip::Sht3x, bus, *address),
         SensorKind::Adxl345 {
@@ -191,11 +202,22 @@ impl Source for Named {
 
 #[cfg(feature = "linux-i2c")]
 fn i2c_chip(name: &str, chip: Chip, bus: &std::path::Path, address: u8) -> Box<dyn Source> {
-    Box::new(ChipSource::new(name, chip, address, super::i2c::opener(bus)))
+    Box::new(ChipSource::new(
+        name,
+        chip,
+        address,
+        super::i2c::opener(bus),
+    ))
 }
 
 #[cfg(feature = "linux-i2c")]
-fn vibration(name: &str, bus: &std::path::Path, address: u8, rate_hz: u32, block: usize) -> Box<dyn Source> {
+fn vibration(
+    name: &str,
+    bus: &std::path::Path,
+    address: u8,
+    rate_hz: u32,
+    block: usize,
+) -> Box<dyn Source> {
     let rate = super::adxl345::Rate::from_hz(rate_hz).unwrap_or(super::adxl345::Rate::Hz3200);
     Box::new(super::bus_source::VibrationSource::start(
         name,
@@ -231,6 +253,12 @@ fn i2c_chip(name: &str, _chip: Chip, _bus: &std::path::Path, _address: u8) -> Bo
 }
 
 #[cfg(not(feature = "linux-i2c"))]
-fn vibration(name: &str, _bus: &std::path::Path, _address: u8, _rate_hz: u32, _block: usize) -> Box<dyn Source> {
+fn vibration(
+    name: &str,
+    _bus: &std::path::Path,
+    _address: u8,
+    _rate_hz: u32,
+    _block: usize,
+) -> Box<dyn Source> {
     Box::new(NoI2c(name.to_owned()))
 }

@@ -7,10 +7,12 @@
 //! - [`signals`]: per series, from its recent tumbling windows: EWMA baseline and anomaly
 //!   score, trend and time to a rule's threshold with a confidence range, vibration features.
 //! - [`health`]: a device's score from 0 to 100 with the reasons behind it.
+//! - [`rules`]: loading the agent's rule documents (`[[rules]]` in TOML).
 
 pub mod aggregate;
 pub mod health;
 pub mod moments;
+pub mod rules;
 pub mod signals;
 pub mod sketch;
 

@@ -11,6 +11,7 @@ use super::error::ApiError;
 use super::params::Params;
 use super::ApiState;
 use crate::pipeline::PipelineStats;
+use crate::store::signals::DeviceSignals;
 use crate::store::{AlertFilter, AlertRow, Counts, DeviceSummary, WindowFilter, WindowRow};
 
 type QueryPairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
@@ -78,6 +79,15 @@ pub async fn device_windows(
     };
     known_device(&state, &device).await?;
     Ok(Json(state.reader.windows(filter).await?))
+}
+
+/// `GET /api/devices/{device}/signals`.
+pub async fn device_signals(
+    State(state): State<ApiState>,
+    Path(device): Path<String>,
+) -> Result<Json<DeviceSignals>, ApiError> {
+    known_device(&state, &device).await?;
+    Ok(Json(state.reader.device_signals(&device).await?))
 }
 
 /// `GET /api/windows`.

@@ -7,6 +7,7 @@
 //! | `GET /api/devices` | `[DeviceSummary]`, by device id |
 //! | `GET /api/devices/{device}` | `DeviceSummary`, 404 if unknown |
 //! | `GET /api/devices/{device}/windows?sensor=&metric=&kind=&since_ms=&limit=` | `[WindowRow]`, newest first; 404 if unknown |
+//! | `GET /api/devices/{device}/signals` | `DeviceSignals`: health (score, reasons) and each series' signals (baseline, anomaly score, trend, predicted crossings, vibration); 404 if unknown |
 //! | `GET /api/windows?device=&sensor=&metric=&kind=&since_ms=&limit=` | `[WindowRow]`, newest first |
 //! | `GET /api/alerts?device=&since_ms=&limit=` | `[AlertRow]`, newest first |
 //! | `GET /api/stats` | `{"pipeline": PipelineStats, "store": Counts}` |
@@ -47,6 +48,10 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/api/devices/{device}/windows",
             get(handlers::device_windows),
+        )
+        .route(
+            "/api/devices/{device}/signals",
+            get(handlers::device_signals),
         )
         .route("/api/windows", get(handlers::windows))
         .route("/api/alerts", get(handlers::alerts))

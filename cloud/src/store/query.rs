@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use rusqlite::{params, types::Value, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
+use super::signals::Breach;
+use crate::analytics::health::Health;
 use crate::analytics::{Aggregate, Moments, Sketch};
 use crate::window::table::Stored;
 use crate::window::WindowKind;
@@ -32,6 +34,10 @@ pub struct DeviceSummary {
     pub active_alerts: u64,
     /// The newest window of each of its series, ordered by sensor and metric.
     pub latest: Vec<WindowRow>,
+    /// Health score (0 to 100) and the reasons for every point lost.
+    pub health: Health,
+    /// The soonest predicted rule crossing, if any series is trending towards one.
+    pub next_breach: Option<Breach>,
 }
 
 /// One window of one series, as the API shows it.
@@ -168,8 +174,12 @@ pub fn devices(conn: &Connection) -> rusqlite::Result<Vec<DeviceSummary>> {
                 d
             })
         })
-        .collect();
-    devices
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut devices = devices;
+    for d in &mut devices {
+        (d.health, d.next_breach) = super::signals::device_health(conn, &d.device)?;
+    }
+    Ok(devices)
 }
 
 /// One device, or `None`.
@@ -189,6 +199,7 @@ pub fn device(conn: &Connection, device: &str) -> rusqlite::Result<Option<Device
     summary.latest = stmt
         .query_map(params![device], window_row)?
         .collect::<rusqlite::Result<_>>()?;
+    (summary.health, summary.next_breach) = super::signals::device_health(conn, device)?;
     Ok(Some(summary))
 }
 
@@ -319,6 +330,11 @@ fn device_row(row: &Row<'_>) -> rusqlite::Result<DeviceSummary> {
         status_ms: row.get(7)?,
         active_alerts: row.get(8)?,
         latest: Vec::new(),
+        health: Health {
+            score: 100,
+            reasons: Vec::new(),
+        },
+        next_breach: None,
     })
 }
 

@@ -64,6 +64,16 @@ impl StoreReader {
         self.read(move |conn| query::device(conn, &device)).await
     }
 
+    /// Signals and health of one device (empty signals for a device without windows).
+    pub async fn device_signals(
+        &self,
+        device: &str,
+    ) -> Result<super::signals::DeviceSignals, StoreError> {
+        let device = device.to_owned();
+        self.read(move |conn| super::signals::device_signals(conn, &device))
+            .await
+    }
+
     /// Windows matching `filter`, newest first.
     pub async fn windows(
         &self,

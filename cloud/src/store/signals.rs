@@ -13,7 +13,7 @@ use rusqlite::{params, Connection, Transaction};
 use serde::Serialize;
 
 use crate::analytics::health::{self, ActiveAlert, Health};
-use crate::analytics::signals::{compute, SeriesSignals, SignalsConfig, WindowPoint};
+use crate::analytics::signals::{compute, Prediction, SeriesSignals, SignalsConfig, WindowPoint};
 use crate::analytics::Moments;
 use crate::window::table::WindowUpdate;
 use crate::window::WindowKind;
@@ -122,12 +122,36 @@ fn active_alerts(conn: &Connection, device: &str) -> rusqlite::Result<Vec<Active
     rows
 }
 
-/// The health of `device` from its stored signals and active alerts.
-pub fn device_health(conn: &Connection, device: &str) -> rusqlite::Result<Health> {
-    Ok(health::score(
-        &series_signals(conn, device)?,
-        &active_alerts(conn, device)?,
-    ))
+/// The soonest predicted rule crossing of a device.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Breach {
+    /// Sensor of the series.
+    pub sensor: String,
+    /// Metric of the series.
+    pub metric: String,
+    /// The prediction.
+    #[serde(flatten)]
+    pub prediction: Prediction,
+}
+
+/// The health of `device` and its soonest predicted crossing, from its stored signals and
+/// active alerts.
+pub fn device_health(
+    conn: &Connection,
+    device: &str,
+) -> rusqlite::Result<(Health, Option<Breach>)> {
+    let series = series_signals(conn, device)?;
+    let breach = series
+        .iter()
+        .flat_map(|s| {
+            s.predictions.iter().map(|p| Breach {
+                sensor: s.sensor.clone(),
+                metric: s.metric.clone(),
+                prediction: p.clone(),
+            })
+        })
+        .min_by_key(|b| b.prediction.remaining_ms);
+    Ok((health::score(&series, &active_alerts(conn, device)?), breach))
 }
 
 /// Signals and health of `device`.

@@ -68,9 +68,18 @@ impl Stream {
 /// All three streams, `minutes` long each.
 pub fn all(minutes: usize) -> Vec<Stream> {
     vec![
-        Stream { name: "one-sensor-1hz", batches: one_sensor(minutes) },
-        Stream { name: "accel-100hz", batches: accel(minutes) },
-        Stream { name: "gateway-10x1hz", batches: gateway(minutes) },
+        Stream {
+            name: "one-sensor-1hz",
+            batches: one_sensor(minutes),
+        },
+        Stream {
+            name: "accel-100hz",
+            batches: accel(minutes),
+        },
+        Stream {
+            name: "gateway-10x1hz",
+            batches: gateway(minutes),
+        },
     ]
 }
 
@@ -136,8 +145,10 @@ pub fn gateway(minutes: usize) -> Vec<TelemetryBatch> {
     let mut level: Vec<f64> = spec.iter().map(|s| s.4).collect();
     (0..minutes)
         .map(|m| {
-            let mut series: Vec<Series> =
-                spec.iter().map(|(n, me, u, ..)| Series::new(n, me, u)).collect();
+            let mut series: Vec<Series> = spec
+                .iter()
+                .map(|(n, me, u, ..)| Series::new(n, me, u))
+                .collect();
             for t in ticks_1hz(&mut rng, m) {
                 for (i, (_, metric, _, dec, start, step, walk)) in spec.iter().enumerate() {
                     let res = 10f64.powi(-dec);

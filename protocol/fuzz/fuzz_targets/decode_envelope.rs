@@ -14,7 +14,14 @@ fn bits(msg: &Envelope) -> String {
                 .iter()
                 .map(|s| {
                     let v: Vec<u64> = s.values.iter().map(|x| x.to_bits()).collect();
-                    (s.sensor.clone(), s.metric.clone(), s.unit.clone(), s.t0_ms, s.dt_ms.clone(), v)
+                    (
+                        s.sensor.clone(),
+                        s.metric.clone(),
+                        s.unit.clone(),
+                        s.t0_ms,
+                        s.dt_ms.clone(),
+                        v,
+                    )
                 })
                 .collect();
             format!("{} {} {cols:?}", msg.device, msg.seq)

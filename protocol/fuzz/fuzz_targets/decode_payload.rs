@@ -10,6 +10,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = decode(&bytes);
         // The same bytes spelled as hex come back unchanged.
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(payload_bytes(hex.as_bytes()).ok().as_deref(), Some(&bytes[..]));
+        assert_eq!(
+            payload_bytes(hex.as_bytes()).ok().as_deref(),
+            Some(&bytes[..])
+        );
     }
 });

@@ -7,7 +7,16 @@ use osprey_protocol::ThresholdRule;
 
 fn exercise(rule: &ThresholdRule) {
     if rule.validate().is_ok() {
-        for v in [f64::NAN, f64::INFINITY, -1.0e300, -1.0, 0.0, 0.5, 80.0, 1.0e300] {
+        for v in [
+            f64::NAN,
+            f64::INFINITY,
+            -1.0e300,
+            -1.0,
+            0.0,
+            0.5,
+            80.0,
+            1.0e300,
+        ] {
             let _ = (rule.breached(v), rule.cleared(v));
         }
         let _ = (rule.clear_level(), rule.clear_band());

@@ -175,7 +175,9 @@ async fn read_inner(shared: &Shared, shard_id: &str, shutdown: &mut Shutdown) ->
             p.records += records.len() as u64;
         });
         // A closed shard's last response carries no next iterator: its checkpoint becomes
-        // SHARD_END, in the same commit as its last records.
+        // SHARD_END, in the same commit as its last records. Only that ends a shard: a shard
+        // listed as closed that answers nothing is not taken as finished, because an emulator
+        // that keeps routing records into it (moto 5.2) would then lose them.
         let checkpoint = match (next, records.last()) {
             (None, _) => Some(SHARD_END.to_owned()),
             (Some(_), Some(last)) => Some(last.sequence_number().to_owned()),
