@@ -109,6 +109,37 @@ mod tests {
     }
 
     #[test]
+    fn compact_forms_show_the_exact_readings_and_new_status_fields() {
+        // telemetry-2 of SPEC.md: period form and scaled integers.
+        let hex = "a5617601616b0161646670756d702d376171046162a1617381a7616e6762656172696e67616d6b\
+                   74656d706572617475726561756343656c61741b0000018bcfe5680061701903e86173026278\
+                   69831910390325";
+        let json = show(hex.replace(' ', "").as_bytes()).unwrap();
+        assert_eq!(
+            json["body"]["series"][0]["readings"],
+            json!([
+                [1_700_000_000_000i64, 41.53],
+                [1_700_000_001_000i64, 41.56],
+                [1_700_000_002_000i64, 41.5]
+            ])
+        );
+        let status = Envelope::new(
+            "pump-7",
+            9,
+            Body::Status(osprey_protocol::Status {
+                boot_id: "b-1".into(),
+                backlog_bytes: 300,
+                clock: osprey_protocol::ClockState::Synced,
+                ..osprey_protocol::Status::new(osprey_protocol::StatusState::Online)
+            }),
+        );
+        let json = show(&status.encode().unwrap()).unwrap();
+        assert_eq!(json["body"]["boot_id"], "b-1");
+        assert_eq!(json["body"]["backlog_bytes"], 300);
+        assert_eq!(json["body"]["clock"], "synced");
+    }
+
+    #[test]
     fn bad_input_says_what_is_wrong() {
         assert!(matches!(
             show(b" \n"),

@@ -289,7 +289,10 @@ impl DynamoState {
                 .item("m2", n(mo.m2))
                 .item("m3", n(mo.m3))
                 .item("m4", n(mo.m4))
-                .item("sketch", AttributeValue::B(Blob::new(agg.sketch.to_bytes())))
+                .item(
+                    "sketch",
+                    AttributeValue::B(Blob::new(agg.sketch.to_bytes())),
+                )
                 .item("version", n(version.map_or(1, |v| v + 1)));
             put = match version {
                 Some(v) => put
@@ -357,8 +360,16 @@ impl DynamoState {
 
     /// Keeps a payload that cannot be applied; `id` (shard and sequence number) makes a
     /// retried record overwrite its own dead letter instead of adding another.
-    pub async fn dead_letter(&self, stream: &str, id: &str, d: &DeadLetter) -> Result<(), StateError> {
-        let kept = &d.payload[..d.payload.len().min(osprey_cloud::store::writer::MAX_DEAD_LETTER_BYTES)];
+    pub async fn dead_letter(
+        &self,
+        stream: &str,
+        id: &str,
+        d: &DeadLetter,
+    ) -> Result<(), StateError> {
+        let kept = &d.payload[..d
+            .payload
+            .len()
+            .min(osprey_cloud::store::writer::MAX_DEAD_LETTER_BYTES)];
         self.client
             .put_item()
             .table_name(&self.dead_letters)
@@ -418,7 +429,10 @@ impl DynamoState {
     }
 
     /// A device's item as strings (`readings`, `messages`, `status`, …), if any.
-    pub async fn device(&self, device: &str) -> Result<Option<HashMap<String, String>>, StateError> {
+    pub async fn device(
+        &self,
+        device: &str,
+    ) -> Result<Option<HashMap<String, String>>, StateError> {
         let output = self
             .client
             .get_item()

@@ -35,41 +35,29 @@ fn codec(c: &mut Criterion) {
             bytes as f64 / readings as f64
         );
 
-        let mut group = c.benchmark_group(stream.name);
-        group.throughput(Throughput::Elements(readings));
-        group.bench_function("encode", |b| {
-            b.iter(|| {
-                for m in &messages {
-                    black_box(m.encode().ok());
-                }
-            })
-        });
-        group.bench_function("decode", |b| {
-            b.iter(|| {
-                for e in &encoded {
-                    black_box(decode(e).ok());
-                }
-            })
-        });
-        group.finish();
-        // The same two in bytes per second of encoded CBOR.
-        let mut group = c.benchmark_group(format!("{}-bytes", stream.name));
-        group.throughput(Throughput::Bytes(bytes as u64));
-        group.bench_function("encode", |b| {
-            b.iter(|| {
-                for m in &messages {
-                    black_box(m.encode().ok());
-                }
-            })
-        });
-        group.bench_function("decode", |b| {
-            b.iter(|| {
-                for e in &encoded {
-                    black_box(decode(e).ok());
-                }
-            })
-        });
-        group.finish();
+        // Readings per second, then the same runs as bytes per second of encoded CBOR.
+        for (suffix, throughput) in [
+            ("", Throughput::Elements(readings)),
+            ("-bytes", Throughput::Bytes(bytes as u64)),
+        ] {
+            let mut group = c.benchmark_group(format!("{}{suffix}", stream.name));
+            group.throughput(throughput);
+            group.bench_function("encode", |b| {
+                b.iter(|| {
+                    for m in &messages {
+                        black_box(m.encode().ok());
+                    }
+                })
+            });
+            group.bench_function("decode", |b| {
+                b.iter(|| {
+                    for e in &encoded {
+                        black_box(decode(e).ok());
+                    }
+                })
+            });
+            group.finish();
+        }
     }
 }
 

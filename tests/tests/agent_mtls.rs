@@ -59,7 +59,7 @@ fn right_certificate_connects_and_delivers() {
         "%t",
     ]));
     let dir = tempfile::tempdir().unwrap();
-    let mut agent = agent(dir.path(), broker.port(), &certs, &certs.client);
+    let agent = agent(dir.path(), broker.port(), &certs, &certs.client);
     let status = sub.wait_exit(Duration::from_secs(60));
     assert!(
         status.success(),

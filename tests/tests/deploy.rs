@@ -257,7 +257,17 @@ fn template_scopes_devices_to_their_topics_and_wires_rule_stream_lambda_and_alar
 
     // Stream, tables, topic, alarms on both iterator ages.
     assert_eq!(of_type("AWS::Kinesis::Stream").len(), 1);
-    assert_eq!(of_type("AWS::DynamoDB::Table").len(), 2);
+    assert_eq!(of_type("AWS::DynamoDB::Table").len(), 3);
+    // The tables the osprey-lambda binary reads from its environment (lambda/src/main.rs).
+    let lambda_main = read("lambda/src/main.rs");
+    let env = at(function, &["Environment", "Variables"]);
+    for var in ["OSPREY_STATE_TABLE", "OSPREY_DEAD_LETTER_TABLE"] {
+        assert!(
+            lambda_main.contains(var),
+            "osprey-lambda no longer reads {var}"
+        );
+        assert!(env.get(var).is_some(), "the function does not set {var}");
+    }
     assert_eq!(of_type("AWS::SNS::Topic").len(), 1);
     let metrics: Vec<String> = of_type("AWS::CloudWatch::Alarm")
         .iter()

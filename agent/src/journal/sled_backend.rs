@@ -5,6 +5,7 @@
 //! | what | where | content |
 //! |---|---|---|
 //! | records | sled tree `journal`, keys `a`/`t` ‖ seq | see [`super::record`] |
+//! | format marker | same tree, key `mformat` | `1`; written at creation, before the first lease |
 //! | counters | same tree, key `mcounters` | dropped batches, readings, alerts, resets, quota readings (5 × u64 BE) |
 //! | sequence lease | file `seq.lease` | see [`super::lease`] |
 //!
@@ -26,6 +27,8 @@ use super::{
 const FIRST_SEQ: u64 = 1;
 /// Key of the counters.
 const COUNTERS_KEY: &[u8] = b"mcounters";
+/// Key of the format marker, written when the journal is created.
+const FORMAT_KEY: &[u8] = b"mformat";
 /// Length of the stored counters.
 const COUNTERS_LEN: usize = 40;
 /// sled's page cache limit. sled's default is 1 GiB; a gateway journal is small and the demo
@@ -116,6 +119,9 @@ impl SledJournal {
         let mut last_seq = 0;
         for item in tree.iter() {
             let (key, value) = item.map_err(open_err)?;
+            if key.as_ref() == FORMAT_KEY {
+                continue;
+            }
             if key.as_ref() == COUNTERS_KEY {
                 state.counters = decode_counters(&value).ok_or_else(|| JournalError::Corrupt {
                     path: path.to_owned(),
@@ -139,7 +145,22 @@ impl SledJournal {
                 Err(problem) => problems.push((key.to_vec(), problem)),
             }
         }
-        let leased = lease::read(path).unwrap_or(FIRST_SEQ);
+        let lease = lease::read(path);
+        // sled silently truncates its log at the first damaged entry, which can drop the whole
+        // database. The marker is written with the first lease, so a journal that has a lease
+        // but no marker has lost data behind sled's back.
+        let marked = tree.contains_key(FORMAT_KEY).map_err(open_err)?;
+        if !marked {
+            if lease.is_some() {
+                return Err(JournalError::Corrupt {
+                    path: path.to_owned(),
+                    what: "the database lost its records (sled dropped a damaged log)".to_owned(),
+                });
+            }
+            tree.insert(FORMAT_KEY, &[1u8][..]).map_err(open_err)?;
+            db.flush().map_err(open_err)?;
+        }
+        let leased = lease.unwrap_or(FIRST_SEQ);
         let next = leased.max(last_seq.saturating_add(1)).max(FIRST_SEQ);
         let journal = SledJournal {
             path: path.to_owned(),
@@ -618,10 +639,11 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn next_seq_survives_an_emptied_journal_and_a_lost_database() {
+    fn next_seq_survives_an_emptied_journal_and_a_lost_database_is_detected() {
         let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
         let last = {
-            let j = SledJournal::open(dir.path()).unwrap();
+            let j = SledJournal::open(&path).unwrap();
             let mut last = 0;
             for _ in 0..3 {
                 let (seq, _) = append_telemetry(&j, 1);
@@ -631,12 +653,12 @@ pub(crate) mod tests {
             j.sync().unwrap();
             last
         };
-        let j = SledJournal::open(dir.path()).unwrap();
+        let j = SledJournal::open(&path).unwrap();
         assert!(j.is_empty());
         assert!(j.reserve_seq().unwrap() > last);
         drop(j);
         // Even with sled's files gone, the lease keeps the numbers growing.
-        for entry in std::fs::read_dir(dir.path()).unwrap() {
+        for entry in std::fs::read_dir(&path).unwrap() {
             let entry = entry.unwrap();
             if entry.file_name() != "seq.lease" {
                 let p = entry.path();
@@ -647,7 +669,13 @@ pub(crate) mod tests {
                 }
             }
         }
-        let j = SledJournal::open(dir.path()).unwrap();
+        // A lease without the database's marker: the database lost its records.
+        let err = SledJournal::open(&path).unwrap_err();
+        assert!(matches!(err, JournalError::Corrupt { .. }), "{err}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let (j, recovery) =
+            crate::journal::open_or_recover(&path, JournalOptions::default()).unwrap();
+        assert!(recovery.is_some_and(|r| r.unreadable));
         assert!(j.reserve_seq().unwrap() > last + 1);
     }
 

@@ -201,4 +201,12 @@ mod tests {
             .to_string()
             .contains("cannot start"));
     }
+
+    proptest::proptest! {
+        /// Any program output gives readings or an error, never a panic.
+        #[test]
+        fn any_output_is_handled(text in "\\PC{0,200}") {
+            let _ = parse_output("s", "m", "1", 0, &text);
+        }
+    }
 }

@@ -226,4 +226,15 @@ mod tests {
             assert!(parse_w1_slave("d", junk).is_err(), "{junk:?}");
         }
     }
+
+    proptest::proptest! {
+        /// Any file content gives a value or a typed error, never a panic, and a value only
+        /// when the CRC checks out.
+        #[test]
+        fn any_w1_slave_text_is_handled(text in "(([0-9a-f]{2} ){0,10}(: crc=[0-9a-f]{2} )?(YES|NO)?\\n?(t=-?[0-9]{0,6})?){0,3}") {
+            if parse_w1_slave("d", &text).is_ok() {
+                proptest::prop_assert!(text.contains("YES"));
+            }
+        }
+    }
 }

@@ -91,9 +91,40 @@ async fn devices_lists_the_fleet_with_latest_windows() {
     assert_eq!(latest[0]["start_ms"], T0 + 60_000);
     assert_eq!(latest[0]["mean"], 42.0);
     assert_eq!(latest[0]["unit"], "Cel");
-    for key in ["sensor", "metric", "end_ms", "count", "min", "max"] {
+    for key in [
+        "sensor", "metric", "end_ms", "count", "min", "max", "variance", "skewness", "kurtosis",
+        "p50", "p95", "p99", "version", "kind", "closed",
+    ] {
         assert!(latest[0].get(key).is_some(), "latest window lacks {key}");
     }
+    assert_eq!(latest[0]["kind"], "tumbling");
+    // The critical alert is active: 40 points off, and the reason says so.
+    assert_eq!(d["health"]["score"], 60);
+    assert!(d["health"]["reasons"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("critical alert hot"));
+    assert!(d["next_breach"].is_null());
+}
+
+#[tokio::test]
+async fn signals_show_health_and_each_series() {
+    let f = fixture().await;
+    let (status, json) = get(&f.router, "/api/devices/pump-1/signals").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json["device"], "pump-1");
+    assert_eq!(json["health"]["score"], 60);
+    let series = json["series"].as_array().unwrap();
+    assert_eq!(series.len(), 1);
+    assert_eq!(series[0]["sensor"], "bearing");
+    assert_eq!(series[0]["latest_mean"], 42.0);
+    // Two windows are too few for a trend.
+    assert!(series[0]["trend"].is_null());
+    let (status, _) = get(&f.router, "/api/devices/pump-9/signals").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, json) = get(&f.router, "/api/windows?kind=sliding").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(json["error"].as_str().unwrap().contains("kind must be"));
 }
 
 #[tokio::test]

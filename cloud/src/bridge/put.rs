@@ -142,9 +142,7 @@ async fn put_with_retry(w: &Writer, records: Vec<Pending>, shutdown: &mut Shutdo
                                 .fetch_add(record.size() as u64, Ordering::Relaxed);
                         }
                         other => {
-                            if other.and_then(|r| r.error_code())
-                                == Some(THROUGHPUT_EXCEEDED)
-                            {
+                            if other.and_then(|r| r.error_code()) == Some(THROUGHPUT_EXCEEDED) {
                                 w.counters.throttled.fetch_add(1, Ordering::Relaxed);
                             }
                             if first_error.is_none() {

@@ -40,7 +40,12 @@ pub async fn run(
 }
 
 /// Ingests one publish, retrying store failures, and acknowledges it once stored.
-async fn store(pipeline: &Pipeline, acker: &Acker, publish: Publish, shutdown: &mut Shutdown) -> Flow {
+async fn store(
+    pipeline: &Pipeline,
+    acker: &Acker,
+    publish: Publish,
+    shutdown: &mut Shutdown,
+) -> Flow {
     let origin = Origin::Mqtt {
         topic: publish.topic.clone(),
     };

@@ -95,8 +95,18 @@ mod tests {
             topic: "dt/osprey/pump-7/status".to_owned(),
         };
         assert!(parse(event, &mqtt, 0).is_none());
-        assert!(parse(br#"{"clientId":"pump-7","timestamp":1,"eventType":"subscribed"}"#, &kinesis(), 0).is_none());
-        assert!(parse(br#"{"clientId":"bad id","timestamp":1,"eventType":"connected"}"#, &kinesis(), 0).is_none());
+        assert!(parse(
+            br#"{"clientId":"pump-7","timestamp":1,"eventType":"subscribed"}"#,
+            &kinesis(),
+            0
+        )
+        .is_none());
+        assert!(parse(
+            br#"{"clientId":"bad id","timestamp":1,"eventType":"connected"}"#,
+            &kinesis(),
+            0
+        )
+        .is_none());
         assert!(parse(br#"{"hello":1}"#, &kinesis(), 0).is_none());
         assert!(parse(b"\xa1\x61v\x01", &kinesis(), 0).is_none());
     }

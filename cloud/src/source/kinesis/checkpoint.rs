@@ -53,7 +53,9 @@ impl Checkpoints {
     /// Takes `shard` for this consumer and returns where to resume.
     pub async fn claim(&self, stream: &str, shard: &str) -> Result<Claim, CheckpointError> {
         match self {
-            Checkpoints::Sqlite(reader) => Ok(Claim::Owned(reader.checkpoint(stream, shard).await?)),
+            Checkpoints::Sqlite(reader) => {
+                Ok(Claim::Owned(reader.checkpoint(stream, shard).await?))
+            }
             Checkpoints::Dynamo(table) => Ok(table.claim(shard).await?),
         }
     }
@@ -75,15 +77,11 @@ impl Checkpoints {
         };
         match self {
             Checkpoints::Sqlite(_) => {
-                pipeline
-                    .ingest_batch(payloads, Some(checkpoint))
-                    .await?;
+                pipeline.ingest_batch(payloads, Some(checkpoint)).await?;
             }
             Checkpoints::Dynamo(table) => {
                 if !payloads.is_empty() {
-                    pipeline
-                        .ingest_batch(payloads, None)
-                        .await?;
+                    pipeline.ingest_batch(payloads, None).await?;
                 }
                 table.save(shard, sequence_number).await?;
             }

@@ -209,7 +209,8 @@ impl DynamoCheckpoints {
             .expression_attribute_values(":until", until)
             .expression_attribute_values(":one", AttributeValue::N("1".to_owned()));
         if let Some(seq) = sequence_number {
-            request = request.expression_attribute_values(":seq", AttributeValue::S(seq.to_owned()));
+            request =
+                request.expression_attribute_values(":seq", AttributeValue::S(seq.to_owned()));
         }
         match request.send().await {
             Ok(_) => Ok(()),

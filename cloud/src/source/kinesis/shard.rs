@@ -125,7 +125,12 @@ async fn read_inner(shared: &Shared, shard_id: &str, shutdown: &mut Shutdown) ->
                 }
             },
         };
-        if !pause(next_call.saturating_duration_since(Instant::now()), shutdown).await {
+        if !pause(
+            next_call.saturating_duration_since(Instant::now()),
+            shutdown,
+        )
+        .await
+        {
             return Ended::Stopped;
         }
         next_call = Instant::now() + POLL_INTERVAL;
