@@ -45,7 +45,7 @@ fn fleet(readings: usize, devices: usize, csv: Option<&mut dyn std::io::Write>) 
         let name = format!("dev-{device:05}");
         let mut batch = TelemetryBatch::default();
         for (k, (sensor, metric, unit)) in SERIES.iter().enumerate() {
-            let mut s = Series::new(*sensor, *metric, *unit);
+            let mut s = Series::new(sensor, metric, unit);
             for r in 0..PER_MESSAGE {
                 // xorshift: cheap, deterministic noise.
                 state ^= state << 13;
@@ -155,7 +155,9 @@ fn main() {
 
     // Through the store (SQLite, one writer thread), Kinesis-sized batches of 100 messages.
     let store_data = fleet(store_readings, 1_000, None);
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let secs = rt.block_on(async {
         let db = dir.path().join("bench.db");
         let store = Store::open(&db).unwrap();

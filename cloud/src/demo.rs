@@ -134,11 +134,13 @@ pub async fn run(
     broker::start(mqtt_port).map_err(DemoError::Broker)?;
     wait_for_port(mqtt_port).await.map_err(DemoError::Broker)?;
 
-    let serve_cfg = ServeConfig::new(
+    let mut serve_cfg = ServeConfig::new(
         data_dir.join("osprey.db"),
         cfg.listen,
         SourceConfig::Mqtt(MqttConfig::new("127.0.0.1", mqtt_port, "osprey-demo-serve")),
     );
+    // The signals predict crossings of the same rules the simulated agents evaluate.
+    serve_cfg.signals.rules = osprey_agent::sim::default_rules();
     let running = serve::start(serve_cfg).await?;
     running.source_ready().await;
 

@@ -9,10 +9,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use osprey_cloud::analytics::{self, signals::SignalsConfig};
 use osprey_cloud::bridge::{self, BridgeConfig};
 use osprey_cloud::connection::kinesis::{KinesisConfig, DEFAULT_REGION};
 use osprey_cloud::connection::mqtt::{MqttConfig, MqttTls};
-use osprey_cloud::analytics::{self, signals::SignalsConfig};
 use osprey_cloud::serve::{self, ServeConfig, SourceConfig};
 use osprey_cloud::window::{Hopping, WindowSpec, WINDOW_MS};
 

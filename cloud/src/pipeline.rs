@@ -2,8 +2,8 @@
 //!
 //! ```text
 //!  payload ─► decode ─┬─► bad: dead letter (logged, counted; the pipeline goes on)
-//!                     └─► envelope ─► window::aggregate ─► store: dedup (device, seq),
-//!                                                          merge windows, alert, device
+//!                     └─► envelope ─► window::aggregate_spec ─► store: dedup (device, seq),
+//!                                                              merge windows, alert, device
 //! ```
 //!
 //! Every source calls [`Pipeline::ingest`] (one message) or [`Pipeline::ingest_batch`] (many

@@ -319,7 +319,9 @@ fn add_hopping<'a>(deltas: &mut Deltas<'a>, series: &'a osprey_protocol::Series,
 
 fn add_sessions<'a>(deltas: &mut Deltas<'a>, batch: &'a TelemetryBatch, gap: NonZeroU32) {
     let gap = i64::from(gap.get());
-    let mut by_series: BTreeMap<(&str, &str), (&str, Vec<(i64, f64)>)> = BTreeMap::new();
+    // (sensor, metric) -> (first unit, finite readings)
+    type BySeries<'b> = BTreeMap<(&'b str, &'b str), (&'b str, Vec<(i64, f64)>)>;
+    let mut by_series: BySeries<'_> = BTreeMap::new();
     for series in &batch.series {
         let entry = by_series
             .entry((series.sensor.as_str(), series.metric.as_str()))
@@ -434,7 +436,10 @@ mod tests {
         };
         let got = aggregate(&batch);
         assert_eq!(got.len(), 1);
-        assert_eq!((cs(&got[0]).0, cs(&got[0]).2, cs(&got[0]).3), (2, 30.0, 40.0));
+        assert_eq!(
+            (cs(&got[0]).0, cs(&got[0]).2, cs(&got[0]).3),
+            (2, 30.0, 40.0)
+        );
     }
 
     #[test]
@@ -491,7 +496,11 @@ mod tests {
     #[test]
     fn a_reading_lands_in_every_hopping_window_that_covers_it() {
         let batch = TelemetryBatch {
-            series: vec![series("bearing", "temperature", &[(T0, 1.0), (T0 + 25_000, 2.0)])],
+            series: vec![series(
+                "bearing",
+                "temperature",
+                &[(T0, 1.0), (T0 + 25_000, 2.0)],
+            )],
         };
         let got: Vec<(i64, u64)> = aggregate_spec(&batch, &spec(Some((30_000, 10_000)), None))
             .into_iter()
@@ -514,7 +523,11 @@ mod tests {
             series: vec![
                 series("bearing", "temperature", &[(T0, 1.0), (T0 + 4_999, 2.0)]),
                 // Out of order across the two series entries: still one sorted session set.
-                series("bearing", "temperature", &[(T0 + 9_998, 3.0), (T0 + 20_000, 4.0)]),
+                series(
+                    "bearing",
+                    "temperature",
+                    &[(T0 + 9_998, 3.0), (T0 + 20_000, 4.0)],
+                ),
             ],
         };
         let got: Vec<(i64, i64, u64)> = aggregate_spec(&batch, &spec(None, Some(5_000)))

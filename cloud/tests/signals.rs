@@ -169,10 +169,17 @@ async fn the_store_keeps_signals_and_the_device_health_names_the_predicted_breac
     for (k, w) in all.iter().enumerate() {
         let mut s = Series::new("bearing", "temperature", "Cel");
         s.push(w.start_ms + 30_000, w.moments.mean);
-        let payload = Envelope::new("pump-1", k as u64 + 1, Body::Telemetry(TelemetryBatch { series: vec![s] }))
-            .encode()
+        let payload = Envelope::new(
+            "pump-1",
+            k as u64 + 1,
+            Body::Telemetry(TelemetryBatch { series: vec![s] }),
+        )
+        .encode()
+        .unwrap();
+        pipeline
+            .ingest(&payload, Origin::Direct("t".into()))
+            .await
             .unwrap();
-        pipeline.ingest(&payload, Origin::Direct("t".into())).await.unwrap();
     }
     let signals = store.reader().device_signals("pump-1").await.unwrap();
     let series = &signals.series[0];
@@ -186,7 +193,9 @@ async fn the_store_keeps_signals_and_the_device_health_names_the_predicted_breac
     );
     assert!(p.maintenance_alert);
     assert!(signals.health.score <= 70, "{:?}", signals.health);
-    assert!(signals.health.reasons[0].reason.contains("maintenance alert"));
+    assert!(signals.health.reasons[0]
+        .reason
+        .contains("maintenance alert"));
     let device = store.reader().device("pump-1").await.unwrap().unwrap();
     assert_eq!(device.health, signals.health);
     assert_eq!(device.next_breach.unwrap().prediction.rule, "bearing-hot");

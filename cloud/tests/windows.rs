@@ -23,6 +23,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 const T0: i64 = 1_700_000_000_000;
+/// Windows of each (device, sensor, metric), with their kind.
+type Found = BTreeMap<(String, String, String), Vec<(WindowKind, Stored)>>;
+
 const SERIES: [(&str, &str); 2] = [("bearing", "temperature"), ("motor", "vibration")];
 
 /// One case: the window spec, the distinct readings per series, and the deliveries.
@@ -58,7 +61,7 @@ fn make_case(seed: u64) -> Case {
             let mut batch = TelemetryBatch::default();
             let per = rng.random_range(1..15);
             for (sensor, metric) in SERIES.iter().take(rng.random_range(1..=2)) {
-                let mut s = Series::new(*sensor, *metric, "u");
+                let mut s = Series::new(sensor, metric, "u");
                 let mut ts = t;
                 for _ in 0..per {
                     // Mostly steady sampling, sometimes a silence that splits sessions.
@@ -125,7 +128,10 @@ fn make_case(seed: u64) -> Case {
 }
 
 /// Windows of one series by the book: `(kind, start) -> (end, values)`.
-fn reference(spec: &WindowSpec, readings: &[(i64, f64)]) -> BTreeMap<(WindowKind, i64), (i64, Vec<f64>)> {
+fn reference(
+    spec: &WindowSpec,
+    readings: &[(i64, f64)],
+) -> BTreeMap<(WindowKind, i64), (i64, Vec<f64>)> {
     let mut out: BTreeMap<(WindowKind, i64), (i64, Vec<f64>)> = BTreeMap::new();
     let len = i64::from(spec.tumbling_ms().get());
     for &(t, v) in readings {
@@ -161,7 +167,10 @@ fn reference(spec: &WindowSpec, readings: &[(i64, f64)]) -> BTreeMap<(WindowKind
             j += 1;
         }
         let values = sorted[i..=j].iter().map(|r| r.1).collect();
-        out.insert((WindowKind::Session, sorted[i].0), (sorted[j].0 + gap, values));
+        out.insert(
+            (WindowKind::Session, sorted[i].0),
+            (sorted[j].0 + gap, values),
+        );
         i = j + 1;
     }
     out
@@ -180,7 +189,11 @@ fn check(window: &Stored, end_ms: i64, values: &[f64], at: &str) {
     assert_eq!(m.count, values.len() as u64, "{at}: count");
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
-    assert_eq!((m.min, m.max), (sorted[0], sorted[sorted.len() - 1]), "{at}: min/max");
+    assert_eq!(
+        (m.min, m.max),
+        (sorted[0], sorted[sorted.len() - 1]),
+        "{at}: min/max"
+    );
     let sum: f64 = values.iter().sum();
     close(m.sum, sum, &format!("{at}: sum"));
     let mean = sum / n;
@@ -188,12 +201,24 @@ fn check(window: &Stored, end_ms: i64, values: &[f64], at: &str) {
     let central = |p: i32| values.iter().map(|v| (v - mean).powi(p)).sum::<f64>();
     let (m2, m3, m4) = (central(2), central(3), central(4));
     if values.len() > 1 {
-        close(m.variance().unwrap(), m2 / (n - 1.0), &format!("{at}: variance"));
+        close(
+            m.variance().unwrap(),
+            m2 / (n - 1.0),
+            &format!("{at}: variance"),
+        );
     }
     // Shape statistics are only well defined with some spread.
     if values.len() > 2 && m2 / n > 1e-6 {
-        close(m.skewness().unwrap(), n.sqrt() * m3 / m2.powf(1.5), &format!("{at}: skewness"));
-        close(m.kurtosis().unwrap(), n * m4 / (m2 * m2), &format!("{at}: kurtosis"));
+        close(
+            m.skewness().unwrap(),
+            n.sqrt() * m3 / m2.powf(1.5),
+            &format!("{at}: skewness"),
+        );
+        close(
+            m.kurtosis().unwrap(),
+            n * m4 / (m2 * m2),
+            &format!("{at}: kurtosis"),
+        );
     }
     for q in [0.5, 0.95, 0.99] {
         let exact = sorted[(q * (n - 1.0)).floor() as usize];
@@ -205,7 +230,7 @@ fn check(window: &Stored, end_ms: i64, values: &[f64], at: &str) {
     }
 }
 
-fn compare(case: &Case, seed: u64, what: &str, got: &BTreeMap<(String, String, String), Vec<(WindowKind, Stored)>>) {
+fn compare(case: &Case, seed: u64, what: &str, got: &Found) {
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
         case.readings.keys().collect::<Vec<_>>(),
@@ -223,12 +248,17 @@ fn compare(case: &Case, seed: u64, what: &str, got: &BTreeMap<(String, String, S
             "seed {seed} {what} {key:?}: windows"
         );
         for (k, (end, values)) in &want {
-            check(have[k], *end, values, &format!("seed {seed} {what} {key:?} {k:?}"));
+            check(
+                have[k],
+                *end,
+                values,
+                &format!("seed {seed} {what} {key:?} {k:?}"),
+            );
         }
     }
 }
 
-async fn from_store(store: &Store) -> BTreeMap<(String, String, String), Vec<(WindowKind, Stored)>> {
+async fn from_store(store: &Store) -> Found {
     let mut got: BTreeMap<_, Vec<_>> = BTreeMap::new();
     for kind in WindowKind::ALL {
         let rows = store
@@ -249,7 +279,7 @@ async fn from_store(store: &Store) -> BTreeMap<(String, String, String), Vec<(Wi
     got
 }
 
-fn from_table(table: &WindowTable) -> BTreeMap<(String, String, String), Vec<(WindowKind, Stored)>> {
+fn from_table(table: &WindowTable) -> Found {
     let mut got: BTreeMap<_, Vec<_>> = BTreeMap::new();
     for (device, sensor, metric, kind, s) in table.iter() {
         got.entry((device.to_owned(), sensor.to_owned(), metric.to_owned()))
@@ -290,7 +320,10 @@ async fn windows_equal_a_plain_computation_over_shuffled_duplicated_backfilled_r
         drop(pipeline);
         store.close().await.unwrap();
     }
-    assert!(readings_checked > 5_000, "cases too small: {readings_checked} readings");
+    assert!(
+        readings_checked > 5_000,
+        "cases too small: {readings_checked} readings"
+    );
 }
 
 /// Every row of the tables that windows and dedup write, in key order.
@@ -353,9 +386,19 @@ async fn reprocessing_the_same_records_leaves_the_store_as_it_was() {
         let pipeline2 = Pipeline::new(store2.writer()).with_windows(case.spec);
         ingest_all(&pipeline2, &case.deliveries).await;
         let windows = |rows: Vec<String>| -> Vec<String> {
-            rows.into_iter().filter(|r| r.contains("Text(\"tumbling\")") || r.contains("Text(\"hopping\")") || r.contains("Text(\"session\")")).collect()
+            rows.into_iter()
+                .filter(|r| {
+                    r.contains("Text(\"tumbling\")")
+                        || r.contains("Text(\"hopping\")")
+                        || r.contains("Text(\"session\")")
+                })
+                .collect()
         };
-        assert_eq!(windows(dump(&path2)), windows(before), "seed {seed}: not deterministic");
+        assert_eq!(
+            windows(dump(&path2)),
+            windows(before),
+            "seed {seed}: not deterministic"
+        );
         drop((pipeline, pipeline2));
         store.close().await.unwrap();
         store2.close().await.unwrap();
@@ -372,19 +415,29 @@ async fn a_late_reading_corrects_its_closed_window_and_the_correction_is_emitted
     let send = |seq: u64, t: i64, v: f64| {
         let mut s = Series::new("bearing", "temperature", "Cel");
         s.push(t, v);
-        Envelope::new("pump-1", seq, Body::Telemetry(TelemetryBatch { series: vec![s] }))
-            .encode()
-            .unwrap()
+        Envelope::new(
+            "pump-1",
+            seq,
+            Body::Telemetry(TelemetryBatch { series: vec![s] }),
+        )
+        .encode()
+        .unwrap()
     };
     for (seq, t, v) in [(1, minute + 1_000, 40.0), (2, minute + 125_000, 41.0)] {
-        pipeline.ingest(&send(seq, t, v), Origin::Direct("t".into())).await.unwrap();
+        pipeline
+            .ingest(&send(seq, t, v), Origin::Direct("t".into()))
+            .await
+            .unwrap();
     }
     let first = updates.recv().await.unwrap();
     assert_eq!((first.window.version, first.late), (1, false));
     let second = updates.recv().await.unwrap();
     assert_eq!(second.window.start_ms, minute + 120_000);
     // The device is two minutes on; a reading for its first minute arrives now.
-    pipeline.ingest(&send(3, minute + 30_000, 50.0), Origin::Direct("t".into())).await.unwrap();
+    pipeline
+        .ingest(&send(3, minute + 30_000, 50.0), Origin::Direct("t".into()))
+        .await
+        .unwrap();
     let corrected = updates.recv().await.unwrap();
     assert_eq!(corrected.window.start_ms, minute);
     assert_eq!((corrected.window.version, corrected.late), (2, true));
@@ -393,7 +446,10 @@ async fn a_late_reading_corrects_its_closed_window_and_the_correction_is_emitted
     // The store shows the corrected window, closed, as version 2.
     let rows = store
         .reader()
-        .windows(WindowFilter { limit: 10, ..WindowFilter::default() })
+        .windows(WindowFilter {
+            limit: 10,
+            ..WindowFilter::default()
+        })
         .await
         .unwrap();
     let row = rows.iter().find(|r| r.window.start_ms == minute).unwrap();

@@ -184,13 +184,26 @@ pub(crate) fn scaled(values: &[f64]) -> Option<(u8, Vec<i64>)> {
 
 /// `k` with `k / 10^scale == v` bit for bit, if it exists.
 fn scaled_at(v: f64, scale: u8) -> Option<i64> {
-    let p = POW10[usize::from(scale)];
-    let k = (v * p).round();
-    if k.is_nan() || k.abs() > MAX_SCALED as f64 {
+    let x = v * POW10[usize::from(scale)];
+    if x.is_nan() || x.abs() > MAX_SCALED as f64 {
         return None;
     }
-    let k = k as i64;
+    let k = round(x);
     (unscale(k, scale).to_bits() == v.to_bits()).then_some(k)
+}
+
+/// `x` rounded to the nearest integer, halves away from zero (`f64::round`, which `core`
+/// lacks); `|x| <= 2^53`, so the truncation and the fraction are exact.
+fn round(x: f64) -> i64 {
+    let t = x as i64;
+    let frac = x - t as f64;
+    if frac >= 0.5 {
+        t + 1
+    } else if frac <= -0.5 {
+        t - 1
+    } else {
+        t
+    }
 }
 
 /// The value a scaled integer stands for: one correctly rounded IEEE 754 division.
@@ -261,6 +274,25 @@ mod tests {
             let mut out = Vec::new();
             ciborium::into_writer(&v, &mut out).ok();
             assert_eq!(float_len(v), out.len(), "{v}");
+        }
+    }
+
+    #[test]
+    fn round_matches_std() {
+        for x in [
+            0.0,
+            0.49,
+            0.5,
+            0.51,
+            1.5,
+            2.5,
+            -0.5,
+            -1.5,
+            -2.49,
+            4_152.999_999_999_999,
+            9.0e15,
+        ] {
+            assert_eq!(round(x), x.round() as i64, "{x}");
         }
     }
 

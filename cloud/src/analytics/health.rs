@@ -112,7 +112,11 @@ pub fn score(signals: &[SeriesSignals], alerts: &[ActiveAlert]) -> Health {
             }
         }
     }
-    reasons.sort_by(|a, b| b.points.cmp(&a.points).then_with(|| a.reason.cmp(&b.reason)));
+    reasons.sort_by(|a, b| {
+        b.points
+            .cmp(&a.points)
+            .then_with(|| a.reason.cmp(&b.reason))
+    });
     let lost: u32 = reasons.iter().map(|r| r.points).sum();
     Health {
         score: 100u32.saturating_sub(lost),

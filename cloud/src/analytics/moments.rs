@@ -92,7 +92,8 @@ impl Moments {
             + d4 * na * nb * (na * na - na * nb + nb * nb) / (n * n * n)
             + 6.0 * d2 * (na * na * m2b + nb * nb * m2a) / (n * n)
             + 4.0 * delta * (na * m3b - nb * m3a) / n;
-        self.m3 += m3b + d3 * na * nb * (na - nb) / (n * n) + 3.0 * delta * (na * m2b - nb * m2a) / n;
+        self.m3 +=
+            m3b + d3 * na * nb * (na - nb) / (n * n) + 3.0 * delta * (na * m2b - nb * m2a) / n;
         self.m2 += m2b + d2 * na * nb / n;
         self.mean += delta * nb / n;
         self.count += other.count;
@@ -157,14 +158,19 @@ mod tests {
         // Central moments: Σd³ = -27-1-1-1+0+0+8+64 = 42, Σd⁴ = 81+1+1+1+0+0+16+256 = 356.
         assert!(close(m.m3, 42.0));
         assert!(close(m.m4, 356.0));
-        assert!(close(m.skewness().unwrap(), 8f64.sqrt() * 42.0 / 32f64.powf(1.5)));
+        assert!(close(
+            m.skewness().unwrap(),
+            8f64.sqrt() * 42.0 / 32f64.powf(1.5)
+        ));
         assert!(close(m.kurtosis().unwrap(), 8.0 * 356.0 / (32.0 * 32.0)));
         assert!(close(m.rms().unwrap(), (232.0f64 / 8.0).sqrt()));
     }
 
     #[test]
     fn merging_equals_adding_in_one_pass() {
-        let values: Vec<f64> = (0..200).map(|i| 80.0 + ((i * 37 % 101) as f64) * 0.013).collect();
+        let values: Vec<f64> = (0..200)
+            .map(|i| 80.0 + ((i * 37 % 101) as f64) * 0.013)
+            .collect();
         let whole = of(&values);
         for cut in [0, 1, 2, 57, 199, 200] {
             let mut a = of(&values[..cut]);

@@ -96,8 +96,14 @@ severity = "critical"
 "#;
         let rules = parse(text).unwrap();
         assert_eq!(rules.len(), 1);
-        assert_eq!((rules[0].id.as_str(), rules[0].threshold), ("bearing-hot", 80.0));
-        assert!(parse("[[rules]]\nid = 3").unwrap_err().1.contains("invalid type"));
+        assert_eq!(
+            (rules[0].id.as_str(), rules[0].threshold),
+            ("bearing-hot", 80.0)
+        );
+        assert!(parse("[[rules]]\nid = 3")
+            .unwrap_err()
+            .1
+            .contains("invalid type"));
         let missing = "[[rules]]\nid = \"x\"\nsensor = \"s\"\nmetric = \"m\"\nwhen = \"above\"\n";
         assert_eq!(parse(missing).unwrap_err().0.as_deref(), Some("x"));
     }

@@ -195,9 +195,8 @@ impl Sketch {
     /// The storage encoding: a version byte, then the zero count and each side's buckets
     /// (offset, length, counts) as LEB128 varints (offsets zigzag-encoded).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(
-            8 + self.positive.counts.len() + self.negative.counts.len(),
-        );
+        let mut out =
+            Vec::with_capacity(8 + self.positive.counts.len() + self.negative.counts.len());
         out.push(ENCODING_VERSION);
         put_varint(&mut out, self.zero);
         for bins in [&self.positive, &self.negative] {
@@ -304,7 +303,11 @@ mod tests {
         values.sort_by(f64::total_cmp);
         for q in [0.0, 0.01, 0.25, 0.5, 0.95, 0.99, 1.0] {
             let got = s.quantile(q).unwrap();
-            assert!(within(got, exact(&values, q)), "q {q}: {got} vs {}", exact(&values, q));
+            assert!(
+                within(got, exact(&values, q)),
+                "q {q}: {got} vs {}",
+                exact(&values, q)
+            );
         }
     }
 
@@ -314,7 +317,11 @@ mod tests {
         for i in 0..500 {
             let v = 40.0 + f64::from(i % 97) * 0.11 - if i % 5 == 0 { 60.0 } else { 0.0 };
             whole.add(v);
-            if i % 3 == 0 { a.add(v) } else { b.add(v) }
+            if i % 3 == 0 {
+                a.add(v)
+            } else {
+                b.add(v)
+            }
         }
         let mut ab = a.clone();
         ab.merge(&b);

@@ -152,6 +152,9 @@ mod tests {
         let kind = |v: &str| Params::parse(pairs(&[("kind", v)]), &["kind"])?.window_kind();
         assert_eq!(kind("").unwrap(), WindowKind::Tumbling);
         assert_eq!(kind("session").unwrap(), WindowKind::Session);
-        assert!(kind("sliding").unwrap_err().message.contains("kind must be"));
+        assert!(kind("sliding")
+            .unwrap_err()
+            .message
+            .contains("kind must be"));
     }
 }

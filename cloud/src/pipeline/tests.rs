@@ -77,7 +77,10 @@ async fn a_redelivered_message_is_a_duplicate() {
         .await
         .unwrap();
     assert_eq!(windows.len(), 1);
-    assert_eq!((windows[0].moments().count, windows[0].moments().mean), (2, 41.0));
+    assert_eq!(
+        (windows[0].moments().count, windows[0].moments().mean),
+        (2, 41.0)
+    );
     assert_eq!(pipeline.stats().duplicates, 1);
 }
 

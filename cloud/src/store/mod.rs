@@ -101,10 +101,7 @@ impl Store {
 
     /// [`Store::open`], with the writer computing maintenance signals under `signals` (its
     /// rules, horizon and fit settings).
-    pub fn open_with(
-        path: impl AsRef<Path>,
-        signals: SignalsConfig,
-    ) -> Result<Store, StoreError> {
+    pub fn open_with(path: impl AsRef<Path>, signals: SignalsConfig) -> Result<Store, StoreError> {
         let path = path.as_ref().to_owned();
         let open_err = |cause| StoreError::Open {
             path: path.clone(),

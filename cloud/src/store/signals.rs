@@ -85,9 +85,8 @@ pub(super) fn refresh(
 
 /// The stored signals of `device`, by sensor and metric.
 pub fn series_signals(conn: &Connection, device: &str) -> rusqlite::Result<Vec<SeriesSignals>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT body FROM signals WHERE device = ?1 ORDER BY sensor, metric",
-    )?;
+    let mut stmt =
+        conn.prepare_cached("SELECT body FROM signals WHERE device = ?1 ORDER BY sensor, metric")?;
     let rows = stmt
         .query_map(params![device], |row| {
             let body: String = row.get(0)?;
@@ -151,7 +150,10 @@ pub fn device_health(
             })
         })
         .min_by_key(|b| b.prediction.remaining_ms);
-    Ok((health::score(&series, &active_alerts(conn, device)?), breach))
+    Ok((
+        health::score(&series, &active_alerts(conn, device)?),
+        breach,
+    ))
 }
 
 /// Signals and health of `device`.

@@ -99,7 +99,10 @@ async fn the_same_message_twice_counts_once() {
     let r = store.reader();
     let windows = r.windows(all_windows()).await.unwrap();
     assert_eq!(windows.len(), 1);
-    assert_eq!((windows[0].moments().count, windows[0].moments().sum), (3, 120.0));
+    assert_eq!(
+        (windows[0].moments().count, windows[0].moments().sum),
+        (3, 120.0)
+    );
     let dev = r.device("pump-1").await.unwrap().unwrap();
     assert_eq!((dev.readings, dev.last_seq), (3, 7));
     assert_eq!(r.counts().await.unwrap().messages, 1);
@@ -122,7 +125,12 @@ async fn two_messages_merge_into_one_window() {
     assert_eq!(windows.len(), 1);
     let win = &windows[0];
     assert_eq!(
-        (win.moments().count, win.moments().sum, win.moments().min, win.moments().max),
+        (
+            win.moments().count,
+            win.moments().sum,
+            win.moments().min,
+            win.moments().max
+        ),
         (4, 180.0, 39.0, 55.0)
     );
     assert_eq!(win.moments().mean, 45.0);
@@ -265,20 +273,14 @@ async fn a_closed_store_reopens_with_its_data() {
     let store = Store::open(&path).unwrap();
     store
         .writer()
-        .write(
-            vec![telemetry("pump-1", 1, vec![delta(&[1.0])])],
-            None,
-        )
+        .write(vec![telemetry("pump-1", 1, vec![delta(&[1.0])])], None)
         .await
         .unwrap();
     store.close().await.unwrap();
     let store = Store::open(&path).unwrap();
     let again = store
         .writer()
-        .write(
-            vec![telemetry("pump-1", 1, vec![delta(&[1.0])])],
-            None,
-        )
+        .write(vec![telemetry("pump-1", 1, vec![delta(&[1.0])])], None)
         .await
         .unwrap();
     assert_eq!(again, [Written::Duplicate]);

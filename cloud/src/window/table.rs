@@ -61,8 +61,11 @@ pub trait WindowStore {
     /// The stored windows of `device` that `delta` merges with: the window of the same series,
     /// kind and start; for sessions, every session of the series whose `[start, end)`
     /// overlaps the delta's.
-    fn overlapping(&mut self, device: &str, delta: &WindowDelta)
-        -> Result<Vec<Stored>, Self::Error>;
+    fn overlapping(
+        &mut self,
+        device: &str,
+        delta: &WindowDelta,
+    ) -> Result<Vec<Stored>, Self::Error>;
 
     /// Stores `update.window`, replacing the windows listed in `update.absorbed`.
     fn put(&mut self, update: &WindowUpdate) -> Result<(), Self::Error>;
@@ -113,11 +116,15 @@ pub fn fold<S: WindowStore>(
     Ok(update)
 }
 
+/// One series' windows by kind and start. Boxed: a B-tree node holds eleven entries, and
+/// boxing keeps a series with one open window from paying for eleven aggregates.
+type SeriesWindows = BTreeMap<(WindowKind, i64), Box<Stored>>;
+
 #[derive(Debug, Default)]
 struct DeviceState {
     seen: HashSet<u64>,
     watermark_ms: Option<i64>,
-    series: HashMap<String, HashMap<String, BTreeMap<(WindowKind, i64), Stored>>>,
+    series: HashMap<String, HashMap<String, SeriesWindows>>,
 }
 
 /// Windows, dedup set and watermarks in memory, keyed per device.
@@ -167,14 +174,20 @@ impl WindowTable {
     }
 
     /// The windows of one series and kind, by start.
-    pub fn windows(&self, device: &str, sensor: &str, metric: &str, kind: WindowKind) -> Vec<&Stored> {
+    pub fn windows(
+        &self,
+        device: &str,
+        sensor: &str,
+        metric: &str,
+        kind: WindowKind,
+    ) -> Vec<&Stored> {
         self.devices
             .get(device)
             .and_then(|d| d.series.get(sensor))
             .and_then(|m| m.get(metric))
             .map(|w| {
                 w.range((kind, i64::MIN)..=(kind, i64::MAX))
-                    .map(|(_, s)| s)
+                    .map(|(_, s)| &**s)
                     .collect()
             })
             .unwrap_or_default()
@@ -186,7 +199,13 @@ impl WindowTable {
             d.series.iter().flat_map(move |(sensor, metrics)| {
                 metrics.iter().flat_map(move |(metric, windows)| {
                     windows.iter().map(move |((kind, _), s)| {
-                        (device.as_str(), sensor.as_str(), metric.as_str(), *kind, s)
+                        (
+                            device.as_str(),
+                            sensor.as_str(),
+                            metric.as_str(),
+                            *kind,
+                            &**s,
+                        )
                     })
                 })
             })
@@ -220,8 +239,8 @@ impl WindowStore for DeviceStore<'_> {
         if delta.kind != WindowKind::Session {
             return Ok(windows
                 .remove(&(delta.kind, delta.start_ms))
-                .into_iter()
-                .collect());
+                .map(|s| vec![*s])
+                .unwrap_or_default());
         }
         let starts: Vec<i64> = windows
             .range((WindowKind::Session, i64::MIN)..(WindowKind::Session, delta.end_ms))
@@ -231,6 +250,7 @@ impl WindowStore for DeviceStore<'_> {
         Ok(starts
             .into_iter()
             .filter_map(|s| windows.remove(&(WindowKind::Session, s)))
+            .map(|s| *s)
             .collect())
     }
 
@@ -244,7 +264,10 @@ impl WindowStore for DeviceStore<'_> {
             Some(w) => w,
             None => metrics.entry(update.metric.clone()).or_default(),
         };
-        windows.insert((update.kind, update.window.start_ms), update.window.clone());
+        windows.insert(
+            (update.kind, update.window.start_ms),
+            Box::new(update.window.clone()),
+        );
         Ok(())
     }
 }
@@ -273,21 +296,41 @@ mod tests {
     fn duplicates_change_nothing_and_late_data_makes_a_new_version() {
         let mut t = WindowTable::new();
         let first = t
-            .apply("pump-1", 1, Some(59_000), vec![delta(WindowKind::Tumbling, 0, 60_000, &[1.0])])
+            .apply(
+                "pump-1",
+                1,
+                Some(59_000),
+                vec![delta(WindowKind::Tumbling, 0, 60_000, &[1.0])],
+            )
             .unwrap();
         assert_eq!((first[0].window.version, first[0].late), (1, false));
         assert!(t.apply("pump-1", 1, Some(59_000), vec![]).is_none());
         // The device moves on to the next minute: the first window is now closed.
-        t.apply("pump-1", 2, Some(61_000), vec![delta(WindowKind::Tumbling, 60_000, 120_000, &[2.0])])
-            .unwrap();
+        t.apply(
+            "pump-1",
+            2,
+            Some(61_000),
+            vec![delta(WindowKind::Tumbling, 60_000, 120_000, &[2.0])],
+        )
+        .unwrap();
         let late = t
-            .apply("pump-1", 3, Some(30_000), vec![delta(WindowKind::Tumbling, 0, 60_000, &[3.0])])
+            .apply(
+                "pump-1",
+                3,
+                Some(30_000),
+                vec![delta(WindowKind::Tumbling, 0, 60_000, &[3.0])],
+            )
             .unwrap();
         assert_eq!((late[0].window.version, late[0].late), (2, true));
         assert_eq!(late[0].window.agg.count(), 2);
         // Another device's clock is its own: its first minute is not late.
         let other = t
-            .apply("fan-1", 1, Some(10_000), vec![delta(WindowKind::Tumbling, 0, 60_000, &[5.0])])
+            .apply(
+                "fan-1",
+                1,
+                Some(10_000),
+                vec![delta(WindowKind::Tumbling, 0, 60_000, &[5.0])],
+            )
             .unwrap();
         assert!(!other[0].late);
     }
@@ -295,15 +338,43 @@ mod tests {
     #[test]
     fn a_session_that_bridges_two_absorbs_both() {
         let mut t = WindowTable::new();
-        t.apply("d", 1, None, vec![delta(WindowKind::Session, 0, 10_000, &[1.0])]);
-        t.apply("d", 2, None, vec![delta(WindowKind::Session, 30_000, 40_000, &[2.0])]);
-        assert_eq!(t.windows("d", "bearing", "vibration", WindowKind::Session).len(), 2);
+        t.apply(
+            "d",
+            1,
+            None,
+            vec![delta(WindowKind::Session, 0, 10_000, &[1.0])],
+        );
+        t.apply(
+            "d",
+            2,
+            None,
+            vec![delta(WindowKind::Session, 30_000, 40_000, &[2.0])],
+        );
+        assert_eq!(
+            t.windows("d", "bearing", "vibration", WindowKind::Session)
+                .len(),
+            2
+        );
         // A reading at 20 s with a 10 s gap: [20 s, 30 s) touches neither [0, 10 s) nor [30 s, 40 s).
-        t.apply("d", 3, None, vec![delta(WindowKind::Session, 20_000, 30_000, &[3.0])]);
-        assert_eq!(t.windows("d", "bearing", "vibration", WindowKind::Session).len(), 3);
+        t.apply(
+            "d",
+            3,
+            None,
+            vec![delta(WindowKind::Session, 20_000, 30_000, &[3.0])],
+        );
+        assert_eq!(
+            t.windows("d", "bearing", "vibration", WindowKind::Session)
+                .len(),
+            3
+        );
         // [9 s, 21 s) overlaps the first and the third, and merges them; the second stays.
         let up = t
-            .apply("d", 4, None, vec![delta(WindowKind::Session, 9_000, 21_000, &[4.0])])
+            .apply(
+                "d",
+                4,
+                None,
+                vec![delta(WindowKind::Session, 9_000, 21_000, &[4.0])],
+            )
             .unwrap();
         assert_eq!((up[0].window.start_ms, up[0].window.end_ms), (0, 30_000));
         assert_eq!(up[0].absorbed, [20_000]);
