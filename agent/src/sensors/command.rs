@@ -99,6 +99,13 @@ pub(crate) fn run_with_timeout(
         if let Some(mut stderr) = child.stderr.take() {
             let _ = stderr.read_to_string(&mut err);
         }
+        // 127 is what a failed exec leaves behind where the spawn error cannot travel back
+        // (qemu-user, some sandboxes) and what shell wrappers return for "not found".
+        if status.code() == Some(127) && err.trim().is_empty() {
+            return Err(format!(
+                "cannot start: {program} was not found or is not executable (exit status 127)"
+            ));
+        }
         return Err(format!("exited with {status}: {}", err.trim()));
     }
     Ok(out)
