@@ -317,6 +317,28 @@ pub(crate) fn sensors(
         if name.trim().is_empty() {
             return Err(at.err(e.name.span(), key("name must not be empty")));
         }
+        if name.len() > osprey_protocol::MAX_TEXT_BYTES {
+            return Err(at.err(
+                e.name.span(),
+                key(&format!(
+                    "name is {} bytes; the wire format allows at most {}",
+                    name.len(),
+                    osprey_protocol::MAX_TEXT_BYTES
+                )),
+            ));
+        }
+        if let Some(metric) = e.metric.as_ref() {
+            if metric.get_ref().len() > osprey_protocol::MAX_TEXT_BYTES {
+                return Err(at.err(
+                    metric.span(),
+                    key(&format!(
+                        "metric is {} bytes; the wire format allows at most {}",
+                        metric.get_ref().len(),
+                        osprey_protocol::MAX_TEXT_BYTES
+                    )),
+                ));
+            }
+        }
         if out.iter().any(|s| s.name == name) {
             return Err(at.err(e.name.span(), key("duplicate sensor name")));
         }
@@ -735,6 +757,7 @@ mod tests {
             ("[[sensors]]\nname = \"a\"\nkind = \"command\"\ncommand = []\n", 5, 11, "needs `command"),
             ("[[sensors]]\nname = \"a\"\nkind = \"thermal\"\nzone = \"z\"\n[[sensors]]\nname = \"a\"\nkind = \"thermal\"\nzone = \"z\"\n", 7, 8, "duplicate sensor name"),
             ("[[sensors]]\nname = \"a\"\nkind = \"sht3x\"\n", 2, 1, "needs `bus`"),
+            (&format!("[[sensors]]\nname = \"{}\"\nkind = \"thermal\"\n", "n".repeat(129)), 3, 8, "at most 128"),
             ("[[sensors]]\nname = \"a\"\nkind = \"gpio\"\nline = 4\nfault_after = 0\n", 6, 15, "fault_after"),
             ("[[actions]]\nrule = \"nope\"\nlog = true\n", 3, 8, "no rule \"nope\""),
             ("[[actions]]\nrule = \"*\"\nlog = true\ngpio = 4\n", 2, 1, "exactly one"),
