@@ -495,8 +495,7 @@ impl Uplink {
             dropped_quota: counters.quota_readings,
             time_ms: wall_clock_ms(),
             boot_id: crate::boot::boot_id().to_owned(),
-            // Not measured yet: whether NTP (or GPS) has synchronised the clock.
-            clock: osprey_protocol::ClockState::Unknown,
+            clock: crate::clock::clock_state(),
             ..Status::new(state)
         };
         Ok(Envelope::new(&self.device, seq, Body::Status(status)).encode()?)
