@@ -4,8 +4,8 @@
 use std::io::Write;
 
 use osprey_agent::journal::Inspection;
-use osprey_protocol::{Body, Kind};
-use serde_json::{json, Value};
+use osprey_protocol::Kind;
+use serde_json::json;
 
 /// The `stats` report: one line per kind, then sizes and counters.
 pub(crate) fn stats(seen: &Inspection) -> String {
@@ -59,7 +59,7 @@ pub(crate) fn export(seen: &Inspection, out: &mut impl Write) -> std::io::Result
                 "device": envelope.device,
                 "kind": envelope.kind().topic_level(),
                 "bytes": entry.message.len(),
-                "body": body(&envelope.body),
+                "body": osprey_protocol::json::body_json(&envelope.body),
             }),
             // `inspect` only lists entries that decode; keep the line anyway if one does not.
             Err(error) => json!({ "seq": entry.seq, "error": error.to_string() }),
@@ -68,29 +68,4 @@ pub(crate) fn export(seen: &Inspection, out: &mut impl Write) -> std::io::Result
         out.write_all(b"\n")?;
     }
     Ok(())
-}
-
-fn body(body: &Body) -> Value {
-    match body {
-        Body::Telemetry(batch) => json!({
-            "readings": batch.reading_count(),
-            "series": batch.series.iter().map(|s| json!({
-                "sensor": s.sensor,
-                "metric": s.metric,
-                "unit": s.unit,
-                "readings": s.readings().map(|(t, v)| json!([t, v])).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-        }),
-        Body::Alert(a) => json!({
-            "rule": a.rule,
-            "event": a.event,
-            "severity": a.severity,
-            "sensor": a.sensor,
-            "metric": a.metric,
-            "value": a.value,
-            "threshold": a.threshold,
-            "time_ms": a.time_ms,
-        }),
-        Body::Status(s) => json!({ "state": s.state, "time_ms": s.time_ms }),
-    }
 }

@@ -1,8 +1,8 @@
 //! `osprey decode`: shows a payload as JSON, for an operator looking at what a device sent
 //! (an MQTT payload saved with `mosquitto_sub -N`, a Kinesis record, a dead letter).
 
-use osprey_protocol::{decode, Body, DecodeError, Envelope, Kind, PayloadError, FORMAT_VERSION};
-use serde_json::{json, Value};
+use osprey_protocol::{decode, DecodeError, PayloadError, FORMAT_VERSION};
+use serde_json::Value;
 
 /// Why a payload could not be shown.
 #[derive(Debug, thiserror::Error)]
@@ -23,56 +23,12 @@ pub fn show(input: &[u8]) -> Result<Value, ShowError> {
 }
 
 /// A message as readable JSON: full field names, readings as `[time_ms, value]` pairs.
-pub fn to_json(msg: &Envelope) -> Value {
-    let body = match &msg.body {
-        Body::Telemetry(batch) => json!({
-            "readings": batch.reading_count(),
-            "series": batch.series.iter().map(|s| json!({
-                "sensor": s.sensor,
-                "metric": s.metric,
-                "unit": s.unit,
-                "readings": s.readings().map(|(t, v)| json!([t, v])).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-        }),
-        Body::Alert(a) => json!({
-            "rule": a.rule,
-            "sensor": a.sensor,
-            "metric": a.metric,
-            "event": a.event,
-            "severity": a.severity,
-            "value": a.value,
-            "threshold": a.threshold,
-            "time_ms": a.time_ms,
-        }),
-        Body::Status(s) => json!({
-            "state": s.state,
-            "agent_version": s.agent_version,
-            "uptime_s": s.uptime_s,
-            "backlog": s.backlog,
-            "dropped": s.dropped,
-            "time_ms": s.time_ms,
-            "backlog_bytes": s.backlog_bytes,
-            "dropped_quota": s.dropped_quota,
-            "boot_id": s.boot_id,
-            "clock": s.clock,
-        }),
-    };
-    json!({
-        "version": FORMAT_VERSION,
-        "kind": match msg.kind() {
-            Kind::Telemetry => "telemetry",
-            Kind::Alert => "alert",
-            Kind::Status => "status",
-        },
-        "device": msg.device,
-        "seq": msg.seq,
-        "body": body,
-    })
-}
+pub use osprey_protocol::json::to_json;
 
 #[cfg(test)]
 mod tests {
-    use osprey_protocol::{Series, TelemetryBatch};
+    use osprey_protocol::{Body, Envelope, Series, TelemetryBatch};
+    use serde_json::json;
 
     use super::*;
 

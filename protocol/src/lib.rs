@@ -33,6 +33,8 @@ extern crate alloc;
 mod columns;
 mod envelope;
 mod error;
+#[cfg(feature = "json")]
+pub mod json;
 pub mod limit;
 mod payload;
 mod rule;

@@ -1,0 +1,60 @@
+//! A readable JSON view of messages, for people: `osprey decode` and
+//! `osprey-agent journal export` print the same shape. (Feature `json`.)
+//!
+//! This is a view, not a second wire format: nothing decodes it back.
+
+use serde_json::{json, Value};
+
+use crate::{Body, Envelope, Kind, FORMAT_VERSION};
+
+/// A whole message: `{version, kind, device, seq, body}` with [`body_json`] as the body.
+pub fn to_json(msg: &Envelope) -> Value {
+    json!({
+        "version": FORMAT_VERSION,
+        "kind": match msg.kind() {
+            Kind::Telemetry => "telemetry",
+            Kind::Alert => "alert",
+            Kind::Status => "status",
+        },
+        "device": msg.device,
+        "seq": msg.seq,
+        "body": body_json(&msg.body),
+    })
+}
+
+/// A message body with full field names; telemetry readings as `[time_ms, value]` pairs.
+pub fn body_json(body: &Body) -> Value {
+    match body {
+        Body::Telemetry(batch) => json!({
+            "readings": batch.reading_count(),
+            "series": batch.series.iter().map(|s| json!({
+                "sensor": s.sensor,
+                "metric": s.metric,
+                "unit": s.unit,
+                "readings": s.readings().map(|(t, v)| json!([t, v])).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        }),
+        Body::Alert(a) => json!({
+            "rule": a.rule,
+            "sensor": a.sensor,
+            "metric": a.metric,
+            "event": a.event,
+            "severity": a.severity,
+            "value": a.value,
+            "threshold": a.threshold,
+            "time_ms": a.time_ms,
+        }),
+        Body::Status(s) => json!({
+            "state": s.state,
+            "agent_version": s.agent_version,
+            "uptime_s": s.uptime_s,
+            "backlog": s.backlog,
+            "dropped": s.dropped,
+            "time_ms": s.time_ms,
+            "backlog_bytes": s.backlog_bytes,
+            "dropped_quota": s.dropped_quota,
+            "boot_id": s.boot_id,
+            "clock": s.clock,
+        }),
+    }
+}
