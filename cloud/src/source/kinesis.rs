@@ -100,15 +100,25 @@ pub async fn list_shards_paged(
             Some(token) => client.list_shards().next_token(token),
             None => client.list_shards().stream_name(&cfg.stream),
         };
-        let page = request
-            .set_max_results(page_size)
-            .send()
-            .await
-            .map_err(|e| KinesisError::ListShards {
-                stream: cfg.stream.clone(),
-                endpoint: cfg.endpoint(),
-                message: describe_error(&e),
-            })?;
+        let mut result = request.set_max_results(page_size).send().await;
+        // moto 5.2 checks a page token against the stream name, so it wants both (which AWS
+        // refuses); its error code, InvalidToken, is not one AWS uses for ListShards.
+        if let (Some(token), Err(e)) = (&next_token, &result) {
+            if e.as_service_error().and_then(|s| s.meta().code()) == Some("InvalidToken") {
+                result = client
+                    .list_shards()
+                    .stream_name(&cfg.stream)
+                    .next_token(token)
+                    .set_max_results(page_size)
+                    .send()
+                    .await;
+            }
+        }
+        let page = result.map_err(|e| KinesisError::ListShards {
+            stream: cfg.stream.clone(),
+            endpoint: cfg.endpoint(),
+            message: describe_error(&e),
+        })?;
         shards.extend(page.shards().iter().map(|s| ShardInfo {
             id: s.shard_id().to_owned(),
             parent: s.parent_shard_id().map(str::to_owned),
