@@ -102,8 +102,21 @@ fn message(device: &str, seq: u64) -> Vec<u8> {
     .unwrap()
 }
 
-fn serve(args: &[&str]) -> (Proc, String) {
-    let mut serve = Proc::spawn(Command::new(bin("osprey")).arg("serve").args(args));
+/// `osprey serve` reading `stream` from the Kinesis endpoint into the SQLite file `db`;
+/// returns the process and its API base URL.
+fn serve(db: &std::path::Path, stream: &str, endpoint: &str) -> (Proc, String) {
+    let mut serve = Proc::spawn(Command::new(bin("osprey")).arg("serve").args([
+        "--db",
+        db.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--source",
+        "kinesis",
+        "--stream",
+        stream,
+        "--endpoint-url",
+        endpoint,
+    ]));
     let line = serve.stdout_line_matching("osprey serve: listening on ", Duration::from_secs(60));
     (serve, line.trim().rsplit(' ').next().unwrap().to_owned())
 }
@@ -142,18 +155,7 @@ fn consume_rate(endpoint: &str, records: u64) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("bench.db");
     let start = Instant::now();
-    let (serve, api) = serve(&[
-        "--db",
-        db.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--source",
-        "kinesis",
-        "--stream",
-        &stream,
-        "--endpoint-url",
-        endpoint,
-    ]);
+    let (serve, api) = serve(&db, &stream, endpoint);
     let done = wait_until(Duration::from_secs(600), Duration::from_millis(50), || {
         let applied = http_get_json(&format!("{api}/api/stats"))["pipeline"]["applied"].as_u64()?;
         (applied >= total).then_some(())
@@ -187,18 +189,7 @@ fn latency(endpoint: &str) {
     bridge.stdout_line_matching("osprey bridge: forwarding", Duration::from_secs(30));
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("bench.db");
-    let (serve, api) = serve(&[
-        "--db",
-        db.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--source",
-        "kinesis",
-        "--stream",
-        &stream,
-        "--endpoint-url",
-        endpoint,
-    ]);
+    let (serve, api) = serve(&db, &stream, endpoint);
     let devices = ["lat-pump-1", "lat-pump-2"];
     let samples = 300;
     let mut agents: Vec<Proc> = devices
