@@ -496,6 +496,7 @@ impl Uplink {
             time_ms: wall_clock_ms(),
             boot_id: crate::boot::boot_id().to_owned(),
             clock: crate::clock::clock_state(),
+            journal_resets: counters.resets,
             ..Status::new(state)
         };
         Ok(Envelope::new(&self.device, seq, Body::Status(status)).encode()?)

@@ -221,6 +221,10 @@ pub struct Status {
     /// Whether the wall clock is synchronised (1.1).
     #[serde(rename = "cs", default, skip_serializing_if = "is_unknown")]
     pub clock: ClockState,
+    /// How many times the gateway found its journal corrupt, moved it aside and started a
+    /// fresh one (1.1); what it could not carry over is in [`Status::dropped`].
+    #[serde(rename = "jr", default, skip_serializing_if = "is_zero")]
+    pub journal_resets: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -246,6 +250,7 @@ impl Status {
             dropped_quota: 0,
             boot_id: String::new(),
             clock: ClockState::Unknown,
+            journal_resets: 0,
         }
     }
 

@@ -55,6 +55,7 @@ pub fn body_json(body: &Body) -> Value {
             "dropped_quota": s.dropped_quota,
             "boot_id": s.boot_id,
             "clock": s.clock,
+            "journal_resets": s.journal_resets,
         }),
     }
 }

@@ -176,6 +176,7 @@ fn body() -> impl Strategy<Value = Body> {
                 backlog: bl,
                 backlog_bytes: bl / 3,
                 dropped_quota: up / 7,
+                journal_resets: bl % 3,
                 boot_id: if on { "b".into() } else { String::new() },
                 clock: if up % 2 == 0 {
                     ClockState::Synced

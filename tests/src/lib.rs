@@ -43,6 +43,7 @@ mod moto;
 mod net;
 mod paths;
 mod process;
+mod subscriber;
 
 pub use certs::{Certs, ClientCert};
 pub use mosquitto::{mosquitto_tool, Listener, Mosquitto};
@@ -50,3 +51,4 @@ pub use moto::{moto_endpoint, unique_name};
 pub use net::{free_port, http_get, http_get_json, http_request, wait_until, HttpResponse};
 pub use paths::{bin, target_profile_dir, workspace_root};
 pub use process::Proc;
+pub use subscriber::Subscriber;

@@ -17,10 +17,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use osprey_protocol::{Body, Envelope, Kind};
-use osprey_tests::{bin, mosquitto_tool, wait_until, Mosquitto, Proc};
+use osprey_tests::{bin, wait_until, Mosquitto, Proc, Subscriber};
 
 const DEVICE: &str = "pump-7";
 
@@ -74,72 +74,6 @@ fn start_agent(config: &Path) -> Proc {
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info,osprey_agent::writer=debug"),
     )
-}
-
-/// `mosquitto_sub` printing `topic hex-payload` per message, QoS 1, reconnecting by itself.
-struct Subscriber {
-    proc: Proc,
-    port: u16,
-}
-
-impl Subscriber {
-    fn start(port: u16) -> Subscriber {
-        let proc = Proc::spawn(Command::new(mosquitto_tool("mosquitto_sub")).args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            "dt/osprey/#",
-            "-t",
-            "test/marker",
-            "-F",
-            "%t %x",
-        ]));
-        let sub = Subscriber { proc, port };
-        sub.wait_ready();
-        sub
-    }
-
-    /// Publishes markers until the subscriber prints one: it is connected and subscribed.
-    fn wait_ready(&self) {
-        let marker = format!("{:?}", Instant::now());
-        let ready = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
-            let _ = Command::new(mosquitto_tool("mosquitto_pub"))
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-                .args(["-t", "test/marker", "-m", &marker])
-                .output();
-            let hex: String = marker.bytes().map(|b| format!("{b:02x}")).collect();
-            self.proc.stdout().contains(&hex).then_some(())
-        });
-        assert!(
-            ready.is_some(),
-            "subscriber not ready:\n{}",
-            self.proc.logs()
-        );
-    }
-
-    /// Every Osprey message received so far, in arrival order.
-    fn messages(&self) -> Vec<Envelope> {
-        self.proc
-            .stdout()
-            .lines()
-            .filter(|l| l.starts_with("dt/osprey/"))
-            .filter_map(|l| l.split_once(' '))
-            .map(|(topic, hex)| {
-                osprey_protocol::decode(&unhex(hex))
-                    .unwrap_or_else(|e| panic!("undecodable payload on {topic}: {e}"))
-            })
-            .collect()
-    }
-}
-
-fn unhex(hex: &str) -> Vec<u8> {
-    (0..hex.len() / 2)
-        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
-        .collect()
 }
 
 /// The received messages deduplicated by seq (first arrival kept, arrival order).

@@ -10,7 +10,7 @@ use std::time::Duration;
 use osprey_agent::journal::{Journal, Record};
 use osprey_agent::SledJournal;
 use osprey_protocol::{Alert, AlertEvent, Body, Envelope, Series, Severity, TelemetryBatch};
-use osprey_tests::{bin, free_port, wait_until, Proc};
+use osprey_tests::{bin, free_port, wait_until, Mosquitto, Proc, Subscriber};
 
 /// Writes 3 telemetry batches of 5 readings and one alert, then closes the journal.
 fn write_journal(path: &Path) {
@@ -149,6 +149,8 @@ fn agent_starts_on_a_corrupt_journal_by_moving_it_aside() {
     let path = dir.path().join("journal");
     write_journal(&path);
     damage(&path);
+    let broker = Mosquitto::plain();
+    let sub = Subscriber::start(broker.port());
     let config = dir.path().join("agent.toml");
     std::fs::write(
         &config,
@@ -156,7 +158,7 @@ fn agent_starts_on_a_corrupt_journal_by_moving_it_aside() {
             "device_id = \"pump-7\"\n[sampling]\ninterval_ms = 10\n[journal]\npath = \"{}\"\n\
              [mqtt]\nport = {}\n",
             path.display(),
-            free_port()
+            broker.port()
         ),
     )
     .unwrap();
@@ -184,7 +186,15 @@ fn agent_starts_on_a_corrupt_journal_by_moving_it_aside() {
             .then_some(())
     });
     assert!(said.is_some(), "{}", agent.logs());
-    // It keeps running (sampling into the fresh journal, retrying the absent broker).
+    // The birth status tells the cloud that this gateway's journal was reset once.
+    let reported = wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
+        sub.messages().into_iter().find_map(|m| match m.body {
+            Body::Status(s) if m.device == "pump-7" => Some(s.journal_resets),
+            _ => None,
+        })
+    });
+    assert_eq!(reported, Some(1), "{}", agent.logs());
+    // It keeps running (sampling into the fresh journal, publishing to the broker).
     assert!(
         agent.wait_timeout(Duration::from_secs(2)).is_none(),
         "{}",

@@ -1,0 +1,73 @@
+//! `mosquitto_sub` as the subscriber that must see every message: it prints `topic hex` per
+//! message at QoS 1, reconnects by itself, and the test decodes what it printed.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use osprey_protocol::Envelope;
+
+use crate::{mosquitto_tool, wait_until, Proc};
+
+/// A running `mosquitto_sub` on `dt/osprey/#` (and a marker topic used to know it is ready).
+pub struct Subscriber {
+    proc: Proc,
+    port: u16,
+}
+
+impl Subscriber {
+    /// Subscribes on the broker at 127.0.0.1:`port` and returns once it receives messages.
+    pub fn start(port: u16) -> Subscriber {
+        let proc = Proc::spawn(Command::new(mosquitto_tool("mosquitto_sub")).args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            "dt/osprey/#",
+            "-t",
+            "test/marker",
+            "-F",
+            "%t %x",
+        ]));
+        let sub = Subscriber { proc, port };
+        sub.wait_ready();
+        sub
+    }
+
+    /// Publishes markers until the subscriber prints one: it is connected and subscribed.
+    pub fn wait_ready(&self) {
+        let marker = format!("{:?}", Instant::now());
+        let ready = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+            let _ = Command::new(mosquitto_tool("mosquitto_pub"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args(["-t", "test/marker", "-m", &marker])
+                .output();
+            let hex: String = marker.bytes().map(|b| format!("{b:02x}")).collect();
+            self.proc.stdout().contains(&hex).then_some(())
+        });
+        assert!(
+            ready.is_some(),
+            "subscriber not ready:\n{}",
+            self.proc.logs()
+        );
+    }
+
+    /// Every Osprey message received so far, in arrival order. Panics (the test's report) on
+    /// a payload that does not decode.
+    pub fn messages(&self) -> Vec<Envelope> {
+        self.proc
+            .stdout()
+            .lines()
+            .filter(|l| l.starts_with("dt/osprey/"))
+            .filter_map(|l| l.split_once(' '))
+            .map(|(topic, hex)| {
+                osprey_protocol::payload_bytes(hex.as_bytes())
+                    .ok()
+                    .and_then(|bytes| osprey_protocol::decode(&bytes).ok())
+                    .unwrap_or_else(|| panic!("undecodable payload on {topic}: {hex}"))
+            })
+            .collect()
+    }
+}
