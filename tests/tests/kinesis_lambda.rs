@@ -92,15 +92,19 @@ fn seq(n: u32) -> String {
     format!("4956816737333333333333333333333333333333333333333333{n:04}")
 }
 
-#[tokio::test]
-async fn partial_failure_reports_only_the_failed_record_and_retries_apply_once() {
-    let endpoint = moto_endpoint();
+/// A DynamoDB client for moto's server.
+async fn dynamodb() -> aws_sdk_dynamodb::Client {
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(&endpoint)
+        .endpoint_url(moto_endpoint())
         .load()
         .await;
-    let client = aws_sdk_dynamodb::Client::new(&config);
+    aws_sdk_dynamodb::Client::new(&config)
+}
+
+#[tokio::test]
+async fn partial_failure_reports_only_the_failed_record_and_retries_apply_once() {
+    let client = dynamodb().await;
     let (table, dead) = (unique_name("state"), unique_name("dead"));
     DynamoState::create_table(&client, &table).await.unwrap();
     let state = DynamoState::new(client.clone(), &table, &dead);
@@ -163,13 +167,7 @@ async fn partial_failure_reports_only_the_failed_record_and_retries_apply_once()
 
 #[tokio::test]
 async fn lifecycle_events_set_presence_and_older_ones_are_ignored() {
-    let endpoint = moto_endpoint();
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(&endpoint)
-        .load()
-        .await;
-    let client = aws_sdk_dynamodb::Client::new(&config);
+    let client = dynamodb().await;
     let (table, dead) = (unique_name("state"), unique_name("dead"));
     DynamoState::create_table(&client, &table).await.unwrap();
     DynamoState::create_table(&client, &dead).await.unwrap();
