@@ -24,6 +24,7 @@
 #
 # What it exports to the steps:
 #   OSPREY_TEST_MOTO_ENDPOINT=http://127.0.0.1:PORT   the moto server
+#   OSPREY_TEST_MOTO_SERVER=.osprey-test/venv/bin/moto_server   for tests that start a private one
 #   OSPREY_TEST_KINESALITE_ENDPOINT=http://127.0.0.1:PORT   kinesalite (when installed)
 #   OSPREY_TEST_MOSQUITTO=/usr/sbin/mosquitto         the broker binary the harness starts
 #   AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
@@ -275,8 +276,6 @@ EOF
         kill -KILL -- "-$MOTO_PID" 2>/dev/null || true
         wait "$MOTO_PID" 2>/dev/null || true
         MOTO_PID=""
-KINESALITE_PID=""
-KINESALITE_SPEC='kinesalite@3.3.3'
         # Most likely another process took the port between choosing and binding it: try again.
         log "moto server did not start (try $try of 3, log above)"
     done
@@ -306,6 +305,7 @@ export OSPREY_TEST_MOSQUITTO
 OSPREY_TEST_MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
 [[ -x "$OSPREY_TEST_MOSQUITTO" ]] || die "mosquitto not found at $OSPREY_TEST_MOSQUITTO"
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+export OSPREY_TEST_MOTO_SERVER="$VENV/bin/moto_server"
 
 if ((${#CMD[@]})); then
     label="run: ${CMD[*]}"

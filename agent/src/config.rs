@@ -143,6 +143,9 @@ pub struct Mqtt {
     /// Let live telemetry alternate with the backlog after a reconnect, instead of waiting
     /// behind it (per-device order is then kept only within each).
     pub interleave_live: bool,
+    /// Send waiting entries of one kind as bundles of up to `batch.max_bytes` (protocol 1.2;
+    /// the cloud must be upgraded first). Off: one publish per entry, as in 1.1.
+    pub pack_backlog: bool,
     /// TLS settings; plain MQTT when `None`.
     pub tls: Option<Tls>,
 }
@@ -210,6 +213,7 @@ impl Config {
                 inflight: default_inflight(),
                 max_publish_rate: NonZeroU32::new(DEFAULT_MAX_PUBLISH_RATE),
                 interleave_live: false,
+                pack_backlog: true,
                 tls: None,
             },
             rules: sim::default_rules(),
@@ -503,6 +507,7 @@ fn from_raw(raw: &raw::AgentConfig, text: &str, base_dir: &Path) -> Result<Confi
                 Some(rate) => NonZeroU32::new(rate),
             },
             interleave_live: raw.mqtt.interleave_live.unwrap_or(false),
+            pack_backlog: raw.mqtt.pack_backlog.unwrap_or(true),
             tls,
         },
         rules: raw.rules.iter().map(|r| r.get_ref().clone()).collect(),

@@ -33,6 +33,12 @@
 //!   may still be acknowledged by the broker; it is counted as dropped all the same.
 //! - Every record carries a CRC-32 of its kind, reading count and payload. A record that fails
 //!   it, or whose payload does not decode, makes the journal corrupt: see [`open_or_recover`].
+//! - After every flush a small file beside sled's (the durable mark) records the highest seq
+//!   appended per class, what is stored and the counters. sled silently drops the rest of its
+//!   log after a damaged entry; a journal that opens behind its mark has lost messages, which
+//!   makes it corrupt too, with the loss counted as far as the mark knows ([`Truncation`]).
+//! - A journal written in the first layout (trees `messages`/`meta`) is moved into this one
+//!   when opened, repeatably, so a crash halfway loses nothing.
 //!
 //! # What a power cut loses
 //!
@@ -55,6 +61,8 @@
 
 mod inspect;
 mod lease;
+mod mark;
+mod migrate;
 mod record;
 mod recover;
 mod sled_backend;
@@ -65,6 +73,7 @@ use std::time::Duration;
 use osprey_protocol::Kind;
 
 pub use inspect::{inspect, Inspection, Problem};
+pub use mark::Truncation;
 pub use record::RecordError;
 pub use recover::{open_or_recover, Recovery};
 pub use sled_backend::SledJournal;

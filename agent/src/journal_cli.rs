@@ -47,6 +47,9 @@ pub(crate) fn stats(seen: &Inspection) -> String {
         c.resets,
         seen.problems.len(),
     ));
+    if let Some(truncation) = &seen.truncation {
+        out.push_str(&format!("truncated {truncation}\n"));
+    }
     out
 }
 

@@ -148,6 +148,7 @@ fn run(file: &Path) -> anyhow::Result<()> {
         readings = summary.readings,
         alerts = summary.alerts,
         published = summary.published,
+        bundles = summary.bundles,
         backlog = summary.backlog,
         "done"
     );
@@ -175,16 +176,21 @@ fn journal_command(command: JournalCommand) -> anyhow::Result<()> {
             journal_cli::export(&seen, &mut out).context("cannot write the export")?;
         }
         JournalCommand::Verify(_) => {
-            if !seen.problems.is_empty() {
+            if seen.is_damaged() {
                 for problem in &seen.problems {
                     eprintln!("{}: {}", path.display(), problem.error);
                 }
+                if let Some(truncation) = &seen.truncation {
+                    eprintln!("{}: {truncation}", path.display());
+                }
                 anyhow::bail!(
-                    "{} of {} records in {} are damaged; the agent will move this journal aside \
-                     on its next start and keep the {} intact messages",
+                    "{} records in {} are damaged and at least {} messages are lost; the agent \
+                     will move this journal aside on its next start and keep the {} intact \
+                     messages",
                     seen.problems.len(),
-                    seen.problems.len() + seen.entries.len(),
                     path.display(),
+                    seen.truncation
+                        .map_or(0, |t| t.lost.batches.saturating_add(t.lost.alerts)),
                     seen.entries.len()
                 );
             }

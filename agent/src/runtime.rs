@@ -98,6 +98,7 @@ pub async fn run_with_reload(
         Uplink {
             device: device.clone(),
             mqtt: config.mqtt.clone(),
+            max_bytes: config.batch.max_bytes,
             tls,
             journal: Arc::clone(&journal),
             appended: Arc::clone(&appended),

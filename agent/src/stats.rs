@@ -12,6 +12,7 @@ pub(crate) struct Stats {
     pub(crate) batches: AtomicU64,
     pub(crate) journaled: AtomicU64,
     pub(crate) published: AtomicU64,
+    pub(crate) bundles: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) connections: AtomicU64,
 }
@@ -33,6 +34,7 @@ impl Stats {
             batches: Stats::get(&self.batches),
             journaled: Stats::get(&self.journaled),
             published: Stats::get(&self.published),
+            bundles: Stats::get(&self.bundles),
             dropped: Stats::get(&self.dropped),
             connections: Stats::get(&self.connections),
             backlog,
@@ -59,6 +61,8 @@ pub struct RunSummary {
     /// Journaled messages the broker acknowledged in this run, including ones left over from
     /// an earlier run. Status messages are not counted.
     pub published: u64,
+    /// Bundles (several of those messages in one publish) the broker acknowledged.
+    pub bundles: u64,
     /// Messages that could not be encoded and were dropped (should stay 0).
     pub dropped: u64,
     /// Successful MQTT connections (ConnAcks).

@@ -17,6 +17,12 @@
 //! dashboard during a long catch-up, at the price of per-device order (each of backlog and
 //! live stays in order).
 //!
+//! Packing (`mqtt.pack_backlog`, on by default; see [`pack`]): when several entries of one kind
+//! are waiting, consecutive ones go out as one bundle of up to `batch.max_bytes`, which takes
+//! one rate-cap token and one in-flight slot; its PUBACK removes every entry in it. A lone entry
+//! goes out plain. Backlog and live telemetry are never in one bundle, and nothing waits for a
+//! bundle to fill: a unit holds what the journal has when the window has room.
+//!
 //! Why a fresh client per connection: rumqttc keeps its own copy of unacknowledged publishes in
 //! the `EventLoop` and replays it on reconnect. Dropping the event loop on every error and
 //! replaying from the journal leaves exactly one source of truth for what is undelivered.
@@ -38,6 +44,7 @@
 //! so if both ever arrive the cloud keeps one.
 
 mod diagnose;
+mod pack;
 mod rate;
 
 use std::collections::{HashMap, VecDeque};
@@ -56,10 +63,11 @@ use crate::backoff::Backoff;
 use crate::clock::wall_clock_ms;
 use crate::config::Mqtt;
 use crate::error::AgentError;
-use crate::journal::{Class, Entry, Journal, JournalError};
+use crate::journal::{Class, Journal, JournalError};
 use crate::stats::Stats;
 use crate::stop::stopped;
 use crate::task::OwnedTask;
+use pack::{Packer, Unit};
 use rate::TokenBucket;
 
 /// Request channel slots beyond the in-flight window: birth, offline status and DISCONNECT,
@@ -73,11 +81,15 @@ const MAX_INCOMING_PACKET: usize = 16 * 1024;
 const MAX_OUTGOING_PACKET: usize = MAX_MESSAGE_BYTES + 1024;
 /// How long a clean shutdown waits for the offline status and DISCONNECT to be written.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Journal entries read at a time while filling a bundle.
+const PACK_READ: usize = 64;
 
 /// Delivers one device's journal.
 pub(crate) struct Uplink {
     pub(crate) device: String,
     pub(crate) mqtt: Mqtt,
+    /// Most bytes of a bundle (`batch.max_bytes`); used when `mqtt.pack_backlog` is on.
+    pub(crate) max_bytes: usize,
     /// TLS client configuration, built (and its files checked) before the run starts.
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) journal: Arc<dyn Journal>,
@@ -90,10 +102,10 @@ pub(crate) struct Uplink {
 }
 
 /// A message requested from rumqttc and not yet acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Pending {
-    /// A journal entry; removed from the journal on PUBACK.
-    Journaled(Class, u64),
+    /// Journal entries (one, or a bundle's), ascending; removed from the journal on PUBACK.
+    Journaled(Class, Vec<u64>),
     /// A status message (not journaled).
     Status(u64),
 }
@@ -310,11 +322,17 @@ impl Uplink {
                 }
             },
             Event::Incoming(Packet::PubAck(ack)) => match session.sent.remove(&ack.pkid) {
-                Some(Pending::Journaled(class, seq)) => {
-                    self.journal.remove(class, seq)?;
-                    Stats::add(&self.stats.published, 1);
+                Some(Pending::Journaled(class, seqs)) => {
+                    for &seq in &seqs {
+                        self.journal.remove(class, seq)?;
+                    }
+                    Stats::add(&self.stats.published, seqs.len() as u64);
+                    if seqs.len() > 1 {
+                        Stats::add(&self.stats.bundles, 1);
+                    }
                     self.delivered_tx.send_replace(self.journal.len());
-                    tracing::trace!(device = %self.device, seq, pkid = ack.pkid, "delivered");
+                    tracing::trace!(device = %self.device, seqs = seqs.len(), last = seqs.last(),
+                        pkid = ack.pkid, "delivered");
                 }
                 Some(Pending::Status(seq)) => {
                     tracing::debug!(device = %self.device, seq, "status delivered");
@@ -329,87 +347,84 @@ impl Uplink {
     }
 
     /// Publishes journal entries past the cursors while the window has room and the rate
-    /// cap allows. `Ok(false)` means the request channel is closed (the event loop died).
+    /// cap allows, one unit (an entry or a bundle) per slot and token. `Ok(false)` means the
+    /// request channel is closed (the event loop died).
     fn fill_window(&self, client: &AsyncClient, session: &mut Session) -> Result<bool, AgentError> {
         let window = usize::from(self.mqtt.inflight.get());
-        loop {
-            let room = window.saturating_sub(session.unacked());
-            if room == 0 {
-                return Ok(true);
-            }
+        while session.unacked() < window {
             let now = Instant::now();
-            let allowed = match session.bucket.as_mut() {
-                None => room,
-                Some(bucket) => match bucket.available(now) {
-                    0 => {
-                        session.wake_at = Some(bucket.next_token_at());
-                        return Ok(true);
-                    }
-                    n => room.min(usize::try_from(n).unwrap_or(usize::MAX)),
-                },
-            };
-            let entries = self.next_entries(session, allowed)?;
-            if entries.is_empty() {
-                return Ok(true);
+            if let Some(bucket) = session.bucket.as_mut() {
+                if bucket.available(now) == 0 {
+                    session.wake_at = Some(bucket.next_token_at());
+                    return Ok(true);
+                }
             }
-            for entry in entries {
-                self.advance(session, &entry);
-                if let Some(bucket) = session.bucket.as_mut() {
-                    bucket.take(now);
-                }
-                let pending = Pending::Journaled(entry.class(), entry.seq);
-                if !self.publish(client, session, entry.kind, entry.message, pending) {
-                    return Ok(false);
-                }
+            let Some(unit) = self.next_unit(session)? else {
+                return Ok(true);
+            };
+            self.advance(session, unit.class(), unit.last_seq());
+            if let Some(bucket) = session.bucket.as_mut() {
+                bucket.take(now);
+            }
+            let pending = Pending::Journaled(unit.class(), unit.seqs);
+            if !self.publish(client, session, unit.kind, unit.payload, pending) {
+                return Ok(false);
             }
         }
+        Ok(true)
     }
 
-    /// Up to `n` entries to publish next: alerts first, then telemetry (see the module docs
-    /// for interleaving).
-    fn next_entries(&self, session: &Session, n: usize) -> Result<Vec<Entry>, AgentError> {
-        let mut out = self
-            .journal
-            .read(Class::Priority, session.priority_cursor, n)?;
-        let rest = n - out.len();
-        if rest == 0 {
-            return Ok(out);
+    /// The next unit to publish: alerts first, then telemetry (see the module docs for
+    /// interleaving); `None` when nothing is waiting.
+    fn next_unit(&self, session: &Session) -> Result<Option<Unit>, AgentError> {
+        if let Some(unit) = self.pack(Class::Priority, session.priority_cursor, u64::MAX)? {
+            return Ok(Some(unit));
         }
         if !self.mqtt.interleave_live {
-            out.extend(
-                self.journal
-                    .read(Class::Telemetry, session.telemetry_cursor, rest)?,
-            );
-            return Ok(out);
+            return self.pack(Class::Telemetry, session.telemetry_cursor, u64::MAX);
         }
-        let mut backlog: VecDeque<Entry> = self
-            .journal
-            .read(Class::Telemetry, session.telemetry_cursor, rest)?
-            .into_iter()
-            .filter(|e| e.seq < session.live_from)
-            .collect();
         let live_start = session.live_cursor.max(session.live_from);
-        let mut live: VecDeque<Entry> = self
-            .journal
-            .read(Class::Telemetry, live_start, rest)?
-            .into();
-        let mut take_live = !session.last_was_live;
-        while out.len() < n && !(backlog.is_empty() && live.is_empty()) {
-            let next = (if take_live { live.pop_front() } else { None })
-                .or_else(|| backlog.pop_front())
-                .or_else(|| live.pop_front());
-            out.extend(next);
-            take_live = !take_live;
+        let backlog = || self.pack(Class::Telemetry, session.telemetry_cursor, session.live_from);
+        let live = || self.pack(Class::Telemetry, live_start, u64::MAX);
+        if session.last_was_live {
+            backlog()?.map_or_else(live, |u| Ok(Some(u)))
+        } else {
+            live()?.map_or_else(backlog, |u| Ok(Some(u)))
         }
-        Ok(out)
     }
 
-    /// Moves the cursor past `entry`.
-    fn advance(&self, session: &mut Session, entry: &Entry) {
-        let after = entry.seq.saturating_add(1);
-        match entry.class() {
+    /// One unit of the durable entries of `class` with `from <= seq < below`: the first entry
+    /// and, with packing on, the consecutive ones that fit in its bundle.
+    fn pack(&self, class: Class, from: u64, below: u64) -> Result<Option<Unit>, AgentError> {
+        let max_bytes = self.mqtt.pack_backlog.then_some(self.max_bytes);
+        let mut packer = Packer::new(&self.device, max_bytes);
+        let chunk = if max_bytes.is_some() { PACK_READ } else { 1 };
+        let mut from = from;
+        'read: loop {
+            let entries = self.journal.read(class, from, chunk)?;
+            let complete = entries.len() == chunk;
+            for entry in entries {
+                if entry.seq >= below {
+                    break 'read;
+                }
+                from = entry.seq.saturating_add(1);
+                if packer.offer(entry).is_err() || packer.is_full() {
+                    break 'read;
+                }
+            }
+            if !complete {
+                break;
+            }
+        }
+        Ok(packer.finish()?)
+    }
+
+    /// Moves the cursor of `class` past `seq`.
+    fn advance(&self, session: &mut Session, class: Class, seq: u64) {
+        let after = seq.saturating_add(1);
+        match class {
             Class::Priority => session.priority_cursor = after,
-            Class::Telemetry if self.mqtt.interleave_live && entry.seq >= session.live_from => {
+            Class::Telemetry if self.mqtt.interleave_live && seq >= session.live_from => {
                 session.live_cursor = after;
                 session.last_was_live = true;
             }

@@ -31,10 +31,12 @@ const ACK_ALL: Script = Script {
     drop_after: None,
 };
 
-/// One received message.
+/// One received message (a bundle gives one per inner message, with the same `publish`).
 #[derive(Debug, Clone)]
 struct Received {
     connection: usize,
+    /// Which publish of its connection carried it, from 1.
+    publish: usize,
     envelope: Envelope,
 }
 
@@ -119,17 +121,20 @@ async fn serve(
                 let qos = (header >> 1) & 0x03;
                 assert_eq!(qos, 1, "the agent publishes with QoS 1");
                 let pkid = [body[2 + topic_len], body[3 + topic_len]];
-                let envelope = osprey_protocol::decode(&body[4 + topic_len..]).unwrap();
+                let decoded = osprey_protocol::decode_any(&body[4 + topic_len..]).unwrap();
                 let topic = std::str::from_utf8(&body[2..2 + topic_len]).unwrap();
                 assert_eq!(
                     topic,
-                    osprey_protocol::topic::data(&envelope.device, envelope.kind())
+                    osprey_protocol::topic::data(decoded.device(), decoded.kind())
                 );
-                log.lock().unwrap().push(Received {
-                    connection,
-                    envelope,
-                });
                 publishes += 1;
+                log.lock()
+                    .unwrap()
+                    .extend(decoded.into_messages().into_iter().map(|envelope| Received {
+                        connection,
+                        publish: publishes,
+                        envelope,
+                    }));
                 if script.drop_after == Some(publishes) {
                     return;
                 }
@@ -200,6 +205,16 @@ fn of_kind(received: &[Received], connection: usize, kind: Kind) -> Vec<u64> {
         .collect()
 }
 
+/// Publishes of journaled messages on `connection` (a bundle counts once).
+fn journal_publishes(received: &[Received], connection: usize) -> usize {
+    received
+        .iter()
+        .filter(|r| r.connection == connection && r.envelope.kind() != Kind::Status)
+        .map(|r| r.publish)
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
 fn reading_count(received: &[Received]) -> usize {
     let mut seen = BTreeSet::new();
     received
@@ -265,14 +280,19 @@ async fn reconnect_resends_unacked_in_order() {
     let received = broker.received_after(2).await;
     let first = journaled(&received, 0);
     let second = of_kind(&received, 1, Kind::Telemetry);
-    assert_eq!(first.len(), 3, "birth + 3 fill the window of 4: {first:?}");
+    assert_eq!(
+        journal_publishes(&received, 0),
+        3,
+        "birth + 3 fill the window of 4: {first:?}"
+    );
     assert!(
         second.windows(2).all(|w| w[0] < w[1]),
         "telemetry replayed in order: {second:?}"
     );
+    let first_telemetry = of_kind(&received, 0, Kind::Telemetry);
     assert_eq!(
-        second[..3],
-        first[..],
+        second[..first_telemetry.len()],
+        first_telemetry[..],
         "the unacknowledged telemetry goes first"
     );
     // If the alert was journaled while the first connection was stuck, it jumps the
@@ -313,6 +333,8 @@ async fn interleave_live_sends_fresh_telemetry_during_a_capped_catch_up() {
     let mut config = config(dir.path(), broker.port, 1500);
     config.mqtt.interleave_live = true;
     config.mqtt.max_publish_rate = std::num::NonZeroU32::new(20);
+    // One publish per entry, so the cap is measured in batches (packing is tested below).
+    config.mqtt.pack_backlog = false;
     let started = std::time::Instant::now();
     let summary = run_to_completion(config).await;
     let received = broker.received_after(2).await;
@@ -343,6 +365,48 @@ async fn interleave_live_sends_fresh_telemetry_during_a_capped_catch_up() {
         started.elapsed() >= Duration::from_secs(6),
         "drained in {:?}",
         started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_capped_catch_up_packs_the_backlog_into_bundles() {
+    // A run with no broker leaves ~200 small batches journaled; the next run drains them
+    // under a cap of 20 publishes/s with packing on (the default).
+    let dir = tempfile::tempdir().unwrap();
+    let unused_port = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut offline = config(dir.path(), unused_port, 200);
+    offline.batch.max_readings = std::num::NonZeroUsize::new(3).unwrap();
+    let stopped = run(offline, tokio::time::sleep(Duration::from_secs(3)))
+        .await
+        .unwrap();
+    assert!(stopped.backlog >= 200, "{stopped:?}");
+
+    let mut broker = FakeBroker::start(vec![ACK_ALL]).await;
+    let mut config = config(dir.path(), broker.port, 1);
+    config.mqtt.max_publish_rate = std::num::NonZeroU32::new(20);
+    assert!(config.mqtt.pack_backlog, "packing is the default");
+    let summary = run_to_completion(config).await;
+    let received = broker.received_after(1).await;
+
+    let seqs = of_kind(&received, 0, Kind::Telemetry);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+    let messages = journaled(&received, 0).len() as u64;
+    let publishes = journal_publishes(&received, 0);
+    assert_eq!(messages, stopped.backlog + summary.journaled);
+    // 200 batches of ~60 bytes fit in one bundle; the alert (its own kind) and the last
+    // batch of the second run go on their own.
+    assert!(
+        publishes <= 5,
+        "{messages} messages in {publishes} publishes: the backlog was not packed"
+    );
+    assert!(summary.bundles >= 1, "{summary:?}");
+    assert_eq!(summary.published, messages);
+    assert_eq!(
+        reading_count(&received) as u64,
+        stopped.readings + summary.readings
     );
 }
 

@@ -1,7 +1,8 @@
 //! `osprey decode`: shows a payload as JSON, for an operator looking at what a device sent
-//! (an MQTT payload saved with `mosquitto_sub -N`, a Kinesis record, a dead letter).
+//! (an MQTT payload saved with `mosquitto_sub -N`, a Kinesis record, a dead letter). A bundle
+//! (protocol 1.2) shows as `kind: "bundle"` with its inner messages under `messages`.
 
-use osprey_protocol::{decode, DecodeError, PayloadError, FORMAT_VERSION};
+use osprey_protocol::{decode_any, DecodeError, PayloadError, FORMAT_VERSION};
 use serde_json::Value;
 
 /// Why a payload could not be shown.
@@ -19,7 +20,8 @@ pub enum ShowError {
 /// Decodes a payload (binary, or hex with any white space; see
 /// [`osprey_protocol::payload_bytes`]) to readable JSON.
 pub fn show(input: &[u8]) -> Result<Value, ShowError> {
-    Ok(to_json(&decode(&osprey_protocol::payload_bytes(input)?)?))
+    let decoded = decode_any(&osprey_protocol::payload_bytes(input)?)?;
+    Ok(osprey_protocol::json::decoded_json(&decoded))
 }
 
 /// A message as readable JSON: full field names, readings as `[time_ms, value]` pairs.
@@ -93,6 +95,21 @@ mod tests {
         assert_eq!(json["body"]["boot_id"], "b-1");
         assert_eq!(json["body"]["backlog_bytes"], 300);
         assert_eq!(json["body"]["clock"], "synced");
+    }
+
+    #[test]
+    fn a_bundle_shows_its_inner_messages() {
+        let mut second = telemetry();
+        second.seq = 9;
+        let inner = [telemetry().encode().unwrap(), second.encode().unwrap()];
+        let refs: Vec<&[u8]> = inner.iter().map(Vec::as_slice).collect();
+        let bytes = osprey_protocol::encode_bundle("pump-7", 9, &refs).unwrap();
+        let json = show(&bytes).unwrap();
+        assert_eq!(json["kind"], "bundle");
+        assert_eq!(json["seq"], 9);
+        assert_eq!(json["messages"][0], to_json(&telemetry()));
+        assert_eq!(json["messages"][1]["seq"], 9);
+        assert_eq!(json["messages"][1]["body"]["readings"], 2);
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //!
 //! The module tree follows that flow: [`source`] feeds the [`pipeline`], which uses [`window`]
 //! and writes through [`store`]; [`api`] reads the store; [`serve`] wires them together for
-//! `osprey serve`, and [`bridge`] is `osprey bridge`. [`connection`] holds the MQTT and Kinesis
+//! `osprey serve`, and [`bridge`] is `osprey bridge`; both expose Prometheus [`metrics`]. [`connection`] holds the MQTT and Kinesis
 //! client settings both of them share; [`shutdown`], [`backoff`] and [`clock`] are small
 //! helpers.
 //!
@@ -50,6 +50,8 @@ pub mod connection;
 pub mod decode;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod fleet;
+pub mod metrics;
 pub mod pipeline;
 pub mod serve;
 pub mod shutdown;

@@ -43,6 +43,37 @@ enum Command {
     /// dashboard. Runs until Ctrl-C.
     #[cfg(feature = "demo")]
     Demo(DemoArgs),
+    /// Show the fleet in the terminal: each device's connection, last message, readings,
+    /// active alerts and health, read from a running `osprey serve` (--api) or from the
+    /// Lambda's DynamoDB state table (--dynamodb-table).
+    Fleet(FleetArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("fleet_source").required(true).args(["api", "dynamodb_table"]))]
+struct FleetArgs {
+    /// Base URL of a running `osprey serve`, as its start line prints it.
+    #[arg(long, value_name = "URL")]
+    api: Option<String>,
+    /// The Lambda's state table (OSPREY_STATE_TABLE of the function).
+    #[arg(long, value_name = "TABLE")]
+    dynamodb_table: Option<String>,
+    /// DynamoDB endpoint instead of AWS's, e.g. http://127.0.0.1:5599 for a local moto server.
+    /// Credentials come from the usual AWS environment variables or profile.
+    #[arg(long, value_name = "URL", conflicts_with = "api")]
+    endpoint_url: Option<String>,
+    /// AWS region of the table.
+    #[arg(long, value_name = "REGION", default_value = DEFAULT_REGION, conflicts_with = "api")]
+    region: String,
+    /// Show this device with its newest window of each series and kind.
+    #[arg(long, value_name = "ID")]
+    device: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Refresh every SECS seconds until Ctrl-C.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    watch: Option<u64>,
 }
 
 #[cfg(feature = "demo")]
@@ -186,6 +217,14 @@ struct BridgeArgs {
     stream: String,
     #[command(flatten)]
     aws: AwsArgs,
+    /// Most payload bytes held between MQTT and Kinesis (at least 1 MiB). When they are
+    /// held, the bridge stops reading MQTT and the broker queues for its session; raise
+    /// Mosquitto's max_queued_messages (default 1000, beyond which it drops) accordingly.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
+    max_buffered_bytes: usize,
+    /// Serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9464 [default: off].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -257,6 +296,7 @@ async fn main() -> ExitCode {
         Command::Decode { file } => decode(&file),
         #[cfg(feature = "demo")]
         Command::Demo(args) => demo(args).await,
+        Command::Fleet(args) => fleet(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -310,14 +350,19 @@ async fn serve(args: ServeArgs) -> Result<()> {
 }
 
 async fn bridge(args: BridgeArgs) -> Result<()> {
-    let cfg = BridgeConfig::new(
+    let mut cfg = BridgeConfig::new(
         args.mqtt.config("osprey-bridge"),
         args.aws.config(&args.stream),
     );
+    cfg.max_buffered_bytes = args.max_buffered_bytes;
+    cfg.metrics_listen = args.metrics_listen;
     let (broker, stream) = (cfg.mqtt.url(), cfg.kinesis.stream.clone());
     let running = bridge::start(cfg)
         .await
         .context("osprey bridge could not start")?;
+    if let Some(addr) = running.metrics_addr() {
+        println!("osprey bridge: metrics on http://{addr}/metrics");
+    }
     println!("osprey bridge: forwarding {broker} to Kinesis stream {stream}");
     let signal = shutdown_signal().await;
     let stats = running.shutdown().await;
@@ -357,6 +402,33 @@ async fn demo(args: DemoArgs) -> Result<()> {
     .with_context(|| {
         format!("osprey demo failed (if {listen} is in use, pass --listen 127.0.0.1:PORT)")
     })
+}
+
+async fn fleet(args: FleetArgs) -> Result<()> {
+    use osprey_cloud::fleet::{self, FleetOptions, FleetSource};
+    let source = match (args.api, args.dynamodb_table) {
+        (Some(url), _) => FleetSource::Api(url),
+        (None, Some(table)) => FleetSource::DynamoDb {
+            table,
+            endpoint_url: args.endpoint_url,
+            region: args.region,
+        },
+        (None, None) => bail!("osprey fleet needs --api URL or --dynamodb-table TABLE"),
+    };
+    let options = FleetOptions {
+        source,
+        device: args.device,
+        json: args.json,
+        watch: args.watch.map(std::time::Duration::from_secs),
+    };
+    let stop = async {
+        // Without a signal handler the process would stop on Ctrl-C anyway; this only makes
+        // the exit clean.
+        let _ = shutdown_signal().await;
+    };
+    fleet::run(&options, &mut std::io::stdout().lock(), stop)
+        .await
+        .context("osprey fleet")
 }
 
 fn decode(file: &std::path::Path) -> Result<()> {
@@ -415,6 +487,44 @@ mod tests {
         assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(args.source, SourceKind::Mqtt);
         assert_eq!(args.aws.region, "us-east-1");
+    }
+
+    #[test]
+    fn fleet_needs_exactly_one_source_and_aws_flags_only_with_the_table() {
+        use clap::error::ErrorKind;
+        let kind = |args: &[&str]| {
+            let mut argv = vec!["osprey", "fleet"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).map(|_| ()).map_err(|e| e.kind())
+        };
+        assert_eq!(kind(&[]), Err(ErrorKind::MissingRequiredArgument));
+        assert_eq!(
+            kind(&["--api", "http://127.0.0.1:8080", "--dynamodb-table", "t"]),
+            Err(ErrorKind::ArgumentConflict)
+        );
+        assert_eq!(
+            kind(&[
+                "--api",
+                "http://127.0.0.1:8080",
+                "--endpoint-url",
+                "http://x"
+            ]),
+            Err(ErrorKind::ArgumentConflict)
+        );
+        assert_eq!(
+            kind(&["--api", "http://127.0.0.1:8080", "--watch", "0"]),
+            Err(ErrorKind::ValueValidation)
+        );
+        assert_eq!(
+            kind(&["--dynamodb-table", "t", "--json", "--device", "pump-1"]),
+            Ok(())
+        );
+        let cli = Cli::try_parse_from(["osprey", "fleet", "--api", "http://h:1", "--watch", "5"])
+            .unwrap();
+        let Command::Fleet(args) = cli.command else {
+            panic!("not fleet")
+        };
+        assert_eq!((args.watch, args.region.as_str()), (Some(5), "us-east-1"));
     }
 
     #[test]

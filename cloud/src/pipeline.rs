@@ -2,9 +2,13 @@
 //!
 //! ```text
 //!  payload ─► decode ─┬─► bad: dead letter (logged, counted; the pipeline goes on)
-//!                     └─► envelope ─► window::aggregate_spec ─► store: dedup (device, seq),
-//!                                                              merge windows, alert, device
+//!                     └─► envelope(s) ─► window::aggregate_spec ─► store: dedup (device, seq),
+//!                                                                 merge windows, alert, device
 //! ```
+//!
+//! A payload may be a bundle (protocol 1.2): several complete messages, each deduplicated and
+//! applied on its own, all in the payload's transaction; one bad inner message dead-letters the
+//! whole payload.
 //!
 //! Every source calls [`Pipeline::ingest`] (one message) or [`Pipeline::ingest_batch`] (many
 //! messages and a Kinesis checkpoint in one transaction). A payload that cannot be applied is
@@ -16,7 +20,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use osprey_protocol::{decode, topic, Body, Envelope};
+use osprey_protocol::{decode, decode_any, topic, Body, Decoded, Envelope};
 use serde::Serialize;
 
 use crate::clock::now_ms;
@@ -62,9 +66,10 @@ impl fmt::Display for Origin {
 /// What ingesting one payload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The message was new and its effects are stored.
+    /// The message was new and its effects are stored (for a bundle: at least one of its
+    /// messages was).
     Applied,
-    /// The message had been applied before; nothing changed.
+    /// The message had been applied before; nothing changed (for a bundle: none was new).
     Duplicate,
     /// The payload was not a valid message; it went to the dead letters with this reason.
     Rejected(String),
@@ -88,6 +93,8 @@ pub struct PipelineStats {
     pub duplicates: u64,
     /// Payloads rejected (dead-lettered).
     pub rejected: u64,
+    /// MQTT source only: publishes received from the broker (redeliveries included).
+    pub mqtt_messages: u64,
     /// Kinesis source only: each shard's reader, by shard id (absent for other sources).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub shards: BTreeMap<String, ShardProgress>,
@@ -107,6 +114,8 @@ pub struct ShardProgress {
     pub throttled: u64,
     /// Iterators that expired and were re-acquired from the checkpoint since start.
     pub expired_iterators: u64,
+    /// Checkpoints written for the shard since start (SQLite or DynamoDB).
+    pub checkpoints: u64,
 }
 
 #[derive(Debug, Default)]
@@ -114,6 +123,7 @@ struct Counters {
     applied: AtomicU64,
     duplicates: AtomicU64,
     rejected: AtomicU64,
+    mqtt_messages: AtomicU64,
     shards: Mutex<BTreeMap<String, ShardProgress>>,
 }
 
@@ -129,6 +139,7 @@ impl IngestStats {
             applied: self.0.applied.load(Ordering::Relaxed),
             duplicates: self.0.duplicates.load(Ordering::Relaxed),
             rejected: self.0.rejected.load(Ordering::Relaxed),
+            mqtt_messages: self.0.mqtt_messages.load(Ordering::Relaxed),
             shards: self
                 .0
                 .shards
@@ -136,6 +147,11 @@ impl IngestStats {
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
         }
+    }
+
+    /// Counts a publish received by the MQTT source.
+    pub fn count_mqtt_message(&self) {
+        self.0.mqtt_messages.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Updates the progress of `shard` (Kinesis source).
@@ -189,18 +205,20 @@ impl Pipeline {
     ) -> Result<Vec<Outcome>, PipelineError> {
         let received_ms = now_ms();
         let mut writes = Vec::with_capacity(payloads.len());
-        let mut reasons = Vec::with_capacity(payloads.len());
+        // Per payload: how many writes it became, and why it was rejected (a bundle becomes
+        // one write per inner message; anything else one write).
+        let mut spans: Vec<(usize, Option<String>)> = Vec::with_capacity(payloads.len());
         for (payload, origin) in payloads {
             // AWS IoT lifecycle events (JSON) that a rule put on the stream: presence.
             if let Some(presence) = crate::source::presence::parse(payload, &origin, received_ms) {
                 writes.push(Write::Presence(presence));
-                reasons.push(None);
+                spans.push((1, None));
                 continue;
             }
-            match prepare_with(payload, &origin, received_ms, &self.windows) {
-                Ok(message) => {
-                    writes.push(Write::Message(message));
-                    reasons.push(None);
+            match prepare_all(payload, &origin, received_ms, &self.windows) {
+                Ok(messages) => {
+                    spans.push((messages.len(), None));
+                    writes.extend(messages.into_iter().map(Write::Message));
                 }
                 Err(reason) => {
                     let total = self.counters.rejected.fetch_add(1, Ordering::Relaxed) + 1;
@@ -217,24 +235,33 @@ impl Pipeline {
                         reason: reason.clone(),
                         payload: payload.to_vec(),
                     }));
-                    reasons.push(Some(reason));
+                    spans.push((1, Some(reason)));
                 }
             }
         }
-        let written = self.writer.write(writes, checkpoint).await?;
-        let outcomes = written
+        let mut written = self.writer.write(writes, checkpoint).await?.into_iter();
+        let outcomes = spans
             .into_iter()
-            .zip(reasons)
-            .map(|(w, reason)| match (w, reason) {
-                (Written::Applied, _) => {
-                    self.counters.applied.fetch_add(1, Ordering::Relaxed);
-                    Outcome::Applied
+            .map(|(count, reason)| {
+                if let Some(reason) = reason {
+                    written.next();
+                    return Outcome::Rejected(reason);
                 }
-                (Written::Duplicate, _) => {
-                    self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                    Outcome::Duplicate
+                // A payload is applied if any of its messages was new.
+                let mut outcome = Outcome::Duplicate;
+                for w in written.by_ref().take(count) {
+                    match w {
+                        Written::Applied => {
+                            self.counters.applied.fetch_add(1, Ordering::Relaxed);
+                            outcome = Outcome::Applied;
+                        }
+                        Written::Duplicate => {
+                            self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Written::DeadLettered => {}
+                    }
                 }
-                (Written::DeadLettered, reason) => Outcome::Rejected(reason.unwrap_or_default()),
+                outcome
             })
             .collect();
         Ok(outcomes)
@@ -251,7 +278,32 @@ impl Pipeline {
     }
 }
 
-/// Turns a payload into the store's [`Message`], or says why it cannot be applied.
+/// Turns a payload, a message or a bundle of them (protocol 1.2), into the store's
+/// [`Message`]s, in order, or says why it cannot be applied. One bad inner message rejects the
+/// whole payload (it goes to the dead letters as it came).
+pub fn prepare_all(
+    payload: &[u8],
+    origin: &Origin,
+    received_ms: i64,
+    spec: &WindowSpec,
+) -> Result<Vec<Message>, String> {
+    let decoded = decode_any(payload).map_err(|e| e.to_string())?;
+    let bundle = matches!(decoded, Decoded::Bundle(_));
+    decoded
+        .into_messages()
+        .into_iter()
+        .enumerate()
+        .map(|(i, envelope)| {
+            to_message(envelope, origin, received_ms, spec).map_err(|reason| match bundle {
+                true => format!("message {i} of the bundle: {reason}"),
+                false => reason,
+            })
+        })
+        .collect()
+}
+
+/// Turns a payload holding one message into the store's [`Message`], or says why it cannot be
+/// applied (a bundle is refused: use [`prepare_all`]).
 pub fn prepare(payload: &[u8], origin: &Origin, received_ms: i64) -> Result<Message, String> {
     prepare_with(payload, origin, received_ms, &WindowSpec::default())
 }
@@ -264,6 +316,16 @@ pub fn prepare_with(
     spec: &WindowSpec,
 ) -> Result<Message, String> {
     let envelope = decode(payload).map_err(|e| e.to_string())?;
+    to_message(envelope, origin, received_ms, spec)
+}
+
+/// One decoded message, checked against where it came from, as the store's [`Message`].
+fn to_message(
+    envelope: Envelope,
+    origin: &Origin,
+    received_ms: i64,
+    spec: &WindowSpec,
+) -> Result<Message, String> {
     check_origin(&envelope, origin)?;
     if i64::try_from(envelope.seq).is_err() {
         return Err(format!(

@@ -18,6 +18,7 @@ use crate::window::WindowSpec;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -26,6 +27,7 @@ use tokio::task::JoinSet;
 use crate::api::{self, ApiState};
 use crate::connection::kinesis::KinesisConfig;
 use crate::connection::mqtt::{MqttConfig, MqttConfigError, Subscriber};
+use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::shutdown::{self, Ready, Trigger};
 use crate::source;
@@ -183,7 +185,8 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     let router = api::router(ApiState {
         reader: reader.clone(),
         stats: pipeline.stats_handle(),
-    });
+    })
+    .merge(Arc::new(Metrics::serve(pipeline.stats_handle())).router());
     let mut api_shutdown = shutdown.clone();
     tasks.spawn(async move {
         let result = axum::serve(listener, router)

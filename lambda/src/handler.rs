@@ -3,9 +3,11 @@
 //!
 //! ```text
 //!  record ─► lifecycle event JSON? ─► presence
-//!         └► prepare (decode, check, window deltas: osprey-cloud's core)
+//!         └► prepare_all (decode, check, window deltas: osprey-cloud's core; a bundle gives
+//!            each of its messages, applied one by one)
 //!               ├─ bad payload ─► dead letter (not a failure: retrying cannot fix it)
-//!               └─ message ─► DynamoState::apply (dedup + windows + device, one transaction)
+//!               └─ message ─► DynamoState::apply (dedup + windows + alert + device, one
+//!                             transaction; too big for one transaction ─► dead letter)
 //!  a DynamoDB failure ─► batchItemFailures = [this record]; stop
 //! ```
 //!
@@ -18,7 +20,7 @@
 use aws_lambda_events::event::kinesis::{KinesisEvent, KinesisEventRecord};
 use aws_lambda_events::event::streams::KinesisEventResponse;
 use osprey_cloud::clock::now_ms;
-use osprey_cloud::pipeline::{prepare, Origin};
+use osprey_cloud::pipeline::{prepare_all, Origin};
 use osprey_cloud::source::presence;
 use osprey_cloud::store::DeadLetter;
 
@@ -84,18 +86,8 @@ pub async fn handle_record(
         state.presence(&p).await?;
         return Ok(RecordOutcome::Presence);
     }
-    let reason = match prepare(payload, &origin, received_ms) {
-        Ok(message) if message.windows.len() <= MAX_WINDOWS_PER_MESSAGE => {
-            return Ok(match state.apply(&message).await? {
-                Applied::Applied => RecordOutcome::Applied,
-                Applied::Duplicate => RecordOutcome::Duplicate,
-            });
-        }
-        Ok(message) => format!(
-            "the message touches {} windows; one DynamoDB transaction holds at most {}",
-            message.windows.len(),
-            MAX_WINDOWS_PER_MESSAGE
-        ),
+    let reason = match apply_all(payload, &origin, received_ms, state).await? {
+        Ok(outcome) => return Ok(outcome),
         Err(reason) => reason,
     };
     tracing::warn!(source = %origin, reason = %reason, "rejected payload, kept as a dead letter");
@@ -109,4 +101,44 @@ pub async fn handle_record(
         .dead_letter(&stream, &format!("{shard_id}#{sequence_number}"), &dead)
         .await?;
     Ok(RecordOutcome::DeadLettered(reason))
+}
+
+/// Applies every message of a payload (one, or each of a bundle's: protocol 1.2), each in its
+/// own transaction with its own dedup. `Ok(Err(reason))`: the payload must become a dead
+/// letter. Every message is checked before any is applied; if a later message of a bundle
+/// turns out too large for one transaction, the earlier ones stay applied (harmless: a replay
+/// of them is a duplicate).
+async fn apply_all(
+    payload: &[u8],
+    origin: &Origin,
+    received_ms: i64,
+    state: &DynamoState,
+) -> Result<Result<RecordOutcome, String>, StateError> {
+    let messages = match prepare_all(payload, origin, received_ms, state.windows()) {
+        Ok(messages) => messages,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    if let Some(m) = messages
+        .iter()
+        .find(|m| m.windows.len() > MAX_WINDOWS_PER_MESSAGE)
+    {
+        return Ok(Err(format!(
+            "message {} touches {} windows; one DynamoDB transaction holds at most {}",
+            m.seq,
+            m.windows.len(),
+            MAX_WINDOWS_PER_MESSAGE
+        )));
+    }
+    // A payload is applied if any of its messages was new.
+    let mut outcome = RecordOutcome::Duplicate;
+    for message in &messages {
+        match state.apply(message).await {
+            Ok(Applied::Applied) => outcome = RecordOutcome::Applied,
+            Ok(Applied::Duplicate) => {}
+            // Retrying cannot make it fit: keep it as a dead letter.
+            Err(e @ StateError::TooLarge { .. }) => return Ok(Err(e.to_string())),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Ok(outcome))
 }

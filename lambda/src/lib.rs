@@ -9,15 +9,18 @@
 //!                                        │ decode, check, windows: osprey_cloud::pipeline::prepare
 //!                                        │ lifecycle events: osprey_cloud::source::presence
 //!                                        ▼
-//!                                      state::DynamoState: dedup + windows + device in one
-//!                                      TransactWriteItems; dead letters in their own table
+//!                                      state::DynamoState: dedup + windows (serve's fold) +
+//!                                      alert + device in one TransactWriteItems; dead letters
+//!                                      in their own table
 //!                                        │
 //!  ◄── { "batchItemFailures": [{"itemIdentifier": "<sequence number>"}] } (records to retry)
 //! ```
 //!
 //! The handler is a library function ([`handler::handle`]), so tests call it with real
 //! Kinesis event JSON and a real DynamoDB API without the Lambda runtime; `main.rs` only wires
-//! it to `lambda_runtime`.
+//! it to `lambda_runtime`. The windows are serve's [`osprey_cloud::window::WindowSpec`], set
+//! from the environment ([`config`]: `OSPREY_WINDOW_MS`, `OSPREY_HOP_MS`,
+//! `OSPREY_SESSION_GAP_MS`). `osprey fleet --dynamodb-table TABLE` reads the state back.
 //!
 //! ```no_run
 //! # async fn f(client: aws_sdk_dynamodb::Client, json: &str) -> Result<(), serde_json::Error> {
@@ -30,5 +33,6 @@
 //! # }
 //! ```
 
+pub mod config;
 pub mod handler;
 pub mod state;

@@ -1,7 +1,9 @@
 //! `osprey-lambda`: the Kinesis event source mapping handler on the Lambda runtime.
 //!
-//! Environment: `OSPREY_STATE_TABLE` (dedup, windows, devices) and
-//! `OSPREY_DEAD_LETTER_TABLE`, both keyed by `pk` and `sk` (strings); the usual AWS variables
+//! Environment: `OSPREY_STATE_TABLE` (dedup, windows, alerts, devices) and
+//! `OSPREY_DEAD_LETTER_TABLE`, both keyed by `pk` and `sk` (strings); the windows, as
+//! `osprey serve` computes them, in `OSPREY_WINDOW_MS`, `OSPREY_HOP_MS` (`SIZE/SLIDE`) and
+//! `OSPREY_SESSION_GAP_MS` (see `osprey_lambda::config`); the usual AWS variables
 //! for region and credentials (the function's role); `AWS_ENDPOINT_URL` works for local tests.
 //! Enable `ReportBatchItemFailures` on the event source mapping.
 
@@ -27,12 +29,15 @@ async fn main() -> Result<(), Error> {
         )
         .without_time()
         .init();
+    let windows = osprey_lambda::config::window_spec(|name| std::env::var(name).ok())
+        .map_err(|e| Error::from(e.to_string()))?;
     let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let state = DynamoState::new(
         aws_sdk_dynamodb::Client::new(&config),
         table("OSPREY_STATE_TABLE")?,
         table("OSPREY_DEAD_LETTER_TABLE")?,
-    );
+    )
+    .with_windows(windows);
     let state = &state;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<KinesisEvent>| async move {

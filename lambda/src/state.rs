@@ -1,49 +1,70 @@
-//! The Lambda's state in DynamoDB: dedup set, windows, devices, dead letters.
+//! The Lambda's state in DynamoDB: dedup set, windows, alerts, devices, dead letters.
 //!
-//! Two tables, both keyed by `pk` (partition, string) and `sk` (sort, string):
+//! Two tables, both keyed by `pk` (partition, string) and `sk` (sort, string). The state
+//! table's layout (devices, the fleet index, windows, alerts, rule states, the dedup set) is
+//! [`osprey_cloud::fleet::layout`], shared with its reader, `osprey fleet --dynamodb-table`.
+//! The dead-letter table holds `dead#<stream>` / `<shard>#<sequence number>` items: `reason`,
+//! `payload` (bytes), `size`, `received_ms`.
 //!
-//! | table | pk | sk | item |
-//! |---|---|---|---|
-//! | state | `seen#<device>` | `<seq>` | a message applied (the dedup set) |
-//! | state | `dev#<device>` | `device` | `readings`, `messages`, `last_seen_ms`, `status`, `status_ms` |
-//! | state | `dev#<device>` | `w#<sensor>#<metric>#<kind>#<start_ms>` | a window: `count`, `sum`, `min`, `max`, `mean`, `m2`, `m3`, `m4`, `sketch` (bytes), `unit`, `end_ms`, `version` |
-//! | dead letters | `dead#<stream>` | `<shard>#<sequence number>` | `reason`, `payload` (bytes), `size`, `received_ms` |
+//! A message is applied in **one** `TransactWriteItems`, built from what was read just before:
 //!
-//! A message is applied in **one** `TransactWriteItems`: put its `seen` item on condition that
-//! it does not exist, put each merged window on condition that its `version` is the one read,
-//! update the device. A failed `seen` condition means the message was applied before
-//! (duplicate: nothing changes); a failed window condition means another writer merged into
-//! that window meanwhile (only possible around a reshard), so the windows are read again and
-//! the transaction retried. Windows merge with the same aggregate code as the SQLite store
-//! ([`osprey_cloud::analytics::Aggregate`]), so both deployments compute the same numbers.
-//! One transaction holds at most 100 items, so a message may touch at most
-//! [`MAX_WINDOWS_PER_MESSAGE`] windows; a bigger one is dead-lettered with that reason.
+//! 1. read, strongly consistent: the device item (its window version `wver` and watermark), the
+//!    windows the message's deltas fold into (`BatchGetItem`; for a session delta, a range
+//!    query for every stored session it overlaps), and for an alert its rule's state;
+//! 2. fold each delta into those windows with serve's own code
+//!    ([`osprey_cloud::window::table::fold`], the same function the SQLite writer runs), so
+//!    both deployments compute the same windows: tumbling, hopping and session, versions and
+//!    session merges included;
+//! 3. commit: put the `seen` item on condition that it does not exist; update the device on
+//!    condition that `wver` is still the one read (and bump it); put every window that
+//!    changed and delete every session that was absorbed; put the alert event and, if it is
+//!    the rule's newest, the rule's state.
+//!
+//! A failed `seen` condition means the message was applied before (duplicate: nothing
+//! changes). A failed `wver` condition means another writer changed the device meanwhile
+//! (only possible around a reshard, since a device's records stay on one shard), so
+//! everything is read again and the transaction retried. One transaction holds at most 100
+//! items, so a message may touch at most [`MAX_WINDOWS_PER_MESSAGE`] windows (fewer if it
+//! merges sessions); a bigger one is refused with [`StateError::TooLarge`], which the handler
+//! dead-letters.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, Put,
-    ScalarAttributeType, TransactWriteItem, Update,
+    AttributeDefinition, AttributeValue, BillingMode, Delete, KeySchemaElement, KeyType,
+    KeysAndAttributes, Put, ScalarAttributeType, TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
-use osprey_cloud::analytics::{Aggregate, Moments, Sketch};
+use osprey_cloud::analytics::Aggregate;
+use osprey_cloud::fleet::layout::{
+    self, f, get_i64, get_str, get_u64, n, s, window_from_item, window_to_item, Item, SortKeys,
+    WindowItem,
+};
+use osprey_cloud::store::writer::{event_name, severity_name};
 use osprey_cloud::store::{DeadLetter, Message, Presence};
-use osprey_cloud::window::WindowDelta;
+use osprey_cloud::window::table::{fold, Stored, WindowStore, WindowUpdate};
+use osprey_cloud::window::{WindowDelta, WindowKind, WindowSpec};
 use osprey_protocol::StatusState;
 
-/// Most windows one message may touch (a transaction holds 100 items: the dedup item, the
-/// device and the windows).
-pub const MAX_WINDOWS_PER_MESSAGE: usize = 98;
+/// Most items in one transaction (DynamoDB's limit).
+pub const MAX_TRANSACTION_ITEMS: usize = 100;
 
-/// Tries of a transaction that lost a race on a window's version.
+/// Most windows one message may touch: the transaction also holds the dedup item, the device
+/// and the fleet index entry.
+pub const MAX_WINDOWS_PER_MESSAGE: usize = MAX_TRANSACTION_ITEMS - 3;
+
+/// Tries of a transaction that lost a race with another writer of the same device.
 const CONFLICT_TRIES: usize = 5;
 
-/// Why a state operation failed. Every variant is transient from the record's point of view
-/// (the record is fine; retrying later may succeed), so the handler reports the record as a
-/// batch item failure.
+/// Rounds of `BatchGetItem` for keys DynamoDB left unprocessed (throttling).
+const BATCH_GET_ROUNDS: usize = 10;
+
+/// Why a state operation failed. Every variant but [`StateError::TooLarge`] is transient
+/// from the record's point of view (the record is fine; retrying later may succeed), so the
+/// handler reports the record as a batch item failure.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StateError {
@@ -60,13 +81,13 @@ pub enum StateError {
         /// The service's error code and message, or the transport failure.
         message: String,
     },
-    /// Windows kept changing under the transaction.
-    #[error("windows of device {device} kept changing under concurrent writers; retry later")]
+    /// The device kept changing under the transaction.
+    #[error("device {device} kept changing under concurrent writers; retry later")]
     Contention {
         /// The device.
         device: String,
     },
-    /// A stored window could not be read back (its sketch bytes are corrupt).
+    /// A stored window could not be read back.
     #[error("stored window {key} is corrupt: {message}")]
     CorruptWindow {
         /// The item's sort key.
@@ -74,6 +95,24 @@ pub enum StateError {
         /// What is wrong.
         message: String,
     },
+    /// The message needs more items than one transaction holds (permanent: dead-letter it).
+    #[error(
+        "the message needs {items} items in one DynamoDB transaction, which holds at most \
+         {MAX_TRANSACTION_ITEMS}; send fewer series per batch or use fewer hopping windows"
+    )]
+    TooLarge {
+        /// Items it would need.
+        items: usize,
+    },
+}
+
+impl From<layout::BadItem> for StateError {
+    fn from(e: layout::BadItem) -> StateError {
+        StateError::CorruptWindow {
+            key: e.key,
+            message: e.reason,
+        }
+    }
 }
 
 /// What applying a message did.
@@ -85,20 +124,13 @@ pub enum Applied {
     Duplicate,
 }
 
-/// The two tables; cheap to clone.
+/// The two tables and the windows to compute; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct DynamoState {
     client: Client,
     table: String,
     dead_letters: String,
-}
-
-fn s(value: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(value.into())
-}
-
-fn n(value: impl ToString) -> AttributeValue {
-    AttributeValue::N(value.to_string())
+    windows: WindowSpec,
 }
 
 fn describe<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
@@ -107,18 +139,71 @@ fn describe<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::
     osprey_cloud::connection::kinesis::describe_error(e)
 }
 
-fn window_key(w: &WindowDelta) -> String {
-    format!(
-        "w#{}#{}#{}#{}",
-        w.sensor,
-        w.metric,
-        w.kind.as_str(),
-        w.start_ms
-    )
+/// A window's identity within a device: sensor, metric, kind, start.
+type WindowKey = (String, String, WindowKind, i64);
+
+/// What was read before a transaction.
+#[derive(Debug, Default)]
+struct Snapshot {
+    /// The device item's `wver`, `None` if it has none (new device, or presence only).
+    wver: Option<u64>,
+    last_seen_ms: Option<i64>,
+    last_event_ms: Option<i64>,
+    last_seq: Option<u64>,
+    /// The stored windows the deltas fold into.
+    windows: BTreeMap<WindowKey, Stored>,
+    /// The alert's rule state: (time_ms, seq), if stored.
+    rule: Option<(i64, u64)>,
+}
+
+impl Snapshot {
+    fn add_window(&mut self, w: WindowItem) {
+        let key = (w.sensor, w.metric, w.kind, w.window.start_ms);
+        self.windows.insert(key, w.window);
+    }
+}
+
+/// The snapshot's windows as a [`WindowStore`], for `fold`.
+struct Folding<'a>(&'a mut BTreeMap<WindowKey, Stored>);
+
+impl WindowStore for Folding<'_> {
+    type Error = std::convert::Infallible;
+
+    fn overlapping(&mut self, _: &str, d: &WindowDelta) -> Result<Vec<Stored>, Self::Error> {
+        let keys: Vec<WindowKey> = self
+            .0
+            .iter()
+            .filter(|((sensor, metric, kind, _), w)| {
+                *sensor == d.sensor
+                    && *metric == d.metric
+                    && *kind == d.kind
+                    && if d.kind == WindowKind::Session {
+                        w.start_ms < d.end_ms && w.end_ms > d.start_ms
+                    } else {
+                        w.start_ms == d.start_ms
+                    }
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        Ok(keys.iter().filter_map(|k| self.0.remove(k)).collect())
+    }
+
+    fn put(&mut self, u: &WindowUpdate) -> Result<(), Self::Error> {
+        // `overlapping` already removed what the update replaces.
+        let key = (
+            u.sensor.clone(),
+            u.metric.clone(),
+            u.kind,
+            u.window.start_ms,
+        );
+        self.0.insert(key, u.window.clone());
+        Ok(())
+    }
 }
 
 impl DynamoState {
-    /// State in `table`, dead letters in `dead_letters`.
+    /// State in `table`, dead letters in `dead_letters`; one-minute tumbling windows only
+    /// (see [`DynamoState::with_windows`]).
     pub fn new(
         client: Client,
         table: impl Into<String>,
@@ -128,7 +213,22 @@ impl DynamoState {
             client,
             table: table.into(),
             dead_letters: dead_letters.into(),
+            windows: WindowSpec::default(),
         }
+    }
+
+    /// The same state computing the windows of `spec` (as `osprey serve --hop …
+    /// --session-gap-s …` does).
+    pub fn with_windows(self, spec: WindowSpec) -> DynamoState {
+        DynamoState {
+            windows: spec,
+            ..self
+        }
+    }
+
+    /// The windows computed.
+    pub fn windows(&self) -> &WindowSpec {
+        &self.windows
     }
 
     fn request_error(&self, operation: &'static str, table: &str, message: String) -> StateError {
@@ -139,13 +239,13 @@ impl DynamoState {
         }
     }
 
-    /// Applies `message` once: dedup, windows, device, in one transaction.
+    /// Applies `message` once: dedup, windows, alert, device, in one transaction.
     pub async fn apply(&self, message: &Message) -> Result<Applied, StateError> {
         for _ in 0..CONFLICT_TRIES {
-            let stored = self.read_windows(&message.device, &message.windows).await?;
-            match self.transact(message, &stored).await? {
-                Some(applied) => return Ok(applied),
-                None => continue,
+            let snapshot = self.read(message).await?;
+            let items = self.plan(message, snapshot)?;
+            if let Some(applied) = self.transact(items).await? {
+                return Ok(applied);
             }
         }
         Err(StateError::Contention {
@@ -153,173 +253,202 @@ impl DynamoState {
         })
     }
 
-    /// The stored aggregate and version of each window `windows` touches.
-    async fn read_windows(
-        &self,
-        device: &str,
-        windows: &[WindowDelta],
-    ) -> Result<HashMap<String, (Aggregate, u64)>, StateError> {
-        let mut stored = HashMap::new();
-        for w in windows {
-            let key = window_key(w);
-            if stored.contains_key(&key) {
-                continue;
-            }
-            if let Some(found) = self.window_item(device, &key).await? {
-                stored.insert(key, found);
-            }
-        }
-        Ok(stored)
-    }
-
-    async fn window_item(
-        &self,
-        device: &str,
-        key: &str,
-    ) -> Result<Option<(Aggregate, u64)>, StateError> {
+    async fn get(&self, pk: String, sk: String) -> Result<Option<Item>, StateError> {
         let output = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key("pk", s(format!("dev#{device}")))
-            .key("sk", s(key))
+            .key("pk", s(pk))
+            .key("sk", s(sk))
             .consistent_read(true)
             .send()
             .await
             .map_err(|e| self.request_error("GetItem", &self.table, describe(&e)))?;
-        let Some(item) = output.item() else {
-            return Ok(None);
-        };
-        let num = |name: &str| -> f64 {
-            item.get(name)
-                .and_then(|v| v.as_n().ok())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0.0)
-        };
-        let count = item
-            .get("count")
-            .and_then(|v| v.as_n().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let version = item
-            .get("version")
-            .and_then(|v| v.as_n().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let sketch = match item.get("sketch").and_then(|v| v.as_b().ok()) {
-            Some(bytes) => {
-                Sketch::from_bytes(bytes.as_ref()).map_err(|e| StateError::CorruptWindow {
-                    key: key.to_owned(),
-                    message: e.to_string(),
-                })?
-            }
-            None => Sketch::new(),
-        };
-        let moments = Moments {
-            count,
-            sum: num("sum"),
-            min: num("min"),
-            max: num("max"),
-            mean: num("mean"),
-            m2: num("m2"),
-            m3: num("m3"),
-            m4: num("m4"),
-        };
-        Ok(Some((Aggregate { moments, sketch }, version)))
+        Ok(output.item)
     }
 
-    /// One transaction attempt: `Some` if it committed or was a duplicate, `None` if a window
-    /// changed since it was read.
-    async fn transact(
-        &self,
-        m: &Message,
-        stored: &HashMap<String, (Aggregate, u64)>,
-    ) -> Result<Option<Applied>, StateError> {
+    /// Everything the transaction of `m` depends on.
+    async fn read(&self, m: &Message) -> Result<Snapshot, StateError> {
+        let pk = layout::device_pk(&m.device);
+        let mut snapshot = Snapshot::default();
+        if let Some(item) = self.get(pk.clone(), layout::DEVICE_SK.to_owned()).await? {
+            snapshot.wver = get_u64(&item, "wver");
+            snapshot.last_seen_ms = get_i64(&item, "last_seen_ms");
+            snapshot.last_event_ms = get_i64(&item, "last_event_ms");
+            snapshot.last_seq = get_u64(&item, "last_seq");
+        }
+        let mut keys = Vec::new();
+        let mut asked = HashSet::new();
+        for d in &m.windows {
+            if d.kind == WindowKind::Session {
+                for item in self.sessions(&pk, d).await? {
+                    snapshot.add_window(window_from_item(&item)?);
+                }
+            } else {
+                let sk = layout::window_sk(&d.sensor, &d.metric, d.kind, d.start_ms);
+                if asked.insert(sk.clone()) {
+                    keys.push(sk);
+                }
+            }
+        }
+        for item in self.batch_get(&pk, keys).await? {
+            snapshot.add_window(window_from_item(&item)?);
+        }
+        if let Some(alert) = &m.alert {
+            if let Some(item) = self.get(pk, layout::rule_sk(&alert.rule)).await? {
+                snapshot.rule = get_i64(&item, "time_ms").zip(get_u64(&item, "seq"));
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// The items of partition `pk` with sort keys `keys`, strongly consistent.
+    async fn batch_get(&self, pk: &str, keys: Vec<String>) -> Result<Vec<Item>, StateError> {
+        let mut found = Vec::new();
+        for chunk in keys.chunks(100) {
+            let mut request = KeysAndAttributes::builder().consistent_read(true);
+            for sk in chunk {
+                request = request.keys(HashMap::from([
+                    ("pk".to_owned(), s(pk)),
+                    ("sk".to_owned(), s(sk.clone())),
+                ]));
+            }
+            let request = request
+                .build()
+                .map_err(|e| self.request_error("BatchGetItem", &self.table, e.to_string()))?;
+            let mut pending = Some(HashMap::from([(self.table.clone(), request)]));
+            for _ in 0..BATCH_GET_ROUNDS {
+                let Some(items) = pending.take().filter(|p| !p.is_empty()) else {
+                    break;
+                };
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .set_request_items(Some(items))
+                    .send()
+                    .await
+                    .map_err(|e| self.request_error("BatchGetItem", &self.table, describe(&e)))?;
+                if let Some(mut responses) = out.responses {
+                    found.extend(responses.remove(&self.table).unwrap_or_default());
+                }
+                pending = out.unprocessed_keys;
+            }
+            if pending.is_some_and(|p| !p.is_empty()) {
+                return Err(self.request_error(
+                    "BatchGetItem",
+                    &self.table,
+                    "keys left unprocessed after repeated tries (throttled)".to_owned(),
+                ));
+            }
+        }
+        Ok(found)
+    }
+
+    /// The stored sessions of `d`'s series that overlap it. Sessions of a series never
+    /// overlap each other, so in start order their ends ascend too: walk back from the last
+    /// one starting before `d` ends, and stop at the first that ends at or before `d` starts.
+    async fn sessions(&self, pk: &str, d: &WindowDelta) -> Result<Vec<Item>, StateError> {
+        let prefix = layout::window_prefix(&d.sensor, &d.metric, WindowKind::Session);
+        let keys = SortKeys::Between(
+            format!("{prefix}{}", layout::encode_time(i64::MIN)),
+            format!(
+                "{prefix}{}",
+                layout::encode_time(d.end_ms.saturating_sub(1))
+            ),
+        );
+        let mut found = Vec::new();
+        layout::query_each(&self.client, &self.table, pk, &keys, false, |item| {
+            let overlaps = get_i64(item, "end_ms").is_none_or(|end| end > d.start_ms);
+            if overlaps {
+                found.push(item.clone());
+            }
+            overlaps
+        })
+        .await
+        .map_err(|e| self.request_error("Query", &self.table, describe(&e)))?;
+        Ok(found)
+    }
+
+    /// The transaction's items: fold the deltas into the snapshot with serve's code, then
+    /// write what changed.
+    fn plan(&self, m: &Message, snapshot: Snapshot) -> Result<Vec<TransactWriteItem>, StateError> {
         let build = |e: aws_sdk_dynamodb::error::BuildError| {
             self.request_error("TransactWriteItems", &self.table, e.to_string())
         };
-        let mut items = Vec::with_capacity(m.windows.len() + 2);
-        items.push(
-            TransactWriteItem::builder()
-                .put(
-                    Put::builder()
-                        .table_name(&self.table)
-                        .item("pk", s(format!("seen#{}", m.device)))
-                        .item("sk", s(m.seq.to_string()))
-                        .item("received_ms", n(m.received_ms))
-                        .condition_expression("attribute_not_exists(pk)")
-                        .build()
-                        .map_err(build)?,
-                )
-                .build(),
-        );
-        // Merge this message's deltas into what is stored (several deltas of one message may
-        // hit the same window only if the spec makes them; merge them all).
-        let mut merged: Vec<(String, &WindowDelta, Aggregate, Option<u64>)> = Vec::new();
-        for w in &m.windows {
-            let key = window_key(w);
-            if let Some(entry) = merged.iter_mut().find(|(k, ..)| *k == key) {
-                entry.2.merge(&w.agg);
-                continue;
+        let pk = layout::device_pk(&m.device);
+        let before = snapshot.windows.clone();
+        let mut after = snapshot.windows;
+        let mut store = Folding(&mut after);
+        let mut series = HashSet::new();
+        for d in &m.windows {
+            if d.kind == WindowKind::Tumbling {
+                series.insert(layout::series_member(&d.sensor, &d.metric));
             }
-            let (mut agg, version) = match stored.get(&key) {
-                Some((agg, version)) => (agg.clone(), Some(*version)),
-                None => (Aggregate::new(), None),
-            };
-            agg.merge(&w.agg);
-            merged.push((key, w, agg, version));
+            match fold(&mut store, &m.device, d.clone(), snapshot.last_event_ms) {
+                Ok(_) => {}
+                Err(never) => match never {},
+            }
         }
-        for (key, w, agg, version) in &merged {
-            let mo = &agg.moments;
-            let mut put = Put::builder()
-                .table_name(&self.table)
-                .item("pk", s(format!("dev#{}", m.device)))
-                .item("sk", s(key.clone()))
-                .item("sensor", s(w.sensor.clone()))
-                .item("metric", s(w.metric.clone()))
-                .item("kind", s(w.kind.as_str()))
-                .item("unit", s(w.unit.clone()))
-                .item("start_ms", n(w.start_ms))
-                .item("end_ms", n(w.end_ms))
-                .item("count", n(mo.count))
-                .item("sum", n(mo.sum))
-                .item("min", n(mo.min))
-                .item("max", n(mo.max))
-                .item("mean", n(mo.mean))
-                .item("m2", n(mo.m2))
-                .item("m3", n(mo.m3))
-                .item("m4", n(mo.m4))
-                .item(
-                    "sketch",
-                    AttributeValue::B(Blob::new(agg.sketch.to_bytes())),
-                )
-                .item("version", n(version.map_or(1, |v| v + 1)));
-            put = match version {
-                Some(v) => put
-                    .condition_expression("version = :v")
-                    .expression_attribute_values(":v", n(v)),
-                None => put.condition_expression("attribute_not_exists(pk)"),
-            };
-            items.push(
-                TransactWriteItem::builder()
-                    .put(put.build().map_err(build)?)
-                    .build(),
-            );
-        }
+
+        let mut items = vec![TransactWriteItem::builder()
+            .put(
+                Put::builder()
+                    .table_name(&self.table)
+                    .item("pk", s(layout::seen_pk(&m.device)))
+                    .item("sk", s(m.seq.to_string()))
+                    .item("received_ms", n(m.received_ms))
+                    .condition_expression("attribute_not_exists(pk)")
+                    .build()
+                    .map_err(build)?,
+            )
+            .build()];
+
+        let max = |a: Option<i64>, b: i64| a.map_or(b, |a| a.max(b));
+        let mut set = vec![
+            "wver = :next",
+            "last_seen_ms = :seen",
+            "last_seq = :lseq",
+            "first_seen_ms = if_not_exists(first_seen_ms, :recv)",
+        ];
+        let mut add = vec!["readings :n", "messages :one"];
         let mut device = Update::builder()
             .table_name(&self.table)
-            .key("pk", s(format!("dev#{}", m.device)))
-            .key("sk", s("device"))
+            .key("pk", s(pk.clone()))
+            .key("sk", s(layout::DEVICE_SK))
+            .expression_attribute_values(":next", n(snapshot.wver.unwrap_or(0) + 1))
+            .expression_attribute_values(":seen", n(max(snapshot.last_seen_ms, m.received_ms)))
+            .expression_attribute_values(
+                ":lseq",
+                n(snapshot.last_seq.map_or(m.seq, |s| s.max(m.seq))),
+            )
+            .expression_attribute_values(":recv", n(m.received_ms))
             .expression_attribute_values(":n", n(m.readings))
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":seen", n(m.received_ms));
-        let mut expression = "ADD readings :n, messages :one SET last_seen_ms = :seen".to_owned();
+            .expression_attribute_values(":one", n(1));
+        if let Some(event) = m.event_ms {
+            set.push("last_event_ms = :event");
+            device =
+                device.expression_attribute_values(":event", n(max(snapshot.last_event_ms, event)));
+        }
         if let Some(status) = m.status {
-            expression.push_str(", #status = :status, status_ms = :seen");
+            set.push("#status = :status, status_ms = :recv");
             device = device
                 .expression_attribute_names("#status", "status")
                 .expression_attribute_values(":status", s(status_name(status)));
         }
+        if !series.is_empty() {
+            add.push("series :series");
+            device = device.expression_attribute_values(
+                ":series",
+                AttributeValue::Ss(series.into_iter().collect()),
+            );
+        }
+        device = match snapshot.wver {
+            Some(v) => device
+                .condition_expression("wver = :wver")
+                .expression_attribute_values(":wver", n(v)),
+            None => device.condition_expression("attribute_not_exists(wver)"),
+        };
+        let expression = format!("SET {} ADD {}", set.join(", "), add.join(", "));
         items.push(
             TransactWriteItem::builder()
                 .update(
@@ -330,6 +459,97 @@ impl DynamoState {
                 )
                 .build(),
         );
+        if snapshot.wver.is_none() {
+            items.push(
+                TransactWriteItem::builder()
+                    .put(self.fleet_entry(&m.device).map_err(build)?)
+                    .build(),
+            );
+        }
+
+        for (key, window) in &after {
+            if before.get(key) == Some(window) {
+                continue;
+            }
+            let (sensor, metric, kind, _) = key.clone();
+            let w = WindowItem {
+                sensor,
+                metric,
+                kind,
+                window: window.clone(),
+            };
+            let put = Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(window_to_item(&m.device, &w)))
+                .build()
+                .map_err(build)?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
+        for (sensor, metric, kind, start) in before.keys().filter(|k| !after.contains_key(*k)) {
+            let delete = Delete::builder()
+                .table_name(&self.table)
+                .key("pk", s(pk.clone()))
+                .key("sk", s(layout::window_sk(sensor, metric, *kind, *start)))
+                .build()
+                .map_err(build)?;
+            items.push(TransactWriteItem::builder().delete(delete).build());
+        }
+
+        if let Some(a) = &m.alert {
+            let event = event_name(a.event);
+            let alert = Put::builder()
+                .table_name(&self.table)
+                .item("pk", s(pk.clone()))
+                .item("sk", s(layout::alert_sk(m.seq)))
+                .item("seq", n(m.seq))
+                .item("rule", s(a.rule.clone()))
+                .item("sensor", s(a.sensor.clone()))
+                .item("metric", s(a.metric.clone()))
+                .item("event", s(event))
+                .item("severity", s(severity_name(a.severity)))
+                .item("value", f(a.value))
+                .item("threshold", f(a.threshold))
+                .item("time_ms", n(a.time_ms))
+                .build()
+                .map_err(build)?;
+            items.push(TransactWriteItem::builder().put(alert).build());
+            // The rule's newest event by event time, then seq, whatever order they arrive in.
+            if snapshot
+                .rule
+                .is_none_or(|stored| (a.time_ms, m.seq) > stored)
+            {
+                let rule = Put::builder()
+                    .table_name(&self.table)
+                    .item("pk", s(pk))
+                    .item("sk", s(layout::rule_sk(&a.rule)))
+                    .item("rule", s(a.rule.clone()))
+                    .item("sensor", s(a.sensor.clone()))
+                    .item("metric", s(a.metric.clone()))
+                    .item("event", s(event))
+                    .item("severity", s(severity_name(a.severity)))
+                    .item("time_ms", n(a.time_ms))
+                    .item("seq", n(m.seq))
+                    .build()
+                    .map_err(build)?;
+                items.push(TransactWriteItem::builder().put(rule).build());
+            }
+        }
+        if items.len() > MAX_TRANSACTION_ITEMS {
+            return Err(StateError::TooLarge { items: items.len() });
+        }
+        Ok(items)
+    }
+
+    fn fleet_entry(&self, device: &str) -> Result<Put, aws_sdk_dynamodb::error::BuildError> {
+        Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(layout::fleet_item(device)))
+            .build()
+    }
+
+    /// One transaction attempt: `Some` if it committed or was a duplicate, `None` if the
+    /// device changed since it was read.
+    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<Option<Applied>, StateError> {
         let result = self
             .client
             .transact_write_items()
@@ -342,14 +562,19 @@ impl DynamoState {
                 if let Some(TransactWriteItemsError::TransactionCanceledException(cancel)) =
                     e.as_service_error()
                 {
-                    let failed = |r: &aws_sdk_dynamodb::types::CancellationReason| {
-                        r.code() == Some("ConditionalCheckFailed")
+                    let code = |r: &aws_sdk_dynamodb::types::CancellationReason, c: &str| {
+                        r.code() == Some(c)
                     };
                     let reasons = cancel.cancellation_reasons();
-                    if reasons.first().is_some_and(failed) {
+                    if reasons
+                        .first()
+                        .is_some_and(|r| code(r, "ConditionalCheckFailed"))
+                    {
                         return Ok(Some(Applied::Duplicate));
                     }
-                    if reasons.iter().any(failed) {
+                    if reasons.iter().any(|r| {
+                        code(r, "ConditionalCheckFailed") || code(r, "TransactionConflict")
+                    }) {
                         return Ok(None);
                     }
                 }
@@ -386,14 +611,22 @@ impl DynamoState {
         Ok(())
     }
 
-    /// Sets a device's presence unless a newer one is stored.
+    /// Sets a device's presence unless a newer one is stored (and lists the device in the
+    /// fleet index, for a device known only from lifecycle events).
     pub async fn presence(&self, p: &Presence) -> Result<(), StateError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(layout::fleet_item(&p.device)))
+            .send()
+            .await
+            .map_err(|e| self.request_error("PutItem", &self.table, describe(&e)))?;
         let result = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(format!("dev#{}", p.device)))
-            .key("sk", s("device"))
+            .key("pk", s(layout::device_pk(&p.device)))
+            .key("sk", s(layout::DEVICE_SK))
             .update_expression("SET #status = :status, status_ms = :t")
             .condition_expression("attribute_not_exists(status_ms) OR status_ms <= :t")
             .expression_attribute_names("#status", "status")
@@ -421,11 +654,51 @@ impl DynamoState {
         device: &str,
         sensor: &str,
         metric: &str,
-        kind: &str,
+        kind: WindowKind,
         start_ms: i64,
     ) -> Result<Option<Aggregate>, StateError> {
-        let key = format!("w#{sensor}#{metric}#{kind}#{start_ms}");
-        Ok(self.window_item(device, &key).await?.map(|(agg, _)| agg))
+        let sk = layout::window_sk(sensor, metric, kind, start_ms);
+        match self.get(layout::device_pk(device), sk).await? {
+            Some(item) => Ok(Some(window_from_item(&item)?.window.agg)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every item of a device's partition under `prefix`, in key order.
+    async fn device_items(&self, device: &str, prefix: &str) -> Result<Vec<Item>, StateError> {
+        let mut items = Vec::new();
+        let keys = SortKeys::Prefix(prefix.to_owned());
+        let pk = layout::device_pk(device);
+        layout::query_each(&self.client, &self.table, &pk, &keys, true, |item| {
+            items.push(item.clone());
+            true
+        })
+        .await
+        .map_err(|e| self.request_error("Query", &self.table, describe(&e)))?;
+        Ok(items)
+    }
+
+    /// Every stored window of one device, in key order (series, kind, start).
+    pub async fn device_windows(&self, device: &str) -> Result<Vec<WindowItem>, StateError> {
+        let items = self.device_items(device, "w#").await?;
+        Ok(items
+            .iter()
+            .map(window_from_item)
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// A device's rule states as (rule, event), by rule.
+    pub async fn rule_states(&self, device: &str) -> Result<Vec<(String, String)>, StateError> {
+        let items = self.device_items(device, layout::RULE_PREFIX).await?;
+        Ok(items
+            .iter()
+            .filter_map(|i| {
+                Some((
+                    get_str(i, "rule")?.to_owned(),
+                    get_str(i, "event")?.to_owned(),
+                ))
+            })
+            .collect())
     }
 
     /// A device's item as strings (`readings`, `messages`, `status`, …), if any.
@@ -433,17 +706,10 @@ impl DynamoState {
         &self,
         device: &str,
     ) -> Result<Option<HashMap<String, String>>, StateError> {
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(format!("dev#{device}")))
-            .key("sk", s("device"))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| self.request_error("GetItem", &self.table, describe(&e)))?;
-        Ok(output.item().map(|item| {
+        let item = self
+            .get(layout::device_pk(device), layout::DEVICE_SK.to_owned())
+            .await?;
+        Ok(item.as_ref().map(|item| {
             item.iter()
                 .filter_map(|(k, v)| {
                     let text = v.as_s().or_else(|_| v.as_n()).ok()?;

@@ -17,9 +17,9 @@ use crate::telemetry::TelemetryBatch;
 pub const FORMAT_VERSION: u8 = 1;
 
 /// Minor revision of the format this crate writes (1.1: the compact time and value columns and
-/// the new status fields). A minor revision never changes what existing keys mean, so it is
+/// the new status fields; 1.2: bundles, kind 4). A minor revision never changes what existing keys mean, so it is
 /// not on the wire; see `SPEC.md`, "Versioning".
-pub const FORMAT_MINOR: u8 = 1;
+pub const FORMAT_MINOR: u8 = 2;
 
 /// What a message carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -333,8 +333,43 @@ impl Envelope {
 ///
 /// Fields this version does not know are ignored (forward compatibility within a major
 /// version); a newer major version or an unknown kind is an error. Both the 1.0 and the 1.1
-/// column forms of telemetry are read.
+/// column forms of telemetry are read. A bundle (kind 4) is [`DecodeError::IsBundle`]: a
+/// reader of transport payloads uses [`crate::decode_messages`], which takes both.
 pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+    let header = read_header(bytes)?;
+    let kind = match header.kind {
+        HeaderKind::Message(kind) => kind,
+        HeaderKind::Bundle => return Err(DecodeError::IsBundle),
+    };
+    let body = decode_body(kind, &header.body)?;
+    Ok(Envelope {
+        device: header.device,
+        seq: header.seq,
+        body,
+    })
+}
+
+/// What the `"k"` of a payload announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeaderKind {
+    /// A message (kinds 1 to 3).
+    Message(Kind),
+    /// A bundle of messages (kind 4).
+    Bundle,
+}
+
+/// The envelope keys of a payload, checked, with its body still a generic CBOR value.
+#[derive(Debug)]
+pub(crate) struct Header {
+    pub(crate) kind: HeaderKind,
+    pub(crate) device: String,
+    pub(crate) seq: u64,
+    pub(crate) body: Value,
+}
+
+/// Checks the size, parses the CBOR with the depth limit, and reads the envelope keys, in the
+/// order `SPEC.md` gives ("Errors"): `v`, `k`, `d`, `q`, `b`.
+pub(crate) fn read_header(bytes: &[u8]) -> Result<Header, DecodeError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(DecodeError::TooLarge {
             size: bytes.len(),
@@ -353,15 +388,23 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
     let Value::Map(entries) = value else {
         return Err(DecodeError::Malformed("top level is not a map".to_owned()));
     };
-    let field = |name: &str| {
-        entries
-            .iter()
-            .find(|(k, _)| k.as_text() == Some(name))
-            .map(|(_, v)| v)
-    };
-    let uint = |name: &str| -> Result<u64, DecodeError> {
-        let v =
-            field(name).ok_or_else(|| DecodeError::Malformed(format!("missing field {name:?}")))?;
+    // The first occurrence of each key counts, as in a lookup.
+    let (mut v, mut k, mut d, mut q, mut b) = (None, None, None, None, None);
+    for (key, value) in entries {
+        let slot = match key.as_text() {
+            Some("v") => &mut v,
+            Some("k") => &mut k,
+            Some("d") => &mut d,
+            Some("q") => &mut q,
+            Some("b") => &mut b,
+            _ => continue,
+        };
+        if slot.is_none() {
+            *slot = Some(value);
+        }
+    }
+    let uint = |name: &str, field: Option<&Value>| -> Result<u64, DecodeError> {
+        let v = field.ok_or_else(|| DecodeError::Malformed(format!("missing field {name:?}")))?;
         v.as_integer()
             .and_then(|i| u64::try_from(i).ok())
             .ok_or_else(|| {
@@ -369,24 +412,42 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
             })
     };
 
-    let version = uint("v")?;
+    let version = uint("v", v.as_ref())?;
     if version != u64::from(FORMAT_VERSION) {
         return Err(DecodeError::UnsupportedVersion {
             found: version,
             supported: FORMAT_VERSION,
         });
     }
-    let code = uint("k")?;
-    let kind = Kind::from_code(code).ok_or(DecodeError::UnknownKind(code))?;
-    let device = field("d")
-        .and_then(Value::as_text)
-        .ok_or_else(|| DecodeError::Malformed("missing or non-text field \"d\"".to_owned()))?;
-    if !crate::valid_device_id(device) {
-        return Err(DecodeError::InvalidDevice(device.to_owned()));
+    let code = uint("k", k.as_ref())?;
+    let kind = match Kind::from_code(code) {
+        Some(kind) => HeaderKind::Message(kind),
+        None if code == u64::from(crate::bundle::BUNDLE_KIND) => HeaderKind::Bundle,
+        None => return Err(DecodeError::UnknownKind(code)),
+    };
+    let device = match d {
+        Some(Value::Text(device)) => device,
+        _ => {
+            return Err(DecodeError::Malformed(
+                "missing or non-text field \"d\"".to_owned(),
+            ))
+        }
+    };
+    if !crate::valid_device_id(&device) {
+        return Err(DecodeError::InvalidDevice(device));
     }
-    let seq = uint("q")?;
-    let body =
-        field("b").ok_or_else(|| DecodeError::Malformed("missing field \"b\"".to_owned()))?;
+    let seq = uint("q", q.as_ref())?;
+    let body = b.ok_or_else(|| DecodeError::Malformed("missing field \"b\"".to_owned()))?;
+    Ok(Header {
+        kind,
+        device,
+        seq,
+        body,
+    })
+}
+
+/// Applies the schema of `kind` to a body.
+pub(crate) fn decode_body(kind: Kind, body: &Value) -> Result<Body, DecodeError> {
     let invalid = |reason: String| DecodeError::InvalidBody {
         kind: kind.topic_level(),
         reason,
@@ -395,7 +456,7 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
     if let Some(n) = series_count(body) {
         Limit::SeriesPerBatch.check(n).map_err(over_limit)?;
     }
-    let body = match kind {
+    Ok(match kind {
         Kind::Telemetry => {
             let batch: TelemetryBatch =
                 body.deserialized().map_err(|e| invalid(schema_error(e)))?;
@@ -414,15 +475,10 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
             status.check_limits().map_err(over_limit)?;
             Body::Status(status)
         }
-    };
-    Ok(Envelope {
-        device: device.to_owned(),
-        seq,
-        body,
     })
 }
 
-fn over_limit((limit, found): (Limit, usize)) -> DecodeError {
+pub(crate) fn over_limit((limit, found): (Limit, usize)) -> DecodeError {
     DecodeError::LimitExceeded { limit, found }
 }
 

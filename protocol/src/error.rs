@@ -1,6 +1,6 @@
 //! Typed errors of the codec and of rule validation.
 
-use alloc::string::String;
+use alloc::{boxed::Box, string::String};
 
 use crate::limit::Limit;
 
@@ -51,6 +51,18 @@ pub enum DecodeError {
         /// The value found.
         found: usize,
     },
+    /// The payload is a bundle (kind 4), which holds several messages: [`crate::decode`]
+    /// reads one message, [`crate::decode_messages`] reads either.
+    #[error("the payload is a bundle of several messages (kind 4); read it with decode_messages")]
+    IsBundle,
+    /// A message inside a bundle does not decode; the whole bundle is rejected.
+    #[error("message {index} of the bundle (counting from 0): {error}")]
+    InBundle {
+        /// Its position in the bundle, from 0.
+        index: usize,
+        /// Why it does not decode.
+        error: Box<DecodeError>,
+    },
 }
 
 /// Why a message could not be encoded.
@@ -88,6 +100,12 @@ pub enum EncodeError {
         /// The value found.
         found: usize,
     },
+    /// The device id is empty, too long or has characters outside the allowed alphabet.
+    #[error("invalid device id {0:?} (1 to 128 of A-Z a-z 0-9 _ - :)")]
+    InvalidDevice(String),
+    /// A bundle needs at least one message.
+    #[error("a bundle needs at least one message")]
+    EmptyBundle,
     /// A batch cannot be split to fit a byte limit: one reading of this series alone, in its
     /// own message, is already over it. Raise the limit or shorten the names.
     #[error("one reading of series {sensor}/{metric} needs {needed} bytes, over the {limit}-byte limit; raise the limit")]

@@ -5,7 +5,23 @@
 
 use serde_json::{json, Value};
 
-use crate::{Body, Envelope, Kind, FORMAT_VERSION};
+use crate::{Body, Decoded, Envelope, Kind, FORMAT_VERSION};
+
+/// A decoded payload: [`to_json`] for a plain message; for a bundle
+/// `{version, kind: "bundle", device, seq, messages: [...]}` with each inner message as
+/// [`to_json`] shows it.
+pub fn decoded_json(decoded: &Decoded) -> Value {
+    match decoded {
+        Decoded::Message(msg) => to_json(msg),
+        Decoded::Bundle(bundle) => json!({
+            "version": FORMAT_VERSION,
+            "kind": "bundle",
+            "device": bundle.device,
+            "seq": bundle.seq,
+            "messages": bundle.messages.iter().map(to_json).collect::<Vec<_>>(),
+        }),
+    }
+}
 
 /// A whole message: `{version, kind, device, seq, body}` with [`body_json`] as the body.
 pub fn to_json(msg: &Envelope) -> Value {

@@ -30,6 +30,7 @@
 
 extern crate alloc;
 
+mod bundle;
 mod columns;
 mod envelope;
 mod error;
@@ -41,6 +42,10 @@ mod rule;
 mod telemetry;
 pub mod topic;
 
+pub use bundle::{
+    bundle_entry_bytes, bundle_overhead, decode_any, decode_messages, encode_bundle, Bundle,
+    Decoded, BUNDLE_KIND,
+};
 pub use columns::{MAX_SCALE, MAX_SCALED};
 pub use envelope::{
     decode, Alert, AlertEvent, Body, ClockState, Envelope, Kind, Severity, Status, StatusState,
@@ -48,8 +53,8 @@ pub use envelope::{
 };
 pub use error::{DecodeError, EncodeError, RuleError};
 pub use limit::{
-    Limit, MAX_DEPTH, MAX_MESSAGE_BYTES, MAX_READINGS_PER_SERIES, MAX_SERIES_PER_BATCH,
-    MAX_TEXT_BYTES,
+    Limit, MAX_BUNDLE_MESSAGES, MAX_DEPTH, MAX_MESSAGE_BYTES, MAX_READINGS_PER_SERIES,
+    MAX_SERIES_PER_BATCH, MAX_TEXT_BYTES,
 };
 pub use payload::{payload_bytes, PayloadError};
 pub use rule::{Comparison, ThresholdRule};

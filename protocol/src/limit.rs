@@ -21,6 +21,10 @@ pub const MAX_READINGS_PER_SERIES: usize = 65_536;
 /// (Device ids have their own rule: see [`crate::valid_device_id`], also at most 128 bytes.)
 pub const MAX_TEXT_BYTES: usize = 128;
 
+/// Most messages in one bundle (kind 4). At a few dozen bytes per message, far more than fit
+/// in [`MAX_MESSAGE_BYTES`] anyway; it bounds the work a hostile bundle can ask for.
+pub const MAX_BUNDLE_MESSAGES: usize = 4096;
+
 /// A limit that a message broke; see the `MAX_*` constants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -33,6 +37,8 @@ pub enum Limit {
     TextBytes,
     /// [`MAX_DEPTH`].
     Depth,
+    /// [`MAX_BUNDLE_MESSAGES`].
+    BundleMessages,
 }
 
 impl Limit {
@@ -43,6 +49,7 @@ impl Limit {
             Limit::ReadingsPerSeries => MAX_READINGS_PER_SERIES,
             Limit::TextBytes => MAX_TEXT_BYTES,
             Limit::Depth => MAX_DEPTH,
+            Limit::BundleMessages => MAX_BUNDLE_MESSAGES,
         }
     }
 
@@ -54,6 +61,7 @@ impl Limit {
             }
             Limit::TextBytes => "shorten the name",
             Limit::Depth => "this is not an Osprey message",
+            Limit::BundleMessages => "put the messages in several bundles",
         }
     }
 
@@ -74,6 +82,7 @@ impl fmt::Display for Limit {
             Limit::ReadingsPerSeries => "readings per series",
             Limit::TextBytes => "text field bytes",
             Limit::Depth => "CBOR nesting depth",
+            Limit::BundleMessages => "messages per bundle",
         })
     }
 }

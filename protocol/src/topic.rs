@@ -7,6 +7,9 @@
 //! | `dt/osprey/<device>/alerts` | alert events |
 //! | `dt/osprey/<device>/status` | birth, last will, periodic status |
 //! | `cmd/osprey/<device>/<command>` | commands to the device (e.g. `rules`) |
+//!
+//! A bundle (kind 4) has no topic of its own: it goes on the topic of the kind of the messages
+//! it carries (`data(device, Decoded::kind())`), so a subscriber to alerts still gets them.
 
 use alloc::{format, string::String};
 
@@ -15,7 +18,7 @@ use crate::Kind;
 /// Filter that matches every device's data topics.
 pub const ALL_DATA: &str = "dt/osprey/+/+";
 
-/// The data topic a device publishes messages of `kind` on.
+/// The data topic a device publishes messages of `kind` on (and bundles of such messages).
 pub fn data(device: &str, kind: Kind) -> String {
     format!("dt/osprey/{device}/{}", kind.topic_level())
 }

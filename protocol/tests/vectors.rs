@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
 
 use osprey_protocol::{
-    decode, Alert, AlertEvent, Body, ClockState, Envelope, Series, Severity, Status, StatusState,
+    decode, decode_any, encode_bundle, Alert, Bundle, Decoded, AlertEvent, Body, ClockState, Envelope, Series, Severity, Status, StatusState,
     TelemetryBatch,
 };
 
@@ -95,6 +95,30 @@ fn expected() -> Vec<(&'static str, Envelope)> {
     ]
 }
 
+/// The bundles the vectors in SPEC.md encode, by vector name: their inner messages are the
+/// vectors `telemetry-2` and `telemetry-3`, byte for byte.
+fn expected_bundles() -> Vec<(&'static str, Bundle)> {
+    let messages: Vec<Envelope> = expected()
+        .into_iter()
+        .filter(|(name, _)| ["telemetry-2", "telemetry-3"].contains(name))
+        .map(|(_, msg)| msg)
+        .collect();
+    vec![(
+        "bundle-1",
+        Bundle {
+            device: "pump-7".into(),
+            seq: 5,
+            messages,
+        },
+    )]
+}
+
+fn encode(bundle: &Bundle) -> Vec<u8> {
+    let inner: Vec<Vec<u8>> = bundle.messages.iter().map(|m| m.encode().unwrap()).collect();
+    let refs: Vec<&[u8]> = inner.iter().map(Vec::as_slice).collect();
+    encode_bundle(&bundle.device, bundle.seq, &refs).unwrap()
+}
+
 /// Extracts `<!-- vector: NAME -->` followed by a fenced hex block from SPEC.md.
 fn spec_vectors() -> Vec<(String, Vec<u8>)> {
     let spec = include_str!("../SPEC.md");
@@ -132,13 +156,22 @@ fn spec_vectors() -> Vec<(String, Vec<u8>)> {
 fn spec_vectors_decode_to_the_documented_messages() {
     let vectors = spec_vectors();
     let expected = expected();
+    let bundles = expected_bundles();
     assert_eq!(
         vectors.len(),
-        expected.len(),
+        expected.len() + bundles.len(),
         "SPEC.md has {} vectors, the test knows {}",
         vectors.len(),
-        expected.len()
+        expected.len() + bundles.len()
     );
+    for (name, want) in bundles {
+        let (_, bytes) = vectors
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("vector {name} missing from SPEC.md"));
+        let got = decode_any(bytes).unwrap_or_else(|e| panic!("vector {name}: {e}"));
+        assert_eq!(got, Decoded::Bundle(want), "vector {name}");
+    }
     for (name, want) in expected {
         let (_, bytes) = vectors
             .iter()
@@ -167,6 +200,17 @@ fn documented_messages_encode_to_the_spec_bytes() {
             "vector {name}: encoder output differs from SPEC.md"
         );
     }
+    for (name, bundle) in expected_bundles() {
+        let (_, spec_bytes) = vectors
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("vector {name} missing from SPEC.md"));
+        assert_eq!(
+            hex::encode(encode(&bundle)),
+            hex::encode(spec_bytes),
+            "vector {name}: encoder output differs from SPEC.md"
+        );
+    }
 }
 
 /// Prints the vectors' hex; run with `--ignored --nocapture` when adding a vector to SPEC.md.
@@ -175,5 +219,8 @@ fn documented_messages_encode_to_the_spec_bytes() {
 fn print_vectors() {
     for (name, msg) in expected() {
         println!("{name}: {}", hex::encode(msg.encode().expect("encode")));
+    }
+    for (name, bundle) in expected_bundles() {
+        println!("{name}: {}", hex::encode(encode(&bundle)));
     }
 }

@@ -9,6 +9,7 @@
 //!  certs     Certs                                      openssl-made CA, server, device and rogue certs
 //!  mosquitto Mosquitto                                  a broker per test: plain or mutual TLS, stop/restart
 //!  moto      moto_endpoint(), unique_name()             the Kinesis/DynamoDB API that tests/run.sh started
+//!            MotoServer                                 a private moto server (to stall it with SIGSTOP)
 //!  net       free_port(), http_get_json(), wait_until() loopback ports, a tiny HTTP client, polling
 //! ```
 //!
@@ -47,8 +48,8 @@ mod subscriber;
 
 pub use certs::{Certs, ClientCert};
 pub use mosquitto::{mosquitto_tool, Listener, Mosquitto};
-pub use moto::{moto_endpoint, unique_name};
+pub use moto::{moto_endpoint, unique_name, MotoServer};
 pub use net::{free_port, http_get, http_get_json, http_request, wait_until, HttpResponse};
 pub use paths::{bin, target_profile_dir, workspace_root};
 pub use process::Proc;
-pub use subscriber::Subscriber;
+pub use subscriber::{Publish, Subscriber};

@@ -131,6 +131,15 @@ impl Mosquitto {
         }
     }
 
+    /// Send the broker a signal by name: `"STOP"` stalls it (connections stay open, nothing
+    /// is answered, as with a hung broker or a congested link), `"CONT"` resumes it. No-op
+    /// when stopped.
+    pub fn signal(&mut self, name: &str) {
+        if let Some(proc) = &mut self.proc {
+            proc.signal(name);
+        }
+    }
+
     /// Start the broker again on the same port with the same config (stopping it first if it
     /// runs). Retained messages and sessions are gone: persistence is off.
     ///

@@ -4,11 +4,18 @@
 //! with [`unique_name`] instead of resetting the server.
 
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::{free_port, wait_until, workspace_root, Proc};
+
 /// Environment variable holding moto's endpoint, e.g. `http://127.0.0.1:40123`.
 const ENDPOINT_VAR: &str = "OSPREY_TEST_MOTO_ENDPOINT";
+
+/// Environment variable holding the `moto_server` program tests/run.sh installed.
+const SERVER_VAR: &str = "OSPREY_TEST_MOTO_SERVER";
 
 /// The moto endpoint to give the AWS SDK (`endpoint_url`), from `OSPREY_TEST_MOTO_ENDPOINT`.
 ///
@@ -56,4 +63,79 @@ pub fn unique_name(prefix: &str) -> String {
         .map(|d| d.as_millis())
         .unwrap_or_default();
     format!("{prefix}-{}-{n}-{millis}", std::process::id())
+}
+
+/// A moto server of one test's own, on a free port, killed on drop: for tests that stall
+/// Kinesis (SIGSTOP) and must not stall the shared server other tests use.
+///
+/// ```no_run
+/// let mut moto = osprey_tests::MotoServer::start();
+/// let endpoint = moto.endpoint().to_owned();
+/// moto.proc().signal("STOP"); // every request now hangs …
+/// moto.proc().signal("CONT"); // … and is answered
+/// ```
+#[derive(Debug)]
+pub struct MotoServer {
+    proc: Proc,
+    endpoint: String,
+}
+
+impl MotoServer {
+    /// Starts `moto_server` (from `OSPREY_TEST_MOTO_SERVER`, else tests/run.sh's venv) and
+    /// waits until it accepts connections.
+    ///
+    /// # Panics
+    ///
+    /// When the program is missing or the server does not listen within 30 s (with its log).
+    pub fn start() -> MotoServer {
+        let program = std::env::var_os(SERVER_VAR)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join(".osprey-test/venv/bin/moto_server"));
+        if !program.exists() {
+            panic!(
+                "{} not found: run the suites through `bash tests/run.sh`, which installs moto \
+                 into .osprey-test/venv and exports {SERVER_VAR}",
+                program.display()
+            );
+        }
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let mut proc = Proc::spawn(Command::new(&program).args([
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ]));
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let up = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+                if !proc.is_running() {
+                    return Some(false);
+                }
+                TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+                    .is_ok()
+                    .then_some(true)
+            });
+            if up == Some(true) {
+                return MotoServer {
+                    proc,
+                    endpoint: format!("http://127.0.0.1:{port}"),
+                };
+            }
+            // Most likely another process took the port first: try a fresh one.
+            last_log = proc.logs();
+            proc.kill();
+        }
+        panic!("moto_server did not start in 3 tries:\n{last_log}")
+    }
+
+    /// `http://127.0.0.1:PORT`, for the AWS SDK's `endpoint_url`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The server process (to send it signals, read its logs).
+    pub fn proc(&mut self) -> &mut Proc {
+        &mut self.proc
+    }
 }

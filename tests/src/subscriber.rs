@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use osprey_protocol::Envelope;
+use osprey_protocol::{Decoded, Envelope};
 
 use crate::{mosquitto_tool, wait_until, Proc};
 
@@ -54,20 +54,47 @@ impl Subscriber {
         );
     }
 
-    /// Every Osprey message received so far, in arrival order. Panics (the test's report) on
-    /// a payload that does not decode.
+    /// Every Osprey message received so far, in arrival order; a bundle (protocol 1.2) gives
+    /// its inner messages in their order. Panics (the test's report) on a payload that does
+    /// not decode.
     pub fn messages(&self) -> Vec<Envelope> {
+        self.publishes()
+            .into_iter()
+            .flat_map(|publish| publish.messages)
+            .collect()
+    }
+
+    /// Every publish received on an Osprey data topic so far, in arrival order, with the
+    /// messages it carried: one, or a bundle's. Counting these against [`Subscriber::messages`]
+    /// shows whether the agent packed its backlog.
+    pub fn publishes(&self) -> Vec<Publish> {
         self.proc
             .stdout()
             .lines()
             .filter(|l| l.starts_with("dt/osprey/"))
             .filter_map(|l| l.split_once(' '))
             .map(|(topic, hex)| {
-                osprey_protocol::payload_bytes(hex.as_bytes())
+                let decoded = osprey_protocol::payload_bytes(hex.as_bytes())
                     .ok()
-                    .and_then(|bytes| osprey_protocol::decode(&bytes).ok())
-                    .unwrap_or_else(|| panic!("undecodable payload on {topic}: {hex}"))
+                    .and_then(|bytes| osprey_protocol::decode_any(&bytes).ok())
+                    .unwrap_or_else(|| panic!("undecodable payload on {topic}: {hex}"));
+                Publish {
+                    topic: topic.to_owned(),
+                    bundle: matches!(decoded, Decoded::Bundle(_)),
+                    messages: decoded.into_messages(),
+                }
             })
             .collect()
     }
+}
+
+/// One MQTT publish the subscriber received.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    /// Its topic.
+    pub topic: String,
+    /// Whether it was a bundle.
+    pub bundle: bool,
+    /// The messages it carried, in order.
+    pub messages: Vec<Envelope>,
 }

@@ -7,6 +7,8 @@
 //!   journal accepted arrives, and `osprey-agent journal verify` passes after every kill.
 //! - quota: a long outage with a small journal quota drops only the oldest telemetry, and the
 //!   drop count in the status message equals the readings missing at the subscriber.
+//! - packing: a backlog leaves in bundles (protocol 1.2), far fewer publishes than messages,
+//!   every seq once and in order; with `pack_backlog = false` one publish per message.
 //!
 //! The subscriber uses a clean session, and Mosquitto keeps nothing across a restart, so after
 //! restarting the broker the agent is held (SIGSTOP) until the subscriber is back; otherwise
@@ -20,7 +22,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use osprey_protocol::{Body, Envelope, Kind};
-use osprey_tests::{bin, wait_until, Mosquitto, Proc, Subscriber};
+use osprey_tests::{bin, wait_until, Mosquitto, Proc, Publish, Subscriber};
 
 const DEVICE: &str = "pump-7";
 
@@ -180,6 +182,88 @@ fn outage_of_30_s_at_100_hz_delivers_every_reading_once_in_order() {
         "journaled but never received: {missing:?}"
     );
     assert!(seqs.len() > 100, "{} batches", seqs.len());
+    // The 30 s backlog (~300 batches) left in bundles, not one publish per batch.
+    let (bundles, bundled) = bundled(&sub.publishes());
+    assert!(
+        bundles >= 1 && bundled >= 200 && bundled >= 20 * bundles,
+        "{bundled} messages in {bundles} bundles"
+    );
+    assert!(log_field(&logs, " done", "bundles").unwrap_or(0) >= 1);
+}
+
+/// How many bundles arrived and how many messages they carried.
+fn bundled(publishes: &[Publish]) -> (usize, usize) {
+    let bundles: Vec<&Publish> = publishes.iter().filter(|p| p.bundle).collect();
+    (
+        bundles.len(),
+        bundles.iter().map(|p| p.messages.len()).sum(),
+    )
+}
+
+/// Samples 1000 times at 500 Hz with the broker down, then lets the agent drain its journal
+/// (at the default cap of 100 publishes/s); returns what the subscriber got and the log.
+fn drain_a_backlog(mqtt: &'static str) -> (Vec<Publish>, String) {
+    let mut broker = Mosquitto::plain();
+    let sub = Subscriber::start(broker.port());
+    broker.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = Extra {
+        mqtt,
+        ..DEFAULTS
+    };
+    let config = agent_config(dir.path(), broker.port(), 2, 1000, &extra);
+    let mut agent = start_agent(&config);
+    let done = wait_until(Duration::from_secs(120), Duration::from_millis(200), || {
+        agent
+            .stderr()
+            .contains("sampling done, delivering the journal")
+            .then_some(())
+    });
+    assert!(done.is_some(), "{}", agent.logs());
+    restart_broker_with_agent_held(&mut broker, &mut agent, &sub);
+    wait_for_exit(&mut agent, Duration::from_secs(180));
+    let logs = agent.stderr();
+    let publishes = sub.publishes();
+    // Exactly once (journaled = received, readings add up) and in order, either way.
+    let received = dedup(sub.messages());
+    assert_in_order(&received);
+    let expected = log_field(&logs, " done", "readings").expect("the agent's summary line");
+    assert_eq!(readings(&received), expected, "readings lost or duplicated");
+    let got: BTreeSet<u64> = received.iter().map(|m| m.seq).collect();
+    assert_eq!(
+        journaled_seqs(&logs).difference(&got).count(),
+        0,
+        "journaled but never received"
+    );
+    (publishes, logs)
+}
+
+#[test]
+fn a_backlog_is_packed_into_bundles_unless_turned_off() {
+    let (packed, logs) = drain_a_backlog("");
+    let journal_msgs = |p: &[Publish]| -> usize {
+        p.iter()
+            .filter(|p| !p.topic.ends_with("/status"))
+            .map(|p| p.messages.len())
+            .sum()
+    };
+    let journal_pubs = |p: &[Publish]| p.iter().filter(|p| !p.topic.ends_with("/status")).count();
+    let (messages, publishes) = (journal_msgs(&packed), journal_pubs(&packed));
+    assert!(messages >= 100, "{messages} messages");
+    assert!(
+        publishes * 10 <= messages,
+        "{messages} messages in {publishes} publishes: the backlog was not packed"
+    );
+    assert_eq!(
+        log_field(&logs, " done", "bundles"),
+        Some(bundled(&packed).0 as u64)
+    );
+
+    let (plain, logs) = drain_a_backlog("pack_backlog = false\n");
+    assert_eq!(bundled(&plain), (0, 0), "a bundle with packing off");
+    assert_eq!(journal_pubs(&plain), journal_msgs(&plain));
+    assert!(journal_msgs(&plain) >= 100);
+    assert_eq!(log_field(&logs, " done", "bundles"), Some(0));
 }
 
 #[test]

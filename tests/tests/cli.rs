@@ -4,8 +4,12 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use osprey_tests::{bin, workspace_root};
+use osprey_protocol::{topic, Body, Envelope, Kind, Series, TelemetryBatch};
+use osprey_tests::{
+    bin, free_port, http_get_json, mosquitto_tool, wait_until, workspace_root, Mosquitto, Proc,
+};
 
 /// The `status-1` vector of protocol/SPEC.md, as hex text with a line break.
 const STATUS_HEX: &str = "a5617601616b0361646670756d702d376171036162a6627374666f6e6c696e656261\n\
@@ -72,4 +76,122 @@ fn agent_check_points_at_the_wrong_line() {
         stderr.contains(&format!("{}:3:", path.display())),
         "{stderr}"
     );
+}
+
+fn osprey_fleet(args: &[&str]) -> std::process::Output {
+    Command::new(bin("osprey"))
+        .arg("fleet")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn osprey_fleet_shows_the_devices_a_running_serve_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::plain();
+    let mut serve = Proc::spawn(
+        Command::new(bin("osprey"))
+            .arg("serve")
+            .arg("--db")
+            .arg(dir.path().join("osprey.db"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--mqtt-port", &broker.port().to_string()])
+            .args(["--mqtt-client-id", "osprey-serve-cli"]),
+    );
+    let line = serve.stdout_line_matching("osprey serve: listening on ", Duration::from_secs(30));
+    let api = line.trim().rsplit(' ').next().unwrap().to_owned();
+    wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        broker.log().contains("osprey-serve-cli").then_some(())
+    })
+    .expect("serve connects to the broker");
+
+    // Two devices publish one batch each: 5 and 3 readings. Published again until serve shows
+    // both (a publish before serve's subscription took effect is not kept; dedup drops repeats).
+    let mut files = Vec::new();
+    for (device, readings) in [("cli-pump", 5), ("cli-fan", 3)] {
+        let mut series = Series::new("motor", "temperature", "Cel");
+        for r in 0..readings {
+            series.push(1_767_225_600_000 + r * 1000, 40.0 + r as f64);
+        }
+        let payload = Envelope::new(
+            device,
+            1,
+            Body::Telemetry(TelemetryBatch {
+                series: vec![series],
+            }),
+        )
+        .encode()
+        .unwrap();
+        let file = dir.path().join(format!("{device}.cbor"));
+        std::fs::write(&file, payload).unwrap();
+        files.push((topic::data(device, Kind::Telemetry), file));
+    }
+    wait_until(Duration::from_secs(30), Duration::from_millis(500), || {
+        for (topic, file) in &files {
+            let status = Command::new(mosquitto_tool("mosquitto_pub"))
+                .args(["-p", &broker.port().to_string(), "-q", "1", "-t", topic])
+                .arg("-f")
+                .arg(file)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let devices = http_get_json(&format!("{api}/api/devices"));
+        (devices.as_array().map(Vec::len) == Some(2)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("serve never showed both devices:\n{}", serve.logs()));
+
+    let out = osprey_fleet(&["--api", &api]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[0].starts_with("DEVICE") && lines[0].contains("HEALTH"),
+        "{text}"
+    );
+    // By device id: cli-fan, then cli-pump, each with its reading count.
+    assert!(
+        lines[1].starts_with("cli-fan ") && lines[1].contains(" 3 "),
+        "{text}"
+    );
+    assert!(
+        lines[2].starts_with("cli-pump ") && lines[2].contains(" 5 "),
+        "{text}"
+    );
+
+    let out = osprey_fleet(&["--api", &api, "--device", "cli-pump", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["readings"], 5);
+    assert_eq!(json["latest"][0]["kind"], "tumbling");
+    assert_eq!(json["latest"][0]["count"], 5);
+
+    let out = osprey_fleet(&["--api", &api, "--device", "nobody"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no device \"nobody\""), "{stderr}");
+}
+
+#[test]
+fn osprey_fleet_says_what_to_do_when_the_api_is_not_there() {
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let out = osprey_fleet(&["--api", &url]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is `osprey serve` running there?"),
+        "{stderr}"
+    );
+    let out = osprey_fleet(&["--api", &url, "--dynamodb-table", "t"]);
+    assert_eq!(out.status.code(), Some(2), "clap refuses two sources");
 }

@@ -6,7 +6,8 @@
 //! split while producing; an undecodable record and AWS IoT lifecycle events on the stream.
 //! The API must then show exactly what was produced (every reading once per device, the
 //! windows adding up to it), the bad record as a dead letter, the presence events as device
-//! status, the split parent finished and its children read.
+//! status, the split parent finished and its children read. Before the restart, `GET /metrics`
+//! must show an iterator-age gauge per shard and count exactly the records produced.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
 
@@ -18,8 +19,9 @@ use std::time::Duration;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use aws_sdk_kinesis::Client;
+use osprey_cloud::metrics::parse_samples;
 use osprey_protocol::{Body, Envelope, Series, TelemetryBatch};
-use osprey_tests::{bin, http_get_json, moto_endpoint, unique_name, wait_until, Proc};
+use osprey_tests::{bin, http_get, http_get_json, moto_endpoint, unique_name, wait_until, Proc};
 use serde_json::Value;
 
 const DEVICES: usize = 8;
@@ -270,6 +272,43 @@ fn stats(api: &str) -> Value {
     http_get_json(&format!("{api}/api/stats"))
 }
 
+/// `GET /metrics` has an iterator-age gauge and a checkpoint counter for each of `shards`, and
+/// its consumed-record and applied-message counters equal `produced` (the first consumer
+/// process, before any restart: nothing was read twice).
+fn assert_metrics_count<'a>(api: &str, shards: impl Iterator<Item = &'a String>, produced: u64) {
+    let response = http_get(&format!("{api}/metrics"));
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        response.header("content-type"),
+        Some(osprey_cloud::metrics::CONTENT_TYPE)
+    );
+    let text = response.text();
+    let samples: BTreeMap<String, f64> = parse_samples(&text).unwrap().into_iter().collect();
+    let mut consumed = 0.0;
+    for shard in shards {
+        let series = |name: &str| format!("{name}{{shard=\"{shard}\"}}");
+        let age = samples.get(&series("osprey_kinesis_iterator_age_milliseconds"));
+        assert!(
+            age.is_some_and(|a| *a >= 0.0),
+            "no iterator age for {shard}:\n{text}"
+        );
+        let records = samples[&series("osprey_kinesis_records_total")];
+        if records > 0.0 {
+            assert!(
+                samples[&series("osprey_kinesis_checkpoint_writes_total")] > 0.0,
+                "{shard} read records but wrote no checkpoint:\n{text}"
+            );
+        }
+        consumed += records;
+    }
+    assert_eq!(consumed, produced as f64, "records consumed:\n{text}");
+    assert_eq!(
+        samples["osprey_messages_applied_total"], produced as f64,
+        "messages applied:\n{text}"
+    );
+    assert_eq!(samples["osprey_messages_duplicate_total"], 0.0, "{text}");
+}
+
 /// How an endpoint implements SplitShard.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Resharding {
@@ -300,6 +339,11 @@ fn scenario(endpoint: &str, resharding: Resharding, extra: &[&str]) {
         assert_eq!(s["state"], "reading", "{id}: {s}");
         assert!(s["millis_behind_latest"].is_i64(), "{id}: {s}");
     }
+    assert_metrics_count(
+        &api,
+        shards.as_object().unwrap().keys(),
+        40 * DEVICES as u64,
+    );
 
     // 2. Killed mid-stream (no graceful checkpoint), more produced while down, restarted.
     kinesis.produce(40..60);

@@ -6,14 +6,26 @@
 //! reports exactly that record, having applied the one before it and not the one after. The
 //! retry the event source mapping then makes (from the failed record on) succeeds once the
 //! table exists, and a full redelivery of the batch changes nothing (dedup).
+//!
+//! Windows: with hopping and session windows configured, records delivered out of order (a
+//! late message that bridges two sessions) leave in DynamoDB exactly the windows that serve's
+//! in-memory fold (`WindowTable`) computes from the same records; alerts keep each rule's newest
+//! event whatever the arrival order; and `osprey fleet --dynamodb-table`, run as a process,
+//! lists what the handler wrote.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
 
 use aws_lambda_events::event::kinesis::KinesisEvent;
+use std::num::NonZeroU32;
+use std::process::Command;
+
+use osprey_cloud::pipeline::{prepare_with, Origin};
+use osprey_cloud::window::table::{Stored, WindowTable};
+use osprey_cloud::window::{Hopping, WindowKind, WindowSpec, WINDOW_MS};
 use osprey_lambda::handler::handle;
 use osprey_lambda::state::DynamoState;
-use osprey_protocol::{Body, Envelope, Series, TelemetryBatch};
-use osprey_tests::{moto_endpoint, unique_name};
+use osprey_protocol::{Alert, AlertEvent, Body, Envelope, Series, Severity, TelemetryBatch};
+use osprey_tests::{bin, moto_endpoint, unique_name};
 
 const T0: i64 = 1_767_225_600_000;
 
@@ -151,7 +163,7 @@ async fn partial_failure_reports_only_the_failed_record_and_retries_apply_once()
 
     // Both messages fall in the first minute: one window with all twenty readings.
     let window = state
-        .window("lam-pump", "motor", "temperature", "tumbling", T0)
+        .window("lam-pump", "motor", "temperature", WindowKind::Tumbling, T0)
         .await
         .unwrap()
         .expect("the window of the first minute");
@@ -199,4 +211,224 @@ async fn lifecycle_events_set_presence_and_older_ones_are_ignored() {
     let device = state.device("lam-fan").await.unwrap().unwrap();
     assert_eq!(device["status"], "online", "{device:?}");
     assert!(state.dead_letters("s").await.unwrap().is_empty());
+}
+
+/// Ten readings one second apart from `start_ms` on two series, values from `seq`.
+fn two_series(device: &str, seq: u64, start_ms: i64) -> Vec<u8> {
+    let mut motor = Series::new("motor", "temperature", "Cel");
+    let mut bearing = Series::new("bearing", "vibration", "mm/s");
+    for r in 0..10 {
+        motor.push(start_ms + r * 1000, 40.0 + seq as f64 + r as f64 / 8.0);
+        bearing.push(start_ms + r * 1000, (seq * 3 + r as u64 % 4) as f64 * 0.25);
+    }
+    Envelope::new(
+        device,
+        seq,
+        Body::Telemetry(TelemetryBatch {
+            series: vec![motor, bearing],
+        }),
+    )
+    .encode()
+    .unwrap()
+}
+
+fn alert(
+    device: &str,
+    seq: u64,
+    rule: &str,
+    event: AlertEvent,
+    severity: Severity,
+    t: i64,
+) -> Vec<u8> {
+    Envelope::new(
+        device,
+        seq,
+        Body::Alert(Alert {
+            rule: rule.to_owned(),
+            sensor: "motor".to_owned(),
+            metric: "temperature".to_owned(),
+            event,
+            severity,
+            value: 81.0,
+            threshold: 80.0,
+            time_ms: t,
+        }),
+    )
+    .encode()
+    .unwrap()
+}
+
+type Windows = Vec<((String, String, WindowKind, i64), Stored)>;
+
+#[tokio::test]
+async fn hopping_and_session_windows_match_serves_fold_and_fleet_reads_them() {
+    let client = dynamodb().await;
+    let (table, dead) = (unique_name("state"), unique_name("dead"));
+    DynamoState::create_table(&client, &table).await.unwrap();
+    DynamoState::create_table(&client, &dead).await.unwrap();
+    let nz = |v| NonZeroU32::new(v).unwrap();
+    let hop = Hopping {
+        size_ms: nz(30_000),
+        slide_ms: nz(10_000),
+    };
+    let spec = WindowSpec::new(WINDOW_MS, Some(hop), Some(nz(5_000))).unwrap();
+    let state = DynamoState::new(client, &table, &dead).with_windows(spec);
+    let dev = "lam-hop";
+    use AlertEvent::{Clear, Raise};
+    // Delivery order: 2 arrives after 3 and bridges the sessions of 1 and 3; 4 is a session
+    // of its own; 3 is delivered twice. Alerts: motor-hot's clear (t+70 s) arrives before an
+    // older raise (t+65 s), which must not make it active again.
+    let payloads: Vec<(u64, Vec<u8>)> = vec![
+        (1, two_series(dev, 1, T0)),
+        (3, two_series(dev, 3, T0 + 20_000)),
+        (4, two_series(dev, 4, T0 + 100_000)),
+        (2, two_series(dev, 2, T0 + 10_000)),
+        (3, two_series(dev, 3, T0 + 20_000)),
+        (
+            5,
+            alert(
+                dev,
+                5,
+                "bearing-hot",
+                Raise,
+                Severity::Critical,
+                T0 + 50_000,
+            ),
+        ),
+        (
+            6,
+            alert(dev, 6, "motor-hot", Raise, Severity::Warning, T0 + 60_000),
+        ),
+        (
+            7,
+            alert(dev, 7, "motor-hot", Clear, Severity::Warning, T0 + 70_000),
+        ),
+        (
+            8,
+            alert(dev, 8, "motor-hot", Raise, Severity::Warning, T0 + 65_000),
+        ),
+    ];
+    let records: Vec<(String, &str, Vec<u8>)> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| (seq(i as u32 + 1), dev, p.clone()))
+        .collect();
+    let response = handle(&event("s", &records), &state).await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+
+    // Serve's in-memory fold of the same payloads in the same order.
+    let mut reference = WindowTable::new();
+    for (_, payload) in &payloads {
+        let m = prepare_with(payload, &Origin::Direct("test".into()), 0, &spec).unwrap();
+        reference.apply(&m.device, m.seq, m.event_ms, m.windows);
+    }
+    let mut want: Windows = reference
+        .iter()
+        .filter(|(d, ..)| *d == dev)
+        .map(|(_, s, m, k, w)| ((s.to_owned(), m.to_owned(), k, w.start_ms), w.clone()))
+        .collect();
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut got: Windows = state
+        .device_windows(dev)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| ((w.sensor, w.metric, w.kind, w.window.start_ms), w.window))
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got, want, "DynamoDB windows differ from serve's fold");
+    let sessions: Vec<(i64, i64, u64)> = got
+        .iter()
+        .filter(|(k, _)| k.0 == "motor" && k.2 == WindowKind::Session)
+        .map(|(_, w)| (w.start_ms - T0, w.end_ms - T0, w.agg.count()))
+        .collect();
+    assert_eq!(sessions, [(0, 34_000, 30), (100_000, 114_000, 10)]);
+    let hopping = got
+        .iter()
+        .filter(|(k, _)| k.2 == WindowKind::Hopping)
+        .count();
+    assert_eq!(hopping, 2 * 8, "5 + 3 hopping windows per series");
+
+    let mut rules = state.rule_states(dev).await.unwrap();
+    rules.sort();
+    assert_eq!(
+        rules,
+        [
+            ("bearing-hot".to_owned(), "raise".to_owned()),
+            ("motor-hot".to_owned(), "clear".to_owned())
+        ]
+    );
+
+    // The reader, as an operator runs it.
+    let endpoint = moto_endpoint();
+    let fleet = |args: &[&str]| {
+        Command::new(bin("osprey"))
+            .args([
+                "fleet",
+                "--endpoint-url",
+                &endpoint,
+                "--region",
+                "us-east-1",
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = fleet(&["--dynamodb-table", &table, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let devices = json.as_array().unwrap();
+    assert_eq!(devices.len(), 1, "{json}");
+    let d = &devices[0];
+    assert_eq!(d["device"], dev);
+    assert_eq!(
+        d["readings"], 80,
+        "four messages of 2 × 10 readings, once each"
+    );
+    assert_eq!(d["active_alerts"], 1, "{d}");
+    assert_eq!(d["health"], 60, "one critical alert costs 40: {d}");
+
+    let out = fleet(&["--dynamodb-table", &table]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("DEVICE"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(dev) && l.contains(" 80 ")),
+        "{text}"
+    );
+
+    let out = fleet(&["--dynamodb-table", &table, "--device", dev, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let latest = json["latest"].as_array().unwrap();
+    assert_eq!(latest.len(), 6, "2 series × 3 kinds: {json}");
+    let session = latest
+        .iter()
+        .find(|w| w["kind"] == "session" && w["sensor"] == "motor")
+        .unwrap();
+    assert_eq!(
+        (session["start_ms"].as_i64(), session["count"].as_u64()),
+        (Some(T0 + 100_000), Some(10))
+    );
+
+    let out = fleet(&["--dynamodb-table", &unique_name("missing")]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("does not exist") && stderr.contains("--dynamodb-table"),
+        "{stderr}"
+    );
 }

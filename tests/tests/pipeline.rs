@@ -328,3 +328,80 @@ fn seeded_fleet_over_mutual_tls_straight_to_serve_shows_every_reading_once() {
     run_fleet(dir.path(), broker.port(), &Link::Mtls(&certs));
     assert_api_matches(&api, &serve);
 }
+
+/// Three telemetry messages of `device` (10 readings each, seqs 1 to 3) in one bundle.
+fn bundle_of_three(device: &str) -> Vec<u8> {
+    use osprey_protocol::{Body, Envelope, Series, TelemetryBatch};
+    let inner: Vec<Vec<u8>> = (1..=3u64)
+        .map(|seq| {
+            let mut s = Series::new("bearing", "temperature", "Cel");
+            for i in 0..10 {
+                let t = 1_700_000_000_000 + (seq as i64 * 10 + i) * 1000;
+                s.push(t, 40.0 + i as f64);
+            }
+            let batch = TelemetryBatch { series: vec![s] };
+            Envelope::new(device, seq, Body::Telemetry(batch))
+                .encode()
+                .unwrap()
+        })
+        .collect();
+    let refs: Vec<&[u8]> = inner.iter().map(Vec::as_slice).collect();
+    osprey_protocol::encode_bundle(device, 3, &refs).unwrap()
+}
+
+fn mosquitto_pub(port: u16, topic: &str, payload: &Path) {
+    let out = Command::new(osprey_tests::mosquitto_tool("mosquitto_pub"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(["-t", topic, "-f"])
+        .arg(payload)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn a_bundle_through_mosquitto_to_serve_applies_each_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::plain();
+    let port = broker.port().to_string();
+    let (serve, api) = start_serve(
+        dir.path(),
+        &[
+            "--source",
+            "mqtt",
+            "--mqtt-port",
+            &port,
+            "--mqtt-client-id",
+            "osprey-bundle-test",
+        ],
+    );
+    let device = "bundle-pump-1";
+    let file = dir.path().join("bundle.cbor");
+    std::fs::write(&file, bundle_of_three(device)).unwrap();
+    let topic = format!("dt/osprey/{device}/telemetry");
+    let stats = || http_get_json(&format!("{api}/api/stats"))["pipeline"].clone();
+    // Publish until serve has subscribed and applied it: repeats are duplicates by design.
+    let applied = wait_until(Duration::from_secs(60), Duration::from_millis(500), || {
+        mosquitto_pub(broker.port(), &topic, &file);
+        (stats()["applied"].as_u64() == Some(3)).then_some(())
+    });
+    assert!(applied.is_some(), "{}\n{}", stats(), serve.logs());
+    // On another device's topic the whole bundle is a dead letter.
+    mosquitto_pub(broker.port(), "dt/osprey/other-pump/telemetry", &file);
+    let rejected = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        (stats()["rejected"].as_u64() == Some(1)).then_some(())
+    });
+    assert!(rejected.is_some(), "{}\n{}", stats(), serve.logs());
+
+    let s = stats();
+    assert_eq!(s["applied"].as_u64(), Some(3), "{s}");
+    assert!(s["duplicates"].as_u64().unwrap() % 3 == 0, "{s}");
+    let devices = http_get_json(&format!("{api}/api/devices"));
+    let d = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device"] == device)
+        .unwrap_or_else(|| panic!("{device} missing: {devices}"));
+    assert_eq!(d["readings"].as_u64(), Some(30), "{d}");
+}

@@ -117,6 +117,9 @@ pub(crate) struct MqttConfig {
     /// After a reconnect, alternate live telemetry with the backlog instead of sending the
     /// backlog first (default false: telemetry arrives in the order it was taken).
     pub(crate) interleave_live: Option<bool>,
+    /// Send waiting entries of one kind as bundles of up to `batch.max_bytes` (default true;
+    /// needs a cloud that reads protocol 1.2: upgrade the cloud first).
+    pub(crate) pack_backlog: Option<bool>,
     /// Mutual TLS; plain MQTT when absent.
     pub(crate) tls: Option<Spanned<TlsConfig>>,
 }

@@ -52,8 +52,17 @@ fn minimal_config_gets_defaults() {
     assert_eq!(config.mqtt.client_id, "pump-7");
     assert_eq!(config.mqtt.inflight.get(), DEFAULT_INFLIGHT);
     assert_eq!(config.mqtt.tls, None);
+    assert!(config.mqtt.pack_backlog);
     assert_eq!(config.simulator.scenario, Scenario::Steady);
     assert!(config.rules.is_empty());
+}
+
+#[test]
+fn pack_backlog_can_be_turned_off_and_must_be_a_bool() {
+    let config = parse("device_id = \"gw\"\n[mqtt]\npack_backlog = false\n").unwrap();
+    assert!(!config.mqtt.pack_backlog);
+    let err = parse("device_id = \"gw\"\n[mqtt]\npack_backlog = \"yes\"\n").unwrap_err();
+    assert!(err.to_string().starts_with("3:16: invalid type"), "{err}");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use osprey_protocol::{Body, Kind};
 
 use super::sled_backend::SledJournal;
-use super::{Counters, Entry, Journal, JournalError, JournalOptions, RecordError};
+use super::{Counters, Entry, Journal, JournalError, JournalOptions, RecordError, Truncation};
 
 /// Everything in a journal directory, checked.
 #[derive(Debug)]
@@ -21,6 +21,8 @@ pub struct Inspection {
     pub entries: Vec<Entry>,
     /// Damaged records.
     pub problems: Vec<Problem>,
+    /// Set when sled lost the end of its log (it holds less than the durable mark says).
+    pub truncation: Option<Truncation>,
     /// Record bytes of the intact entries (what the quota counts).
     pub bytes: u64,
     /// The persisted counters.
@@ -54,6 +56,12 @@ pub struct KindStats {
 }
 
 impl Inspection {
+    /// Whether the journal is damaged (a record, or sled's log behind the durable mark): the
+    /// agent will move it aside on its next start.
+    pub fn is_damaged(&self) -> bool {
+        !self.problems.is_empty() || self.truncation.is_some()
+    }
+
     /// Figures for the messages of `kind`.
     pub fn stats(&self, kind: Kind) -> KindStats {
         let mut out = KindStats::default();
@@ -117,6 +125,7 @@ pub fn inspect(path: &Path) -> Result<Inspection, JournalError> {
                 error,
             })
             .collect(),
+        truncation: scanned.truncation,
         bytes: journal.bytes(),
         counters: journal.counters(),
     })

@@ -169,6 +169,14 @@ pub(crate) fn decode_value(seq: u64, class: Class, value: &[u8]) -> Result<Entry
     })
 }
 
+/// The reading count in a stored value's header, unchecked (0 if the value is too short).
+pub(crate) fn header_readings(value: &[u8]) -> u32 {
+    value
+        .get(2..6)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_be_bytes)
+}
+
 /// Deep check: the envelope decodes and agrees with the header.
 pub(crate) fn check_envelope(entry: &Entry) -> Result<(), RecordError> {
     let bad = |detail: String| RecordError::Envelope {

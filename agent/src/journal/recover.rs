@@ -1,16 +1,22 @@
 //! Opening the agent's journal so that corruption never stops the agent.
 //!
 //! ```text
-//!  open + check every record ─ ok ──────────────────────────────────────────► journal
-//!        │ damaged records                 │ sled cannot open it (corrupt files, panic)
-//!        ▼                                 ▼
-//!  keep the intact records,          keep nothing readable; read the seq lease
-//!  counters and next seq             (else: seq = wall clock in µs)
-//!        └──────────┬──────────────────────┘
+//!  open + check every record + compare with the durable mark ─ ok ─────────────► journal
+//!        │ damaged records, or sled lost          │ sled cannot open it (corrupt files,
+//!        │ its log's tail (behind the mark)       │ panic, its database gone)
+//!        ▼                                        ▼
+//!  keep the intact records,                 keep nothing readable; read the seq lease
+//!  counters and next seq                    (else: seq = wall clock in µs) and the mark
+//!        └──────────┬─────────────────────────────┘
 //!                   ▼
 //!  rename <dir> → <dir>.corrupt-<unix seconds>, open a fresh <dir>, put back what was kept,
 //!  count the lost messages as dropped, resets += 1 ─► journal + Recovery (logged, reported)
 //! ```
+//!
+//! How many messages were lost is known exactly for damaged records (their readings are not),
+//! and as a lower bound from the durable mark (see [`super::mark`]) when sled lost its tail or
+//! cannot be read at all; without a mark (a journal from before it) an unreadable journal's
+//! loss is unknown.
 //!
 //! A journal held by another process, or a directory that cannot be created, is not
 //! corruption: those fail as before, since moving the directory would not help.
@@ -19,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::sled_backend::{is_lock_held, SledJournal};
-use super::{Class, Counters, Dropped, Journal, JournalError, JournalOptions, Record};
+use super::{Class, Dropped, Journal, JournalError, JournalOptions, Record};
 
 /// What [`open_or_recover`] did to a corrupt journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +37,8 @@ pub struct Recovery {
     pub reason: String,
     /// Intact messages carried over into the fresh journal.
     pub salvaged: u64,
-    /// Messages known to be lost (damaged records), also added to the dropped counters.
+    /// Messages known to be lost (damaged records, and at least those the durable mark says
+    /// sled held but no longer has), also added to the dropped counters.
     pub lost: Dropped,
     /// Whether nothing could be read at all (the number of lost messages is unknown).
     pub unreadable: bool,
@@ -47,10 +54,12 @@ pub fn open_or_recover(
         SledJournal::open_scanned(path, options)
     }));
     match opened {
-        Ok(Ok(scanned)) if scanned.problems.is_empty() => Ok((scanned.journal, None)),
+        Ok(Ok(scanned)) if scanned.problems.is_empty() && scanned.truncation.is_none() => {
+            Ok((scanned.journal, None))
+        }
         Ok(Ok(scanned)) => {
             let old = scanned.journal;
-            let mut lost = Dropped::default();
+            let mut lost = scanned.truncation.map(|t| t.lost).unwrap_or_default();
             for (key, _) in &scanned.problems {
                 let class = super::record::parse_key(key).map_or(Class::Telemetry, |(c, _)| c);
                 lost.add(match class {
@@ -64,11 +73,13 @@ pub fn open_or_recover(
                     },
                 });
             }
-            let reason = scanned
-                .problems
-                .first()
-                .map(|(_, p)| p.to_string())
-                .unwrap_or_default();
+            let reason = match (scanned.truncation, scanned.problems.first()) {
+                (Some(truncation), _) => truncation.to_string(),
+                (None, Some((_, problem))) => {
+                    format!("{problem} ({} damaged records)", scanned.problems.len())
+                }
+                (None, None) => String::new(),
+            };
             let entries = old.intact_entries();
             let mut counters = old.counters();
             let next = old.reserve_seq()?;
@@ -113,21 +124,28 @@ pub fn open_or_recover(
                 _ => "sled panicked while opening it".to_owned(),
             };
             let lease = super::lease::read(path);
+            // What the journal held at its last flush, and its counters, as far as known.
+            let mark = super::mark::read(path);
             let moved_to = move_aside(path)?;
             let fresh = SledJournal::open_with(path, options)?;
             // Without a lease, jump past any number the old journal can have used: the wall
             // clock in microseconds grows faster than any gateway uses numbers.
             fresh.skip_seqs_below(lease.unwrap_or(0).max(wall_clock_us()))?;
-            fresh.set_counters(Counters {
-                resets: 1,
-                ..Counters::default()
-            })?;
+            let lost = mark.map_or_else(Dropped::default, |m| Dropped {
+                batches: m.stored[1],
+                readings: m.readings,
+                alerts: m.stored[0],
+            });
+            let mut counters = mark.map(|m| m.counters).unwrap_or_default();
+            counters.dropped.add(lost);
+            counters.resets += 1;
+            fresh.set_counters(counters)?;
             fresh.sync()?;
             let recovery = Recovery {
                 moved_to,
                 reason,
                 salvaged: 0,
-                lost: Dropped::default(),
+                lost,
                 unreadable: true,
             };
             log(path, &recovery);
@@ -143,8 +161,12 @@ fn log(path: &Path, r: &Recovery) {
         reason = %r.reason,
         salvaged = r.salvaged,
         lost_batches = r.lost.batches,
+        lost_readings = r.lost.readings,
         lost_alerts = r.lost.alerts,
         unreadable = r.unreadable,
+        action = "check the storage for errors (dmesg, the SD card's health) and replace it if \
+                  this repeats; the old journal is kept at moved_to for a post-mortem, delete it \
+                  when done",
         "the journal was corrupt: moved it aside and started a fresh one"
     );
 }

@@ -7,7 +7,9 @@
 //! | records | sled tree `journal`, keys `a`/`t` ‖ seq | see [`super::record`] |
 //! | format marker | same tree, key `mformat` | `1`; written at creation, before the first lease |
 //! | counters | same tree, key `mcounters` | dropped batches, readings, alerts, resets, quota readings (5 × u64 BE) |
+//! | high-water mark | same tree, key `mhigh` | highest seq appended: priority, telemetry (2 × u64 BE); written with every append |
 //! | sequence lease | file `seq.lease` | see [`super::lease`] |
+//! | durable mark | file `durable.mark` | see [`super::mark`]; rewritten after every flush |
 //!
 //! Records and counters share one tree so that an append, the evictions it causes and the
 //! updated drop counts are applied as one atomic sled batch: a crash never counts an eviction
@@ -17,9 +19,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use super::mark::{self, Mark, MarkWriter, Truncation};
 use super::record::{self, RecordError, KEY_LEN};
 use super::{
-    lease, Appended, Class, Counters, Dropped, Durability, Entry, Journal, JournalError,
+    lease, migrate, Appended, Class, Counters, Dropped, Durability, Entry, Journal, JournalError,
     JournalOptions, Record,
 };
 
@@ -28,7 +31,9 @@ const FIRST_SEQ: u64 = 1;
 /// Key of the counters.
 const COUNTERS_KEY: &[u8] = b"mcounters";
 /// Key of the format marker, written when the journal is created.
-const FORMAT_KEY: &[u8] = b"mformat";
+pub(crate) const FORMAT_KEY: &[u8] = b"mformat";
+/// Key of the highest appended seq per class, written in every append's batch.
+const HIGH_KEY: &[u8] = b"mhigh";
 /// Length of the stored counters.
 const COUNTERS_LEN: usize = 40;
 /// sled's page cache limit. sled's default is 1 GiB; a gateway journal is small and the demo
@@ -42,6 +47,46 @@ struct State {
     len: u64,
     bytes: u64,
     counters: Counters,
+    /// Highest seq appended per class ([`class_index`]).
+    high: [u64; 2],
+    /// Messages stored per class.
+    stored: [u64; 2],
+    /// Readings in the stored telemetry.
+    readings: u64,
+    /// Bumped by every [`State::mark`], to order the marks written.
+    generation: u64,
+}
+
+impl State {
+    /// Counts a stored record of `class` with `size` record bytes.
+    fn add(&mut self, class: Class, size: u64, readings: u32) {
+        self.len += 1;
+        self.bytes += size;
+        self.stored[class_index(class)] += 1;
+        if class == Class::Telemetry {
+            self.readings += u64::from(readings);
+        }
+    }
+
+    /// Uncounts a record that is gone.
+    fn sub(&mut self, class: Class, size: u64, readings: u32) {
+        self.len = self.len.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(size);
+        let stored = &mut self.stored[class_index(class)];
+        *stored = stored.saturating_sub(1);
+        if class == Class::Telemetry {
+            self.readings = self.readings.saturating_sub(u64::from(readings));
+        }
+    }
+
+}
+
+/// Index of `class` in per-class arrays: 0 priority, 1 telemetry.
+pub(crate) fn class_index(class: Class) -> usize {
+    match class {
+        Class::Priority => 0,
+        Class::Telemetry => 1,
+    }
 }
 
 /// The next number to hand out and how far the lease file allows.
@@ -63,6 +108,8 @@ pub struct SledJournal {
     last_appended: AtomicU64,
     /// Highest sequence number known to be on disk; `read` returns nothing above it.
     durable: AtomicU64,
+    /// Writes the durable mark after each flush.
+    mark: Mutex<MarkWriter>,
 }
 
 impl std::fmt::Debug for SledJournal {
@@ -79,6 +126,8 @@ pub(crate) struct Scanned {
     pub(crate) journal: SledJournal,
     /// Records that failed their checksum or did not decode, with their keys.
     pub(crate) problems: Vec<(Vec<u8>, RecordError)>,
+    /// Set when sled holds less than the durable mark says it had made durable.
+    pub(crate) truncation: Option<Truncation>,
 }
 
 impl SledJournal {
@@ -93,6 +142,12 @@ impl SledJournal {
     /// [`JournalError::Corrupt`] if any record is damaged.
     pub fn open_with(path: &Path, options: JournalOptions) -> Result<SledJournal, JournalError> {
         let scanned = SledJournal::open_scanned(path, options)?;
+        if let Some(truncation) = scanned.truncation {
+            return Err(JournalError::Corrupt {
+                path: path.to_owned(),
+                what: truncation.to_string(),
+            });
+        }
         match scanned.problems.first() {
             None => Ok(scanned.journal),
             Some((_, problem)) => Err(JournalError::Corrupt {
@@ -113,13 +168,30 @@ impl SledJournal {
         };
         let db = open_waiting_for_lock(path).map_err(open_err)?;
         let tree = db.open_tree("journal").map_err(open_err)?;
+        migrate::from_first_layout(path, &db, &tree)?;
 
         let mut state = State::default();
         let mut problems = Vec::new();
         let mut last_seq = 0;
+        // Highest seq per class sled knows of (records, damaged ones included, and the
+        // high-water key), and what it holds, for the comparison with the durable mark.
+        let mut found = [0u64; 2];
+        let mut present = Mark::default();
+        let durable_mark = mark::read(path);
+        let low = durable_mark.map_or([0; 2], |m| m.low);
         for item in tree.iter() {
             let (key, value) = item.map_err(open_err)?;
             if key.as_ref() == FORMAT_KEY {
+                continue;
+            }
+            if key.as_ref() == HIGH_KEY {
+                let high = decode_high(&value).ok_or_else(|| JournalError::Corrupt {
+                    path: path.to_owned(),
+                    what: format!("the high-water mark is {} bytes long, expected 16", value.len()),
+                })?;
+                for (f, h) in found.iter_mut().zip(high) {
+                    *f = (*f).max(h);
+                }
                 continue;
             }
             if key.as_ref() == COUNTERS_KEY {
@@ -134,16 +206,33 @@ impl SledJournal {
             }
             let checked = record::parse_key(&key).and_then(|(class, seq)| {
                 last_seq = last_seq.max(seq);
+                let c = class_index(class);
+                found[c] = found[c].max(seq);
+                if seq >= low[c] {
+                    present.stored[c] += 1;
+                    if class == Class::Telemetry {
+                        present.readings += u64::from(record::header_readings(&value));
+                    }
+                }
                 let entry = record::decode_value(seq, class, &value)?;
-                record::check_envelope(&entry)
+                record::check_envelope(&entry).map(|()| entry)
             });
             match checked {
-                Ok(()) => {
-                    state.len += 1;
-                    state.bytes += (key.len() + value.len()) as u64;
+                Ok(entry) => {
+                    state.add(
+                        entry.class(),
+                        (key.len() + value.len()) as u64,
+                        entry.readings,
+                    );
                 }
                 Err(problem) => problems.push((key.to_vec(), problem)),
             }
+        }
+        state.high = found;
+        let truncation = durable_mark.and_then(|m| Truncation::find(&m, found, &present));
+        if let Some(m) = durable_mark {
+            // Counters only grow; sled's may have gone back with a lost tail.
+            state.counters = mark::max_counters(state.counters, m.counters);
         }
         let lease = lease::read(path);
         // sled silently truncates its log at the first damaged entry, which can drop the whole
@@ -172,8 +261,13 @@ impl SledJournal {
             seqs: Mutex::new(Seqs { next, leased: next }),
             last_appended: AtomicU64::new(last_seq),
             durable: AtomicU64::new(last_seq),
+            mark: Mutex::new(MarkWriter::new(path)),
         };
-        Ok(Scanned { journal, problems })
+        Ok(Scanned {
+            journal,
+            problems,
+            truncation,
+        })
     }
 
     /// The journal directory.
@@ -232,6 +326,30 @@ impl SledJournal {
         }
     }
 
+    /// The figures for the durable mark, with the generation that orders them. Take it with
+    /// the state locked (so the tree agrees with `state`) before the flush that makes them
+    /// durable; write it after.
+    fn take_mark(&self, state: &mut State) -> (u64, Mark) {
+        state.generation += 1;
+        let low = [Class::Priority, Class::Telemetry].map(|class| {
+            self.tree
+                .scan_prefix(record::prefix(class))
+                .keys()
+                .next()
+                .and_then(Result::ok)
+                .and_then(|key| record::parse_key(&key).ok())
+                .map_or(0, |(_, seq)| seq)
+        });
+        let mark = Mark {
+            high: state.high,
+            low,
+            stored: state.stored,
+            readings: state.readings,
+            counters: state.counters,
+        };
+        (state.generation, mark)
+    }
+
     /// Evicts oldest-first from `class` into `batch` until `size` more bytes fit.
     fn evict(
         &self,
@@ -253,8 +371,10 @@ impl SledJournal {
                 Class::Telemetry => osprey_protocol::Kind::Telemetry,
             };
             evicted.dropped.add(Dropped::one(kind, readings));
+            evicted
+                .gone
+                .push((class, (key.len() + value.len()) as u64, readings));
             evicted.bytes += (key.len() + value.len()) as u64;
-            evicted.count += 1;
             evicted.batch.remove(key);
         }
         Ok(())
@@ -267,7 +387,8 @@ struct Evicted {
     batch: sled::Batch,
     dropped: Dropped,
     bytes: u64,
-    count: u64,
+    /// Class, record bytes and readings of each evicted record.
+    gone: Vec<(Class, u64, u32)>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -291,6 +412,24 @@ fn encode_counters(c: &Counters) -> [u8; COUNTERS_LEN] {
         out[i * 8..(i + 1) * 8].copy_from_slice(&v.to_be_bytes());
     }
     out
+}
+
+fn encode_high(high: [u64; 2]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&high[0].to_be_bytes());
+    out[8..].copy_from_slice(&high[1].to_be_bytes());
+    out
+}
+
+fn decode_high(bytes: &[u8]) -> Option<[u64; 2]> {
+    let n = |r: std::ops::Range<usize>| {
+        bytes
+            .get(r)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+    };
+    (bytes.len() == 16).then_some(())?;
+    Some([n(0..8)?, n(8..16)?])
 }
 
 fn decode_counters(bytes: &[u8]) -> Option<Counters> {
@@ -397,8 +536,12 @@ impl Journal for SledJournal {
                 self.evict(&state, Class::Priority, size, &mut evicted)?;
             }
             let stored = fits(&evicted);
+            let mut high = state.high;
             if stored {
                 evicted.batch.insert(&record::key(class, seq), value);
+                let c = class_index(class);
+                high[c] = high[c].max(seq);
+                evicted.batch.insert(HIGH_KEY, &encode_high(high)[..]);
             } else {
                 evicted
                     .dropped
@@ -416,23 +559,27 @@ impl Journal for SledJournal {
             }
             self.tree.apply_batch(evicted.batch).map_err(err)?;
             state.counters = counters;
-            state.len -= evicted.count;
-            state.bytes -= evicted.bytes;
-            if stored {
-                state.len += 1;
-                state.bytes += size;
+            for (class, size, readings) in evicted.gone {
+                state.sub(class, size, readings);
             }
-            Appended {
+            state.high = high;
+            if stored {
+                state.add(class, size, record.readings);
+            }
+            let appended = Appended {
                 stored,
                 dropped: evicted.dropped,
-            }
+            };
+            (appended, self.take_mark(&mut state))
         };
+        let (appended, (generation, mark)) = appended;
         self.last_appended.fetch_max(seq, Ordering::SeqCst);
         if self.options.durability == Durability::EachAppend {
             // The message must be on disk before it can be published, or a power cut after
             // the PUBACK-less publish could lose it.
             self.db.flush().map_err(err)?;
             self.durable.fetch_max(seq, Ordering::SeqCst);
+            lock(&self.mark).write(generation, &mark);
         }
         Ok(appended)
     }
@@ -448,8 +595,11 @@ impl Journal for SledJournal {
                 source,
             })?;
         if let Some(value) = removed {
-            state.len -= 1;
-            state.bytes -= (KEY_LEN + value.len()) as u64;
+            state.sub(
+                class,
+                (KEY_LEN + value.len()) as u64,
+                record::header_readings(&value),
+            );
         }
         Ok(())
     }
@@ -479,8 +629,11 @@ impl Journal for SledJournal {
                     };
                     let mut state = lock(&self.state);
                     if self.tree.remove(&key).ok().flatten().is_some() {
-                        state.len -= 1;
-                        state.bytes -= (key.len() + value.len()) as u64;
+                        state.sub(
+                            class,
+                            (key.len() + value.len()) as u64,
+                            record::header_readings(&value),
+                        );
                     }
                     drop(state);
                     self.count_dropped(Dropped::one(kind, 0))?;
@@ -514,11 +667,13 @@ impl Journal for SledJournal {
 
     fn sync(&self) -> Result<(), JournalError> {
         let upto = self.last_appended.load(Ordering::SeqCst);
+        let (generation, mark) = self.take_mark(&mut lock(&self.state));
         self.db.flush().map_err(|source| JournalError::Sync {
             path: self.path.clone(),
             source,
         })?;
         self.durable.fetch_max(upto, Ordering::SeqCst);
+        lock(&self.mark).write(generation, &mark);
         Ok(())
     }
 }

@@ -11,6 +11,7 @@
 //! | `GET /api/windows?device=&sensor=&metric=&kind=&since_ms=&limit=` | `[WindowRow]`, newest first |
 //! | `GET /api/alerts?device=&since_ms=&limit=` | `[AlertRow]`, newest first |
 //! | `GET /api/stats` | `{"pipeline": PipelineStats, "store": Counts}` |
+//! | `GET /metrics` | Prometheus (OpenMetrics text): ingest counters, per-shard iterator age; merged in by `serve` from [`crate::metrics`] |
 //!
 //! Shapes: [`crate::store::DeviceSummary`], [`crate::store::WindowRow`],
 //! [`crate::store::AlertRow`]. `kind` is `tumbling` (default), `hopping` or `session`; `limit` is

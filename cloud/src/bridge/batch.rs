@@ -1,5 +1,8 @@
 //! PutRecords batches: which records go together, and each record's partition key.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use rumqttc::Publish;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -22,9 +25,34 @@ pub struct Pending {
     pub publish: Publish,
     /// Partition key: the device id.
     pub key: String,
-    /// The share of the bridge's memory budget this record holds until it is dropped
+    /// The share of the bridge's limits this record holds until it is dropped
     /// (acknowledged, or abandoned at shutdown).
-    budget: Option<OwnedSemaphorePermit>,
+    budget: Option<Hold>,
+}
+
+/// A record's share of the bridge's limits: its bytes of the budget and one count in the
+/// buffered-records gauge, both given back when the record is dropped.
+#[derive(Debug)]
+pub struct Hold {
+    _permit: OwnedSemaphorePermit,
+    records: Arc<AtomicU64>,
+}
+
+impl Hold {
+    /// Holds `permit` and counts one record in `records` until dropped.
+    pub fn new(permit: OwnedSemaphorePermit, records: Arc<AtomicU64>) -> Hold {
+        records.fetch_add(1, Ordering::Relaxed);
+        Hold {
+            _permit: permit,
+            records,
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.records.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Pending {
@@ -38,8 +66,8 @@ impl Pending {
         }
     }
 
-    /// Attaches the memory `budget` permit the record holds while it waits.
-    pub fn hold(&mut self, budget: OwnedSemaphorePermit) {
+    /// Attaches the share of the limits the record holds while it waits.
+    pub fn hold(&mut self, budget: Hold) {
         self.budget = Some(budget);
     }
 

@@ -11,10 +11,21 @@
 //!   record; the MQTT session is persistent, so anything unacknowledged at a crash comes back.
 //!   Duplicates are harmless: the consumer deduplicates on `(device, seq)`.
 //! - **Bounded memory.** Every queued record holds its size from a byte budget
-//!   ([`BridgeConfig::max_buffered_bytes`], 64 MiB by default) until it is acknowledged; the
-//!   queue also has a record limit. When either is used up (Kinesis slow or throttling) the
-//!   reader stops polling the broker, which then holds messages for us (backpressure). The broker's in-flight window (Mosquitto's
-//!   `max_inflight_messages`, 20 by default) also caps how many unacknowledged messages exist.
+//!   ([`BridgeConfig::max_buffered_bytes`], 64 MiB by default, at least 1 MiB) until it is
+//!   acknowledged; the queue also has a record limit. When either is used up (Kinesis slow,
+//!   throttling or stalled) the reader stops polling the broker, which then holds the messages
+//!   for our persistent session (backpressure): the socket is not read, the broker queues.
+//!   Nothing is lost as long as the broker keeps the queue: Mosquitto's `max_queued_messages`
+//!   defaults to 1000 and silently drops QoS 1 messages beyond it, so a bridge's broker needs
+//!   it raised (0 = unlimited) or sized for the longest Kinesis outage to ride out. The
+//!   broker's in-flight window (Mosquitto's `max_inflight_messages`, 20 by default) also caps
+//!   how many unacknowledged messages the bridge holds. While paused the bridge sends no
+//!   PINGREQ; a pause longer than 1.5 × the 30 s keep-alive makes the broker drop the
+//!   connection, and the session redelivers what was not acknowledged (duplicates, no loss).
+//! - **Metrics.** [`Bridge::stats`], the log every 10 s, and with
+//!   [`BridgeConfig::metrics_listen`] `GET /metrics` ([`crate::metrics`]): received, put,
+//!   calls, retries, throttles, buffered bytes and records, the most bytes ever buffered, the
+//!   budget, and how often and how long backpressure held publishes back.
 //! - **Order.** Records of one device share a partition key, hence a shard; a retried record
 //!   can land after a later one. The consumer does not depend on order.
 //! - Payloads are forwarded unchanged, even ones that do not decode, so that the consumer
@@ -24,19 +35,22 @@
 pub mod batch;
 mod put;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use osprey_protocol::topic;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, Semaphore, TryAcquireError};
 use tokio::task::JoinHandle;
 
 use crate::connection::kinesis::{describe_error, KinesisConfig};
 use crate::connection::mqtt::{Flow, MqttConfig, MqttConfigError, Subscriber};
+use crate::metrics::Metrics;
 use crate::shutdown::{self, Ready, SetReady, Shutdown, Trigger};
-use batch::{Pending, MAX_RECORD_BYTES};
+use batch::{Hold, Pending, MAX_RECORD_BYTES};
 
 /// Settings of the bridge.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,10 +68,13 @@ pub struct BridgeConfig {
     pub linger: Duration,
     /// A batch closes when no record arrived for this long.
     pub gap: Duration,
+    /// Where to serve `GET /metrics` (Prometheus); `None` serves nothing.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl BridgeConfig {
-    /// Bridge `mqtt` to `kinesis`: queue of 10 000, batches close after 200 ms or a 10 ms gap.
+    /// Bridge `mqtt` to `kinesis`: queue of 10 000, 64 MiB budget, batches close after 200 ms
+    /// or a 10 ms gap, no metrics listener.
     pub fn new(mqtt: MqttConfig, kinesis: KinesisConfig) -> BridgeConfig {
         BridgeConfig {
             mqtt,
@@ -66,6 +83,7 @@ impl BridgeConfig {
             max_buffered_bytes: 64 * 1024 * 1024,
             linger: Duration::from_millis(200),
             gap: Duration::from_millis(10),
+            metrics_listen: None,
         }
     }
 }
@@ -90,6 +108,14 @@ pub enum BridgeError {
         /// The SDK's error, with its causes.
         message: String,
     },
+    /// The metrics address cannot be bound.
+    #[error("cannot listen for metrics on {addr}: {cause}; pick another --metrics-listen address")]
+    MetricsBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        cause: std::io::Error,
+    },
 }
 
 /// Counters since start.
@@ -109,8 +135,23 @@ pub struct BridgeStats {
     pub failed_calls: u64,
     /// Messages dropped because they can never fit a Kinesis record.
     pub dropped: u64,
-    /// Bytes held between MQTT and Kinesis now (a gauge, bounded by the byte budget).
+    /// Bytes held between MQTT and Kinesis now (a gauge, bounded by the byte budget). While a
+    /// publish waits for room, the bytes freed so far are already reserved for it and count.
     pub buffered_bytes: u64,
+    /// PutRecords calls made.
+    pub put_calls: u64,
+    /// PutRecords calls repeated after a backoff because some or all records were refused.
+    pub retries: u64,
+    /// Records held between MQTT and Kinesis now (a gauge).
+    pub buffered_records: u64,
+    /// Most bytes held between MQTT and Kinesis at once since start.
+    pub max_buffered_bytes: u64,
+    /// The byte budget.
+    pub budget_bytes: u64,
+    /// Publishes that had to wait for buffer space (reading from MQTT paused meanwhile).
+    pub held_back: u64,
+    /// Microseconds publishes spent waiting so.
+    pub held_back_micros: u64,
 }
 
 #[derive(Debug, Default)]
@@ -122,6 +163,13 @@ struct Counters {
     throttled: AtomicU64,
     failed_calls: AtomicU64,
     dropped: AtomicU64,
+    put_calls: AtomicU64,
+    retries: AtomicU64,
+    /// Shared with every record's [`Hold`].
+    buffered_records: Arc<AtomicU64>,
+    max_buffered_bytes: AtomicU64,
+    held_back: AtomicU64,
+    held_back_micros: AtomicU64,
     budget: Option<(Arc<Semaphore>, usize)>,
 }
 
@@ -135,10 +183,54 @@ impl Counters {
             throttled: self.throttled.load(Ordering::Relaxed),
             failed_calls: self.failed_calls.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
-            buffered_bytes: self.budget.as_ref().map_or(0, |(budget, total)| {
-                total.saturating_sub(budget.available_permits()) as u64
-            }),
+            buffered_bytes: self.buffered_bytes(),
+            put_calls: self.put_calls.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            buffered_records: self.buffered_records.load(Ordering::Relaxed),
+            max_buffered_bytes: self.max_buffered_bytes.load(Ordering::Relaxed),
+            budget_bytes: self.budget.as_ref().map_or(0, |(_, total)| *total as u64),
+            held_back: self.held_back.load(Ordering::Relaxed),
+            held_back_micros: self.held_back_micros.load(Ordering::Relaxed),
         }
+    }
+
+    fn buffered_bytes(&self) -> u64 {
+        self.budget.as_ref().map_or(0, |(budget, total)| {
+            total.saturating_sub(budget.available_permits()) as u64
+        })
+    }
+
+    /// Called right after a record took its share of the budget: the only moment the
+    /// buffered bytes grow, so the maximum seen is exact.
+    fn note_buffered(&self) {
+        self.max_buffered_bytes
+            .fetch_max(self.buffered_bytes(), Ordering::Relaxed);
+    }
+
+    /// Counts one publish held back, when its wait starts (so a wait that has not ended
+    /// shows) and returns when it started.
+    fn hold_back(&self) -> Instant {
+        self.held_back.fetch_add(1, Ordering::Relaxed);
+        Instant::now()
+    }
+
+    /// Adds the time a held-back publish waited, once it is through.
+    fn note_waited(&self, waited: Duration) {
+        self.held_back_micros.fetch_add(
+            u64::try_from(waited.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// A read-only view of a bridge's counters (what `GET /metrics` reads); cheap to clone.
+#[derive(Debug, Clone)]
+pub struct BridgeStatsHandle(Arc<Counters>);
+
+impl BridgeStatsHandle {
+    /// The counters now.
+    pub fn snapshot(&self) -> BridgeStats {
+        self.0.snapshot()
     }
 }
 
@@ -150,9 +242,11 @@ pub struct Bridge {
     counters: Arc<Counters>,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
+    metrics: Option<(SocketAddr, JoinHandle<()>)>,
 }
 
-/// Checks that the stream exists, then starts the reader and writer tasks.
+/// Checks that the stream exists, binds the metrics address if any, then starts the reader
+/// and writer tasks (and the metrics server).
 pub async fn start(cfg: BridgeConfig) -> Result<Bridge, BridgeError> {
     let client = cfg.kinesis.client().await;
     client
@@ -166,6 +260,15 @@ pub async fn start(cfg: BridgeConfig) -> Result<Bridge, BridgeError> {
             message: describe_error(&e),
         })?;
     let subscriber = Subscriber::new(&cfg.mqtt, topic::ALL_DATA)?;
+    let metrics_listener = match cfg.metrics_listen {
+        Some(addr) => {
+            let bind = |cause| BridgeError::MetricsBind { addr, cause };
+            let listener = TcpListener::bind(addr).await.map_err(bind)?;
+            let local = listener.local_addr().map_err(bind)?;
+            Some((listener, local))
+        }
+        None => None,
+    };
     let max_bytes = cfg
         .max_buffered_bytes
         .clamp(MAX_RECORD_BYTES, u32::MAX as usize);
@@ -176,6 +279,21 @@ pub async fn start(cfg: BridgeConfig) -> Result<Bridge, BridgeError> {
     });
     let (trigger, shutdown) = shutdown::channel();
     let (set_ready, ready) = shutdown::ready();
+    let metrics = metrics_listener.map(|(listener, addr)| {
+        let stats = BridgeStatsHandle(Arc::clone(&counters));
+        let router = Arc::new(Metrics::bridge(move || stats.snapshot())).router();
+        let mut shutdown = shutdown.clone();
+        let server = tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { shutdown.wait().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "bridge metrics server failed");
+            }
+        });
+        tracing::info!(%addr, "bridge metrics on /metrics");
+        (addr, server)
+    });
     let (queue_tx, queue_rx) = mpsc::channel(cfg.queue.max(1));
     let (writer_done_tx, writer_done_rx) = oneshot::channel();
     let writer = put::Writer {
@@ -208,6 +326,7 @@ pub async fn start(cfg: BridgeConfig) -> Result<Bridge, BridgeError> {
         counters,
         reader,
         writer,
+        metrics,
     })
 }
 
@@ -222,11 +341,24 @@ impl Bridge {
         self.counters.snapshot()
     }
 
+    /// A handle on the counters that outlives the bridge.
+    pub fn stats_handle(&self) -> BridgeStatsHandle {
+        BridgeStatsHandle(Arc::clone(&self.counters))
+    }
+
+    /// Where `GET /metrics` is served, if [`BridgeConfig::metrics_listen`] was set (the real
+    /// port when it asked for port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(addr, _)| *addr)
+    }
+
     /// Stops reading, lets an in-flight PutRecords finish and its acknowledgements go out,
     /// disconnects, and returns the final counters.
     pub async fn shutdown(self) -> BridgeStats {
         self.trigger.trigger();
-        for (name, task) in [("writer", self.writer), ("reader", self.reader)] {
+        let metrics = self.metrics.map(|(_, server)| ("metrics server", server));
+        let tasks = [("writer", self.writer), ("reader", self.reader)];
+        for (name, task) in tasks.into_iter().chain(metrics) {
             if let Err(e) = task.await {
                 tracing::error!(task = name, error = %e, "bridge task failed");
             }
@@ -268,20 +400,44 @@ async fn read(
                 // A spent byte budget or a full queue blocks here, so the broker is not
                 // polled: backpressure. The size fits in u32 (checked above).
                 let need = u32::try_from(record.size()).unwrap_or(u32::MAX);
-                let permit = tokio::select! {
-                    biased;
-                    _ = shutdown.wait() => return Flow::Stop,
-                    permit = budget.acquire_many_owned(need) => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => return Flow::Stop,
+                let mut waited_since = None;
+                let permit = match Arc::clone(&budget).try_acquire_many_owned(need) {
+                    Ok(permit) => permit,
+                    Err(TryAcquireError::Closed) => return Flow::Stop,
+                    Err(TryAcquireError::NoPermits) => {
+                        waited_since = Some(counters.hold_back());
+                        tokio::select! {
+                            biased;
+                            _ = shutdown.wait() => return Flow::Stop,
+                            permit = budget.acquire_many_owned(need) => match permit {
+                                Ok(permit) => permit,
+                                Err(_) => return Flow::Stop,
+                            },
+                        }
+                    }
+                };
+                record.hold(Hold::new(permit, Arc::clone(&counters.buffered_records)));
+                counters.note_buffered();
+                let record = match queue_tx.try_send(record) {
+                    Ok(()) => None,
+                    Err(mpsc::error::TrySendError::Closed(_)) => return Flow::Stop,
+                    Err(mpsc::error::TrySendError::Full(record)) => {
+                        waited_since.get_or_insert_with(|| counters.hold_back());
+                        Some(record)
+                    }
+                };
+                let flow = match record {
+                    None => Flow::Continue,
+                    Some(record) => tokio::select! {
+                        biased;
+                        _ = shutdown.wait() => Flow::Stop,
+                        sent = queue_tx.send(record) => if sent.is_err() { Flow::Stop } else { Flow::Continue },
                     },
                 };
-                record.hold(permit);
-                tokio::select! {
-                    biased;
-                    _ = shutdown.wait() => Flow::Stop,
-                    sent = queue_tx.send(record) => if sent.is_err() { Flow::Stop } else { Flow::Continue },
+                if let Some(since) = waited_since {
+                    counters.note_waited(since.elapsed());
                 }
+                flow
             }
         })
         .await;

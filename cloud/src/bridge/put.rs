@@ -127,61 +127,53 @@ async fn put_with_retry(w: &Writer, records: Vec<Pending>, shutdown: &mut Shutdo
             .stream_name(&w.stream)
             .set_records(Some(entries))
             .send();
-        match call.await {
+        w.counters.put_calls.fetch_add(1, Ordering::Relaxed);
+        let round = match call.await {
             Ok(output) => {
-                let results = output.records();
-                let mut failed = Vec::new();
-                let mut first_error = None;
-                for (i, record) in pending.into_iter().enumerate() {
-                    match results.get(i) {
-                        Some(result) if result.error_code().is_none() => {
-                            w.acker.ack(&record.publish);
-                            w.counters.forwarded.fetch_add(1, Ordering::Relaxed);
-                            w.counters
-                                .bytes
-                                .fetch_add(record.size() as u64, Ordering::Relaxed);
-                        }
-                        other => {
-                            if other.and_then(|r| r.error_code()) == Some(THROUGHPUT_EXCEEDED) {
-                                w.counters.throttled.fetch_add(1, Ordering::Relaxed);
-                            }
-                            if first_error.is_none() {
-                                first_error = other.map(|r| {
-                                    format!(
-                                        "{}: {}",
-                                        r.error_code().unwrap_or("missing result"),
-                                        r.error_message().unwrap_or("")
-                                    )
-                                });
-                            }
-                            failed.push(record);
-                        }
-                    }
-                }
-                if !failed.is_empty() {
-                    w.counters
-                        .retried
-                        .fetch_add(failed.len() as u64, Ordering::Relaxed);
-                    tracing::warn!(
-                        failed = failed.len(),
-                        first_error = first_error.as_deref().unwrap_or("?"),
-                        "some records were not accepted; retrying them"
-                    );
-                } else {
-                    backoff.reset();
-                }
-                pending = failed;
+                let outcomes: Vec<EntryOutcome<'_>> = output
+                    .records()
+                    .iter()
+                    .map(|r| match r.error_code() {
+                        None => Ok(()),
+                        Some(code) => Err((code, r.error_message().unwrap_or(""))),
+                    })
+                    .collect();
+                sort_round(pending, &outcomes, &mut backoff)
             }
             Err(e) => {
                 w.counters.failed_calls.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %describe_error(&e), records = pending.len(),
                     "PutRecords failed; retrying the batch");
+                Round {
+                    accepted: Vec::new(),
+                    throttled: 0,
+                    first_error: None,
+                    delay: (!pending.is_empty()).then(|| backoff.next_delay()),
+                    retry: pending,
+                }
             }
+        };
+        for record in &round.accepted {
+            w.acker.ack(&record.publish);
+            w.counters.forwarded.fetch_add(1, Ordering::Relaxed);
+            w.counters
+                .bytes
+                .fetch_add(record.size() as u64, Ordering::Relaxed);
         }
-        if pending.is_empty() {
-            break;
+        // Dropping the accepted records gives their budget back.
+        drop(round.accepted);
+        w.counters
+            .throttled
+            .fetch_add(round.throttled, Ordering::Relaxed);
+        pending = round.retry;
+        let Some(delay) = round.delay else { break };
+        if let Some(first_error) = &round.first_error {
+            w.counters
+                .retried
+                .fetch_add(pending.len() as u64, Ordering::Relaxed);
+            tracing::warn!(failed = pending.len(), first_error = %first_error,
+                "some records were not accepted; retrying them");
         }
-        let delay = backoff.next_delay();
         tokio::select! {
             biased;
             _ = shutdown.wait() => {
@@ -190,7 +182,67 @@ async fn put_with_retry(w: &Writer, records: Vec<Pending>, shutdown: &mut Shutdo
             }
             _ = tokio::time::sleep(delay) => {}
         }
+        w.counters.retries.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// One entry of a PutRecords answer: accepted, or refused with `(error code, message)`.
+pub(super) type EntryOutcome<'a> = Result<(), (&'a str, &'a str)>;
+
+/// What one PutRecords answer means for the records sent.
+#[derive(Debug, PartialEq)]
+pub(super) struct Round<T> {
+    /// Records Kinesis accepted, in the order sent.
+    pub accepted: Vec<T>,
+    /// Records to send again, in the order sent: only the refused ones.
+    pub retry: Vec<T>,
+    /// Of the refused records, those refused for throughput.
+    pub throttled: u64,
+    /// The first refusal, `code: message`, for the log.
+    pub first_error: Option<String>,
+    /// How long to wait before sending `retry`; `None` when nothing is left.
+    pub delay: Option<Duration>,
+}
+
+/// Sorts `sent` by the answer's `outcomes` (one per record, in order; a record with no entry
+/// in a short answer counts as refused). Only refused records are retried, in their original
+/// order, after the next `backoff` delay; a fully accepted round resets the backoff.
+pub(super) fn sort_round<T>(
+    sent: Vec<T>,
+    outcomes: &[EntryOutcome<'_>],
+    backoff: &mut Backoff,
+) -> Round<T> {
+    let mut round = Round {
+        accepted: Vec::new(),
+        retry: Vec::new(),
+        throttled: 0,
+        first_error: None,
+        delay: None,
+    };
+    for (i, record) in sent.into_iter().enumerate() {
+        match outcomes.get(i) {
+            Some(Ok(())) => round.accepted.push(record),
+            refused => {
+                let (code, message) = match refused {
+                    Some(Err(refusal)) => *refusal,
+                    _ => ("missing result", ""),
+                };
+                if code == THROUGHPUT_EXCEEDED {
+                    round.throttled += 1;
+                }
+                round
+                    .first_error
+                    .get_or_insert_with(|| format!("{code}: {message}"));
+                round.retry.push(record);
+            }
+        }
+    }
+    if round.retry.is_empty() {
+        backoff.reset();
+    } else {
+        round.delay = Some(backoff.next_delay());
+    }
+    round
 }
 
 /// Logs the bridge's counters with `message`.
@@ -199,11 +251,65 @@ fn log_counters(now: &super::BridgeStats, message: &'static str) {
         received = now.received,
         forwarded = now.forwarded,
         bytes = now.bytes,
+        put_calls = now.put_calls,
         retried = now.retried,
         throttled = now.throttled,
         buffered_bytes = now.buffered_bytes,
+        max_buffered_bytes = now.max_buffered_bytes,
+        held_back = now.held_back,
         failed_calls = now.failed_calls,
         dropped = now.dropped,
         "{message}"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THROTTLED: EntryOutcome<'static> = Err((THROUGHPUT_EXCEEDED, "Rate exceeded for shard"));
+    const INTERNAL: EntryOutcome<'static> = Err(("InternalFailure", "try again"));
+
+    #[test]
+    fn only_refused_records_are_retried_in_order_with_growing_backoff() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let round = sort_round(
+            vec!["a", "b", "c", "d", "e"],
+            &[Ok(()), THROTTLED, Ok(()), INTERNAL, THROTTLED],
+            &mut backoff,
+        );
+        assert_eq!(round.accepted, ["a", "c"]);
+        assert_eq!(round.retry, ["b", "d", "e"]);
+        assert_eq!(round.throttled, 2);
+        assert_eq!(
+            round.first_error.as_deref(),
+            Some("ProvisionedThroughputExceededException: Rate exceeded for shard")
+        );
+        assert_eq!(round.delay, Some(Duration::from_millis(100)));
+
+        // The resubmission holds only b, d, e; d is refused again: it alone goes once more,
+        // after a longer wait.
+        let round = sort_round(round.retry, &[Ok(()), INTERNAL, Ok(())], &mut backoff);
+        assert_eq!(round.accepted, ["b", "e"]);
+        assert_eq!(round.retry, ["d"]);
+        assert_eq!(round.throttled, 0);
+        assert_eq!(round.delay, Some(Duration::from_millis(200)));
+
+        let round = sort_round(round.retry, &[Ok(())], &mut backoff);
+        assert_eq!(round.accepted, ["d"]);
+        assert!(round.retry.is_empty());
+        assert_eq!(round.delay, None);
+        // Success resets the backoff for the next batch.
+        assert_eq!(backoff.next_delay(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn records_missing_from_a_short_answer_are_retried() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let round = sort_round(vec![1, 2, 3], &[Ok(())], &mut backoff);
+        assert_eq!(round.accepted, [1]);
+        assert_eq!(round.retry, [2, 3]);
+        assert_eq!(round.first_error.as_deref(), Some("missing result: "));
+        assert!(round.delay.is_some());
+    }
 }

@@ -184,3 +184,72 @@ fn sequence_numbers_beyond_sqlite_integers_are_rejected() {
     let err = prepare(&bytes, &direct(), 0).unwrap_err();
     assert!(err.contains("sequence number"), "{err}");
 }
+
+fn bundle(device: &str, seqs: &[u64]) -> Vec<u8> {
+    let inner: Vec<Vec<u8>> = seqs.iter().map(|&q| telemetry(device, q)).collect();
+    let refs: Vec<&[u8]> = inner.iter().map(Vec::as_slice).collect();
+    osprey_protocol::encode_bundle(device, *seqs.last().unwrap(), &refs).unwrap()
+}
+
+#[tokio::test]
+async fn a_bundle_applies_each_inner_message_with_its_own_dedup() {
+    let (_dir, store, pipeline) = open();
+    let mqtt = Origin::Mqtt {
+        topic: "dt/osprey/pump-1/telemetry".into(),
+    };
+    // Seq 2 arrived alone before; the bundle repeats it among new ones.
+    pipeline
+        .ingest(&telemetry("pump-1", 2), mqtt.clone())
+        .await
+        .unwrap();
+    let outcome = pipeline
+        .ingest(&bundle("pump-1", &[1, 2, 3]), mqtt.clone())
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Applied);
+    let stats = pipeline.stats();
+    assert_eq!((stats.applied, stats.duplicates), (3, 1));
+    // The same bundle again changes nothing.
+    let again = pipeline
+        .ingest(&bundle("pump-1", &[1, 2, 3]), mqtt)
+        .await
+        .unwrap();
+    assert_eq!(again, Outcome::Duplicate);
+    let counts = store.reader().counts().await.unwrap();
+    assert_eq!(counts.messages, 3);
+    let windows = store
+        .reader()
+        .windows(WindowFilter {
+            limit: 10,
+            ..WindowFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(windows[0].moments().count, 6, "3 messages of 2 readings");
+}
+
+#[tokio::test]
+async fn a_bundle_on_another_devices_topic_is_dead_lettered_whole() {
+    let (_dir, store, pipeline) = open();
+    let wrong = Origin::Mqtt {
+        topic: "dt/osprey/pump-2/telemetry".into(),
+    };
+    let outcome = pipeline
+        .ingest(&bundle("pump-1", &[1, 2]), wrong)
+        .await
+        .unwrap();
+    let Outcome::Rejected(reason) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(reason.starts_with("message 0 of the bundle"), "{reason}");
+    let alerts_topic = Origin::Mqtt {
+        topic: "dt/osprey/pump-1/alerts".into(),
+    };
+    let outcome = pipeline
+        .ingest(&bundle("pump-1", &[3, 4]), alerts_topic)
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Outcome::Rejected(r) if r.contains("does not match topic kind")));
+    let counts = store.reader().counts().await.unwrap();
+    assert_eq!((counts.messages, counts.dead_letters), (0, 2));
+}

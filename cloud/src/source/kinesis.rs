@@ -22,7 +22,9 @@
 //! from before a split or merge ahead of those after it.
 //!
 //! **Metrics.** Each shard's state, iterator age (`MillisBehindLatest`), records, throttled
-//! calls and expired iterators appear under `pipeline.shards` in `GET /api/stats`.
+//! calls, expired iterators and checkpoint writes appear under `pipeline.shards` in
+//! `GET /api/stats`, and as Prometheus series with a `shard` label in `GET /metrics`
+//! ([`crate::metrics`]).
 //!
 //! **Shutdown.** Readers stop after their current batch (an in-flight GetRecords is abandoned:
 //! nothing of it was applied); every applied batch is already checkpointed. DynamoDB leases are

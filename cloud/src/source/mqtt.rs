@@ -27,8 +27,10 @@ pub async fn run(
     tracing::info!(broker = %cfg.url(), client_id = %cfg.client_id, filter = topic::ALL_DATA, "mqtt source starting");
     let acker = subscriber.acker();
     let handler_shutdown = shutdown.clone();
+    let stats = pipeline.stats_handle();
     subscriber
         .receive(&ready, &mut shutdown, |publish| {
+            stats.count_mqtt_message();
             let (pipeline, acker, mut shutdown) =
                 (pipeline.clone(), acker.clone(), handler_shutdown.clone());
             async move { store(&pipeline, &acker, publish, &mut shutdown).await }

@@ -1,13 +1,13 @@
 //! The input path of `osprey decode`: raw bytes or hex text (with white space), then the
-//! decoder. Never panics; hex input decodes like the bytes it spells.
+//! payload decoder (a message or a bundle). Never panics; hex input decodes like the bytes it spells.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use osprey_protocol::{decode, payload_bytes};
+use osprey_protocol::{decode_any, payload_bytes};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(bytes) = payload_bytes(data) {
-        let _ = decode(&bytes);
+        let _ = decode_any(&bytes);
         // The same bytes spelled as hex come back unchanged.
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(

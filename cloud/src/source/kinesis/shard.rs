@@ -191,6 +191,7 @@ async fn read_inner(shared: &Shared, shard_id: &str, shutdown: &mut Shutdown) ->
         if let Some(checkpoint) = checkpoint {
             match commit(shared, shard_id, records, &checkpoint, shutdown).await {
                 Commit::Done => {
+                    stats.update_shard(shard_id, |p| p.checkpoints += 1);
                     last_applied = Some(checkpoint);
                     renewed = Instant::now();
                 }

@@ -1,0 +1,126 @@
+//! The function's window settings from its environment: the same [`WindowSpec`] as
+//! `osprey serve`'s `--hop` and `--session-gap-s`, in milliseconds.
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `OSPREY_WINDOW_MS` | tumbling window length | `60000` (serve's fixed length; change it only if serve's is changed too) |
+//! | `OSPREY_HOP_MS` | hopping windows `SIZE/SLIDE`, e.g. `300000/60000`; empty or unset: none | none |
+//! | `OSPREY_SESSION_GAP_MS` | session windows closed by a silence this long; empty or unset: none | none |
+
+use std::num::NonZeroU32;
+
+use osprey_cloud::window::{Hopping, WindowSpec, WindowSpecError, WINDOW_MS};
+
+/// Why the window settings were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A variable is not a positive number of milliseconds.
+    #[error("{var}={value:?} is not a positive whole number of milliseconds (1 to 4294967295)")]
+    NotMillis {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// `OSPREY_HOP_MS` is not `SIZE/SLIDE`.
+    #[error("OSPREY_HOP_MS={value:?} must be SIZE/SLIDE in milliseconds, e.g. 300000/60000")]
+    HopFormat {
+        /// Its value.
+        value: String,
+    },
+    /// The windows are not a valid combination.
+    #[error("OSPREY_HOP_MS: {0}")]
+    Spec(#[from] WindowSpecError),
+}
+
+fn millis(var: &'static str, value: &str) -> Result<NonZeroU32, ConfigError> {
+    value
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .and_then(NonZeroU32::new)
+        .ok_or_else(|| ConfigError::NotMillis {
+            var,
+            value: value.to_owned(),
+        })
+}
+
+/// The window spec from variables looked up with `var` (`std::env::var(..).ok()` in the
+/// function; a map in tests). Empty values count as unset.
+pub fn window_spec(var: impl Fn(&str) -> Option<String>) -> Result<WindowSpec, ConfigError> {
+    let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    let tumbling = match get("OSPREY_WINDOW_MS") {
+        Some(v) => millis("OSPREY_WINDOW_MS", &v)?,
+        None => WINDOW_MS,
+    };
+    let hopping = match get("OSPREY_HOP_MS") {
+        None => None,
+        Some(v) => {
+            let (size, slide) = v
+                .split_once('/')
+                .ok_or_else(|| ConfigError::HopFormat { value: v.clone() })?;
+            Some(Hopping {
+                size_ms: millis("OSPREY_HOP_MS", size)?,
+                slide_ms: millis("OSPREY_HOP_MS", slide)?,
+            })
+        }
+    };
+    let gap = match get("OSPREY_SESSION_GAP_MS") {
+        Some(v) => Some(millis("OSPREY_SESSION_GAP_MS", &v)?),
+        None => None,
+    };
+    Ok(WindowSpec::new(tumbling, hopping, gap)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn spec(vars: &[(&str, &str)]) -> Result<WindowSpec, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        window_spec(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn unset_or_empty_is_serves_default() {
+        assert_eq!(spec(&[]), Ok(WindowSpec::default()));
+        assert_eq!(
+            spec(&[("OSPREY_HOP_MS", ""), ("OSPREY_SESSION_GAP_MS", " ")]),
+            Ok(WindowSpec::default())
+        );
+    }
+
+    #[test]
+    fn hopping_and_sessions_are_read_in_milliseconds() {
+        let s = spec(&[
+            ("OSPREY_HOP_MS", "300000/60000"),
+            ("OSPREY_SESSION_GAP_MS", "30000"),
+        ])
+        .unwrap();
+        let hop = s.hopping().unwrap();
+        assert_eq!((hop.size_ms.get(), hop.slide_ms.get()), (300_000, 60_000));
+        assert_eq!(s.session_gap_ms().map(NonZeroU32::get), Some(30_000));
+        assert_eq!(s.tumbling_ms(), WINDOW_MS);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_the_fix() {
+        let err = spec(&[("OSPREY_HOP_MS", "300000")]).unwrap_err();
+        assert!(err.to_string().contains("SIZE/SLIDE"), "{err}");
+        let err = spec(&[("OSPREY_SESSION_GAP_MS", "-5")]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("OSPREY_SESSION_GAP_MS="),
+            "{err}"
+        );
+        let err = spec(&[("OSPREY_WINDOW_MS", "0")]).unwrap_err();
+        assert!(matches!(err, ConfigError::NotMillis { .. }), "{err}");
+        let err = spec(&[("OSPREY_HOP_MS", "250000/100000")]).unwrap_err();
+        assert!(err.to_string().contains("not a multiple"), "{err}");
+    }
+}
