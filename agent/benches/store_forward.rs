@@ -1,7 +1,9 @@
 //! Store-and-forward figures: journal append rate and disk bytes per reading under both
 //! durability policies, the time to drain a backlog of 1,000,000 readings through the uplink
-//! to a local Mosquitto at QoS 1, peak RSS, and `mosquitto_pub` publishing the same payloads
-//! to the same broker as the broker's own limit.
+//! to a local Mosquitto at QoS 1 (one publish per batch without a rate cap; then the same
+//! backlog again with the default cap of 100 publishes/s and packing into bundles), peak RSS,
+//! and `mosquitto_pub` publishing the same payloads to the same broker as the broker's own
+//! limit.
 //!
 //! ```sh
 //! cargo bench -p osprey-agent --bench store_forward            # needs mosquitto, mosquitto_pub
@@ -168,13 +170,15 @@ fn machine() -> String {
     )
 }
 
-/// Drains the journal in `dir` through the agent to the broker; returns seconds.
-fn drain(dir: &Path, port: u16, rate: u32, inflight: u16) -> f64 {
+/// Drains the journal in `dir` through the agent to the broker; returns seconds and the
+/// bundles sent.
+fn drain(dir: &Path, port: u16, rate: u32, inflight: u16, pack: bool) -> (f64, u64) {
     let mut config =
         Config::simulated(DEVICE, 1, Scenario::Steady, dir, "127.0.0.1", port).unwrap();
     config.sampling.max_samples = std::num::NonZeroU64::new(1);
     config.mqtt.max_publish_rate = std::num::NonZeroU32::new(rate);
     config.mqtt.inflight = std::num::NonZeroU16::new(inflight).unwrap();
+    config.mqtt.pack_backlog = pack;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -185,7 +189,18 @@ fn drain(dir: &Path, port: u16, rate: u32, inflight: u16) -> f64 {
         .block_on(osprey_agent::run(config, std::future::pending()))
         .unwrap();
     assert_eq!(summary.backlog, 0);
-    started.elapsed().as_secs_f64()
+    (started.elapsed().as_secs_f64(), summary.bundles)
+}
+
+/// A journal in `dir` holding `batches` (fsync per 100 ms); returns its record bytes.
+fn backlog(dir: &Path, batches: &[TelemetryBatch]) -> (SledJournal, f64, u64) {
+    let options = JournalOptions {
+        max_bytes: 1 << 30,
+        durability: Durability::Interval(Duration::from_millis(100)),
+    };
+    let journal = SledJournal::open_with(dir, options).unwrap();
+    let (secs, bytes) = append_all(&journal, batches);
+    (journal, secs, bytes)
 }
 
 fn main() {
@@ -223,12 +238,7 @@ fn main() {
 
     let dir = tempfile::tempdir().unwrap();
     let journal_dir = dir.path().join("journal");
-    let options = JournalOptions {
-        max_bytes: 1 << 30,
-        durability: Durability::Interval(Duration::from_millis(100)),
-    };
-    let interval = SledJournal::open_with(&journal_dir, options).unwrap();
-    let (secs, bytes) = append_all(&interval, &all);
+    let (interval, secs, bytes) = backlog(&journal_dir, &all);
     println!(
         "journal append, fsync per 100ms: {:>8.0} msg/s {:>9.0} readings/s  {:>6.1} disk bytes/reading ({} batches)",
         all.len() as f64 / secs,
@@ -246,10 +256,11 @@ fn main() {
         stored
     );
 
-    // 2. Drain the backlog through journal + uplink to Mosquitto, QoS 1, no rate cap.
+    // 2. Drain the backlog through journal + uplink to Mosquitto, QoS 1, no rate cap, one
+    // publish per batch.
     let broker = start_mosquitto();
     let written = disk_written();
-    let secs = drain(&journal_dir, broker.port, 0, 64);
+    let (secs, _) = drain(&journal_dir, broker.port, 0, 64, false);
     let drain_rate = (all.len() * 60) as f64 / secs;
     println!(
         "drain backlog (QoS 1, inflight 64, no rate cap): {secs:.1} s = {:.0} msg/s = {drain_rate:.0} readings/s, {:.1} disk bytes/reading",
@@ -257,8 +268,21 @@ fn main() {
         (disk_written() - written) as f64 / (all.len() * 60) as f64
     );
     println!(
-        "  with the default cap of 100 msg/s the same drain takes {:.0} s (cap-bound: 6000 readings/s)",
+        "  with the default cap of 100 msg/s and no packing the same drain takes {:.0} s (computed: cap-bound, 6000 readings/s)",
         all.len() as f64 / 100.0
+    );
+
+    // 2b. The same backlog again, with the default cap (100 publishes/s, inflight 32) and
+    // packing on: bundles of up to 128 KiB.
+    let packed_dir = dir.path().join("journal-packed");
+    let (packed, _, _) = backlog(&packed_dir, &all);
+    drop(packed);
+    std::thread::sleep(Duration::from_millis(300));
+    let (secs, bundles) = drain(&packed_dir, broker.port, 100, 32, true);
+    println!(
+        "drain backlog (QoS 1, inflight 32, cap 100 publishes/s, packing on): {secs:.1} s = {:.0} msg/s = {:.0} readings/s, {bundles} bundles",
+        all.len() as f64 / secs,
+        (all.len() * 60) as f64 / secs,
     );
 
     // 3. mosquitto_pub, same payload, same broker, QoS 1.

@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::{FleetDevice, FleetError, FleetWindow};
 use crate::window::WindowKind;
@@ -23,12 +25,10 @@ const WINDOW_LIMIT: u32 = 1000;
 /// Reads a serve's JSON API.
 #[derive(Debug, Clone)]
 pub struct ApiReader {
-    /// `host:port` to connect to.
-    authority: String,
     /// `http://host:port` plus any path prefix, without a trailing slash.
     base: String,
-    /// Path prefix (empty or `/something`).
-    prefix: String,
+    /// hyper's pooled HTTP/1.1 client.
+    client: Client<HttpConnector, Empty<Bytes>>,
 }
 
 impl ApiReader {
@@ -61,31 +61,27 @@ impl ApiReader {
         } else {
             format!("{authority}:80")
         };
-        let prefix = path.trim_end_matches('/').to_owned();
+        let prefix = path.trim_end_matches('/');
+        let base = format!("http://{authority}{prefix}");
+        base.parse::<hyper::Uri>()
+            .map_err(|e| bad(&format!("not a URL ({e})")))?;
         Ok(ApiReader {
-            base: format!("http://{}{prefix}", authority),
-            authority,
-            prefix,
+            base,
+            client: Client::builder(TokioExecutor::new()).build_http(),
         })
     }
 
     /// `GET path` and its JSON body.
     async fn get(&self, path: &str) -> Result<Value, FleetError> {
         let url = format!("{}{path}", self.base);
-        let body = tokio::time::timeout(TIMEOUT, self.exchange(path))
-            .await
-            .map_err(|_| FleetError::ApiUnreachable {
-                url: url.clone(),
-                cause: format!("no answer within {} s", TIMEOUT.as_secs()),
-            })?
-            .map_err(|e| FleetError::ApiUnreachable {
-                url: url.clone(),
-                cause: e.to_string(),
-            })?;
-        let (status, body) = parse_response(&body).map_err(|reason| FleetError::ApiBody {
+        let unreachable = |cause: String| FleetError::ApiUnreachable {
             url: url.clone(),
-            reason,
-        })?;
+            cause,
+        };
+        let (status, body) = tokio::time::timeout(TIMEOUT, self.exchange(&url))
+            .await
+            .map_err(|_| unreachable(format!("no answer within {} s", TIMEOUT.as_secs())))?
+            .map_err(unreachable)?;
         if status != 200 {
             let text = String::from_utf8_lossy(&body).into_owned();
             let message = serde_json::from_str::<Value>(&text)
@@ -104,19 +100,24 @@ impl ApiReader {
         })
     }
 
-    async fn exchange(&self, path: &str) -> std::io::Result<Vec<u8>> {
-        let mut stream = TcpStream::connect(&self.authority).await?;
-        let request = format!(
-            "GET {}{path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
-            self.prefix, self.authority
-        );
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        (&mut stream)
-            .take(MAX_BODY as u64 + 64 * 1024)
-            .read_to_end(&mut response)
-            .await?;
-        Ok(response)
+    /// One request: the status code and the whole body (at most [`MAX_BODY`] bytes).
+    async fn exchange(&self, url: &str) -> Result<(u16, Bytes), String> {
+        let request = hyper::Request::get(url)
+            .header(hyper::header::ACCEPT, "application/json")
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let status = response.status().as_u16();
+        let body = Limited::new(response.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?
+            .to_bytes();
+        Ok((status, body))
     }
 
     /// Every device, by id.
@@ -211,60 +212,14 @@ fn window(v: &Value) -> Option<FleetWindow> {
     })
 }
 
-/// The status code and body of an HTTP/1.1 response read to its end (`Content-Length`,
-/// chunked, or until the connection closed).
-pub fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no HTTP header")?;
-    let head = std::str::from_utf8(&raw[..split]).map_err(|_| "header is not text")?;
-    let body = &raw[split + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .filter(|_| status_line.starts_with("HTTP/1."))
-        .ok_or_else(|| format!("not an HTTP/1.x status line: {status_line:?}"))?;
-    let header = |name: &str| {
-        head.split("\r\n").skip(1).find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    };
-    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        return Ok((status, dechunk(body)?));
+/// An error with its sources ("client error (Connect): tcp connect error: Connection refused").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
     }
-    match header("content-length") {
-        Some(len) => {
-            let len: usize = len.parse().map_err(|_| "bad Content-Length")?;
-            let got = body
-                .get(..len)
-                .ok_or("body shorter than its Content-Length")?;
-            Ok((status, got.to_vec()))
-        }
-        None => Ok((status, body.to_vec())),
-    }
-}
-
-fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let end = body
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("cut chunk")?;
-        let size_text = std::str::from_utf8(&body[..end]).map_err(|_| "bad chunk size")?;
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| "bad chunk size")?;
-        body = &body[end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        let chunk = body.get(..size).ok_or("cut chunk")?;
-        out.extend_from_slice(chunk);
-        body = body.get(size + 2..).ok_or("cut chunk")?;
-    }
+    text
 }

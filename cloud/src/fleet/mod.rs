@@ -219,7 +219,7 @@ pub struct FleetOptions {
 }
 
 enum Reader {
-    Api(api::ApiReader),
+    Api(Box<api::ApiReader>),
     Dynamo(dynamo::StateReader),
 }
 
@@ -258,7 +258,7 @@ pub async fn run(
         }
     }
     let reader = match &options.source {
-        FleetSource::Api(url) => Reader::Api(api::ApiReader::new(url)?),
+        FleetSource::Api(url) => Reader::Api(Box::new(api::ApiReader::new(url)?)),
         FleetSource::DynamoDb {
             table,
             endpoint_url,

@@ -1,4 +1,4 @@
-use super::api::{parse_response, ApiReader};
+use super::api::ApiReader;
 use super::*;
 
 const NOW: i64 = 1_767_225_600_000;
@@ -131,20 +131,6 @@ fn api_urls_are_checked_with_a_reason() {
     }
     assert!(ApiReader::new("http://127.0.0.1:8080/").is_ok());
     assert!(ApiReader::new("http://localhost").is_ok());
-}
-
-#[test]
-fn responses_are_read_by_length_or_chunks() {
-    let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]extra";
-    assert_eq!(parse_response(plain), Ok((200, b"[]".to_vec())));
-    let chunked =
-        b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n2;x=y\r\n\"}\r\n0\r\n\r\n";
-    assert_eq!(parse_response(chunked), Ok((404, b"{\"a\"}".to_vec())));
-    assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
-    assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n[]").is_err());
-    assert!(
-        parse_response(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n").is_err()
-    );
 }
 
 #[tokio::test]
