@@ -384,7 +384,13 @@ impl Uplink {
             return self.pack(Class::Telemetry, session.telemetry_cursor, u64::MAX);
         }
         let live_start = session.live_cursor.max(session.live_from);
-        let backlog = || self.pack(Class::Telemetry, session.telemetry_cursor, session.live_from);
+        let backlog = || {
+            self.pack(
+                Class::Telemetry,
+                session.telemetry_cursor,
+                session.live_from,
+            )
+        };
         let live = || self.pack(Class::Telemetry, live_start, u64::MAX);
         if session.last_was_live {
             backlog()?.map_or_else(live, |u| Ok(Some(u)))

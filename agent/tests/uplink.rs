@@ -130,11 +130,16 @@ async fn serve(
                 publishes += 1;
                 log.lock()
                     .unwrap()
-                    .extend(decoded.into_messages().into_iter().map(|envelope| Received {
-                        connection,
-                        publish: publishes,
-                        envelope,
-                    }));
+                    .extend(
+                        decoded
+                            .into_messages()
+                            .into_iter()
+                            .map(|envelope| Received {
+                                connection,
+                                publish: publishes,
+                                envelope,
+                            }),
+                    );
                 if script.drop_after == Some(publishes) {
                     return;
                 }
@@ -373,17 +378,7 @@ async fn a_capped_catch_up_packs_the_backlog_into_bundles() {
     // A run with no broker leaves ~200 small batches journaled; the next run drains them
     // under a cap of 20 publishes/s with packing on (the default).
     let dir = tempfile::tempdir().unwrap();
-    let unused_port = {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut offline = config(dir.path(), unused_port, 200);
-    offline.batch.max_readings = std::num::NonZeroUsize::new(3).unwrap();
-    let stopped = run(offline, tokio::time::sleep(Duration::from_secs(3)))
-        .await
-        .unwrap();
-    assert!(stopped.backlog >= 200, "{stopped:?}");
-
+    let stopped = leave_a_backlog(dir.path()).await;
     let mut broker = FakeBroker::start(vec![ACK_ALL]).await;
     let mut config = config(dir.path(), broker.port, 1);
     config.mqtt.max_publish_rate = std::num::NonZeroU32::new(20);
@@ -404,6 +399,87 @@ async fn a_capped_catch_up_packs_the_backlog_into_bundles() {
     );
     assert!(summary.bundles >= 1, "{summary:?}");
     assert_eq!(summary.published, messages);
+    assert_eq!(
+        reading_count(&received) as u64,
+        stopped.readings + summary.readings
+    );
+}
+
+/// Runs the agent with no broker until it has journaled 200 samples in batches of 3 readings
+/// (~200 entries), then stops it; returns the summary of that run.
+async fn leave_a_backlog(dir: &std::path::Path) -> RunSummary {
+    let unused_port = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut offline = config(dir, unused_port, 200);
+    offline.batch.max_readings = std::num::NonZeroUsize::new(3).unwrap();
+    let stopped = run(offline, tokio::time::sleep(Duration::from_secs(3)))
+        .await
+        .unwrap();
+    assert!(stopped.backlog >= 200, "{stopped:?}");
+    stopped
+}
+
+#[tokio::test]
+async fn live_telemetry_is_not_held_back_by_bundles() {
+    // A backlog of ~200 entries in bundles of at most 1 KiB (~15 entries) under a cap of
+    // 20/s, while the new run samples: live entries go out between the backlog's bundles.
+    let dir = tempfile::tempdir().unwrap();
+    let stopped = leave_a_backlog(dir.path()).await;
+    let mut broker = FakeBroker::start(vec![ACK_ALL]).await;
+    let mut config = config(dir.path(), broker.port, 300);
+    config.batch.max_bytes = 1024;
+    config.mqtt.interleave_live = true;
+    config.mqtt.max_publish_rate = std::num::NonZeroU32::new(20);
+    let summary = run_to_completion(config).await;
+    let received = broker.received_after(1).await;
+
+    let birth = received
+        .iter()
+        .find(|r| r.envelope.kind() == Kind::Status)
+        .map(|r| r.envelope.seq)
+        .unwrap();
+    let telemetry: Vec<&Received> = received
+        .iter()
+        .filter(|r| r.envelope.kind() == Kind::Telemetry)
+        .collect();
+    let first_live = telemetry
+        .iter()
+        .find(|r| r.envelope.seq > birth)
+        .map(|r| r.publish)
+        .expect("live telemetry");
+    let last_backlog = telemetry
+        .iter()
+        .rev()
+        .find(|r| r.envelope.seq < birth)
+        .map(|r| r.publish)
+        .unwrap();
+    assert!(
+        first_live < last_backlog,
+        "live telemetry (publish {first_live}) waited behind the backlog (last publish {last_backlog})"
+    );
+    // No publish mixes backlog and live, and both stay in order.
+    for r in &telemetry {
+        let same: Vec<bool> = telemetry
+            .iter()
+            .filter(|o| o.publish == r.publish)
+            .map(|o| o.envelope.seq > birth)
+            .collect();
+        assert!(
+            same.iter().all(|l| *l == same[0]),
+            "publish {} mixes",
+            r.publish
+        );
+    }
+    let (live, backlog): (Vec<u64>, Vec<u64>) = telemetry
+        .iter()
+        .map(|r| r.envelope.seq)
+        .partition(|s| *s > birth);
+    assert!(live.windows(2).all(|w| w[0] < w[1]), "{live:?}");
+    assert!(backlog.windows(2).all(|w| w[0] < w[1]), "{backlog:?}");
+    assert!(journal_publishes(&received, 0) * 3 < journaled(&received, 0).len());
+    assert!(summary.bundles >= 5, "{summary:?}");
     assert_eq!(
         reading_count(&received) as u64,
         stopped.readings + summary.readings

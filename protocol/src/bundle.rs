@@ -248,8 +248,8 @@ const MAJOR_BYTES: u8 = 2;
 const MAJOR_TEXT: u8 = 3;
 const MAJOR_ARRAY: u8 = 4;
 
-/// Length of the shortest CBOR head for the argument `n`.
-fn head_len(n: u64) -> usize {
+/// Length of the shortest CBOR head for the argument `n` (any major type).
+pub(crate) fn head_len(n: u64) -> usize {
     match n {
         0..=23 => 1,
         24..=0xff => 2,

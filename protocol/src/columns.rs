@@ -30,13 +30,7 @@ const POW10: [f64; MAX_SCALE as usize + 1] = [
 pub(crate) fn int_len(v: i64) -> usize {
     // Negative n is written as -1 - n.
     let m = if v < 0 { !(v as u64) } else { v as u64 };
-    match m {
-        0..=23 => 1,
-        24..=0xff => 2,
-        0x100..=0xffff => 3,
-        0x1_0000..=0xffff_ffff => 5,
-        _ => 9,
-    }
+    crate::bundle::head_len(m)
 }
 
 /// Bytes of a CBOR array header for `n` items.

@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
 
 use osprey_protocol::{
-    decode, decode_any, encode_bundle, Alert, Bundle, Decoded, AlertEvent, Body, ClockState, Envelope, Series, Severity, Status, StatusState,
-    TelemetryBatch,
+    decode, decode_any, encode_bundle, Alert, AlertEvent, Body, Bundle, ClockState, Decoded,
+    Envelope, Series, Severity, Status, StatusState, TelemetryBatch,
 };
 
 /// Vectors in a form the current encoder no longer writes (decode-only, kept forever).
@@ -114,7 +114,11 @@ fn expected_bundles() -> Vec<(&'static str, Bundle)> {
 }
 
 fn encode(bundle: &Bundle) -> Vec<u8> {
-    let inner: Vec<Vec<u8>> = bundle.messages.iter().map(|m| m.encode().unwrap()).collect();
+    let inner: Vec<Vec<u8>> = bundle
+        .messages
+        .iter()
+        .map(|m| m.encode().unwrap())
+        .collect();
     let refs: Vec<&[u8]> = inner.iter().map(Vec::as_slice).collect();
     encode_bundle(&bundle.device, bundle.seq, &refs).unwrap()
 }
@@ -152,6 +156,15 @@ fn spec_vectors() -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// The bytes of vector `name`.
+fn vector<'a>(vectors: &'a [(String, Vec<u8>)], name: &str) -> &'a [u8] {
+    vectors
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, bytes)| bytes.as_slice())
+        .unwrap_or_else(|| panic!("vector {name} missing from SPEC.md"))
+}
+
 #[test]
 fn spec_vectors_decode_to_the_documented_messages() {
     let vectors = spec_vectors();
@@ -165,18 +178,12 @@ fn spec_vectors_decode_to_the_documented_messages() {
         expected.len() + bundles.len()
     );
     for (name, want) in bundles {
-        let (_, bytes) = vectors
-            .iter()
-            .find(|(n, _)| n == name)
-            .unwrap_or_else(|| panic!("vector {name} missing from SPEC.md"));
+        let bytes = vector(&vectors, name);
         let got = decode_any(bytes).unwrap_or_else(|e| panic!("vector {name}: {e}"));
         assert_eq!(got, Decoded::Bundle(want), "vector {name}");
     }
     for (name, want) in expected {
-        let (_, bytes) = vectors
-            .iter()
-            .find(|(n, _)| n == name)
-            .unwrap_or_else(|| panic!("vector {name} missing from SPEC.md"));
+        let bytes = vector(&vectors, name);
         let got = decode(bytes).unwrap_or_else(|e| panic!("vector {name} does not decode: {e}"));
         assert_eq!(got, want, "vector {name}");
     }
@@ -190,10 +197,7 @@ fn documented_messages_encode_to_the_spec_bytes() {
             continue;
         }
         let bytes = msg.encode().expect("encode");
-        let (_, spec_bytes) = vectors
-            .iter()
-            .find(|(n, _)| n == name)
-            .unwrap_or_else(|| panic!("vector {name} missing from SPEC.md"));
+        let spec_bytes = vector(&vectors, name);
         assert_eq!(
             hex::encode(&bytes),
             hex::encode(spec_bytes),
@@ -201,10 +205,7 @@ fn documented_messages_encode_to_the_spec_bytes() {
         );
     }
     for (name, bundle) in expected_bundles() {
-        let (_, spec_bytes) = vectors
-            .iter()
-            .find(|(n, _)| n == name)
-            .unwrap_or_else(|| panic!("vector {name} missing from SPEC.md"));
+        let spec_bytes = vector(&vectors, name);
         assert_eq!(
             hex::encode(encode(&bundle)),
             hex::encode(spec_bytes),

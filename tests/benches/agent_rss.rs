@@ -215,7 +215,8 @@ fn main() {
     broker.signal("STOP");
     std::thread::sleep(Duration::from_secs(20));
     end(2, &mut phases, seen(&sub).readings);
-    begin(3, &mut phases, phases[2].delivered_at_end);
+    let at_stop = phases[2].delivered_at_end;
+    begin(3, &mut phases, at_stop);
     broker.signal("CONT");
     let stall = (phases[2].start_ms, phases[2].end_ms);
     let caught_up = wait_until(Duration::from_secs(90), Duration::from_millis(100), || {
@@ -232,7 +233,9 @@ fn main() {
     let peaks = *peaks.lock().unwrap();
     let mb = |b: u64| b as f64 / 1_048_576.0;
     println!("agent_rss: release osprey-agent, simulator sampled every 1 ms, defaults otherwise");
-    println!("(batches of up to 60 readings, fsync per message, QoS 1, 32 inflight, 100 msg/s cap)");
+    println!(
+        "(batches of up to 60 readings, fsync per message, QoS 1, 32 inflight, 100 msg/s cap)"
+    );
     println!("machine: {machine}");
     println!(
         "{:<8} {:>7} {:>11} {:>12} {:>13} {:>11} {:>12}",

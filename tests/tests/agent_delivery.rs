@@ -143,6 +143,17 @@ fn restart_broker_with_agent_held(broker: &mut Mosquitto, agent: &mut Proc, sub:
     agent.signal("CONT");
 }
 
+/// Waits until a `max_samples` run has taken its last sample (the rest is delivery).
+fn wait_for_sampling_done(agent: &Proc, timeout: Duration) {
+    let done = wait_until(timeout, Duration::from_millis(200), || {
+        agent
+            .stderr()
+            .contains("sampling done, delivering the journal")
+            .then_some(())
+    });
+    assert!(done.is_some(), "{}", agent.logs());
+}
+
 fn wait_for_exit(agent: &mut Proc, timeout: Duration) {
     let status = agent.wait_exit(timeout);
     assert!(status.success(), "agent failed: {status}\n{}", agent.logs());
@@ -207,19 +218,10 @@ fn drain_a_backlog(mqtt: &'static str) -> (Vec<Publish>, String) {
     let sub = Subscriber::start(broker.port());
     broker.stop();
     let dir = tempfile::tempdir().unwrap();
-    let extra = Extra {
-        mqtt,
-        ..DEFAULTS
-    };
+    let extra = Extra { mqtt, ..DEFAULTS };
     let config = agent_config(dir.path(), broker.port(), 2, 1000, &extra);
     let mut agent = start_agent(&config);
-    let done = wait_until(Duration::from_secs(120), Duration::from_millis(200), || {
-        agent
-            .stderr()
-            .contains("sampling done, delivering the journal")
-            .then_some(())
-    });
-    assert!(done.is_some(), "{}", agent.logs());
+    wait_for_sampling_done(&agent, Duration::from_secs(120));
     restart_broker_with_agent_held(&mut broker, &mut agent, &sub);
     wait_for_exit(&mut agent, Duration::from_secs(180));
     let logs = agent.stderr();
@@ -356,13 +358,7 @@ fn small_quota_drops_only_the_oldest_telemetry_and_reports_the_count() {
     };
     let config = agent_config(dir.path(), broker.port(), 1, 20_000, &extra);
     let mut agent = start_agent(&config);
-    let done = wait_until(Duration::from_secs(180), Duration::from_millis(200), || {
-        agent
-            .stderr()
-            .contains("sampling done, delivering the journal")
-            .then_some(())
-    });
-    assert!(done.is_some(), "{}", agent.logs());
+    wait_for_sampling_done(&agent, Duration::from_secs(180));
     assert!(
         agent.stderr().contains("journal full"),
         "the quota never filled\n{}",

@@ -432,3 +432,43 @@ async fn hopping_and_session_windows_match_serves_fold_and_fleet_reads_them() {
         "{stderr}"
     );
 }
+
+/// A bundle (kind 4: several messages in one record, as the agent packs its backlog) applies
+/// each inner message once: a later record that repeats some of them in another grouping adds
+/// only the new ones, and a bundle with a message of another device is dead-lettered whole.
+#[tokio::test]
+async fn bundles_apply_each_inner_message_once() {
+    let client = dynamodb().await;
+    let (table, dead) = (unique_name("state"), unique_name("dead"));
+    DynamoState::create_table(&client, &table).await.unwrap();
+    DynamoState::create_table(&client, &dead).await.unwrap();
+    let state = DynamoState::new(client, &table, &dead);
+    let messages: Vec<Vec<u8>> = (1..=4).map(|q| telemetry("lam-bundle", q)).collect();
+    let refs = |range: std::ops::RangeInclusive<usize>| -> Vec<&[u8]> {
+        range.map(|q| messages[q - 1].as_slice()).collect()
+    };
+    let first = osprey_protocol::encode_bundle("lam-bundle", 3, &refs(1..=3)).unwrap();
+    // After a crash the agent may regroup: 2 and 3 again, with 4.
+    let regrouped = osprey_protocol::encode_bundle("lam-bundle", 4, &refs(2..=4)).unwrap();
+    let stranger = telemetry("lam-other", 5);
+    let mixed =
+        osprey_protocol::encode_bundle("lam-bundle", 5, &[messages[0].as_slice(), &stranger])
+            .unwrap();
+    let records = vec![
+        (seq(1), "lam-bundle", first),
+        (seq(2), "lam-bundle", regrouped),
+        (seq(3), "lam-bundle", mixed),
+    ];
+    let response = handle(&event("s", &records), &state).await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+    let device = state.device("lam-bundle").await.unwrap().unwrap();
+    assert_eq!(device["messages"], "4", "{device:?}");
+    assert_eq!(device["readings"], "40", "{device:?}");
+    let dead_letters = state.dead_letters("s").await.unwrap();
+    assert_eq!(dead_letters.len(), 1, "{dead_letters:?}");
+    assert_eq!(
+        dead_letters[0].0,
+        format!("shardId-000000000000#{}", seq(3))
+    );
+    assert!(state.device("lam-other").await.unwrap().is_none());
+}

@@ -281,7 +281,10 @@ mod tests {
         let path = dir.path().join("journal");
         journal(&path, 20, 20);
         let mark = read(&path).unwrap();
-        assert_eq!((mark.high, mark.stored, mark.readings), ([0, 20], [0, 0], 0));
+        assert_eq!(
+            (mark.high, mark.stored, mark.readings),
+            ([0, 20], [0, 0], 0)
+        );
         let (j, recovery) = open_or_recover(&path, JournalOptions::default()).unwrap();
         assert_eq!(recovery, None);
         assert!(j.is_empty());
@@ -342,7 +345,11 @@ mod tests {
         let recovery = recovery.unwrap();
         assert!(!recovery.unreadable);
         assert_eq!(recovery.lost.readings, 40);
-        assert!(recovery.reason.contains("lost the end of its log"), "{}", recovery.reason);
+        assert!(
+            recovery.reason.contains("lost the end of its log"),
+            "{}",
+            recovery.reason
+        );
         let kept: Vec<u64> = j
             .read(Class::Telemetry, 0, usize::MAX)
             .unwrap()

@@ -60,7 +60,10 @@ pub(crate) fn from_first_layout(
         let Some(seq) = key.as_ref().try_into().ok().map(u64::from_be_bytes) else {
             return Err(JournalError::Corrupt {
                 path: path.to_owned(),
-                what: format!("a message key of the first layout is {} bytes long", key.len()),
+                what: format!(
+                    "a message key of the first layout is {} bytes long",
+                    key.len()
+                ),
             });
         };
         next = next.max(seq.saturating_add(1));

@@ -78,7 +78,6 @@ impl State {
             self.readings = self.readings.saturating_sub(u64::from(readings));
         }
     }
-
 }
 
 /// Index of `class` in per-class arrays: 0 priority, 1 telemetry.
@@ -187,7 +186,10 @@ impl SledJournal {
             if key.as_ref() == HIGH_KEY {
                 let high = decode_high(&value).ok_or_else(|| JournalError::Corrupt {
                     path: path.to_owned(),
-                    what: format!("the high-water mark is {} bytes long, expected 16", value.len()),
+                    what: format!(
+                        "the high-water mark is {} bytes long, expected 16",
+                        value.len()
+                    ),
                 })?;
                 for (f, h) in found.iter_mut().zip(high) {
                     *f = (*f).max(h);

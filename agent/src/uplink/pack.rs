@@ -140,7 +140,11 @@ mod tests {
         for i in 0..readings {
             s.push(1_700_000_000_000 + i as i64 * 1000, 40.0 + i as f64 * 0.37);
         }
-        let msg = Envelope::new(DEVICE, seq, Body::Telemetry(TelemetryBatch { series: vec![s] }));
+        let msg = Envelope::new(
+            DEVICE,
+            seq,
+            Body::Telemetry(TelemetryBatch { series: vec![s] }),
+        );
         Entry {
             seq,
             kind: Kind::Telemetry,
@@ -231,7 +235,9 @@ mod tests {
     #[test]
     fn bundles_respect_small_limits_exactly() {
         for max in [1024, 1500, 4096, 8000] {
-            let entries: Vec<Entry> = (1..=200).map(|q| telemetry(q, 1 + q as usize % 7)).collect();
+            let entries: Vec<Entry> = (1..=200)
+                .map(|q| telemetry(q, 1 + q as usize % 7))
+                .collect();
             for unit in pack_all(entries, Some(max)) {
                 assert!(unit.payload.len() <= max, "{} > {max}", unit.payload.len());
             }
@@ -240,7 +246,13 @@ mod tests {
 
     #[test]
     fn kinds_are_never_mixed_and_order_is_kept() {
-        let entries = vec![alert(1), alert(2), telemetry(3, 5), telemetry(4, 5), alert(7)];
+        let entries = vec![
+            alert(1),
+            alert(2),
+            telemetry(3, 5),
+            telemetry(4, 5),
+            alert(7),
+        ];
         let units = pack_all(entries, Some(128 * 1024));
         let shape: Vec<(Kind, Vec<u64>)> = units.iter().map(|u| (u.kind, u.seqs.clone())).collect();
         assert_eq!(
@@ -251,7 +263,11 @@ mod tests {
                 (Kind::Alert, vec![7]),
             ]
         );
-        assert_eq!(units[2].payload, alert(7).message, "a lone alert goes plain");
+        assert_eq!(
+            units[2].payload,
+            alert(7).message,
+            "a lone alert goes plain"
+        );
     }
 
     #[test]
@@ -272,7 +288,10 @@ mod tests {
     fn an_entry_too_big_to_share_goes_alone() {
         let big = telemetry(2, 5000);
         let max = big.message.len() + 100;
-        let units = pack_all(vec![telemetry(1, 30), big.clone(), telemetry(3, 30)], Some(max));
+        let units = pack_all(
+            vec![telemetry(1, 30), big.clone(), telemetry(3, 30)],
+            Some(max),
+        );
         let seqs: Vec<Vec<u64>> = units.iter().map(|u| u.seqs.clone()).collect();
         assert_eq!(seqs, vec![vec![1], vec![2], vec![3]]);
         assert_eq!(units[1].payload, big.message);

@@ -82,13 +82,13 @@ impl Pending {
     }
 }
 
-/// The partition key for a payload: the device in the envelope (so all of a device's records
-/// land on one shard, in order, as the AWS IoT rule does with `${topic(3)}`); if the payload
-/// does not decode, the topic's device level, so the consumer still receives the payload and
-/// dead-letters it; failing both, [`UNKNOWN_DEVICE`].
+/// The partition key for a payload: the device in the envelope or bundle (so all of a device's
+/// records land on one shard, in order, as the AWS IoT rule does with `${topic(3)}`); if the
+/// payload does not decode, the topic's device level, so the consumer still receives the
+/// payload and dead-letters it; failing both, [`UNKNOWN_DEVICE`].
 pub fn partition_key(payload: &[u8], topic: &str) -> String {
-    if let Ok(envelope) = osprey_protocol::decode(payload) {
-        return envelope.device;
+    if let Ok(decoded) = osprey_protocol::decode_any(payload) {
+        return decoded.device().to_owned();
     }
     match topic.split('/').nth(2) {
         Some(device) if osprey_protocol::valid_device_id(device) => device.to_owned(),
@@ -160,6 +160,14 @@ mod tests {
             .encode()
             .unwrap();
         assert_eq!(partition_key(&bytes, "dt/osprey/other/telemetry"), "pump-7");
+        let inner = Envelope::new("pump-8", 4, Body::Telemetry(TelemetryBatch::default()))
+            .encode()
+            .unwrap();
+        let bundle = osprey_protocol::encode_bundle("pump-8", 4, &[&inner]).unwrap();
+        assert_eq!(
+            partition_key(&bundle, "dt/osprey/other/telemetry"),
+            "pump-8"
+        );
         assert_eq!(
             partition_key(b"junk", "dt/osprey/pump-3/telemetry"),
             "pump-3"

@@ -20,6 +20,18 @@ fn telemetry(device: &str, seq: u64) -> Vec<u8> {
     .unwrap()
 }
 
+/// Up to 10 stored windows.
+async fn first_windows(store: &Store) -> Vec<crate::store::WindowRow> {
+    store
+        .reader()
+        .windows(WindowFilter {
+            limit: 10,
+            ..WindowFilter::default()
+        })
+        .await
+        .unwrap()
+}
+
 fn direct() -> Origin {
     Origin::Direct("test".into())
 }
@@ -68,14 +80,7 @@ async fn a_redelivered_message_is_a_duplicate() {
         pipeline.ingest(&payload, direct()).await.unwrap(),
         Outcome::Duplicate
     );
-    let windows = store
-        .reader()
-        .windows(WindowFilter {
-            limit: 10,
-            ..WindowFilter::default()
-        })
-        .await
-        .unwrap();
+    let windows = first_windows(&store).await;
     assert_eq!(windows.len(), 1);
     assert_eq!(
         (windows[0].moments().count, windows[0].moments().mean),
@@ -217,14 +222,7 @@ async fn a_bundle_applies_each_inner_message_with_its_own_dedup() {
     assert_eq!(again, Outcome::Duplicate);
     let counts = store.reader().counts().await.unwrap();
     assert_eq!(counts.messages, 3);
-    let windows = store
-        .reader()
-        .windows(WindowFilter {
-            limit: 10,
-            ..WindowFilter::default()
-        })
-        .await
-        .unwrap();
+    let windows = first_windows(&store).await;
     assert_eq!(windows[0].moments().count, 6, "3 messages of 2 readings");
 }
 
