@@ -1,6 +1,9 @@
 //! The agent against Mosquitto with `require_certificate true` (AWS IoT Core's mutual TLS):
 //! the right device certificate connects and delivers; a certificate from another CA is
-//! refused, and the agent's log says which certificate and what to check.
+//! refused, and the agent's log says which certificate and what to check. For IoT Core on
+//! port 443 the agent offers ALPN `x-amzn-mqtt-ca` (seen by `openssl s_server`), and a broker
+//! that keeps closing the connection (two gateways with one client id) gets backoff, not a
+//! reconnection storm.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
 
@@ -11,13 +14,18 @@ use std::time::Duration;
 use osprey_tests::{bin, mosquitto_tool, wait_until, Certs, ClientCert, Mosquitto, Proc};
 
 fn agent(dir: &Path, port: u16, certs: &Certs, client: &ClientCert) -> Proc {
+    agent_with(dir, port, certs, client, "")
+}
+
+/// The agent with `tls_extra` appended to its `[mqtt.tls]` section.
+fn agent_with(dir: &Path, port: u16, certs: &Certs, client: &ClientCert, tls_extra: &str) -> Proc {
     let config = dir.join("agent.toml");
     std::fs::write(
         &config,
         format!(
             "device_id = \"pump-7\"\n[sampling]\ninterval_ms = 50\n[batch]\nmax_readings = 3\n\
              [journal]\npath = \"{}\"\n[mqtt]\nhost = \"localhost\"\nport = {port}\n\
-             [mqtt.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+             [mqtt.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n{tls_extra}",
             dir.join("journal").display(),
             certs.ca.display(),
             client.cert.display(),
@@ -100,4 +108,96 @@ fn certificate_from_another_ca_is_refused_with_a_reason() {
         agent.logs()
     );
     assert!(!agent.stderr().contains(" connected"), "{}", agent.logs());
+}
+
+#[test]
+fn alpn_for_iot_core_on_443_is_offered_in_the_handshake() {
+    let certs = Certs::generate("pump-7");
+    let port = osprey_tests::free_port();
+    // A real TLS server that asks for a client certificate and prints the ALPN list the
+    // client offers (AWS IoT Core on 443 routes MQTT by it).
+    // (stdbuf: its report goes through stdio, fully buffered into a pipe.)
+    let mut server = Proc::spawn(Command::new("stdbuf").args([
+        "-o0",
+        "openssl",
+        "s_server",
+        "-accept",
+        &format!("127.0.0.1:{port}"),
+        "-cert",
+        certs.server_cert.to_str().unwrap(),
+        "-key",
+        certs.server_key.to_str().unwrap(),
+        "-CAfile",
+        certs.ca.to_str().unwrap(),
+        "-Verify",
+        "1",
+        "-alpn",
+        "x-amzn-mqtt-ca",
+        // Serve a status page per connection instead of echoing standard input, whose end
+        // would stop the server.
+        "-www",
+    ]));
+    wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    })
+    .unwrap_or_else(|| panic!("openssl s_server did not listen:\n{}", server.logs()));
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_with(
+        dir.path(),
+        port,
+        &certs,
+        &certs.client,
+        "alpn = \"x-amzn-mqtt-ca\"\n",
+    );
+    let offered = wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
+        server
+            .logs()
+            .lines()
+            .find(|l| l.contains("ALPN protocols advertised by the client"))
+            .map(str::to_owned)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no ALPN offer seen:\nserver:\n{}\nagent:\n{}",
+            server.logs(),
+            agent.logs()
+        )
+    });
+    assert!(offered.contains("x-amzn-mqtt-ca"), "{offered}");
+    server.kill();
+}
+
+#[test]
+fn a_broker_that_keeps_closing_the_connection_gets_backoff_not_a_storm() {
+    let certs = Certs::generate("pump-7");
+    let broker = Mosquitto::mtls(&certs);
+    // Two gateways with the same certificate and client id: each connect makes the broker
+    // close the other's connection (as AWS IoT Core does with a duplicate client id).
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let _first = agent(a.path(), broker.port(), &certs, &certs.client);
+    let _second = agent(b.path(), broker.port(), &certs, &certs.client);
+    let connects = || broker.log().matches("New client connected").count();
+    wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
+        broker
+            .log()
+            .contains("already connected, closing old connection")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("the broker never closed a duplicate:\n{}", broker.log()));
+    let before = connects();
+    std::thread::sleep(Duration::from_secs(30));
+    let during = connects() - before;
+    // With exponential backoff and full jitter (500 ms doubling to 30 s, reset only after a
+    // connection has lasted 30 s) two agents make about 15 connects in 30 s; resetting the
+    // backoff on every CONNACK makes a few a second each, immediate reconnects hundreds.
+    assert!(
+        during <= 40,
+        "{during} connects in 30 s: a reconnection storm\n{}",
+        broker.log()
+    );
+    assert!(
+        during >= 2,
+        "they stopped trying: {during}\n{}",
+        broker.log()
+    );
 }
