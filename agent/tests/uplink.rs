@@ -405,8 +405,10 @@ async fn a_capped_catch_up_packs_the_backlog_into_bundles() {
     );
 }
 
-/// Runs the agent with no broker until it has journaled 200 samples in batches of 3 readings
-/// (~200 entries), then stops it; returns the summary of that run.
+/// Runs the agent with no broker for 5 s, sampling at most 200 times into batches of 3
+/// readings, then stops it; returns the summary of that run. Natively it takes all 200
+/// samples (~200 entries) in under a second; a debug build under qemu (cross/build.sh --test)
+/// managed 171 in 3 s, so the tests ask only for 100 entries, which is plenty to pack.
 async fn leave_a_backlog(dir: &std::path::Path) -> RunSummary {
     let unused_port = {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -414,10 +416,10 @@ async fn leave_a_backlog(dir: &std::path::Path) -> RunSummary {
     };
     let mut offline = config(dir, unused_port, 200);
     offline.batch.max_readings = std::num::NonZeroUsize::new(3).unwrap();
-    let stopped = run(offline, tokio::time::sleep(Duration::from_secs(3)))
+    let stopped = run(offline, tokio::time::sleep(Duration::from_secs(5)))
         .await
         .unwrap();
-    assert!(stopped.backlog >= 200, "{stopped:?}");
+    assert!(stopped.backlog >= 100, "{stopped:?}");
     stopped
 }
 
