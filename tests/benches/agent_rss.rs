@@ -29,9 +29,10 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use osprey_protocol::Body;
+use osprey_tests::bench::{machine, now_ms};
 use osprey_tests::{bin, wait_until, Mosquitto, Proc, Subscriber};
 
 const PHASES: [&str; 4] = ["warm-up", "steady", "stall", "drain"];
@@ -54,33 +55,6 @@ fn covers(times: &[i64], from: i64, to: i64) -> bool {
     first - from <= GAP_MS
         && to - last <= GAP_MS
         && inside.windows(2).all(|w| w[1] - w[0] <= GAP_MS)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("unknown")
-        .trim()
-        .to_owned();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load: Vec<&str> = load.split_whitespace().take(3).collect();
-    format!(
-        "{model}, {cores} cores, Linux {}, load average {} at start",
-        kernel.trim(),
-        load.join(" ")
-    )
 }
 
 /// A `kB` field of /proc/PID/status, in bytes.

@@ -17,46 +17,13 @@
 
 use std::collections::HashMap;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use osprey_protocol::{Body, Envelope, Series, TelemetryBatch};
+use osprey_tests::bench::{machine, now_ms};
 use osprey_tests::{bin, http_get_json, moto_endpoint, unique_name, wait_until, Mosquitto, Proc};
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .unwrap_or("unknown")
-        .trim()
-        .to_owned();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load = load
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem = mem
-        .lines()
-        .next()
-        .unwrap_or("")
-        .trim_start_matches("MemTotal:")
-        .trim()
-        .to_owned();
-    format!("{model}, {cores} cores, {mem} RAM, load average {load} at start")
-}
 
 fn client(rt: &tokio::runtime::Runtime, endpoint: &str) -> aws_sdk_kinesis::Client {
     rt.block_on(async {

@@ -38,6 +38,7 @@
 //! assert!(agent.wait_timeout(Duration::from_secs(1)).is_none(), "{}", agent.logs());
 //! ```
 
+pub mod bench;
 mod certs;
 mod mosquitto;
 mod moto;
