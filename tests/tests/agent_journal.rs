@@ -149,6 +149,26 @@ fn verify_passes_a_good_journal_and_fails_a_damaged_one_with_a_reason() {
     assert!(stderr.contains("there is no journal at"), "{stderr}");
 }
 
+/// Starts `osprey-agent run` as pump-7, sampling every 10 ms, on the journal at `journal`,
+/// publishing to the broker on `port`; its config goes into `dir`.
+fn run_agent(dir: &Path, journal: &Path, port: u16) -> Proc {
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "device_id = \"pump-7\"\n[sampling]\ninterval_ms = 10\n[journal]\npath = \"{}\"\n\
+             [mqtt]\nport = {port}\n",
+            journal.display(),
+        ),
+    )
+    .unwrap();
+    Proc::spawn(
+        Command::new(bin("osprey-agent"))
+            .args(["run", "--config"])
+            .arg(&config),
+    )
+}
+
 #[test]
 fn agent_starts_on_a_corrupt_journal_by_moving_it_aside() {
     let dir = tempfile::tempdir().unwrap();
@@ -157,22 +177,7 @@ fn agent_starts_on_a_corrupt_journal_by_moving_it_aside() {
     damage(&path);
     let broker = Mosquitto::plain();
     let sub = Subscriber::start(broker.port());
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "device_id = \"pump-7\"\n[sampling]\ninterval_ms = 10\n[journal]\npath = \"{}\"\n\
-             [mqtt]\nport = {}\n",
-            path.display(),
-            broker.port()
-        ),
-    )
-    .unwrap();
-    let mut agent = Proc::spawn(
-        Command::new(bin("osprey-agent"))
-            .args(["run", "--config"])
-            .arg(&config),
-    );
+    let mut agent = run_agent(dir.path(), &path, broker.port());
     let moved = wait_until(Duration::from_secs(60), Duration::from_millis(50), || {
         std::fs::read_dir(dir.path())
             .unwrap()
@@ -254,22 +259,7 @@ fn agent_starts_on_a_journal_whose_log_lost_its_middle_and_reports_it() {
 
     let broker = Mosquitto::plain();
     let sub = Subscriber::start(broker.port());
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "device_id = \"pump-7\"\n[sampling]\ninterval_ms = 10\n[journal]\npath = \"{}\"\n\
-             [mqtt]\nport = {}\n",
-            path.display(),
-            broker.port()
-        ),
-    )
-    .unwrap();
-    let mut agent = Proc::spawn(
-        Command::new(bin("osprey-agent"))
-            .args(["run", "--config"])
-            .arg(&config),
-    );
+    let mut agent = run_agent(dir.path(), &path, broker.port());
     // The birth status says the journal was reset and counts the lost readings as dropped.
     let status = wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
         sub.messages().into_iter().find_map(|m| match m.body {
