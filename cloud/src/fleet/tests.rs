@@ -133,14 +133,18 @@ fn api_urls_are_checked_with_a_reason() {
     assert!(ApiReader::new("http://localhost").is_ok());
 }
 
-#[tokio::test]
-async fn an_unreachable_api_says_to_start_serve() {
-    // A port nobody listens on: bind one, then let it go.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A port nobody listens on: bind one, then let it go.
+fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+#[tokio::test]
+async fn an_unreachable_api_says_to_start_serve() {
+    let port = unused_port();
     let options = FleetOptions {
         source: FleetSource::Api(format!("http://127.0.0.1:{port}")),
         device: None,
@@ -190,11 +194,7 @@ impl Write for Probe {
 
 #[tokio::test]
 async fn watch_mode_reports_a_failed_read_and_keeps_going_until_stopped() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = unused_port();
     let options = FleetOptions {
         source: FleetSource::Api(format!("http://127.0.0.1:{port}")),
         device: None,
