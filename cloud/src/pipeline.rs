@@ -334,7 +334,9 @@ fn to_message(
             i64::MAX
         ));
     }
-    let Envelope { device, seq, body } = envelope;
+    let Envelope {
+        device, seq, body, ..
+    } = envelope;
     let mut message = Message {
         device,
         seq,

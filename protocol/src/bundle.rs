@@ -38,6 +38,11 @@ pub struct Bundle {
 }
 
 impl Bundle {
+    /// The journal epoch of the messages it carries (all are of one epoch; 1.3).
+    pub fn epoch(&self) -> u64 {
+        self.messages.first().map_or(0, |m| m.epoch)
+    }
+
     /// The kind of the messages it carries (all are of one kind).
     pub fn kind(&self) -> Option<Kind> {
         self.messages.first().map(Envelope::kind)
@@ -91,6 +96,7 @@ pub fn decode_any(bytes: &[u8]) -> Result<Decoded, DecodeError> {
             body: decode_body(kind, &header.body)?,
             device: header.device,
             seq: header.seq,
+            epoch: header.epoch,
         })),
         HeaderKind::Bundle => decode_bundle(header).map(Decoded::Bundle),
     }
@@ -150,6 +156,13 @@ fn decode_bundle(header: Header) -> Result<Bundle, DecodeError> {
             )));
         }
         if let Some(prev) = messages.last() {
+            if msg.epoch != prev.epoch {
+                return Err(invalid(format!(
+                    "message {index} is of journal epoch {}, the ones before it of {}; a \
+                     bundle carries one epoch",
+                    msg.epoch, prev.epoch
+                )));
+            }
             if msg.kind() != prev.kind() {
                 return Err(invalid(format!(
                     "message {index} is {}, the ones before it {}; a bundle carries one kind",

@@ -17,9 +17,14 @@ use crate::telemetry::TelemetryBatch;
 pub const FORMAT_VERSION: u8 = 1;
 
 /// Minor revision of the format this crate writes (1.1: the compact time and value columns and
-/// the new status fields; 1.2: bundles, kind 4). A minor revision never changes what existing keys mean, so it is
+/// the new status fields; 1.2: bundles, kind 4; 1.3: the journal epoch `"j"` and the status key
+/// `"wq"`). A minor revision never changes what existing keys mean, so it is
 /// not on the wire; see `SPEC.md`, "Versioning".
-pub const FORMAT_MINOR: u8 = 2;
+pub const FORMAT_MINOR: u8 = 3;
+
+/// The largest journal epoch (`"j"`, 1.3) a message may carry: 2⁵³ − 1, so that an epoch is
+/// exact in every JSON number, DynamoDB number and signed 64-bit SQL integer.
+pub const MAX_EPOCH: u64 = (1 << 53) - 1;
 
 /// What a message carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,8 +73,13 @@ pub struct Envelope {
     /// Sending device (thing name).
     pub device: String,
     /// Per-device sequence number, strictly increasing over the device's life (it survives
-    /// restarts). `(device, seq)` identifies a message for deduplication.
+    /// restarts). `(device, epoch, seq)` identifies a message for deduplication.
     pub seq: u64,
+    /// Journal epoch (1.3, `"j"`): a random number the gateway draws when it creates a new
+    /// journal, so that the sequence numbers of a replaced journal (a re-flashed card, a new
+    /// Pi under the same thing name) are never taken for repeats of the old one's. 0 means none
+    /// (a gateway older than 1.3, or a journal created before it); at most [`MAX_EPOCH`].
+    pub epoch: u64,
     /// The payload.
     pub body: Body,
 }
@@ -206,6 +216,13 @@ pub struct Status {
     /// Time the status was taken, milliseconds since the Unix epoch.
     #[serde(rename = "t", default)]
     pub time_ms: i64,
+    /// The sequence number reserved for the last will of the connection this status was sent
+    /// on (1.3; 0 = not said): a reader takes an `offline` status with that number as newer
+    /// than every status of the same connection, although its number is lower (the will's
+    /// number is reserved before the connection's first message). See `SPEC.md`, "Status
+    /// order".
+    #[serde(rename = "wq", default, skip_serializing_if = "is_zero")]
+    pub will_seq: u64,
     /// Bytes waiting in the journal (1.1).
     #[serde(rename = "bb", default, skip_serializing_if = "is_zero")]
     pub backlog_bytes: u64,
@@ -251,6 +268,7 @@ impl Status {
             boot_id: String::new(),
             clock: ClockState::Unknown,
             journal_resets: 0,
+            will_seq: 0,
         }
     }
 
@@ -278,6 +296,8 @@ struct WireOut<'a, B: Serialize> {
     k: u8,
     d: &'a str,
     q: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    j: u64,
     b: &'a B,
 }
 
@@ -287,8 +307,14 @@ impl Envelope {
         Envelope {
             device: device.to_owned(),
             seq,
+            epoch: 0,
             body,
         }
+    }
+
+    /// The same envelope in journal epoch `epoch` (1.3; 0 = none).
+    pub fn with_epoch(self, epoch: u64) -> Envelope {
+        Envelope { epoch, ..self }
     }
 
     /// This message's kind.
@@ -311,12 +337,19 @@ impl Envelope {
             Body::Alert(alert) => alert.check_limits().map_err(over)?,
             Body::Status(status) => status.check_limits().map_err(over)?,
         }
+        if self.epoch > MAX_EPOCH {
+            return Err(EncodeError::Cbor(format!(
+                "journal epoch {} is over the largest, {MAX_EPOCH}",
+                self.epoch
+            )));
+        }
         let mut out = Vec::new();
         let (v, k, d, q) = (FORMAT_VERSION, self.kind().code(), &*self.device, self.seq);
+        let j = self.epoch;
         let res = match &self.body {
-            Body::Telemetry(b) => ciborium::into_writer(&WireOut { v, k, d, q, b }, &mut out),
-            Body::Alert(b) => ciborium::into_writer(&WireOut { v, k, d, q, b }, &mut out),
-            Body::Status(b) => ciborium::into_writer(&WireOut { v, k, d, q, b }, &mut out),
+            Body::Telemetry(b) => ciborium::into_writer(&WireOut { v, k, d, q, j, b }, &mut out),
+            Body::Alert(b) => ciborium::into_writer(&WireOut { v, k, d, q, j, b }, &mut out),
+            Body::Status(b) => ciborium::into_writer(&WireOut { v, k, d, q, j, b }, &mut out),
         };
         res.map_err(|e| EncodeError::Cbor(format!("{e:?}")))?;
         if out.len() > limit {
@@ -345,6 +378,7 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
     Ok(Envelope {
         device: header.device,
         seq: header.seq,
+        epoch: header.epoch,
         body,
     })
 }
@@ -364,6 +398,7 @@ pub(crate) struct Header {
     pub(crate) kind: HeaderKind,
     pub(crate) device: String,
     pub(crate) seq: u64,
+    pub(crate) epoch: u64,
     pub(crate) body: Value,
 }
 
@@ -389,13 +424,14 @@ pub(crate) fn read_header(bytes: &[u8]) -> Result<Header, DecodeError> {
         return Err(DecodeError::Malformed("top level is not a map".to_owned()));
     };
     // The first occurrence of each key counts, as in a lookup.
-    let (mut v, mut k, mut d, mut q, mut b) = (None, None, None, None, None);
+    let (mut v, mut k, mut d, mut q, mut j, mut b) = (None, None, None, None, None, None);
     for (key, value) in entries {
         let slot = match key.as_text() {
             Some("v") => &mut v,
             Some("k") => &mut k,
             Some("d") => &mut d,
             Some("q") => &mut q,
+            Some("j") => &mut j,
             Some("b") => &mut b,
             _ => continue,
         };
@@ -437,11 +473,24 @@ pub(crate) fn read_header(bytes: &[u8]) -> Result<Header, DecodeError> {
         return Err(DecodeError::InvalidDevice(device));
     }
     let seq = uint("q", q.as_ref())?;
+    let epoch = match j {
+        None => 0,
+        Some(value) => {
+            let epoch = uint("j", Some(&value))?;
+            if epoch > MAX_EPOCH {
+                return Err(DecodeError::Malformed(format!(
+                    "field \"j\" is {epoch}, over the largest journal epoch {MAX_EPOCH}"
+                )));
+            }
+            epoch
+        }
+    };
     let body = b.ok_or_else(|| DecodeError::Malformed("missing field \"b\"".to_owned()))?;
     Ok(Header {
         kind,
         device,
         seq,
+        epoch,
         body,
     })
 }

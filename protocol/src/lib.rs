@@ -54,7 +54,7 @@ pub use bundle::{
 pub use columns::{MAX_SCALE, MAX_SCALED};
 pub use envelope::{
     decode, Alert, AlertEvent, Body, ClockState, Envelope, Kind, Severity, Status, StatusState,
-    FORMAT_MINOR, FORMAT_VERSION,
+    FORMAT_MINOR, FORMAT_VERSION, MAX_EPOCH,
 };
 pub use error::{DecodeError, EncodeError, RuleError};
 pub use limit::{

@@ -11,9 +11,9 @@ use crate::error::EncodeError;
 use crate::limit::{Limit, MAX_READINGS_PER_SERIES, MAX_SERIES_PER_BATCH};
 
 /// The most bytes an envelope adds around a telemetry body, for any valid device id (128
-/// bytes at most) and any sequence number: `a5`, `"v" 1`, `"k" 1`, `"d"` + 130, `"q"` + 9,
-/// `"b"`. A body of `n` bytes makes a message of at most `n + ENVELOPE_OVERHEAD_MAX` bytes.
-pub const ENVELOPE_OVERHEAD_MAX: usize = 1 + 3 + 3 + 132 + 11 + 2;
+/// bytes at most), any sequence number and any journal epoch: `a6`, `"v" 1`, `"k" 1`, `"d"` +
+/// 130, `"q"` + 9, `"j"` + 9 (1.3), `"b"`. A body of `n` bytes makes a message of at most `n + ENVELOPE_OVERHEAD_MAX` bytes.
+pub const ENVELOPE_OVERHEAD_MAX: usize = 1 + 3 + 3 + 132 + 11 + 11 + 2;
 
 /// A batch of readings, stored column-wise per series.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -467,7 +467,8 @@ mod tests {
     fn envelope_overhead_is_the_worst_case() {
         let device: String = core::iter::repeat_n('d', 128).collect();
         let body = TelemetryBatch::default();
-        let msg = crate::Envelope::new(&device, u64::MAX, crate::Body::Telemetry(body.clone()));
+        let msg = crate::Envelope::new(&device, u64::MAX, crate::Body::Telemetry(body.clone()))
+            .with_epoch(crate::MAX_EPOCH);
         let len = msg.encode().map(|b| b.len()).unwrap_or(0);
         assert_eq!(len, body.max_message_len());
     }

@@ -177,6 +177,7 @@ fn body() -> impl Strategy<Value = Body> {
                 backlog_bytes: bl / 3,
                 dropped_quota: up / 7,
                 journal_resets: bl % 3,
+                will_seq: up / 5,
                 boot_id: if on { "b".into() } else { String::new() },
                 clock: if up % 2 == 0 {
                     ClockState::Synced
@@ -195,8 +196,13 @@ fn body() -> impl Strategy<Value = Body> {
 
 proptest! {
     #[test]
-    fn encode_then_decode_is_identity(device in device_id(), seq in any::<u64>(), body in body()) {
-        let msg = Envelope::new(&device, seq, body);
+    fn encode_then_decode_is_identity(
+        device in device_id(),
+        seq in any::<u64>(),
+        epoch in prop_oneof![Just(0u64), 1..=osprey_protocol::MAX_EPOCH],
+        body in body(),
+    ) {
+        let msg = Envelope::new(&device, seq, body).with_epoch(epoch);
         let bytes = msg.encode().expect("encode");
         prop_assert_eq!(decode(&bytes).expect("decode"), msg);
     }

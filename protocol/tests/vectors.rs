@@ -83,6 +83,7 @@ fn expected() -> Vec<(&'static str, Envelope)> {
             boot_id: "6f1c2a3e-8d4b-4c5a-9e7f-0a1b2c3d4e5f".into(),
             clock: ClockState::Synced,
             journal_resets: 0,
+            will_seq: 0,
         }),
     );
     vec![
