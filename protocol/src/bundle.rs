@@ -93,7 +93,7 @@ pub fn decode_any(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     let header = read_header(bytes)?;
     match header.kind {
         HeaderKind::Message(kind) => Ok(Decoded::Message(Envelope {
-            body: decode_body(kind, &header.body)?,
+            body: decode_body(kind, header.body)?,
             device: header.device,
             seq: header.seq,
             epoch: header.epoch,
@@ -116,6 +116,9 @@ fn decode_bundle(header: Header) -> Result<Bundle, DecodeError> {
         kind: "bundle",
         reason,
     };
+    if let Some(key) = crate::cbor::duplicate_key(&body) {
+        return Err(invalid(format!("duplicate key {key} in a map of the body")));
+    }
     let Value::Map(entries) = body else {
         return Err(invalid("the body is not a map".to_owned()));
     };

@@ -9,6 +9,7 @@ use alloc::{borrow::ToOwned, format, string::String, vec::Vec};
 use ciborium::Value;
 use serde::{Deserialize, Serialize};
 
+use crate::cbor::CborError;
 use crate::error::{DecodeError, EncodeError};
 use crate::limit::{Limit, MAX_DEPTH, MAX_MESSAGE_BYTES};
 use crate::telemetry::TelemetryBatch;
@@ -374,7 +375,7 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         HeaderKind::Message(kind) => kind,
         HeaderKind::Bundle => return Err(DecodeError::IsBundle),
     };
-    let body = decode_body(kind, &header.body)?;
+    let body = decode_body(kind, header.body)?;
     Ok(Envelope {
         device: header.device,
         seq: header.seq,
@@ -411,19 +412,38 @@ pub(crate) fn read_header(bytes: &[u8]) -> Result<Header, DecodeError> {
             limit: MAX_MESSAGE_BYTES,
         });
     }
-    // ciborium's limit counts nested maps and arrays, the top-level map included.
-    let value: Value =
-        ciborium::de::from_reader_with_recursion_limit(bytes, MAX_DEPTH).map_err(|e| match e {
-            ciborium::de::Error::RecursionLimitExceeded => DecodeError::LimitExceeded {
-                limit: Limit::Depth,
-                found: MAX_DEPTH + 1,
-            },
-            e => DecodeError::Malformed(format!("{e:?}")),
-        })?;
+    // Maps, arrays and tags count towards the depth, the top-level map included.
+    let value = crate::cbor::read(bytes, MAX_DEPTH).map_err(|e| match e {
+        CborError::TooDeep => DecodeError::LimitExceeded {
+            limit: Limit::Depth,
+            found: MAX_DEPTH + 1,
+        },
+        CborError::Malformed(why) => DecodeError::Malformed(why),
+    })?;
     let Value::Map(entries) = value else {
         return Err(DecodeError::Malformed("top level is not a map".to_owned()));
     };
-    // The first occurrence of each key counts, as in a lookup.
+    // A map with a key twice is not valid CBOR (RFC 8949, 5.6), wherever it is; under "b" it
+    // is the body's fault (`InvalidBody`, checked with the body), anywhere else the envelope's.
+    let keys = Value::Map(
+        entries
+            .iter()
+            .map(|(k, _)| (k.clone(), Value::Null))
+            .collect(),
+    );
+    let duplicate = crate::cbor::duplicate_key(&keys).or_else(|| {
+        entries
+            .iter()
+            .filter(|(k, _)| k.as_text() != Some("b"))
+            .find_map(|(k, v)| {
+                crate::cbor::duplicate_key(k).or_else(|| crate::cbor::duplicate_key(v))
+            })
+    });
+    if let Some(key) = duplicate {
+        return Err(DecodeError::Malformed(format!(
+            "duplicate key {key} in a map of the envelope"
+        )));
+    }
     let (mut v, mut k, mut d, mut q, mut j, mut b) = (None, None, None, None, None, None);
     for (key, value) in entries {
         let slot = match key.as_text() {
@@ -435,9 +455,7 @@ pub(crate) fn read_header(bytes: &[u8]) -> Result<Header, DecodeError> {
             Some("b") => &mut b,
             _ => continue,
         };
-        if slot.is_none() {
-            *slot = Some(value);
-        }
+        *slot = Some(value);
     }
     let uint = |name: &str, field: Option<&Value>| -> Result<u64, DecodeError> {
         let v = field.ok_or_else(|| DecodeError::Malformed(format!("missing field {name:?}")))?;
@@ -485,7 +503,15 @@ pub(crate) fn read_header(bytes: &[u8]) -> Result<Header, DecodeError> {
             epoch
         }
     };
-    let body = b.ok_or_else(|| DecodeError::Malformed("missing field \"b\"".to_owned()))?;
+    let body = match b {
+        Some(body @ Value::Map(_)) => body,
+        Some(_) => {
+            return Err(DecodeError::Malformed(
+                "field \"b\" is not a map".to_owned(),
+            ))
+        }
+        None => return Err(DecodeError::Malformed("missing field \"b\"".to_owned())),
+    };
     Ok(Header {
         kind,
         device,
@@ -495,16 +521,20 @@ pub(crate) fn read_header(bytes: &[u8]) -> Result<Header, DecodeError> {
     })
 }
 
-/// Applies the schema of `kind` to a body.
-pub(crate) fn decode_body(kind: Kind, body: &Value) -> Result<Body, DecodeError> {
+/// Applies the schema of `kind` to a body (a map: [`read_header`] checked that).
+pub(crate) fn decode_body(kind: Kind, body: Value) -> Result<Body, DecodeError> {
     let invalid = |reason: String| DecodeError::InvalidBody {
         kind: kind.topic_level(),
         reason,
     };
+    if let Some(key) = crate::cbor::duplicate_key(&body) {
+        return Err(invalid(format!("duplicate key {key} in a map of the body")));
+    }
     // Counts are checked on the generic value, before any column is expanded.
-    if let Some(n) = series_count(body) {
+    if let Some(n) = series_count(kind, &body) {
         Limit::SeriesPerBatch.check(n).map_err(over_limit)?;
     }
+    let body = schema_view(kind, body).map_err(invalid)?;
     Ok(match kind {
         Kind::Telemetry => {
             let batch: TelemetryBatch =
@@ -527,13 +557,84 @@ pub(crate) fn decode_body(kind: Kind, body: &Value) -> Result<Body, DecodeError>
     })
 }
 
+/// The keys of an alert body (`SPEC.md`, "Alert").
+const ALERT_KEYS: &[&str] = &["r", "n", "m", "e", "l", "x", "h", "t"];
+/// The keys of a status body (`SPEC.md`, "Status").
+const STATUS_KEYS: &[&str] = &[
+    "st", "av", "up", "bl", "dr", "t", "wq", "bb", "dq", "bi", "cs", "jr",
+];
+/// The keys of a telemetry series (`SPEC.md`, "Telemetry").
+const SERIES_KEYS: &[&str] = &["n", "m", "u", "t", "dt", "p", "e", "x", "s", "xi"];
+
+/// The body as its schema sees it: only the keys the schema knows (an unknown key is
+/// ignored whatever it holds), and none of those holding a tag, `null`, `undefined` or another
+/// simple value, which are never spec types (serde's value deserializer would look through a
+/// tag and take `null` for an absent optional key). Types are then checked by serde.
+fn schema_view(kind: Kind, body: Value) -> Result<Value, String> {
+    let Value::Map(entries) = body else {
+        return Err("the body is not a map".to_owned());
+    };
+    match kind {
+        Kind::Alert => known_keys(entries, ALERT_KEYS, "").map(Value::Map),
+        Kind::Status => known_keys(entries, STATUS_KEYS, "").map(Value::Map),
+        Kind::Telemetry => {
+            let mut body = Vec::new();
+            for (key, value) in entries {
+                if key.as_text() != Some("s") {
+                    continue;
+                }
+                let Value::Array(items) = value else {
+                    if let Some(what) = crate::cbor::not_spec_type(&value) {
+                        return Err(format!("key \"s\" holds {what}"));
+                    }
+                    body.push((key, value));
+                    continue;
+                };
+                let mut series = Vec::with_capacity(items.len());
+                for (i, item) in items.into_iter().enumerate() {
+                    series.push(match item {
+                        Value::Map(e) => {
+                            Value::Map(known_keys(e, SERIES_KEYS, &format!("series {i}: "))?)
+                        }
+                        other => match crate::cbor::not_spec_type(&other) {
+                            Some(what) => return Err(format!("series {i} is {what}")),
+                            None => other,
+                        },
+                    });
+                }
+                body.push((key, Value::Array(series)));
+            }
+            Ok(Value::Map(body))
+        }
+    }
+}
+
+/// The entries of a map whose text key is one of `known`, each checked to hold spec types only.
+fn known_keys(
+    entries: Vec<(Value, Value)>,
+    known: &[&str],
+    context: &str,
+) -> Result<Vec<(Value, Value)>, String> {
+    let mut out = Vec::with_capacity(entries.len());
+    for (key, value) in entries {
+        let Some(name) = key.as_text().filter(|name| known.contains(name)) else {
+            continue;
+        };
+        if let Some(what) = crate::cbor::not_spec_type(&value) {
+            return Err(format!("{context}key {name:?} holds {what}"));
+        }
+        out.push((key, value));
+    }
+    Ok(out)
+}
+
 pub(crate) fn over_limit((limit, found): (Limit, usize)) -> DecodeError {
     DecodeError::LimitExceeded { limit, found }
 }
 
 /// The length of a telemetry body's `"s"` array, if it has one.
-fn series_count(body: &Value) -> Option<usize> {
-    let Value::Map(entries) = body else {
+fn series_count(kind: Kind, body: &Value) -> Option<usize> {
+    let (Kind::Telemetry, Value::Map(entries)) = (kind, body) else {
         return None;
     };
     entries.iter().find_map(|(k, v)| match (k.as_text(), v) {

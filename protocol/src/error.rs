@@ -103,6 +103,23 @@ pub enum EncodeError {
     /// The device id is empty, too long or has characters outside the allowed alphabet.
     #[error("invalid device id {0:?} (1 to 128 of A-Z a-z 0-9 _ - :)")]
     InvalidDevice(String),
+    /// A series' reading times (`t0_ms` plus the running sum of its deltas) leave the `i64`
+    /// millisecond range, which decoders refuse.
+    #[error("series {sensor}/{metric}: reading times leave the 64-bit millisecond range")]
+    TimeOutOfRange {
+        /// Sensor name.
+        sensor: String,
+        /// Metric name.
+        metric: String,
+    },
+    /// Numbering the parts of a split batch from `first_seq` on would pass 2⁶⁴ − 1.
+    #[error("{parts} messages numbered from {first_seq} would pass the largest sequence number")]
+    SeqOverflow {
+        /// The first part's sequence number.
+        first_seq: u64,
+        /// How many parts there are.
+        parts: usize,
+    },
     /// A bundle needs at least one message.
     #[error("a bundle needs at least one message")]
     EmptyBundle,

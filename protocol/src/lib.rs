@@ -36,6 +36,7 @@
 extern crate alloc;
 
 mod bundle;
+mod cbor;
 mod columns;
 mod envelope;
 mod error;

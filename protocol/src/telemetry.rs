@@ -46,6 +46,12 @@ impl TelemetryBatch {
                 });
             }
             s.check_limits().map_err(over)?;
+            if last_time(s.t0_ms, &s.dt_ms).is_none() {
+                return Err(EncodeError::TimeOutOfRange {
+                    sensor: s.sensor.clone(),
+                    metric: s.metric.clone(),
+                });
+            }
         }
         Ok(())
     }
@@ -124,13 +130,25 @@ impl TelemetryBatch {
         first_seq: u64,
         limit: usize,
     ) -> Result<Vec<Vec<u8>>, EncodeError> {
-        let mut seq = first_seq;
-        self.split_to_fit(limit)?
+        let parts = self.split_to_fit(limit)?;
+        // The parts are numbered first_seq, first_seq + 1, …: that must not wrap past 2^64 - 1.
+        let last = u64::try_from(parts.len().saturating_sub(1))
+            .ok()
+            .and_then(|n| first_seq.checked_add(n));
+        if last.is_none() {
+            return Err(EncodeError::SeqOverflow {
+                first_seq,
+                parts: parts.len(),
+            });
+        }
+        parts
             .into_iter()
-            .map(|batch| {
-                let msg = crate::Envelope::new(device, seq, crate::Body::Telemetry(batch));
-                seq = seq.wrapping_add(1);
-                msg.encode_with_limit(limit)
+            .enumerate()
+            .map(|(i, batch)| {
+                // i < parts.len(), and first_seq + parts.len() - 1 fits (checked above).
+                let seq = first_seq + i as u64;
+                crate::Envelope::new(device, seq, crate::Body::Telemetry(batch))
+                    .encode_with_limit(limit)
             })
             .collect()
     }
@@ -273,7 +291,9 @@ impl Series {
         self.readings().last().map(|(t, _)| t).unwrap_or(self.t0_ms)
     }
 
-    /// The readings as `(time_ms, value)` pairs.
+    /// The readings as `(time_ms, value)` pairs. A decoded series never leaves the `i64`
+    /// range (the decoder refuses one that would, and the encoder one built in memory); the
+    /// saturation only keeps a series built by hand from overflowing.
     pub fn readings(&self) -> impl Iterator<Item = (i64, f64)> + '_ {
         let mut t = self.t0_ms;
         self.dt_ms.iter().zip(&self.values).map(move |(dt, v)| {
@@ -347,6 +367,12 @@ impl Series {
         }
         Limit::ReadingsPerSeries.check(self.values.len().max(self.dt_ms.len()))
     }
+}
+
+/// The time of the last reading of a series with base time `t0` and deltas `dt`, if it is
+/// within `i64` (deltas are never negative, so every earlier time is too).
+fn last_time(t0: i64, dt: &[u32]) -> Option<i64> {
+    dt.iter().try_fold(t0, |t, &d| t.checked_add(i64::from(d)))
 }
 
 /// Wire form of a series being written: exactly one time form and one value form.
@@ -441,6 +467,11 @@ impl<'de> Deserialize<'de> for Series {
                 ))
             }
         };
+        // Reading times are t0 plus the running sum of the deltas: the last (the largest) must
+        // be a 64-bit millisecond time, or no reader could compute it.
+        if last_time(w.t, &dt_ms).is_none() {
+            return Err(bad("reading times leave the 64-bit millisecond range"));
+        }
         if dt_ms.len() != values.len() {
             return Err(bad(&alloc::format!(
                 "{} time deltas but {} values",
