@@ -1,6 +1,10 @@
 //! `osprey decode`: shows a payload as JSON, for an operator looking at what a device sent
 //! (an MQTT payload saved with `mosquitto_sub -N`, a Kinesis record, a dead letter). A bundle
 //! (protocol 1.2) shows as `kind: "bundle"` with its inner messages under `messages`.
+//!
+//! The JSON is [`osprey_protocol::json`]'s view: the journal epoch (1.3) as `epoch`, and NaN,
+//! +∞ and −∞ readings as the strings `"NaN"`, `"Infinity"` and `"-Infinity"` (JSON has no
+//! literal for them; as `null` they would look like a missing reading).
 
 use osprey_protocol::{decode_any, DecodeError, PayloadError, FORMAT_VERSION};
 use serde_json::Value;
@@ -110,6 +114,78 @@ mod tests {
         assert_eq!(json["messages"][0], to_json(&telemetry()));
         assert_eq!(json["messages"][1]["seq"], 9);
         assert_eq!(json["messages"][1]["body"]["readings"], 2);
+    }
+
+    #[test]
+    fn nan_and_infinities_show_distinguishably() {
+        let mut s = Series::new("bearing", "temperature", "Cel");
+        for (i, x) in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.5]
+            .into_iter()
+            .enumerate()
+        {
+            s.push(1_000 + i as i64, x);
+        }
+        let msg = Envelope::new(
+            "pump-7",
+            4,
+            Body::Telemetry(TelemetryBatch { series: vec![s] }),
+        );
+        let json = show(&msg.encode().unwrap()).unwrap();
+        assert_eq!(
+            json["body"]["series"][0]["readings"],
+            json!([
+                [1_000, "NaN"],
+                [1_001, "Infinity"],
+                [1_002, "-Infinity"],
+                [1_003, -0.5]
+            ])
+        );
+        let alert = Envelope::new(
+            "pump-7",
+            5,
+            Body::Alert(osprey_protocol::Alert {
+                rule: "r".into(),
+                sensor: "s".into(),
+                metric: "m".into(),
+                event: osprey_protocol::AlertEvent::Raise,
+                severity: osprey_protocol::Severity::Info,
+                value: f64::NAN,
+                threshold: f64::NEG_INFINITY,
+                time_ms: 0,
+            }),
+        );
+        let json = show(&alert.encode().unwrap()).unwrap();
+        assert_eq!(json["body"]["value"], "NaN");
+        assert_eq!(json["body"]["threshold"], "-Infinity");
+    }
+
+    #[test]
+    fn epoch_and_will_seq_show() {
+        // status-3 of SPEC.md: epoch 4 503 599 627 370 497, online, will seq 7.
+        let status = Envelope::new(
+            "pump-7",
+            8,
+            Body::Status(osprey_protocol::Status {
+                will_seq: 7,
+                ..osprey_protocol::Status::new(osprey_protocol::StatusState::Online)
+            }),
+        )
+        .with_epoch(4_503_599_627_370_497);
+        let json = show(&status.encode().unwrap()).unwrap();
+        assert_eq!(json["epoch"], 4_503_599_627_370_497u64);
+        assert_eq!(json["body"]["will_seq"], 7);
+        assert_eq!(show(&telemetry().encode().unwrap()).unwrap()["epoch"], 0);
+    }
+
+    #[test]
+    fn trailing_bytes_are_not_shown_as_one_message() {
+        let one = telemetry().encode().unwrap();
+        let two = [one.clone(), one].concat();
+        let err = show(&two).unwrap_err();
+        assert!(
+            matches!(&err, ShowError::Decode(DecodeError::Malformed(why)) if why.contains("trailing bytes")),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! `osprey-agent journal export` print the same shape. (Feature `json`.)
 //!
 //! This is a view, not a second wire format: nothing decodes it back.
+//!
+//! JSON has no literal for NaN and the infinities (`serde_json` would print all three as
+//! `null`, so a NaN reading and a missing one would look alike). The view prints them as the
+//! strings `"NaN"`, `"Infinity"` and `"-Infinity"` (the spellings of JavaScript's `Number`
+//! and of Python's `json` module); every finite value stays a JSON number. See [`number`].
 
 use serde_json::{json, Value};
 
@@ -18,12 +23,14 @@ pub fn decoded_json(decoded: &Decoded) -> Value {
             "kind": "bundle",
             "device": bundle.device,
             "seq": bundle.seq,
+            "epoch": bundle.epoch(),
             "messages": bundle.messages.iter().map(to_json).collect::<Vec<_>>(),
         }),
     }
 }
 
-/// A whole message: `{version, kind, device, seq, body}` with [`body_json`] as the body.
+/// A whole message: `{version, kind, device, seq, epoch, body}` with [`body_json`] as the
+/// body (`epoch` is the journal epoch, 1.3; 0 = none).
 pub fn to_json(msg: &Envelope) -> Value {
     json!({
         "version": FORMAT_VERSION,
@@ -34,11 +41,26 @@ pub fn to_json(msg: &Envelope) -> Value {
         },
         "device": msg.device,
         "seq": msg.seq,
+        "epoch": msg.epoch,
         "body": body_json(&msg.body),
     })
 }
 
-/// A message body with full field names; telemetry readings as `[time_ms, value]` pairs.
+/// A value as JSON: a number when finite, else `"NaN"`, `"Infinity"` or `"-Infinity"`.
+pub fn number(x: f64) -> Value {
+    if x.is_nan() {
+        Value::from("NaN")
+    } else if x == f64::INFINITY {
+        Value::from("Infinity")
+    } else if x == f64::NEG_INFINITY {
+        Value::from("-Infinity")
+    } else {
+        Value::from(x)
+    }
+}
+
+/// A message body with full field names; telemetry readings as `[time_ms, value]` pairs,
+/// values as [`number`] shows them.
 pub fn body_json(body: &Body) -> Value {
     match body {
         Body::Telemetry(batch) => json!({
@@ -47,7 +69,7 @@ pub fn body_json(body: &Body) -> Value {
                 "sensor": s.sensor,
                 "metric": s.metric,
                 "unit": s.unit,
-                "readings": s.readings().map(|(t, v)| json!([t, v])).collect::<Vec<_>>(),
+                "readings": s.readings().map(|(t, v)| json!([t, number(v)])).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         }),
         Body::Alert(a) => json!({
@@ -56,8 +78,8 @@ pub fn body_json(body: &Body) -> Value {
             "metric": a.metric,
             "event": a.event,
             "severity": a.severity,
-            "value": a.value,
-            "threshold": a.threshold,
+            "value": number(a.value),
+            "threshold": number(a.threshold),
             "time_ms": a.time_ms,
         }),
         Body::Status(s) => json!({
@@ -72,6 +94,7 @@ pub fn body_json(body: &Body) -> Value {
             "boot_id": s.boot_id,
             "clock": s.clock,
             "journal_resets": s.journal_resets,
+            "will_seq": s.will_seq,
         }),
     }
 }

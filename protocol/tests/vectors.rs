@@ -10,6 +10,9 @@ use osprey_protocol::{
     Envelope, Series, Severity, Status, StatusState, TelemetryBatch,
 };
 
+/// The journal epoch of the 1.3 vectors: 2^52 + 1.
+const EPOCH: u64 = 4_503_599_627_370_497;
+
 /// Vectors in a form the current encoder no longer writes (decode-only, kept forever).
 const DECODE_ONLY: [&str; 1] = ["telemetry-1"];
 
@@ -86,6 +89,28 @@ fn expected() -> Vec<(&'static str, Envelope)> {
             will_seq: 0,
         }),
     );
+    // 1.3: a gateway whose journal has epoch 2^52 + 1 (a random draw in 1..=2^53-1; "j" takes
+    // a 9-byte head), the readings of telemetry-2.
+    let mut temp4 = Series::new("bearing", "temperature", "Cel");
+    temp4.push(1_700_000_000_000, 41.53);
+    temp4.push(1_700_000_001_000, 41.56);
+    temp4.push(1_700_000_002_000, 41.5);
+    let telemetry4 = self::telemetry(7, vec![temp4]).with_epoch(EPOCH);
+    // 1.3: the birth of a connection whose last will reserved seq 7 (one below the birth's).
+    let status3 = Envelope::new(
+        "pump-7",
+        8,
+        Body::Status(Status {
+            agent_version: "0.3.0".into(),
+            uptime_s: 5,
+            time_ms: 1_700_007_200_000,
+            will_seq: 7,
+            boot_id: "6f1c2a3e-8d4b-4c5a-9e7f-0a1b2c3d4e5f".into(),
+            clock: ClockState::Synced,
+            ..Status::new(StatusState::Online)
+        }),
+    )
+    .with_epoch(EPOCH);
     vec![
         ("telemetry-1", telemetry),
         ("alert-1", alert),
@@ -93,6 +118,8 @@ fn expected() -> Vec<(&'static str, Envelope)> {
         ("telemetry-2", self::telemetry(4, vec![temp2])),
         ("telemetry-3", self::telemetry(5, vec![accel, count])),
         ("status-2", status2),
+        ("telemetry-4", telemetry4),
+        ("status-3", status3),
     ]
 }
 
