@@ -5,7 +5,7 @@
 //! ```text
 //!  journal entries (encoded envelopes, each with its own seq)
 //!     e₁ e₂ … eₙ  ─► encode_bundle(device, seq of eₙ, [e₁ … eₙ]) ─► one MQTT publish
-//!  cloud: decode_messages(payload) ─► [m₁ … mₙ] ─► dedup each by (device, seq)
+//!  cloud: decode_messages(payload) ─► [m₁ … mₙ] ─► dedup each by (device, epoch, seq)
 //! ```
 //!
 //! A bundle does not merge batches: each inner message keeps the bytes and the sequence number

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::{Body, Decoded, Envelope, Kind, FORMAT_VERSION};
 
 /// A decoded payload: [`to_json`] for a plain message; for a bundle
-/// `{version, kind: "bundle", device, seq, messages: [...]}` with each inner message as
+/// `{version, kind: "bundle", device, seq, epoch, messages: [...]}` with each inner message as
 /// [`to_json`] shows it.
 pub fn decoded_json(decoded: &Decoded) -> Value {
     match decoded {

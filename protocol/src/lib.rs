@@ -16,7 +16,7 @@
 //! A gateway draining a backlog may send a *bundle* (1.2): several complete encoded messages
 //! in one payload ([`encode_bundle`]); a reader of transport payloads uses
 //! [`decode_messages`] (or [`decode_any`]), which returns the one message or the bundle's, each
-//! to be deduplicated by its own `(device, seq)`.
+//! to be deduplicated by its own `(device, epoch, seq)` (the journal epoch `"j"` is 1.3).
 //!
 //! The byte-level contract is `protocol/SPEC.md`; its test vectors are decoded by this crate's
 //! tests, so the document and the code cannot drift apart.

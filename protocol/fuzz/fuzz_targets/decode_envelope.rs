@@ -25,9 +25,9 @@ fn bits(msg: &Envelope) -> String {
                     )
                 })
                 .collect();
-            format!("{} {} {cols:?}", msg.device, msg.seq)
+            format!("{} {} {} {cols:?}", msg.device, msg.epoch, msg.seq)
         }
-        other => format!("{} {} {other:?}", msg.device, msg.seq),
+        other => format!("{} {} {} {other:?}", msg.device, msg.epoch, msg.seq),
     }
 }
 
