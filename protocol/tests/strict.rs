@@ -229,7 +229,10 @@ fn duplicate_body_keys_are_invalid_body() {
     let inner = bytes(&envelope(3, status_body(&[]), &[]));
     let bundle = envelope(
         4,
-        map(&[("m", array(&[inner.clone()])), ("m", array(&[inner]))]),
+        map(&[
+            ("m", array(std::slice::from_ref(&inner))),
+            ("m", array(&[inner])),
+        ]),
         &[],
     );
     assert!(matches!(
