@@ -1,7 +1,7 @@
 //! The envelope and the three message bodies, and their CBOR codec.
 //!
 //! The wire form is a CBOR map with short text keys (see `SPEC.md`). Decoding goes through a
-//! generic CBOR value first, so that the version and kind are checked before any body schema is
+//! generic CBOR value first (read strictly by [`crate::cbor`]), so that the version and kind are checked before any body schema is
 //! applied: a newer major version is reported as such, not as a malformed body.
 
 use alloc::{borrow::ToOwned, format, string::String, vec::Vec};
@@ -365,8 +365,10 @@ impl Envelope {
 
 /// Decodes one message. Never panics; every failure is a [`DecodeError`].
 ///
-/// Fields this version does not know are ignored (forward compatibility within a major
-/// version); a newer major version or an unknown kind is an error. Both the 1.0 and the 1.1
+/// Fields this version does not know are ignored whatever they hold (forward compatibility
+/// within a major version); a newer major version or an unknown kind is an error. The payload
+/// must be exactly one CBOR item with no map holding a key twice, and no known key may hold a
+/// tag or a simple value (`SPEC.md`, "CBOR conventions" and "Errors"). Both the 1.0 and the 1.1
 /// column forms of telemetry are read. A bundle (kind 4) is [`DecodeError::IsBundle`]: a
 /// reader of transport payloads uses [`crate::decode_messages`], which takes both.
 pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
