@@ -1,8 +1,9 @@
 //! The envelope and the three message bodies, and their CBOR codec.
 //!
 //! The wire form is a CBOR map with short text keys (see `SPEC.md`). Decoding goes through a
-//! generic CBOR value first (read strictly by [`crate::cbor`]), so that the version and kind are checked before any body schema is
-//! applied: a newer major version is reported as such, not as a malformed body.
+//! generic CBOR value first (read strictly by [`crate::cbor`]), so that the version and kind
+//! are checked before any body schema is applied: a newer major version is reported as such,
+//! not as a malformed body.
 
 use alloc::{borrow::ToOwned, format, string::String, vec::Vec};
 
@@ -650,5 +651,86 @@ fn series_count(kind: Kind, body: &Value) -> Option<usize> {
 fn schema_error(e: ciborium::value::Error) -> String {
     match e {
         ciborium::value::Error::Custom(msg) => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wire keys of `value` serialized (a map).
+    fn wire_keys(value: &impl Serialize) -> Vec<String> {
+        let mut out = Vec::new();
+        ciborium::into_writer(value, &mut out).ok();
+        match ciborium::from_reader::<Value, _>(&out[..]) {
+            Ok(Value::Map(entries)) => entries
+                .into_iter()
+                .filter_map(|(k, _)| k.into_text().ok())
+                .collect(),
+            other => panic!("not a map: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_key_the_encoder_writes_is_a_known_key() {
+        // Every field off its default, so that every key is written: a key missing from the
+        // lists would be dropped by schema_view and the message would not round-trip.
+        let status = Status {
+            state: StatusState::Offline,
+            agent_version: "a".into(),
+            uptime_s: 1,
+            backlog: 1,
+            dropped: 1,
+            time_ms: 1,
+            will_seq: 1,
+            backlog_bytes: 1,
+            dropped_quota: 1,
+            boot_id: "b".into(),
+            clock: ClockState::Synced,
+            journal_resets: 1,
+        };
+        let keys = wire_keys(&status);
+        assert_eq!(keys.len(), STATUS_KEYS.len());
+        assert!(
+            keys.iter().all(|k| STATUS_KEYS.contains(&k.as_str())),
+            "{keys:?}"
+        );
+        let alert = Alert {
+            rule: "r".into(),
+            sensor: "s".into(),
+            metric: "m".into(),
+            event: AlertEvent::Raise,
+            severity: Severity::Info,
+            value: 1.0,
+            threshold: 1.0,
+            time_ms: 1,
+        };
+        let keys = wire_keys(&alert);
+        assert_eq!(keys.len(), ALERT_KEYS.len());
+        assert!(
+            keys.iter().all(|k| ALERT_KEYS.contains(&k.as_str())),
+            "{keys:?}"
+        );
+        // Both forms of both columns of a series.
+        let mut floats = crate::Series::new("n", "m", "u");
+        floats.push(0, 0.1 + 0.2);
+        floats.push(5, 1.0 / 3.0);
+        floats.push(1_000_000, 0.7);
+        let mut scaled = crate::Series::new("n", "m", "u");
+        for i in 0..4 {
+            scaled.push(i * 1000 + i % 2, 0.25 * i as f64);
+        }
+        let mut keys = wire_keys(&floats);
+        keys.extend(wire_keys(&scaled));
+        for key in SERIES_KEYS {
+            assert!(
+                keys.iter().any(|k| k == key),
+                "{key} never written: {keys:?}"
+            );
+        }
+        assert!(
+            keys.iter().all(|k| SERIES_KEYS.contains(&k.as_str())),
+            "{keys:?}"
+        );
     }
 }
