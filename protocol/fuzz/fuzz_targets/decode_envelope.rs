@@ -1,7 +1,8 @@
 //! Any bytes into the envelope decoder and the payload decoder (`decode_any`: a message or a
 //! bundle of them): a typed error or a result, never a panic. A message either accepts must
 //! encode again, and decode to the same thing (values compared as bits, so NaN payloads
-//! count); a bundle must re-encode from its re-encoded messages and give them back.
+//! count), and is refused with a byte appended; a bundle must re-encode from its re-encoded
+//! messages and give them back.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -60,6 +61,13 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Err(_) => assert!(decode(data).is_err(), "decode accepts what decode_any refuses"),
+    }
+    // A payload is one CBOR item and nothing after it (1.3): whatever is accepted stops being
+    // accepted with a byte appended.
+    if decode_any(data).is_ok() {
+        let mut longer = data.to_vec();
+        longer.push(0);
+        assert!(decode_any(&longer).is_err(), "trailing byte accepted");
     }
     if let Ok(msg) = decode(data) {
         // What the decoder accepts, the encoder accepts, except that the re-encoding may be a
