@@ -360,6 +360,7 @@ fn unknown_keys_are_ignored_whatever_they_hold() {
         vec![0xf8, 0xff], // unassigned simple value 255
         vec![0xf7],       // undefined
         vec![0xf0],       // unassigned simple value 16
+        vec![0xe0],       // unassigned simple value 0
         vec![0xf6],       // null
         vec![0xf5],       // true
         [vec![0xc2], bytes(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0])].concat(), // bignum 2^72
