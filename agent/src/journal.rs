@@ -17,6 +17,12 @@
 //!   device's life, across restarts and across a corrupt journal being replaced, including
 //!   numbers used by messages that are never journaled (status birth and will), so
 //!   `(device, seq)` never names two messages.
+//! - Every journal has an epoch ([`Journal::epoch`], stored with the lease; see [`lease`]): a
+//!   random non-zero number drawn when the directory is new, 0 for a journal from before
+//!   protocol 1.3, kept when a corrupt journal is replaced while its lease survives, drawn
+//!   anew when the lease is lost. Every message the agent encodes carries it, and the cloud
+//!   deduplicates by `(device, epoch, seq)`, so a replaced journal that restarts its
+//!   numbering is never mistaken for duplicates.
 //! - [`Journal::read`] returns only *durable* entries: with [`Durability::EachAppend`] an entry
 //!   is durable when `append` returns; with [`Durability::Interval`] once a later
 //!   [`Journal::sync`] returns. So nothing leaves the device that a power cut could take back,
@@ -232,6 +238,15 @@ pub trait Journal: Send + Sync {
     /// Hands out the next sequence number. It is never handed out again, even after a restart
     /// (see the module docs for when that becomes durable).
     fn reserve_seq(&self) -> Result<u64, JournalError>;
+
+    /// The journal epoch every message numbered by this journal carries (protocol 1.3): random
+    /// and non-zero for a journal created since, 0 for an older one. See the module docs.
+    fn epoch(&self) -> u64;
+
+    /// Stored entries with a seq below this may carry another epoch than [`Journal::epoch`]
+    /// (left from before the epoch changed, which happens only when the lease was damaged);
+    /// 0: every entry carries the current epoch. Bundles must not mix epochs.
+    fn foreign_epochs_below(&self) -> u64;
 
     /// Stores `record`, evicting to respect the quota; durable as the [`Durability`] says.
     fn append(&self, record: &Record<'_>) -> Result<Appended, JournalError>;

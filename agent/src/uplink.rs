@@ -404,6 +404,7 @@ impl Uplink {
     fn pack(&self, class: Class, from: u64, below: u64) -> Result<Option<Unit>, AgentError> {
         let max_bytes = self.mqtt.pack_backlog.then_some(self.max_bytes);
         let mut packer = Packer::new(&self.device, max_bytes);
+        let (current, foreign_below) = (self.journal.epoch(), self.journal.foreign_epochs_below());
         let chunk = if max_bytes.is_some() { PACK_READ } else { 1 };
         let mut from = from;
         'read: loop {
@@ -414,7 +415,14 @@ impl Uplink {
                     break 'read;
                 }
                 from = entry.seq.saturating_add(1);
-                if packer.offer(entry).is_err() || packer.is_full() {
+                // Entries older than an epoch change may carry the old epoch; only those are
+                // decoded to find it (a bundle carries one epoch).
+                let epoch = if entry.seq < foreign_below {
+                    osprey_protocol::decode(&entry.message).map_or(u64::MAX, |e| e.epoch)
+                } else {
+                    current
+                };
+                if packer.offer(entry, epoch).is_err() || packer.is_full() {
                     break 'read;
                 }
             }
@@ -520,7 +528,9 @@ impl Uplink {
             journal_resets: counters.resets,
             ..Status::new(state)
         };
-        Ok(Envelope::new(&self.device, seq, Body::Status(status)).encode()?)
+        Ok(Envelope::new(&self.device, seq, Body::Status(status))
+            .with_epoch(self.journal.epoch())
+            .encode()?)
     }
 
     /// A sequence number for a status message, made durable before the message can leave,

@@ -80,7 +80,8 @@ impl Writer {
         // sled's flush is a blocking fsync; keep it off the async worker threads.
         let written = tokio::task::spawn_blocking(move || {
             let seq = journal.reserve_seq()?;
-            match Envelope::new(&device, seq, body).encode() {
+            let envelope = Envelope::new(&device, seq, body).with_epoch(journal.epoch());
+            match envelope.encode() {
                 Ok(bytes) => {
                     let appended = journal.append(&Record {
                         seq,
@@ -176,10 +177,11 @@ mod tests {
         assert_eq!(
             decoded,
             [
-                Envelope::new("pump-7", 1, Body::Alert(alert)),
-                Envelope::new("pump-7", 2, Body::Telemetry(batch)),
+                Envelope::new("pump-7", 1, Body::Alert(alert)).with_epoch(journal.epoch()),
+                Envelope::new("pump-7", 2, Body::Telemetry(batch)).with_epoch(journal.epoch()),
             ]
         );
+        assert_ne!(journal.epoch(), 0, "a new journal has a random epoch");
         assert_eq!(Stats::get(&stats.journaled), 2);
     }
 }
