@@ -36,7 +36,10 @@
 //!   alert, and a telemetry batch that still does not fit is itself dropped. Every evicted or
 //!   dropped message and reading is added to [`Counters`], persisted in the same atomic write
 //!   as the eviction, so the counts survive restarts. A message evicted while it was in flight
-//!   may still be acknowledged by the broker; it is counted as dropped all the same.
+//!   may still be acknowledged by the broker: the uplink then finds it gone at the PUBACK and
+//!   takes its count back ([`Journal::uncount_evicted`]), so the counters equal what the cloud
+//!   misses. (Only a crash between that PUBACK and the next flush can leave it counted: an
+//!   over-count, never an under-count.)
 //! - Every record carries a CRC-32 of its kind, reading count and payload. A record that fails
 //!   it, or whose payload does not decode, makes the journal corrupt: see [`open_or_recover`].
 //! - After every flush a small file beside sled's (the durable mark) records the highest seq
@@ -251,9 +254,14 @@ pub trait Journal: Send + Sync {
     /// Stores `record`, evicting to respect the quota; durable as the [`Durability`] says.
     fn append(&self, record: &Record<'_>) -> Result<Appended, JournalError>;
 
-    /// Deletes the message `seq` of `class` (delivered). Removing a missing entry is not an
-    /// error.
-    fn remove(&self, class: Class, seq: u64) -> Result<(), JournalError>;
+    /// Deletes the message `seq` of `class` (delivered). Returns whether it was still stored;
+    /// removing a missing entry is not an error.
+    fn remove(&self, class: Class, seq: u64) -> Result<bool, JournalError>;
+
+    /// Takes back the drop count of messages the quota evicted while they were in flight and
+    /// whose PUBACK then arrived (their [`Journal::remove`] found nothing): they were delivered
+    /// after all, so the counters say exactly what the cloud misses.
+    fn uncount_evicted(&self, delivered: Dropped) -> Result<(), JournalError>;
 
     /// Up to `limit` durable entries of `class` with `seq >= from`, in ascending order.
     fn read(&self, class: Class, from: u64, limit: usize) -> Result<Vec<Entry>, JournalError>;

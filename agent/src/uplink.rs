@@ -63,7 +63,7 @@ use crate::backoff::Backoff;
 use crate::clock::wall_clock_ms;
 use crate::config::Mqtt;
 use crate::error::AgentError;
-use crate::journal::{Class, Journal, JournalError};
+use crate::journal::{Class, Dropped, Journal, JournalError};
 use crate::stats::Stats;
 use crate::stop::stopped;
 use crate::task::OwnedTask;
@@ -104,8 +104,9 @@ pub(crate) struct Uplink {
 /// A message requested from rumqttc and not yet acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Pending {
-    /// Journal entries (one, or a bundle's), ascending; removed from the journal on PUBACK.
-    Journaled(Class, Vec<u64>),
+    /// Journal entries (one, or a bundle's), ascending, with their readings; removed from the
+    /// journal on PUBACK.
+    Journaled(Kind, Vec<u64>, Vec<u32>),
     /// A status message (not journaled).
     Status(u64),
 }
@@ -322,9 +323,19 @@ impl Uplink {
                 }
             },
             Event::Incoming(Packet::PubAck(ack)) => match session.sent.remove(&ack.pkid) {
-                Some(Pending::Journaled(class, seqs)) => {
-                    for &seq in &seqs {
-                        self.journal.remove(class, seq)?;
+                Some(Pending::Journaled(kind, seqs, readings)) => {
+                    let mut evicted = Dropped::default();
+                    for (&seq, &n) in seqs.iter().zip(&readings) {
+                        if !self.journal.remove(Class::of(kind), seq)? {
+                            // The quota evicted it while it was in flight and counted it as
+                            // dropped; the broker has it after all.
+                            evicted.add(Dropped::one(kind, n));
+                        }
+                    }
+                    if !evicted.is_empty() {
+                        self.journal.uncount_evicted(evicted)?;
+                        tracing::debug!(device = %self.device, readings = evicted.readings,
+                            "evicted while in flight, then acknowledged: not dropped after all");
                     }
                     Stats::add(&self.stats.published, seqs.len() as u64);
                     if seqs.len() > 1 {
@@ -366,7 +377,7 @@ impl Uplink {
             if let Some(bucket) = session.bucket.as_mut() {
                 bucket.take(now);
             }
-            let pending = Pending::Journaled(unit.class(), unit.seqs);
+            let pending = Pending::Journaled(unit.kind, unit.seqs, unit.readings);
             if !self.publish(client, session, unit.kind, unit.payload, pending) {
                 return Ok(false);
             }

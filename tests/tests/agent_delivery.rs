@@ -405,3 +405,144 @@ fn small_quota_drops_only_the_oldest_telemetry_and_reports_the_count() {
     assert_eq!(telemetry, expected_tail, "a newer batch is missing");
     assert!(journaled.range(..first).count() > 0);
 }
+
+/// Alert events the agent logged, by seq: `true` for a raise. The sampler logs an event only
+/// once it is journaled (durably), before the alarm file is saved and the actions run.
+fn logged_alerts(logs: &str) -> BTreeMap<u64, bool> {
+    logs.lines()
+        .filter_map(|l| {
+            let raise = if l.contains("alert raised") {
+                true
+            } else if l.contains("alert cleared") {
+                false
+            } else {
+                return None;
+            };
+            let start = l.find(" seq=")? + 5;
+            let seq = l[start..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()?;
+            Some((seq, raise))
+        })
+        .collect()
+}
+
+/// The `since_ms` of the raised alarm `rule` in the alarm file, if it names it.
+fn alarm_since(path: &Path, rule: &str) -> Option<i64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let alarms: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    alarms
+        .iter()
+        .find(|a| a["rule"] == rule)
+        .map(|a| a["since_ms"].as_i64().unwrap())
+}
+
+/// The next unleased seq in the journal's lease file: every seq the agent has handed out is
+/// below it, and the next run starts at it.
+fn lease_next(journal: &Path) -> u64 {
+    let bytes = std::fs::read(journal.join("seq.lease")).unwrap();
+    u64::from_be_bytes(bytes[..8].try_into().unwrap())
+}
+
+#[test]
+fn kill_9_right_after_alert_events_loses_no_raise_or_clear() {
+    let broker = Mosquitto::plain();
+    let sub = Subscriber::start(broker.port());
+    let dir = tempfile::tempdir().unwrap();
+    // A rule that flaps: the simulated bearing is 42 °C ± 0.8 σ, raise above 43, clear at 42,
+    // an event every few 10 ms samples. Interval flushes: alerts must be fsynced anyway.
+    let extra = Extra {
+        max_readings: 6,
+        journal: "flush_interval_ms = 200\n",
+        mqtt: "max_publish_rate = 0\n\
+               [[rules]]\nid = \"flappy\"\nsensor = \"bearing\"\nmetric = \"temperature\"\n\
+               when = \"above\"\nthreshold = 43.0\nclear = 42.0\n\
+               [[actions]]\nrule = \"*\"\non = \"both\"\nlog = true\n",
+    };
+    let config = agent_config(dir.path(), broker.port(), 10, 0, &extra);
+    let journal = dir.path().join("journal");
+    let alarms = dir.path().join("journal.alarms.json");
+    let mut decided = BTreeMap::new();
+    // After each kill: the lease (a bound on that run's seqs) and the raise the alarm file
+    // names, if any.
+    let mut states = Vec::new();
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    let rounds = 40;
+    for round in 0..rounds {
+        let mut agent = start_agent(&config);
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        // Kill 0-7 ms after the 1st to 4th event of this run is logged.
+        let want = 1 + (rng % 4) as usize;
+        let seen = wait_until(Duration::from_secs(20), Duration::from_millis(1), || {
+            (logged_alerts(&agent.stderr()).len() >= want).then_some(())
+        });
+        assert!(
+            seen.is_some(),
+            "round {round}: no alert events\n{}",
+            agent.logs()
+        );
+        std::thread::sleep(Duration::from_millis((rng >> 8) % 8));
+        agent.kill();
+        decided.extend(logged_alerts(&agent.stderr()));
+        states.push((lease_next(&journal), alarm_since(&alarms, "flappy")));
+    }
+    // A last run delivers what is left (max_samples = 1: it stops once the journal is empty).
+    let config = agent_config(dir.path(), broker.port(), 10, 1, &extra);
+    let mut agent = start_agent(&config);
+    wait_for_exit(&mut agent, Duration::from_secs(120));
+    decided.extend(logged_alerts(&agent.stderr()));
+
+    let received: BTreeMap<u64, osprey_protocol::Alert> = dedup(sub.messages())
+        .into_iter()
+        .filter_map(|m| match m.body {
+            Body::Alert(a) => Some((m.seq, a)),
+            _ => None,
+        })
+        .collect();
+    // Every event the agent decided (and so journaled) arrived, as decided.
+    let mut missing = Vec::new();
+    for (seq, raise) in &decided {
+        match received.get(seq) {
+            Some(a) => assert_eq!(
+                a.event == osprey_protocol::AlertEvent::Raise,
+                *raise,
+                "seq {seq} arrived as another event"
+            ),
+            None => missing.push(*seq),
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} alert events the agent decided never arrived: {missing:?}",
+        missing.len(),
+        decided.len()
+    );
+    // The alarm file never names a raise the cloud did not get: that raise would never be
+    // decided again after the restart (the alarm is restored as raised).
+    for (k, (lease, since)) in states.iter().enumerate() {
+        if let Some(since) = since {
+            let sent = received
+                .range(..lease)
+                .any(|(_, a)| a.event == osprey_protocol::AlertEvent::Raise && a.time_ms == *since);
+            assert!(
+                sent,
+                "after kill {k} the alarm file holds a raise at {since} ms that never arrived"
+            );
+        }
+    }
+    let raises = decided.values().filter(|r| **r).count();
+    let clears = decided.len() - raises;
+    let raised_at_kill = states.iter().filter(|(_, s)| s.is_some()).count();
+    eprintln!(
+        "alert kill -9 suite: {rounds} kills right after alert events; {raises} raises and \
+         {clears} clears decided, all delivered ({} alert messages received); the alarm file \
+         named a raised alarm after {raised_at_kill} kills, each raise delivered",
+        received.len()
+    );
+    assert!(decided.len() >= rounds, "only {} events", decided.len());
+    assert!(raises > 0 && clears > 0);
+}

@@ -667,7 +667,7 @@ impl Journal for SledJournal {
         Ok(appended)
     }
 
-    fn remove(&self, class: Class, seq: u64) -> Result<(), JournalError> {
+    fn remove(&self, class: Class, seq: u64) -> Result<bool, JournalError> {
         let mut state = lock(&self.state);
         let removed = self
             .tree
@@ -677,6 +677,7 @@ impl Journal for SledJournal {
                 seq,
                 source,
             })?;
+        let was_stored = removed.is_some();
         if let Some(value) = removed {
             state.sub(
                 class,
@@ -684,6 +685,24 @@ impl Journal for SledJournal {
                 record::header_readings(&value),
             );
         }
+        Ok(was_stored)
+    }
+
+    fn uncount_evicted(&self, delivered: Dropped) -> Result<(), JournalError> {
+        if delivered.is_empty() {
+            return Ok(());
+        }
+        let mut state = lock(&self.state);
+        let mut counters = state.counters;
+        let d = &mut counters.dropped;
+        d.batches = d.batches.saturating_sub(delivered.batches);
+        d.readings = d.readings.saturating_sub(delivered.readings);
+        d.alerts = d.alerts.saturating_sub(delivered.alerts);
+        counters.quota_readings = counters.quota_readings.saturating_sub(delivered.readings);
+        self.tree
+            .insert(COUNTERS_KEY, &encode_counters(&counters)[..])
+            .map_err(|source| self.read_err(source))?;
+        state.counters = counters;
         Ok(())
     }
 
@@ -1042,6 +1061,49 @@ pub(crate) mod tests {
         assert_eq!(j.counters().dropped.readings, 20);
         assert_eq!(j.len(), 4);
         assert!(j.bytes() <= options.max_bytes);
+    }
+
+    #[test]
+    fn an_evicted_message_acknowledged_later_is_not_counted_as_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = (KEY_LEN + record::HEADER_LEN + telemetry(1, 10).len()) as u64;
+        let options = JournalOptions {
+            max_bytes: one * 2 + one / 2,
+            durability: Durability::EachAppend,
+        };
+        {
+            let j = SledJournal::open_with(dir.path(), options).unwrap();
+            // 1 and 2 are "in flight" (read by the uplink); 3 and 4 evict them.
+            let (first, _) = append_telemetry(&j, 10);
+            let (second, _) = append_telemetry(&j, 10);
+            append_telemetry(&j, 10);
+            append_telemetry(&j, 10);
+            assert_eq!(j.counters().dropped.readings, 20);
+            // The PUBACK of 1 arrives: it is gone, so it was delivered after all.
+            assert!(!j.remove(Class::Telemetry, first).unwrap());
+            j.uncount_evicted(Dropped::one(Kind::Telemetry, 10))
+                .unwrap();
+            assert_eq!(
+                j.counters().dropped,
+                Dropped {
+                    batches: 1,
+                    readings: 10,
+                    alerts: 0
+                }
+            );
+            assert_eq!(j.counters().quota_readings, 10);
+            // 2's PUBACK never comes (the connection dropped): it stays counted.
+            let _ = second;
+            assert!(j.remove(Class::Telemetry, 3).unwrap(), "3 was stored");
+            j.sync().unwrap();
+        }
+        let j = SledJournal::open_with(dir.path(), options).unwrap();
+        assert_eq!(
+            j.counters().dropped.readings,
+            10,
+            "the correction is persisted"
+        );
+        assert_eq!(j.counters().quota_readings, 10);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub(crate) struct Unit {
     pub(crate) kind: Kind,
     /// Their sequence numbers, ascending; removed from the journal on the PUBACK.
     pub(crate) seqs: Vec<u64>,
+    /// The readings of each (same order as `seqs`; 0 for alerts).
+    pub(crate) readings: Vec<u32>,
     /// The payload: the entry itself, or the bundle.
     pub(crate) payload: Vec<u8>,
 }
@@ -120,6 +122,7 @@ impl<'a> Packer<'a> {
         };
         let (kind, last_seq) = (last.kind, last.seq);
         let seqs = self.entries.iter().map(|e| e.seq).collect();
+        let readings = self.entries.iter().map(|e| e.readings).collect();
         let payload = if self.entries.len() == 1 {
             self.entries.swap_remove(0).message
         } else {
@@ -129,6 +132,7 @@ impl<'a> Packer<'a> {
         Ok(Some(Unit {
             kind,
             seqs,
+            readings,
             payload,
         }))
     }
