@@ -73,6 +73,10 @@ pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(30);
 pub const DEFAULT_INFLIGHT: u16 = 32;
 /// Default publish-rate cap (AWS IoT Core's per-connection limit), messages per second.
 pub const DEFAULT_MAX_PUBLISH_RATE: u32 = 100;
+/// Default period of status messages.
+pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(60);
+/// Longest allowed `status.interval_s`: a day.
+pub const MAX_STATUS_INTERVAL: Duration = Duration::from_secs(86_400);
 
 /// The validated agent configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +105,9 @@ pub struct Config {
     pub actions: Vec<ActionConfig>,
     /// File that keeps raised alarms across restarts.
     pub alarms_path: PathBuf,
+    /// Period of status messages while connected (with the counters); `None`: only the
+    /// birth and the offline status.
+    pub status_interval: Option<Duration>,
 }
 
 /// Validated `[sampling]`.
@@ -163,6 +170,7 @@ enum Field {
     ClientId,
     KeepAlive,
     Alpn,
+    StatusInterval,
     Rule(usize),
 }
 
@@ -179,6 +187,7 @@ impl Field {
             Field::ClientId => "mqtt.client_id".to_owned(),
             Field::KeepAlive => "mqtt.keep_alive_s".to_owned(),
             Field::Alpn => "mqtt.tls.alpn".to_owned(),
+            Field::StatusInterval => "status.interval_s".to_owned(),
             Field::Rule(i) => format!("[[rules]] entry {}", i + 1),
         }
     }
@@ -220,6 +229,7 @@ impl Config {
             sensors: Vec::new(),
             actions: Vec::new(),
             alarms_path: PathBuf::new(),
+            status_interval: Some(DEFAULT_STATUS_INTERVAL),
         };
         let config = Config {
             alarms_path: default_alarms_path(&config.journal_path),
@@ -294,6 +304,17 @@ impl Config {
             ));
         }
         self.check_mqtt()?;
+        if let Some(interval) = self.status_interval {
+            if interval < Duration::from_secs(1) || interval > MAX_STATUS_INTERVAL {
+                return Err((
+                    Field::StatusInterval,
+                    format!(
+                        "must be 0 (off) or 1 to {} seconds",
+                        MAX_STATUS_INTERVAL.as_secs()
+                    ),
+                ));
+            }
+        }
         let mut ids = HashSet::new();
         for (i, rule) in self.rules.iter().enumerate() {
             rule.validate()
@@ -514,6 +535,11 @@ fn from_raw(raw: &raw::AgentConfig, text: &str, base_dir: &Path) -> Result<Confi
         sensors: sensors_config,
         actions: actions_config,
         alarms_path,
+        status_interval: match &raw.status.interval_s {
+            None => Some(DEFAULT_STATUS_INTERVAL),
+            Some(v) if *v.get_ref() == 0 => None,
+            Some(v) => Some(Duration::from_secs(*v.get_ref())),
+        },
         device_id,
     })
 }
@@ -536,6 +562,7 @@ fn span_of(raw: &raw::AgentConfig, field: Field) -> Option<Range<usize>> {
             .as_ref()
             .and_then(|t| t.get_ref().alpn.as_ref())
             .map(Spanned::span),
+        Field::StatusInterval => raw.status.interval_s.as_ref().map(Spanned::span),
         Field::Rule(i) => raw.rules.get(i).map(Spanned::span),
     }
 }

@@ -105,6 +105,7 @@ pub async fn run_with_reload(
             delivered_tx,
             stats: Arc::clone(&stats),
             started: Instant::now(),
+            status_interval: config.status_interval,
         }
         .run(stop_rx.clone()),
     );

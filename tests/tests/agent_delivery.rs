@@ -406,9 +406,11 @@ fn small_quota_drops_only_the_oldest_telemetry_and_reports_the_count() {
     assert!(journaled.range(..first).count() > 0);
 }
 
-/// Alert events the agent logged, by seq: `true` for a raise. The sampler logs an event only
-/// once it is journaled (durably), before the alarm file is saved and the actions run.
-fn logged_alerts(logs: &str) -> BTreeMap<u64, bool> {
+/// Alert events the agent logged, as (event time, raise?). The sampler logs an event only once
+/// it is journaled (durably), before the alarm file is saved and the actions run. Events are
+/// matched by their time (the wall clock of the sample) rather than by seq, so that the check
+/// means the same whatever the order of those steps.
+fn logged_alerts(logs: &str) -> BTreeSet<(i64, bool)> {
     logs.lines()
         .filter_map(|l| {
             let raise = if l.contains("alert raised") {
@@ -418,13 +420,13 @@ fn logged_alerts(logs: &str) -> BTreeMap<u64, bool> {
             } else {
                 return None;
             };
-            let start = l.find(" seq=")? + 5;
-            let seq = l[start..]
+            let start = l.find(" time_ms=")? + 9;
+            let time_ms = l[start..]
                 .split(|c: char| !c.is_ascii_digit())
                 .next()?
                 .parse()
                 .ok()?;
-            Some((seq, raise))
+            Some((time_ms, raise))
         })
         .collect()
 }
@@ -464,7 +466,7 @@ fn kill_9_right_after_alert_events_loses_no_raise_or_clear() {
     let config = agent_config(dir.path(), broker.port(), 10, 0, &extra);
     let journal = dir.path().join("journal");
     let alarms = dir.path().join("journal.alarms.json");
-    let mut decided = BTreeMap::new();
+    let mut decided = BTreeSet::new();
     // After each kill: the lease (a bound on that run's seqs) and the raise the alarm file
     // names, if any.
     let mut states = Vec::new();
@@ -503,21 +505,15 @@ fn kill_9_right_after_alert_events_loses_no_raise_or_clear() {
             _ => None,
         })
         .collect();
-    // Every event the agent decided (and so journaled) arrived, as decided.
-    let mut missing = Vec::new();
-    for (seq, raise) in &decided {
-        match received.get(seq) {
-            Some(a) => assert_eq!(
-                a.event == osprey_protocol::AlertEvent::Raise,
-                *raise,
-                "seq {seq} arrived as another event"
-            ),
-            None => missing.push(*seq),
-        }
-    }
+    // Every event the agent decided (and so journaled) arrived.
+    let got: BTreeSet<(i64, bool)> = received
+        .values()
+        .map(|a| (a.time_ms, a.event == osprey_protocol::AlertEvent::Raise))
+        .collect();
+    let missing: Vec<&(i64, bool)> = decided.difference(&got).collect();
     assert!(
         missing.is_empty(),
-        "{} of {} alert events the agent decided never arrived: {missing:?}",
+        "{} of {} alert events the agent decided never arrived (time_ms, raise?): {missing:?}",
         missing.len(),
         decided.len()
     );
@@ -534,7 +530,7 @@ fn kill_9_right_after_alert_events_loses_no_raise_or_clear() {
             );
         }
     }
-    let raises = decided.values().filter(|r| **r).count();
+    let raises = decided.iter().filter(|(_, r)| *r).count();
     let clears = decided.len() - raises;
     let raised_at_kill = states.iter().filter(|(_, s)| s.is_some()).count();
     eprintln!(
@@ -545,4 +541,154 @@ fn kill_9_right_after_alert_events_loses_no_raise_or_clear() {
     );
     assert!(decided.len() >= rounds, "only {} events", decided.len());
     assert!(raises > 0 && clears > 0);
+}
+
+#[test]
+fn messages_evicted_in_flight_then_acknowledged_are_not_counted_as_dropped() {
+    let mut broker = Mosquitto::plain();
+    let sub = Subscriber::start(broker.port());
+    broker.stop();
+    let dir = tempfile::tempdir().unwrap();
+    // 1 kHz × 3 series into a 256 KiB quota; delivery runs while the journal is full, so
+    // the quota keeps evicting the oldest entries, which are the ones in flight.
+    let extra = Extra {
+        max_readings: 10,
+        journal: "max_bytes = 262272\n",
+        mqtt: "max_publish_rate = 0\n",
+    };
+    let config = agent_config(dir.path(), broker.port(), 1, 20_000, &extra);
+    let mut agent = start_agent(&config);
+    let full = wait_until(Duration::from_secs(120), Duration::from_millis(100), || {
+        agent.stderr().contains("journal full").then_some(())
+    });
+    assert!(full.is_some(), "the quota never filled\n{}", agent.logs());
+    restart_broker_with_agent_held(&mut broker, &mut agent, &sub);
+    // Stall the broker again and again while sampling goes on, the first time right after
+    // the agent has sent its full journal: publishes wait for their PUBACK long enough for
+    // the quota to evict them, and the PUBACK comes after all.
+    let mut stalls = 0;
+    while !agent
+        .stderr()
+        .contains("sampling done, delivering the journal")
+    {
+        assert!(agent.is_running(), "{}", agent.logs());
+        std::thread::sleep(Duration::from_millis(200));
+        broker.signal("STOP");
+        std::thread::sleep(Duration::from_millis(1500));
+        broker.signal("CONT");
+        stalls += 1;
+        assert!(stalls < 400, "sampling never ended\n{}", agent.logs());
+    }
+    wait_for_exit(&mut agent, Duration::from_secs(180));
+
+    let logs = agent.stderr();
+    let taken = log_field(&logs, " done", "readings").expect("the agent's summary line");
+    let all = sub.messages();
+    let received = dedup(all.clone());
+    let got = readings(&received);
+    let status = all
+        .iter()
+        .rev()
+        .find_map(|m| match &m.body {
+            Body::Status(s) => Some(s.clone()),
+            _ => None,
+        })
+        .expect("a status message");
+    let taken_back = logs
+        .lines()
+        .filter(|l| l.contains("evicted while in flight, then acknowledged"))
+        .count();
+    eprintln!(
+        "in-flight evictions: {stalls} broker stalls, {taken} readings taken, {got} received, \
+         {} reported dropped (dq {}), {taken_back} acknowledgements of evicted messages \
+         taken back out of the drop count",
+        status.dropped, status.dropped_quota
+    );
+    assert!(
+        taken_back > 0,
+        "no message was evicted while in flight: the test did not test it"
+    );
+    assert!(status.dropped > 0, "nothing dropped");
+    assert_eq!(
+        status.dropped,
+        taken - got,
+        "reported drops must equal the readings missing at the subscriber"
+    );
+    assert_eq!(status.dropped_quota, status.dropped);
+}
+
+/// Status messages received, in arrival order, with their seq and epoch.
+fn statuses(sub: &Subscriber) -> Vec<(u64, u64, osprey_protocol::Status)> {
+    sub.messages()
+        .into_iter()
+        .filter(|m| m.device == DEVICE)
+        .filter_map(|m| match m.body {
+            Body::Status(s) => Some((m.seq, m.epoch, s)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn periodic_statuses_carry_the_will_seq_and_a_clean_stop_goes_offline_under_a_fresh_seq() {
+    use osprey_protocol::StatusState;
+    let broker = Mosquitto::plain();
+    let sub = Subscriber::start(broker.port());
+    let dir = tempfile::tempdir().unwrap();
+    let extra = Extra {
+        mqtt: "[status]\ninterval_s = 1\n",
+        ..DEFAULTS
+    };
+    let config = agent_config(dir.path(), broker.port(), 100, 0, &extra);
+    let mut agent = start_agent(&config);
+    // The birth and at least three periodic statuses.
+    let online = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        (statuses(&sub).len() >= 4).then_some(())
+    });
+    assert!(online.is_some(), "{:?}\n{}", statuses(&sub), agent.logs());
+    let status = agent.terminate(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{}", agent.logs());
+    let offline = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        statuses(&sub)
+            .iter()
+            .any(|(_, _, s)| s.state == StatusState::Offline)
+            .then_some(())
+    });
+    assert!(offline.is_some(), "no offline status: {:?}", statuses(&sub));
+
+    let all = statuses(&sub);
+    let (last, earlier) = all.split_last().unwrap();
+    let will_seq = earlier[0].2.will_seq;
+    assert_ne!(will_seq, 0, "the birth names its will's seq");
+    let epoch = earlier[0].1;
+    assert_ne!(epoch, 0, "a new journal has a non-zero epoch");
+    let mut previous = 0;
+    for (seq, e, s) in earlier {
+        assert_eq!(s.state, StatusState::Online, "{all:?}");
+        assert_eq!(
+            s.will_seq, will_seq,
+            "every birth/periodic status names the will"
+        );
+        assert!(*seq > previous, "status seqs must increase: {all:?}");
+        assert_ne!(*seq, will_seq);
+        assert_eq!(*e, epoch);
+        previous = *seq;
+    }
+    assert!(earlier.len() >= 3, "birth + at least 2 periodic: {all:?}");
+    // The counters are in them: the uptime grows.
+    assert!(earlier.last().unwrap().2.uptime_s >= 2, "{all:?}");
+    let (offline_seq, offline_epoch, offline) = last;
+    assert_eq!(offline.state, StatusState::Offline);
+    assert!(
+        *offline_seq > previous,
+        "the clean offline seq {offline_seq} must exceed every earlier status seq ({previous})"
+    );
+    assert_ne!(*offline_seq, will_seq, "the will's seq is the will's alone");
+    assert_eq!(*offline_epoch, epoch);
+    eprintln!(
+        "status lifecycle: {} online statuses (birth + periodic, seqs {:?}, wq {will_seq}), \
+         clean offline seq {offline_seq}",
+        earlier.len(),
+        earlier.iter().map(|(q, _, _)| *q).collect::<Vec<_>>()
+    );
 }

@@ -43,6 +43,18 @@ pub(crate) struct AgentConfig {
     /// Where raised alarms are kept across restarts.
     #[serde(default)]
     pub(crate) alarms: super::sensors::AlarmsEntry,
+    /// Periodic status messages.
+    #[serde(default)]
+    pub(crate) status: StatusConfig,
+}
+
+/// `[status]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StatusConfig {
+    /// Seconds between periodic status messages while connected, each with the counters
+    /// (default 60, at most 86400; 0 = none, only the birth and the offline status).
+    pub(crate) interval_s: Option<Spanned<u64>>,
 }
 
 /// `[sampling]`
