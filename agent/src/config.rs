@@ -153,6 +153,10 @@ pub struct Mqtt {
     /// Send waiting entries of one kind as bundles of up to `batch.max_bytes` (protocol 1.2;
     /// the cloud must be upgraded first). Off: one publish per entry, as in 1.1.
     pub pack_backlog: bool,
+    /// MQTT user name; `None`: no login.
+    pub username: Option<String>,
+    /// File with the MQTT password, read at start (see [`crate::credentials`]).
+    pub password_file: Option<PathBuf>,
     /// TLS settings; plain MQTT when `None`.
     pub tls: Option<Tls>,
 }
@@ -168,6 +172,7 @@ enum Field {
     Host,
     Port,
     ClientId,
+    Username,
     KeepAlive,
     Alpn,
     StatusInterval,
@@ -185,6 +190,7 @@ impl Field {
             Field::Host => "mqtt.host".to_owned(),
             Field::Port => "mqtt.port".to_owned(),
             Field::ClientId => "mqtt.client_id".to_owned(),
+            Field::Username => "mqtt.username".to_owned(),
             Field::KeepAlive => "mqtt.keep_alive_s".to_owned(),
             Field::Alpn => "mqtt.tls.alpn".to_owned(),
             Field::StatusInterval => "status.interval_s".to_owned(),
@@ -223,6 +229,8 @@ impl Config {
                 max_publish_rate: NonZeroU32::new(DEFAULT_MAX_PUBLISH_RATE),
                 interleave_live: false,
                 pack_backlog: true,
+                username: None,
+                password_file: None,
                 tls: None,
             },
             rules: sim::default_rules(),
@@ -336,6 +344,13 @@ impl Config {
         }
         if mqtt.client_id.is_empty() || mqtt.client_id.len() > 128 {
             return Err((Field::ClientId, "must be 1 to 128 bytes long".to_owned()));
+        }
+        if mqtt
+            .username
+            .as_ref()
+            .is_some_and(|u| u.is_empty() || u.len() > 65_535)
+        {
+            return Err((Field::Username, "must be 1 to 65535 bytes long".to_owned()));
         }
         let ka = mqtt.keep_alive;
         if !ka.is_zero() && (ka.subsec_nanos() != 0 || ka.as_secs() > u64::from(u16::MAX)) {
@@ -529,6 +544,8 @@ fn from_raw(raw: &raw::AgentConfig, text: &str, base_dir: &Path) -> Result<Confi
             },
             interleave_live: raw.mqtt.interleave_live.unwrap_or(false),
             pack_backlog: raw.mqtt.pack_backlog.unwrap_or(true),
+            username: raw.mqtt.username.as_ref().map(|u| u.get_ref().clone()),
+            password_file: raw.mqtt.password_file.as_ref().map(path),
             tls,
         },
         rules: raw.rules.iter().map(|r| r.get_ref().clone()).collect(),
@@ -555,6 +572,7 @@ fn span_of(raw: &raw::AgentConfig, field: Field) -> Option<Range<usize>> {
         Field::Host => raw.mqtt.host.as_ref().map(Spanned::span),
         Field::Port => raw.mqtt.port.as_ref().map(Spanned::span),
         Field::ClientId => raw.mqtt.client_id.as_ref().map(Spanned::span),
+        Field::Username => raw.mqtt.username.as_ref().map(Spanned::span),
         Field::KeepAlive => raw.mqtt.keep_alive_s.as_ref().map(Spanned::span),
         Field::Alpn => raw
             .mqtt

@@ -72,6 +72,7 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::clock::wall_clock_ms;
 use crate::config::Mqtt;
+use crate::credentials::Credentials;
 use crate::error::AgentError;
 use crate::journal::{Class, Dropped, Journal, JournalError};
 use crate::stats::Stats;
@@ -102,6 +103,8 @@ pub(crate) struct Uplink {
     pub(crate) max_bytes: usize,
     /// TLS client configuration, built (and its files checked) before the run starts.
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    /// User name and password, read at start (never logged).
+    pub(crate) credentials: Option<Credentials>,
     pub(crate) journal: Arc<dyn Journal>,
     /// Signalled by the writer after each append.
     pub(crate) appended: Arc<Notify>,
@@ -296,6 +299,9 @@ impl Uplink {
                 QoS::AtLeastOnce,
                 false,
             ));
+        if let Some(c) = &self.credentials {
+            options.set_credentials(c.username.clone(), c.password.expose());
+        }
         if let Some(tls) = &self.tls {
             options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
                 Arc::clone(tls),

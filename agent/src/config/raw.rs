@@ -132,6 +132,11 @@ pub(crate) struct MqttConfig {
     /// Send waiting entries of one kind as bundles of up to `batch.max_bytes` (default true;
     /// needs a cloud that reads protocol 1.2: upgrade the cloud first).
     pub(crate) pack_backlog: Option<bool>,
+    /// MQTT user name (default: none, no login).
+    pub(crate) username: Option<Spanned<String>>,
+    /// File holding the MQTT password (not readable by everyone); `$OSPREY_MQTT_PASSWORD`
+    /// overrides it. Needs `username`.
+    pub(crate) password_file: Option<Spanned<String>>,
     /// Mutual TLS; plain MQTT when absent.
     pub(crate) tls: Option<Spanned<TlsConfig>>,
 }
