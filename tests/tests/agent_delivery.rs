@@ -9,6 +9,12 @@
 //!   drop count in the status message equals the readings missing at the subscriber.
 //! - packing: a backlog leaves in bundles (protocol 1.2), far fewer publishes than messages,
 //!   every seq once and in order; with `pack_backlog = false` one publish per message.
+//! - alerts: `kill -9` 40 times a few ms after alert events of a flapping rule; every raise and
+//!   clear the agent decided arrives, and the alarm file never names a raise that did not.
+//! - in-flight evictions: the broker is stalled while the journal is full, so the quota evicts
+//!   messages awaiting their PUBACK; those acknowledged after all are not counted as dropped.
+//! - status lifecycle: periodic statuses with the will's seq (`wq`), and a clean stop's offline
+//!   status under a fresh seq above every earlier one.
 //!
 //! The subscriber uses a clean session, and Mosquitto keeps nothing across a restart, so after
 //! restarting the broker the agent is held (SIGSTOP) until the subscriber is back; otherwise
