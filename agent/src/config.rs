@@ -73,6 +73,10 @@ pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(30);
 pub const DEFAULT_INFLIGHT: u16 = 32;
 /// Default publish-rate cap (AWS IoT Core's per-connection limit), messages per second.
 pub const DEFAULT_MAX_PUBLISH_RATE: u32 = 100;
+/// Default period of status messages.
+pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(60);
+/// Longest allowed `status.interval_s`: a day.
+pub const MAX_STATUS_INTERVAL: Duration = Duration::from_secs(86_400);
 
 /// The validated agent configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +105,9 @@ pub struct Config {
     pub actions: Vec<ActionConfig>,
     /// File that keeps raised alarms across restarts.
     pub alarms_path: PathBuf,
+    /// Period of status messages while connected (with the counters); `None`: only the
+    /// birth and the offline status.
+    pub status_interval: Option<Duration>,
 }
 
 /// Validated `[sampling]`.
@@ -146,6 +153,10 @@ pub struct Mqtt {
     /// Send waiting entries of one kind as bundles of up to `batch.max_bytes` (protocol 1.2;
     /// the cloud must be upgraded first). Off: one publish per entry, as in 1.1.
     pub pack_backlog: bool,
+    /// MQTT user name; `None`: no login.
+    pub username: Option<String>,
+    /// File with the MQTT password, read at start (see [`crate::credentials`]).
+    pub password_file: Option<PathBuf>,
     /// TLS settings; plain MQTT when `None`.
     pub tls: Option<Tls>,
 }
@@ -161,8 +172,10 @@ enum Field {
     Host,
     Port,
     ClientId,
+    Username,
     KeepAlive,
     Alpn,
+    StatusInterval,
     Rule(usize),
 }
 
@@ -177,8 +190,10 @@ impl Field {
             Field::Host => "mqtt.host".to_owned(),
             Field::Port => "mqtt.port".to_owned(),
             Field::ClientId => "mqtt.client_id".to_owned(),
+            Field::Username => "mqtt.username".to_owned(),
             Field::KeepAlive => "mqtt.keep_alive_s".to_owned(),
             Field::Alpn => "mqtt.tls.alpn".to_owned(),
+            Field::StatusInterval => "status.interval_s".to_owned(),
             Field::Rule(i) => format!("[[rules]] entry {}", i + 1),
         }
     }
@@ -214,12 +229,15 @@ impl Config {
                 max_publish_rate: NonZeroU32::new(DEFAULT_MAX_PUBLISH_RATE),
                 interleave_live: false,
                 pack_backlog: true,
+                username: None,
+                password_file: None,
                 tls: None,
             },
             rules: sim::default_rules(),
             sensors: Vec::new(),
             actions: Vec::new(),
             alarms_path: PathBuf::new(),
+            status_interval: Some(DEFAULT_STATUS_INTERVAL),
         };
         let config = Config {
             alarms_path: default_alarms_path(&config.journal_path),
@@ -294,6 +312,17 @@ impl Config {
             ));
         }
         self.check_mqtt()?;
+        if let Some(interval) = self.status_interval {
+            if interval < Duration::from_secs(1) || interval > MAX_STATUS_INTERVAL {
+                return Err((
+                    Field::StatusInterval,
+                    format!(
+                        "must be 0 (off) or 1 to {} seconds",
+                        MAX_STATUS_INTERVAL.as_secs()
+                    ),
+                ));
+            }
+        }
         let mut ids = HashSet::new();
         for (i, rule) in self.rules.iter().enumerate() {
             rule.validate()
@@ -315,6 +344,13 @@ impl Config {
         }
         if mqtt.client_id.is_empty() || mqtt.client_id.len() > 128 {
             return Err((Field::ClientId, "must be 1 to 128 bytes long".to_owned()));
+        }
+        if mqtt
+            .username
+            .as_ref()
+            .is_some_and(|u| u.is_empty() || u.len() > 65_535)
+        {
+            return Err((Field::Username, "must be 1 to 65535 bytes long".to_owned()));
         }
         let ka = mqtt.keep_alive;
         if !ka.is_zero() && (ka.subsec_nanos() != 0 || ka.as_secs() > u64::from(u16::MAX)) {
@@ -508,12 +544,19 @@ fn from_raw(raw: &raw::AgentConfig, text: &str, base_dir: &Path) -> Result<Confi
             },
             interleave_live: raw.mqtt.interleave_live.unwrap_or(false),
             pack_backlog: raw.mqtt.pack_backlog.unwrap_or(true),
+            username: raw.mqtt.username.as_ref().map(|u| u.get_ref().clone()),
+            password_file: raw.mqtt.password_file.as_ref().map(path),
             tls,
         },
         rules: raw.rules.iter().map(|r| r.get_ref().clone()).collect(),
         sensors: sensors_config,
         actions: actions_config,
         alarms_path,
+        status_interval: match &raw.status.interval_s {
+            None => Some(DEFAULT_STATUS_INTERVAL),
+            Some(v) if *v.get_ref() == 0 => None,
+            Some(v) => Some(Duration::from_secs(*v.get_ref())),
+        },
         device_id,
     })
 }
@@ -529,6 +572,7 @@ fn span_of(raw: &raw::AgentConfig, field: Field) -> Option<Range<usize>> {
         Field::Host => raw.mqtt.host.as_ref().map(Spanned::span),
         Field::Port => raw.mqtt.port.as_ref().map(Spanned::span),
         Field::ClientId => raw.mqtt.client_id.as_ref().map(Spanned::span),
+        Field::Username => raw.mqtt.username.as_ref().map(Spanned::span),
         Field::KeepAlive => raw.mqtt.keep_alive_s.as_ref().map(Spanned::span),
         Field::Alpn => raw
             .mqtt
@@ -536,6 +580,7 @@ fn span_of(raw: &raw::AgentConfig, field: Field) -> Option<Range<usize>> {
             .as_ref()
             .and_then(|t| t.get_ref().alpn.as_ref())
             .map(Spanned::span),
+        Field::StatusInterval => raw.status.interval_s.as_ref().map(Spanned::span),
         Field::Rule(i) => raw.rules.get(i).map(Spanned::span),
     }
 }

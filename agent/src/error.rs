@@ -18,6 +18,9 @@ pub enum AgentError {
     /// The TLS certificate or key files cannot be used.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The MQTT user name or password cannot be used.
+    #[error(transparent)]
+    Credentials(#[from] crate::credentials::CredentialsError),
     /// The journal cannot be opened, written or read.
     #[error(transparent)]
     Journal(#[from] JournalError),

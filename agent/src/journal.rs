@@ -17,6 +17,12 @@
 //!   device's life, across restarts and across a corrupt journal being replaced, including
 //!   numbers used by messages that are never journaled (status birth and will), so
 //!   `(device, seq)` never names two messages.
+//! - Every journal has an epoch ([`Journal::epoch`], stored with the lease; see [`lease`]): a
+//!   random non-zero number drawn when the directory is new, 0 for a journal from before
+//!   protocol 1.3, kept when a corrupt journal is replaced while its lease survives, drawn
+//!   anew when the lease is lost. Every message the agent encodes carries it, and the cloud
+//!   deduplicates by `(device, epoch, seq)`, so a replaced journal that restarts its
+//!   numbering is never mistaken for duplicates.
 //! - [`Journal::read`] returns only *durable* entries: with [`Durability::EachAppend`] an entry
 //!   is durable when `append` returns; with [`Durability::Interval`] once a later
 //!   [`Journal::sync`] returns. So nothing leaves the device that a power cut could take back,
@@ -30,7 +36,10 @@
 //!   alert, and a telemetry batch that still does not fit is itself dropped. Every evicted or
 //!   dropped message and reading is added to [`Counters`], persisted in the same atomic write
 //!   as the eviction, so the counts survive restarts. A message evicted while it was in flight
-//!   may still be acknowledged by the broker; it is counted as dropped all the same.
+//!   may still be acknowledged by the broker: the uplink then finds it gone at the PUBACK and
+//!   takes its count back ([`Journal::uncount_evicted`]), so the counters equal what the cloud
+//!   misses. (Only a crash between that PUBACK and the next flush can leave it counted: an
+//!   over-count, never an under-count.)
 //! - Every record carries a CRC-32 of its kind, reading count and payload. A record that fails
 //!   it, or whose payload does not decode, makes the journal corrupt: see [`open_or_recover`].
 //! - After every flush a small file beside sled's (the durable mark) records the highest seq
@@ -233,12 +242,26 @@ pub trait Journal: Send + Sync {
     /// (see the module docs for when that becomes durable).
     fn reserve_seq(&self) -> Result<u64, JournalError>;
 
+    /// The journal epoch every message numbered by this journal carries (protocol 1.3): random
+    /// and non-zero for a journal created since, 0 for an older one. See the module docs.
+    fn epoch(&self) -> u64;
+
+    /// Stored entries with a seq below this may carry another epoch than [`Journal::epoch`]
+    /// (left from before the epoch changed, which happens only when the lease was damaged);
+    /// 0: every entry carries the current epoch. Bundles must not mix epochs.
+    fn foreign_epochs_below(&self) -> u64;
+
     /// Stores `record`, evicting to respect the quota; durable as the [`Durability`] says.
     fn append(&self, record: &Record<'_>) -> Result<Appended, JournalError>;
 
-    /// Deletes the message `seq` of `class` (delivered). Removing a missing entry is not an
-    /// error.
-    fn remove(&self, class: Class, seq: u64) -> Result<(), JournalError>;
+    /// Deletes the message `seq` of `class` (delivered). Returns whether it was still stored;
+    /// removing a missing entry is not an error.
+    fn remove(&self, class: Class, seq: u64) -> Result<bool, JournalError>;
+
+    /// Takes back the drop count of messages the quota evicted while they were in flight and
+    /// whose PUBACK then arrived (their [`Journal::remove`] found nothing): they were delivered
+    /// after all, so the counters say exactly what the cloud misses.
+    fn uncount_evicted(&self, delivered: Dropped) -> Result<(), JournalError>;
 
     /// Up to `limit` durable entries of `class` with `seq >= from`, in ascending order.
     fn read(&self, class: Class, from: u64, limit: usize) -> Result<Vec<Entry>, JournalError>;

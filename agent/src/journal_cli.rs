@@ -9,7 +9,16 @@ use serde_json::json;
 
 /// The `stats` report: one line per kind, then sizes and counters.
 pub(crate) fn stats(seen: &Inspection) -> String {
-    let mut out = format!("journal   {}\n", seen.path.display());
+    let mut out = format!(
+        "journal   {}\nepoch     {}{}\n",
+        seen.path.display(),
+        seen.epoch,
+        if seen.epoch == 0 {
+            " (a journal from before protocol 1.3)"
+        } else {
+            ""
+        }
+    );
     for (name, kind) in [
         ("telemetry", Kind::Telemetry),
         ("alerts", Kind::Alert),
@@ -59,6 +68,7 @@ pub(crate) fn export(seen: &Inspection, out: &mut impl Write) -> std::io::Result
         let line = match osprey_protocol::decode(&entry.message) {
             Ok(envelope) => json!({
                 "seq": envelope.seq,
+                "epoch": envelope.epoch,
                 "device": envelope.device,
                 "kind": envelope.kind().topic_level(),
                 "bytes": entry.message.len(),

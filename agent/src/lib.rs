@@ -48,6 +48,7 @@ pub mod batch;
 mod boot;
 mod clock;
 pub mod config;
+pub mod credentials;
 mod error;
 pub mod journal;
 pub mod reading;

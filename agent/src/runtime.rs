@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::credentials;
 use crate::error::AgentError;
 use crate::journal::{self, Durability, Journal};
 use crate::sampler::{Sampler, SamplerEnd};
@@ -67,6 +68,18 @@ pub async fn run_with_reload(
         .as_ref()
         .map(tls::client_config)
         .transpose()?;
+    // Read once, before any task starts, so a bad password file fails the run at once.
+    let credentials =
+        credentials::load(&config.mqtt, std::env::var(credentials::PASSWORD_ENV).ok())?;
+    if credentials::is_plaintext_to_remote(&config.mqtt) {
+        tracing::warn!(
+            host = %config.mqtt.host,
+            login = credentials.is_some(),
+            "MQTT without TLS to a host that is not this machine: the data{} cross the network \
+             in clear; configure [mqtt.tls]",
+            if credentials.is_some() { " and the password" } else { "" }
+        );
+    }
     let path = config.journal_path.clone();
     let options = config.journal;
     // A corrupt journal is moved aside and replaced (and logged) rather than stopping the
@@ -100,11 +113,13 @@ pub async fn run_with_reload(
             mqtt: config.mqtt.clone(),
             max_bytes: config.batch.max_bytes,
             tls,
+            credentials,
             journal: Arc::clone(&journal),
             appended: Arc::clone(&appended),
             delivered_tx,
             stats: Arc::clone(&stats),
             started: Instant::now(),
+            status_interval: config.status_interval,
         }
         .run(stop_rx.clone()),
     );

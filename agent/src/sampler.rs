@@ -1,24 +1,33 @@
 //! The sampling task: on every tick, read the sensors, evaluate the rules on the readings
-//! *before* any I/O, run local actions, then hand alerts and cut batches to the journal writer.
+//! *before* any I/O, journal the alerts durably, then save the alarm state and run the local
+//! actions, and hand cut batches to the journal writer.
 //!
 //! ```text
-//!  tick ─► SensorSet::sample ─► readings ─► RuleSet::evaluate/tick ─► Alert ─► actions, log ─┐
-//!                  └─► sensor faults ────────────────────────────────► Alert ────────────────┤
-//!                                   └─► Batcher::push ─► batch ──────────────────────────────┴─► outbound_tx (bounded) ─► writer
+//!  tick ─► SensorSet::sample ─► readings ─► RuleSet::evaluate/tick ─► Alert ─┐
+//!                  └─► sensor faults ────────────────────────────► Alert ────┤
+//!        ┌───────────────────────────────────────────────────────────────────┘
+//!        ▼
+//!  ① outbound_tx ─► writer: append + fsync ─► seq back   ② log, save alarm file   ③ actions
+//!                                   └─► Batcher::push ─► batch ─► outbound_tx (bounded) ─► writer
 //!  reload_rx (SIGHUP) ─► new rules, sensors, actions; rule states, health and the batch kept
 //! ```
 //!
+//! The order of ①②③ is what makes an alert event survive `kill -9` and power cuts: the event
+//! is in the journal before the alarm file says it happened, so a restart can never restore
+//! an alarm state whose raise or clear was lost (it would not be decided again). A crash after
+//! ① and before ② decides the event again after the restart: a duplicate raise or clear (with
+//! another seq), never a loss. Actions run last, so a siren never sounds for an event the
+//! cloud can miss; they wait for one fsync (a few ms) as the price.
+//!
 //! Alerts go out before the batch that holds their reading, so after an outage they are
-//! replayed ahead of it. Whenever the set of raised alarms changes it is written to the alarm
-//! file, so a restart neither repeats a raise nor loses a clear. On stop (or after
-//! `max_samples`), the partial batch is flushed.
+//! replayed ahead of it. On stop (or after `max_samples`), the partial batch is flushed.
 
 use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use osprey_protocol::{Alert, AlertEvent};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::batch::Batcher;
@@ -184,16 +193,26 @@ impl Sampler {
             alerts.extend(self.rules.evaluate(reading));
         }
         alerts.extend(self.rules.tick(now_ms));
+        // ① Journal every alert and wait until each is durable.
+        let mut journaled = Vec::with_capacity(alerts.len());
         for alert in &alerts {
-            log_alert(&self.device, alert);
-            self.actions.fire(&self.device, alert);
+            Stats::add(&self.stats.alerts, 1);
+            let (journaled_tx, journaled_rx) = oneshot::channel();
+            self.send(Outbound::Alert(alert.clone(), Some(journaled_tx)))
+                .await?;
+            journaled.push(journaled_rx);
         }
+        for (alert, journaled_rx) in alerts.iter().zip(journaled) {
+            // A dropped sender means the writer failed; its error ends the run.
+            let seq = journaled_rx.await.map_err(|_| WriterGone)?;
+            log_alert(&self.device, alert, seq);
+        }
+        // ② Then the alarm state, ③ then the actions.
         if !alerts.is_empty() {
             self.persist_alarms();
         }
-        for alert in alerts {
-            Stats::add(&self.stats.alerts, 1);
-            self.send(Outbound::Alert(alert)).await?;
+        for alert in &alerts {
+            self.actions.fire(&self.device, alert);
         }
         let now = Instant::now();
         for reading in &readings {
@@ -238,11 +257,15 @@ impl Sampler {
     }
 }
 
-fn log_alert(device: &str, alert: &Alert) {
+/// Logs an alert event once it is journaled as `seq` (`None`: it could not be encoded).
+fn log_alert(device: &str, alert: &Alert, seq: Option<u64>) {
     let severity = format!("{:?}", alert.severity).to_lowercase();
+    let seq = seq.map_or_else(|| "none".to_owned(), |s| s.to_string());
     match alert.event {
         AlertEvent::Raise => tracing::warn!(
             device = %device,
+            seq = %seq,
+            time_ms = alert.time_ms,
             rule = %alert.rule,
             sensor = %alert.sensor,
             metric = %alert.metric,
@@ -253,6 +276,8 @@ fn log_alert(device: &str, alert: &Alert) {
         ),
         AlertEvent::Clear => tracing::warn!(
             device = %device,
+            seq = %seq,
+            time_ms = alert.time_ms,
             rule = %alert.rule,
             sensor = %alert.sensor,
             metric = %alert.metric,
@@ -297,7 +322,7 @@ mod tests {
         max_samples: u64,
         max_readings: usize,
         max_age: Duration,
-    ) -> (Sampler, mpsc::Receiver<Outbound>, Arc<Stats>) {
+    ) -> (Sampler, Collected, Arc<Stats>) {
         let mut c = config(scenario, std::path::Path::new("/nonexistent/journal"));
         c.rules = default_rules();
         c.batch = BatchLimits {
@@ -307,6 +332,7 @@ mod tests {
         };
         c.sampling.max_samples = NonZeroU64::new(max_samples);
         let (tx, rx) = mpsc::channel(1024);
+        let rx = collect(rx);
         let stats = Arc::new(Stats::default());
         let mut s = Sampler::from_config(&c, tx, Arc::clone(&stats), None);
         s.alarms = None;
@@ -316,7 +342,7 @@ mod tests {
     fn alerts(out: &[Outbound]) -> Vec<(String, AlertEvent)> {
         out.iter()
             .filter_map(|m| match m {
-                Outbound::Alert(a) => Some((a.rule.clone(), a.event)),
+                Outbound::Alert(a, _) => Some((a.rule.clone(), a.event)),
                 Outbound::Telemetry(_) => None,
             })
             .collect()
@@ -324,11 +350,12 @@ mod tests {
 
     /// Runs a sampler of `c` to its max_samples; returns what it sent.
     async fn run_config(c: &Config, reload_rx: Option<mpsc::Receiver<Config>>) -> Vec<Outbound> {
-        let (tx, mut rx) = mpsc::channel(4096);
+        let (tx, rx) = mpsc::channel(4096);
+        let rx = collect(rx);
         let s = Sampler::from_config(c, tx, Arc::new(Stats::default()), reload_rx);
         let (_stop_tx, stop_rx) = watch::channel(false);
         assert_eq!(s.run(stop_rx).await, SamplerEnd::Finished);
-        drain(&mut rx)
+        rx.await.unwrap()
     }
 
     #[tokio::test(start_paused = true)]
@@ -353,6 +380,40 @@ mod tests {
         );
         let third = run_config(&c, None).await;
         assert_eq!(alerts(&third), []);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_alarm_file_is_saved_only_after_the_alert_is_journaled() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(Scenario::Degrading, &dir.path().join("journal"));
+        c.sampling.max_samples = NonZeroU64::new(200);
+        let alarms_path = c.alarms_path.clone();
+        let (tx, mut rx) = mpsc::channel(4096);
+        // A slow journal writer that looks at the alarm file before confirming each alert.
+        let writer = tokio::spawn(async move {
+            let mut checked = 0;
+            while let Some(message) = rx.recv().await {
+                if let Outbound::Alert(alert, Some(journaled_tx)) = message {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let saved = std::fs::read_to_string(&alarms_path).unwrap_or_default();
+                    assert!(
+                        !saved.contains(&alert.rule),
+                        "the alarm file names {} before it is journaled",
+                        alert.rule
+                    );
+                    journaled_tx.send(Some(1)).unwrap();
+                    checked += 1;
+                }
+            }
+            checked
+        });
+        let s = Sampler::from_config(&c, tx, Arc::new(Stats::default()), None);
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        assert_eq!(s.run(stop_rx).await, SamplerEnd::Finished);
+        assert_eq!(writer.await.unwrap(), 1);
+        assert!(std::fs::read_to_string(&c.alarms_path)
+            .unwrap()
+            .contains("bearing-hot"));
     }
 
     #[tokio::test]
@@ -394,7 +455,7 @@ mod tests {
                         .map(|s| (s.sensor.clone(), s.metric.clone()))
                         .collect::<Vec<_>>(),
                 ),
-                Outbound::Alert(_) => None,
+                Outbound::Alert(..) => None,
             })
             .flatten()
             .collect();
@@ -454,21 +515,37 @@ mod tests {
         );
     }
 
-    fn drain(rx: &mut mpsc::Receiver<Outbound>) -> Vec<Outbound> {
-        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    /// What the sampler sent, once it is done.
+    type Collected = tokio::task::JoinHandle<Vec<Outbound>>;
+
+    /// Stands in for the journal writer: keeps every message and confirms each alert as
+    /// journaled (seqs 1, 2, …), as the sampler waits for that.
+    fn collect(mut rx: mpsc::Receiver<Outbound>) -> Collected {
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            let mut seq = 0;
+            while let Some(mut message) = rx.recv().await {
+                if let Outbound::Alert(_, journaled_tx) = &mut message {
+                    seq += 1;
+                    let _ = journaled_tx.take().unwrap().send(Some(seq));
+                }
+                out.push(message);
+            }
+            out
+        })
     }
 
     #[tokio::test(start_paused = true)]
     async fn max_samples_run_batches_everything_and_alerts_first() {
-        let (s, mut rx, stats) = sampler(Scenario::Degrading, 200, 60, Duration::from_secs(3600));
+        let (s, rx, stats) = sampler(Scenario::Degrading, 200, 60, Duration::from_secs(3600));
         let (_stop_tx, stop_rx) = watch::channel(false);
         assert_eq!(s.run(stop_rx).await, SamplerEnd::Finished);
-        let out = drain(&mut rx);
+        let out = rx.await.unwrap();
         let readings: usize = out
             .iter()
             .map(|m| match m {
                 Outbound::Telemetry(b) => b.reading_count(),
-                Outbound::Alert(_) => 0,
+                Outbound::Alert(..) => 0,
             })
             .sum();
         assert_eq!(
@@ -486,14 +563,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn batches_are_cut_by_age_between_samples() {
         // One sample per second, batches at most 500 ms old: every sample is its own batch.
-        let (s, mut rx, _) = sampler(Scenario::Steady, 3, 1000, Duration::from_millis(500));
+        let (s, rx, _) = sampler(Scenario::Steady, 3, 1000, Duration::from_millis(500));
         let (_stop_tx, stop_rx) = watch::channel(false);
         s.run(stop_rx).await;
-        let sizes: Vec<usize> = drain(&mut rx)
+        let sizes: Vec<usize> = rx
+            .await
+            .unwrap()
             .iter()
             .map(|m| match m {
                 Outbound::Telemetry(b) => b.reading_count(),
-                Outbound::Alert(_) => 0,
+                Outbound::Alert(..) => 0,
             })
             .collect();
         assert_eq!(sizes, [3, 3, 3]);
@@ -501,13 +580,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn stop_flushes_the_partial_batch() {
-        let (s, mut rx, _) = sampler(Scenario::Steady, 0, 1000, Duration::from_secs(3600));
+        let (s, rx, _) = sampler(Scenario::Steady, 0, 1000, Duration::from_secs(3600));
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(s.run(stop_rx));
         tokio::time::sleep(Duration::from_millis(4500)).await;
         stop_tx.send(true).unwrap();
         assert_eq!(task.await.unwrap(), SamplerEnd::Stopped);
-        let out = drain(&mut rx);
+        let out = rx.await.unwrap();
         assert_eq!(out.len(), 1);
         assert!(matches!(&out[0], Outbound::Telemetry(b) if b.reading_count() == 15));
     }

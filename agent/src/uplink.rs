@@ -37,11 +37,21 @@
 //! control loop must wait on new journal entries and on shutdown too, and cancelling
 //! `EventLoop::poll` mid-write could lose a packet.
 //!
-//! Status messages: on ConnAck a birth `Status { state: Online }`, and a last will
-//! `Status { state: Offline }` registered at connect time. Neither is journaled; both take
-//! their sequence numbers from the journal's counter. On a clean shutdown the agent publishes
-//! the offline status itself under the will's number (the broker drops the will on DISCONNECT),
-//! so if both ever arrive the cloud keeps one.
+//! Status messages (none is journaled; each takes its sequence number from the journal's
+//! counter, made durable before it leaves):
+//!
+//! ```text
+//!  CONNECT (will: Offline, seq W) ─► ConnAck ─► birth Online (seq B > W, wq = W)
+//!    ─► every status.interval_s: Online with the counters (fresh seq, wq = W)
+//!    ─► clean stop: Offline (fresh seq > every earlier one), DISCONNECT (the broker drops the will)
+//!    └► connection dies: the broker publishes the will (seq W)
+//! ```
+//!
+//! `wq` tells the cloud which number the connection's will carries, so it can order a late
+//! will against the next connection's birth (the will of an older connection never overrides a
+//! newer status). The will's number is used by the will only; a periodic status is skipped
+//! while the previous one is unacknowledged, so a stalled broker never fills the request
+//! channel.
 
 mod diagnose;
 mod pack;
@@ -62,8 +72,9 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::clock::wall_clock_ms;
 use crate::config::Mqtt;
+use crate::credentials::Credentials;
 use crate::error::AgentError;
-use crate::journal::{Class, Journal, JournalError};
+use crate::journal::{Class, Dropped, Journal, JournalError};
 use crate::stats::Stats;
 use crate::stop::stopped;
 use crate::task::OwnedTask;
@@ -92,6 +103,8 @@ pub(crate) struct Uplink {
     pub(crate) max_bytes: usize,
     /// TLS client configuration, built (and its files checked) before the run starts.
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    /// User name and password, read at start (never logged).
+    pub(crate) credentials: Option<Credentials>,
     pub(crate) journal: Arc<dyn Journal>,
     /// Signalled by the writer after each append.
     pub(crate) appended: Arc<Notify>,
@@ -99,13 +112,16 @@ pub(crate) struct Uplink {
     pub(crate) delivered_tx: watch::Sender<u64>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) started: Instant,
+    /// Period of status messages while connected (`None`: birth and offline only).
+    pub(crate) status_interval: Option<Duration>,
 }
 
 /// A message requested from rumqttc and not yet acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Pending {
-    /// Journal entries (one, or a bundle's), ascending; removed from the journal on PUBACK.
-    Journaled(Class, Vec<u64>),
+    /// Journal entries (one, or a bundle's), ascending, with their readings; removed from the
+    /// journal on PUBACK.
+    Journaled(Kind, Vec<u64>, Vec<u32>),
     /// A status message (not journaled).
     Status(u64),
 }
@@ -134,6 +150,10 @@ struct Session {
     requested: VecDeque<Pending>,
     /// Written to the network, waiting for PUBACK.
     sent: HashMap<u16, Pending>,
+    /// When the next periodic status is due (set at ConnAck).
+    status_at: Option<Instant>,
+    /// Status messages requested and not yet acknowledged.
+    statuses_unacked: usize,
 }
 
 impl Session {
@@ -215,7 +235,7 @@ impl Uplink {
         will_seq: u64,
         stop_rx: &mut watch::Receiver<bool>,
     ) -> Result<SessionEnd, AgentError> {
-        let will = self.status(will_seq, StatusState::Offline)?;
+        let will = self.status(will_seq, StatusState::Offline, 0)?;
         let (client, eventloop) = AsyncClient::new(
             self.options(will),
             usize::from(self.mqtt.inflight.get()) + REQUEST_SLACK,
@@ -239,7 +259,7 @@ impl Uplink {
             tokio::select! {
                 event = event_rx.recv() => match event {
                     Some(Ok(event)) => {
-                        if !self.on_event(event, &client, &mut session).await? {
+                        if !self.on_event(event, &client, &mut session, will_seq).await? {
                             return Ok(session.lost());
                         }
                     }
@@ -252,6 +272,11 @@ impl Uplink {
                 _ = self.appended.notified(), if session.connected => {}
                 _ = sleep_until_some(session.wake_at), if session.wake_at.is_some() => {
                     session.wake_at = None;
+                }
+                _ = sleep_until_some(session.status_at), if session.status_at.is_some() => {
+                    if !self.periodic_status(&client, &mut session, will_seq).await? {
+                        return Ok(session.lost());
+                    }
                 }
                 _ = stopped(stop_rx) => {
                     self.goodbye(&client, &mut session, &mut event_rx, will_seq).await?;
@@ -274,6 +299,9 @@ impl Uplink {
                 QoS::AtLeastOnce,
                 false,
             ));
+        if let Some(c) = &self.credentials {
+            options.set_credentials(c.username.clone(), c.password.expose());
+        }
         if let Some(tls) = &self.tls {
             options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
                 Arc::clone(tls),
@@ -288,6 +316,7 @@ impl Uplink {
         event: Event,
         client: &AsyncClient,
         session: &mut Session,
+        will_seq: u64,
     ) -> Result<bool, AgentError> {
         match event {
             Event::Incoming(Packet::ConnAck(_)) => {
@@ -304,7 +333,9 @@ impl Uplink {
                 // Birth first, so the cloud learns the device is online before the backlog.
                 let seq = self.reserve_seq_durably().await?;
                 session.live_from = seq;
-                let birth = self.status(seq, StatusState::Online)?;
+                session.status_at = self.status_interval.map(|period| Instant::now() + period);
+                let birth = self.status(seq, StatusState::Online, will_seq)?;
+                session.statuses_unacked += 1;
                 return Ok(self.publish(
                     client,
                     session,
@@ -322,9 +353,19 @@ impl Uplink {
                 }
             },
             Event::Incoming(Packet::PubAck(ack)) => match session.sent.remove(&ack.pkid) {
-                Some(Pending::Journaled(class, seqs)) => {
-                    for &seq in &seqs {
-                        self.journal.remove(class, seq)?;
+                Some(Pending::Journaled(kind, seqs, readings)) => {
+                    let mut evicted = Dropped::default();
+                    for (&seq, &n) in seqs.iter().zip(&readings) {
+                        if !self.journal.remove(Class::of(kind), seq)? {
+                            // The quota evicted it while it was in flight and counted it as
+                            // dropped; the broker has it after all.
+                            evicted.add(Dropped::one(kind, n));
+                        }
+                    }
+                    if !evicted.is_empty() {
+                        self.journal.uncount_evicted(evicted)?;
+                        tracing::info!(device = %self.device, readings = evicted.readings,
+                            "evicted while in flight, then acknowledged: not dropped after all");
                     }
                     Stats::add(&self.stats.published, seqs.len() as u64);
                     if seqs.len() > 1 {
@@ -335,6 +376,7 @@ impl Uplink {
                         pkid = ack.pkid, "delivered");
                 }
                 Some(Pending::Status(seq)) => {
+                    session.statuses_unacked = session.statuses_unacked.saturating_sub(1);
                     tracing::debug!(device = %self.device, seq, "status delivered");
                 }
                 None => {
@@ -366,7 +408,7 @@ impl Uplink {
             if let Some(bucket) = session.bucket.as_mut() {
                 bucket.take(now);
             }
-            let pending = Pending::Journaled(unit.class(), unit.seqs);
+            let pending = Pending::Journaled(unit.kind, unit.seqs, unit.readings);
             if !self.publish(client, session, unit.kind, unit.payload, pending) {
                 return Ok(false);
             }
@@ -404,6 +446,7 @@ impl Uplink {
     fn pack(&self, class: Class, from: u64, below: u64) -> Result<Option<Unit>, AgentError> {
         let max_bytes = self.mqtt.pack_backlog.then_some(self.max_bytes);
         let mut packer = Packer::new(&self.device, max_bytes);
+        let (current, foreign_below) = (self.journal.epoch(), self.journal.foreign_epochs_below());
         let chunk = if max_bytes.is_some() { PACK_READ } else { 1 };
         let mut from = from;
         'read: loop {
@@ -414,7 +457,14 @@ impl Uplink {
                     break 'read;
                 }
                 from = entry.seq.saturating_add(1);
-                if packer.offer(entry).is_err() || packer.is_full() {
+                // Entries older than an epoch change may carry the old epoch; only those are
+                // decoded to find it (a bundle carries one epoch).
+                let epoch = if entry.seq < foreign_below {
+                    osprey_protocol::decode(&entry.message).map_or(u64::MAX, |e| e.epoch)
+                } else {
+                    current
+                };
+                if packer.offer(entry, epoch).is_err() || packer.is_full() {
                     break 'read;
                 }
             }
@@ -475,14 +525,10 @@ impl Uplink {
         if !session.connected {
             return Ok(());
         }
-        let offline = self.status(will_seq, StatusState::Offline)?;
-        self.publish(
-            client,
-            session,
-            Kind::Status,
-            offline,
-            Pending::Status(will_seq),
-        );
+        // A fresh number, above every earlier status: the will's is for the will alone.
+        let seq = self.reserve_seq_durably().await?;
+        let offline = self.status(seq, StatusState::Offline, 0)?;
+        self.publish(client, session, Kind::Status, offline, Pending::Status(seq));
         if let Err(error) = client.try_disconnect() {
             tracing::debug!(device = %self.device, %error, "cannot request DISCONNECT");
             return Ok(());
@@ -492,7 +538,7 @@ impl Uplink {
                 if event == Event::Outgoing(Outgoing::Disconnect) {
                     return Ok(());
                 }
-                self.on_event(event, client, session).await?;
+                self.on_event(event, client, session, will_seq).await?;
             }
             Ok::<(), AgentError>(())
         };
@@ -504,8 +550,27 @@ impl Uplink {
         Ok(())
     }
 
-    /// A status message, encoded.
-    fn status(&self, seq: u64, state: StatusState) -> Result<Vec<u8>, AgentError> {
+    /// Publishes the periodic status (unless the last one is still unacknowledged) and sets
+    /// the next one's time. `Ok(false)`: the request channel is closed.
+    async fn periodic_status(
+        &self,
+        client: &AsyncClient,
+        session: &mut Session,
+        will_seq: u64,
+    ) -> Result<bool, AgentError> {
+        session.status_at = self.status_interval.map(|period| Instant::now() + period);
+        if session.statuses_unacked > 0 {
+            tracing::debug!(device = %self.device, "previous status unacknowledged: skipping this one");
+            return Ok(true);
+        }
+        let seq = self.reserve_seq_durably().await?;
+        let status = self.status(seq, StatusState::Online, will_seq)?;
+        session.statuses_unacked += 1;
+        Ok(self.publish(client, session, Kind::Status, status, Pending::Status(seq)))
+    }
+
+    /// A status message, encoded; `will_seq` is the connection's will number (0: not said).
+    fn status(&self, seq: u64, state: StatusState, will_seq: u64) -> Result<Vec<u8>, AgentError> {
         let counters = self.journal.counters();
         let status = Status {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -518,9 +583,12 @@ impl Uplink {
             boot_id: crate::boot::boot_id().to_owned(),
             clock: crate::clock::clock_state(),
             journal_resets: counters.resets,
+            will_seq,
             ..Status::new(state)
         };
-        Ok(Envelope::new(&self.device, seq, Body::Status(status)).encode()?)
+        Ok(Envelope::new(&self.device, seq, Body::Status(status))
+            .with_epoch(self.journal.epoch())
+            .encode()?)
     }
 
     /// A sequence number for a status message, made durable before the message can leave,

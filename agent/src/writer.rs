@@ -5,23 +5,31 @@
 //! It runs apart from the sampler so that a slow disk flush delays the journal, not the
 //! sampling clock; the bounded channel between them applies backpressure if the disk falls
 //! far behind. It is the journal's only appender, so entries are appended in `seq` order.
+//!
+//! Alerts are the exception to "fire and forget": an alert is made durable at once (fsynced,
+//! even with interval durability) and its sequence number is sent back to the sampler, which
+//! waits for it before it saves the alarm state and runs the actions (see [`crate::sampler`]).
 
 use std::sync::Arc;
 
 use osprey_protocol::{Alert, Body, Envelope, TelemetryBatch};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::error::AgentError;
 use crate::journal::{Dropped, Journal, Record};
 use crate::stats::Stats;
 
+/// Told to the sampler once an alert is durable: its sequence number, or `None` if it could
+/// not be encoded (dropped and counted; only reachable through a bug).
+pub(crate) type AlertJournaled = oneshot::Sender<Option<u64>>;
+
 /// A message on its way to the journal.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub(crate) enum Outbound {
     /// A cut telemetry batch.
     Telemetry(TelemetryBatch),
-    /// A rule event.
-    Alert(Alert),
+    /// A rule event, and who to tell when it is durable.
+    Alert(Alert, Option<AlertJournaled>),
 }
 
 /// Journals outbound messages.
@@ -67,20 +75,22 @@ impl Writer {
 
     /// Journals one message; returns what the quota made it drop.
     async fn write(&self, message: Outbound) -> Result<Dropped, AgentError> {
-        let (body, readings) = match message {
+        let (body, readings, journaled_tx) = match message {
             Outbound::Telemetry(batch) => {
                 let readings = u32::try_from(batch.reading_count()).unwrap_or(u32::MAX);
-                (Body::Telemetry(batch), readings)
+                (Body::Telemetry(batch), readings, None)
             }
-            Outbound::Alert(alert) => (Body::Alert(alert), 0),
+            Outbound::Alert(alert, journaled_tx) => (Body::Alert(alert), 0, journaled_tx),
         };
+        let is_alert = matches!(body, Body::Alert(_));
         let kind = body.kind();
         let journal = Arc::clone(&self.journal);
         let device = self.device.clone();
         // sled's flush is a blocking fsync; keep it off the async worker threads.
         let written = tokio::task::spawn_blocking(move || {
             let seq = journal.reserve_seq()?;
-            match Envelope::new(&device, seq, body).encode() {
+            let envelope = Envelope::new(&device, seq, body).with_epoch(journal.epoch());
+            match envelope.encode() {
                 Ok(bytes) => {
                     let appended = journal.append(&Record {
                         seq,
@@ -88,6 +98,11 @@ impl Writer {
                         readings,
                         message: &bytes,
                     })?;
+                    // An alert is made durable now, whatever the durability policy: the
+                    // sampler acts on it (alarm state, actions) only after this.
+                    if is_alert && journal.needs_sync() {
+                        journal.sync()?;
+                    }
                     Ok::<_, AgentError>(Ok((seq, bytes.len(), appended)))
                 }
                 Err(e) => {
@@ -111,6 +126,10 @@ impl Writer {
                     Stats::add(&self.stats.journaled, 1);
                     self.appended.notify_one();
                 }
+                if let Some(tx) = journaled_tx {
+                    // The sampler may be gone (stopping); nothing to tell then.
+                    let _ = tx.send(Some(seq));
+                }
                 Ok(appended.dropped)
             }
             Err((seq, error)) => {
@@ -118,6 +137,9 @@ impl Writer {
                 // the message limit); losing the message is better than stopping the agent.
                 tracing::error!(seq, kind = kind.topic_level(), %error, "message dropped: cannot encode");
                 Stats::add(&self.stats.dropped, 1);
+                if let Some(tx) = journaled_tx {
+                    let _ = tx.send(None);
+                }
                 Ok(Dropped::default())
             }
         }
@@ -161,7 +183,13 @@ mod tests {
             threshold: 80.0,
             time_ms: 1000,
         };
-        tx.send(Outbound::Alert(alert.clone())).await.unwrap();
+        let (journaled_tx, journaled_rx) = oneshot::channel();
+        tx.send(Outbound::Alert(alert.clone(), Some(journaled_tx)))
+            .await
+            .unwrap();
+        // The alert's seq comes back once it is durable, and it is readable by then.
+        assert_eq!(journaled_rx.await.unwrap(), Some(1));
+        assert_eq!(journal.read(Class::Priority, 0, 10).unwrap().len(), 1);
         tx.send(Outbound::Telemetry(batch.clone())).await.unwrap();
         drop(tx);
         task.await.unwrap().unwrap();
@@ -176,10 +204,60 @@ mod tests {
         assert_eq!(
             decoded,
             [
-                Envelope::new("pump-7", 1, Body::Alert(alert)),
-                Envelope::new("pump-7", 2, Body::Telemetry(batch)),
+                Envelope::new("pump-7", 1, Body::Alert(alert)).with_epoch(journal.epoch()),
+                Envelope::new("pump-7", 2, Body::Telemetry(batch)).with_epoch(journal.epoch()),
             ]
         );
+        assert_ne!(journal.epoch(), 0, "a new journal has a random epoch");
         assert_eq!(Stats::get(&stats.journaled), 2);
+    }
+
+    #[tokio::test]
+    async fn an_alert_is_durable_before_it_is_confirmed_even_with_interval_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = crate::journal::JournalOptions {
+            max_bytes: crate::journal::DEFAULT_MAX_BYTES,
+            // No flusher runs in this test: only the writer's own sync can make it durable.
+            durability: crate::journal::Durability::Interval(std::time::Duration::from_secs(3600)),
+        };
+        let journal: Arc<dyn Journal> =
+            Arc::new(SledJournal::open_with(dir.path(), options).unwrap());
+        let writer = Writer {
+            device: "pump-7".to_owned(),
+            journal: Arc::clone(&journal),
+            appended: Arc::new(Notify::new()),
+            stats: Arc::new(Stats::default()),
+            journal_max_bytes: crate::journal::DEFAULT_MAX_BYTES,
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let task = tokio::spawn(writer.run(rx));
+        let mut series = Series::new("bearing", "temperature", "Cel");
+        series.push(1000, 41.5);
+        tx.send(Outbound::Telemetry(TelemetryBatch {
+            series: vec![series],
+        }))
+        .await
+        .unwrap();
+        let alert = Alert {
+            rule: "bearing-hot".to_owned(),
+            sensor: "bearing".to_owned(),
+            metric: "temperature".to_owned(),
+            event: AlertEvent::Raise,
+            severity: Severity::Critical,
+            value: 81.0,
+            threshold: 80.0,
+            time_ms: 1000,
+        };
+        let (journaled_tx, journaled_rx) = oneshot::channel();
+        tx.send(Outbound::Alert(alert, Some(journaled_tx)))
+            .await
+            .unwrap();
+        let seq = journaled_rx.await.unwrap().unwrap();
+        // `read` returns durable entries only: the alert (and the batch before it) are.
+        let alerts = journal.read(Class::Priority, 0, 10).unwrap();
+        assert_eq!(alerts.iter().map(|e| e.seq).collect::<Vec<_>>(), [seq]);
+        assert!(!journal.needs_sync());
+        drop(tx);
+        task.await.unwrap().unwrap();
     }
 }

@@ -252,19 +252,22 @@ async fn max_samples_run_delivers_everything_then_returns() {
     assert_eq!(seqs.len() as u64, summary.journaled);
     assert_eq!(reading_count(&received), 600);
 
-    // Birth first; the clean shutdown's offline status last, under the will's number (1, the
-    // first number reserved: the will is registered before the connection exists).
-    let states: Vec<(u64, StatusState)> = received
+    // Birth first, naming the will's number (1, the first number reserved: the will is
+    // registered before the connection exists); the clean shutdown's offline status last,
+    // under a fresh number above every other (the will's is the will's alone).
+    let states: Vec<(u64, StatusState, u64)> = received
         .iter()
         .filter_map(|r| match &r.envelope.body {
-            Body::Status(s) => Some((r.envelope.seq, s.state)),
+            Body::Status(s) => Some((r.envelope.seq, s.state, s.will_seq)),
             _ => None,
         })
         .collect();
     assert_eq!(states.len(), 2, "{states:?}");
     assert_eq!(received[0].envelope.kind(), Kind::Status);
-    assert_eq!(states[0].1, StatusState::Online);
-    assert_eq!(states[1], (1, StatusState::Offline));
+    assert_eq!((states[0].1, states[0].2), (StatusState::Online, 1));
+    let max_seq = received.iter().map(|r| r.envelope.seq).max().unwrap();
+    assert_eq!(states[1], (max_seq, StatusState::Offline, 0));
+    assert!(max_seq > 1);
 }
 
 #[tokio::test]

@@ -9,6 +9,12 @@
 //!   drop count in the status message equals the readings missing at the subscriber.
 //! - packing: a backlog leaves in bundles (protocol 1.2), far fewer publishes than messages,
 //!   every seq once and in order; with `pack_backlog = false` one publish per message.
+//! - alerts: `kill -9` 40 times a few ms after alert events of a flapping rule; every raise and
+//!   clear the agent decided arrives, and the alarm file never names a raise that did not.
+//! - in-flight evictions: the broker is stalled while the journal is full, so the quota evicts
+//!   messages awaiting their PUBACK; those acknowledged after all are not counted as dropped.
+//! - status lifecycle: periodic statuses with the will's seq (`wq`), and a clean stop's offline
+//!   status under a fresh seq above every earlier one.
 //!
 //! The subscriber uses a clean session, and Mosquitto keeps nothing across a restart, so after
 //! restarting the broker the agent is held (SIGSTOP) until the subscriber is back; otherwise
@@ -404,4 +410,295 @@ fn small_quota_drops_only_the_oldest_telemetry_and_reports_the_count() {
         .collect();
     assert_eq!(telemetry, expected_tail, "a newer batch is missing");
     assert!(journaled.range(..first).count() > 0);
+}
+
+/// Alert events the agent logged, as (event time, raise?). The sampler logs an event only once
+/// it is journaled (durably), before the alarm file is saved and the actions run. Events are
+/// matched by their time (the wall clock of the sample) rather than by seq, so that the check
+/// means the same whatever the order of those steps.
+fn logged_alerts(logs: &str) -> BTreeSet<(i64, bool)> {
+    logs.lines()
+        .filter_map(|l| {
+            let raise = if l.contains("alert raised") {
+                true
+            } else if l.contains("alert cleared") {
+                false
+            } else {
+                return None;
+            };
+            let start = l.find(" time_ms=")? + 9;
+            let time_ms = l[start..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()?;
+            Some((time_ms, raise))
+        })
+        .collect()
+}
+
+/// The `since_ms` of the raised alarm `rule` in the alarm file, if it names it.
+fn alarm_since(path: &Path, rule: &str) -> Option<i64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let alarms: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    alarms
+        .iter()
+        .find(|a| a["rule"] == rule)
+        .map(|a| a["since_ms"].as_i64().unwrap())
+}
+
+/// The next unleased seq in the journal's lease file: every seq the agent has handed out is
+/// below it, and the next run starts at it.
+fn lease_next(journal: &Path) -> u64 {
+    let bytes = std::fs::read(journal.join("seq.lease")).unwrap();
+    u64::from_be_bytes(bytes[..8].try_into().unwrap())
+}
+
+#[test]
+fn kill_9_right_after_alert_events_loses_no_raise_or_clear() {
+    let broker = Mosquitto::plain();
+    let sub = Subscriber::start(broker.port());
+    let dir = tempfile::tempdir().unwrap();
+    // A rule that flaps: the simulated bearing is 42 °C ± 0.8 σ, raise above 43, clear at 42,
+    // an event every few 10 ms samples. Interval flushes: alerts must be fsynced anyway.
+    let extra = Extra {
+        max_readings: 6,
+        journal: "flush_interval_ms = 200\n",
+        mqtt: "max_publish_rate = 0\n\
+               [[rules]]\nid = \"flappy\"\nsensor = \"bearing\"\nmetric = \"temperature\"\n\
+               when = \"above\"\nthreshold = 43.0\nclear = 42.0\n\
+               [[actions]]\nrule = \"*\"\non = \"both\"\nlog = true\n",
+    };
+    let config = agent_config(dir.path(), broker.port(), 10, 0, &extra);
+    let journal = dir.path().join("journal");
+    let alarms = dir.path().join("journal.alarms.json");
+    let mut decided = BTreeSet::new();
+    // After each kill: the lease (a bound on that run's seqs) and the raise the alarm file
+    // names, if any.
+    let mut states = Vec::new();
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    let rounds = 40;
+    for round in 0..rounds {
+        let mut agent = start_agent(&config);
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        // Kill 0-7 ms after the 1st to 4th event of this run is logged.
+        let want = 1 + (rng % 4) as usize;
+        let seen = wait_until(Duration::from_secs(20), Duration::from_millis(1), || {
+            (logged_alerts(&agent.stderr()).len() >= want).then_some(())
+        });
+        assert!(
+            seen.is_some(),
+            "round {round}: no alert events\n{}",
+            agent.logs()
+        );
+        std::thread::sleep(Duration::from_millis((rng >> 8) % 8));
+        agent.kill();
+        decided.extend(logged_alerts(&agent.stderr()));
+        states.push((lease_next(&journal), alarm_since(&alarms, "flappy")));
+    }
+    // A last run delivers what is left (max_samples = 1: it stops once the journal is empty).
+    let config = agent_config(dir.path(), broker.port(), 10, 1, &extra);
+    let mut agent = start_agent(&config);
+    wait_for_exit(&mut agent, Duration::from_secs(120));
+    decided.extend(logged_alerts(&agent.stderr()));
+
+    let received: BTreeMap<u64, osprey_protocol::Alert> = dedup(sub.messages())
+        .into_iter()
+        .filter_map(|m| match m.body {
+            Body::Alert(a) => Some((m.seq, a)),
+            _ => None,
+        })
+        .collect();
+    // Every event the agent decided (and so journaled) arrived.
+    let got: BTreeSet<(i64, bool)> = received
+        .values()
+        .map(|a| (a.time_ms, a.event == osprey_protocol::AlertEvent::Raise))
+        .collect();
+    let missing: Vec<&(i64, bool)> = decided.difference(&got).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} alert events the agent decided never arrived (time_ms, raise?): {missing:?}",
+        missing.len(),
+        decided.len()
+    );
+    // The alarm file never names a raise the cloud did not get: that raise would never be
+    // decided again after the restart (the alarm is restored as raised).
+    for (k, (lease, since)) in states.iter().enumerate() {
+        if let Some(since) = since {
+            let sent = received
+                .range(..lease)
+                .any(|(_, a)| a.event == osprey_protocol::AlertEvent::Raise && a.time_ms == *since);
+            assert!(
+                sent,
+                "after kill {k} the alarm file holds a raise at {since} ms that never arrived"
+            );
+        }
+    }
+    let raises = decided.iter().filter(|(_, r)| *r).count();
+    let clears = decided.len() - raises;
+    let raised_at_kill = states.iter().filter(|(_, s)| s.is_some()).count();
+    eprintln!(
+        "alert kill -9 suite: {rounds} kills right after alert events; {raises} raises and \
+         {clears} clears decided, all delivered ({} alert messages received); the alarm file \
+         named a raised alarm after {raised_at_kill} kills, each raise delivered",
+        received.len()
+    );
+    assert!(decided.len() >= rounds, "only {} events", decided.len());
+    assert!(raises > 0 && clears > 0);
+}
+
+#[test]
+fn messages_evicted_in_flight_then_acknowledged_are_not_counted_as_dropped() {
+    let mut broker = Mosquitto::plain();
+    let sub = Subscriber::start(broker.port());
+    broker.stop();
+    let dir = tempfile::tempdir().unwrap();
+    // 1 kHz × 3 series into a 256 KiB quota; delivery runs while the journal is full, so
+    // the quota keeps evicting the oldest entries, which are the ones in flight.
+    let extra = Extra {
+        max_readings: 10,
+        journal: "max_bytes = 262272\n",
+        mqtt: "max_publish_rate = 0\n",
+    };
+    let config = agent_config(dir.path(), broker.port(), 1, 20_000, &extra);
+    let mut agent = start_agent(&config);
+    let full = wait_until(Duration::from_secs(120), Duration::from_millis(100), || {
+        agent.stderr().contains("journal full").then_some(())
+    });
+    assert!(full.is_some(), "the quota never filled\n{}", agent.logs());
+    restart_broker_with_agent_held(&mut broker, &mut agent, &sub);
+    // Stall the broker again and again while sampling goes on, the first time right after
+    // the agent has sent its full journal: publishes wait for their PUBACK long enough for
+    // the quota to evict them, and the PUBACK comes after all.
+    let mut stalls = 0;
+    while !agent
+        .stderr()
+        .contains("sampling done, delivering the journal")
+    {
+        assert!(agent.is_running(), "{}", agent.logs());
+        std::thread::sleep(Duration::from_millis(200));
+        broker.signal("STOP");
+        std::thread::sleep(Duration::from_millis(1500));
+        broker.signal("CONT");
+        stalls += 1;
+        assert!(stalls < 400, "sampling never ended\n{}", agent.logs());
+    }
+    wait_for_exit(&mut agent, Duration::from_secs(180));
+
+    let logs = agent.stderr();
+    let taken = log_field(&logs, " done", "readings").expect("the agent's summary line");
+    let all = sub.messages();
+    let received = dedup(all.clone());
+    let got = readings(&received);
+    let status = all
+        .iter()
+        .rev()
+        .find_map(|m| match &m.body {
+            Body::Status(s) => Some(s.clone()),
+            _ => None,
+        })
+        .expect("a status message");
+    let taken_back: Vec<u64> = logs
+        .lines()
+        .filter(|l| l.contains("evicted while in flight, then acknowledged"))
+        .filter_map(|l| log_field(l, "evicted while in flight", "readings"))
+        .collect();
+    eprintln!(
+        "in-flight evictions: {stalls} broker stalls, {taken} readings taken, {got} received, \
+         {} reported dropped (dq {}); {} PUBACKs of evicted messages took {} readings back \
+         out of the drop count",
+        status.dropped,
+        status.dropped_quota,
+        taken_back.len(),
+        taken_back.iter().sum::<u64>()
+    );
+    assert!(
+        taken_back.iter().sum::<u64>() > 0,
+        "no message was evicted while in flight: the test did not test it"
+    );
+    assert!(status.dropped > 0, "nothing dropped");
+    assert_eq!(
+        status.dropped,
+        taken - got,
+        "reported drops must equal the readings missing at the subscriber"
+    );
+    assert_eq!(status.dropped_quota, status.dropped);
+}
+
+/// Status messages received, in arrival order, with their seq and epoch.
+fn statuses(sub: &Subscriber) -> Vec<(u64, u64, osprey_protocol::Status)> {
+    sub.messages()
+        .into_iter()
+        .filter(|m| m.device == DEVICE)
+        .filter_map(|m| match m.body {
+            Body::Status(s) => Some((m.seq, m.epoch, s)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn periodic_statuses_carry_the_will_seq_and_a_clean_stop_goes_offline_under_a_fresh_seq() {
+    use osprey_protocol::StatusState;
+    let broker = Mosquitto::plain();
+    let sub = Subscriber::start(broker.port());
+    let dir = tempfile::tempdir().unwrap();
+    let extra = Extra {
+        mqtt: "[status]\ninterval_s = 1\n",
+        ..DEFAULTS
+    };
+    let config = agent_config(dir.path(), broker.port(), 100, 0, &extra);
+    let mut agent = start_agent(&config);
+    // The birth and at least three periodic statuses.
+    let online = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        (statuses(&sub).len() >= 4).then_some(())
+    });
+    assert!(online.is_some(), "{:?}\n{}", statuses(&sub), agent.logs());
+    let status = agent.terminate(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "{}", agent.logs());
+    let offline = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        statuses(&sub)
+            .iter()
+            .any(|(_, _, s)| s.state == StatusState::Offline)
+            .then_some(())
+    });
+    assert!(offline.is_some(), "no offline status: {:?}", statuses(&sub));
+
+    let all = statuses(&sub);
+    let (last, earlier) = all.split_last().unwrap();
+    let will_seq = earlier[0].2.will_seq;
+    assert_ne!(will_seq, 0, "the birth names its will's seq");
+    let epoch = earlier[0].1;
+    assert_ne!(epoch, 0, "a new journal has a non-zero epoch");
+    let mut previous = 0;
+    for (seq, e, s) in earlier {
+        assert_eq!(s.state, StatusState::Online, "{all:?}");
+        assert_eq!(
+            s.will_seq, will_seq,
+            "every birth/periodic status names the will"
+        );
+        assert!(*seq > previous, "status seqs must increase: {all:?}");
+        assert_ne!(*seq, will_seq);
+        assert_eq!(*e, epoch);
+        previous = *seq;
+    }
+    assert!(earlier.len() >= 3, "birth + at least 2 periodic: {all:?}");
+    // The counters are in them: the uptime grows.
+    assert!(earlier.last().unwrap().2.uptime_s >= 2, "{all:?}");
+    let (offline_seq, offline_epoch, offline) = last;
+    assert_eq!(offline.state, StatusState::Offline);
+    assert!(
+        *offline_seq > previous,
+        "the clean offline seq {offline_seq} must exceed every earlier status seq ({previous})"
+    );
+    assert_ne!(*offline_seq, will_seq, "the will's seq is the will's alone");
+    assert_eq!(*offline_epoch, epoch);
+    eprintln!(
+        "status lifecycle: {} online statuses (birth + periodic, seqs {:?}, wq {will_seq}), \
+         clean offline seq {offline_seq}",
+        earlier.len(),
+        earlier.iter().map(|(q, _, _)| *q).collect::<Vec<_>>()
+    );
 }

@@ -48,7 +48,10 @@ fn write_messages(path: &Path, n: i64, is_alert: impl Fn(i64) -> bool) {
             )
         };
         let kind = body.kind();
-        let message = Envelope::new("pump-7", seq, body).encode().unwrap();
+        let message = Envelope::new("pump-7", seq, body)
+            .with_epoch(j.epoch())
+            .encode()
+            .unwrap();
         j.append(&Record {
             seq,
             kind,
@@ -101,6 +104,18 @@ fn stats_count_messages_readings_and_seq_range() {
         "{stdout}"
     );
     assert!(stdout.contains("dropped   0 readings"), "{stdout}");
+    // A new journal has a random non-zero epoch, the same every time it is read.
+    let epoch = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("epoch"))
+        .and_then(|rest| rest.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no epoch line: {stdout}"));
+    assert!(
+        (1..=osprey_protocol::MAX_EPOCH).contains(&epoch),
+        "{stdout}"
+    );
+    let again = text(&journal_cli("stats", &path).stdout);
+    assert!(again.contains(&format!("epoch     {epoch}\n")), "{again}");
 }
 
 #[test]

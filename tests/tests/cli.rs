@@ -78,6 +78,28 @@ fn agent_check_points_at_the_wrong_line() {
     );
 }
 
+#[test]
+fn agent_check_locates_an_out_of_range_status_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        "device_id = \"pump-7\"\n[mqtt]\nusername = \"pump-7\"\n[status]\ninterval_s = 90000\n",
+    )
+    .unwrap();
+    let out = Command::new(bin("osprey-agent"))
+        .arg("check")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:5:", path.display())) && stderr.contains("status.interval_s"),
+        "{stderr}"
+    );
+}
+
 fn osprey_fleet(args: &[&str]) -> std::process::Output {
     Command::new(bin("osprey"))
         .arg("fleet")

@@ -43,6 +43,18 @@ pub(crate) struct AgentConfig {
     /// Where raised alarms are kept across restarts.
     #[serde(default)]
     pub(crate) alarms: super::sensors::AlarmsEntry,
+    /// Periodic status messages.
+    #[serde(default)]
+    pub(crate) status: StatusConfig,
+}
+
+/// `[status]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StatusConfig {
+    /// Seconds between periodic status messages while connected, each with the counters
+    /// (default 60, at most 86400; 0 = none, only the birth and the offline status).
+    pub(crate) interval_s: Option<Spanned<u64>>,
 }
 
 /// `[sampling]`
@@ -120,6 +132,11 @@ pub(crate) struct MqttConfig {
     /// Send waiting entries of one kind as bundles of up to `batch.max_bytes` (default true;
     /// needs a cloud that reads protocol 1.2: upgrade the cloud first).
     pub(crate) pack_backlog: Option<bool>,
+    /// MQTT user name (default: none, no login).
+    pub(crate) username: Option<Spanned<String>>,
+    /// File holding the MQTT password (not readable by everyone); `$OSPREY_MQTT_PASSWORD`
+    /// overrides it. Needs `username`.
+    pub(crate) password_file: Option<Spanned<String>>,
     /// Mutual TLS; plain MQTT when absent.
     pub(crate) tls: Option<Spanned<TlsConfig>>,
 }

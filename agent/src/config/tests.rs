@@ -55,6 +55,18 @@ fn minimal_config_gets_defaults() {
     assert!(config.mqtt.pack_backlog);
     assert_eq!(config.simulator.scenario, Scenario::Steady);
     assert!(config.rules.is_empty());
+    assert_eq!(config.status_interval, Some(DEFAULT_STATUS_INTERVAL));
+}
+
+#[test]
+fn status_interval_is_seconds_and_0_turns_it_off() {
+    let config = parse("device_id = \"gw\"\n[status]\ninterval_s = 5\n").unwrap();
+    assert_eq!(config.status_interval, Some(Duration::from_secs(5)));
+    let config = parse("device_id = \"gw\"\n[status]\ninterval_s = 0\n").unwrap();
+    assert_eq!(config.status_interval, None);
+    let mut config = parse("device_id = \"gw\"\n").unwrap();
+    config.status_interval = Some(Duration::from_millis(500));
+    assert!(config.validate().is_err(), "sub-second periods are refused");
 }
 
 #[test]
@@ -141,6 +153,11 @@ fn bad_values_are_located() {
         ("[mqtt]\nhost = \" \"\n", (3, 8), "mqtt.host"),
         ("[mqtt]\nclient_id = \"\"\n", (3, 13), "mqtt.client_id"),
         ("[journal]\npath = \"\"\n", (3, 8), "journal.path"),
+        (
+            "[status]\ninterval_s = 86401\n",
+            (3, 14),
+            "status.interval_s",
+        ),
         (
             "[simulator]\nscenario = \"broken\"\n",
             (3, 12),

@@ -27,6 +27,8 @@ pub struct Inspection {
     pub bytes: u64,
     /// The persisted counters.
     pub counters: Counters,
+    /// The journal epoch (protocol 1.3; 0 for a journal from before it).
+    pub epoch: u64,
 }
 
 /// A damaged record.
@@ -128,6 +130,7 @@ pub fn inspect(path: &Path) -> Result<Inspection, JournalError> {
         truncation: scanned.truncation,
         bytes: journal.bytes(),
         counters: journal.counters(),
+        epoch: journal.epoch(),
     })
 }
 

@@ -92,10 +92,15 @@ pub(crate) fn from_first_layout(
     tree.apply_batch(batch).map_err(err)?;
     db.flush().map_err(err)?;
     // Numbers the first layout handed out (status messages included) are never reused.
-    if lease::read(path).unwrap_or(0) < next {
-        lease::write(path, next).map_err(|source| JournalError::Reserve {
-            path: path.to_owned(),
-            source,
+    // A first-layout journal predates the epoch: it keeps 0 (or what a lease already says).
+    let current = lease::read(path).lease();
+    if current.map_or(0, |l| l.next) < next {
+        let epoch = current.map_or(0, |l| l.epoch);
+        lease::write(path, lease::Lease { next, epoch }).map_err(|source| {
+            JournalError::Reserve {
+                path: path.to_owned(),
+                source,
+            }
         })?;
     }
     drop((messages, meta));

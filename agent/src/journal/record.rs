@@ -178,7 +178,7 @@ pub(crate) fn header_readings(value: &[u8]) -> u32 {
 }
 
 /// Deep check: the envelope decodes and agrees with the header.
-pub(crate) fn check_envelope(entry: &Entry) -> Result<(), RecordError> {
+pub(crate) fn check_envelope(entry: &Entry) -> Result<u64, RecordError> {
     let bad = |detail: String| RecordError::Envelope {
         seq: entry.seq,
         detail,
@@ -193,7 +193,7 @@ pub(crate) fn check_envelope(entry: &Entry) -> Result<(), RecordError> {
             entry.kind.topic_level()
         )));
     }
-    Ok(())
+    Ok(envelope.epoch)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //!        │ its log's tail (behind the mark)       │ panic, its database gone)
 //!        ▼                                        ▼
 //!  keep the intact records,                 keep nothing readable; read the seq lease
-//!  counters and next seq                    (else: seq = wall clock in µs) and the mark
+//!  counters, next seq and epoch             (epoch kept; else a new epoch) and the mark
 //!        └──────────┬─────────────────────────────┘
 //!                   ▼
 //!  rename <dir> → <dir>.corrupt-<unix seconds>, open a fresh <dir>, put back what was kept,
@@ -83,11 +83,16 @@ pub fn open_or_recover(
             let entries = old.intact_entries();
             let mut counters = old.counters();
             let next = old.reserve_seq()?;
+            // The lease survives (the directory was readable): the numbering, and so the
+            // epoch, continue.
+            let epoch = old.epoch();
+            let foreign_below = old.foreign_epochs_below();
             drop(old);
             counters.dropped.add(lost);
             let moved_to = move_aside(path)?;
             let fresh = SledJournal::open_with(path, options)?;
-            fresh.skip_seqs_below(next)?;
+            fresh.continue_numbering(epoch, next)?;
+            fresh.note_foreign_epochs_below(foreign_below);
             let mut sorted = entries;
             sorted.sort_by_key(|e| e.seq);
             for entry in &sorted {
@@ -123,14 +128,20 @@ pub fn open_or_recover(
                 Ok(Err(error)) => format!("{error}: {}", source_text(&error)),
                 _ => "sled panicked while opening it".to_owned(),
             };
-            let lease = super::lease::read(path);
+            let lease = super::lease::read(path).lease();
             // What the journal held at its last flush, and its counters, as far as known.
             let mark = super::mark::read(path);
             let moved_to = move_aside(path)?;
             let fresh = SledJournal::open_with(path, options)?;
-            // Without a lease, jump past any number the old journal can have used: the wall
-            // clock in microseconds grows faster than any gateway uses numbers.
-            fresh.skip_seqs_below(lease.unwrap_or(0).max(wall_clock_us()))?;
+            // Jump past any number the old journal can have used: the wall clock in
+            // microseconds grows faster than any gateway uses numbers. With the lease intact
+            // the epoch carries over; without it the fresh journal's new epoch stands, so
+            // the cloud tells the two numberings apart.
+            let (epoch, from) = match lease {
+                Some(lease) => (lease.epoch, lease.next.max(wall_clock_us())),
+                None => (fresh.epoch(), wall_clock_us()),
+            };
+            fresh.continue_numbering(epoch, from)?;
             let lost = mark.map_or_else(Dropped::default, |m| Dropped {
                 batches: m.stored[1],
                 readings: m.readings,
@@ -274,11 +285,63 @@ mod tests {
         assert_eq!(again, None);
     }
 
+    /// Makes sled's files unreadable (see the test above).
+    fn damage_sled(path: &Path) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::fs::write(
+            path.join("conf"),
+            b"this is not a sled configuration file, it is damaged",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn an_unreadable_journal_keeps_its_epoch_while_the_lease_survives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let epoch = {
+            let j = SledJournal::open(&path).unwrap();
+            append_telemetry(&j, 3);
+            j.epoch()
+        };
+        damage_sled(&path);
+        let (j, recovery) = open_or_recover(&path, options()).unwrap();
+        assert!(recovery.expect("recovered").unreadable);
+        assert_eq!(j.epoch(), epoch);
+        drop(j);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let (j, again) = open_or_recover(&path, options()).unwrap();
+        assert_eq!(again, None);
+        assert_eq!(
+            j.epoch(),
+            epoch,
+            "the kept epoch is stored in the fresh lease"
+        );
+    }
+
+    #[test]
+    fn a_lost_lease_means_a_new_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let (epoch, last) = {
+            let j = SledJournal::open(&path).unwrap();
+            append_telemetry(&j, 3);
+            (j.epoch(), append_telemetry(&j, 3).0)
+        };
+        damage_sled(&path);
+        std::fs::remove_file(crate::journal::lease::path(&path)).unwrap();
+        let (j, recovery) = open_or_recover(&path, options()).unwrap();
+        assert!(recovery.expect("recovered").unreadable);
+        assert_ne!(j.epoch(), epoch);
+        assert_ne!(j.epoch(), 0);
+        assert!(j.reserve_seq().unwrap() > last);
+    }
+
     #[test]
     fn damaged_records_are_dropped_and_counted_intact_ones_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
-        {
+        let epoch = {
             let j = SledJournal::open(&path).unwrap();
             for _ in 0..3 {
                 append_telemetry(&j, 4);
@@ -289,7 +352,8 @@ mod tests {
             value[12] ^= 0x55;
             db.insert(record::key(Class::Telemetry, 2), value).unwrap();
             j.sync().unwrap();
-        }
+            j.epoch()
+        };
         std::thread::sleep(std::time::Duration::from_millis(100));
         let (j, recovery) = open_or_recover(&path, options()).unwrap();
         let recovery = recovery.expect("recovered");
@@ -306,6 +370,7 @@ mod tests {
         assert_eq!(j.counters().dropped.batches, 1);
         assert_eq!(j.counters().resets, 1);
         assert!(j.reserve_seq().unwrap() > 3);
+        assert_eq!(j.epoch(), epoch, "the lease survived: the epoch is kept");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! | format marker | same tree, key `mformat` | `1`; written at creation, before the first lease |
 //! | counters | same tree, key `mcounters` | dropped batches, readings, alerts, resets, quota readings (5 × u64 BE) |
 //! | high-water mark | same tree, key `mhigh` | highest seq appended: priority, telemetry (2 × u64 BE); written with every append |
-//! | sequence lease | file `seq.lease` | see [`super::lease`] |
+//! | sequence lease and epoch | file `seq.lease` | see [`super::lease`] |
 //! | durable mark | file `durable.mark` | see [`super::mark`]; rewritten after every flush |
 //!
 //! Records and counters share one tree so that an append, the evictions it causes and the
@@ -22,7 +22,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use super::mark::{self, Mark, MarkWriter, Truncation};
 use super::record::{self, RecordError, KEY_LEN};
 use super::{
-    lease, migrate, Appended, Class, Counters, Dropped, Durability, Entry, Journal, JournalError,
+    lease::{self, Lease, LeaseFile},
+    migrate, Appended, Class, Counters, Dropped, Durability, Entry, Journal, JournalError,
     JournalOptions, Record,
 };
 
@@ -88,11 +89,12 @@ pub(crate) fn class_index(class: Class) -> usize {
     }
 }
 
-/// The next number to hand out and how far the lease file allows.
+/// The next number to hand out, how far the lease file allows, and the epoch stored with it.
 #[derive(Debug)]
 struct Seqs {
     next: u64,
     leased: u64,
+    epoch: u64,
 }
 
 /// A journal stored in a sled database directory.
@@ -105,6 +107,8 @@ pub struct SledJournal {
     seqs: Mutex<Seqs>,
     /// Highest sequence number appended.
     last_appended: AtomicU64,
+    /// Stored entries below this seq may carry another epoch than the current one.
+    foreign_below: AtomicU64,
     /// Highest sequence number known to be on disk; `read` returns nothing above it.
     durable: AtomicU64,
     /// Writes the durable mark after each flush.
@@ -176,6 +180,8 @@ impl SledJournal {
         // high-water key), and what it holds, for the comparison with the durable mark.
         let mut found = [0u64; 2];
         let mut present = Mark::default();
+        // Highest stored seq per epoch found in the records.
+        let mut epochs = std::collections::BTreeMap::<u64, u64>::new();
         let durable_mark = mark::read(path);
         let low = durable_mark.map_or([0; 2], |m| m.low);
         for item in tree.iter() {
@@ -217,10 +223,12 @@ impl SledJournal {
                     }
                 }
                 let entry = record::decode_value(seq, class, &value)?;
-                record::check_envelope(&entry).map(|()| entry)
+                record::check_envelope(&entry).map(|epoch| (entry, epoch))
             });
             match checked {
-                Ok(entry) => {
+                Ok((entry, epoch)) => {
+                    let top = epochs.entry(epoch).or_insert(0);
+                    *top = (*top).max(entry.seq);
                     state.add(
                         entry.class(),
                         (key.len() + value.len()) as u64,
@@ -236,22 +244,63 @@ impl SledJournal {
             // Counters only grow; sled's may have gone back with a lost tail.
             state.counters = mark::max_counters(state.counters, m.counters);
         }
-        let lease = lease::read(path);
+        let lease_file = lease::read(path);
         // sled silently truncates its log at the first damaged entry, which can drop the whole
-        // database. The marker is written with the first lease, so a journal that has a lease
-        // but no marker has lost data behind sled's back.
+        // database. The marker is written right after the first lease, so a journal that has a
+        // lease past the first number but no marker has lost data behind sled's back.
         let marked = tree.contains_key(FORMAT_KEY).map_err(open_err)?;
-        if !marked {
-            if lease.is_some() {
-                return Err(JournalError::Corrupt {
-                    path: path.to_owned(),
-                    what: "the database lost its records (sled dropped a damaged log)".to_owned(),
-                });
+        let epoch = if marked {
+            match lease_file {
+                LeaseFile::Intact(lease) => lease.epoch,
+                // A journal from before the lease, or one that never handed out a number:
+                // not replaced, so epoch 0 (see `lease`).
+                LeaseFile::Absent => 0,
+                LeaseFile::Damaged => {
+                    // The numbering cannot be trusted: a new epoch, stored with the next lease
+                    // (before any number is handed out under it).
+                    let epoch = lease::new_epoch();
+                    tracing::warn!(journal = %path.display(), epoch,
+                        "the sequence lease is damaged: numbering continues under a new journal epoch");
+                    epoch
+                }
             }
+        } else {
+            let epoch = match lease_file {
+                LeaseFile::Absent => {
+                    // A new journal: draw its epoch and store it before the marker.
+                    let lease = Lease {
+                        next: FIRST_SEQ,
+                        epoch: lease::new_epoch(),
+                    };
+                    lease::write(path, lease).map_err(|source| JournalError::Reserve {
+                        path: path.to_owned(),
+                        source,
+                    })?;
+                    lease.epoch
+                }
+                // Created, but stopped before the marker was written: no number was handed out.
+                LeaseFile::Intact(lease) if lease.next == FIRST_SEQ && lease.epoch != 0 => {
+                    lease.epoch
+                }
+                LeaseFile::Intact(_) | LeaseFile::Damaged => {
+                    return Err(JournalError::Corrupt {
+                        path: path.to_owned(),
+                        what: "the database lost its records (sled dropped a damaged log)"
+                            .to_owned(),
+                    });
+                }
+            };
             tree.insert(FORMAT_KEY, &[1u8][..]).map_err(open_err)?;
             db.flush().map_err(open_err)?;
-        }
-        let leased = lease.unwrap_or(FIRST_SEQ);
+            epoch
+        };
+        let foreign_below = epochs
+            .iter()
+            .filter(|(e, _)| **e != epoch)
+            .map(|(_, seq)| seq.saturating_add(1))
+            .max()
+            .unwrap_or(0);
+        let leased = lease_file.lease().map_or(FIRST_SEQ, |l| l.next);
         let next = leased.max(last_seq.saturating_add(1)).max(FIRST_SEQ);
         let journal = SledJournal {
             path: path.to_owned(),
@@ -260,8 +309,13 @@ impl SledJournal {
             options,
             state: Mutex::new(state),
             // The lease must be renewed before `next` is handed out.
-            seqs: Mutex::new(Seqs { next, leased: next }),
+            seqs: Mutex::new(Seqs {
+                next,
+                leased: next,
+                epoch,
+            }),
             last_appended: AtomicU64::new(last_seq),
+            foreign_below: AtomicU64::new(foreign_below),
             durable: AtomicU64::new(last_seq),
             mark: Mutex::new(MarkWriter::new(path)),
         };
@@ -282,14 +336,30 @@ impl SledJournal {
         self.options
     }
 
-    /// Makes sure no number below `seq` is handed out from now on (used when a corrupt journal
-    /// is replaced and the old numbers are not all known).
-    pub(crate) fn skip_seqs_below(&self, seq: u64) -> Result<(), JournalError> {
+    /// Continues the numbering of a replaced journal: from now on the epoch is `epoch` and no
+    /// number below `seq` is handed out; both are stored in the lease at once (durably), so a
+    /// crash right after a recovery cannot reuse a number under the same epoch.
+    pub(crate) fn continue_numbering(&self, epoch: u64, seq: u64) -> Result<(), JournalError> {
         let mut seqs = lock(&self.seqs);
-        if seqs.next < seq {
-            seqs.next = seq;
-        }
+        let next = seqs.next.max(seq);
+        lease::write(&self.path, Lease { next, epoch }).map_err(|source| {
+            JournalError::Reserve {
+                path: self.path.clone(),
+                source,
+            }
+        })?;
+        *seqs = Seqs {
+            next,
+            leased: next,
+            epoch,
+        };
         Ok(())
+    }
+
+    /// Notes that entries below `seq` may carry another epoch (salvaged from a replaced journal
+    /// that held several).
+    pub(crate) fn note_foreign_epochs_below(&self, seq: u64) {
+        self.foreign_below.fetch_max(seq, Ordering::SeqCst);
     }
 
     /// Replaces the counters (carried over from a replaced journal).
@@ -310,7 +380,7 @@ impl SledJournal {
             .filter_map(|(key, value)| {
                 let (class, seq) = record::parse_key(&key).ok()?;
                 let entry = record::decode_value(seq, class, &value).ok()?;
-                record::check_envelope(&entry).ok().map(|()| entry)
+                record::check_envelope(&entry).ok().map(|_| entry)
             })
             .collect()
     }
@@ -496,14 +566,25 @@ impl Journal for SledJournal {
             })?;
         if seq >= seqs.leased {
             let lease = seq.saturating_add(lease::BLOCK);
-            lease::write(&self.path, lease).map_err(|source| JournalError::Reserve {
-                path: self.path.clone(),
-                source,
+            let epoch = seqs.epoch;
+            lease::write(&self.path, Lease { next: lease, epoch }).map_err(|source| {
+                JournalError::Reserve {
+                    path: self.path.clone(),
+                    source,
+                }
             })?;
             seqs.leased = lease;
         }
         seqs.next = after;
         Ok(seq)
+    }
+
+    fn epoch(&self) -> u64 {
+        lock(&self.seqs).epoch
+    }
+
+    fn foreign_epochs_below(&self) -> u64 {
+        self.foreign_below.load(Ordering::SeqCst)
     }
 
     fn append(&self, record: &Record<'_>) -> Result<Appended, JournalError> {
@@ -586,7 +667,7 @@ impl Journal for SledJournal {
         Ok(appended)
     }
 
-    fn remove(&self, class: Class, seq: u64) -> Result<(), JournalError> {
+    fn remove(&self, class: Class, seq: u64) -> Result<bool, JournalError> {
         let mut state = lock(&self.state);
         let removed = self
             .tree
@@ -596,6 +677,7 @@ impl Journal for SledJournal {
                 seq,
                 source,
             })?;
+        let was_stored = removed.is_some();
         if let Some(value) = removed {
             state.sub(
                 class,
@@ -603,6 +685,24 @@ impl Journal for SledJournal {
                 record::header_readings(&value),
             );
         }
+        Ok(was_stored)
+    }
+
+    fn uncount_evicted(&self, delivered: Dropped) -> Result<(), JournalError> {
+        if delivered.is_empty() {
+            return Ok(());
+        }
+        let mut state = lock(&self.state);
+        let mut counters = state.counters;
+        let d = &mut counters.dropped;
+        d.batches = d.batches.saturating_sub(delivered.batches);
+        d.readings = d.readings.saturating_sub(delivered.readings);
+        d.alerts = d.alerts.saturating_sub(delivered.alerts);
+        counters.quota_readings = counters.quota_readings.saturating_sub(delivered.readings);
+        self.tree
+            .insert(COUNTERS_KEY, &encode_counters(&counters)[..])
+            .map_err(|source| self.read_err(source))?;
+        state.counters = counters;
         Ok(())
     }
 
@@ -785,6 +885,95 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_new_journal_draws_a_nonzero_epoch_that_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let epoch = {
+            let j = SledJournal::open(&path).unwrap();
+            append_telemetry(&j, 1);
+            j.epoch()
+        };
+        assert!((1..=osprey_protocol::MAX_EPOCH).contains(&epoch));
+        let j = SledJournal::open(&path).unwrap();
+        assert_eq!(j.epoch(), epoch);
+        // Leasing the next block keeps it.
+        for _ in 0..lease::BLOCK + 1 {
+            j.reserve_seq().unwrap();
+        }
+        drop(j);
+        assert_eq!(SledJournal::open(&path).unwrap().epoch(), epoch);
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(lease::path(&path))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the lease file is the owner's only");
+        // Another new journal draws another epoch.
+        let other = SledJournal::open(&dir.path().join("other")).unwrap();
+        assert_ne!(other.epoch(), epoch);
+    }
+
+    #[test]
+    fn a_journal_from_before_the_epoch_keeps_epoch_0() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        {
+            let j = SledJournal::open(&path).unwrap();
+            append_telemetry(&j, 1);
+        }
+        // What a 1.2 agent leaves behind: a 12-byte lease with no epoch.
+        lease::write_legacy(&path, 4097);
+        let j = SledJournal::open(&path).unwrap();
+        assert_eq!(j.epoch(), 0);
+        assert!(j.reserve_seq().unwrap() >= 4097);
+        drop(j);
+        // The rewritten lease (new format) still says 0.
+        assert_eq!(lease::read(&path).lease().unwrap().epoch, 0);
+        assert_eq!(SledJournal::open(&path).unwrap().epoch(), 0);
+    }
+
+    #[test]
+    fn a_damaged_lease_means_a_new_epoch_and_old_entries_are_flagged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let (epoch, last) = {
+            let j = SledJournal::open(&path).unwrap();
+            append_telemetry(&j, 1);
+            let (last, _) = append_telemetry(&j, 1);
+            (j.epoch(), last)
+        };
+        // The records carry the journal's epoch, as the writer encodes them; re-encode the
+        // test's under it.
+        {
+            let j = SledJournal::open(&path).unwrap();
+            for seq in 1..=last {
+                let msg = osprey_protocol::decode(&telemetry(seq, 1))
+                    .unwrap()
+                    .with_epoch(epoch)
+                    .encode()
+                    .unwrap();
+                j.raw_tree()
+                    .insert(
+                        record::key(Class::Telemetry, seq),
+                        record::encode_value(Kind::Telemetry, 1, &msg),
+                    )
+                    .unwrap();
+            }
+            j.sync().unwrap();
+        }
+        std::fs::write(lease::path(&path), b"garbage, not a lease").unwrap();
+        let j = SledJournal::open(&path).unwrap();
+        assert_ne!(j.epoch(), epoch);
+        assert_ne!(j.epoch(), 0);
+        assert_eq!(j.foreign_epochs_below(), last + 1);
+        let next = j.reserve_seq().unwrap();
+        assert!(next > last);
+        let new_epoch = j.epoch();
+        drop(j);
+        assert_eq!(SledJournal::open(&path).unwrap().epoch(), new_epoch);
+    }
+
+    #[test]
     fn alerts_are_read_in_their_own_class() {
         let dir = tempfile::tempdir().unwrap();
         let j = SledJournal::open(dir.path()).unwrap();
@@ -872,6 +1061,49 @@ pub(crate) mod tests {
         assert_eq!(j.counters().dropped.readings, 20);
         assert_eq!(j.len(), 4);
         assert!(j.bytes() <= options.max_bytes);
+    }
+
+    #[test]
+    fn an_evicted_message_acknowledged_later_is_not_counted_as_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = (KEY_LEN + record::HEADER_LEN + telemetry(1, 10).len()) as u64;
+        let options = JournalOptions {
+            max_bytes: one * 2 + one / 2,
+            durability: Durability::EachAppend,
+        };
+        {
+            let j = SledJournal::open_with(dir.path(), options).unwrap();
+            // 1 and 2 are "in flight" (read by the uplink); 3 and 4 evict them.
+            let (first, _) = append_telemetry(&j, 10);
+            let (second, _) = append_telemetry(&j, 10);
+            append_telemetry(&j, 10);
+            append_telemetry(&j, 10);
+            assert_eq!(j.counters().dropped.readings, 20);
+            // The PUBACK of 1 arrives: it is gone, so it was delivered after all.
+            assert!(!j.remove(Class::Telemetry, first).unwrap());
+            j.uncount_evicted(Dropped::one(Kind::Telemetry, 10))
+                .unwrap();
+            assert_eq!(
+                j.counters().dropped,
+                Dropped {
+                    batches: 1,
+                    readings: 10,
+                    alerts: 0
+                }
+            );
+            assert_eq!(j.counters().quota_readings, 10);
+            // 2's PUBACK never comes (the connection dropped): it stays counted.
+            let _ = second;
+            assert!(j.remove(Class::Telemetry, 3).unwrap(), "3 was stored");
+            j.sync().unwrap();
+        }
+        let j = SledJournal::open_with(dir.path(), options).unwrap();
+        assert_eq!(
+            j.counters().dropped.readings,
+            10,
+            "the correction is persisted"
+        );
+        assert_eq!(j.counters().quota_readings, 10);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Local actions on alert events: log, drive a GPIO line, run a program. They run on the
-//! sample path right after the event, before anything is journaled or sent, so a siren or a
-//! relay reacts with no network. A program runs on a thread of its own (with a timeout) so a
+//! sample path right after the event is journaled (one fsync, no network) and the alarm file
+//! saved, so a siren or a relay reacts within milliseconds, online or not, and never for an
+//! event a crash could still lose (see [`crate::sampler`]). A program runs on a thread of its own (with a timeout) so a
 //! slow one never holds up sampling; a GPIO write is a single small sysfs write.
 
 use std::time::Duration;

@@ -80,7 +80,18 @@ fn explain_tls(err: &rustls::Error, mqtt: &Mqtt) -> String {
 
 fn explain_refused(code: ConnectReturnCode, mqtt: &Mqtt) -> String {
     let hint = match code {
-        ConnectReturnCode::NotAuthorized | ConnectReturnCode::BadUserNamePassword => {
+        ConnectReturnCode::BadUserNamePassword => {
+            "the user name or password is wrong: check mqtt.username and the password in \
+             mqtt.password_file (or $OSPREY_MQTT_PASSWORD)"
+        }
+        ConnectReturnCode::NotAuthorized if mqtt.username.is_some() => {
+            "the broker refused the login: check mqtt.username, the password in \
+             mqtt.password_file (or $OSPREY_MQTT_PASSWORD) and the broker's access rules"
+        }
+        ConnectReturnCode::NotAuthorized if mqtt.tls.is_none() => {
+            "the broker requires a login: set mqtt.username and mqtt.password_file"
+        }
+        ConnectReturnCode::NotAuthorized => {
             "check the broker's access rules (AWS IoT Core: the certificate's policy)"
         }
         ConnectReturnCode::BadClientId => "check mqtt.client_id",

@@ -27,6 +27,8 @@ pub(crate) struct Unit {
     pub(crate) kind: Kind,
     /// Their sequence numbers, ascending; removed from the journal on the PUBACK.
     pub(crate) seqs: Vec<u64>,
+    /// The readings of each (same order as `seqs`; 0 for alerts).
+    pub(crate) readings: Vec<u32>,
     /// The payload: the entry itself, or the bundle.
     pub(crate) payload: Vec<u8>,
 }
@@ -56,6 +58,8 @@ pub(crate) struct Packer<'a> {
     /// Most bytes of a bundle; `None`: no packing, one entry per unit.
     max_bytes: Option<usize>,
     entries: Vec<Entry>,
+    /// The journal epoch of the entries taken (a bundle carries one).
+    epoch: u64,
     /// Σ `bundle_entry_bytes` of `entries`.
     entry_bytes: usize,
 }
@@ -67,6 +71,7 @@ impl<'a> Packer<'a> {
             device,
             max_bytes,
             entries: Vec::new(),
+            epoch: 0,
             entry_bytes: 0,
         }
     }
@@ -78,15 +83,17 @@ impl<'a> Packer<'a> {
             + bundle_entry_bytes(entry.message.len())
     }
 
-    /// Takes `entry` if it can join: the first always does; a later one only with packing on,
-    /// of the same kind, after the previous entry, and if the bundle stays within the limits.
-    /// Gives it back otherwise (it starts the next unit).
-    pub(crate) fn offer(&mut self, entry: Entry) -> Result<(), Entry> {
+    /// Takes `entry` (whose message carries journal epoch `epoch`) if it can join: the first
+    /// always does; a later one only with packing on, of the same kind and epoch, after the
+    /// previous entry, and if the bundle stays within the limits. Gives it back otherwise (it
+    /// starts the next unit).
+    pub(crate) fn offer(&mut self, entry: Entry, epoch: u64) -> Result<(), Entry> {
         if let Some(last) = self.entries.last() {
             let fits = match self.max_bytes {
                 None => false,
                 Some(max) => {
                     entry.kind == last.kind
+                        && epoch == self.epoch
                         && entry.seq > last.seq
                         && self.entries.len() < MAX_BUNDLE_MESSAGES
                         && self.size_with(&entry) <= max
@@ -95,6 +102,8 @@ impl<'a> Packer<'a> {
             if !fits {
                 return Err(entry);
             }
+        } else {
+            self.epoch = epoch;
         }
         self.entry_bytes += bundle_entry_bytes(entry.message.len());
         self.entries.push(entry);
@@ -113,6 +122,7 @@ impl<'a> Packer<'a> {
         };
         let (kind, last_seq) = (last.kind, last.seq);
         let seqs = self.entries.iter().map(|e| e.seq).collect();
+        let readings = self.entries.iter().map(|e| e.readings).collect();
         let payload = if self.entries.len() == 1 {
             self.entries.swap_remove(0).message
         } else {
@@ -122,6 +132,7 @@ impl<'a> Packer<'a> {
         Ok(Some(Unit {
             kind,
             seqs,
+            readings,
             payload,
         }))
     }
@@ -181,10 +192,11 @@ mod tests {
         let mut units = Vec::new();
         let mut packer = Packer::new(DEVICE, max_bytes);
         for entry in entries {
-            if let Err(entry) = packer.offer(entry) {
+            let epoch = osprey_protocol::decode(&entry.message).unwrap().epoch;
+            if let Err(entry) = packer.offer(entry, epoch) {
                 units.extend(packer.finish().unwrap());
                 packer = Packer::new(DEVICE, max_bytes);
-                packer.offer(entry).unwrap();
+                packer.offer(entry, epoch).unwrap();
             }
         }
         units.extend(packer.finish().unwrap());
@@ -270,6 +282,39 @@ mod tests {
         );
     }
 
+    /// `entry` re-encoded under journal epoch `epoch`.
+    fn in_epoch(entry: Entry, epoch: u64) -> Entry {
+        let msg = osprey_protocol::decode(&entry.message)
+            .unwrap()
+            .with_epoch(epoch);
+        Entry {
+            message: msg.encode().unwrap(),
+            ..entry
+        }
+    }
+
+    #[test]
+    fn epochs_are_never_mixed_in_a_bundle() {
+        let entries = vec![
+            in_epoch(telemetry(1, 5), 7),
+            in_epoch(telemetry(2, 5), 7),
+            in_epoch(telemetry(3, 5), 9),
+            in_epoch(telemetry(4, 5), 9),
+        ];
+        let units = pack_all(entries, Some(128 * 1024));
+        let seqs: Vec<Vec<u64>> = units.iter().map(|u| u.seqs.clone()).collect();
+        assert_eq!(seqs, [vec![1, 2], vec![3, 4]]);
+        // The receiving side accepts both bundles (it refuses one that mixes epochs).
+        let epochs: Vec<u64> = units
+            .iter()
+            .map(|u| match osprey_protocol::decode_any(&u.payload).unwrap() {
+                osprey_protocol::Decoded::Bundle(b) => b.epoch(),
+                osprey_protocol::Decoded::Message(m) => m.epoch,
+            })
+            .collect();
+        assert_eq!(epochs, [7, 9]);
+    }
+
     #[test]
     fn without_packing_each_entry_is_its_own_publish() {
         let entries: Vec<Entry> = (1..=5).map(|q| telemetry(q, 3)).collect();
@@ -280,7 +325,7 @@ mod tests {
         }
         let mut packer = Packer::new(DEVICE, None);
         assert!(!packer.is_full());
-        packer.offer(entries[0].clone()).unwrap();
+        packer.offer(entries[0].clone(), 0).unwrap();
         assert!(packer.is_full());
     }
 
