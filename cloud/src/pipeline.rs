@@ -30,7 +30,9 @@ use osprey_protocol::{decode, decode_any, Body, Decoded, Envelope};
 use serde::Serialize;
 
 use crate::clock::now_ms;
-use crate::store::{Checkpoint, DeadLetter, Message, StoreError, StoreWriter, Write, Written};
+use crate::store::{
+    Checkpoint, DeadLetter, Message, StatusReport, StoreError, StoreWriter, Write, Written,
+};
 use crate::window::{self, WindowSpec};
 
 pub mod identity;
@@ -389,11 +391,15 @@ fn to_message(
         )));
     }
     let Envelope {
-        device, seq, body, ..
+        device,
+        seq,
+        epoch,
+        body,
     } = envelope;
     let mut message = Message {
         device,
         seq,
+        epoch,
         received_ms,
         event_ms: None,
         readings: 0,
@@ -419,7 +425,11 @@ fn to_message(
         Body::Status(status) => {
             // A status without a time (0, the field's default) says nothing about event time.
             message.event_ms = (status.time_ms != 0).then_some(status.time_ms);
-            message.status = Some(status.state);
+            message.status = Some(StatusReport {
+                state: status.state,
+                will_seq: status.will_seq,
+                time_ms: status.time_ms,
+            });
         }
     }
     Ok(message)

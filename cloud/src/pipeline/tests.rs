@@ -178,7 +178,10 @@ fn prepare_fills_in_readings_windows_and_event_time() {
         .encode()
         .unwrap();
     let m = prepare(&bytes, &direct(), 5).unwrap();
-    assert_eq!((m.status, m.event_ms), (Some(StatusState::Offline), None));
+    assert_eq!(
+        (m.status.map(|s| s.state), m.event_ms),
+        (Some(StatusState::Offline), None)
+    );
 }
 
 #[test]
