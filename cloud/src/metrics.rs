@@ -23,6 +23,7 @@
 //! | `osprey_messages_duplicate_total` | counter | messages dropped as duplicates |
 //! | `osprey_dead_letters_total` | counter | payloads kept as dead letters |
 //! | `osprey_mqtt_messages_received_total` | counter | publishes the MQTT source received |
+//! | `osprey_identity_mismatches_total{claimed,source}` | counter | payloads naming another device than their authenticated source (at most 1000 label pairs, then `other`/`other`) |
 //! | `osprey_kinesis_iterator_age_milliseconds{shard}` | gauge | `MillisBehindLatest` of the shard's last GetRecords |
 //! | `osprey_kinesis_records_total{shard}` | counter | records read from the shard |
 //! | `osprey_kinesis_get_records_throttled_total{shard}` | counter | GetRecords calls refused for throughput |
@@ -41,6 +42,7 @@
 //! | `osprey_bridge_records_retried_total` | counter | records refused in a batch and sent again |
 //! | `osprey_bridge_records_throttled_total` | counter | of those, refused for throughput |
 //! | `osprey_bridge_records_dropped_total` | counter | messages that can never fit a record |
+//! | `osprey_bridge_records_off_topic_total` | counter | publishes not forwarded: not on an Osprey data topic |
 //! | `osprey_bridge_buffered_bytes` | gauge | bytes held between MQTT and Kinesis now |
 //! | `osprey_bridge_buffered_records` | gauge | records held between MQTT and Kinesis now |
 //! | `osprey_bridge_buffered_max_bytes` | gauge | most bytes ever held at once (never above the budget) |
@@ -192,6 +194,21 @@ impl Collector for PipelineCollector {
             "Publishes the MQTT source received (redeliveries included).",
             stats.mqtt_messages,
         )?;
+        if !stats.spoofed.is_empty() {
+            let mut metric_encoder = e.encode_descriptor(
+                "osprey_identity_mismatches",
+                "Payloads dead-lettered because they named another device than their authenticated source (topic device or partition key), per claimed and source device; at most 1000 pairs, the rest as other/other.",
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for s in &stats.spoofed {
+                let labels = [
+                    ("claimed", s.claimed.as_str()),
+                    ("source", s.source.as_str()),
+                ];
+                ConstCounter::new(s.count).encode(metric_encoder.encode_family(&labels)?)?;
+            }
+        }
         let shards: Vec<(&String, &ShardProgress)> = stats.shards.iter().collect();
         let millis = Unit::Other("milliseconds".to_owned());
         per_shard(
@@ -313,6 +330,11 @@ impl Collector for BridgeCollector {
                 "osprey_bridge_records_dropped",
                 "Messages dropped because they can never fit a Kinesis record.",
                 s.dropped,
+            ),
+            (
+                "osprey_bridge_records_off_topic",
+                "Publishes not forwarded: their topic is not an Osprey data topic, so no device to key them by.",
+                s.off_topic,
             ),
             (
                 "osprey_bridge_backpressure_waits",

@@ -2,9 +2,15 @@
 //!
 //! ```text
 //!  payload ─► decode ─┬─► bad: dead letter (logged, counted; the pipeline goes on)
-//!                     └─► envelope(s) ─► window::aggregate_spec ─► store: dedup (device, seq),
-//!                                                                 merge windows, alert, device
+//!   + Origin          ├─► check_origin: payload device ≠ source's device ─► dead letter
+//!                     │   "identity mismatch" (counted per claimed and real device)
+//!                     └─► envelope(s) ─► window::aggregate_spec ─► store: dedup
+//!                                        (device, epoch, seq), merge windows, alert, device
 //! ```
+//!
+//! Trust is checked once, here: every source hands the pipeline the identity it authenticated
+//! (the MQTT topic's device, a Kinesis record's partition key) as the [`Origin`], and
+//! [`check_origin`] alone decides whether a payload may count for the device it names.
 //!
 //! A payload may be a bundle (protocol 1.2): several complete messages, each deduplicated and
 //! applied on its own, all in the payload's transaction; one bad inner message dead-letters the
@@ -20,12 +26,18 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use osprey_protocol::{decode, decode_any, topic, Body, Decoded, Envelope};
+use osprey_protocol::{decode, decode_any, Body, Decoded, Envelope};
 use serde::Serialize;
 
 use crate::clock::now_ms;
-use crate::store::{Checkpoint, DeadLetter, Message, StoreError, StoreWriter, Write, Written};
+use crate::store::{
+    Checkpoint, DeadLetter, Message, StatusReport, StoreError, StoreWriter, Write, Written,
+};
 use crate::window::{self, WindowSpec};
+
+pub mod identity;
+
+pub use identity::{check_origin, IdentityMismatch, Rejection, SpoofCounts, Spoofed};
 
 /// Where a payload came from; used in logs and dead letters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +48,10 @@ pub enum Origin {
         /// The topic it was published on.
         topic: String,
     },
-    /// A Kinesis record.
+    /// A Kinesis record. Its partition key is the device the writer authenticated (the IoT
+    /// rule sets `${topic(3)}`, the topic's device, which the thing policy binds to the
+    /// certificate; `osprey bridge` keys by the topic's device too), so the payload's device
+    /// must equal it.
     Kinesis {
         /// Stream name.
         stream: String,
@@ -44,6 +59,8 @@ pub enum Origin {
         shard_id: String,
         /// The record's sequence number.
         sequence_number: String,
+        /// The record's partition key: the authenticated device.
+        partition_key: String,
     },
     /// Fed in-process (tests, tools), labelled for the logs.
     Direct(String),
@@ -57,7 +74,11 @@ impl fmt::Display for Origin {
                 stream,
                 shard_id,
                 sequence_number,
-            } => write!(f, "kinesis:{stream}/{shard_id}/{sequence_number}"),
+                partition_key,
+            } => write!(
+                f,
+                "kinesis:{stream}/{shard_id}/{sequence_number} (key {partition_key})"
+            ),
             Origin::Direct(label) => write!(f, "direct:{label}"),
         }
     }
@@ -95,6 +116,12 @@ pub struct PipelineStats {
     pub rejected: u64,
     /// MQTT source only: publishes received from the broker (redeliveries included).
     pub mqtt_messages: u64,
+    /// Of the rejected payloads, those whose device differed from their source's
+    /// authenticated device (identity mismatches).
+    pub identity_mismatches: u64,
+    /// The identity mismatches per (claimed, source) device pair (at most
+    /// [`identity::MAX_SPOOF_PAIRS`] pairs, then one `other` pair).
+    pub spoofed: Vec<Spoofed>,
     /// Kinesis source only: each shard's reader, by shard id (absent for other sources).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub shards: BTreeMap<String, ShardProgress>,
@@ -124,6 +151,8 @@ struct Counters {
     duplicates: AtomicU64,
     rejected: AtomicU64,
     mqtt_messages: AtomicU64,
+    identity_mismatches: AtomicU64,
+    spoofed: Mutex<SpoofCounts>,
     shards: Mutex<BTreeMap<String, ShardProgress>>,
 }
 
@@ -140,6 +169,13 @@ impl IngestStats {
             duplicates: self.0.duplicates.load(Ordering::Relaxed),
             rejected: self.0.rejected.load(Ordering::Relaxed),
             mqtt_messages: self.0.mqtt_messages.load(Ordering::Relaxed),
+            identity_mismatches: self.0.identity_mismatches.load(Ordering::Relaxed),
+            spoofed: self
+                .0
+                .spoofed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .list(),
             shards: self
                 .0
                 .shards
@@ -152,6 +188,19 @@ impl IngestStats {
     /// Counts a publish received by the MQTT source.
     pub fn count_mqtt_message(&self) {
         self.0.mqtt_messages.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a payload refused for naming another device than its source (the pipeline
+    /// calls this for every [`IdentityMismatch`]).
+    pub fn count_identity_mismatch(&self, m: &IdentityMismatch) {
+        self.0.identity_mismatches.fetch_add(1, Ordering::Relaxed);
+        self.0
+            .spoofed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(m);
+        tracing::warn!(claimed = %m.claimed, source_device = %m.source,
+            "identity mismatch: a payload named another device than its authenticated source");
     }
 
     /// Updates the progress of `shard` (Kinesis source).
@@ -209,19 +258,25 @@ impl Pipeline {
         // one write per inner message; anything else one write).
         let mut spans: Vec<(usize, Option<String>)> = Vec::with_capacity(payloads.len());
         for (payload, origin) in payloads {
-            // AWS IoT lifecycle events (JSON) that a rule put on the stream: presence.
-            if let Some(presence) = crate::source::presence::parse(payload, &origin, received_ms) {
-                writes.push(Write::Presence(presence));
-                spans.push((1, None));
-                continue;
-            }
-            match prepare_all(payload, &origin, received_ms, &self.windows) {
-                Ok(messages) => {
-                    spans.push((messages.len(), None));
-                    writes.extend(messages.into_iter().map(Write::Message));
+            let prepared = match crate::source::presence::parse(payload, &origin, received_ms) {
+                // AWS IoT lifecycle events (JSON) that a rule put on the stream: presence,
+                // which counts only for the client id the record is keyed by.
+                Some(presence) => check_origin(&presence.device, None, &origin)
+                    .map(|()| vec![Write::Presence(presence)]),
+                None => prepare_all(payload, &origin, received_ms, &self.windows)
+                    .map(|messages| messages.into_iter().map(Write::Message).collect()),
+            };
+            match prepared {
+                Ok(prepared) => {
+                    spans.push((prepared.len(), None));
+                    writes.extend(prepared);
                 }
-                Err(reason) => {
+                Err(rejection) => {
                     let total = self.counters.rejected.fetch_add(1, Ordering::Relaxed) + 1;
+                    if let Some(m) = &rejection.mismatch {
+                        self.stats_handle().count_identity_mismatch(m);
+                    }
+                    let reason = rejection.reason;
                     tracing::warn!(
                         source = %origin,
                         bytes = payload.len(),
@@ -280,23 +335,24 @@ impl Pipeline {
 
 /// Turns a payload, a message or a bundle of them (protocol 1.2), into the store's
 /// [`Message`]s, in order, or says why it cannot be applied. One bad inner message rejects the
-/// whole payload (it goes to the dead letters as it came).
+/// whole payload (it goes to the dead letters as it came); so does one inner message that
+/// claims another device than the source's ([`check_origin`]).
 pub fn prepare_all(
     payload: &[u8],
     origin: &Origin,
     received_ms: i64,
     spec: &WindowSpec,
-) -> Result<Vec<Message>, String> {
-    let decoded = decode_any(payload).map_err(|e| e.to_string())?;
+) -> Result<Vec<Message>, Rejection> {
+    let decoded = decode_any(payload).map_err(|e| Rejection::other(e.to_string()))?;
     let bundle = matches!(decoded, Decoded::Bundle(_));
     decoded
         .into_messages()
         .into_iter()
         .enumerate()
         .map(|(i, envelope)| {
-            to_message(envelope, origin, received_ms, spec).map_err(|reason| match bundle {
-                true => format!("message {i} of the bundle: {reason}"),
-                false => reason,
+            to_message(envelope, origin, received_ms, spec).map_err(|r| match bundle {
+                true => r.within(format_args!("message {i} of the bundle")),
+                false => r,
             })
         })
         .collect()
@@ -304,7 +360,7 @@ pub fn prepare_all(
 
 /// Turns a payload holding one message into the store's [`Message`], or says why it cannot be
 /// applied (a bundle is refused: use [`prepare_all`]).
-pub fn prepare(payload: &[u8], origin: &Origin, received_ms: i64) -> Result<Message, String> {
+pub fn prepare(payload: &[u8], origin: &Origin, received_ms: i64) -> Result<Message, Rejection> {
     prepare_with(payload, origin, received_ms, &WindowSpec::default())
 }
 
@@ -314,8 +370,8 @@ pub fn prepare_with(
     origin: &Origin,
     received_ms: i64,
     spec: &WindowSpec,
-) -> Result<Message, String> {
-    let envelope = decode(payload).map_err(|e| e.to_string())?;
+) -> Result<Message, Rejection> {
+    let envelope = decode(payload).map_err(|e| Rejection::other(e.to_string()))?;
     to_message(envelope, origin, received_ms, spec)
 }
 
@@ -325,21 +381,25 @@ fn to_message(
     origin: &Origin,
     received_ms: i64,
     spec: &WindowSpec,
-) -> Result<Message, String> {
-    check_origin(&envelope, origin)?;
+) -> Result<Message, Rejection> {
+    check_origin(&envelope.device, Some(envelope.kind()), origin)?;
     if i64::try_from(envelope.seq).is_err() {
-        return Err(format!(
+        return Err(Rejection::other(format!(
             "sequence number {} is above the supported maximum {}",
             envelope.seq,
             i64::MAX
-        ));
+        )));
     }
     let Envelope {
-        device, seq, body, ..
+        device,
+        seq,
+        epoch,
+        body,
     } = envelope;
     let mut message = Message {
         device,
         seq,
+        epoch,
         received_ms,
         event_ms: None,
         readings: 0,
@@ -365,35 +425,14 @@ fn to_message(
         Body::Status(status) => {
             // A status without a time (0, the field's default) says nothing about event time.
             message.event_ms = (status.time_ms != 0).then_some(status.time_ms);
-            message.status = Some(status.state);
+            message.status = Some(StatusReport {
+                state: status.state,
+                will_seq: status.will_seq,
+                time_ms: status.time_ms,
+            });
         }
     }
     Ok(message)
-}
-
-/// On MQTT the topic names the device and kind; a payload that claims another device is
-/// refused, since brokers (AWS IoT policies, Mosquitto ACLs) authorise by topic.
-fn check_origin(envelope: &Envelope, origin: &Origin) -> Result<(), String> {
-    let Origin::Mqtt { topic } = origin else {
-        return Ok(());
-    };
-    let Some((device, kind)) = topic::parse_data(topic) else {
-        return Err(format!("topic {topic:?} is not an Osprey data topic"));
-    };
-    if device != envelope.device {
-        return Err(format!(
-            "payload device {:?} does not match topic device {device:?}",
-            envelope.device
-        ));
-    }
-    if kind != envelope.kind() {
-        return Err(format!(
-            "payload kind {} does not match topic kind {}",
-            envelope.kind().topic_level(),
-            kind.topic_level()
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -2,10 +2,11 @@
 //! to retry out.
 //!
 //! ```text
-//!  record ─► lifecycle event JSON? ─► presence
-//!         └► prepare_all (decode, check, window deltas: osprey-cloud's core; a bundle gives
-//!            each of its messages, applied one by one)
-//!               ├─ bad payload ─► dead letter (not a failure: retrying cannot fix it)
+//!  record ─► lifecycle event JSON? ─► client id = partition key? ─► presence
+//!         └► prepare_all (decode, check_origin against the partition key, window deltas:
+//!            osprey-cloud's core; a bundle gives each of its messages, applied one by one)
+//!               ├─ bad payload or identity mismatch ─► dead letter (not a failure: retrying
+//!               │                                      cannot fix it)
 //!               └─ message ─► DynamoState::apply (dedup + windows + alert + device, one
 //!                             transaction; too big for one transaction ─► dead letter)
 //!  a DynamoDB failure ─► batchItemFailures = [this record]; stop
@@ -20,7 +21,7 @@
 use aws_lambda_events::event::kinesis::{KinesisEvent, KinesisEventRecord};
 use aws_lambda_events::event::streams::KinesisEventResponse;
 use osprey_cloud::clock::now_ms;
-use osprey_cloud::pipeline::{prepare_all, Origin};
+use osprey_cloud::pipeline::{check_origin, prepare_all, Origin, Rejection};
 use osprey_cloud::source::presence;
 use osprey_cloud::store::DeadLetter;
 
@@ -79,17 +80,30 @@ pub async fn handle_record(
         stream: stream.clone(),
         shard_id: shard_id.clone(),
         sequence_number: sequence_number.clone(),
+        partition_key: record.kinesis.partition_key.clone(),
     };
     let payload = record.kinesis.data.0.as_slice();
     let received_ms = now_ms();
-    if let Some(p) = presence::parse(payload, &origin, received_ms) {
-        state.presence(&p).await?;
-        return Ok(RecordOutcome::Presence);
-    }
-    let reason = match apply_all(payload, &origin, received_ms, state).await? {
-        Ok(outcome) => return Ok(outcome),
-        Err(reason) => reason,
+    let rejection = match presence::parse(payload, &origin, received_ms) {
+        Some(p) => match check_origin(&p.device, None, &origin) {
+            Ok(()) => {
+                state.presence(&p).await?;
+                return Ok(RecordOutcome::Presence);
+            }
+            Err(rejection) => rejection,
+        },
+        None => match apply_all(payload, &origin, received_ms, state).await? {
+            Ok(outcome) => return Ok(outcome),
+            Err(rejection) => rejection,
+        },
     };
+    if let Some(m) = &rejection.mismatch {
+        // One log line per refused record, with the pair as fields: a CloudWatch metric filter
+        // on `claimed`/`source_device` counts them per device.
+        tracing::warn!(claimed = %m.claimed, source_device = %m.source, source = %origin,
+            "identity mismatch: a payload named another device than its partition key");
+    }
+    let reason = rejection.reason;
     tracing::warn!(source = %origin, reason = %reason, "rejected payload, kept as a dead letter");
     let dead = DeadLetter {
         received_ms,
@@ -113,21 +127,21 @@ async fn apply_all(
     origin: &Origin,
     received_ms: i64,
     state: &DynamoState,
-) -> Result<Result<RecordOutcome, String>, StateError> {
+) -> Result<Result<RecordOutcome, Rejection>, StateError> {
     let messages = match prepare_all(payload, origin, received_ms, state.windows()) {
         Ok(messages) => messages,
-        Err(reason) => return Ok(Err(reason)),
+        Err(rejection) => return Ok(Err(rejection)),
     };
     if let Some(m) = messages
         .iter()
         .find(|m| m.windows.len() > MAX_WINDOWS_PER_MESSAGE)
     {
-        return Ok(Err(format!(
+        return Ok(Err(Rejection::other(format!(
             "message {} touches {} windows; one DynamoDB transaction holds at most {}",
             m.seq,
             m.windows.len(),
             MAX_WINDOWS_PER_MESSAGE
-        )));
+        ))));
     }
     // A payload is applied if any of its messages was new.
     let mut outcome = RecordOutcome::Duplicate;
@@ -136,7 +150,9 @@ async fn apply_all(
             Ok(Applied::Applied) => outcome = RecordOutcome::Applied,
             Ok(Applied::Duplicate) => {}
             // Retrying cannot make it fit: keep it as a dead letter.
-            Err(e @ StateError::TooLarge { .. }) => return Ok(Err(e.to_string())),
+            Err(e @ StateError::TooLarge { .. }) => {
+                return Ok(Err(Rejection::other(e.to_string())))
+            }
             Err(e) => return Err(e),
         }
     }

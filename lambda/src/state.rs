@@ -20,6 +20,14 @@
 //!    changed and delete every session that was absorbed; put the alert event and, if it is
 //!    the rule's newest, the rule's state.
 //!
+//! The `seen` item is keyed by `(device, epoch, seq)` ([`layout::seen_sk`]). The device item
+//! keeps the set of journal epochs seen (`epochs`); the first message of an epoch not in it,
+//! on a device that had messages, also puts a `journal_replaced` event item in the same
+//! transaction (once per epoch: the set is updated with it, under the `wver` condition). A
+//! status changes the device's status only if it is newer by
+//! [`osprey_cloud::store::status`]'s order, decided on the snapshot (the `wver` condition
+//! makes a stale decision retry). Lifecycle events are ordered by time, on condition.
+//!
 //! A failed `seen` condition means the message was applied before (duplicate: nothing
 //! changes). A failed `wver` condition means another writer changed the device meanwhile
 //! (only possible around a reshard, since a device's records stay on one shard), so
@@ -43,11 +51,11 @@ use osprey_cloud::fleet::layout::{
     self, f, get_i64, get_str, get_u64, n, s, window_from_item, window_to_item, Item, SortKeys,
     WindowItem,
 };
+use osprey_cloud::store::status::{parse_state, state_name};
 use osprey_cloud::store::writer::{event_name, severity_name};
-use osprey_cloud::store::{DeadLetter, Message, Presence};
+use osprey_cloud::store::{DeadLetter, Message, Presence, StatusMark};
 use osprey_cloud::window::table::{fold, Stored, WindowStore, WindowUpdate};
 use osprey_cloud::window::{WindowDelta, WindowKind, WindowSpec};
-use osprey_protocol::StatusState;
 
 /// Most items in one transaction (DynamoDB's limit).
 pub const MAX_TRANSACTION_ITEMS: usize = 100;
@@ -150,6 +158,12 @@ struct Snapshot {
     last_seen_ms: Option<i64>,
     last_event_ms: Option<i64>,
     last_seq: Option<u64>,
+    /// The journal epochs the device's messages used (`None`: no message yet).
+    epochs: Option<HashSet<u64>>,
+    /// The newest of them.
+    epoch: u64,
+    /// The stored status's mark (`None`: no status, or one without a mark).
+    status: Option<StatusMark>,
     /// The stored windows the deltas fold into.
     windows: BTreeMap<WindowKey, Stored>,
     /// The alert's rule state: (time_ms, seq), if stored.
@@ -276,6 +290,9 @@ impl DynamoState {
             snapshot.last_seen_ms = get_i64(&item, "last_seen_ms");
             snapshot.last_event_ms = get_i64(&item, "last_event_ms");
             snapshot.last_seq = get_u64(&item, "last_seq");
+            snapshot.epochs = known_epochs(&item);
+            snapshot.epoch = get_u64(&item, "epoch").unwrap_or(0);
+            snapshot.status = status_mark(&item);
         }
         let mut keys = Vec::new();
         let mut asked = HashSet::new();
@@ -395,7 +412,7 @@ impl DynamoState {
                 Put::builder()
                     .table_name(&self.table)
                     .item("pk", s(layout::seen_pk(&m.device)))
-                    .item("sk", s(m.seq.to_string()))
+                    .item("sk", s(layout::seen_sk(m.epoch, m.seq)))
                     .item("received_ms", n(m.received_ms))
                     .condition_expression("attribute_not_exists(pk)")
                     .build()
@@ -429,11 +446,44 @@ impl DynamoState {
             device =
                 device.expression_attribute_values(":event", n(max(snapshot.last_event_ms, event)));
         }
-        if let Some(status) = m.status {
-            set.push("#status = :status, status_ms = :recv");
+        if let Some(report) = &m.status {
+            let mark = StatusMark::of_message(m.epoch, m.seq, report);
+            if mark.supersedes(snapshot.status.as_ref()) {
+                set.push(
+                    "#status = :status, status_ms = :recv, status_epoch = :sepoch, \
+                     status_seq = :sseq, status_will_seq = :swill, status_time_ms = :stime",
+                );
+                device = device
+                    .expression_attribute_names("#status", "status")
+                    .expression_attribute_values(":status", s(state_name(report.state)))
+                    .expression_attribute_values(":sepoch", n(m.epoch))
+                    .expression_attribute_values(":sseq", n(m.seq))
+                    .expression_attribute_values(":swill", n(report.will_seq))
+                    .expression_attribute_values(":stime", n(report.time_ms));
+            }
+        }
+        let mut replaced = None;
+        if !snapshot
+            .epochs
+            .as_ref()
+            .is_some_and(|known| known.contains(&m.epoch))
+        {
+            // A new epoch for this device. The known ones are added again (a set union), so
+            // an item from before epochs existed gets its implied epoch 0 written down.
+            let mut epochs = snapshot.epochs.clone().unwrap_or_default();
+            epochs.insert(m.epoch);
+            add.push("epochs :epochs");
+            set.push("epoch = :epoch");
             device = device
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":status", s(status_name(status)));
+                .expression_attribute_values(
+                    ":epochs",
+                    AttributeValue::Ns(epochs.iter().map(u64::to_string).collect()),
+                )
+                .expression_attribute_values(":epoch", n(m.epoch));
+            let had_messages = snapshot.epochs.is_some();
+            if had_messages {
+                replaced = Some(snapshot.epoch);
+            }
         }
         if !series.is_empty() {
             add.push("series :series");
@@ -465,6 +515,19 @@ impl DynamoState {
                     .put(self.fleet_entry(&m.device).map_err(build)?)
                     .build(),
             );
+        }
+        if let Some(old_epoch) = replaced {
+            let event = Put::builder()
+                .table_name(&self.table)
+                .item("pk", s(pk.clone()))
+                .item("sk", s(layout::event_sk(layout::JOURNAL_REPLACED, m.epoch)))
+                .item("kind", s(layout::JOURNAL_REPLACED))
+                .item("time_ms", n(m.received_ms))
+                .item("old_epoch", n(old_epoch))
+                .item("new_epoch", n(m.epoch))
+                .build()
+                .map_err(build)?;
+            items.push(TransactWriteItem::builder().put(event).build());
         }
 
         for (key, window) in &after {
@@ -500,8 +563,9 @@ impl DynamoState {
             let alert = Put::builder()
                 .table_name(&self.table)
                 .item("pk", s(pk.clone()))
-                .item("sk", s(layout::alert_sk(m.seq)))
+                .item("sk", s(layout::alert_sk(m.epoch, m.seq)))
                 .item("seq", n(m.seq))
+                .item("epoch", n(m.epoch))
                 .item("rule", s(a.rule.clone()))
                 .item("sensor", s(a.sensor.clone()))
                 .item("metric", s(a.metric.clone()))
@@ -611,8 +675,10 @@ impl DynamoState {
         Ok(())
     }
 
-    /// Sets a device's presence unless a newer one is stored (and lists the device in the
-    /// fleet index, for a device known only from lifecycle events).
+    /// Sets a device's presence unless a newer one is stored (by time: lifecycle events have
+    /// no seq), and lists the device in the fleet index, for a device known only from
+    /// lifecycle events. Bumps `wver`, so a message transaction that decided its status on an
+    /// older read retries.
     pub async fn presence(&self, p: &Presence) -> Result<(), StateError> {
         self.client
             .put_item()
@@ -627,11 +693,16 @@ impl DynamoState {
             .table_name(&self.table)
             .key("pk", s(layout::device_pk(&p.device)))
             .key("sk", s(layout::DEVICE_SK))
-            .update_expression("SET #status = :status, status_ms = :t")
-            .condition_expression("attribute_not_exists(status_ms) OR status_ms <= :t")
+            .update_expression(
+                "SET #status = :status, status_ms = :recv, status_time_ms = :t \
+                 REMOVE status_epoch, status_seq, status_will_seq ADD wver :one",
+            )
+            .condition_expression("attribute_not_exists(status_time_ms) OR status_time_ms <= :t")
             .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":status", s(status_name(p.state)))
+            .expression_attribute_values(":status", s(state_name(p.state)))
             .expression_attribute_values(":t", n(p.time_ms))
+            .expression_attribute_values(":recv", n(p.received_ms))
+            .expression_attribute_values(":one", n(1))
             .send()
             .await;
         match result {
@@ -676,6 +747,25 @@ impl DynamoState {
         .await
         .map_err(|e| self.request_error("Query", &self.table, describe(&e)))?;
         Ok(items)
+    }
+
+    /// A device's events as (kind, time_ms, old epoch, new epoch), in key order.
+    pub async fn device_events(
+        &self,
+        device: &str,
+    ) -> Result<Vec<(String, i64, u64, u64)>, StateError> {
+        let items = self.device_items(device, layout::EVENT_PREFIX).await?;
+        Ok(items
+            .iter()
+            .filter_map(|item| {
+                Some((
+                    get_str(item, "kind")?.to_owned(),
+                    get_i64(item, "time_ms")?,
+                    get_u64(item, "old_epoch")?,
+                    get_u64(item, "new_epoch")?,
+                ))
+            })
+            .collect())
     }
 
     /// Every stored window of one device, in key order (series, kind, start).
@@ -776,9 +866,25 @@ impl DynamoState {
     }
 }
 
-fn status_name(state: StatusState) -> &'static str {
-    match state {
-        StatusState::Online => "online",
-        StatusState::Offline => "offline",
+/// The journal epochs a device item says its messages used: its `epochs` set; epoch 0 alone
+/// for an item written before epochs existed (it has `messages` but no set); `None` for a
+/// device without messages (new, or known from lifecycle events only).
+fn known_epochs(item: &Item) -> Option<HashSet<u64>> {
+    if let Some(AttributeValue::Ns(set)) = item.get("epochs") {
+        return Some(set.iter().filter_map(|v| v.parse().ok()).collect());
     }
+    item.contains_key("messages").then(|| HashSet::from([0]))
+}
+
+/// The stored status's mark; `None` without a status or a time (stored before status order).
+fn status_mark(item: &Item) -> Option<StatusMark> {
+    let state = parse_state(get_str(item, "status")?)?;
+    let time_ms = get_i64(item, "status_time_ms")?;
+    let position = get_u64(item, "status_epoch").zip(get_u64(item, "status_seq"));
+    Some(StatusMark {
+        state,
+        position,
+        will_seq: get_u64(item, "status_will_seq").unwrap_or(0),
+        time_ms,
+    })
 }

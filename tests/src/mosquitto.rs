@@ -11,7 +11,8 @@
 //! (`max_queued_messages 0`, i.e. unlimited; the default of 1000 loses messages silently).
 //! With [`Listener::MutualTls`] the broker requires a client certificate from the test CA and
 //! uses its CN as the user name (`use_identity_as_username`), as AWS IoT Core does with thing
-//! names.
+//! names; [`Mosquitto::mtls_with_acl`] adds the shipped topic ACL (`deploy/mosquitto/acl`), so a
+//! device's certificate may publish only under its own device id.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -66,6 +67,23 @@ impl Mosquitto {
     /// A mutual-TLS broker on a free port using `certs` (keep them alive while it runs).
     pub fn mtls(certs: &Certs) -> Mosquitto {
         Mosquitto::start(Listener::MutualTls(certs), "")
+    }
+
+    /// A mutual-TLS broker that enforces Osprey's shipped topic ACL (`deploy/mosquitto/acl`):
+    /// each client's user name is its certificate's CN (issue one per device with
+    /// [`Certs::issue_client`], and one with CN `osprey-cloud` for the consumer); a device may
+    /// publish only under `dt/osprey/<its CN>/` and read only `cmd/osprey/<its CN>/`.
+    pub fn mtls_with_acl(certs: &Certs) -> Mosquitto {
+        let acl = acl_file();
+        assert!(
+            acl.is_file(),
+            "the shipped ACL {} is missing",
+            acl.display()
+        );
+        Mosquitto::start(
+            Listener::MutualTls(certs),
+            &format!("acl_file {}\n", acl.display()),
+        )
     }
 
     /// A broker with `listener` and extra mosquitto.conf lines appended to the generated
@@ -234,6 +252,11 @@ fn config_text(port: u16, listener: Listener<'_>, extra_config: &str) -> String 
         c.push('\n');
     }
     c
+}
+
+/// The topic ACL shipped for self-hosted deployments.
+pub fn acl_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto/acl")
 }
 
 /// The broker binary: `$OSPREY_TEST_MOSQUITTO`, else `mosquitto` on PATH, else

@@ -15,15 +15,12 @@ pub const MAX_BATCH_BYTES: usize = 5 * 1024 * 1024;
 /// Most bytes (data + partition key) in one record.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 
-/// Partition key when neither the payload nor the topic names a device.
-pub const UNKNOWN_DEVICE: &str = "unknown";
-
 /// One MQTT message waiting to go to Kinesis.
 #[derive(Debug)]
 pub struct Pending {
     /// The publish, kept to acknowledge it once Kinesis has the record.
     pub publish: Publish,
-    /// Partition key: the device id.
+    /// Partition key: the topic's device (the identity the broker authenticated).
     pub key: String,
     /// The share of the bridge's limits this record holds until it is dropped
     /// (acknowledged, or abandoned at shutdown).
@@ -56,14 +53,15 @@ impl Drop for Hold {
 }
 
 impl Pending {
-    /// A record for `publish`, keyed by its device.
-    pub fn new(publish: Publish) -> Pending {
-        let key = partition_key(&publish.payload, &publish.topic);
-        Pending {
+    /// A record for `publish`, keyed by its topic's device; `None` if the topic is not an
+    /// Osprey data topic (such a publish is not forwarded).
+    pub fn new(publish: Publish) -> Option<Pending> {
+        let key = partition_key(&publish.topic)?;
+        Some(Pending {
             publish,
             key,
             budget: None,
-        }
+        })
     }
 
     /// Attaches the share of the limits the record holds while it waits.
@@ -82,18 +80,14 @@ impl Pending {
     }
 }
 
-/// The partition key for a payload: the device in the envelope or bundle (so all of a device's
-/// records land on one shard, in order, as the AWS IoT rule does with `${topic(3)}`); if the
-/// payload does not decode, the topic's device level, so the consumer still receives the
-/// payload and dead-letters it; failing both, [`UNKNOWN_DEVICE`].
-pub fn partition_key(payload: &[u8], topic: &str) -> String {
-    if let Ok(decoded) = osprey_protocol::decode_any(payload) {
-        return decoded.device().to_owned();
-    }
-    match topic.split('/').nth(2) {
-        Some(device) if osprey_protocol::valid_device_id(device) => device.to_owned(),
-        _ => UNKNOWN_DEVICE.to_owned(),
-    }
+/// The partition key of a publish: the device of its topic (`dt/osprey/<device>/<kind>`), as
+/// the AWS IoT rule does with `${topic(3)}`. The topic is what the broker authorised (its ACL
+/// binds a client's certificate to its own topics), so the key is the authenticated device
+/// and the consumer refuses a payload that names another ([`crate::pipeline::check_origin`]);
+/// the payload is never consulted, so a device cannot choose whose shard and identity its
+/// records get. `None` for a topic that is not an Osprey data topic.
+pub fn partition_key(topic: &str) -> Option<String> {
+    osprey_protocol::topic::parse_data(topic).map(|(device, _)| device.to_owned())
 }
 
 /// Records gathered for one call, within the count and size limits.
@@ -152,31 +146,43 @@ mod tests {
             QoS::AtLeastOnce,
             payload,
         ))
+        .unwrap()
     }
 
+    /// The bug: the key was the payload's device, so a device publishing another's payload on
+    /// its own topic got a record keyed as the other device, and the consumer took it for it.
     #[test]
-    fn key_is_the_envelope_device_then_the_topic() {
+    fn payload_naming_another_device_is_keyed_by_the_topic_device() {
         let bytes = Envelope::new("pump-7", 1, Body::Telemetry(TelemetryBatch::default()))
             .encode()
             .unwrap();
-        assert_eq!(partition_key(&bytes, "dt/osprey/other/telemetry"), "pump-7");
+        let publish = Publish::new("dt/osprey/intruder-9/telemetry", QoS::AtLeastOnce, bytes);
+        assert_eq!(Pending::new(publish).unwrap().key, "intruder-9");
         let inner = Envelope::new("pump-8", 4, Body::Telemetry(TelemetryBatch::default()))
             .encode()
             .unwrap();
         let bundle = osprey_protocol::encode_bundle("pump-8", 4, &[&inner]).unwrap();
+        let publish = Publish::new("dt/osprey/other/telemetry", QoS::AtLeastOnce, bundle);
+        assert_eq!(Pending::new(publish).unwrap().key, "other");
+        // Junk is still forwarded (the consumer dead-letters it), keyed by the topic.
         assert_eq!(
-            partition_key(&bundle, "dt/osprey/other/telemetry"),
-            "pump-8"
+            partition_key("dt/osprey/pump-3/telemetry").as_deref(),
+            Some("pump-3")
         );
-        assert_eq!(
-            partition_key(b"junk", "dt/osprey/pump-3/telemetry"),
-            "pump-3"
-        );
-        assert_eq!(
-            partition_key(b"junk", "dt/osprey/bad id/telemetry"),
-            UNKNOWN_DEVICE
-        );
-        assert_eq!(partition_key(b"junk", "weird"), UNKNOWN_DEVICE);
+    }
+
+    #[test]
+    fn publishes_off_the_data_topics_are_not_forwarded() {
+        for topic in [
+            "dt/osprey/bad id/telemetry",
+            "dt/osprey/pump-1/other",
+            "weird",
+            "cmd/osprey/pump-1/rules",
+        ] {
+            assert_eq!(partition_key(topic), None, "{topic}");
+            let publish = Publish::new(topic, QoS::AtLeastOnce, b"x".to_vec());
+            assert!(Pending::new(publish).is_none(), "{topic}");
+        }
     }
 
     #[test]

@@ -30,7 +30,12 @@
 //!   can land after a later one. The consumer does not depend on order.
 //! - Payloads are forwarded unchanged, even ones that do not decode, so that the consumer
 //!   dead-letters them where operators look. Only records over Kinesis's 1 MiB limit are
-//!   dropped (acknowledged, logged, counted).
+//!   dropped (acknowledged, logged, counted), and publishes on a topic that is not an Osprey
+//!   data topic (acknowledged, logged, counted as `off_topic`).
+//! - **Identity.** A record's partition key is its topic's device
+//!   ([`batch::partition_key`]), never the payload's: the broker's ACL binds a certificate to
+//!   its own topics, and the consumer refuses a payload that names another device than the
+//!   key ([`crate::pipeline::check_origin`]).
 
 pub mod batch;
 mod put;
@@ -135,6 +140,9 @@ pub struct BridgeStats {
     pub failed_calls: u64,
     /// Messages dropped because they can never fit a Kinesis record.
     pub dropped: u64,
+    /// Messages not forwarded because their topic is not an Osprey data topic (no device to
+    /// key them by).
+    pub off_topic: u64,
     /// Bytes held between MQTT and Kinesis now (a gauge, bounded by the byte budget). While a
     /// publish waits for room, the bytes freed so far are already reserved for it and count.
     pub buffered_bytes: u64,
@@ -163,6 +171,7 @@ struct Counters {
     throttled: AtomicU64,
     failed_calls: AtomicU64,
     dropped: AtomicU64,
+    off_topic: AtomicU64,
     put_calls: AtomicU64,
     retries: AtomicU64,
     /// Shared with every record's [`Hold`].
@@ -183,6 +192,7 @@ impl Counters {
             throttled: self.throttled.load(Ordering::Relaxed),
             failed_calls: self.failed_calls.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
+            off_topic: self.off_topic.load(Ordering::Relaxed),
             buffered_bytes: self.buffered_bytes(),
             put_calls: self.put_calls.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
@@ -389,7 +399,14 @@ async fn read(
             );
             async move {
                 counters.received.fetch_add(1, Ordering::Relaxed);
-                let mut record = Pending::new(publish);
+                let Some(mut record) = Pending::new(publish.clone()) else {
+                    // Only a data topic names the device a record may count for.
+                    tracing::warn!(topic = %publish.topic, bytes = publish.payload.len(),
+                        "publish on a topic that is not an Osprey data topic; not forwarded");
+                    counters.off_topic.fetch_add(1, Ordering::Relaxed);
+                    acker.ack(&publish);
+                    return Flow::Continue;
+                };
                 if record.size() > MAX_RECORD_BYTES {
                     tracing::error!(topic = %record.publish.topic, bytes = record.size(),
                         "message exceeds the 1 MiB Kinesis record limit; dropped");

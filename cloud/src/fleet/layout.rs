@@ -7,11 +7,16 @@
 //! | pk | sk | item |
 //! |---|---|---|
 //! | `fleet` | `<device>` | the device exists (written once, when it is first seen) |
-//! | `seen#<device>` | `<seq>` | a message applied (the dedup set) |
-//! | `dev#<device>` | `device` | `readings`, `messages`, `first_seen_ms`, `last_seen_ms`, `last_event_ms`, `last_seq`, `status`, `status_ms`, `series` (string set of [`series_member`]s), `wver` |
+//! | `seen#<device>` | [`seen_sk`]: `<seq>` (epoch 0) or `<epoch>#<seq>` | a message applied (the dedup set, by `(device, epoch, seq)`) |
+//! | `dev#<device>` | `device` | `readings`, `messages`, `first_seen_ms`, `last_seen_ms`, `last_event_ms`, `last_seq`, `status`, `status_ms`, the status mark (`status_epoch`, `status_seq`, `status_will_seq`, `status_time_ms`), `epochs` (number set of the journal epochs seen), `epoch` (the newest of them), `series` (string set of [`series_member`]s), `wver` |
+//! | `dev#<device>` | `ev#<kind>#<new epoch>` | a device event ([`event_sk`]): `kind` (`journal_replaced`), `time_ms` (cloud clock), `old_epoch`, `new_epoch` |
 //! | `dev#<device>` | `w#<sensor>#<metric>#<kind>#<start>` | a window: `sensor`, `metric`, `kind`, `start_ms`, `end_ms`, `unit`, `version`, `count`, `sum`, `min`, `max`, `mean`, `m2`, `m3`, `m4`, `sketch` (bytes) |
-//! | `dev#<device>` | `a#<seq, 20 digits>` | an alert event: `rule`, `sensor`, `metric`, `event`, `severity`, `value`, `threshold`, `time_ms`, `seq` |
+//! | `dev#<device>` | [`alert_sk`]: `a#<seq, 20 digits>` (epoch 0) or `a#<seq, 20 digits>#<epoch>` | an alert event: `rule`, `sensor`, `metric`, `event`, `severity`, `value`, `threshold`, `time_ms`, `seq`, `epoch` |
 //! | `dev#<device>` | `r#<rule>` | a rule's newest alert event (by time, then seq): `event`, `severity`, `time_ms`, `seq`, `sensor`, `metric` |
+//!
+//! Epoch 0 (gateways before protocol 1.3) keeps the keys written before epochs existed, so a
+//! table written by an older Lambda needs no migration: its `seen` and alert items are epoch 0,
+//! and a device item with `messages` but no `epochs` has seen epoch 0 only.
 //!
 //! Names inside sort keys are escaped (`%` → `%25`, `#` → `%23`) so a `#` in a sensor name
 //! cannot make two series share a prefix. `<start>` is [`encode_time`]: it sorts as the time
@@ -59,6 +64,28 @@ pub fn seen_pk(device: &str) -> String {
     format!("seen#{device}")
 }
 
+/// The dedup item's sort key of message `(epoch, seq)`: the bare seq for epoch 0 (as before
+/// epochs existed), `<epoch>#<seq>` otherwise.
+pub fn seen_sk(epoch: u64, seq: u64) -> String {
+    if epoch == 0 {
+        seq.to_string()
+    } else {
+        format!("{epoch}#{seq}")
+    }
+}
+
+/// Sort key prefix of the device event items.
+pub const EVENT_PREFIX: &str = "ev#";
+
+/// Device event kind: the device's messages came under a new journal epoch.
+pub const JOURNAL_REPLACED: &str = "journal_replaced";
+
+/// Sort key of a device event of `kind` for `new_epoch` (one per kind and epoch, so writing
+/// it again changes nothing).
+pub fn event_sk(kind: &str, new_epoch: u64) -> String {
+    format!("{EVENT_PREFIX}{kind}#{new_epoch:016}")
+}
+
 /// A name escaped for a sort key.
 fn escape(name: &str) -> String {
     name.replace('%', "%25").replace('#', "%23")
@@ -89,9 +116,13 @@ pub fn window_sk(sensor: &str, metric: &str, kind: WindowKind, start_ms: i64) ->
     )
 }
 
-/// Sort key of an alert event.
-pub fn alert_sk(seq: u64) -> String {
-    format!("a#{seq:020}")
+/// Sort key of an alert event of message `(epoch, seq)`.
+pub fn alert_sk(epoch: u64, seq: u64) -> String {
+    if epoch == 0 {
+        format!("a#{seq:020}")
+    } else {
+        format!("a#{seq:020}#{epoch}")
+    }
 }
 
 /// Sort key of a rule's state.

@@ -77,6 +77,7 @@ fn bridge_exposition_parses_and_has_every_series() {
         throttled: 1,
         failed_calls: 1,
         dropped: 0,
+        off_topic: 3,
         buffered_bytes: 200,
         put_calls: 4,
         retries: 2,
@@ -97,6 +98,7 @@ fn bridge_exposition_parses_and_has_every_series() {
         ("osprey_bridge_records_retried_total", 2.0),
         ("osprey_bridge_records_throttled_total", 1.0),
         ("osprey_bridge_records_dropped_total", 0.0),
+        ("osprey_bridge_records_off_topic_total", 3.0),
         ("osprey_bridge_buffered_bytes", 200.0),
         ("osprey_bridge_buffered_records", 2.0),
         ("osprey_bridge_buffered_max_bytes", 600.0),
@@ -122,4 +124,27 @@ fn parse_samples_reads_labels_with_spaces_and_rejects_garbage() {
     );
     assert!(parse_samples("name not-a-number\n").is_err());
     assert!(parse_samples("lonely\n").is_err());
+}
+
+#[test]
+fn identity_mismatches_are_labelled_by_claimed_and_source_device() {
+    let stats = IngestStats::default();
+    let s = samples(&Metrics::serve(stats.clone()));
+    assert!(
+        s.keys()
+            .all(|k| !k.starts_with("osprey_identity_mismatches")),
+        "{s:?}"
+    );
+    let m = crate::pipeline::IdentityMismatch {
+        claimed: "pump-7".into(),
+        source: "intruder-9".into(),
+    };
+    stats.count_identity_mismatch(&m);
+    stats.count_identity_mismatch(&m);
+    let s = samples(&Metrics::serve(stats));
+    assert_eq!(
+        s.get("osprey_identity_mismatches_total{claimed=\"pump-7\",source=\"intruder-9\"}"),
+        Some(&2.0),
+        "{s:?}"
+    );
 }

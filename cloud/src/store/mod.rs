@@ -13,6 +13,7 @@ pub mod query;
 pub mod reader;
 pub mod schema;
 pub mod signals;
+pub mod status;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -22,8 +23,11 @@ use rusqlite::Connection;
 
 use crate::analytics::signals::SignalsConfig;
 
-pub use query::{AlertFilter, AlertRow, Counts, DeviceSummary, WindowFilter, WindowRow};
+pub use query::{
+    AlertFilter, AlertRow, Counts, DeviceEvent, DeviceSummary, WindowFilter, WindowRow,
+};
 pub use reader::StoreReader;
+pub use status::{StatusMark, StatusReport};
 pub use writer::{Checkpoint, DeadLetter, Message, Presence, StoreWriter, Write, Written};
 
 /// Jobs that may wait for the writer before callers feel backpressure.

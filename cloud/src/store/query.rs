@@ -38,6 +38,23 @@ pub struct DeviceSummary {
     pub health: Health,
     /// The soonest predicted rule crossing, if any series is trending towards one.
     pub next_breach: Option<Breach>,
+    /// Device events, oldest first: `journal_replaced` when the device started numbering its
+    /// messages in a new journal epoch.
+    pub events: Vec<DeviceEvent>,
+}
+
+/// Something that happened to a device as a whole (not a reading or an alert).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceEvent {
+    /// `journal_replaced`: the device's messages came under a journal epoch not seen before
+    /// while it had messages under another (a re-flashed card, a replaced gateway).
+    pub kind: String,
+    /// When the cloud saw it (cloud clock, ms since the epoch).
+    pub time_ms: i64,
+    /// The epoch the device used before.
+    pub old_epoch: u64,
+    /// The new epoch.
+    pub new_epoch: u64,
 }
 
 /// One window of one series, as the API shows it.
@@ -178,6 +195,7 @@ pub fn devices(conn: &Connection) -> rusqlite::Result<Vec<DeviceSummary>> {
     let mut devices = devices;
     for d in &mut devices {
         (d.health, d.next_breach) = super::signals::device_health(conn, &d.device)?;
+        d.events = device_events(conn, &d.device)?;
     }
     Ok(devices)
 }
@@ -200,7 +218,27 @@ pub fn device(conn: &Connection, device: &str) -> rusqlite::Result<Option<Device
         .query_map(params![device], window_row)?
         .collect::<rusqlite::Result<_>>()?;
     (summary.health, summary.next_breach) = super::signals::device_health(conn, device)?;
+    summary.events = device_events(conn, device)?;
     Ok(Some(summary))
+}
+
+/// A device's events, oldest first.
+pub fn device_events(conn: &Connection, device: &str) -> rusqlite::Result<Vec<DeviceEvent>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT kind, time_ms, old_epoch, new_epoch FROM device_events WHERE device = ?1
+         ORDER BY time_ms, new_epoch",
+    )?;
+    let rows = stmt
+        .query_map(params![device], |row| {
+            Ok(DeviceEvent {
+                kind: row.get(0)?,
+                time_ms: row.get(1)?,
+                old_epoch: row.get(2)?,
+                new_epoch: row.get(3)?,
+            })
+        })?
+        .collect();
+    rows
 }
 
 /// Windows matching `filter`, newest first (then by device, sensor, metric).
@@ -335,6 +373,7 @@ fn device_row(row: &Row<'_>) -> rusqlite::Result<DeviceSummary> {
             reasons: Vec::new(),
         },
         next_breach: None,
+        events: Vec::new(),
     })
 }
 

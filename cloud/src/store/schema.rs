@@ -2,23 +2,38 @@
 //!
 //! | table | key | holds |
 //! |---|---|---|
-//! | `devices` | device | first/last seen (cloud clock), newest event time, highest seq, reading count, status |
-//! | `seen` | (device, seq) | every message applied: the dedup set |
+//! | `devices` | device | first/last seen (cloud clock), newest event time, highest seq, reading count, status and the mark that orders it (epoch, seq, will seq, device time) |
+//! | `seen` | (device, epoch, seq) | every message applied: the dedup set |
+//! | `epochs` | (device, epoch) | every journal epoch seen per device, with the cloud time it was first seen |
+//! | `device_events` | (device, kind, new_epoch) | device events: `journal_replaced` (cloud time, old and new epoch) |
 //! | `windows` | (device, sensor, metric, kind, start_ms) | tumbling, hopping and session windows: end, unit, version, count, sum, min, max, mean, central moments `m2..m4`, quantile sketch (bytes) |
 //! | `signals` | (device, sensor, metric) | the series' maintenance signals (JSON), recomputed when its tumbling windows change |
 //! | `series` | (device, sensor, metric) | unit and newest tumbling window start, so "latest per series" is a key lookup |
-//! | `alerts` | (device, seq) | every alert event |
+//! | `alerts` | (device, epoch, seq) | every alert event |
 //! | `alert_state` | (device, rule) | each rule's newest event, so "active alerts" is a count |
 //! | `checkpoints` | (stream, shard_id) | last Kinesis sequence number applied per shard |
 //! | `dead_letters` | id | payloads that did not decode, with the reason |
 //!
 //! `series` and `alert_state` are derived from `windows` and `alerts` in the same transaction;
 //! they exist so the fleet view costs O(series), not O(history).
+//!
+//! ## Versions
+//!
+//! | version | change |
+//! |---|---|
+//! | 2 | the tables above, dedup by `(device, seq)` |
+//! | 3 | journal epochs (protocol 1.3): `seen` and `alerts` keyed by `(device, epoch, seq)`, the `epochs` and `device_events` tables, the status mark columns of `devices` |
+//!
+//! [`migrate`] upgrades a version-2 file in place, in one transaction: the rows of `seen` and
+//! `alerts` get epoch 0 (what a pre-1.3 gateway's messages are), each device that has messages
+//! gets epoch 0 in `epochs` (so its first 1.3 epoch reads as a replaced journal only if it
+//! really is one: a kept journal stays at epoch 0), and stored statuses keep no mark (the next
+//! status of any epoch replaces them). Each upgrade is a step function of its own.
 
 use rusqlite::Connection;
 
 /// Schema version kept in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// How long a connection waits for another's lock before giving up.
 pub const BUSY_TIMEOUT_MS: u64 = 5_000;
@@ -32,12 +47,31 @@ CREATE TABLE IF NOT EXISTS devices (
     last_seq      INTEGER NOT NULL,
     readings      INTEGER NOT NULL DEFAULT 0,
     status        TEXT,
-    status_ms     INTEGER
+    status_ms     INTEGER,
+    status_epoch    INTEGER,
+    status_seq      INTEGER,
+    status_will_seq INTEGER,
+    status_time_ms  INTEGER
 );
 CREATE TABLE IF NOT EXISTS seen (
     device TEXT NOT NULL,
+    epoch  INTEGER NOT NULL,
     seq    INTEGER NOT NULL,
-    PRIMARY KEY (device, seq)
+    PRIMARY KEY (device, epoch, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS epochs (
+    device        TEXT NOT NULL,
+    epoch         INTEGER NOT NULL,
+    first_seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (device, epoch)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS device_events (
+    device    TEXT NOT NULL,
+    kind      TEXT NOT NULL,
+    time_ms   INTEGER NOT NULL,
+    old_epoch INTEGER NOT NULL,
+    new_epoch INTEGER NOT NULL,
+    PRIMARY KEY (device, kind, new_epoch)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS windows (
     device   TEXT NOT NULL,
@@ -78,6 +112,7 @@ CREATE TABLE IF NOT EXISTS signals (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS alerts (
     device    TEXT NOT NULL,
+    epoch     INTEGER NOT NULL DEFAULT 0,
     seq       INTEGER NOT NULL,
     rule      TEXT NOT NULL,
     sensor    TEXT NOT NULL,
@@ -87,7 +122,7 @@ CREATE TABLE IF NOT EXISTS alerts (
     value     REAL,
     threshold REAL,
     time_ms   INTEGER NOT NULL,
-    PRIMARY KEY (device, seq)
+    PRIMARY KEY (device, epoch, seq)
 );
 CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (time_ms);
 CREATE TABLE IF NOT EXISTS alert_state (
@@ -132,7 +167,8 @@ pub enum Migration {
     },
 }
 
-/// Puts the writer connection in WAL mode and creates the tables if they are missing.
+/// Puts the writer connection in WAL mode, upgrades a version-2 file in place, and creates
+/// the tables if they are missing.
 ///
 /// WAL lets the API's read connections see committed data while the writer works.
 /// `synchronous = NORMAL` in WAL mode keeps every commit atomic and consistent; a power cut
@@ -143,10 +179,92 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<Migration> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    if found != 0 && found != SCHEMA_VERSION {
-        return Ok(Migration::Incompatible { found });
+    match found {
+        0 | SCHEMA_VERSION => {
+            conn.execute_batch(DDL)?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        }
+        2 => {
+            // One transaction: a crash leaves the file at version 2, and the next open
+            // upgrades it again.
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let upgraded = upgrade_2_to_3(conn);
+            match upgraded {
+                Ok(()) => conn.execute_batch("COMMIT")?,
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    return Err(e);
+                }
+            }
+            tracing::info!(
+                from = 2,
+                to = SCHEMA_VERSION,
+                "store schema upgraded in place"
+            );
+        }
+        found => return Ok(Migration::Incompatible { found }),
     }
-    conn.execute_batch(DDL)?;
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(Migration::Current)
+}
+
+/// Version 2 → 3, inside the caller's transaction: every step, then the version.
+fn upgrade_2_to_3(conn: &Connection) -> rusqlite::Result<()> {
+    ingest_epochs_2_to_3(conn)?;
+    conn.execute_batch(DDL)?;
+    conn.pragma_update(None, "user_version", 3)?;
+    Ok(())
+}
+
+/// The ingest step of version 2 → 3: journal epochs in the dedup set and the alerts (old rows
+/// are epoch 0), every device with messages known at epoch 0, and the status mark columns
+/// (empty: a stored status without a mark yields to the next one).
+fn ingest_epochs_2_to_3(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE seen_v3 (
+             device TEXT NOT NULL,
+             epoch  INTEGER NOT NULL,
+             seq    INTEGER NOT NULL,
+             PRIMARY KEY (device, epoch, seq)
+         ) WITHOUT ROWID;
+         INSERT INTO seen_v3 (device, epoch, seq) SELECT device, 0, seq FROM seen;
+         DROP TABLE seen;
+         ALTER TABLE seen_v3 RENAME TO seen;
+
+         CREATE TABLE alerts_v3 (
+             device    TEXT NOT NULL,
+             epoch     INTEGER NOT NULL DEFAULT 0,
+             seq       INTEGER NOT NULL,
+             rule      TEXT NOT NULL,
+             sensor    TEXT NOT NULL,
+             metric    TEXT NOT NULL,
+             event     TEXT NOT NULL,
+             severity  TEXT NOT NULL,
+             value     REAL,
+             threshold REAL,
+             time_ms   INTEGER NOT NULL,
+             PRIMARY KEY (device, epoch, seq)
+         );
+         INSERT INTO alerts_v3
+             (device, epoch, seq, rule, sensor, metric, event, severity, value, threshold, time_ms)
+             SELECT device, 0, seq, rule, sensor, metric, event, severity, value, threshold, time_ms
+             FROM alerts;
+         DROP TABLE alerts;
+         ALTER TABLE alerts_v3 RENAME TO alerts;
+         CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (time_ms);
+
+         ALTER TABLE devices ADD COLUMN status_epoch INTEGER;
+         ALTER TABLE devices ADD COLUMN status_seq INTEGER;
+         ALTER TABLE devices ADD COLUMN status_will_seq INTEGER;
+         ALTER TABLE devices ADD COLUMN status_time_ms INTEGER;
+
+         CREATE TABLE IF NOT EXISTS epochs (
+             device        TEXT NOT NULL,
+             epoch         INTEGER NOT NULL,
+             first_seen_ms INTEGER NOT NULL,
+             PRIMARY KEY (device, epoch)
+         ) WITHOUT ROWID;
+         INSERT OR IGNORE INTO epochs (device, epoch, first_seen_ms)
+             SELECT d.device, 0, d.first_seen_ms FROM devices d
+             WHERE EXISTS (SELECT 1 FROM seen s WHERE s.device = d.device);",
+    )
 }

@@ -26,6 +26,7 @@ fn telemetry(device: &str, seq: u64, windows: Vec<WindowDelta>) -> Write {
     Write::Message(Message {
         device: device.into(),
         seq,
+        epoch: 0,
         received_ms: 1_000 + seq as i64,
         event_ms: Some(START + seq as i64),
         readings,
@@ -39,6 +40,7 @@ fn alert(device: &str, seq: u64, rule: &str, event: AlertEvent, time_ms: i64) ->
     Write::Message(Message {
         device: device.into(),
         seq,
+        epoch: 0,
         received_ms: 5_000,
         event_ms: Some(time_ms),
         readings: 0,
@@ -61,12 +63,17 @@ fn status(device: &str, seq: u64, state: StatusState) -> Write {
     Write::Message(Message {
         device: device.into(),
         seq,
+        epoch: 0,
         received_ms: 9_000,
         event_ms: None,
         readings: 0,
         windows: Vec::new(),
         alert: None,
-        status: Some(state),
+        status: Some(StatusReport {
+            state,
+            will_seq: 0,
+            time_ms: 0,
+        }),
     })
 }
 
@@ -300,4 +307,359 @@ async fn a_database_from_another_schema_version_is_refused() {
         matches!(err, StoreError::IncompatibleSchema { found: 99, .. }),
         "{err}"
     );
+}
+
+fn in_epoch(write: Write, epoch: u64) -> Write {
+    match write {
+        Write::Message(m) => Write::Message(Message { epoch, ..m }),
+        other => other,
+    }
+}
+
+fn status_at(
+    device: &str,
+    epoch: u64,
+    seq: u64,
+    state: StatusState,
+    will_seq: u64,
+    time_ms: i64,
+) -> Write {
+    Write::Message(Message {
+        device: device.into(),
+        seq,
+        epoch,
+        received_ms: 9_000 + seq as i64,
+        event_ms: Some(time_ms),
+        readings: 0,
+        windows: Vec::new(),
+        alert: None,
+        status: Some(StatusReport {
+            state,
+            will_seq,
+            time_ms,
+        }),
+    })
+}
+
+#[tokio::test]
+async fn the_same_seq_in_another_epoch_is_a_new_message() {
+    let (_dir, store) = open().await;
+    let w = store.writer();
+    let first = telemetry("pump-1", 1, vec![delta(&[1.0])]);
+    assert_eq!(
+        w.write(vec![first.clone()], None).await.unwrap(),
+        [Written::Applied]
+    );
+    let replaced = in_epoch(first.clone(), 77);
+    assert_eq!(
+        w.write(vec![replaced.clone(), first], None).await.unwrap(),
+        [Written::Applied, Written::Duplicate]
+    );
+    assert_eq!(
+        w.write(vec![replaced], None).await.unwrap(),
+        [Written::Duplicate]
+    );
+    let r = store.reader();
+    assert_eq!(r.counts().await.unwrap().messages, 2);
+    assert_eq!(
+        r.windows(all_windows()).await.unwrap()[0]
+            .window
+            .agg
+            .count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_new_epoch_records_journal_replaced_once() {
+    let (_dir, store) = open().await;
+    let w = store.writer();
+    // A device whose very first epoch is non-zero has no replaced journal.
+    w.write(vec![in_epoch(telemetry("pump-2", 1, vec![]), 5)], None)
+        .await
+        .unwrap();
+    w.write(vec![telemetry("pump-1", 1, vec![])], None)
+        .await
+        .unwrap();
+    for seq in 1..=3 {
+        w.write(vec![in_epoch(telemetry("pump-1", seq, vec![]), 42)], None)
+            .await
+            .unwrap();
+    }
+    // A late message of the old journal is no new epoch.
+    w.write(vec![telemetry("pump-1", 2, vec![])], None)
+        .await
+        .unwrap();
+    let r = store.reader();
+    let dev = r.device("pump-1").await.unwrap().unwrap();
+    assert_eq!(
+        dev.events,
+        [DeviceEvent {
+            kind: "journal_replaced".into(),
+            time_ms: 1_001,
+            old_epoch: 0,
+            new_epoch: 42,
+        }]
+    );
+    assert!(r.device("pump-2").await.unwrap().unwrap().events.is_empty());
+    let all = r.devices().await.unwrap();
+    assert_eq!(all[0].events.len(), 1, "the fleet list shows it too");
+}
+
+#[tokio::test]
+async fn an_older_online_after_an_offline_is_ignored() {
+    let (_dir, store) = open().await;
+    let w = store.writer();
+    w.write(
+        vec![
+            status_at("pump-1", 3, 20, StatusState::Offline, 0, 2_000),
+            status_at("pump-1", 3, 11, StatusState::Online, 10, 1_000),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    let dev = store.reader().device("pump-1").await.unwrap().unwrap();
+    assert_eq!(dev.status, "offline");
+}
+
+#[tokio::test]
+async fn a_will_after_the_next_birth_is_ignored() {
+    let (_dir, store) = open().await;
+    let w = store.writer();
+    w.write(
+        vec![
+            status_at("pump-1", 3, 11, StatusState::Online, 10, 1_000),
+            status_at("pump-1", 3, 31, StatusState::Online, 30, 3_000),
+            status_at("pump-1", 3, 10, StatusState::Offline, 0, 1_000),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    let dev = store.reader().device("pump-1").await.unwrap().unwrap();
+    assert_eq!(dev.status, "online");
+}
+
+#[tokio::test]
+async fn the_will_of_the_current_connection_is_applied() {
+    let (_dir, store) = open().await;
+    let w = store.writer();
+    w.write(
+        vec![
+            status_at("pump-1", 3, 11, StatusState::Online, 10, 1_000),
+            status_at("pump-1", 3, 15, StatusState::Online, 10, 1_500),
+            status_at("pump-1", 3, 10, StatusState::Offline, 0, 1_000),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    let dev = store.reader().device("pump-1").await.unwrap().unwrap();
+    assert_eq!(dev.status, "offline");
+}
+
+#[tokio::test]
+async fn statuses_of_different_epochs_are_ordered_by_time() {
+    let (_dir, store) = open().await;
+    let w = store.writer();
+    w.write(
+        vec![
+            status_at("pump-1", 8, 2, StatusState::Online, 1, 5_000),
+            // The old journal's offline, taken earlier, arrives late: ignored.
+            status_at("pump-1", 3, 900, StatusState::Offline, 0, 4_000),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        store
+            .reader()
+            .device("pump-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        "online"
+    );
+    // A later lifecycle event (broker time) wins.
+    w.write(
+        vec![Write::Presence(Presence {
+            device: "pump-1".into(),
+            state: StatusState::Offline,
+            time_ms: 6_000,
+            received_ms: 7_000,
+        })],
+        None,
+    )
+    .await
+    .unwrap();
+    let dev = store.reader().device("pump-1").await.unwrap().unwrap();
+    assert_eq!(
+        (dev.status.as_str(), dev.status_ms),
+        ("offline", Some(7_000))
+    );
+}
+
+/// The version-2 DDL, as osprey wrote it before journal epochs (copied, not shared, so the
+/// test keeps testing the file format of version 2 whatever the current DDL becomes).
+const SCHEMA_2_DDL: &str = r#"
+CREATE TABLE devices (
+    device        TEXT PRIMARY KEY NOT NULL,
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms  INTEGER NOT NULL,
+    last_event_ms INTEGER,
+    last_seq      INTEGER NOT NULL,
+    readings      INTEGER NOT NULL DEFAULT 0,
+    status        TEXT,
+    status_ms     INTEGER
+);
+CREATE TABLE seen (
+    device TEXT NOT NULL,
+    seq    INTEGER NOT NULL,
+    PRIMARY KEY (device, seq)
+) WITHOUT ROWID;
+CREATE TABLE windows (
+    device   TEXT NOT NULL,
+    sensor   TEXT NOT NULL,
+    metric   TEXT NOT NULL,
+    kind     TEXT NOT NULL,
+    start_ms INTEGER NOT NULL,
+    end_ms   INTEGER NOT NULL,
+    unit     TEXT NOT NULL,
+    version  INTEGER NOT NULL,
+    count    INTEGER NOT NULL,
+    sum      REAL,
+    min      REAL NOT NULL,
+    max      REAL NOT NULL,
+    mean     REAL,
+    m2       REAL,
+    m3       REAL,
+    m4       REAL,
+    sketch   BLOB NOT NULL,
+    PRIMARY KEY (device, sensor, metric, kind, start_ms)
+) WITHOUT ROWID;
+CREATE INDEX windows_by_start ON windows (start_ms);
+CREATE TABLE series (
+    device          TEXT NOT NULL,
+    sensor          TEXT NOT NULL,
+    metric          TEXT NOT NULL,
+    unit            TEXT NOT NULL,
+    latest_start_ms INTEGER NOT NULL,
+    PRIMARY KEY (device, sensor, metric)
+) WITHOUT ROWID;
+CREATE TABLE signals (
+    device   TEXT NOT NULL,
+    sensor   TEXT NOT NULL,
+    metric   TEXT NOT NULL,
+    as_of_ms INTEGER NOT NULL,
+    body     TEXT NOT NULL,
+    PRIMARY KEY (device, sensor, metric)
+) WITHOUT ROWID;
+CREATE TABLE alerts (
+    device    TEXT NOT NULL,
+    seq       INTEGER NOT NULL,
+    rule      TEXT NOT NULL,
+    sensor    TEXT NOT NULL,
+    metric    TEXT NOT NULL,
+    event     TEXT NOT NULL,
+    severity  TEXT NOT NULL,
+    value     REAL,
+    threshold REAL,
+    time_ms   INTEGER NOT NULL,
+    PRIMARY KEY (device, seq)
+);
+CREATE INDEX alerts_by_time ON alerts (time_ms);
+CREATE TABLE alert_state (
+    device   TEXT NOT NULL,
+    rule     TEXT NOT NULL,
+    event    TEXT NOT NULL,
+    time_ms  INTEGER NOT NULL,
+    seq      INTEGER NOT NULL,
+    PRIMARY KEY (device, rule)
+) WITHOUT ROWID;
+CREATE TABLE checkpoints (
+    stream          TEXT NOT NULL,
+    shard_id        TEXT NOT NULL,
+    sequence_number TEXT NOT NULL,
+    updated_ms      INTEGER NOT NULL,
+    PRIMARY KEY (stream, shard_id)
+);
+CREATE TABLE dead_letters (
+    id          INTEGER PRIMARY KEY,
+    received_ms INTEGER NOT NULL,
+    source      TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    payload     BLOB NOT NULL
+);
+"#;
+
+#[tokio::test]
+async fn a_version_2_file_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("osprey.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA_2_DDL).unwrap();
+        conn.execute_batch(
+            "INSERT INTO devices VALUES ('pump-1', 100, 200, 150, 2, 4, 'online', 190);
+             INSERT INTO seen VALUES ('pump-1', 1), ('pump-1', 2);
+             INSERT INTO alerts VALUES
+                 ('pump-1', 2, 'hot', 'bearing', 'temperature', 'raise', 'critical', 81, 80, 150);
+             INSERT INTO dead_letters (received_ms, source, reason, size, payload)
+                 VALUES (5, 'x', 'bad', 1, x'ff');",
+        )
+        .unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let w = store.writer();
+    // The old rows are epoch 0: a repeat of seq 2 is a duplicate ...
+    assert_eq!(
+        w.write(vec![telemetry("pump-1", 2, vec![])], None)
+            .await
+            .unwrap(),
+        [Written::Duplicate]
+    );
+    // ... and seq 2 of a new journal is new, and says the journal was replaced.
+    assert_eq!(
+        w.write(vec![in_epoch(telemetry("pump-1", 2, vec![]), 9)], None)
+            .await
+            .unwrap(),
+        [Written::Applied]
+    );
+    // The stored status has no mark: the next status replaces it.
+    w.write(
+        vec![status_at("pump-1", 9, 3, StatusState::Offline, 0, 1)],
+        None,
+    )
+    .await
+    .unwrap();
+    let r = store.reader();
+    let counts = r.counts().await.unwrap();
+    assert_eq!(
+        (counts.messages, counts.alerts, counts.dead_letters),
+        (4, 1, 1)
+    );
+    let dev = r.device("pump-1").await.unwrap().unwrap();
+    assert_eq!(dev.status, "offline");
+    assert_eq!(
+        dev.events
+            .iter()
+            .map(|e| (e.kind.as_str(), e.old_epoch, e.new_epoch))
+            .collect::<Vec<_>>(),
+        [("journal_replaced", 0, 9)]
+    );
+    drop(w);
+    store.close().await.unwrap();
+    let version: i64 = Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, schema::SCHEMA_VERSION);
+    // Opening the upgraded file again changes nothing.
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.reader().counts().await.unwrap().messages, 4);
 }

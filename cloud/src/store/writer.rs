@@ -5,8 +5,12 @@
 //! list of writes and, optionally, a Kinesis checkpoint; all of it is one transaction, so the
 //! checkpoint can never run ahead of the effects it stands for.
 //!
-//! Each message is applied idempotently: the transaction first inserts `(device, seq)` into
-//! `seen`; if that row already exists the message is a duplicate and nothing else is touched.
+//! Each message is applied idempotently: the transaction first inserts `(device, epoch, seq)`
+//! into `seen`; if that row already exists the message is a duplicate and nothing else is
+//! touched. The first message of an epoch the device has not used before records the epoch in
+//! `epochs`, and, if the device had messages under another epoch, a `journal_replaced` device
+//! event (once per new epoch: the `epochs` row makes it idempotent). A status replaces the
+//! stored one only if it is newer by [`super::status`]'s order.
 //! Window deltas fold into the stored windows with [`crate::window::table::fold`] (read the
 //! window, merge the aggregates, write it back with the version + 1; sessions absorb the stored
 //! sessions they touch), so a message either counts once or not at all, whatever crashes in
@@ -23,6 +27,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::query::{read_stored, STORED_COLUMNS};
+use super::status::{parse_state, state_name, StatusMark, StatusReport};
 use super::StoreError;
 use crate::analytics::signals::SignalsConfig;
 use crate::window::table::{fold, Stored, WindowStore, WindowUpdate};
@@ -39,8 +44,12 @@ pub const MAX_DEAD_LETTER_BYTES: usize = osprey_protocol::MAX_MESSAGE_BYTES;
 pub struct Message {
     /// Sending device.
     pub device: String,
-    /// The device's sequence number; `(device, seq)` is the dedup key. Must be ≤ `i64::MAX`.
+    /// The device's sequence number; `(device, epoch, seq)` is the dedup key. Must be ≤
+    /// `i64::MAX`.
     pub seq: u64,
+    /// The journal epoch the seq belongs to (0 for gateways before protocol 1.3); at most
+    /// [`osprey_protocol::MAX_EPOCH`].
+    pub epoch: u64,
     /// When the cloud received it (cloud clock, ms since the epoch).
     pub received_ms: i64,
     /// Newest event time the message carries (reading, alert or status time), if any.
@@ -51,8 +60,9 @@ pub struct Message {
     pub windows: Vec<WindowDelta>,
     /// The alert event, for alert messages.
     pub alert: Option<Alert>,
-    /// The device's new presence, for status messages.
-    pub status: Option<StatusState>,
+    /// The status, for status messages (it becomes the device's status if it is newer than
+    /// the stored one).
+    pub status: Option<StatusReport>,
 }
 
 /// A payload that could not be applied, kept for inspection.
@@ -278,11 +288,12 @@ fn apply_message(
     updates: &mut Vec<WindowUpdate>,
 ) -> rusqlite::Result<Written> {
     let fresh = tx
-        .prepare_cached("INSERT OR IGNORE INTO seen (device, seq) VALUES (?1, ?2)")?
-        .execute(params![m.device, m.seq])?;
+        .prepare_cached("INSERT OR IGNORE INTO seen (device, epoch, seq) VALUES (?1, ?2, ?3)")?
+        .execute(params![m.device, m.epoch, m.seq])?;
     if fresh == 0 {
         return Ok(Written::Duplicate);
     }
+    note_epoch(tx, m)?;
     if !m.windows.is_empty() {
         let watermark: Option<i64> = tx
             .prepare_cached("SELECT last_event_ms FROM devices WHERE device = ?1")?
@@ -298,38 +309,142 @@ fn apply_message(
         }
     }
     if let Some(alert) = &m.alert {
-        insert_alert(tx, &m.device, m.seq, alert)?;
+        insert_alert(tx, &m.device, m.epoch, m.seq, alert)?;
     }
-    let status = m.status.map(|s| match s {
-        StatusState::Online => "online",
-        StatusState::Offline => "offline",
-    });
-    // The status is the last one received: a last will carries the connect-time seq and time,
-    // so neither orders it against the session's later messages.
     tx.prepare_cached(
         "INSERT INTO devices
-             (device, first_seen_ms, last_seen_ms, last_event_ms, last_seq, readings, status, status_ms)
-         VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, CASE WHEN ?6 IS NULL THEN NULL ELSE ?2 END)
+             (device, first_seen_ms, last_seen_ms, last_event_ms, last_seq, readings)
+         VALUES (?1, ?2, ?2, ?3, ?4, ?5)
          ON CONFLICT (device) DO UPDATE SET
              first_seen_ms = min(first_seen_ms, excluded.first_seen_ms),
              last_seen_ms = max(last_seen_ms, excluded.last_seen_ms),
              last_event_ms = max(coalesce(last_event_ms, excluded.last_event_ms),
                                  coalesce(excluded.last_event_ms, last_event_ms)),
              last_seq = max(last_seq, excluded.last_seq),
-             readings = readings + excluded.readings,
-             status = coalesce(excluded.status, status),
-             status_ms = CASE WHEN excluded.status IS NULL THEN status_ms
-                              ELSE excluded.status_ms END",
+             readings = readings + excluded.readings",
     )?
     .execute(params![
         m.device,
         m.received_ms,
         m.event_ms,
         m.seq,
-        m.readings,
-        status
+        m.readings
     ])?;
+    if let Some(report) = &m.status {
+        let mark = StatusMark::of_message(m.epoch, m.seq, report);
+        set_status_if_newer(tx, &m.device, &mark, m.received_ms)?;
+    }
     Ok(Written::Applied)
+}
+
+/// Records the message's epoch for its device; the first message of a new epoch of a device
+/// that had messages under another records a `journal_replaced` event (old epoch: the one
+/// first seen most recently before).
+fn note_epoch(tx: &Transaction<'_>, m: &Message) -> rusqlite::Result<()> {
+    let new = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO epochs (device, epoch, first_seen_ms) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![m.device, m.epoch, m.received_ms])?;
+    if new == 0 {
+        return Ok(());
+    }
+    let old: Option<i64> = tx
+        .prepare_cached(
+            "SELECT epoch FROM epochs WHERE device = ?1 AND epoch != ?2
+             ORDER BY first_seen_ms DESC, epoch DESC LIMIT 1",
+        )?
+        .query_row(params![m.device, m.epoch], |row| row.get(0))
+        .optional()?;
+    if let Some(old) = old {
+        tracing::warn!(device = %m.device, old_epoch = old, new_epoch = m.epoch,
+            "journal replaced: the device numbers its messages in a new journal epoch");
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO device_events (device, kind, time_ms, old_epoch, new_epoch)
+             VALUES (?1, 'journal_replaced', ?2, ?3, ?4)",
+        )?
+        .execute(params![m.device, m.received_ms, old, m.epoch])?;
+    }
+    Ok(())
+}
+
+/// The device's stored status mark; `None` without a status, or for one stored before
+/// schema 3 (no time).
+fn stored_status(tx: &Transaction<'_>, device: &str) -> rusqlite::Result<Option<StatusMark>> {
+    type Row = (
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+    );
+    let row: Option<Row> = tx
+        .prepare_cached(
+            "SELECT status, status_epoch, status_seq, status_will_seq, status_time_ms
+             FROM devices WHERE device = ?1",
+        )?
+        .query_row(params![device], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            ))
+        })
+        .optional()?;
+    let Some((Some(state), epoch, seq, will_seq, Some(time_ms))) = row else {
+        return Ok(None);
+    };
+    let Some(state) = parse_state(&state) else {
+        return Ok(None);
+    };
+    let as_u64 = |v: i64| u64::try_from(v).unwrap_or(0);
+    Ok(Some(StatusMark {
+        state,
+        position: epoch.zip(seq).map(|(e, q)| (as_u64(e), as_u64(q))),
+        will_seq: will_seq.map_or(0, as_u64),
+        time_ms,
+    }))
+}
+
+/// Makes `mark` the device's status if it is newer than the stored one (the device row
+/// exists or is created). `received_ms` is when the cloud received it.
+fn set_status_if_newer(
+    tx: &Transaction<'_>,
+    device: &str,
+    mark: &StatusMark,
+    received_ms: i64,
+) -> rusqlite::Result<()> {
+    if !mark.supersedes(stored_status(tx, device)?.as_ref()) {
+        tracing::debug!(device = %device, state = state_name(mark.state),
+            "status older than the stored one; kept the stored one");
+        return Ok(());
+    }
+    let (epoch, seq) = mark.position.unzip();
+    tx.prepare_cached(
+        "INSERT INTO devices
+             (device, first_seen_ms, last_seen_ms, last_event_ms, last_seq, readings, status,
+              status_ms, status_epoch, status_seq, status_will_seq, status_time_ms)
+         VALUES (?1, ?2, ?2, NULL, 0, 0, ?3, ?2, ?4, ?5, ?6, ?7)
+         ON CONFLICT (device) DO UPDATE SET
+             status = excluded.status,
+             status_ms = excluded.status_ms,
+             status_epoch = excluded.status_epoch,
+             status_seq = excluded.status_seq,
+             status_will_seq = excluded.status_will_seq,
+             status_time_ms = excluded.status_time_ms",
+    )?
+    .execute(params![
+        device,
+        received_ms,
+        state_name(mark.state),
+        epoch,
+        seq,
+        mark.will_seq,
+        mark.time_ms
+    ])?;
+    Ok(())
 }
 
 /// The windows table, seen through the writer's transaction.
@@ -421,15 +536,22 @@ fn touch_series(tx: &Transaction<'_>, device: &str, w: &WindowDelta) -> rusqlite
     Ok(())
 }
 
-fn insert_alert(tx: &Transaction<'_>, device: &str, seq: u64, a: &Alert) -> rusqlite::Result<()> {
+fn insert_alert(
+    tx: &Transaction<'_>,
+    device: &str,
+    epoch: u64,
+    seq: u64,
+    a: &Alert,
+) -> rusqlite::Result<()> {
     let event = event_name(a.event);
     tx.prepare_cached(
         "INSERT OR IGNORE INTO alerts
-             (device, seq, rule, sensor, metric, event, severity, value, threshold, time_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+             (device, epoch, seq, rule, sensor, metric, event, severity, value, threshold, time_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
         device,
+        epoch,
         seq,
         a.rule,
         a.sensor,
@@ -452,23 +574,11 @@ fn insert_alert(tx: &Transaction<'_>, device: &str, seq: u64, a: &Alert) -> rusq
     Ok(())
 }
 
-/// Sets a device's status from a lifecycle event, unless a newer status is stored.
+/// Sets a device's status from a lifecycle event, unless a newer status is stored (lifecycle
+/// events have no seq: they are ordered by time).
 fn apply_presence(tx: &Transaction<'_>, p: &Presence) -> rusqlite::Result<()> {
-    let status = match p.state {
-        StatusState::Online => "online",
-        StatusState::Offline => "offline",
-    };
-    tx.prepare_cached(
-        "INSERT INTO devices
-             (device, first_seen_ms, last_seen_ms, last_event_ms, last_seq, readings, status, status_ms)
-         VALUES (?1, ?2, ?2, NULL, 0, 0, ?3, ?4)
-         ON CONFLICT (device) DO UPDATE SET
-             status = excluded.status,
-             status_ms = excluded.status_ms
-         WHERE status_ms IS NULL OR excluded.status_ms >= status_ms",
-    )?
-    .execute(params![p.device, p.received_ms, status, p.time_ms])?;
-    Ok(())
+    let mark = StatusMark::of_presence(p.state, p.time_ms);
+    set_status_if_newer(tx, &p.device, &mark, p.received_ms)
 }
 
 fn insert_dead_letter(tx: &Transaction<'_>, d: &DeadLetter) -> rusqlite::Result<()> {

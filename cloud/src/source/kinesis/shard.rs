@@ -275,6 +275,7 @@ async fn commit(
                     stream: shared.stream.clone(),
                     shard_id: shard_id.to_owned(),
                     sequence_number: r.sequence_number().to_owned(),
+                    partition_key: r.partition_key().unwrap_or_default().to_owned(),
                 };
                 (r.data().as_ref(), origin)
             })
