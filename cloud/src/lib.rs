@@ -47,6 +47,7 @@ pub mod backoff;
 pub mod bridge;
 pub mod clock;
 pub mod connection;
+pub mod deadletters;
 pub mod decode;
 #[cfg(feature = "demo")]
 pub mod demo;

@@ -47,6 +47,33 @@ enum Command {
     /// active alerts and health, read from a running `osprey serve` (--api) or from the
     /// Lambda's DynamoDB state table (--dynamodb-table).
     Fleet(FleetArgs),
+    /// List the payloads the store could not apply (newest first), from its SQLite file
+    /// (read-only, fine beside a running serve) or from a running serve's API.
+    DeadLetters(DeadLettersArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("dead_letter_source").required(true).args(["db", "api"]))]
+struct DeadLettersArgs {
+    /// The store's SQLite file (osprey serve --db).
+    #[arg(long, value_name = "PATH")]
+    db: Option<PathBuf>,
+    /// Base URL of a running `osprey serve`.
+    #[arg(long, value_name = "URL")]
+    api: Option<String>,
+    /// Most rows to show (1 to 10000).
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    limit: u32,
+    /// Only rows with an id below this (the next page after the last id shown).
+    #[arg(long, value_name = "ID")]
+    before: Option<i64>,
+    /// Also show each kept payload, in hex.
+    #[arg(long)]
+    payload: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +166,63 @@ struct ServeArgs {
     aws: AwsArgs,
     #[command(flatten)]
     analytics: AnalyticsArgs,
+    #[command(flatten)]
+    retention: RetentionArgs,
+}
+
+/// Dead-letter caps and retention.
+#[derive(Debug, Args)]
+struct RetentionArgs {
+    /// Most dead letters kept; the oldest are evicted first (counted in /api/stats).
+    #[arg(long, value_name = "N", default_value_t = osprey_cloud::store::deadletter::DEFAULT_MAX_COUNT)]
+    dead_letters_max_count: u64,
+    /// Most payload bytes kept over all dead letters (each payload is cut at 16 KiB).
+    #[arg(long, value_name = "BYTES", default_value_t = osprey_cloud::store::deadletter::DEFAULT_MAX_BYTES)]
+    dead_letters_max_bytes: u64,
+    /// Dead letters received longer ago than this many days are deleted (0 = keep until
+    /// evicted).
+    #[arg(long, value_name = "DAYS", default_value_t = osprey_cloud::store::deadletter::DEFAULT_RETENTION_DAYS)]
+    dead_letters_retention_days: f64,
+    /// Windows, alerts, series and signals older than this many days (event time, measured
+    /// back from the newest event) are deleted (0 = keep forever).
+    #[arg(long, value_name = "DAYS", default_value_t = osprey_cloud::store::retention::DEFAULT_RETENTION_DAYS)]
+    retention_days: f64,
+    /// The dedup set forgets a message this many days after applying it: a replay older
+    /// than that is applied again (0 = never forget; the set then grows with every message).
+    #[arg(long, value_name = "DAYS", default_value_t = osprey_cloud::store::retention::DEFAULT_DEDUP_RETENTION_DAYS)]
+    dedup_retention_days: f64,
+    /// Seconds between retention passes (the writer thread deletes in small batches).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    retention_interval_s: f64,
+}
+
+impl RetentionArgs {
+    fn config(&self) -> Result<osprey_cloud::store::RetentionConfig> {
+        use osprey_cloud::store::{retention::days, DeadLetterLimits, RetentionConfig};
+        let keep = |name: &str, v: f64| -> Result<Option<std::time::Duration>> {
+            if !(v.is_finite() && v >= 0.0) {
+                bail!("--{name} must be a number of days >= 0");
+            }
+            Ok((v > 0.0).then(|| days(v)))
+        };
+        if !(self.retention_interval_s.is_finite() && self.retention_interval_s >= 0.1) {
+            bail!("--retention-interval-s must be at least 0.1");
+        }
+        Ok(RetentionConfig {
+            dead_letters: DeadLetterLimits {
+                max_count: self.dead_letters_max_count,
+                max_bytes: self.dead_letters_max_bytes,
+                retention: keep(
+                    "dead-letters-retention-days",
+                    self.dead_letters_retention_days,
+                )?,
+                ..DeadLetterLimits::default()
+            },
+            history: keep("retention-days", self.retention_days)?,
+            dedup: keep("dedup-retention-days", self.dedup_retention_days)?,
+            interval: std::time::Duration::from_secs_f64(self.retention_interval_s),
+        })
+    }
 }
 
 /// Windows and maintenance signals.
@@ -297,6 +381,7 @@ async fn main() -> ExitCode {
         #[cfg(feature = "demo")]
         Command::Demo(args) => demo(args).await,
         Command::Fleet(args) => fleet(args).await,
+        Command::DeadLetters(args) => dead_letters(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -334,6 +419,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let mut cfg = ServeConfig::new(args.db, args.listen, source);
     cfg.windows = args.analytics.windows()?;
     cfg.signals = args.analytics.signals()?;
+    cfg.retention = args.retention.config()?;
     let mut running = serve::start(cfg)
         .await
         .context("osprey serve could not start")?;
@@ -429,6 +515,26 @@ async fn fleet(args: FleetArgs) -> Result<()> {
     fleet::run(&options, &mut std::io::stdout().lock(), stop)
         .await
         .context("osprey fleet")
+}
+
+async fn dead_letters(args: DeadLettersArgs) -> Result<()> {
+    use osprey_cloud::deadletters::{self, DeadLetterSource};
+    use osprey_cloud::store::DeadLetterFilter;
+    let source = match (args.db, args.api) {
+        (Some(db), _) => DeadLetterSource::Db(db),
+        (None, Some(url)) => DeadLetterSource::Api(url),
+        (None, None) => bail!("osprey dead-letters needs --db PATH or --api URL"),
+    };
+    let filter = DeadLetterFilter {
+        before: args.before,
+        limit: args.limit,
+        payload: args.payload,
+    };
+    let rows = deadletters::fetch(&source, &filter)
+        .await
+        .context("osprey dead-letters")?;
+    deadletters::print(&rows, args.json, &mut std::io::stdout().lock())
+        .context("osprey dead-letters")
 }
 
 fn decode(file: &std::path::Path) -> Result<()> {

@@ -30,6 +30,13 @@
 //! | `osprey_kinesis_expired_iterators_total{shard}` | counter | iterators re-acquired after expiring |
 //! | `osprey_kinesis_checkpoint_writes_total{shard}` | counter | checkpoints written (SQLite or DynamoDB) |
 //! | `osprey_kinesis_shard_state{shard,state}` | gauge | 1 for the shard's state (`waiting`, `reading`, `finished`, `leased elsewhere`) |
+//! | `osprey_store_dead_letters_evicted_total` | counter | dead letters evicted over the count or byte cap (lifetime of the database file) |
+//! | `osprey_store_dead_letters_expired_total` | counter | dead letters deleted for age |
+//! | `osprey_store_dead_letters_truncated_total` | counter | dead letters stored with their payload cut |
+//! | `osprey_store_dead_letters_repeated_total` | counter | rejected payloads not stored again (same source position) |
+//! | `osprey_store_seen_pruned_total` | counter | dedup rows pruned by retention |
+//! | `osprey_store_windows_pruned_total` | counter | windows pruned by retention |
+//! | `osprey_store_alerts_pruned_total` | counter | alert events pruned by retention |
 //!
 //! | series (`osprey bridge`) | type | meaning |
 //! |---|---|---|
@@ -66,6 +73,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::bridge::BridgeStats;
 use crate::pipeline::{IngestStats, ShardProgress};
+use crate::store::MaintenanceStats;
 
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -80,6 +88,13 @@ impl Metrics {
     /// The metrics of `osprey serve`, read from its pipeline's counters.
     pub fn serve(stats: IngestStats) -> Metrics {
         Metrics::with(PipelineCollector(stats))
+    }
+
+    /// The same metrics with the store's retention and dead-letter counters added.
+    pub fn with_store(mut self, maintenance: MaintenanceStats) -> Metrics {
+        self.registry
+            .register_collector(Box::new(StoreCollector(maintenance)));
+        self
     }
 
     /// The metrics of `osprey bridge`: `stats` is called at every scrape (the bridge passes
@@ -160,6 +175,57 @@ fn per_shard<M: EncodeMetric>(
         value(progress).encode(metric_encoder.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+/// `osprey serve`'s store series: what retention and the dead-letter caps deleted.
+#[derive(Debug)]
+struct StoreCollector(MaintenanceStats);
+
+impl Collector for StoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let m = self.0.snapshot();
+        let e = &mut encoder;
+        for (name, help, value) in [
+            (
+                "osprey_store_dead_letters_evicted",
+                "Dead letters evicted, oldest first, to stay within the count and byte caps.",
+                m.dead_letters_evicted,
+            ),
+            (
+                "osprey_store_dead_letters_expired",
+                "Dead letters deleted for being older than their retention.",
+                m.dead_letters_expired,
+            ),
+            (
+                "osprey_store_dead_letters_truncated",
+                "Dead letters stored with their payload cut to the per-payload cap.",
+                m.dead_letters_truncated,
+            ),
+            (
+                "osprey_store_dead_letters_repeated",
+                "Rejected payloads not stored again: their source position was already stored.",
+                m.dead_letters_repeated,
+            ),
+            (
+                "osprey_store_seen_pruned",
+                "Dedup rows pruned (applied longer ago than the dedup retention).",
+                m.seen_pruned,
+            ),
+            (
+                "osprey_store_windows_pruned",
+                "Windows pruned (older than the retention, event time).",
+                m.windows_pruned,
+            ),
+            (
+                "osprey_store_alerts_pruned",
+                "Alert events pruned (older than the retention, event time).",
+                m.alerts_pruned,
+            ),
+        ] {
+            counter(e, name, help, value)?;
+        }
+        Ok(())
+    }
 }
 
 /// `osprey serve`'s series, from the pipeline's counters.

@@ -31,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::shutdown::{self, Ready, Trigger};
 use crate::source;
-use crate::store::{Store, StoreError, StoreReader};
+use crate::store::{RetentionConfig, Store, StoreError, StoreReader};
 
 /// How long shutdown waits for tasks before abandoning them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -62,6 +62,8 @@ pub struct ServeConfig {
     pub windows: WindowSpec,
     /// Maintenance signals: rules, horizon, fit settings.
     pub signals: SignalsConfig,
+    /// Dead-letter caps and what is kept how long ([`crate::store::retention`]).
+    pub retention: RetentionConfig,
 }
 
 impl ServeConfig {
@@ -73,6 +75,7 @@ impl ServeConfig {
             source,
             windows: WindowSpec::default(),
             signals: SignalsConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -133,8 +136,8 @@ pub struct Running {
 
 /// Opens the store, binds the API and starts the source. Returns once the API listens.
 pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
-    let (db, signals) = (cfg.db.clone(), cfg.signals.clone());
-    let store = tokio::task::spawn_blocking(move || Store::open_with(db, signals))
+    let (db, signals, retention) = (cfg.db.clone(), cfg.signals.clone(), cfg.retention.clone());
+    let store = tokio::task::spawn_blocking(move || Store::open_configured(db, signals, retention))
         .await
         .map_err(|e| StoreError::ReadTask(e.to_string()))??;
     let pipeline = Pipeline::new(store.writer()).with_windows(cfg.windows);
@@ -186,7 +189,9 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         reader: reader.clone(),
         stats: pipeline.stats_handle(),
     })
-    .merge(Arc::new(Metrics::serve(pipeline.stats_handle())).router());
+    .merge(
+        Arc::new(Metrics::serve(pipeline.stats_handle()).with_store(store.maintenance())).router(),
+    );
     let mut api_shutdown = shutdown.clone();
     tasks.spawn(async move {
         let result = axum::serve(listener, router)

@@ -12,9 +12,11 @@ use super::params::Params;
 use super::ApiState;
 use crate::pipeline::PipelineStats;
 use crate::store::signals::DeviceSignals;
-use crate::store::{AlertFilter, AlertRow, Counts, DeviceSummary, WindowFilter, WindowRow};
+use crate::store::{
+    AlertFilter, AlertRow, Counts, DeviceSummary, Maintenance, WindowFilter, WindowRow,
+};
 
-type QueryPairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
+pub(super) type QueryPairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
 fn params(query: QueryPairs, allowed: &[&str]) -> Result<Params, ApiError> {
     let Query(pairs) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
@@ -128,6 +130,7 @@ pub async fn alerts(
 pub struct Stats {
     pipeline: PipelineStats,
     store: Counts,
+    maintenance: Maintenance,
 }
 
 /// `GET /api/stats`.
@@ -135,6 +138,7 @@ pub async fn stats(State(state): State<ApiState>) -> Result<Json<Stats>, ApiErro
     Ok(Json(Stats {
         pipeline: state.stats.snapshot(),
         store: state.reader.counts().await?,
+        maintenance: state.reader.maintenance(),
     }))
 }
 

@@ -10,7 +10,8 @@
 //! | `GET /api/devices/{device}/signals` | `DeviceSignals`: health (score, reasons) and each series' signals (baseline, anomaly score, trend, predicted crossings, vibration); 404 if unknown |
 //! | `GET /api/windows?device=&sensor=&metric=&kind=&since_ms=&limit=` | `[WindowRow]`, newest first |
 //! | `GET /api/alerts?device=&since_ms=&limit=` | `[AlertRow]`, newest first |
-//! | `GET /api/stats` | `{"pipeline": PipelineStats, "store": Counts}` |
+//! | `GET /api/stats` | `{"pipeline": PipelineStats, "store": Counts, "maintenance": Maintenance}` (what retention and the dead-letter caps deleted) |
+//! | `GET /api/dead-letters?limit=&before=&payload=hex` | `[DeadLetterRow]`, newest first ([`deadletters`]) |
 //! | `GET /metrics` | Prometheus (OpenMetrics text): ingest counters, per-shard iterator age; merged in by `serve` from [`crate::metrics`] |
 //!
 //! Shapes: [`crate::store::DeviceSummary`], [`crate::store::WindowRow`],
@@ -18,6 +19,7 @@
 //! 1 to 10 000 (default 100). Errors are
 //! `{"error": "..."}` with 400 (bad parameter, named), 404 (unknown device or route) or 500.
 
+pub mod deadletters;
 mod error;
 mod handlers;
 pub mod params;
@@ -57,6 +59,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/windows", get(handlers::windows))
         .route("/api/alerts", get(handlers::alerts))
         .route("/api/stats", get(handlers::stats))
+        .route("/api/dead-letters", get(deadletters::dead_letters))
         .fallback(handlers::not_found)
         .with_state(state)
 }

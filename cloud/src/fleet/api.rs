@@ -72,7 +72,7 @@ impl ApiReader {
     }
 
     /// `GET path` and its JSON body.
-    async fn get(&self, path: &str) -> Result<Value, FleetError> {
+    pub async fn get(&self, path: &str) -> Result<Value, FleetError> {
         let url = format!("{}{path}", self.base);
         let unreachable = |cause: String| FleetError::ApiUnreachable {
             url: url.clone(),

@@ -7,10 +7,13 @@
 //! ```
 //!
 //! The tables are described in [`schema`]; the write rules (dedup through `seen`, merging
-//! windows) in [`writer`]; the queries in [`query`].
+//! windows) in [`writer`]; the queries in [`query`]; dead letters (stored once, bounded) in
+//! [`deadletter`]; what is deleted when in [`retention`].
 
+pub mod deadletter;
 pub mod query;
 pub mod reader;
+pub mod retention;
 pub mod schema;
 pub mod signals;
 pub mod status;
@@ -23,10 +26,12 @@ use rusqlite::Connection;
 
 use crate::analytics::signals::SignalsConfig;
 
+pub use deadletter::{DeadLetterFilter, DeadLetterLimits, DeadLetterRow};
 pub use query::{
     AlertFilter, AlertRow, Counts, DeviceEvent, DeviceSummary, WindowFilter, WindowRow,
 };
 pub use reader::StoreReader;
+pub use retention::{Maintenance, MaintenanceStats, RetentionConfig};
 pub use status::{StatusMark, StatusReport};
 pub use writer::{Checkpoint, DeadLetter, Message, Presence, StoreWriter, Write, Written};
 
@@ -93,6 +98,7 @@ pub struct Store {
     path: PathBuf,
     writer: StoreWriter,
     reader: StoreReader,
+    maintenance: MaintenanceStats,
     thread: JoinHandle<()>,
 }
 
@@ -106,6 +112,16 @@ impl Store {
     /// [`Store::open`], with the writer computing maintenance signals under `signals` (its
     /// rules, horizon and fit settings).
     pub fn open_with(path: impl AsRef<Path>, signals: SignalsConfig) -> Result<Store, StoreError> {
+        Store::open_configured(path, signals, RetentionConfig::default())
+    }
+
+    /// [`Store::open_with`], keeping data under `retention` (the writer thread prunes every
+    /// `retention.interval`; see [`retention`]).
+    pub fn open_configured(
+        path: impl AsRef<Path>,
+        signals: SignalsConfig,
+        retention: RetentionConfig,
+    ) -> Result<Store, StoreError> {
         let path = path.as_ref().to_owned();
         let open_err = |cause| StoreError::Open {
             path: path.clone(),
@@ -122,15 +138,25 @@ impl Store {
                 })
             }
         }
-        let (writer, thread) = writer::spawn(conn, WRITE_QUEUE, signals)?;
-        let reader = StoreReader::new(&path);
+        let maintenance = MaintenanceStats::load(&conn).map_err(open_err)?;
+        let interval = retention.interval;
+        let (writer, thread) =
+            writer::spawn(conn, WRITE_QUEUE, signals, retention, maintenance.clone())?;
+        writer::spawn_ticker(&writer, interval)?;
+        let reader = StoreReader::new(&path, maintenance.clone());
         tracing::info!(path = %path.display(), "store open");
         Ok(Store {
             path,
             writer,
             reader,
+            maintenance,
             thread,
         })
+    }
+
+    /// What retention and the dead-letter caps deleted (lifetime counts of this file).
+    pub fn maintenance(&self) -> MaintenanceStats {
+        self.maintenance.clone()
     }
 
     /// The database path.

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags};
 
+use super::deadletter::{self, DeadLetterFilter, DeadLetterRow};
+use super::retention::{Maintenance, MaintenanceStats};
 use super::{query, schema, StoreError};
 
 /// Idle connections kept for reuse; more may be open while queries run concurrently.
@@ -17,6 +19,7 @@ const MAX_IDLE: usize = 4;
 #[derive(Debug, Clone)]
 pub struct StoreReader {
     inner: Arc<Inner>,
+    maintenance: MaintenanceStats,
 }
 
 #[derive(Debug)]
@@ -27,13 +30,27 @@ struct Inner {
 
 impl StoreReader {
     /// A reader for the database at `path` (which the writer has already created).
-    pub(super) fn new(path: &Path) -> StoreReader {
+    pub(super) fn new(path: &Path, maintenance: MaintenanceStats) -> StoreReader {
         StoreReader {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 idle: Mutex::new(Vec::new()),
             }),
+            maintenance,
         }
+    }
+
+    /// What retention and the dead-letter caps deleted (see [`super::retention`]).
+    pub fn maintenance(&self) -> Maintenance {
+        self.maintenance.snapshot()
+    }
+
+    /// Dead letters, newest first.
+    pub async fn dead_letters(
+        &self,
+        filter: DeadLetterFilter,
+    ) -> Result<Vec<DeadLetterRow>, StoreError> {
+        self.read(move |conn| deadletter::list(conn, &filter)).await
     }
 
     /// Runs `f` on a read connection on the blocking pool.

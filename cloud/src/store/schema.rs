@@ -3,7 +3,7 @@
 //! | table | key | holds |
 //! |---|---|---|
 //! | `devices` | device | first/last seen (cloud clock), newest event time, highest seq, reading count, status and the mark that orders it (epoch, seq, will seq, device time) |
-//! | `seen` | (device, epoch, seq) | every message applied: the dedup set |
+//! | `seen` | (device, epoch, seq) | every message applied (`applied_ms`, cloud clock): the dedup set, pruned by [`super::retention`] |
 //! | `epochs` | (device, epoch) | every journal epoch seen per device, with the cloud time it was first seen |
 //! | `device_events` | (device, kind, new_epoch) | device events: `journal_replaced` (cloud time, old and new epoch) |
 //! | `windows` | (device, sensor, metric, kind, start_ms) | tumbling, hopping and session windows: end, unit, version, count, sum, min, max, mean, central moments `m2..m4`, quantile sketch (bytes) |
@@ -12,7 +12,8 @@
 //! | `alerts` | (device, epoch, seq) | every alert event |
 //! | `alert_state` | (device, rule) | each rule's newest event, so "active alerts" is a count |
 //! | `checkpoints` | (stream, shard_id) | last Kinesis sequence number applied per shard |
-//! | `dead_letters` | id | payloads that did not decode, with the reason |
+//! | `dead_letters` | id; unique `key` (source position) | payloads that could not be applied, with the reason, bounded ([`super::deadletter`]) |
+//! | `maintenance` | name | counts of what retention and the dead-letter caps deleted |
 //!
 //! `series` and `alert_state` are derived from `windows` and `alerts` in the same transaction;
 //! they exist so the fleet view costs O(series), not O(history).
@@ -38,6 +39,7 @@ pub const SCHEMA_VERSION: i64 = 3;
 /// How long a connection waits for another's lock before giving up.
 pub const BUSY_TIMEOUT_MS: u64 = 5_000;
 
+/// The version-2 tables; a new file gets them, then every step up to [`SCHEMA_VERSION`].
 const DDL: &str = r#"
 CREATE TABLE IF NOT EXISTS devices (
     device        TEXT PRIMARY KEY NOT NULL,
@@ -167,8 +169,8 @@ pub enum Migration {
     },
 }
 
-/// Puts the writer connection in WAL mode, upgrades a version-2 file in place, and creates
-/// the tables if they are missing.
+/// Puts the writer connection in WAL mode, creates the tables if they are missing and
+/// upgrades a version-2 file in place (one transaction: all of it or none).
 ///
 /// WAL lets the API's read connections see committed data while the writer works.
 /// `synchronous = NORMAL` in WAL mode keeps every commit atomic and consistent; a power cut
@@ -179,40 +181,30 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<Migration> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    match found {
-        0 | SCHEMA_VERSION => {
-            conn.execute_batch(DDL)?;
-            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        }
-        2 => {
-            // One transaction: a crash leaves the file at version 2, and the next open
-            // upgrades it again.
-            conn.execute_batch("BEGIN IMMEDIATE")?;
-            let upgraded = upgrade_2_to_3(conn);
-            match upgraded {
-                Ok(()) => conn.execute_batch("COMMIT")?,
-                Err(e) => {
-                    let _ = conn.execute_batch("ROLLBACK");
-                    return Err(e);
-                }
-            }
-            tracing::info!(
-                from = 2,
-                to = SCHEMA_VERSION,
-                "store schema upgraded in place"
-            );
-        }
-        found => return Ok(Migration::Incompatible { found }),
+    if ![0, 2, SCHEMA_VERSION].contains(&found) {
+        return Ok(Migration::Incompatible { found });
+    }
+    // One transaction: a crash leaves the file at its old version, and the next open
+    // upgrades it again.
+    let tx = conn.unchecked_transaction()?;
+    if found == 2 {
+        ingest_epochs_2_to_3(&tx)?;
+    }
+    tx.execute_batch(DDL)?;
+    if found < 3 {
+        super::deadletter::migrate_v3(&tx)?;
+        super::retention::migrate_v3(&tx, crate::clock::now_ms())?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    if found == 2 {
+        tracing::info!(
+            from = 2,
+            to = SCHEMA_VERSION,
+            "store schema upgraded in place"
+        );
     }
     Ok(Migration::Current)
-}
-
-/// Version 2 → 3, inside the caller's transaction: every step, then the version.
-fn upgrade_2_to_3(conn: &Connection) -> rusqlite::Result<()> {
-    ingest_epochs_2_to_3(conn)?;
-    conn.execute_batch(DDL)?;
-    conn.pragma_update(None, "user_version", 3)?;
-    Ok(())
 }
 
 /// The ingest step of version 2 → 3: journal epochs in the dedup set and the alerts (old rows

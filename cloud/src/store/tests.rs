@@ -260,7 +260,8 @@ async fn dead_letters_are_kept() {
         .writer()
         .write(
             vec![Write::DeadLetter(DeadLetter {
-                received_ms: 1,
+                // Now: a dead letter older than its retention (14 days) is deleted at once.
+                received_ms: crate::clock::now_ms(),
                 source: "mqtt dt/osprey/x/telemetry".into(),
                 reason: "malformed".into(),
                 payload: vec![0xff; 10],
@@ -504,7 +505,7 @@ async fn statuses_of_different_epochs_are_ordered_by_time() {
 
 /// The version-2 DDL, as osprey wrote it before journal epochs (copied, not shared, so the
 /// test keeps testing the file format of version 2 whatever the current DDL becomes).
-const SCHEMA_2_DDL: &str = r#"
+pub(super) const SCHEMA_2_DDL: &str = r#"
 CREATE TABLE devices (
     device        TEXT PRIMARY KEY NOT NULL,
     first_seen_ms INTEGER NOT NULL,
@@ -603,14 +604,16 @@ async fn a_version_2_file_is_upgraded_in_place() {
     {
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch(SCHEMA_2_DDL).unwrap();
-        conn.execute_batch(
+        // The dead letter is recent: an old one would fall to the dead-letter retention.
+        let now = crate::clock::now_ms();
+        conn.execute_batch(&format!(
             "INSERT INTO devices VALUES ('pump-1', 100, 200, 150, 2, 4, 'online', 190);
              INSERT INTO seen VALUES ('pump-1', 1), ('pump-1', 2);
              INSERT INTO alerts VALUES
                  ('pump-1', 2, 'hot', 'bearing', 'temperature', 'raise', 'critical', 81, 80, 150);
              INSERT INTO dead_letters (received_ms, source, reason, size, payload)
-                 VALUES (5, 'x', 'bad', 1, x'ff');",
-        )
+                 VALUES ({now}, 'x', 'bad', 1, x'ff');"
+        ))
         .unwrap();
         conn.pragma_update(None, "user_version", 2).unwrap();
     }

@@ -6,7 +6,8 @@
 //! checkpoint can never run ahead of the effects it stands for.
 //!
 //! Each message is applied idempotently: the transaction first inserts `(device, epoch, seq)`
-//! into `seen`; if that row already exists the message is a duplicate and nothing else is
+//! into `seen` (with the cloud time it was applied,
+//! which [`super::retention`] prunes by); if that row already exists the message is a duplicate and nothing else is
 //! touched. The first message of an epoch the device has not used before records the epoch in
 //! `epochs`, and, if the device had messages under another epoch, a `journal_replaced` device
 //! event (once per new epoch: the `epochs` row makes it idempotent). A status replaces the
@@ -17,16 +18,20 @@
 //! between. The device's watermark is its newest event time before the message.
 //!
 //! After a transaction commits, the windows it changed are sent to
-//! [`StoreWriter::subscribe`]rs (a late reading's corrected window among them).
+//! [`StoreWriter::subscribe`]rs (a late reading's corrected window among them). Between jobs,
+//! never inside one, the thread runs the retention passes of [`super::retention`].
 
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use osprey_protocol::{Alert, AlertEvent, Severity, StatusState};
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::deadletter::{self, DeadLetterLimits};
 use super::query::{read_stored, STORED_COLUMNS};
+use super::retention::{MaintenanceStats, RetentionConfig, Schedule, Tally};
 use super::status::{parse_state, state_name, StatusMark, StatusReport};
 use super::StoreError;
 use crate::analytics::signals::SignalsConfig;
@@ -36,7 +41,8 @@ use crate::window::{WindowDelta, WindowKind};
 /// Window updates a subscriber may fall behind by before it misses some.
 const UPDATES_CAPACITY: usize = 4096;
 
-/// Largest dead-letter payload kept; longer ones are cut (the `size` column keeps the length).
+/// Largest dead-letter payload the Lambda keeps; longer ones are cut. (The SQLite store's cap
+/// is [`DeadLetterLimits::max_payload_bytes`].)
 pub const MAX_DEAD_LETTER_BYTES: usize = osprey_protocol::MAX_MESSAGE_BYTES;
 
 /// A decoded message, prepared for the store.
@@ -121,7 +127,8 @@ pub enum Written {
     Applied,
     /// The message had been applied before; nothing changed.
     Duplicate,
-    /// The dead letter was recorded.
+    /// The dead letter was recorded (or had been, under the same key: see
+    /// [`super::deadletter`]).
     DeadLettered,
 }
 
@@ -177,17 +184,29 @@ impl StoreWriter {
 }
 
 /// Starts the writer thread on `conn` with a queue of `capacity` jobs.
+/// The writer runs retention passes under `retention`, counting in `stats`.
 pub(super) fn spawn(
     conn: Connection,
     capacity: usize,
     signals: SignalsConfig,
+    retention: RetentionConfig,
+    stats: MaintenanceStats,
 ) -> Result<(StoreWriter, JoinHandle<()>), StoreError> {
     let (jobs_tx, jobs_rx) = mpsc::channel(capacity.max(1));
     let (updates_tx, _) = broadcast::channel(UPDATES_CAPACITY);
     let thread_updates_tx = updates_tx.clone();
     let thread = std::thread::Builder::new()
         .name("osprey-store-writer".to_owned())
-        .spawn(move || run(conn, jobs_rx, thread_updates_tx, &signals))
+        .spawn(move || {
+            run(
+                conn,
+                jobs_rx,
+                thread_updates_tx,
+                &signals,
+                &retention,
+                &stats,
+            )
+        })
         .map_err(|cause| StoreError::SpawnWriter { cause })?;
     Ok((
         StoreWriter {
@@ -198,21 +217,50 @@ pub(super) fn spawn(
     ))
 }
 
+/// Sends the writer an empty job every `every`, so that it runs its retention passes when no
+/// writes come. Holds only a weak handle: it stops once every [`StoreWriter`] is gone.
+pub(super) fn spawn_ticker(writer: &StoreWriter, every: Duration) -> Result<(), StoreError> {
+    let weak = writer.jobs_tx.downgrade();
+    std::thread::Builder::new()
+        .name("osprey-store-ticker".to_owned())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            let Some(jobs_tx) = weak.upgrade() else {
+                return;
+            };
+            let (reply_tx, _) = oneshot::channel();
+            // A full queue means the writer is busy and reaches its schedule anyway.
+            let _ = jobs_tx.try_send(Job {
+                writes: Vec::new(),
+                checkpoint: None,
+                reply_tx,
+            });
+        })
+        .map(|_| ())
+        .map_err(|cause| StoreError::SpawnWriter { cause })
+}
+
 fn run(
     mut conn: Connection,
     mut jobs_rx: mpsc::Receiver<Job>,
     updates_tx: broadcast::Sender<WindowUpdate>,
     signals: &SignalsConfig,
+    retention: &RetentionConfig,
+    stats: &MaintenanceStats,
 ) {
     let mut updates = Vec::new();
+    let mut schedule = Schedule::new();
     while let Some(job) = jobs_rx.blocking_recv() {
         updates.clear();
+        let mut tally = Tally::default();
         let result = apply(
             &mut conn,
             &job.writes,
             job.checkpoint.as_ref(),
             &mut updates,
             signals,
+            &retention.dead_letters,
+            &mut tally,
         )
         .map_err(|cause| StoreError::Write { cause });
         match &result {
@@ -220,6 +268,7 @@ fn run(
                 tracing::error!(error = %e, writes = job.writes.len(), "store write failed, rolled back");
             }
             Ok(_) => {
+                stats.add(&tally);
                 for update in updates.drain(..) {
                     // No subscriber is not an error: nobody is listening.
                     let _ = updates_tx.send(update);
@@ -229,6 +278,8 @@ fn run(
         // The caller may have given up waiting; the transaction stands (or was rolled back)
         // either way, so there is nothing more to do with the reply.
         let _ = job.reply_tx.send(result);
+        // Between jobs, never inside one: retention when due (see `retention`).
+        schedule.run_if_due(&mut conn, retention, stats);
     }
     // Every handle is gone: fold the WAL back into the main file so the database is one
     // self-contained file after a clean shutdown.
@@ -239,13 +290,16 @@ fn run(
 }
 
 /// Applies one job in one transaction; the windows it changed are pushed onto `updates`, and
-/// the signals of the series they belong to are recomputed in the same transaction.
+/// the signals of the series they belong to are recomputed in the same transaction. Dead
+/// letters are kept under `limits`; what that evicts is added to `tally`.
 pub(super) fn apply(
     conn: &mut Connection,
     writes: &[Write],
     checkpoint: Option<&Checkpoint>,
     updates: &mut Vec<WindowUpdate>,
     signals: &SignalsConfig,
+    limits: &DeadLetterLimits,
+    tally: &mut Tally,
 ) -> rusqlite::Result<Vec<Written>> {
     let tx = conn.transaction()?;
     let mut written = Vec::with_capacity(writes.len());
@@ -253,7 +307,7 @@ pub(super) fn apply(
         written.push(match write {
             Write::Message(m) => apply_message(&tx, m, updates)?,
             Write::DeadLetter(d) => {
-                insert_dead_letter(&tx, d)?;
+                deadletter::insert(&tx, d, limits, tally)?;
                 Written::DeadLettered
             }
             Write::Presence(p) => {
@@ -278,6 +332,7 @@ pub(super) fn apply(
         ])?;
     }
     super::signals::refresh(&tx, signals, updates)?;
+    super::retention::record(&tx, tally)?;
     tx.commit()?;
     Ok(written)
 }
@@ -288,8 +343,10 @@ fn apply_message(
     updates: &mut Vec<WindowUpdate>,
 ) -> rusqlite::Result<Written> {
     let fresh = tx
-        .prepare_cached("INSERT OR IGNORE INTO seen (device, epoch, seq) VALUES (?1, ?2, ?3)")?
-        .execute(params![m.device, m.epoch, m.seq])?;
+        .prepare_cached(
+            "INSERT OR IGNORE INTO seen (device, epoch, seq, applied_ms) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![m.device, m.epoch, m.seq, crate::clock::now_ms()])?;
     if fresh == 0 {
         return Ok(Written::Duplicate);
     }
@@ -579,22 +636,6 @@ fn insert_alert(
 fn apply_presence(tx: &Transaction<'_>, p: &Presence) -> rusqlite::Result<()> {
     let mark = StatusMark::of_presence(p.state, p.time_ms);
     set_status_if_newer(tx, &p.device, &mark, p.received_ms)
-}
-
-fn insert_dead_letter(tx: &Transaction<'_>, d: &DeadLetter) -> rusqlite::Result<()> {
-    let kept = &d.payload[..d.payload.len().min(MAX_DEAD_LETTER_BYTES)];
-    tx.prepare_cached(
-        "INSERT INTO dead_letters (received_ms, source, reason, size, payload)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![
-        d.received_ms,
-        d.source,
-        d.reason,
-        d.payload.len(),
-        kept
-    ])?;
-    Ok(())
 }
 
 /// The stored name of an alert event.
