@@ -25,6 +25,7 @@ use osprey_cloud::pipeline::{check_origin, prepare_all, Origin, Rejection};
 use osprey_cloud::source::presence;
 use osprey_cloud::store::DeadLetter;
 
+use crate::metrics;
 use crate::state::{Applied, DynamoState, StateError, MAX_WINDOWS_PER_MESSAGE};
 
 /// What happened to one record.
@@ -97,17 +98,31 @@ pub async fn handle_record(
             Err(rejection) => rejection,
         },
     };
+    let source = origin.to_string();
     if let Some(m) = &rejection.mismatch {
-        // One log line per refused record, with the pair as fields: a CloudWatch metric filter
-        // on `claimed`/`source_device` counts them per device.
+        // Counted as the IdentityMismatches metric (EMF), the pair as searchable properties.
+        metrics::emit(&metrics::count_line(
+            metrics::IDENTITY_MISMATCHES,
+            received_ms,
+            &[
+                ("claimed", &m.claimed),
+                ("source_device", &m.source),
+                ("source", &source),
+            ],
+        ));
         tracing::warn!(claimed = %m.claimed, source_device = %m.source, source = %origin,
             "identity mismatch: a payload named another device than its partition key");
     }
     let reason = rejection.reason;
+    metrics::emit(&metrics::count_line(
+        metrics::DEAD_LETTERS,
+        received_ms,
+        &[("source", &source), ("reason", &reason)],
+    ));
     tracing::warn!(source = %origin, reason = %reason, "rejected payload, kept as a dead letter");
     let dead = DeadLetter {
         received_ms,
-        source: origin.to_string(),
+        source,
         reason: reason.clone(),
         payload: payload.to_vec(),
     };

@@ -35,4 +35,5 @@
 
 pub mod config;
 pub mod handler;
+pub mod metrics;
 pub mod state;

@@ -4,7 +4,11 @@
 //! table's layout (devices, the fleet index, windows, alerts, rule states, the dedup set) is
 //! [`osprey_cloud::fleet::layout`], shared with its reader, `osprey fleet --dynamodb-table`.
 //! The dead-letter table holds `dead#<stream>` / `<shard>#<sequence number>` items: `reason`,
-//! `payload` (bytes), `size`, `received_ms`.
+//! `payload` (bytes: the first [`DEAD_LETTER_PAYLOAD_BYTES`], as serve keeps), `size` (as
+//! received), `received_ms`, and `expires_at` (seconds since the epoch,
+//! [`DEAD_LETTER_RETENTION_S`] after receipt) for the table's time to live: DynamoDB deletes
+//! expired items at no write cost, which bounds the table as serve's retention bounds its
+//! SQLite dead letters (DynamoDB has no cheap "oldest out" by count, so the bound is time).
 //!
 //! A message is applied in **one** `TransactWriteItems`, built from what was read just before:
 //!
@@ -56,6 +60,15 @@ use osprey_cloud::store::writer::{event_name, severity_name};
 use osprey_cloud::store::{DeadLetter, Message, Presence, StatusMark};
 use osprey_cloud::window::table::{fold, Stored, WindowStore, WindowUpdate};
 use osprey_cloud::window::{WindowDelta, WindowKind, WindowSpec};
+
+/// Bytes of a rejected payload kept in its dead letter (serve's default too).
+pub const DEAD_LETTER_PAYLOAD_BYTES: usize =
+    osprey_cloud::store::deadletter::DEFAULT_MAX_PAYLOAD_BYTES;
+
+/// How long a dead letter is kept: its `expires_at` is this long after receipt (serve's
+/// default retention too).
+pub const DEAD_LETTER_RETENTION_S: i64 =
+    (osprey_cloud::store::deadletter::DEFAULT_RETENTION_DAYS * 86_400.0) as i64;
 
 /// Most items in one transaction (DynamoDB's limit).
 pub const MAX_TRANSACTION_ITEMS: usize = 100;
@@ -655,10 +668,8 @@ impl DynamoState {
         id: &str,
         d: &DeadLetter,
     ) -> Result<(), StateError> {
-        let kept = &d.payload[..d
-            .payload
-            .len()
-            .min(osprey_cloud::store::writer::MAX_DEAD_LETTER_BYTES)];
+        let kept = &d.payload[..d.payload.len().min(DEAD_LETTER_PAYLOAD_BYTES)];
+        let expires_at = d.received_ms.div_euclid(1000) + DEAD_LETTER_RETENTION_S;
         self.client
             .put_item()
             .table_name(&self.dead_letters)
@@ -668,6 +679,7 @@ impl DynamoState {
             .item("reason", s(d.reason.clone()))
             .item("size", n(d.payload.len()))
             .item("received_ms", n(d.received_ms))
+            .item("expires_at", n(expires_at))
             .item("payload", AttributeValue::B(Blob::new(kept.to_vec())))
             .send()
             .await

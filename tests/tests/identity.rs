@@ -517,7 +517,7 @@ async fn lambda_records_keyed_by_another_device_do_not_change_it() {
     let (table, dead) = (unique_name("state"), unique_name("dead"));
     DynamoState::create_table(&client, &table).await.unwrap();
     DynamoState::create_table(&client, &dead).await.unwrap();
-    let state = DynamoState::new(client, &table, &dead);
+    let state = DynamoState::new(client.clone(), &table, &dead);
 
     let got = outcomes(&event("s", 1, &intruder_records()), &state).await;
     for outcome in &got {
@@ -533,6 +533,17 @@ async fn lambda_records_keyed_by_another_device_do_not_change_it() {
     assert!(state.device("pump-7").await.unwrap().is_none());
     assert!(state.device_windows("pump-7").await.unwrap().is_empty());
     assert_eq!(state.dead_letters("s").await.unwrap().len(), 4);
+    // Each dead letter expires (the table's time to live) 14 days after it was received.
+    let items = client.scan().table_name(&dead).send().await.unwrap();
+    for item in items.items() {
+        let number = |k: &str| item[k].as_n().unwrap().parse::<i64>().unwrap();
+        assert_eq!(
+            number("expires_at") - number("received_ms") / 1000,
+            osprey_lambda::state::DEAD_LETTER_RETENTION_S,
+            "{item:?}"
+        );
+    }
+    assert_eq!(osprey_lambda::state::DEAD_LETTER_RETENTION_S, 14 * 86_400);
 
     let got = outcomes(&event("s", 10, &real_records()), &state).await;
     assert!(got.iter().all(|o| *o == RecordOutcome::Applied), "{got:?}");
@@ -596,15 +607,11 @@ fn run_agent(dir: &Path, journal: &Path, port: u16) {
 }
 
 /// The real agent into serve, stopped, its journal deleted, run again: every reading of both
-/// runs is in the windows, and the device shows a `journal_replaced` event.
-///
-/// Needs the agent to draw a new journal epoch when it creates a journal (trust-design.md:
-/// "a gateway draws a random epoch ... when it creates a NEW journal"), which lands on the
-/// agent's branch; until then the second run's seqs repeat the first's under epoch 0 and are
-/// taken for duplicates (the very bug). The protocol-level version of this test runs in
-/// `kinesis_scenario` and `lambda_records_keyed_by_another_device_do_not_change_it`.
+/// runs is in the windows, and the device shows a `journal_replaced` event (API and
+/// `osprey fleet`). The agent draws a new epoch for a new journal; without it the second run's
+/// seqs would repeat the first's and be taken for duplicates. The protocol-level version of
+/// this test runs in `kinesis_scenario` and `lambda_records_keyed_by_another_device_do_not_change_it`.
 #[test]
-#[ignore = "switch on once the agent draws an epoch for a new journal (agent branch)"]
 fn agent_journal_replaced_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::plain();
@@ -654,4 +661,16 @@ fn agent_journal_replaced_end_to_end() {
     let events = device["events"].as_array().unwrap();
     assert_eq!(events.len(), 1, "{device}");
     assert_eq!(events[0]["kind"], "journal_replaced");
+    // The terminal view says so too.
+    let out = Command::new(bin("osprey"))
+        .args(["fleet", "--api", &api, "--device", "journal-pump"])
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{page}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(page.contains("journal replaced"), "{page}");
 }

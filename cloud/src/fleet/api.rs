@@ -11,6 +11,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use super::{FleetDevice, FleetError, FleetWindow};
+use crate::store::DeviceEvent;
 use crate::window::WindowKind;
 
 /// Longest a request may take, connect to last byte.
@@ -151,6 +152,12 @@ impl ApiReader {
             reason,
         };
         let mut d = summary(&value).ok_or_else(|| bad(format!("unexpected device: {value}")))?;
+        if let Some(events) = value["events"].as_array() {
+            d.events = events
+                .iter()
+                .map(|e| event(e).ok_or_else(|| bad(format!("unexpected event: {e}"))))
+                .collect::<Result<_, _>>()?;
+        }
         for kind in WindowKind::ALL {
             let rows = self
                 .get(&format!(
@@ -191,6 +198,17 @@ fn summary(v: &Value) -> Option<FleetDevice> {
             .as_u64()
             .and_then(|s| u32::try_from(s).ok()),
         latest: Vec::new(),
+        events: Vec::new(),
+    })
+}
+
+/// A `DeviceEvent` of the API.
+fn event(v: &Value) -> Option<DeviceEvent> {
+    Some(DeviceEvent {
+        kind: v["kind"].as_str()?.to_owned(),
+        time_ms: v["time_ms"].as_i64()?,
+        old_epoch: v["old_epoch"].as_u64()?,
+        new_epoch: v["new_epoch"].as_u64()?,
     })
 }
 

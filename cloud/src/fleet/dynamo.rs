@@ -11,6 +11,7 @@ use osprey_protocol::Severity;
 use super::layout::{self, get_i64, get_str, get_u64, s, Item, SortKeys};
 use super::{FleetDevice, FleetError, FleetWindow};
 use crate::analytics::health::{self, ActiveAlert};
+use crate::store::DeviceEvent;
 use crate::window::WindowKind;
 
 /// Reads the state table.
@@ -141,8 +142,22 @@ impl StateReader {
             active_alerts: active.len() as u64,
             health: Some(health::score(&[], &active).score),
             latest: Vec::new(),
+            events: Vec::new(),
         };
         if windows {
+            d.events = self
+                .query(&pk, Some(layout::EVENT_PREFIX))
+                .await?
+                .iter()
+                .filter_map(|e| {
+                    Some(DeviceEvent {
+                        kind: get_str(e, "kind")?.to_owned(),
+                        time_ms: get_i64(e, "time_ms")?,
+                        old_epoch: get_u64(e, "old_epoch")?,
+                        new_epoch: get_u64(e, "new_epoch")?,
+                    })
+                })
+                .collect();
             let mut series: Vec<(String, String)> = item
                 .get("series")
                 .and_then(|v| v.as_ss().ok())

@@ -24,6 +24,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::analytics::Aggregate;
+use crate::store::DeviceEvent;
 use crate::window::table::Stored;
 
 /// One device as the fleet view shows it.
@@ -44,6 +45,9 @@ pub struct FleetDevice {
     /// With `--device`: the newest window of each series and kind.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub latest: Vec<FleetWindow>,
+    /// With `--device`: the device's events (a replaced journal), oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<DeviceEvent>,
 }
 
 /// The newest window of one series and kind.
@@ -428,10 +432,27 @@ fn number(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"))
 }
 
-/// One device: its fleet line, then its newest windows, `now_ms` for the ages.
+/// A device event in words ("journal replaced 3m ago (epoch 0 -> 77)").
+fn event_line(e: &DeviceEvent, now_ms: i64) -> String {
+    let what = e.kind.replace('_', " ");
+    format!(
+        "{what} {} (epoch {} -> {})\n",
+        age(e.time_ms, now_ms),
+        e.old_epoch,
+        e.new_epoch
+    )
+}
+
+/// One device: its fleet line, its events, then its newest windows, `now_ms` for the ages.
 pub fn render_device(d: &FleetDevice, now_ms: i64) -> String {
     let mut out = render_fleet(std::slice::from_ref(d), now_ms);
     out.push('\n');
+    if !d.events.is_empty() {
+        for e in &d.events {
+            out.push_str(&event_line(e, now_ms));
+        }
+        out.push('\n');
+    }
     if d.latest.is_empty() {
         out.push_str("no windows yet\n");
         return out;

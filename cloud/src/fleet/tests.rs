@@ -12,7 +12,25 @@ fn device(id: &str, status: &str, seen_ago_ms: Option<i64>, readings: u64) -> Fl
         active_alerts: 0,
         health: Some(100),
         latest: Vec::new(),
+        events: Vec::new(),
     }
+}
+
+#[test]
+fn a_device_page_lists_its_replaced_journals() {
+    let mut d = device("pump-7", "online", Some(1_000), 20);
+    assert!(!render_device(&d, NOW).contains("journal"));
+    d.events.push(DeviceEvent {
+        kind: "journal_replaced".to_owned(),
+        time_ms: NOW - 180_000,
+        old_epoch: 0,
+        new_epoch: 77,
+    });
+    let page = render_device(&d, NOW);
+    assert!(
+        page.contains("journal replaced 3m ago (epoch 0 -> 77)"),
+        "{page}"
+    );
 }
 
 #[test]

@@ -1,0 +1,85 @@
+//! The Lambda's own counters, as CloudWatch Embedded Metric Format (EMF) log lines.
+//!
+//! A Lambda has no endpoint to scrape, and `PutMetricData` per record would cost a request
+//! each; CloudWatch instead extracts metrics from JSON log lines that carry an `_aws`
+//! directive. One metric per counter, with **no** dimension: a dimension per device would
+//! create a custom metric per device (billed monthly each), so the device names ride along
+//! as plain properties, searchable with CloudWatch Logs Insights (`filter claimed = "pump-7"`)
+//! while the metric itself stays one alarmable number.
+
+use serde_json::{json, Map, Value};
+
+/// The CloudWatch namespace of Osprey's Lambda metrics.
+pub const NAMESPACE: &str = "Osprey";
+
+/// Metric name: a payload named another device than its authenticated source.
+pub const IDENTITY_MISMATCHES: &str = "IdentityMismatches";
+
+/// Metric name: a record kept as a dead letter.
+pub const DEAD_LETTERS: &str = "DeadLetters";
+
+/// One EMF line counting `name` once at `time_ms`, with `properties` as extra fields.
+pub fn count_line(name: &str, time_ms: i64, properties: &[(&str, &str)]) -> String {
+    let mut line = Map::new();
+    line.insert(
+        "_aws".to_owned(),
+        json!({
+            "Timestamp": time_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": NAMESPACE,
+                "Dimensions": [[]],
+                "Metrics": [{"Name": name, "Unit": "Count"}],
+            }],
+        }),
+    );
+    line.insert(name.to_owned(), json!(1));
+    for (k, v) in properties {
+        // A property never overwrites the directive or the metric's value.
+        if *k != "_aws" && *k != name {
+            line.insert((*k).to_owned(), Value::from(*v));
+        }
+    }
+    Value::Object(line).to_string()
+}
+
+/// Writes `line` to standard output, where the Lambda runtime sends it to CloudWatch Logs as
+/// a line of its own (EMF lines must not be wrapped in another log format).
+pub fn emit(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    // A lost metric line must not fail the record: the dead letter is the record of truth.
+    let _ = writeln!(out, "{line}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_count_line_is_emf_with_one_dimensionless_metric_and_the_properties() {
+        let line = count_line(
+            IDENTITY_MISMATCHES,
+            1_767_225_600_000,
+            &[("claimed", "pump-7"), ("source_device", "intruder-9")],
+        );
+        let v: Value = serde_json::from_str(&line).unwrap();
+        let directive = &v["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(v["_aws"]["Timestamp"], 1_767_225_600_000_i64);
+        assert_eq!(directive["Namespace"], NAMESPACE);
+        assert_eq!(directive["Dimensions"], json!([[]]));
+        assert_eq!(directive["Metrics"][0]["Name"], IDENTITY_MISMATCHES);
+        // The member named by the directive holds the value.
+        assert_eq!(v[IDENTITY_MISMATCHES], 1);
+        assert_eq!(v["claimed"], "pump-7");
+        assert_eq!(v["source_device"], "intruder-9");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn properties_cannot_overwrite_the_directive_or_the_value() {
+        let line = count_line(DEAD_LETTERS, 5, &[("_aws", "x"), (DEAD_LETTERS, "7")]);
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v[DEAD_LETTERS], 1);
+        assert!(v["_aws"].is_object());
+    }
+}
