@@ -42,7 +42,9 @@ APT_PACKAGES=(mosquitto mosquitto-clients openssl qemu-user-static gcc-aarch64-l
     gcc-arm-linux-gnueabihf chromium openssh-server shellcheck systemd)
 RUST_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl)
 RUST_COMPONENTS=(clippy rustfmt)
-MOTO_SPEC='moto[server]>=5,<6'
+# moto 5.2.x answers ListShards with a NextToken and no StreamName (the form AWS requires for
+# later pages) with "Stream None ... not found"; 5.1.22 pages correctly.
+MOTO_SPEC='moto[server]>=5,<5.2'
 DEPLOY_PYPI=(cfn-lint awscli)
 TEST_TIMEOUT="${OSPREY_TEST_TIMEOUT:-40m}"
 
@@ -158,6 +160,8 @@ venv_python() {
 }
 
 moto_ready() { [[ -x "$VENV/bin/moto_server" ]] && "$VENV/bin/python" -c 'import moto.server' >/dev/null 2>&1; }
+# The installed moto satisfies MOTO_SPEC (5.0 or 5.1).
+moto_version_ok() { "$VENV/bin/python" -c 'import moto, sys; sys.exit(not moto.__version__.startswith(("5.0.", "5.1.")))' >/dev/null 2>&1; }
 
 install_debian() {
     local missing=() p
@@ -185,7 +189,14 @@ install_rust() {
 }
 
 install_moto() {
-    if moto_ready; then log "moto: present in $VENV"; return 0; fi
+    if moto_ready && moto_version_ok; then log "moto: present in $VENV"; return 0; fi
+    if moto_ready; then
+        # A moto outside MOTO_SPEC (an older checkout installed 5.2): replace it in place, so the
+        # tools beside it in the venv stay.
+        retry "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$MOTO_SPEC"
+        moto_version_ok || die "could not install $MOTO_SPEC into $VENV"
+        return 0
+    fi
     local py
     py="$(venv_python)" || die "no python3 able to create a venv (install python3-venv)"
     rm -rf "$VENV"

@@ -41,6 +41,7 @@
 //! # }
 //! ```
 
+pub mod alerts;
 pub mod analytics;
 pub mod api;
 pub mod backoff;

@@ -168,6 +168,11 @@ struct ServeArgs {
     analytics: AnalyticsArgs,
     #[command(flatten)]
     retention: RetentionArgs,
+    /// Publish every alert raise and clear to this SNS topic (ARN), once per event, with
+    /// message attributes device, rule, severity and event for subscription filters; uses
+    /// --endpoint-url and --region like the Kinesis source.
+    #[arg(long, value_name = "ARN", env = "OSPREY_ALERTS_SNS_TOPIC")]
+    alerts_sns_topic: Option<String>,
 }
 
 /// Dead-letter caps and retention.
@@ -337,8 +342,9 @@ struct MqttArgs {
 
 #[derive(Debug, Args)]
 struct AwsArgs {
-    /// Kinesis endpoint instead of AWS's, e.g. http://127.0.0.1:5599 for a local moto server.
-    /// Credentials come from the usual AWS environment variables or profile.
+    /// AWS endpoint (Kinesis, and SNS for --alerts-sns-topic) instead of AWS's, e.g.
+    /// http://127.0.0.1:5599 for a local moto server. Credentials come from the usual AWS
+    /// environment variables or profile.
     #[arg(long, value_name = "URL")]
     endpoint_url: Option<String>,
     /// AWS region of the stream.
@@ -420,6 +426,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
     cfg.windows = args.analytics.windows()?;
     cfg.signals = args.analytics.signals()?;
     cfg.retention = args.retention.config()?;
+    cfg.alert_outputs = osprey_cloud::alerts::outbox::AlertOutputs {
+        sns_topic: args.alerts_sns_topic.clone(),
+        endpoint_url: args.aws.endpoint_url.clone(),
+        region: args.aws.region.clone(),
+    };
     let mut running = serve::start(cfg)
         .await
         .context("osprey serve could not start")?;

@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use crate::alerts::outbox::{AlertOutputs, Notifier, NotifierError};
 use crate::api::{self, ApiState};
 use crate::connection::kinesis::KinesisConfig;
 use crate::connection::mqtt::{MqttConfig, MqttConfigError, Subscriber};
@@ -64,6 +65,8 @@ pub struct ServeConfig {
     pub signals: SignalsConfig,
     /// Dead-letter caps and what is kept how long ([`crate::store::retention`]).
     pub retention: RetentionConfig,
+    /// Where alert events are sent ([`crate::alerts`]); none by default.
+    pub alert_outputs: AlertOutputs,
 }
 
 impl ServeConfig {
@@ -76,6 +79,7 @@ impl ServeConfig {
             windows: WindowSpec::default(),
             signals: SignalsConfig::default(),
             retention: RetentionConfig::default(),
+            alert_outputs: AlertOutputs::default(),
         }
     }
 }
@@ -93,6 +97,9 @@ pub enum ServeError {
     /// The Kinesis stream cannot be read.
     #[error(transparent)]
     Kinesis(#[from] source::kinesis::KinesisError),
+    /// The alert outputs cannot be set up.
+    #[error(transparent)]
+    Alerts(#[from] NotifierError),
     /// The API address cannot be bound.
     #[error("cannot listen on {addr}: {cause}; pick another --listen address")]
     Bind {
@@ -145,6 +152,21 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     let (trigger, shutdown) = shutdown::channel();
     let (set_ready, ready) = shutdown::ready();
     let mut tasks = JoinSet::new();
+
+    // The outputs are registered before the source starts, so every alert applied from now
+    // on gets its outbox rows.
+    match Notifier::start(&cfg.db, &cfg.alert_outputs).await {
+        Ok(Some(notifier)) => {
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move { ("alert notifier", notifier.run(shutdown).await) });
+        }
+        Ok(None) => {}
+        Err(e) => {
+            drop(pipeline);
+            store.close().await?;
+            return Err(e.into());
+        }
+    }
 
     // Check the source's settings before anything listens, so a typo fails `start`.
     match cfg.source.clone() {

@@ -25,8 +25,8 @@ use osprey_cloud::pipeline::{check_origin, prepare_all, Origin, Rejection};
 use osprey_cloud::source::presence;
 use osprey_cloud::store::DeadLetter;
 
-use crate::metrics;
 use crate::state::{Applied, DynamoState, StateError, MAX_WINDOWS_PER_MESSAGE};
+use crate::{alerts, metrics};
 
 /// What happened to one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,8 +162,12 @@ async fn apply_all(
     let mut outcome = RecordOutcome::Duplicate;
     for message in &messages {
         match state.apply(message).await {
-            Ok(Applied::Applied) => outcome = RecordOutcome::Applied,
-            Ok(Applied::Duplicate) => {}
+            Ok(applied) => {
+                if applied == Applied::Applied {
+                    outcome = RecordOutcome::Applied;
+                }
+                alerts::notify(state, message, applied).await?;
+            }
             // Retrying cannot make it fit: keep it as a dead letter.
             Err(e @ StateError::TooLarge { .. }) => {
                 return Ok(Err(Rejection::other(e.to_string())))

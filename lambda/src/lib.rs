@@ -33,6 +33,7 @@
 //! # }
 //! ```
 
+pub mod alerts;
 pub mod config;
 pub mod handler;
 pub mod metrics;

@@ -3,7 +3,8 @@
 //! Environment: `OSPREY_STATE_TABLE` (dedup, windows, alerts, devices) and
 //! `OSPREY_DEAD_LETTER_TABLE`, both keyed by `pk` and `sk` (strings); the windows, as
 //! `osprey serve` computes them, in `OSPREY_WINDOW_MS`, `OSPREY_HOP_MS` (`SIZE/SLIDE`) and
-//! `OSPREY_SESSION_GAP_MS` (see `osprey_lambda::config`); the usual AWS variables
+//! `OSPREY_SESSION_GAP_MS` (see `osprey_lambda::config`); `OSPREY_ALERTS_TOPIC_ARN`, an SNS
+//! topic that gets every alert raise and clear once (`osprey_lambda::alerts`); the usual AWS variables
 //! for region and credentials (the function's role); `AWS_ENDPOINT_URL` works for local tests.
 //! Enable `ReportBatchItemFailures` on the event source mapping.
 
@@ -38,6 +39,12 @@ async fn main() -> Result<(), Error> {
         table("OSPREY_DEAD_LETTER_TABLE")?,
     )
     .with_windows(windows);
+    let state = match std::env::var("OSPREY_ALERTS_TOPIC_ARN") {
+        Ok(topic) if !topic.is_empty() => state.with_alerts(
+            osprey_cloud::alerts::sns::SnsOutput::new(aws_sdk_sns::Client::new(&config), topic),
+        ),
+        _ => state,
+    };
     let state = &state;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<KinesisEvent>| async move {

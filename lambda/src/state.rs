@@ -50,6 +50,7 @@ use aws_sdk_dynamodb::types::{
     KeysAndAttributes, Put, ScalarAttributeType, TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
+use osprey_cloud::alerts::sns::SnsOutput;
 use osprey_cloud::analytics::Aggregate;
 use osprey_cloud::fleet::layout::{
     self, f, get_i64, get_str, get_u64, n, s, window_from_item, window_to_item, Item, SortKeys,
@@ -116,6 +117,10 @@ pub enum StateError {
         /// What is wrong.
         message: String,
     },
+    /// An alert output refused or could not be reached (the record is retried; the alert
+    /// stays unnotified until an output takes it).
+    #[error("alert output: {0}")]
+    AlertOutput(String),
     /// The message needs more items than one transaction holds (permanent: dead-letter it).
     #[error(
         "the message needs {items} items in one DynamoDB transaction, which holds at most \
@@ -152,6 +157,7 @@ pub struct DynamoState {
     table: String,
     dead_letters: String,
     windows: WindowSpec,
+    alerts: Option<SnsOutput>,
 }
 
 fn describe<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
@@ -241,7 +247,61 @@ impl DynamoState {
             table: table.into(),
             dead_letters: dead_letters.into(),
             windows: WindowSpec::default(),
+            alerts: None,
         }
+    }
+
+    /// The same state publishing every applied alert event to `output` ([`crate::alerts`]).
+    pub fn with_alerts(self, output: SnsOutput) -> DynamoState {
+        DynamoState {
+            alerts: Some(output),
+            ..self
+        }
+    }
+
+    /// The alert output, if one is configured.
+    pub fn alerts(&self) -> Option<&SnsOutput> {
+        self.alerts.as_ref()
+    }
+
+    /// Whether the alert event of `device`'s message `(epoch, seq)` was notified: `None` if
+    /// there is no such alert item.
+    pub async fn alert_notified(
+        &self,
+        device: &str,
+        epoch: u64,
+        seq: u64,
+    ) -> Result<Option<bool>, StateError> {
+        let item = self
+            .get(layout::device_pk(device), layout::alert_sk(epoch, seq))
+            .await?;
+        Ok(item.map(|i| {
+            i.get("notified")
+                .and_then(|v| v.as_bool().ok())
+                .copied()
+                .unwrap_or(false)
+        }))
+    }
+
+    /// Marks the alert event of `device`'s message `(epoch, seq)` as notified.
+    pub async fn mark_notified(
+        &self,
+        device: &str,
+        epoch: u64,
+        seq: u64,
+    ) -> Result<(), StateError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(layout::device_pk(device)))
+            .key("sk", s(layout::alert_sk(epoch, seq)))
+            .update_expression("SET notified = :t")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .send()
+            .await
+            .map_err(|e| self.request_error("UpdateItem", &self.table, describe(&e)))?;
+        Ok(())
     }
 
     /// The same state computing the windows of `spec` (as `osprey serve --hop …
@@ -587,6 +647,7 @@ impl DynamoState {
                 .item("value", f(a.value))
                 .item("threshold", f(a.threshold))
                 .item("time_ms", n(a.time_ms))
+                .item("notified", AttributeValue::Bool(false))
                 .build()
                 .map_err(build)?;
             items.push(TransactWriteItem::builder().put(alert).build());

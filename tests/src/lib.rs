@@ -40,6 +40,7 @@
 
 pub mod bench;
 mod certs;
+mod lambda;
 mod mosquitto;
 mod moto;
 mod net;
@@ -48,6 +49,7 @@ mod process;
 mod subscriber;
 
 pub use certs::{Certs, ClientCert};
+pub use lambda::{base64, kinesis_event_json};
 pub use mosquitto::{mosquitto_tool, Listener, Mosquitto};
 pub use moto::{moto_endpoint, unique_name, MotoServer};
 pub use net::{free_port, http_get, http_get_json, http_request, wait_until, HttpResponse};

@@ -27,8 +27,8 @@ use osprey_lambda::handler::{handle_record, RecordOutcome};
 use osprey_lambda::state::DynamoState;
 use osprey_protocol::{Body, Envelope, Series, Status, StatusState, TelemetryBatch};
 use osprey_tests::{
-    bin, http_get, http_get_json, mosquitto_tool, moto_endpoint, unique_name, wait_until, Certs,
-    ClientCert, Mosquitto, Proc,
+    bin, http_get, http_get_json, kinesis_event_json, mosquitto_tool, moto_endpoint, unique_name,
+    wait_until, Certs, ClientCert, Mosquitto, Proc,
 };
 use serde_json::Value;
 
@@ -457,45 +457,9 @@ fn kinesalite_records_keyed_by_another_device_do_not_change_it() {
 // ---------------------------------------------------------------------------------------
 // The Lambda
 
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// A Kinesis event as the event source mapping delivers it, sequence numbers from `first`.
 fn event(stream: &str, first: u32, records: &[(String, Vec<u8>)]) -> KinesisEvent {
-    let records: Vec<String> = records
-        .iter()
-        .enumerate()
-        .map(|(i, (key, data))| {
-            let seq = format!("49568167373333333333333333333333333333333333{:08}", first as usize + i);
-            format!(
-                r#"{{"kinesis": {{"kinesisSchemaVersion": "1.0", "partitionKey": "{key}",
-  "sequenceNumber": "{seq}", "data": "{data}", "approximateArrivalTimestamp": 1767225600.477}},
-  "eventSource": "aws:kinesis", "eventVersion": "1.0", "eventID": "shardId-000000000000:{seq}",
-  "eventName": "aws:kinesis:record", "invokeIdentityArn": "arn:aws:iam::123456789012:role/r",
-  "awsRegion": "us-east-1", "eventSourceARN": "arn:aws:kinesis:us-east-1:123456789012:stream/{stream}"}}"#,
-                data = base64(data)
-            )
-        })
-        .collect();
-    serde_json::from_str(&format!(r#"{{"Records": [{}]}}"#, records.join(","))).unwrap()
+    serde_json::from_str(&kinesis_event_json(stream, first, records)).unwrap()
 }
 
 async fn outcomes(event: &KinesisEvent, state: &DynamoState) -> Vec<RecordOutcome> {

@@ -25,30 +25,9 @@ use osprey_cloud::window::{Hopping, WindowKind, WindowSpec, WINDOW_MS};
 use osprey_lambda::handler::handle;
 use osprey_lambda::state::DynamoState;
 use osprey_protocol::{Alert, AlertEvent, Body, Envelope, Series, Severity, TelemetryBatch};
-use osprey_tests::{bin, moto_endpoint, unique_name};
+use osprey_tests::{base64, bin, moto_endpoint, unique_name};
 
 const T0: i64 = 1_767_225_600_000;
-
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
 
 /// Message `seq` of `device`: ten readings, one second apart, values seq + 0.0 … seq + 0.9.
 fn telemetry(device: &str, seq: u64) -> Vec<u8> {

@@ -11,6 +11,8 @@
 //! | `series` | (device, sensor, metric) | unit and newest tumbling window start, so "latest per series" is a key lookup |
 //! | `alerts` | (device, epoch, seq) | every alert event |
 //! | `alert_state` | (device, rule) | each rule's newest event, so "active alerts" is a count |
+//! | `alert_outputs` | name | the alert outputs of the running serve ([`crate::alerts::outbox::register`]) |
+//! | `alert_outbox` | (output, device, epoch, seq) | alert events not yet taken by an output, written with the alert ([`crate::alerts::outbox`]) |
 //! | `checkpoints` | (stream, shard_id) | last Kinesis sequence number applied per shard |
 //! | `dead_letters` | id; unique `key` (source position) | payloads that could not be applied, with the reason, bounded ([`super::deadletter`]) |
 //! | `maintenance` | name | counts of what retention and the dead-letter caps deleted |
@@ -23,7 +25,7 @@
 //! | version | change |
 //! |---|---|
 //! | 2 | the tables above, dedup by `(device, seq)` |
-//! | 3 | journal epochs (protocol 1.3): `seen` and `alerts` keyed by `(device, epoch, seq)`, the `epochs` and `device_events` tables, the status mark columns of `devices` |
+//! | 3 | journal epochs (protocol 1.3): `seen` and `alerts` keyed by `(device, epoch, seq)`, the `epochs` and `device_events` tables, the status mark columns of `devices`; bounded dead letters and retention; the alert outbox |
 //!
 //! [`migrate`] upgrades a version-2 file in place, in one transaction: the rows of `seen` and
 //! `alerts` get epoch 0 (what a pre-1.3 gateway's messages are), each device that has messages
@@ -127,6 +129,18 @@ CREATE TABLE IF NOT EXISTS alerts (
     PRIMARY KEY (device, epoch, seq)
 );
 CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (time_ms);
+CREATE TABLE IF NOT EXISTS alert_outputs (
+    name TEXT PRIMARY KEY NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alert_outbox (
+    output   TEXT NOT NULL,
+    device   TEXT NOT NULL,
+    epoch    INTEGER NOT NULL,
+    seq      INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_ms  INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (output, device, epoch, seq)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS alert_state (
     device   TEXT NOT NULL,
     rule     TEXT NOT NULL,

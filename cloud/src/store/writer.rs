@@ -619,6 +619,13 @@ fn insert_alert(
         a.threshold,
         a.time_ms
     ])?;
+    // One outbox row per configured alert output, in this same transaction
+    // (crate::alerts::outbox): none when no output is configured.
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO alert_outbox (output, device, epoch, seq)
+         SELECT name, ?1, ?2, ?3 FROM alert_outputs",
+    )?
+    .execute(params![device, epoch, seq])?;
     // Keep the rule's newest event by event time (then seq), whatever order alerts arrive in.
     tx.prepare_cached(
         "INSERT INTO alert_state (device, rule, event, time_ms, seq) VALUES (?1, ?2, ?3, ?4, ?5)

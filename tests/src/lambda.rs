@@ -1,0 +1,44 @@
+//! Lambda event fixtures: Kinesis events as the event source mapping delivers them.
+
+/// Standard base64 with padding (the `data` of a Kinesis record).
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The JSON of a Kinesis event as the Lambda event source mapping delivers it: `records` as
+/// (partition key, data), shard 0 of `stream`, sequence numbers counting from `first`.
+pub fn kinesis_event_json(stream: &str, first: u32, records: &[(String, Vec<u8>)]) -> String {
+    let records: Vec<String> = records
+        .iter()
+        .enumerate()
+        .map(|(i, (key, data))| {
+            let seq = format!("49568167373333333333333333333333333333333333{:08}", first as usize + i);
+            format!(
+                r#"{{"kinesis": {{"kinesisSchemaVersion": "1.0", "partitionKey": "{key}",
+  "sequenceNumber": "{seq}", "data": "{data}", "approximateArrivalTimestamp": 1767225600.477}},
+  "eventSource": "aws:kinesis", "eventVersion": "1.0", "eventID": "shardId-000000000000:{seq}",
+  "eventName": "aws:kinesis:record", "invokeIdentityArn": "arn:aws:iam::123456789012:role/r",
+  "awsRegion": "us-east-1", "eventSourceARN": "arn:aws:kinesis:us-east-1:123456789012:stream/{stream}"}}"#,
+                data = base64(data)
+            )
+        })
+        .collect();
+    format!(r#"{{"Records": [{}]}}"#, records.join(","))
+}
