@@ -594,6 +594,21 @@ fn systemd_unit_verifies_and_matches_the_installer_and_sysusers() {
     assert_eq!(get("DeviceAllow"), ["char-i2c rw", "char-gpiochip rw"]);
     assert!(get("ExecStart")[0]
         .starts_with("/usr/local/bin/osprey-agent run --config /etc/osprey-agent/agent.toml"));
+    // `systemctl reload` sends SIGHUP, on which the agent rereads its config.
+    assert_eq!(get("ExecReload"), ["/bin/kill -HUP $MAINPID"]);
+    assert!(
+        read("agent/src/main.rs").contains("SignalKind::hangup()"),
+        "the agent no longer reloads on SIGHUP"
+    );
+    // Started after the clock is synced (where systemd-time-wait-sync makes that mean something).
+    for key in ["Wants", "After"] {
+        assert!(
+            get(key)
+                .iter()
+                .any(|v| v.split_whitespace().any(|u| u == "time-sync.target")),
+            "{key}= lacks time-sync.target"
+        );
+    }
 
     // The user and groups it names are the ones the installer creates.
     let sysusers = read("deploy/pi/osprey-agent.sysusers");
@@ -632,6 +647,61 @@ fn systemd_unit_verifies_and_matches_the_installer_and_sysusers() {
         &bin("osprey-agent"),
     );
     assert!(said.contains("sometimes"), "{said}");
+}
+
+/// Runs the agent on `config` for about two seconds (SIGTERM then) and returns what it wrote
+/// to its terminal: with `tty`, under a pseudo-terminal (`script`), else with stdout and stderr
+/// piped, as under systemd, where stderr is journald.
+fn agent_logs(config: &Path, tty: bool, no_color: Option<&str>) -> Vec<u8> {
+    let agent = bin("osprey-agent");
+    let run = format!(
+        "exec timeout -s TERM 2 '{}' run --config '{}'",
+        agent.display(),
+        config.display()
+    );
+    let mut cmd = if tty {
+        let mut c = Command::new(system_tool("script"));
+        c.args(["-qec", &run, "/dev/null"]);
+        c
+    } else {
+        let mut c = Command::new("sh");
+        c.args(["-c", &format!("{run} 2>&1")]);
+        c
+    };
+    cmd.env_remove("NO_COLOR").env("RUST_LOG", "info");
+    if let Some(value) = no_color {
+        cmd.env("NO_COLOR", value);
+    }
+    let out = output(&mut cmd);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("INFO"),
+        "the agent logged nothing at INFO:\n{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    out.stdout
+}
+
+#[test]
+fn agent_logs_carry_no_ansi_escapes_unless_on_a_terminal_without_no_color() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    let text = read("deploy/config/simulator.toml")
+        .replace(
+            "/var/lib/osprey-agent/journal",
+            dir.path().join("journal").to_str().unwrap(),
+        )
+        .replace("port = 1883", &format!("port = {}", free_port()));
+    fs::write(&config, text).unwrap();
+    let escapes = |bytes: &[u8]| bytes.iter().filter(|&&b| b == 0x1b).count();
+
+    // Piped (journald): plain text, with or without NO_COLOR.
+    assert_eq!(escapes(&agent_logs(&config, false, None)), 0);
+    assert_eq!(escapes(&agent_logs(&config, false, Some("1"))), 0);
+    // On a terminal: colours, unless NO_COLOR is set (an empty NO_COLOR does not count).
+    assert!(escapes(&agent_logs(&config, true, None)) > 0);
+    assert!(escapes(&agent_logs(&config, true, Some(""))) > 0);
+    assert_eq!(escapes(&agent_logs(&config, true, Some("1"))), 0);
 }
 
 /// Runs the installer in dry-run mode for a host with `facts` ("ARCH GLIBC").
