@@ -458,7 +458,7 @@ rollback() {
         say "rolled back: the previous binary, config, certificates and unit are back"
         exit 3
     fi
-    say "first install undone: nothing of it is left"
+    say "first install undone: binary, config, certificates and unit removed (the osprey user stays)"
     exit 1
 }
 

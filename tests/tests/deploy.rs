@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -704,13 +705,191 @@ fn agent_logs_carry_no_ansi_escapes_unless_on_a_terminal_without_no_color() {
     assert_eq!(escapes(&agent_logs(&config, true, Some("1"))), 0);
 }
 
-/// Runs the installer in dry-run mode for a host with `facts` ("ARCH GLIBC").
-fn plan_for(facts: &str) -> Output {
+/// Runs the installer in dry-run mode for a host with `facts` ("KEY=VALUE ..." or the short
+/// "ARCH GLIBC"), with `extra` options.
+fn plan_with(facts: &str, extra: &[&str]) -> Output {
     output(
         Command::new("bash")
             .arg(root_file("deploy/pi/install.sh"))
-            .args(["--dry-run", "--facts", facts, "pi@gateway.invalid"]),
+            .args(["--dry-run", "--facts", facts])
+            .args(extra)
+            .arg("pi@gateway.invalid"),
     )
+}
+
+fn plan_for(facts: &str) -> Output {
+    plan_with(facts, &[])
+}
+
+/// What `uname -m`, `getconf LONG_BIT`, `dpkg --print-architecture`, `getconf GNU_LIBC_VERSION`
+/// and the loaders in /lib say on each Raspberry Pi model under each Raspberry Pi OS image.
+const PI_IMAGES: &[(&str, &str, Option<&str>)] = &[
+    (
+        "Pi 4/5, 64-bit Raspberry Pi OS bookworm",
+        "machine=aarch64 long_bit=64 dpkg=arm64 glibc=2.36 loaders=aarch64",
+        Some("aarch64-unknown-linux-gnu"),
+    ),
+    (
+        "Pi 4/5, 64-bit Raspberry Pi OS bullseye (glibc 2.31)",
+        "machine=aarch64 long_bit=64 dpkg=arm64 glibc=2.31 loaders=aarch64",
+        Some("aarch64-unknown-linux-musl"),
+    ),
+    (
+        // The reported bug: a 64-bit kernel (uname -m = aarch64) under an armhf userland.
+        "Pi 4/5, 32-bit Raspberry Pi OS bookworm (64-bit kernel)",
+        "machine=aarch64 long_bit=32 dpkg=armhf glibc=2.36 loaders=armhf",
+        Some("armv7-unknown-linux-gnueabihf"),
+    ),
+    (
+        "Pi 4/5, 32-bit userland without dpkg (64-bit kernel)",
+        "machine=aarch64 long_bit=32 dpkg=unknown glibc=2.36 loaders=armhf",
+        Some("armv7-unknown-linux-gnueabihf"),
+    ),
+    (
+        "Pi 4/5, 32-bit userland, only the loaders known (64-bit kernel)",
+        "machine=aarch64 glibc=2.36 loaders=armhf",
+        Some("armv7-unknown-linux-gnueabihf"),
+    ),
+    (
+        "Pi 4/5, 32-bit kernel (armv8l personality), 32-bit Raspberry Pi OS",
+        "machine=armv8l long_bit=32 dpkg=armhf glibc=2.36 loaders=armhf",
+        Some("armv7-unknown-linux-gnueabihf"),
+    ),
+    (
+        "Pi 3, 32-bit Raspberry Pi OS bookworm",
+        "machine=armv7l long_bit=32 dpkg=armhf glibc=2.36 loaders=armhf",
+        Some("armv7-unknown-linux-gnueabihf"),
+    ),
+    (
+        "Pi 3, 64-bit Raspberry Pi OS bookworm",
+        "machine=aarch64 long_bit=64 dpkg=arm64 glibc=2.36 loaders=aarch64,armhf",
+        Some("aarch64-unknown-linux-gnu"),
+    ),
+    (
+        "64-bit userland without the glibc loader (musl distribution)",
+        "machine=aarch64 long_bit=64 dpkg=unknown glibc=none loaders=none",
+        Some("aarch64-unknown-linux-musl"),
+    ),
+    (
+        "Pi 3, 32-bit Raspberry Pi OS bullseye (glibc 2.31): no 32-bit static build",
+        "machine=armv7l long_bit=32 dpkg=armhf glibc=2.31 loaders=armhf",
+        None,
+    ),
+    (
+        "Pi Zero / Pi 1, 32-bit Raspberry Pi OS (ARMv6 CPU)",
+        "machine=armv6l long_bit=32 dpkg=armhf glibc=2.36 loaders=armhf",
+        None,
+    ),
+    (
+        "Pi Zero, Debian armel",
+        "machine=armv6l long_bit=32 dpkg=armel glibc=2.36 loaders=armel",
+        None,
+    ),
+];
+
+#[test]
+fn pi_installer_plans_by_the_userland_for_each_pi_model_and_os_image() {
+    for &(image, facts, triple) in PI_IMAGES {
+        let out = plan_for(facts);
+        match triple {
+            Some(triple) => {
+                assert!(out.status.success(), "{image}: {}", stderr(&out));
+                let plan = stdout(&out);
+                assert!(
+                    plan.contains(&format!("  build     {triple} ("))
+                        && plan.contains(&format!(
+                            "target/{triple}/gateway/osprey-agent -> /usr/local/bin/osprey-agent"
+                        )),
+                    "{image}: want {triple}\n{plan}"
+                );
+                assert!(plan.contains(": first install\n"), "{image}: {plan}");
+            }
+            None => {
+                assert!(!out.status.success(), "{image}: planned\n{}", stdout(&out));
+                assert!(
+                    stderr(&out).contains("error: ") && stdout(&out).is_empty(),
+                    "{image}: {}",
+                    stderr(&out)
+                );
+            }
+        }
+    }
+    // The refusals say why.
+    for (facts, says) in [
+        (PI_IMAGES[9].1, "no 32-bit static build"),
+        (PI_IMAGES[10].1, "ARMv6 CPU"),
+        (PI_IMAGES[11].1, "armel"),
+        (
+            "machine=aarch64 long_bit=64 glibc=2.36 loaders=aarch64 systemd=no",
+            "no systemd",
+        ),
+        (
+            "machine=aarch64 long_bit=32 dpkg=armhf glibc=2.36 loaders=none",
+            "ld-linux-armhf",
+        ),
+        ("machine=aarch64 color=blue", "unknown fact 'color'"),
+    ] {
+        fails_saying(&plan_for(facts), says);
+    }
+    // A given binary must fit the userland, not the kernel: an x86_64 build for a 32-bit Pi 4.
+    fails_saying(
+        &plan_with(
+            PI_IMAGES[2].1,
+            &["--binary", bin("osprey-agent").to_str().unwrap()],
+        ),
+        "userland of pi@gateway.invalid is armv7l",
+    );
+}
+
+#[test]
+fn pi_installer_plans_upgrades_that_keep_the_config_and_the_previous_binary() {
+    let pi4 = PI_IMAGES[0].1;
+    let example = "deploy/config/simulator.toml -> /etc/osprey-agent/agent.toml";
+
+    // First install: the example config.
+    let first = stdout(&plan_for(pi4));
+    assert!(first.contains(example), "{first}");
+    assert!(!first.contains("osprey-agent.previous"), "{first}");
+
+    // Upgrade: the device's config and certificates stay; the old binary is kept for rollback.
+    let upgrade = stdout(&plan_for(&format!("{pi4} installed=yes config=yes")));
+    for want in [
+        ": upgrade\n",
+        "keep      /etc/osprey-agent/agent.toml (the device's",
+        "keep      /etc/osprey-agent/certs",
+        "keep      /usr/local/bin/osprey-agent -> /usr/local/bin/osprey-agent.previous",
+        "(else roll back)",
+    ] {
+        assert!(upgrade.contains(want), "want {want:?} in\n{upgrade}");
+    }
+    assert!(!upgrade.contains(example), "{upgrade}");
+
+    // ... unless a config is given.
+    let config = root_file("deploy/config/pi-bme280-ds18b20.toml");
+    let given = stdout(&plan_with(
+        &format!("{pi4} installed=yes config=yes"),
+        &["--config", config.to_str().unwrap()],
+    ));
+    assert!(
+        given.contains("pi-bme280-ds18b20.toml -> /etc/osprey-agent/agent.toml"),
+        "{given}"
+    );
+
+    // systemd-time-wait-sync is enabled where the image has it, unless told not to.
+    let with_sync = format!("{pi4} time_wait_sync=yes");
+    assert!(stdout(&plan_for(&with_sync)).contains("enable    systemd-time-wait-sync.service"));
+    assert!(!stdout(&plan_with(&with_sync, &["--no-time-wait-sync"]))
+        .contains("enable    systemd-time-wait-sync"));
+    assert!(stdout(&plan_for(pi4)).contains("skip      systemd-time-wait-sync.service"));
+
+    // Uninstall keeps config, certificates and journal unless purged.
+    let uninstall = stdout(&plan_with(pi4, &["--uninstall"]));
+    assert!(
+        uninstall.contains("keep      /etc/osprey-agent"),
+        "{uninstall}"
+    );
+    let purge = stdout(&plan_with(pi4, &["--uninstall", "--purge"]));
+    assert!(purge.contains("remove    /etc/osprey-agent"), "{purge}");
 }
 
 #[test]
@@ -938,6 +1117,192 @@ fn pi_installer_installs_over_ssh_into_a_root() {
     assert!(stdout(&check).contains("pump-7"));
     let unit = fs::read_to_string(r.join("etc/systemd/system/osprey-agent.service")).unwrap();
     assert_eq!(verify_unit(&unit, &binary), "");
+    drop(sshd);
+}
+
+/// Runs the installer against `sshd` into the root `r` with `args`; returns its output.
+fn install_into<S: AsRef<OsStr>>(sshd: &Sshd, r: &Path, args: &[S]) -> Output {
+    let user = String::from_utf8(succeed(Command::new("id").arg("-un")).stdout).unwrap();
+    output(
+        Command::new("bash")
+            .arg(root_file("deploy/pi/install.sh"))
+            .args(sshd.options())
+            .args(args)
+            .arg("--root")
+            .arg(r)
+            .arg(format!("{}@127.0.0.1", user.trim())),
+    )
+}
+
+fn installed_ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "install.sh failed ({}):\n{}{}",
+        out.status,
+        stdout(out),
+        stderr(out)
+    );
+    stdout(out)
+}
+
+#[test]
+fn pi_installer_upgrades_keep_the_config_failed_ones_roll_back_and_uninstall_removes() {
+    let sshd = Sshd::start();
+    let src = tempfile::tempdir().unwrap();
+    let s = src.path();
+    // Two builds: "old" and "new" (the same agent with a trailing marker, still a valid ELF),
+    // and a corrupt "new" one (the first 4 KiB: an ELF header that cannot run).
+    let agent = fs::read(bin("osprey-agent")).unwrap();
+    let (old, new, broken) = (s.join("old"), s.join("new"), s.join("broken"));
+    fs::write(&old, &agent).unwrap();
+    fs::write(&new, [agent.as_slice(), b"osprey-new-build"].concat()).unwrap();
+    fs::write(&broken, &agent[..4096]).unwrap();
+    for f in [&old, &new, &broken] {
+        fs::set_permissions(f, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    // A first install without --config gets the example config.
+    let fresh = tempfile::tempdir().unwrap();
+    let plan = installed_ok(&install_into(
+        &sshd,
+        fresh.path(),
+        &[OsStr::new("--binary"), old.as_os_str()],
+    ));
+    assert!(plan.contains(": first install\n"), "{plan}");
+    assert_eq!(
+        fs::read_to_string(fresh.path().join("etc/osprey-agent/agent.toml")).unwrap(),
+        read("deploy/config/simulator.toml")
+    );
+
+    // A device with its own config (a different device id) and certificates.
+    let dest = tempfile::tempdir().unwrap();
+    let r = dest.path();
+    let certs = Certs::generate("pump-9");
+    place_certs(
+        &certs,
+        &s.join("certs"),
+        "ca.pem",
+        "device.pem",
+        "device.key",
+    );
+    let device_config = read("deploy/config/simulator.toml")
+        .replace("device_id = \"pump-7\"", "device_id = \"pump-9\"")
+        .replace(
+            "# [mqtt.tls]\n# ca = \"certs/ca.pem\"\n# cert = \"certs/device.pem\"\n# key = \"certs/device.key\"",
+            "[mqtt.tls]\nca = \"certs/ca.pem\"\ncert = \"certs/device.pem\"\nkey = \"certs/device.key\"",
+        );
+    assert!(device_config.contains("pump-9") && device_config.contains("\n[mqtt.tls]\n"));
+    fs::write(s.join("agent.toml"), &device_config).unwrap();
+    installed_ok(&install_into(
+        &sshd,
+        r,
+        &[
+            OsStr::new("--binary"),
+            old.as_os_str(),
+            OsStr::new("--config"),
+            s.join("agent.toml").as_os_str(),
+            OsStr::new("--certs"),
+            s.join("certs").as_os_str(),
+        ],
+    ));
+    let binary = r.join("usr/local/bin/osprey-agent");
+    let previous = r.join("usr/local/bin/osprey-agent.previous");
+    let config = r.join("etc/osprey-agent/agent.toml");
+    let key = r.join("etc/osprey-agent/certs/device.key");
+    let key_bytes = fs::read(&key).unwrap();
+    assert_eq!(fs::read_to_string(&config).unwrap(), device_config);
+    assert!(!previous.exists());
+
+    // Upgrade without --config: new binary, the device's config and certificates untouched,
+    // the old binary kept.
+    let plan = installed_ok(&install_into(
+        &sshd,
+        r,
+        &[OsStr::new("--binary"), new.as_os_str()],
+    ));
+    assert!(plan.contains(": upgrade\n"), "{plan}");
+    assert!(plan.contains("keep      "), "{plan}");
+    assert_eq!(fs::read(&binary).unwrap(), fs::read(&new).unwrap());
+    assert_eq!(fs::read(&previous).unwrap(), agent);
+    assert_eq!(fs::read_to_string(&config).unwrap(), device_config);
+    assert_eq!(fs::read(&key).unwrap(), key_bytes);
+    let meta = fs::metadata(&config).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    let check = agent_check(&config);
+    assert!(stdout(&check).contains("pump-9"), "{}", stderr(&check));
+
+    // A broken build: `check` fails on the device, the previous binary comes back, exit 3.
+    let out = install_into(&sshd, r, &[OsStr::new("--binary"), broken.as_os_str()]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    fails_saying(&out, "rolled back");
+    assert_eq!(fs::read(&binary).unwrap(), fs::read(&new).unwrap());
+    assert_eq!(
+        fs::read(&previous).unwrap(),
+        agent,
+        "the failed run replaced .previous"
+    );
+    assert_eq!(fs::read_to_string(&config).unwrap(), device_config);
+
+    // A bad config given with a good binary: the device's config comes back too.
+    fs::write(
+        s.join("bad.toml"),
+        "device_id = \"pump-9\"\n[sampling]\ninterval_ms = \"soon\"\n",
+    )
+    .unwrap();
+    let out = install_into(
+        &sshd,
+        r,
+        &[
+            OsStr::new("--binary"),
+            old.as_os_str(),
+            OsStr::new("--config"),
+            s.join("bad.toml").as_os_str(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(fs::read(&binary).unwrap(), fs::read(&new).unwrap());
+    assert_eq!(fs::read_to_string(&config).unwrap(), device_config);
+    assert_eq!(fs::read(&key).unwrap(), key_bytes);
+    let unit = fs::read_to_string(r.join("etc/systemd/system/osprey-agent.service")).unwrap();
+    assert_eq!(verify_unit(&unit, &binary), "");
+
+    // A first install that fails leaves nothing behind and says so (exit 1).
+    let failed = tempfile::tempdir().unwrap();
+    let out = install_into(
+        &sshd,
+        failed.path(),
+        &[OsStr::new("--binary"), broken.as_os_str()],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    fails_saying(&out, "first install undone");
+    assert!(!failed.path().join("usr/local/bin/osprey-agent").exists());
+    assert!(!failed.path().join("etc/osprey-agent").exists());
+
+    // Uninstall: binary, previous binary, unit and its enablement go; config, certs stay.
+    let wants = r.join("etc/systemd/system/multi-user.target.wants/osprey-agent.service");
+    assert!(wants.symlink_metadata().is_ok());
+    installed_ok(&install_into(&sshd, r, &[OsStr::new("--uninstall")]));
+    for gone in [
+        &binary,
+        &previous,
+        &r.join("etc/systemd/system/osprey-agent.service"),
+        &wants,
+    ] {
+        assert!(
+            gone.symlink_metadata().is_err(),
+            "{} is left",
+            gone.display()
+        );
+    }
+    assert_eq!(fs::read_to_string(&config).unwrap(), device_config);
+    assert_eq!(fs::read(&key).unwrap(), key_bytes);
+    // ... and --purge takes config and certificates too.
+    installed_ok(&install_into(
+        &sshd,
+        r,
+        &[OsStr::new("--uninstall"), OsStr::new("--purge")],
+    ));
+    assert!(!r.join("etc/osprey-agent").exists());
     drop(sshd);
 }
 
