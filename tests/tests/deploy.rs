@@ -936,6 +936,12 @@ struct Sshd {
 
 impl Sshd {
     fn start() -> Sshd {
+        Sshd::start_in(None)
+    }
+
+    /// With `namespace`, sshd (and so every session) runs in a private mount namespace
+    /// prepared by that shell script first (`unshare --mount`).
+    fn start_in(namespace: Option<&str>) -> Sshd {
         let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
             .into_iter()
             .map(PathBuf::from)
@@ -968,13 +974,18 @@ impl Sshd {
             ),
         )
         .unwrap();
-        let mut proc = Proc::spawn(
-            Command::new(sshd)
-                .arg("-D")
-                .arg("-e")
-                .arg("-f")
-                .arg(&config),
-        );
+        let mut cmd = match namespace {
+            None => Command::new(sshd),
+            Some(prepare) => {
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "sh", "-ec"])
+                    .arg(format!("{prepare}\nexec \"$@\""))
+                    .arg("sh")
+                    .arg(sshd);
+                c
+            }
+        };
+        let mut proc = Proc::spawn(cmd.arg("-D").arg("-e").arg("-f").arg(&config));
         let ready = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });
@@ -1303,6 +1314,160 @@ fn pi_installer_upgrades_keep_the_config_failed_ones_roll_back_and_uninstall_rem
         &[OsStr::new("--uninstall"), OsStr::new("--purge")],
     ));
     assert!(!r.join("etc/osprey-agent").exists());
+    drop(sshd);
+}
+
+/// A `systemctl` for a machine without systemd as PID 1: `restart` runs the unit's
+/// ExecStartPre and then its ExecStart as a plain background process, `is-active` says whether
+/// that process lives, `disable --now` stops it; every call is logged to STATE/calls.
+const FAKE_SYSTEMCTL: &str = r#"#!/bin/sh
+st=@STATE@
+mkdir -p "$st"
+echo "$*" >>"$st/calls"
+now=0; cmd=""; unit=""
+for a in "$@"; do
+    case "$a" in
+        --now) now=1 ;;
+        -*) ;;
+        *) if [ -z "$cmd" ]; then cmd=$a; elif [ -z "$unit" ]; then unit=$a; fi ;;
+    esac
+done
+pidf=$st/$unit.pid
+# Alive and not a zombie (nobody may reap it in a container).
+running() {
+    [ -f "$pidf" ] && s=$(cut -d' ' -f3 "/proc/$(cat "$pidf")/stat" 2>/dev/null) &&
+        [ -n "$s" ] && [ "$s" != Z ]
+}
+stop() { if running; then kill "$(cat "$pidf")"; while running; do sleep 0.1; done; fi; rm -f "$pidf"; }
+case "$cmd" in
+    restart)
+        stop
+        file=/etc/systemd/system/$unit
+        sh -c "$(sed -n 's/^ExecStartPre=//p' "$file")" >>"$st/$unit.log" 2>&1 || exit 1
+        setsid sh -c "exec $(sed -n 's/^ExecStart=//p' "$file")" </dev/null >>"$st/$unit.log" 2>&1 &
+        echo $! >"$pidf" ;;
+    is-active) running ;;
+    disable) [ "$now" = 0 ] || stop ;;
+    *) ;;
+esac
+"#;
+
+#[test]
+fn pi_installer_rolls_back_when_the_upgraded_service_does_not_stay_up() {
+    // The whole install runs for real on "/", but in sshd's private mount namespace, where
+    // /etc, /usr/local/bin and /usr/local/sbin are copies (bind mounts) and /run is a fresh
+    // tmpfs with /run/systemd/system (so the installer sees a systemd host), and systemctl is
+    // the stand-in above (first on root's PATH in /usr/local/sbin).
+    let work = tempfile::tempdir().unwrap();
+    let t = work.path();
+    let copy = t.join("copy");
+    let state = t.join("systemd");
+    let systemctl = t.join("systemctl");
+    fs::write(
+        &systemctl,
+        FAKE_SYSTEMCTL.replace("@STATE@", state.to_str().unwrap()),
+    )
+    .unwrap();
+    fs::set_permissions(&systemctl, fs::Permissions::from_mode(0o755)).unwrap();
+    let prepare = format!(
+        "mount -t tmpfs tmpfs /run\nmkdir -p /run/sshd /run/systemd/system\n\
+         for d in /etc /usr/local/bin /usr/local/sbin; do\n\
+         mkdir -p '{copy}'$d $d; cp -a $d/. '{copy}'$d/; mount --bind '{copy}'$d $d\ndone\n\
+         install -m 0755 '{systemctl}' /usr/local/sbin/systemctl",
+        copy = copy.display(),
+        systemctl = systemctl.display()
+    );
+    let sshd = Sshd::start_in(Some(&prepare));
+    let install = |args: &[&OsStr]| -> Output {
+        output(
+            Command::new("bash")
+                .arg(root_file("deploy/pi/install.sh"))
+                .args(sshd.options())
+                .args(["--start-timeout", "10"])
+                .args(args)
+                .arg("root@127.0.0.1"),
+        )
+    };
+    let running = || -> bool {
+        let Ok(pid) = fs::read_to_string(state.join("osprey-agent.service.pid")) else {
+            return false;
+        };
+        let stat = fs::read_to_string(Path::new("/proc").join(pid.trim()).join("stat"));
+        stat.is_ok_and(|s| s.split(' ').nth(2).is_some_and(|state| state != "Z"))
+    };
+
+    // Configs: one that runs (journal in the work dir), one that passes `check` but stops the
+    // agent at once (its journal directory cannot exist).
+    let good = read("deploy/config/simulator.toml")
+        .replace(
+            "/var/lib/osprey-agent/journal",
+            t.join("journal").to_str().unwrap(),
+        )
+        .replace("port = 1883", &format!("port = {}", free_port()));
+    let crash = good.replace(
+        t.join("journal").to_str().unwrap(),
+        "/proc/osprey-none/journal",
+    );
+    fs::write(t.join("good.toml"), &good).unwrap();
+    fs::write(t.join("crash.toml"), &crash).unwrap();
+    assert!(agent_check(&t.join("crash.toml")).status.success());
+    let agent = fs::read(bin("osprey-agent")).unwrap();
+    let new = t.join("new");
+    fs::write(&new, [agent.as_slice(), b"osprey-new-build"].concat()).unwrap();
+    fs::set_permissions(&new, fs::Permissions::from_mode(0o755)).unwrap();
+    let binary = copy.join("usr/local/bin/osprey-agent");
+    let config = copy.join("etc/osprey-agent/agent.toml");
+
+    // First install: started, and it stays up.
+    let agent_path = bin("osprey-agent");
+    let out = install(&[
+        OsStr::new("--binary"),
+        agent_path.as_os_str(),
+        OsStr::new("--config"),
+        t.join("good.toml").as_os_str(),
+    ]);
+    let plan = installed_ok(&out);
+    assert!(plan.contains("restart osprey-agent.service"), "{plan}");
+    assert!(running(), "not started:\n{}", stderr(&out));
+    let first_pid = fs::read_to_string(state.join("osprey-agent.service.pid")).unwrap();
+
+    // Upgrade to a config on which the agent stops at once: not active, rolled back, the old
+    // binary and config back and the old agent running again.
+    let out = install(&[
+        OsStr::new("--binary"),
+        new.as_os_str(),
+        OsStr::new("--config"),
+        t.join("crash.toml").as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    fails_saying(&out, "rolled back");
+    assert!(
+        stderr(&out).contains("osprey-agent.service not active after 10s")
+            || stderr(&out).contains("stopped right after starting"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fs::read(&binary).unwrap(), agent);
+    assert_eq!(fs::read_to_string(&config).unwrap(), good);
+    assert!(running(), "the previous agent was not restarted");
+    assert_ne!(
+        fs::read_to_string(state.join("osprey-agent.service.pid")).unwrap(),
+        first_pid
+    );
+
+    // Uninstall stops it and removes binary and unit; the config stays.
+    installed_ok(&install(&[OsStr::new("--uninstall")]));
+    assert!(!running());
+    assert!(!binary.exists());
+    assert!(!copy
+        .join("etc/systemd/system/osprey-agent.service")
+        .exists());
+    assert_eq!(fs::read_to_string(&config).unwrap(), good);
+    let calls = fs::read_to_string(state.join("calls")).unwrap();
+    assert!(
+        calls.contains("disable --now osprey-agent.service"),
+        "{calls}"
+    );
     drop(sshd);
 }
 
