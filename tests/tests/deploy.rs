@@ -1,8 +1,11 @@
 //! Deployment artifacts checked as far as this machine allows: the CloudFormation template
 //! (cfn-lint and what it wires), the Greengrass recipe (parsed, artifacts map to cross/build.sh
 //! outputs, its lifecycle run as the nucleus would against a mutual-TLS Mosquitto), the systemd
-//! unit (systemd-analyze verify), the Pi installer over a real sshd into a temporary root, the
-//! device provisioning script against moto's IoT API, and shellcheck on every script.
+//! unit (systemd-analyze verify), plain logs for journald (no ANSI escapes off a terminal), the
+//! Pi installer (its plan for each Pi model and OS image; install, upgrade, rollback and
+//! uninstall over a real sshd into a temporary root, and onto "/" in a private mount namespace
+//! with a systemctl stand-in), the device provisioning script against moto's IoT API, and
+//! shellcheck on every script.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
 
@@ -650,16 +653,11 @@ fn systemd_unit_verifies_and_matches_the_installer_and_sysusers() {
     assert!(said.contains("sometimes"), "{said}");
 }
 
-/// Runs the agent on `config` for about two seconds (SIGTERM then) and returns what it wrote
-/// to its terminal: with `tty`, under a pseudo-terminal (`script`), else with stdout and stderr
-/// piped, as under systemd, where stderr is journald.
-fn agent_logs(config: &Path, tty: bool, no_color: Option<&str>) -> Vec<u8> {
-    let agent = bin("osprey-agent");
-    let run = format!(
-        "exec timeout -s TERM 2 '{}' run --config '{}'",
-        agent.display(),
-        config.display()
-    );
+/// Runs `program` (a shell command line) for about two seconds (SIGTERM then) and returns what
+/// it wrote to its terminal: with `tty`, under a pseudo-terminal (`script`), else with stdout
+/// and stderr piped, as under systemd, where stderr is journald.
+fn logs_of(program: &str, tty: bool, no_color: Option<&str>) -> Vec<u8> {
+    let run = format!("exec timeout -s TERM 2 {program}");
     let mut cmd = if tty {
         let mut c = Command::new(system_tool("script"));
         c.args(["-qec", &run, "/dev/null"]);
@@ -676,7 +674,7 @@ fn agent_logs(config: &Path, tty: bool, no_color: Option<&str>) -> Vec<u8> {
     let out = output(&mut cmd);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("INFO"),
-        "the agent logged nothing at INFO:\n{}{}",
+        "{program} logged nothing at INFO:\n{}{}",
         stdout(&out),
         stderr(&out)
     );
@@ -684,7 +682,7 @@ fn agent_logs(config: &Path, tty: bool, no_color: Option<&str>) -> Vec<u8> {
 }
 
 #[test]
-fn agent_logs_carry_no_ansi_escapes_unless_on_a_terminal_without_no_color() {
+fn logs_carry_no_ansi_escapes_unless_on_a_terminal_without_no_color() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("agent.toml");
     let text = read("deploy/config/simulator.toml")
@@ -696,13 +694,27 @@ fn agent_logs_carry_no_ansi_escapes_unless_on_a_terminal_without_no_color() {
     fs::write(&config, text).unwrap();
     let escapes = |bytes: &[u8]| bytes.iter().filter(|&&b| b == 0x1b).count();
 
-    // Piped (journald): plain text, with or without NO_COLOR.
-    assert_eq!(escapes(&agent_logs(&config, false, None)), 0);
-    assert_eq!(escapes(&agent_logs(&config, false, Some("1"))), 0);
-    // On a terminal: colours, unless NO_COLOR is set (an empty NO_COLOR does not count).
-    assert!(escapes(&agent_logs(&config, true, None)) > 0);
-    assert!(escapes(&agent_logs(&config, true, Some(""))) > 0);
-    assert_eq!(escapes(&agent_logs(&config, true, Some("1"))), 0);
+    // The agent (journald under systemd) and the cloud binary (`osprey demo` logs at once).
+    for program in [
+        format!(
+            "'{}' run --config '{}'",
+            bin("osprey-agent").display(),
+            config.display()
+        ),
+        format!("'{}' demo", bin("osprey").display()),
+    ] {
+        // Piped: plain text, with or without NO_COLOR.
+        assert_eq!(escapes(&logs_of(&program, false, None)), 0, "{program}");
+        assert_eq!(
+            escapes(&logs_of(&program, false, Some("1"))),
+            0,
+            "{program}"
+        );
+        // On a terminal: colours, unless NO_COLOR is set (an empty NO_COLOR does not count).
+        assert!(escapes(&logs_of(&program, true, None)) > 0, "{program}");
+        assert!(escapes(&logs_of(&program, true, Some(""))) > 0, "{program}");
+        assert_eq!(escapes(&logs_of(&program, true, Some("1"))), 0, "{program}");
+    }
 }
 
 /// Runs the installer in dry-run mode for a host with `facts` ("KEY=VALUE ..." or the short
