@@ -155,7 +155,7 @@ else
     facts="$("${SSH[@]}" "$HOST" "R='$R' sh -s" <<<"$DETECT")" ||
         die "cannot reach $HOST over SSH (try: ssh $HOST true; set the key with -i, the port with -p)"
     while IFS= read -r line; do
-        [[ "$line" == *=* ]] && set_fact "${line%%=*}" "${line#*=}"
+        if [[ "$line" == *=* ]]; then set_fact "${line%%=*}" "${line#*=}"; fi
     done <<<"$facts"
 fi
 [[ -n "$F_machine" ]] || die "could not read the architecture of $HOST"
@@ -318,7 +318,7 @@ if [[ $MODE == install ]]; then
         CONFIG_PLAN="keep      $R/etc/osprey-agent/agent.toml (the device's; pass --config to replace it)"
     else
         CONFIG="$EXAMPLE_CONFIG"
-        CONFIG_PLAN="install   $CONFIG -> $R/etc/osprey-agent/agent.toml (root:osprey 0640; first install: the example config)"
+        CONFIG_PLAN="install   $CONFIG -> $R/etc/osprey-agent/agent.toml (root:osprey 0640; no config on the device yet: the example)"
     fi
     cert_files=()
     if [[ -n "$CERTS" ]]; then
@@ -440,6 +440,14 @@ put_back() {
 }
 rollback() {
     say "$1: rolling back"
+    if [ -z "$R" ]; then
+        # The new agent may be flapping; a unit that was not there before is disabled while
+        # systemd still has its file.
+        systemctl stop osprey-agent.service || true
+        [ -e "$old/osprey-agent.service" ] || systemctl disable osprey-agent.service || true
+    elif [ ! -e "$old/osprey-agent.service" ]; then
+        rm -f "$R/etc/systemd/system/multi-user.target.wants/osprey-agent.service"
+    fi
     put_back "$bin" "$old/osprey-agent"
     put_back "$unit" "$old/osprey-agent.service"
     rm -rf "$etc"
@@ -448,11 +456,7 @@ rollback() {
         systemctl daemon-reload
         if [ "$was_active" = 1 ]; then
             systemctl restart osprey-agent.service || say "the previous agent does not start either"
-        elif [ ! -e "$unit" ]; then
-            systemctl disable osprey-agent.service 2>/dev/null || true
         fi
-    elif [ ! -e "$unit" ]; then
-        rm -f "$R/etc/systemd/system/multi-user.target.wants/osprey-agent.service"
     fi
     if [ -e "$old/osprey-agent" ]; then
         say "rolled back: the previous binary, config, certificates and unit are back"
@@ -490,7 +494,13 @@ else
         n=0
         until systemctl is-active --quiet osprey-agent.service; do
             n=$((n + 1))
-            [ "$n" -le "$timeout" ] || rollback "osprey-agent.service not active after ${timeout}s"
+            if [ "$n" -gt "$timeout" ]; then
+                why="osprey-agent.service not active after ${timeout}s"
+                # An offline gateway with systemd-time-wait-sync never reaches time-sync.target.
+                systemctl is-active --quiet time-sync.target ||
+                    why="$why (time-sync.target not reached: the clock has not synced; see --no-time-wait-sync)"
+                rollback "$why"
+            fi
             sleep 1
         done
         # A crash right after the start shows as a restart (activating again) a moment later.

@@ -1331,7 +1331,8 @@ fn pi_installer_upgrades_keep_the_config_failed_ones_roll_back_and_uninstall_rem
 
 /// A `systemctl` for a machine without systemd as PID 1: `restart` runs the unit's
 /// ExecStartPre and then its ExecStart as a plain background process, `is-active` says whether
-/// that process lives, `disable --now` stops it; every call is logged to STATE/calls.
+/// that process lives (other units count as active), `stop` and `disable --now` stop it; every
+/// call is logged to STATE/calls.
 const FAKE_SYSTEMCTL: &str = r#"#!/bin/sh
 st=@STATE@
 mkdir -p "$st"
@@ -1358,7 +1359,8 @@ case "$cmd" in
         sh -c "$(sed -n 's/^ExecStartPre=//p' "$file")" >>"$st/$unit.log" 2>&1 || exit 1
         setsid sh -c "exec $(sed -n 's/^ExecStart=//p' "$file")" </dev/null >>"$st/$unit.log" 2>&1 &
         echo $! >"$pidf" ;;
-    is-active) running ;;
+    is-active) [ "$unit" != osprey-agent.service ] || running ;;
+    stop) stop ;;
     disable) [ "$now" = 0 ] || stop ;;
     *) ;;
 esac
