@@ -853,6 +853,55 @@ fn pi_installer_plans_by_the_userland_for_each_pi_model_and_os_image() {
     );
 }
 
+/// A small C program cross-compiled by Debian's cross-gcc (`static_link`: no loader needed).
+fn cross_elf(dir: &Path, gcc: &str, static_link: bool) -> PathBuf {
+    let src = dir.join("hello.c");
+    fs::write(&src, "int main(void) { return 0; }\n").unwrap();
+    let out = dir.join(format!("{gcc}{}", if static_link { "-static" } else { "" }));
+    let mut cmd = Command::new(system_tool(gcc));
+    if static_link {
+        cmd.arg("-static");
+    }
+    succeed(cmd.arg("-o").arg(&out).arg(&src));
+    out
+}
+
+#[test]
+fn pi_installer_checks_a_given_binary_against_the_userland_and_its_loader() {
+    let dir = tempfile::tempdir().unwrap();
+    let armhf = cross_elf(dir.path(), "arm-linux-gnueabihf-gcc", false);
+    let aarch64 = cross_elf(dir.path(), "aarch64-linux-gnu-gcc", false);
+    let aarch64_static = cross_elf(dir.path(), "aarch64-linux-gnu-gcc", true);
+    let given =
+        |facts: &str, binary: &Path| plan_with(facts, &["--binary", binary.to_str().unwrap()]);
+    let pi4_32 = PI_IMAGES[2].1;
+    let pi4_64 = PI_IMAGES[0].1;
+    let no_loader = PI_IMAGES[8].1;
+
+    // The reported bug: a 32-bit OS on a Pi 4 takes the armhf build, not the aarch64 one.
+    let out = given(pi4_32, &armhf);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("armhf loader"), "{}", stderr(&out));
+    fails_saying(
+        &given(pi4_32, &aarch64),
+        "built for aarch64 but the userland",
+    );
+    fails_saying(
+        &given(pi4_32, &aarch64_static),
+        "built for aarch64 but the userland",
+    );
+    // 64-bit OS: the aarch64 build; the armhf one is refused although the CPU could run it
+    // (an arm64 image has no armhf loader).
+    assert!(given(pi4_64, &aarch64).status.success());
+    fails_saying(&given(pi4_64, &armhf), "built for armv7l but the userland");
+    // No glibc loader: only a static build.
+    assert!(given(no_loader, &aarch64_static).status.success());
+    fails_saying(
+        &given(no_loader, &aarch64),
+        "needs the aarch64 dynamic loader",
+    );
+}
+
 #[test]
 fn pi_installer_plans_upgrades_that_keep_the_config_and_the_previous_binary() {
     let pi4 = PI_IMAGES[0].1;
