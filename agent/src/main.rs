@@ -1,6 +1,7 @@
 //! `osprey-agent`: the gateway binary. Parses the command line, loads the config, sets up
 //! logging and signal handling, and calls into the `osprey_agent` library.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -204,14 +205,21 @@ fn journal_command(command: JournalCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logs to stderr, filtered by RUST_LOG (default `info`).
+/// Logs to stderr, filtered by RUST_LOG (default `info`), coloured only on a terminal: under
+/// systemd stderr is journald, which would store the escape codes verbatim.
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour_wanted())
         .init();
+}
+
+/// ANSI colours when stderr is a terminal and `NO_COLOR` is unset or empty (no-color.org).
+fn colour_wanted() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// On SIGHUP, reads the config file again and hands it to the agent if it is valid (rules,

@@ -1,12 +1,16 @@
 //! Deployment artifacts checked as far as this machine allows: the CloudFormation template
 //! (cfn-lint and what it wires), the Greengrass recipe (parsed, artifacts map to cross/build.sh
 //! outputs, its lifecycle run as the nucleus would against a mutual-TLS Mosquitto), the systemd
-//! unit (systemd-analyze verify), the Pi installer over a real sshd into a temporary root, the
-//! device provisioning script against moto's IoT API, and shellcheck on every script.
+//! unit (systemd-analyze verify), plain logs for journald (no ANSI escapes off a terminal), the
+//! Pi installer (its plan for each Pi model and OS image; install, upgrade, rollback and
+//! uninstall over a real sshd into a temporary root, and onto "/" in a private mount namespace
+//! with a systemctl stand-in), the device provisioning script against moto's IoT API, and
+//! shellcheck on every script.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -594,6 +598,21 @@ fn systemd_unit_verifies_and_matches_the_installer_and_sysusers() {
     assert_eq!(get("DeviceAllow"), ["char-i2c rw", "char-gpiochip rw"]);
     assert!(get("ExecStart")[0]
         .starts_with("/usr/local/bin/osprey-agent run --config /etc/osprey-agent/agent.toml"));
+    // `systemctl reload` sends SIGHUP, on which the agent rereads its config.
+    assert_eq!(get("ExecReload"), ["/bin/kill -HUP $MAINPID"]);
+    assert!(
+        read("agent/src/main.rs").contains("SignalKind::hangup()"),
+        "the agent no longer reloads on SIGHUP"
+    );
+    // Started after the clock is synced (where systemd-time-wait-sync makes that mean something).
+    for key in ["Wants", "After"] {
+        assert!(
+            get(key)
+                .iter()
+                .any(|v| v.split_whitespace().any(|u| u == "time-sync.target")),
+            "{key}= lacks time-sync.target"
+        );
+    }
 
     // The user and groups it names are the ones the installer creates.
     let sysusers = read("deploy/pi/osprey-agent.sysusers");
@@ -634,13 +653,304 @@ fn systemd_unit_verifies_and_matches_the_installer_and_sysusers() {
     assert!(said.contains("sometimes"), "{said}");
 }
 
-/// Runs the installer in dry-run mode for a host with `facts` ("ARCH GLIBC").
-fn plan_for(facts: &str) -> Output {
+/// Runs `program` (a shell command line) for about two seconds (SIGTERM then) and returns what
+/// it wrote to its terminal: with `tty`, under a pseudo-terminal (`script`), else with stdout
+/// and stderr piped, as under systemd, where stderr is journald.
+fn logs_of(program: &str, tty: bool, no_color: Option<&str>) -> Vec<u8> {
+    let run = format!("exec timeout -s TERM 2 {program}");
+    let mut cmd = if tty {
+        let mut c = Command::new(system_tool("script"));
+        c.args(["-qec", &run, "/dev/null"]);
+        c
+    } else {
+        let mut c = Command::new("sh");
+        c.args(["-c", &format!("{run} 2>&1")]);
+        c
+    };
+    cmd.env_remove("NO_COLOR").env("RUST_LOG", "info");
+    if let Some(value) = no_color {
+        cmd.env("NO_COLOR", value);
+    }
+    let out = output(&mut cmd);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("INFO"),
+        "{program} logged nothing at INFO:\n{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    out.stdout
+}
+
+#[test]
+fn logs_carry_no_ansi_escapes_unless_on_a_terminal_without_no_color() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    let text = read("deploy/config/simulator.toml")
+        .replace(
+            "/var/lib/osprey-agent/journal",
+            dir.path().join("journal").to_str().unwrap(),
+        )
+        .replace("port = 1883", &format!("port = {}", free_port()));
+    fs::write(&config, text).unwrap();
+    let escapes = |bytes: &[u8]| bytes.iter().filter(|&&b| b == 0x1b).count();
+
+    // The agent (journald under systemd) and the cloud binary (`osprey demo` logs at once).
+    for program in [
+        format!(
+            "'{}' run --config '{}'",
+            bin("osprey-agent").display(),
+            config.display()
+        ),
+        format!("'{}' demo", bin("osprey").display()),
+    ] {
+        // Piped: plain text, with or without NO_COLOR.
+        assert_eq!(escapes(&logs_of(&program, false, None)), 0, "{program}");
+        assert_eq!(
+            escapes(&logs_of(&program, false, Some("1"))),
+            0,
+            "{program}"
+        );
+        // On a terminal: colours, unless NO_COLOR is set (an empty NO_COLOR does not count).
+        assert!(escapes(&logs_of(&program, true, None)) > 0, "{program}");
+        assert!(escapes(&logs_of(&program, true, Some(""))) > 0, "{program}");
+        assert_eq!(escapes(&logs_of(&program, true, Some("1"))), 0, "{program}");
+    }
+}
+
+/// Runs the installer in dry-run mode for a host with `facts` ("KEY=VALUE ..." or the short
+/// "ARCH GLIBC"), with `extra` options.
+fn plan_with(facts: &str, extra: &[&str]) -> Output {
     output(
         Command::new("bash")
             .arg(root_file("deploy/pi/install.sh"))
-            .args(["--dry-run", "--facts", facts, "pi@gateway.invalid"]),
+            .args(["--dry-run", "--facts", facts])
+            .args(extra)
+            .arg("pi@gateway.invalid"),
     )
+}
+
+fn plan_for(facts: &str) -> Output {
+    plan_with(facts, &[])
+}
+
+/// What `uname -m`, `getconf LONG_BIT`, `dpkg --print-architecture`, `getconf GNU_LIBC_VERSION`
+/// and the loaders in /lib say on each Raspberry Pi model under each Raspberry Pi OS image.
+const PI_IMAGES: &[(&str, &str, Option<&str>)] = &[
+    (
+        "Pi 4/5, 64-bit Raspberry Pi OS bookworm",
+        "machine=aarch64 long_bit=64 dpkg=arm64 glibc=2.36 loaders=aarch64",
+        Some("aarch64-unknown-linux-gnu"),
+    ),
+    (
+        "Pi 4/5, 64-bit Raspberry Pi OS bullseye (glibc 2.31)",
+        "machine=aarch64 long_bit=64 dpkg=arm64 glibc=2.31 loaders=aarch64",
+        Some("aarch64-unknown-linux-musl"),
+    ),
+    (
+        // The reported bug: a 64-bit kernel (uname -m = aarch64) under an armhf userland.
+        "Pi 4/5, 32-bit Raspberry Pi OS bookworm (64-bit kernel)",
+        "machine=aarch64 long_bit=32 dpkg=armhf glibc=2.36 loaders=armhf",
+        Some("armv7-unknown-linux-gnueabihf"),
+    ),
+    (
+        "Pi 4/5, 32-bit userland without dpkg (64-bit kernel)",
+        "machine=aarch64 long_bit=32 dpkg=unknown glibc=2.36 loaders=armhf",
+        Some("armv7-unknown-linux-gnueabihf"),
+    ),
+    (
+        "Pi 4/5, 32-bit userland, only the loaders known (64-bit kernel)",
+        "machine=aarch64 glibc=2.36 loaders=armhf",
+        Some("armv7-unknown-linux-gnueabihf"),
+    ),
+    (
+        "Pi 4/5, 32-bit kernel (armv8l personality), 32-bit Raspberry Pi OS",
+        "machine=armv8l long_bit=32 dpkg=armhf glibc=2.36 loaders=armhf",
+        Some("armv7-unknown-linux-gnueabihf"),
+    ),
+    (
+        "Pi 3, 32-bit Raspberry Pi OS bookworm",
+        "machine=armv7l long_bit=32 dpkg=armhf glibc=2.36 loaders=armhf",
+        Some("armv7-unknown-linux-gnueabihf"),
+    ),
+    (
+        "Pi 3, 64-bit Raspberry Pi OS bookworm",
+        "machine=aarch64 long_bit=64 dpkg=arm64 glibc=2.36 loaders=aarch64,armhf",
+        Some("aarch64-unknown-linux-gnu"),
+    ),
+    (
+        "64-bit userland without the glibc loader (musl distribution)",
+        "machine=aarch64 long_bit=64 dpkg=unknown glibc=none loaders=none",
+        Some("aarch64-unknown-linux-musl"),
+    ),
+    (
+        "Pi 3, 32-bit Raspberry Pi OS bullseye (glibc 2.31): no 32-bit static build",
+        "machine=armv7l long_bit=32 dpkg=armhf glibc=2.31 loaders=armhf",
+        None,
+    ),
+    (
+        "Pi Zero / Pi 1, 32-bit Raspberry Pi OS (ARMv6 CPU)",
+        "machine=armv6l long_bit=32 dpkg=armhf glibc=2.36 loaders=armhf",
+        None,
+    ),
+    (
+        "Pi Zero, Debian armel",
+        "machine=armv6l long_bit=32 dpkg=armel glibc=2.36 loaders=armel",
+        None,
+    ),
+];
+
+#[test]
+fn pi_installer_plans_by_the_userland_for_each_pi_model_and_os_image() {
+    for &(image, facts, triple) in PI_IMAGES {
+        let out = plan_for(facts);
+        match triple {
+            Some(triple) => {
+                assert!(out.status.success(), "{image}: {}", stderr(&out));
+                let plan = stdout(&out);
+                assert!(
+                    plan.contains(&format!("  build     {triple} ("))
+                        && plan.contains(&format!(
+                            "target/{triple}/gateway/osprey-agent -> /usr/local/bin/osprey-agent"
+                        )),
+                    "{image}: want {triple}\n{plan}"
+                );
+                assert!(plan.contains(": first install\n"), "{image}: {plan}");
+            }
+            None => {
+                assert!(!out.status.success(), "{image}: planned\n{}", stdout(&out));
+                assert!(
+                    stderr(&out).contains("error: ") && stdout(&out).is_empty(),
+                    "{image}: {}",
+                    stderr(&out)
+                );
+            }
+        }
+    }
+    // The refusals say why.
+    for (facts, says) in [
+        (PI_IMAGES[9].1, "no 32-bit static build"),
+        (PI_IMAGES[10].1, "ARMv6 CPU"),
+        (PI_IMAGES[11].1, "armel"),
+        (
+            "machine=aarch64 long_bit=64 glibc=2.36 loaders=aarch64 systemd=no",
+            "no systemd",
+        ),
+        (
+            "machine=aarch64 long_bit=32 dpkg=armhf glibc=2.36 loaders=none",
+            "ld-linux-armhf",
+        ),
+        ("machine=aarch64 color=blue", "unknown fact 'color'"),
+    ] {
+        fails_saying(&plan_for(facts), says);
+    }
+    // A given binary must fit the userland, not the kernel: an x86_64 build for a 32-bit Pi 4.
+    fails_saying(
+        &plan_with(
+            PI_IMAGES[2].1,
+            &["--binary", bin("osprey-agent").to_str().unwrap()],
+        ),
+        "userland of pi@gateway.invalid is armv7l",
+    );
+}
+
+/// A small C program cross-compiled by Debian's cross-gcc (`static_link`: no loader needed).
+fn cross_elf(dir: &Path, gcc: &str, static_link: bool) -> PathBuf {
+    let src = dir.join("hello.c");
+    fs::write(&src, "int main(void) { return 0; }\n").unwrap();
+    let out = dir.join(format!("{gcc}{}", if static_link { "-static" } else { "" }));
+    let mut cmd = Command::new(system_tool(gcc));
+    if static_link {
+        cmd.arg("-static");
+    }
+    succeed(cmd.arg("-o").arg(&out).arg(&src));
+    out
+}
+
+#[test]
+fn pi_installer_checks_a_given_binary_against_the_userland_and_its_loader() {
+    let dir = tempfile::tempdir().unwrap();
+    let armhf = cross_elf(dir.path(), "arm-linux-gnueabihf-gcc", false);
+    let aarch64 = cross_elf(dir.path(), "aarch64-linux-gnu-gcc", false);
+    let aarch64_static = cross_elf(dir.path(), "aarch64-linux-gnu-gcc", true);
+    let given =
+        |facts: &str, binary: &Path| plan_with(facts, &["--binary", binary.to_str().unwrap()]);
+    let pi4_32 = PI_IMAGES[2].1;
+    let pi4_64 = PI_IMAGES[0].1;
+    let no_loader = PI_IMAGES[8].1;
+
+    // The reported bug: a 32-bit OS on a Pi 4 takes the armhf build, not the aarch64 one.
+    let out = given(pi4_32, &armhf);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("armhf loader"), "{}", stderr(&out));
+    fails_saying(
+        &given(pi4_32, &aarch64),
+        "built for aarch64 but the userland",
+    );
+    fails_saying(
+        &given(pi4_32, &aarch64_static),
+        "built for aarch64 but the userland",
+    );
+    // 64-bit OS: the aarch64 build; the armhf one is refused although the CPU could run it
+    // (an arm64 image has no armhf loader).
+    assert!(given(pi4_64, &aarch64).status.success());
+    fails_saying(&given(pi4_64, &armhf), "built for armv7l but the userland");
+    // No glibc loader: only a static build.
+    assert!(given(no_loader, &aarch64_static).status.success());
+    fails_saying(
+        &given(no_loader, &aarch64),
+        "needs the aarch64 dynamic loader",
+    );
+}
+
+#[test]
+fn pi_installer_plans_upgrades_that_keep_the_config_and_the_previous_binary() {
+    let pi4 = PI_IMAGES[0].1;
+    let example = "deploy/config/simulator.toml -> /etc/osprey-agent/agent.toml";
+
+    // First install: the example config.
+    let first = stdout(&plan_for(pi4));
+    assert!(first.contains(example), "{first}");
+    assert!(!first.contains("osprey-agent.previous"), "{first}");
+
+    // Upgrade: the device's config and certificates stay; the old binary is kept for rollback.
+    let upgrade = stdout(&plan_for(&format!("{pi4} installed=yes config=yes")));
+    for want in [
+        ": upgrade\n",
+        "keep      /etc/osprey-agent/agent.toml (the device's",
+        "keep      /etc/osprey-agent/certs",
+        "keep      /usr/local/bin/osprey-agent -> /usr/local/bin/osprey-agent.previous",
+        "(else roll back)",
+    ] {
+        assert!(upgrade.contains(want), "want {want:?} in\n{upgrade}");
+    }
+    assert!(!upgrade.contains(example), "{upgrade}");
+
+    // ... unless a config is given.
+    let config = root_file("deploy/config/pi-bme280-ds18b20.toml");
+    let given = stdout(&plan_with(
+        &format!("{pi4} installed=yes config=yes"),
+        &["--config", config.to_str().unwrap()],
+    ));
+    assert!(
+        given.contains("pi-bme280-ds18b20.toml -> /etc/osprey-agent/agent.toml"),
+        "{given}"
+    );
+
+    // systemd-time-wait-sync is enabled where the image has it, unless told not to.
+    let with_sync = format!("{pi4} time_wait_sync=yes");
+    assert!(stdout(&plan_for(&with_sync)).contains("enable    systemd-time-wait-sync.service"));
+    assert!(!stdout(&plan_with(&with_sync, &["--no-time-wait-sync"]))
+        .contains("enable    systemd-time-wait-sync"));
+    assert!(stdout(&plan_for(pi4)).contains("skip      systemd-time-wait-sync.service"));
+
+    // Uninstall keeps config, certificates and journal unless purged.
+    let uninstall = stdout(&plan_with(pi4, &["--uninstall"]));
+    assert!(
+        uninstall.contains("keep      /etc/osprey-agent"),
+        "{uninstall}"
+    );
+    let purge = stdout(&plan_with(pi4, &["--uninstall", "--purge"]));
+    assert!(purge.contains("remove    /etc/osprey-agent"), "{purge}");
 }
 
 #[test]
@@ -687,6 +997,12 @@ struct Sshd {
 
 impl Sshd {
     fn start() -> Sshd {
+        Sshd::start_in(None)
+    }
+
+    /// With `namespace`, sshd (and so every session) runs in a private mount namespace
+    /// prepared by that shell script first (`unshare --mount`).
+    fn start_in(namespace: Option<&str>) -> Sshd {
         let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
             .into_iter()
             .map(PathBuf::from)
@@ -719,13 +1035,18 @@ impl Sshd {
             ),
         )
         .unwrap();
-        let mut proc = Proc::spawn(
-            Command::new(sshd)
-                .arg("-D")
-                .arg("-e")
-                .arg("-f")
-                .arg(&config),
-        );
+        let mut cmd = match namespace {
+            None => Command::new(sshd),
+            Some(prepare) => {
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "sh", "-ec"])
+                    .arg(format!("{prepare}\nexec \"$@\""))
+                    .arg("sh")
+                    .arg(sshd);
+                c
+            }
+        };
+        let mut proc = Proc::spawn(cmd.arg("-D").arg("-e").arg("-f").arg(&config));
         let ready = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });
@@ -868,6 +1189,348 @@ fn pi_installer_installs_over_ssh_into_a_root() {
     assert!(stdout(&check).contains("pump-7"));
     let unit = fs::read_to_string(r.join("etc/systemd/system/osprey-agent.service")).unwrap();
     assert_eq!(verify_unit(&unit, &binary), "");
+    drop(sshd);
+}
+
+/// Runs the installer against `sshd` into the root `r` with `args`; returns its output.
+fn install_into<S: AsRef<OsStr>>(sshd: &Sshd, r: &Path, args: &[S]) -> Output {
+    let user = String::from_utf8(succeed(Command::new("id").arg("-un")).stdout).unwrap();
+    output(
+        Command::new("bash")
+            .arg(root_file("deploy/pi/install.sh"))
+            .args(sshd.options())
+            .args(args)
+            .arg("--root")
+            .arg(r)
+            .arg(format!("{}@127.0.0.1", user.trim())),
+    )
+}
+
+fn installed_ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "install.sh failed ({}):\n{}{}",
+        out.status,
+        stdout(out),
+        stderr(out)
+    );
+    stdout(out)
+}
+
+#[test]
+fn pi_installer_upgrades_keep_the_config_failed_ones_roll_back_and_uninstall_removes() {
+    let sshd = Sshd::start();
+    let src = tempfile::tempdir().unwrap();
+    let s = src.path();
+    // Two builds: "old" and "new" (the same agent with a trailing marker, still a valid ELF),
+    // and a corrupt "new" one (the first 4 KiB: an ELF header that cannot run).
+    let agent = fs::read(bin("osprey-agent")).unwrap();
+    let (old, new, broken) = (s.join("old"), s.join("new"), s.join("broken"));
+    fs::write(&old, &agent).unwrap();
+    fs::write(&new, [agent.as_slice(), b"osprey-new-build"].concat()).unwrap();
+    fs::write(&broken, &agent[..4096]).unwrap();
+    for f in [&old, &new, &broken] {
+        fs::set_permissions(f, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    // A first install without --config gets the example config.
+    let fresh = tempfile::tempdir().unwrap();
+    let plan = installed_ok(&install_into(
+        &sshd,
+        fresh.path(),
+        &[OsStr::new("--binary"), old.as_os_str()],
+    ));
+    assert!(plan.contains(": first install\n"), "{plan}");
+    assert_eq!(
+        fs::read_to_string(fresh.path().join("etc/osprey-agent/agent.toml")).unwrap(),
+        read("deploy/config/simulator.toml")
+    );
+
+    // A device with its own config (a different device id) and certificates.
+    let dest = tempfile::tempdir().unwrap();
+    let r = dest.path();
+    let certs = Certs::generate("pump-9");
+    place_certs(
+        &certs,
+        &s.join("certs"),
+        "ca.pem",
+        "device.pem",
+        "device.key",
+    );
+    let device_config = read("deploy/config/simulator.toml")
+        .replace("device_id = \"pump-7\"", "device_id = \"pump-9\"")
+        .replace(
+            "# [mqtt.tls]\n# ca = \"certs/ca.pem\"\n# cert = \"certs/device.pem\"\n# key = \"certs/device.key\"",
+            "[mqtt.tls]\nca = \"certs/ca.pem\"\ncert = \"certs/device.pem\"\nkey = \"certs/device.key\"",
+        );
+    assert!(device_config.contains("pump-9") && device_config.contains("\n[mqtt.tls]\n"));
+    fs::write(s.join("agent.toml"), &device_config).unwrap();
+    installed_ok(&install_into(
+        &sshd,
+        r,
+        &[
+            OsStr::new("--binary"),
+            old.as_os_str(),
+            OsStr::new("--config"),
+            s.join("agent.toml").as_os_str(),
+            OsStr::new("--certs"),
+            s.join("certs").as_os_str(),
+        ],
+    ));
+    let binary = r.join("usr/local/bin/osprey-agent");
+    let previous = r.join("usr/local/bin/osprey-agent.previous");
+    let config = r.join("etc/osprey-agent/agent.toml");
+    let key = r.join("etc/osprey-agent/certs/device.key");
+    let key_bytes = fs::read(&key).unwrap();
+    assert_eq!(fs::read_to_string(&config).unwrap(), device_config);
+    assert!(!previous.exists());
+
+    // Upgrade without --config: new binary, the device's config and certificates untouched,
+    // the old binary kept.
+    let plan = installed_ok(&install_into(
+        &sshd,
+        r,
+        &[OsStr::new("--binary"), new.as_os_str()],
+    ));
+    assert!(plan.contains(": upgrade\n"), "{plan}");
+    assert!(plan.contains("keep      "), "{plan}");
+    assert_eq!(fs::read(&binary).unwrap(), fs::read(&new).unwrap());
+    assert_eq!(fs::read(&previous).unwrap(), agent);
+    assert_eq!(fs::read_to_string(&config).unwrap(), device_config);
+    assert_eq!(fs::read(&key).unwrap(), key_bytes);
+    let meta = fs::metadata(&config).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    let check = agent_check(&config);
+    assert!(stdout(&check).contains("pump-9"), "{}", stderr(&check));
+
+    // A broken build: `check` fails on the device, the previous binary comes back, exit 3.
+    let out = install_into(&sshd, r, &[OsStr::new("--binary"), broken.as_os_str()]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    fails_saying(&out, "rolled back");
+    assert_eq!(fs::read(&binary).unwrap(), fs::read(&new).unwrap());
+    assert_eq!(
+        fs::read(&previous).unwrap(),
+        agent,
+        "the failed run replaced .previous"
+    );
+    assert_eq!(fs::read_to_string(&config).unwrap(), device_config);
+
+    // A bad config given with a good binary: the device's config comes back too.
+    fs::write(
+        s.join("bad.toml"),
+        "device_id = \"pump-9\"\n[sampling]\ninterval_ms = \"soon\"\n",
+    )
+    .unwrap();
+    let out = install_into(
+        &sshd,
+        r,
+        &[
+            OsStr::new("--binary"),
+            old.as_os_str(),
+            OsStr::new("--config"),
+            s.join("bad.toml").as_os_str(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(fs::read(&binary).unwrap(), fs::read(&new).unwrap());
+    assert_eq!(fs::read_to_string(&config).unwrap(), device_config);
+    assert_eq!(fs::read(&key).unwrap(), key_bytes);
+    let unit = fs::read_to_string(r.join("etc/systemd/system/osprey-agent.service")).unwrap();
+    assert_eq!(verify_unit(&unit, &binary), "");
+
+    // A first install that fails leaves nothing behind and says so (exit 1).
+    let failed = tempfile::tempdir().unwrap();
+    let out = install_into(
+        &sshd,
+        failed.path(),
+        &[OsStr::new("--binary"), broken.as_os_str()],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    fails_saying(&out, "first install undone");
+    assert!(!failed.path().join("usr/local/bin/osprey-agent").exists());
+    assert!(!failed.path().join("etc/osprey-agent").exists());
+
+    // Uninstall: binary, previous binary, unit and its enablement go; config, certs stay.
+    let wants = r.join("etc/systemd/system/multi-user.target.wants/osprey-agent.service");
+    assert!(wants.symlink_metadata().is_ok());
+    installed_ok(&install_into(&sshd, r, &[OsStr::new("--uninstall")]));
+    for gone in [
+        &binary,
+        &previous,
+        &r.join("etc/systemd/system/osprey-agent.service"),
+        &wants,
+    ] {
+        assert!(
+            gone.symlink_metadata().is_err(),
+            "{} is left",
+            gone.display()
+        );
+    }
+    assert_eq!(fs::read_to_string(&config).unwrap(), device_config);
+    assert_eq!(fs::read(&key).unwrap(), key_bytes);
+    // ... and --purge takes config and certificates too.
+    installed_ok(&install_into(
+        &sshd,
+        r,
+        &[OsStr::new("--uninstall"), OsStr::new("--purge")],
+    ));
+    assert!(!r.join("etc/osprey-agent").exists());
+    drop(sshd);
+}
+
+/// A `systemctl` for a machine without systemd as PID 1: `restart` runs the unit's
+/// ExecStartPre and then its ExecStart as a plain background process, `is-active` says whether
+/// that process lives (other units count as active), `stop` and `disable --now` stop it; every
+/// call is logged to STATE/calls.
+const FAKE_SYSTEMCTL: &str = r#"#!/bin/sh
+st=@STATE@
+mkdir -p "$st"
+echo "$*" >>"$st/calls"
+now=0; cmd=""; unit=""
+for a in "$@"; do
+    case "$a" in
+        --now) now=1 ;;
+        -*) ;;
+        *) if [ -z "$cmd" ]; then cmd=$a; elif [ -z "$unit" ]; then unit=$a; fi ;;
+    esac
+done
+pidf=$st/$unit.pid
+# Alive and not a zombie (nobody may reap it in a container).
+running() {
+    [ -f "$pidf" ] && s=$(cut -d' ' -f3 "/proc/$(cat "$pidf")/stat" 2>/dev/null) &&
+        [ -n "$s" ] && [ "$s" != Z ]
+}
+stop() { if running; then kill "$(cat "$pidf")"; while running; do sleep 0.1; done; fi; rm -f "$pidf"; }
+case "$cmd" in
+    restart)
+        stop
+        file=/etc/systemd/system/$unit
+        sh -c "$(sed -n 's/^ExecStartPre=//p' "$file")" >>"$st/$unit.log" 2>&1 || exit 1
+        setsid sh -c "exec $(sed -n 's/^ExecStart=//p' "$file")" </dev/null >>"$st/$unit.log" 2>&1 &
+        echo $! >"$pidf" ;;
+    is-active) [ "$unit" != osprey-agent.service ] || running ;;
+    stop) stop ;;
+    disable) [ "$now" = 0 ] || stop ;;
+    *) ;;
+esac
+"#;
+
+#[test]
+fn pi_installer_rolls_back_when_the_upgraded_service_does_not_stay_up() {
+    // The whole install runs for real on "/", but in sshd's private mount namespace, where
+    // /etc, /usr/local/bin and /usr/local/sbin are copies (bind mounts) and /run is a fresh
+    // tmpfs with /run/systemd/system (so the installer sees a systemd host), and systemctl is
+    // the stand-in above (first on root's PATH in /usr/local/sbin).
+    let work = tempfile::tempdir().unwrap();
+    let t = work.path();
+    let copy = t.join("copy");
+    let state = t.join("systemd");
+    let systemctl = t.join("systemctl");
+    fs::write(
+        &systemctl,
+        FAKE_SYSTEMCTL.replace("@STATE@", state.to_str().unwrap()),
+    )
+    .unwrap();
+    fs::set_permissions(&systemctl, fs::Permissions::from_mode(0o755)).unwrap();
+    let prepare = format!(
+        "mount -t tmpfs tmpfs /run\nmkdir -p /run/sshd /run/systemd/system\n\
+         for d in /etc /usr/local/bin /usr/local/sbin; do\n\
+         mkdir -p '{copy}'$d $d; cp -a $d/. '{copy}'$d/; mount --bind '{copy}'$d $d\ndone\n\
+         install -m 0755 '{systemctl}' /usr/local/sbin/systemctl",
+        copy = copy.display(),
+        systemctl = systemctl.display()
+    );
+    let sshd = Sshd::start_in(Some(&prepare));
+    let install = |args: &[&OsStr]| -> Output {
+        output(
+            Command::new("bash")
+                .arg(root_file("deploy/pi/install.sh"))
+                .args(sshd.options())
+                .args(["--start-timeout", "10"])
+                .args(args)
+                .arg("root@127.0.0.1"),
+        )
+    };
+    let running = || -> bool {
+        let Ok(pid) = fs::read_to_string(state.join("osprey-agent.service.pid")) else {
+            return false;
+        };
+        let stat = fs::read_to_string(Path::new("/proc").join(pid.trim()).join("stat"));
+        stat.is_ok_and(|s| s.split(' ').nth(2).is_some_and(|state| state != "Z"))
+    };
+
+    // Configs: one that runs (journal in the work dir), one that passes `check` but stops the
+    // agent at once (its journal directory cannot exist).
+    let good = read("deploy/config/simulator.toml")
+        .replace(
+            "/var/lib/osprey-agent/journal",
+            t.join("journal").to_str().unwrap(),
+        )
+        .replace("port = 1883", &format!("port = {}", free_port()));
+    let crash = good.replace(
+        t.join("journal").to_str().unwrap(),
+        "/proc/osprey-none/journal",
+    );
+    fs::write(t.join("good.toml"), &good).unwrap();
+    fs::write(t.join("crash.toml"), &crash).unwrap();
+    assert!(agent_check(&t.join("crash.toml")).status.success());
+    let agent = fs::read(bin("osprey-agent")).unwrap();
+    let new = t.join("new");
+    fs::write(&new, [agent.as_slice(), b"osprey-new-build"].concat()).unwrap();
+    fs::set_permissions(&new, fs::Permissions::from_mode(0o755)).unwrap();
+    let binary = copy.join("usr/local/bin/osprey-agent");
+    let config = copy.join("etc/osprey-agent/agent.toml");
+
+    // First install: started, and it stays up.
+    let agent_path = bin("osprey-agent");
+    let out = install(&[
+        OsStr::new("--binary"),
+        agent_path.as_os_str(),
+        OsStr::new("--config"),
+        t.join("good.toml").as_os_str(),
+    ]);
+    let plan = installed_ok(&out);
+    assert!(plan.contains("restart osprey-agent.service"), "{plan}");
+    assert!(running(), "not started:\n{}", stderr(&out));
+    let first_pid = fs::read_to_string(state.join("osprey-agent.service.pid")).unwrap();
+
+    // Upgrade to a config on which the agent stops at once: not active, rolled back, the old
+    // binary and config back and the old agent running again.
+    let out = install(&[
+        OsStr::new("--binary"),
+        new.as_os_str(),
+        OsStr::new("--config"),
+        t.join("crash.toml").as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    fails_saying(&out, "rolled back");
+    assert!(
+        stderr(&out).contains("osprey-agent.service not active after 10s")
+            || stderr(&out).contains("stopped right after starting"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fs::read(&binary).unwrap(), agent);
+    assert_eq!(fs::read_to_string(&config).unwrap(), good);
+    assert!(running(), "the previous agent was not restarted");
+    assert_ne!(
+        fs::read_to_string(state.join("osprey-agent.service.pid")).unwrap(),
+        first_pid
+    );
+
+    // Uninstall stops it and removes binary and unit; the config stays.
+    installed_ok(&install(&[OsStr::new("--uninstall")]));
+    assert!(!running());
+    assert!(!binary.exists());
+    assert!(!copy
+        .join("etc/systemd/system/osprey-agent.service")
+        .exists());
+    assert_eq!(fs::read_to_string(&config).unwrap(), good);
+    let calls = fs::read_to_string(state.join("calls")).unwrap();
+    assert!(
+        calls.contains("disable --now osprey-agent.service"),
+        "{calls}"
+    );
     drop(sshd);
 }
 
