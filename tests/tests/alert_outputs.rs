@@ -2,6 +2,8 @@
 //! the Lambda and `osprey serve --alerts-sns-topic` publish each raise and clear once, with
 //! subject, JSON body and filterable attributes, whatever the redeliveries.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
+
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
