@@ -173,6 +173,15 @@ struct ServeArgs {
     /// --endpoint-url and --region like the Kinesis source.
     #[arg(long, value_name = "ARN", env = "OSPREY_ALERTS_SNS_TOPIC")]
     alerts_sns_topic: Option<String>,
+    /// POST every alert raise and clear as JSON to this http(s) URL, once per event, retried
+    /// with backoff on 5xx/429/timeouts; headers X-Osprey-Delivery, -Event, -Timestamp and,
+    /// with a secret, X-Osprey-Signature (sha256= HMAC of "TIMESTAMP.BODY").
+    #[arg(long, value_name = "URL")]
+    alerts_webhook: Option<String>,
+    /// File holding the webhook's signing secret (at least 16 bytes, not readable by others);
+    /// $OSPREY_ALERTS_WEBHOOK_SECRET instead of a file also works.
+    #[arg(long, value_name = "PATH", requires = "alerts_webhook")]
+    alerts_webhook_secret_file: Option<PathBuf>,
 }
 
 /// Dead-letter caps and retention.
@@ -425,15 +434,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
             SourceConfig::Kinesis(kinesis)
         }
     };
+    let alerts = alert_outputs(&args)?;
     let mut cfg = ServeConfig::new(args.db, args.listen, source);
+    cfg.alert_outputs = alerts;
     cfg.windows = args.analytics.windows()?;
     cfg.signals = args.analytics.signals()?;
     cfg.retention = args.retention.config()?;
-    cfg.alert_outputs = osprey_cloud::alerts::outbox::AlertOutputs {
-        sns_topic: args.alerts_sns_topic.clone(),
-        endpoint_url: args.aws.endpoint_url.clone(),
-        region: args.aws.region.clone(),
-    };
     let mut running = serve::start(cfg)
         .await
         .context("osprey serve could not start")?;
@@ -447,6 +453,32 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .await
         .context("osprey serve did not shut down cleanly")?;
     outcome.context("osprey serve stopped")
+}
+
+/// The alert outputs of `serve`'s flags (secrets read here, so a bad file stops the start).
+fn alert_outputs(args: &ServeArgs) -> Result<osprey_cloud::alerts::outbox::AlertOutputs> {
+    use osprey_cloud::alerts::{outbox, webhook};
+    let secret = match (
+        &args.alerts_webhook_secret_file,
+        std::env::var("OSPREY_ALERTS_WEBHOOK_SECRET"),
+    ) {
+        (Some(path), _) => Some(webhook::read_secret_file(path)?),
+        (None, Ok(value)) if args.alerts_webhook.is_some() => Some(
+            webhook::secret_from(value.as_bytes())
+                .map_err(|e| anyhow::anyhow!("$OSPREY_ALERTS_WEBHOOK_SECRET: {e}"))?,
+        ),
+        _ => None,
+    };
+    if args.alerts_webhook.is_some() && secret.is_none() {
+        tracing::warn!("--alerts-webhook without a secret: deliveries are not signed");
+    }
+    Ok(outbox::AlertOutputs {
+        sns_topic: args.alerts_sns_topic.clone(),
+        endpoint_url: args.aws.endpoint_url.clone(),
+        region: args.aws.region.clone(),
+        webhook_url: args.alerts_webhook.clone(),
+        webhook_secret: secret.map(outbox::Secret),
+    })
 }
 
 async fn bridge(args: BridgeArgs) -> Result<()> {

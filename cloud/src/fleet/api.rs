@@ -231,7 +231,7 @@ fn window(v: &Value) -> Option<FleetWindow> {
 }
 
 /// An error with its sources ("client error (Connect): tcp connect error: Connection refused").
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {
