@@ -54,6 +54,7 @@ pub mod demo;
 pub mod fleet;
 pub mod metrics;
 pub mod pipeline;
+pub mod secret;
 pub mod serve;
 pub mod shutdown;
 pub mod source;

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use osprey_cloud::analytics::{self, signals::SignalsConfig};
 use osprey_cloud::bridge::{self, BridgeConfig};
 use osprey_cloud::connection::kinesis::{KinesisConfig, DEFAULT_REGION};
-use osprey_cloud::connection::mqtt::{MqttConfig, MqttTls};
+use osprey_cloud::connection::mqtt::{MqttConfig, MqttLogin, MqttTls};
 use osprey_cloud::serve::{self, ServeConfig, SourceConfig};
 use osprey_cloud::window::{Hopping, WindowSpec, WINDOW_MS};
 
@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Ingest messages (MQTT or Kinesis) into SQLite and serve the API and dashboard.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Forward every device's MQTT messages to a Kinesis stream (what an AWS IoT rule does).
     Bridge(BridgeArgs),
     /// Show a payload (an MQTT message body, a Kinesis record) as JSON. Reads FILE, or
@@ -101,6 +101,13 @@ struct FleetArgs {
     /// Refresh every SECS seconds until Ctrl-C.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     watch: Option<u64>,
+    /// File holding the serve's API token ($OSPREY_API_TOKEN, when set, gives it instead).
+    #[arg(long, value_name = "PATH", requires = "api")]
+    api_token_file: Option<PathBuf>,
+    /// PEM CA certificate that signed an https serve's certificate [default: the system's
+    /// roots].
+    #[arg(long, value_name = "PEM", requires = "api")]
+    ca_file: Option<PathBuf>,
 }
 
 #[cfg(feature = "demo")]
@@ -168,6 +175,72 @@ struct ServeArgs {
     analytics: AnalyticsArgs,
     #[command(flatten)]
     retention: RetentionArgs,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// How the API is protected (README, "Securing the API").
+#[derive(Debug, Args)]
+struct ApiArgs {
+    /// File holding the API token (at least 16 bytes; mode 600). Every route but /healthz,
+    /// /readyz and the dashboard's page then needs `Authorization: Bearer TOKEN`.
+    /// $OSPREY_API_TOKEN, when set, gives the token instead.
+    #[arg(long, value_name = "PATH")]
+    api_token_file: Option<PathBuf>,
+    /// Serve without a token on a non-loopback --listen address (refused otherwise); only
+    /// behind something that authenticates.
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// PEM certificate chain for HTTPS (needs --tls-key).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS (mode 600; needs --tls-cert).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// A Host name a loopback listener also answers to (besides localhost, 127.0.0.1,
+    /// [::1]); repeatable.
+    #[arg(long, value_name = "NAME")]
+    allowed_host: Vec<String>,
+    /// Seconds a client gets to send a request's headers (also how long an idle keep-alive
+    /// connection stays open).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    header_timeout_s: u64,
+    /// Most HTTP connections at once; more are closed right after accept.
+    #[arg(long, value_name = "N", default_value_t = 512,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_connections: u64,
+    /// /readyz answers 503 when the source lags more than this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    ready_max_lag_s: u64,
+}
+
+impl ApiArgs {
+    fn config(&self) -> Result<serve::ApiConfig> {
+        use osprey_cloud::api::auth::{ApiToken, TOKEN_ENV};
+        let token = ApiToken::load(
+            std::env::var(TOKEN_ENV).ok(),
+            self.api_token_file.as_deref(),
+        )?;
+        Ok(serve::ApiConfig {
+            token,
+            insecure_no_auth: self.insecure_no_auth,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(serve::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
+            allowed_hosts: self.allowed_host.clone(),
+            limits: serve::HttpLimits {
+                header_timeout: std::time::Duration::from_secs(self.header_timeout_s),
+                max_connections: usize::try_from(self.max_connections)?,
+            },
+            ready_max_lag: std::time::Duration::from_secs(self.ready_max_lag_s),
+        })
+    }
 }
 
 /// Dead-letter caps and retention.
@@ -333,6 +406,13 @@ struct MqttArgs {
     /// PEM private key of the client certificate (needs --mqtt-cert).
     #[arg(long, value_name = "PATH", requires = "mqtt_cert")]
     mqtt_key: Option<PathBuf>,
+    /// MQTT user name (Mosquitto password_file, ...).
+    #[arg(long, value_name = "NAME")]
+    mqtt_username: Option<String>,
+    /// File holding the MQTT password (not readable by everyone; needs --mqtt-username).
+    /// $OSPREY_MQTT_PASSWORD, when set, gives the password instead.
+    #[arg(long, value_name = "PATH")]
+    mqtt_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -347,7 +427,8 @@ struct AwsArgs {
 }
 
 impl MqttArgs {
-    fn config(&self, default_client_id: &str) -> MqttConfig {
+    fn config(&self, default_client_id: &str) -> Result<MqttConfig> {
+        use osprey_cloud::secret::{self, FileRule};
         let client_id = self.mqtt_client_id.as_deref().unwrap_or(default_client_id);
         let mut cfg = MqttConfig::new(&self.mqtt_host, self.mqtt_port, client_id);
         cfg.tls = self.mqtt_ca.as_ref().map(|ca| MqttTls {
@@ -355,9 +436,33 @@ impl MqttArgs {
             client_cert: self.mqtt_cert.clone(),
             client_key: self.mqtt_key.clone(),
         });
-        cfg
+        let password = secret::load(
+            std::env::var(MQTT_PASSWORD_ENV).ok(),
+            self.mqtt_password_file.as_deref(),
+            "MQTT password",
+            FileRule::OwnerAndGroup,
+        )?;
+        cfg.login = match (&self.mqtt_username, password) {
+            (Some(username), password) => Some(MqttLogin {
+                username: username.clone(),
+                password,
+            }),
+            (None, Some(_)) => bail!(
+                "an MQTT password is given (--mqtt-password-file or ${MQTT_PASSWORD_ENV}) but no \
+                 --mqtt-username"
+            ),
+            (None, None) => None,
+        };
+        if cfg.login.is_some() && cfg.is_plaintext_to_remote() {
+            tracing::warn!(broker = %cfg.url(),
+                "the MQTT password goes to another host without TLS; pass --mqtt-ca to encrypt it");
+        }
+        Ok(cfg)
     }
 }
+
+/// The environment variable that, when set, gives the MQTT password.
+const MQTT_PASSWORD_ENV: &str = "OSPREY_MQTT_PASSWORD";
 
 impl AwsArgs {
     fn config(&self, stream: &str) -> KinesisConfig {
@@ -375,7 +480,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Bridge(args) => bridge(args).await,
         Command::Decode { file } => decode(&file),
         #[cfg(feature = "demo")]
@@ -406,7 +511,7 @@ fn init_tracing() {
 
 async fn serve(args: ServeArgs) -> Result<()> {
     let source = match args.source {
-        SourceKind::Mqtt => SourceConfig::Mqtt(args.mqtt.config("osprey-serve")),
+        SourceKind::Mqtt => SourceConfig::Mqtt(args.mqtt.config("osprey-serve")?),
         SourceKind::Kinesis => {
             let Some(stream) = &args.stream else {
                 bail!("--source kinesis needs --stream NAME (the Kinesis stream to read)");
@@ -417,6 +522,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         }
     };
     let mut cfg = ServeConfig::new(args.db, args.listen, source);
+    cfg.api = args.api.config()?;
     cfg.windows = args.analytics.windows()?;
     cfg.signals = args.analytics.signals()?;
     cfg.retention = args.retention.config()?;
@@ -437,7 +543,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 
 async fn bridge(args: BridgeArgs) -> Result<()> {
     let mut cfg = BridgeConfig::new(
-        args.mqtt.config("osprey-bridge"),
+        args.mqtt.config("osprey-bridge")?,
         args.aws.config(&args.stream),
     );
     cfg.max_buffered_bytes = args.max_buffered_bytes;
@@ -491,7 +597,17 @@ async fn demo(args: DemoArgs) -> Result<()> {
 }
 
 async fn fleet(args: FleetArgs) -> Result<()> {
-    use osprey_cloud::fleet::{self, FleetOptions, FleetSource};
+    use osprey_cloud::fleet::{self, api::ApiAccess, FleetOptions, FleetSource};
+    use osprey_cloud::secret::{self, FileRule};
+    let access = ApiAccess {
+        token: secret::load(
+            std::env::var(osprey_cloud::api::auth::TOKEN_ENV).ok(),
+            args.api_token_file.as_deref(),
+            "API token",
+            FileRule::OwnerOnly,
+        )?,
+        ca_file: args.ca_file,
+    };
     let source = match (args.api, args.dynamodb_table) {
         (Some(url), _) => FleetSource::Api(url),
         (None, Some(table)) => FleetSource::DynamoDb {
@@ -506,6 +622,7 @@ async fn fleet(args: FleetArgs) -> Result<()> {
         device: args.device,
         json: args.json,
         watch: args.watch.map(std::time::Duration::from_secs),
+        access,
     };
     let stop = async {
         // Without a signal handler the process would stop on Ctrl-C anyway; this only makes
