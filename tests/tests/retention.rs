@@ -126,7 +126,7 @@ async fn a_long_run_with_retention_stops_the_database_growing() {
         }
     }
     let elapsed = started.elapsed();
-    let windows_per_day = (DEVICES * 24 * 60) as u64;
+    let windows_per_day = DEVICES * 24 * 60;
     let total = windows_per_day * DAYS as u64;
     let counts = reader.counts().await.unwrap();
     let m = reader.maintenance();
