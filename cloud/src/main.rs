@@ -74,6 +74,30 @@ struct DeadLettersArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// File holding the serve's API token ($OSPREY_API_TOKEN, when set, gives it instead).
+    #[arg(long, value_name = "PATH", requires = "api")]
+    api_token_file: Option<PathBuf>,
+    /// PEM CA certificate that signed an https serve's certificate [default: the system's
+    /// roots].
+    #[arg(long, value_name = "PEM", requires = "api")]
+    ca_file: Option<PathBuf>,
+}
+
+/// The token (`$OSPREY_API_TOKEN` or `token_file`) and CA for reading a serve's API.
+fn api_access(
+    token_file: Option<&std::path::Path>,
+    ca_file: Option<PathBuf>,
+) -> Result<osprey_cloud::fleet::api::ApiAccess> {
+    use osprey_cloud::secret::{self, FileRule};
+    Ok(osprey_cloud::fleet::api::ApiAccess {
+        token: secret::load(
+            std::env::var(osprey_cloud::api::auth::TOKEN_ENV).ok(),
+            token_file,
+            "API token",
+            FileRule::OwnerOnly,
+        )?,
+        ca_file,
+    })
 }
 
 #[derive(Debug, Args)]
@@ -597,17 +621,8 @@ async fn demo(args: DemoArgs) -> Result<()> {
 }
 
 async fn fleet(args: FleetArgs) -> Result<()> {
-    use osprey_cloud::fleet::{self, api::ApiAccess, FleetOptions, FleetSource};
-    use osprey_cloud::secret::{self, FileRule};
-    let access = ApiAccess {
-        token: secret::load(
-            std::env::var(osprey_cloud::api::auth::TOKEN_ENV).ok(),
-            args.api_token_file.as_deref(),
-            "API token",
-            FileRule::OwnerOnly,
-        )?,
-        ca_file: args.ca_file,
-    };
+    use osprey_cloud::fleet::{self, FleetOptions, FleetSource};
+    let access = api_access(args.api_token_file.as_deref(), args.ca_file)?;
     let source = match (args.api, args.dynamodb_table) {
         (Some(url), _) => FleetSource::Api(url),
         (None, Some(table)) => FleetSource::DynamoDb {
@@ -639,7 +654,10 @@ async fn dead_letters(args: DeadLettersArgs) -> Result<()> {
     use osprey_cloud::store::DeadLetterFilter;
     let source = match (args.db, args.api) {
         (Some(db), _) => DeadLetterSource::Db(db),
-        (None, Some(url)) => DeadLetterSource::Api(url),
+        (None, Some(url)) => DeadLetterSource::Api {
+            url,
+            access: api_access(args.api_token_file.as_deref(), args.ca_file)?,
+        },
         (None, None) => bail!("osprey dead-letters needs --db PATH or --api URL"),
     };
     let filter = DeadLetterFilter {

@@ -319,6 +319,24 @@ fn tls_serves_https_that_fleet_reads_with_the_ca_and_the_token() {
         serde_json::json!([])
     );
 
+    // `osprey dead-letters --api` takes the same token and CA.
+    let out = Command::new(bin("osprey"))
+        .args(["dead-letters", "--api", &url, "--ca-file", ca, "--json"])
+        .arg("--api-token-file")
+        .arg(&token)
+        .env_remove("OSPREY_API_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        serde_json::json!([])
+    );
+
     let (ok, out, err) = fleet(&["--api", &url, "--ca-file", ca], None);
     assert!(!ok, "{out}");
     assert!(
