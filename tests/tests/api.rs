@@ -497,6 +497,17 @@ fn a_flood_of_stalled_requests_neither_starves_healthz_nor_exhausts_descriptors(
             }
         }
     }
+    // The header timer also ends an idle keep-alive connection.
+    early
+        .set_read_timeout(Some(Duration::from_secs(HEADER_TIMEOUT_S + 5)))
+        .unwrap();
+    let mut b = [0u8; 64];
+    let idle_end = early.read(&mut b);
+    assert!(
+        matches!(idle_end, Ok(0))
+            || matches!(&idle_end, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "an idle keep-alive connection outlived the header timeout: {idle_end:?}"
+    );
     let fds_after = open_fds(serve.pid());
     println!(
         "flood: {FLOOD} stalled requests opened in {flood_s:.2} s; {closed_at_once} closed at once \
