@@ -120,3 +120,58 @@ async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, Json<ReadySt
     };
     (code, Json(status))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shutdown;
+
+    #[test]
+    fn kinesis_is_ready_once_listed_and_while_no_reading_shard_lags() {
+        let (set, ready) = shutdown::ready();
+        let stats = IngestStats::default();
+        let r = Readiness {
+            ready,
+            stats: stats.clone(),
+            source: SourceKind::Kinesis,
+            max_lag: Duration::from_secs(60),
+        };
+        assert!(!r.status().ready);
+        set.set();
+        assert!(r.status().ready);
+        stats.update_shard("shardId-0", |p| {
+            p.state = "reading";
+            p.millis_behind_latest = 61_000;
+        });
+        let status = r.status();
+        assert!(!status.ready);
+        assert!(
+            status.reason.contains("shardId-0 is 61 s behind"),
+            "{status:?}"
+        );
+        stats.update_shard("shardId-0", |p| p.state = "finished");
+        assert!(
+            r.status().ready,
+            "a finished shard's last lag does not count"
+        );
+    }
+
+    #[test]
+    fn mqtt_follows_the_link_and_no_source_is_always_ready() {
+        let (set, ready) = shutdown::ready();
+        let stats = IngestStats::default();
+        let mut r = Readiness {
+            ready,
+            stats: stats.clone(),
+            source: SourceKind::Mqtt,
+            max_lag: Duration::from_secs(60),
+        };
+        set.set();
+        stats.set_source_connected(true);
+        assert!(r.status().ready);
+        stats.set_source_connected(false);
+        assert!(r.status().reason.contains("lost"));
+        r.source = SourceKind::None;
+        assert!(r.status().ready);
+    }
+}
