@@ -716,3 +716,75 @@ fn mqtt_login_the_right_password_ingests_and_a_wrong_one_is_refused() {
     serve.terminate(Duration::from_secs(15)).unwrap();
     assert!(!serve.logs().contains(RIGHT), "{}", serve.logs());
 }
+
+/// Creates a one-shard Kinesis stream on the suite's moto server; returns (endpoint, name).
+fn moto_stream() -> (String, String) {
+    let endpoint = osprey_tests::moto_endpoint();
+    let stream = osprey_tests::unique_name("api-login");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(&endpoint)
+            .load()
+            .await;
+        aws_sdk_kinesis::Client::new(&config)
+            .create_stream()
+            .stream_name(&stream)
+            .shard_count(1)
+            .send()
+            .await
+            .unwrap();
+    });
+    (endpoint, stream)
+}
+
+#[test]
+fn bridge_logs_in_with_the_password_and_reports_a_wrong_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = login_broker(dir.path());
+    let port = broker.port().to_string();
+    let (endpoint, stream) = moto_stream();
+    let bridge = |password: &str, id: &str| {
+        Proc::spawn(
+            Command::new(bin("osprey"))
+                .arg("bridge")
+                .args(dead_broker_args(&port))
+                .args(["--mqtt-username", "osprey-cloud", "--mqtt-client-id", id])
+                .args(["--stream", &stream, "--endpoint-url", &endpoint])
+                .args(["--metrics-listen", "127.0.0.1:0"])
+                .env("OSPREY_MQTT_PASSWORD", password)
+                .env("NO_COLOR", "1"),
+        )
+    };
+
+    let mut wrong = bridge(WRONG, "bridge-wrong");
+    let refused = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        wrong
+            .stderr()
+            .contains("broker refused the connection")
+            .then_some(())
+    });
+    assert!(refused.is_some(), "{}", wrong.logs());
+    wrong.terminate(Duration::from_secs(15));
+    assert!(!wrong.logs().contains(WRONG), "{}", wrong.logs());
+
+    let mut right = bridge(RIGHT, "bridge-right");
+    let line = right.stdout_line_matching("osprey bridge: metrics on ", START);
+    let metrics = line.trim().rsplit(' ').next().unwrap().to_owned();
+    let put = wait_until(Duration::from_secs(60), Duration::from_millis(500), || {
+        publish_as_gw(&broker, dir.path());
+        let text = osprey_tests::http_get(&metrics).text();
+        text.lines()
+            .find(|l| l.starts_with("osprey_bridge_records_put_total "))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .filter(|n| *n >= 1.0)
+    });
+    assert!(
+        put.is_some(),
+        "the bridge never forwarded\n{}",
+        right.logs()
+    );
+    right.terminate(Duration::from_secs(15));
+    assert!(!right.logs().contains(RIGHT), "{}", right.logs());
+}
