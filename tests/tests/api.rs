@@ -788,3 +788,28 @@ fn bridge_logs_in_with_the_password_and_reports_a_wrong_one() {
     right.terminate(Duration::from_secs(15));
     assert!(!right.logs().contains(RIGHT), "{}", right.logs());
 }
+
+#[test]
+fn the_dashboard_asks_for_the_token_when_the_api_needs_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    let mut cmd = serve_command(dir.path(), &dead_broker_args(&port));
+    cmd.env("OSPREY_API_TOKEN", TOKEN);
+    let (mut serve, addr) = start(cmd);
+    // Chromium sends Host 127.0.0.1:PORT, which the loopback check accepts; the CSP lets the
+    // page's own script run, and its fetch gets a 401.
+    let dom = osprey_tests::rendered_dom(&format!("http://{addr}/"));
+    assert!(
+        dom.contains(r#"id="login" style="display: block;""#),
+        "the token form is not shown:\n{dom}"
+    );
+    assert!(!dom.contains("Cannot reach"), "{dom}");
+    serve.terminate(Duration::from_secs(15)).unwrap();
+
+    // Without a token the same page loads the (empty) fleet and keeps the form hidden.
+    let (mut open, addr) = start(serve_command(dir.path(), &dead_broker_args(&port)));
+    let dom = osprey_tests::rendered_dom(&format!("http://{addr}/"));
+    assert!(dom.contains("No device has reported yet."), "{dom}");
+    assert!(!dom.contains(r#"style="display: block;""#), "{dom}");
+    open.terminate(Duration::from_secs(15)).unwrap();
+}
