@@ -9,6 +9,11 @@
 //!              ─► API drains requests ─► writer commits what is queued ─► store closed
 //! ```
 //!
+//! The API is served by our own accept loop (`serve/http.rs`: header timeout, connection cap,
+//! TLS from [`TlsFiles`]) behind the layers of [`crate::api`]: security headers, the loopback
+//! Host check, the bearer token. [`start`] refuses a non-loopback listener without a token unless
+//! [`ApiConfig::insecure_no_auth`] is set.
+//!
 //! [`start`] returns as soon as the API listens, so a caller that binds port 0 learns the real
 //! address from [`Running::addr`]; [`Running::source_ready`] waits until the source is
 //! subscribed (MQTT) or has listed its shards (Kinesis).
@@ -96,7 +101,7 @@ pub struct ApiConfig {
     pub insecure_no_auth: bool,
     /// TLS certificate and key; `None` for plain HTTP.
     pub tls: Option<TlsFiles>,
-    /// Host names a loopback listener answers to besides localhost, 127.0.0.1 and [::1].
+    /// Host names a loopback listener answers to besides localhost, 127.0.0.1 and `[::1]`.
     pub allowed_hosts: Vec<String>,
     /// Header timeout and connection cap.
     pub limits: HttpLimits,
