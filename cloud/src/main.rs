@@ -75,11 +75,11 @@ struct DeadLettersArgs {
     #[arg(long)]
     json: bool,
     /// File holding the serve's API token ($OSPREY_API_TOKEN, when set, gives it instead).
-    #[arg(long, value_name = "PATH", requires = "api")]
+    #[arg(long, value_name = "PATH", conflicts_with = "db")]
     api_token_file: Option<PathBuf>,
     /// PEM CA certificate that signed an https serve's certificate [default: the system's
     /// roots].
-    #[arg(long, value_name = "PEM", requires = "api")]
+    #[arg(long, value_name = "PEM", conflicts_with = "db")]
     ca_file: Option<PathBuf>,
 }
 
@@ -126,11 +126,11 @@ struct FleetArgs {
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     watch: Option<u64>,
     /// File holding the serve's API token ($OSPREY_API_TOKEN, when set, gives it instead).
-    #[arg(long, value_name = "PATH", requires = "api")]
+    #[arg(long, value_name = "PATH", conflicts_with = "dynamodb_table")]
     api_token_file: Option<PathBuf>,
     /// PEM CA certificate that signed an https serve's certificate [default: the system's
     /// roots].
-    #[arg(long, value_name = "PEM", requires = "api")]
+    #[arg(long, value_name = "PEM", conflicts_with = "dynamodb_table")]
     ca_file: Option<PathBuf>,
 }
 
@@ -221,8 +221,8 @@ struct ApiArgs {
     /// PEM private key for HTTPS (mode 600; needs --tls-cert).
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// A Host name a loopback listener also answers to (besides localhost, 127.0.0.1,
-    /// [::1]); repeatable.
+    /// A Host name a loopback listener also answers to, besides localhost, 127.0.0.1 and the
+    /// IPv6 loopback ::1 (any port); repeatable.
     #[arg(long, value_name = "NAME")]
     allowed_host: Vec<String>,
     /// Seconds a client gets to send a request's headers (also how long an idle keep-alive
@@ -766,6 +766,32 @@ mod tests {
             panic!("not fleet")
         };
         assert_eq!((args.watch, args.region.as_str()), (Some(5), "us-east-1"));
+    }
+
+    #[test]
+    fn serve_security_flags_have_safe_defaults_and_pairs() {
+        let cli = Cli::try_parse_from(["osprey", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        let api = &args.api;
+        assert_eq!(
+            (
+                api.header_timeout_s,
+                api.max_connections,
+                api.ready_max_lag_s
+            ),
+            (10, 512, 60)
+        );
+        assert!(!api.insecure_no_auth && api.api_token_file.is_none());
+        let err = Cli::try_parse_from(["osprey", "serve", "--tls-cert", "c.pem"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let err = Cli::try_parse_from(["osprey", "serve", "--max-connections", "0"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        let err =
+            Cli::try_parse_from(["osprey", "fleet", "--dynamodb-table", "t", "--ca-file", "x"])
+                .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 
     #[test]
