@@ -261,6 +261,7 @@ impl ApiArgs {
             limits: serve::HttpLimits {
                 header_timeout: std::time::Duration::from_secs(self.header_timeout_s),
                 max_connections: usize::try_from(self.max_connections)?,
+                ..serve::HttpLimits::default()
             },
             ready_max_lag: std::time::Duration::from_secs(self.ready_max_lag_s),
         })

@@ -412,6 +412,7 @@ impl Running {
 }
 
 mod http;
+mod stall;
 mod tls;
 
 pub use http::HttpLimits;

@@ -12,6 +12,8 @@
 //!   connections and slowloris clients
 //!              ▼
 //!   axum router ─► response; on shutdown: graceful (in-flight requests finish)
+//!   (whole time: no byte moved for the stall timeout ─► closed, e.g. a client that stopped
+//!   reading its answer)
 //! ```
 //!
 //! `axum::serve` has no header timeout and no connection cap, and cannot speak TLS, which is
@@ -34,6 +36,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use super::stall::Watched;
 use crate::shutdown::Shutdown;
 
 /// How long the loop waits after a failed accept (e.g. out of file descriptors) before the
@@ -50,6 +53,9 @@ pub struct HttpLimits {
     pub header_timeout: Duration,
     /// Most connections served at once; more are closed right after accept.
     pub max_connections: usize,
+    /// A connection that moves no byte for this long (e.g. a client that stopped reading
+    /// its answer) is closed ([`super::stall`]).
+    pub stall_timeout: Duration,
 }
 
 impl Default for HttpLimits {
@@ -57,6 +63,7 @@ impl Default for HttpLimits {
         HttpLimits {
             header_timeout: Duration::from_secs(10),
             max_connections: 512,
+            stall_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -145,12 +152,17 @@ async fn connection<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = TowerToHyperService::new(router);
+    let (stream, progress) = Watched::new(stream);
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), service);
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(peer = %peer, error = %e, "http connection ended with an error");
+    tokio::select! {
+        served = watcher.watch(conn) => if let Err(e) = served {
+            tracing::debug!(peer = %peer, error = %e, "http connection ended with an error");
+        },
+        () = progress.stalled(limits.stall_timeout) => tracing::debug!(peer = %peer,
+            stall_s = limits.stall_timeout.as_secs(), "closed an http connection that made no progress"),
     }
 }

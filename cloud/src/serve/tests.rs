@@ -164,3 +164,39 @@ async fn token_host_check_and_security_headers_are_layers_on_every_route() {
     assert!(text.contains("x-frame-options: DENY"), "{text}");
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_loses_its_slot_after_the_stall_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = ServeConfig::new(
+        dir.path().join("osprey.db"),
+        "127.0.0.1:0".parse().unwrap(),
+        SourceConfig::None,
+    );
+    cfg.api.limits = HttpLimits {
+        header_timeout: Duration::from_secs(30),
+        max_connections: 1,
+        stall_timeout: Duration::from_secs(1),
+    };
+    let running = start(cfg).await.unwrap();
+    let addr = running.addr();
+    // Pipelined requests whose answers (about 6 KB each) fill the socket buffers: the
+    // server's writes block because this client never reads.
+    let mut hog = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = "GET /dashboard.js HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(3000);
+    let _ = tokio::time::timeout(Duration::from_secs(2), hog.write_all(request.as_bytes())).await;
+    // The one slot is taken: a new connection is closed at once, without an answer.
+    let mut other = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = other
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let _ = other.read_to_end(&mut answer).await;
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    // After the stall timeout the hog is gone and the slot serves again.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, body) = http_get(addr, "/healthz").await;
+    assert_eq!((status, body.contains("ok")), (200, true));
+    drop(hog);
+    running.shutdown().await.unwrap();
+}
