@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use osprey_protocol::{Body, Envelope, Series, TelemetryBatch};
-use osprey_tests::{bin, free_port, mosquitto_tool, wait_until, Certs, Listener, Mosquitto, Proc};
+use osprey_tests::{bin, free_port, mosquitto_tool, wait_until, Certs, Mosquitto, Proc};
 use serde_json::Value;
 
 const TOKEN: &str = "test-token-0123456789abcdef";
@@ -580,33 +580,8 @@ const RIGHT: &str = "cloud-Pa55word";
 const WRONG: &str = "wrong-Pa55word";
 
 /// A broker that knows `osprey-cloud` ([`RIGHT`]) and `gw-1`, and refuses anonymous clients.
-fn login_broker(dir: &Path) -> Mosquitto {
-    let passwd = dir.join("mosquitto.passwd");
-    for (i, (user, password)) in [("osprey-cloud", RIGHT), ("gw-1", "gw-pass")]
-        .into_iter()
-        .enumerate()
-    {
-        let mut cmd = Command::new(mosquitto_tool("mosquitto_passwd"));
-        cmd.arg("-b");
-        if i == 0 {
-            cmd.arg("-c");
-        }
-        let out = cmd.arg(&passwd).args([user, password]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o600)).unwrap();
-    // As in agent_login.rs: `user root` lets a root-started Mosquitto read the 0600 file.
-    Mosquitto::start(
-        Listener::Plain,
-        &format!(
-            "allow_anonymous false\npassword_file {}\nuser root\n",
-            passwd.display()
-        ),
-    )
+fn login_broker() -> Mosquitto {
+    Mosquitto::with_passwords(&[("osprey-cloud", RIGHT), ("gw-1", "gw-pass")])
 }
 
 fn publish_as_gw(broker: &Mosquitto, dir: &Path) {
@@ -650,7 +625,7 @@ fn publish_as_gw(broker: &Mosquitto, dir: &Path) {
 #[test]
 fn mqtt_login_the_right_password_ingests_and_a_wrong_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = login_broker(dir.path());
+    let broker = login_broker();
     let port = broker.port().to_string();
     let login = ["--mqtt-username", "osprey-cloud"];
 
@@ -742,7 +717,7 @@ fn moto_stream() -> (String, String) {
 #[test]
 fn bridge_logs_in_with_the_password_and_reports_a_wrong_one() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = login_broker(dir.path());
+    let broker = login_broker();
     let port = broker.port().to_string();
     let (endpoint, stream) = moto_stream();
     let bridge = |password: &str, id: &str| {
