@@ -47,17 +47,7 @@ pub struct AlertOutputs {
     /// Webhook URL (`--alerts-webhook`).
     pub webhook_url: Option<String>,
     /// The webhook's signing secret.
-    pub webhook_secret: Option<Secret>,
-}
-
-/// A secret that never shows in `Debug` output or logs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub Vec<u8>);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(…)")
-    }
+    pub webhook_secret: Option<crate::secret::Secret>,
 }
 
 /// One configured output.
@@ -252,7 +242,13 @@ impl Notifier {
     ) -> Result<Option<Notifier>, NotifierError> {
         let mut outputs = Vec::new();
         if let Some(url) = &config.webhook_url {
-            let secret = config.webhook_secret.as_ref().map(|s| s.0.as_slice());
+            let secret = match &config.webhook_secret {
+                Some(s) => Some(
+                    super::webhook::check_secret(s.expose())
+                        .map_err(|e| NotifierError::Webhook(WebhookError::BadSecret(e)))?,
+                ),
+                None => None,
+            };
             outputs.push(Output::Webhook(WebhookOutput::new(url, secret)?));
         }
         if let Some(topic) = &config.sns_topic {

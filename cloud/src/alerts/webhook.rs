@@ -16,7 +16,6 @@
 //! outbox; any other status is permanent (a wrong URL or a refused signature does not fix
 //! itself by retrying): the notice is given up at once and counted.
 
-use std::path::Path;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
@@ -62,55 +61,26 @@ pub enum WebhookError {
         /// As given.
         url: String,
     },
-    /// The secret file cannot be used.
-    #[error("webhook secret {path}: {reason}")]
-    Secret {
-        /// The file.
-        path: String,
-        /// What is wrong, and what to do.
-        reason: String,
-    },
+    /// The signing secret is unusable.
+    #[error("{0}")]
+    BadSecret(String),
     /// The system's CA certificates cannot be loaded.
     #[error("cannot load the system CA certificates for https webhooks: {0}")]
     Roots(String),
 }
 
-/// Reads a signing secret from `path`: trimmed of surrounding whitespace, at least
-/// [`MIN_SECRET_BYTES`], and refused when others may read the file.
-pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, WebhookError> {
-    let bad = |reason: String| WebhookError::Secret {
-        path: path.display().to_string(),
-        reason,
-    };
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .map_err(|e| bad(e.to_string()))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            return Err(bad(format!(
-                "is readable by others (mode {:o}); run `chmod 600 {}`",
-                mode & 0o777,
-                path.display()
-            )));
-        }
-    }
-    let text = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-    secret_from(&text).map_err(bad)
-}
-
-/// A secret from its bytes (the file's, or `$OSPREY_ALERTS_WEBHOOK_SECRET`'s).
-pub fn secret_from(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    let text = bytes.trim_ascii();
+/// Checks a signing secret (from `--alerts-webhook-secret-file` or
+/// `$OSPREY_ALERTS_WEBHOOK_SECRET`, read by [`crate::secret::load`]): surrounding whitespace
+/// is not part of it, and it must have at least [`MIN_SECRET_BYTES`].
+pub fn check_secret(secret: &str) -> Result<&[u8], String> {
+    let text = secret.trim().as_bytes();
     if text.len() < MIN_SECRET_BYTES {
         return Err(format!(
-            "the secret has {} bytes; use at least {MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)",
+            "the webhook secret has {} bytes; use at least {MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)",
             text.len()
         ));
     }
-    Ok(text.to_vec())
+    Ok(text)
 }
 
 /// `sha256=` + hex HMAC-SHA256 of `"{timestamp}.{body}"` under `secret`.
@@ -231,11 +201,11 @@ mod tests {
 
     #[test]
     fn short_secrets_and_bad_urls_are_refused_with_what_to_do() {
-        assert!(secret_from(b"  short \n")
+        assert!(check_secret("  short \n")
             .unwrap_err()
             .contains("openssl rand"));
         assert_eq!(
-            secret_from(b" 0123456789abcdef\n").unwrap(),
+            check_secret(" 0123456789abcdef\n").unwrap(),
             b"0123456789abcdef"
         );
         for url in ["ftp://x/y", "not a url", "/relative"] {
