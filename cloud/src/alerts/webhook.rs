@@ -44,9 +44,9 @@ pub struct WebhookOutput {
 
 impl std::fmt::Debug for WebhookOutput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the key.
+        // Never the key, nor the query string (it may hold a token).
         f.debug_struct("WebhookOutput")
-            .field("url", &self.url)
+            .field("url", &self.name())
             .field("signed", &self.key.is_some())
             .finish()
     }
