@@ -10,7 +10,8 @@
 //! The [`Notifier`] polls its own connection for due rows, publishes each, and deletes the row
 //! after the output took it. A failure is retried with exponential backoff
 //! ([`RETRY_MIN`] doubling to [`RETRY_MAX`]) for up to [`MAX_ATTEMPTS`] attempts, then given
-//! up and counted. Rows whose alert was pruned by retention are dropped.
+//! up and counted; a permanent failure (a webhook answering 404) is given up at once. Rows
+//! whose alert was pruned by retention are dropped.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,7 +57,7 @@ pub enum Output {
     /// An SNS topic.
     Sns(SnsOutput),
     /// A webhook.
-    Webhook(WebhookOutput),
+    Webhook(Box<WebhookOutput>),
 }
 
 impl Output {
@@ -249,7 +250,7 @@ impl Notifier {
                 ),
                 None => None,
             };
-            outputs.push(Output::Webhook(WebhookOutput::new(url, secret)?));
+            outputs.push(Output::Webhook(Box::new(WebhookOutput::new(url, secret)?)));
         }
         if let Some(topic) = &config.sns_topic {
             let sns = SnsOutput::connect(topic, config.endpoint_url.as_deref(), &config.region);
