@@ -237,8 +237,10 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
 
     // The outputs are registered before the source starts, so every alert applied from now
     // on gets its outbox rows.
+    let mut alert_stats = None;
     match Notifier::start(&cfg.db, &cfg.alert_outputs).await {
         Ok(Some(notifier)) => {
+            alert_stats = Some(notifier.stats());
             let shutdown = shutdown.clone();
             tasks.spawn(async move { ("alert notifier", notifier.run(shutdown).await) });
         }
@@ -294,7 +296,14 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         stats: pipeline.stats_handle(),
     })
     .merge(
-        Arc::new(Metrics::serve(pipeline.stats_handle()).with_store(store.maintenance())).router(),
+        Arc::new({
+            let metrics = Metrics::serve(pipeline.stats_handle()).with_store(store.maintenance());
+            match alert_stats {
+                Some(stats) => metrics.with_alerts(stats),
+                None => metrics,
+            }
+        })
+        .router(),
     )
     .merge(
         Readiness {

@@ -418,7 +418,8 @@ fn serve_posts_signed_alerts_to_a_webhook_and_retries_a_failed_delivery() {
             .arg("--alerts-webhook-secret-file")
             .arg(&secret),
     );
-    serve.stdout_line_matching("osprey serve: listening on ", Duration::from_secs(60));
+    let line = serve.stdout_line_matching("osprey serve: listening on ", Duration::from_secs(60));
+    let api = line.trim().rsplit(' ').next().unwrap().to_owned();
     osprey_tests::wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
         broker.log().contains("osprey-serve").then_some(())
     })
@@ -452,6 +453,17 @@ fn serve_posts_signed_alerts_to_a_webhook_and_retries_a_failed_delivery() {
         assert_eq!(body["rule"], "bearing-hot");
     }
     assert!(serve.logs().contains("alert output failed; will retry"));
+    let samples = osprey_cloud::metrics::parse_samples(
+        &osprey_tests::http_get(&format!("{api}/metrics")).text(),
+    )
+    .unwrap();
+    let value = |name: &str| samples.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+    assert_eq!(value("osprey_alert_notifications_sent_total"), Some(1.0));
+    assert_eq!(value("osprey_alert_notifications_retried_total"), Some(1.0));
+    assert_eq!(
+        value("osprey_alert_notifications_abandoned_total"),
+        Some(0.0)
+    );
     assert!(
         !serve.logs().contains("0123456789abcdef0123"),
         "the secret was logged"
