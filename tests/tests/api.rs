@@ -519,11 +519,14 @@ fn a_flood_of_stalled_requests_neither_starves_healthz_nor_exhausts_descriptors(
         still_open, 0,
         "stalled connections outlived the header timeout"
     );
+    // The cap acted, and bounded what serve held: 512 connections plus its own few files.
+    // (How many were closed at once depends on how long opening the flood took: slots freed
+    // by the header timeout meanwhile take more of it.)
     assert!(
-        closed_at_once >= FLOOD - 512,
-        "{closed_at_once} closed at once"
+        closed_at_once > 0,
+        "the connection cap never closed a connection"
     );
-    assert!(fds_during < 1024, "{fds_during} fds");
+    assert!(fds_during <= 512 + 40, "{fds_during} fds");
     assert!(serve.is_running(), "{}", serve.logs());
     drop(flood);
     serve.terminate(Duration::from_secs(15)).unwrap();
