@@ -121,19 +121,18 @@ fn prediction_reason(s: &SeriesSignals, series: &str, p: &Prediction) -> String 
             p.rule
         );
     }
-    let range = match p.remaining_high_ms {
-        Some(high) if p.remaining_low_ms < high => {
-            format!("{} to {}, ", duration(p.remaining_low_ms), duration(high))
-        }
+    let low = duration(p.remaining_low_ms);
+    let range = match p.remaining_high_ms.map(duration) {
+        Some(high) if high != low => format!("{low} to {high}, "),
         Some(_) => String::new(),
-        None => format!("at least {}, ", duration(p.remaining_low_ms)),
+        None => format!("at least {low}, "),
     };
     let slope = s
         .trend
         .as_ref()
         .map(|t| {
             let per_h = t.slope_per_hour.abs();
-            if per_h >= 60.0 {
+            if p.remaining_ms < 2 * 3_600_000 {
                 format!(", {} a minute", quantity(per_h / 60.0, &s.unit))
             } else {
                 format!(", {} an hour", quantity(per_h, &s.unit))
