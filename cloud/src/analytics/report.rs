@@ -168,6 +168,15 @@ fn true_crossings(scenario: Scenario, interval_ms: i64) -> Vec<(String, f64, i64
         .collect()
 }
 
+/// One rule's predictions in a run, made before its true crossing.
+#[derive(Debug, Default)]
+struct RulePredictions {
+    /// The first: (ms after the start it was made, predicted crossing ms after the start).
+    first: Option<(i64, i64)>,
+    /// |predicted − true crossing| / (true crossing − now) of each.
+    relative_errors: Vec<f64>,
+}
+
 /// What one machine's run saw.
 #[derive(Debug, Default)]
 struct Run {
@@ -176,9 +185,8 @@ struct Run {
     flagged_windows: BTreeSet<i64>,
     min_score: u32,
     first_flag: Option<(i64, Vec<String>)>,
-    /// Per rule: first prediction (ms after start, predicted crossing ms after start), and the
-    /// relative errors of every prediction before the crossing.
-    predictions: BTreeMap<String, (Option<(i64, i64)>, Vec<f64>)>,
+    /// Per rule.
+    predictions: BTreeMap<String, RulePredictions>,
 }
 
 /// Simulates one machine and scores it after every batch.
@@ -277,9 +285,9 @@ fn run_machine(
                 }
                 let predicted_ms = p.crossing_ms - T0_MS;
                 let entry = run.predictions.entry(p.rule.clone()).or_default();
-                entry.0.get_or_insert((since_ms, predicted_ms));
+                entry.first.get_or_insert((since_ms, predicted_ms));
                 entry
-                    .1
+                    .relative_errors
                     .push((predicted_ms - true_ms).abs() as f64 / (true_ms - since_ms) as f64);
             }
         }
@@ -332,7 +340,7 @@ fn summarise(
                 .flatten();
             let firsts: Vec<Option<(i64, i64)>> = runs
                 .iter()
-                .map(|r| r.predictions.get(&rule).and_then(|p| p.0))
+                .map(|r| r.predictions.get(&rule).and_then(|p| p.first))
                 .collect();
             let prediction_lead_ms = firsts
                 .iter()
@@ -347,7 +355,7 @@ fn summarise(
             let mut errors: Vec<f64> = runs
                 .iter()
                 .filter_map(|r| r.predictions.get(&rule))
-                .flat_map(|p| p.1.iter().copied())
+                .flat_map(|p| p.relative_errors.iter().copied())
                 .collect();
             errors.sort_by(f64::total_cmp);
             Crossing {

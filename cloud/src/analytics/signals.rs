@@ -43,6 +43,10 @@ use super::moments::Moments;
 
 const HOUR_MS: f64 = 3_600_000.0;
 
+/// Fewest readings in a window for its kurtosis to be reported (the sample kurtosis of `n`
+/// readings can reach about `n`, and varies by about √(24/n) for normal noise).
+pub const MIN_SHAPE_READINGS: u64 = 30;
+
 /// Tuning of the signals; the defaults suit one-minute windows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SignalsConfig {
@@ -135,7 +139,8 @@ pub struct Prediction {
     pub across_since_ms: Option<i64>,
 }
 
-/// Vibration features of the newest window.
+/// Vibration features of the newest window, or of the newest closed one while the newest has
+/// fewer readings than a typical window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Vibration {
     /// Root mean square.
@@ -144,7 +149,8 @@ pub struct Vibration {
     pub peak: f64,
     /// Peak over RMS (≈ 1.4 for a sine, higher for impacts).
     pub crest_factor: Option<f64>,
-    /// Kurtosis (3 for Gaussian noise, higher for impacts).
+    /// Kurtosis (3 for Gaussian noise, higher for impacts); only from a window of at least
+    /// [`MIN_SHAPE_READINGS`] readings.
     pub kurtosis: Option<f64>,
 }
 
@@ -258,15 +264,21 @@ pub fn compute(
         }
     }
     predictions.sort_by_key(|p| p.remaining_ms);
+    // Vibration shape from the newest window once it is as full as a typical one, else from
+    // the newest closed window: a few readings make a meaningless kurtosis.
+    let shaped = match closed.last() {
+        Some(last) if (newest.moments.count as f64) < noise.typical_count => last,
+        _ => newest,
+    };
     let vibration = is_vibration(sensor, metric).then(|| {
-        let m = &newest.moments;
+        let m = &shaped.moments;
         let rms = m.rms().unwrap_or(0.0);
         let peak = m.max.abs().max(m.min.abs());
         Vibration {
             rms,
             peak,
             crest_factor: (rms > 0.0).then(|| peak / rms),
-            kurtosis: m.kurtosis(),
+            kurtosis: m.kurtosis().filter(|_| m.count >= MIN_SHAPE_READINGS),
         }
     });
     Some(SeriesSignals {
@@ -601,6 +613,24 @@ mod tests {
         let s = compute("bearing", "temperature", &all, &SignalsConfig::default()).unwrap();
         let z = s.anomaly_score.unwrap();
         assert!(z < 2.5, "4 readings judged as a full window: {z}");
+        assert_eq!(health::score(&[s], &[]).score, 100);
+    }
+
+    #[test]
+    fn a_few_readings_do_not_make_vibration_impulsive() {
+        let (_, mut all) = series(8, 30, 0.15, |_| 2.0);
+        // Eight readings, one high: a sample kurtosis above 6 from nothing.
+        let mut open = Moments::new();
+        for v in [2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 3.5] {
+            open.add(v);
+        }
+        assert!(open.kurtosis().unwrap() >= health::IMPULSIVE);
+        all.push(WindowPoint {
+            start_ms: T0 + 30 * MINUTE,
+            end_ms: T0 + 31 * MINUTE,
+            moments: open,
+        });
+        let s = compute("bearing", "vibration", &all, &SignalsConfig::default()).unwrap();
         assert_eq!(health::score(&[s], &[]).score, 100);
     }
 
