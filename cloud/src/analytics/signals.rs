@@ -140,17 +140,18 @@ pub struct Prediction {
 }
 
 /// Vibration features of the newest window, or of the newest closed one while the newest has
-/// fewer readings than a typical window.
+/// fewer readings than a typical window; crest factor and kurtosis are the smaller of that
+/// window's and the previous one's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Vibration {
     /// Root mean square.
     pub rms: f64,
     /// Largest magnitude.
     pub peak: f64,
-    /// Peak over RMS (≈ 1.4 for a sine, higher for impacts).
+    /// Peak over RMS (≈ 1.4 for a sine, higher for impacts); the smaller of two windows.
     pub crest_factor: Option<f64>,
-    /// Kurtosis (3 for Gaussian noise, higher for impacts); only from a window of at least
-    /// [`MIN_SHAPE_READINGS`] readings.
+    /// Kurtosis (3 for Gaussian noise, higher for impacts); the smaller of two windows, each
+    /// of at least [`MIN_SHAPE_READINGS`] readings.
     pub kurtosis: Option<f64>,
 }
 
@@ -265,20 +266,35 @@ pub fn compute(
     }
     predictions.sort_by_key(|p| p.remaining_ms);
     // Vibration shape from the newest window once it is as full as a typical one, else from
-    // the newest closed window: a few readings make a meaningless kurtosis.
-    let shaped = match closed.last() {
-        Some(last) if (newest.moments.count as f64) < noise.typical_count => last,
-        _ => newest,
+    // the newest closed window: a few readings make a meaningless kurtosis. Crest factor and
+    // kurtosis are the smaller of that window's and the one before it, so one chance outlier
+    // (a normal window of 55 readings reaches a kurtosis of 6 about once a week) does not
+    // count: impacts from a damaged bearing repeat.
+    let shaped = if !closed.is_empty() && (newest.moments.count as f64) < noise.typical_count {
+        closed
+    } else {
+        windows
     };
     let vibration = is_vibration(sensor, metric).then(|| {
-        let m = &shaped.moments;
-        let rms = m.rms().unwrap_or(0.0);
-        let peak = m.max.abs().max(m.min.abs());
+        let shape = |w: &WindowPoint| {
+            let m = &w.moments;
+            let rms = m.rms().unwrap_or(0.0);
+            let peak = m.max.abs().max(m.min.abs());
+            let crest = (rms > 0.0).then(|| peak / rms);
+            let kurtosis = m.kurtosis().filter(|_| m.count >= MIN_SHAPE_READINGS);
+            (rms, peak, crest, kurtosis)
+        };
+        let (rms, peak, crest, kurtosis) = shape(&shaped[shaped.len() - 1]);
+        let before = shaped.len().checked_sub(2).map(|i| shape(&shaped[i]));
+        let smaller = |a: Option<f64>, b: Option<Option<f64>>| match (a, b) {
+            (Some(a), Some(Some(b))) => Some(a.min(b)),
+            _ => None,
+        };
         Vibration {
             rms,
             peak,
-            crest_factor: (rms > 0.0).then(|| peak / rms),
-            kurtosis: m.kurtosis().filter(|_| m.count >= MIN_SHAPE_READINGS),
+            crest_factor: smaller(crest, before.map(|b| b.2)),
+            kurtosis: smaller(kurtosis, before.map(|b| b.3)),
         }
     });
     Some(SeriesSignals {
@@ -632,6 +648,24 @@ mod tests {
         });
         let s = compute("bearing", "vibration", &all, &SignalsConfig::default()).unwrap();
         assert_eq!(health::score(&[s], &[]).score, 100);
+    }
+
+    #[test]
+    fn repeated_impacts_are_impulsive() {
+        // Every window: 58 readings near 2 mm/s and two impacts of 6 mm/s.
+        let (_, mut all) = series(9, 30, 0.15, |_| 2.0);
+        for w in &mut all {
+            w.moments.add(6.0);
+            w.moments.add(6.0);
+        }
+        let s = compute("bearing", "vibration", &all, &SignalsConfig::default()).unwrap();
+        let h = health::score(&[with_unit(s, "mm/s")], &[]);
+        assert!(
+            h.reasons
+                .iter()
+                .any(|r| r.reason.starts_with("bearing vibration is impulsive")),
+            "{h:?}"
+        );
     }
 
     #[test]
