@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::fleet::api::ApiReader;
+use crate::fleet::api::{ApiAccess, ApiReader};
 use crate::fleet::FleetError;
 use crate::store::{deadletter, schema, DeadLetterFilter, DeadLetterRow};
 
@@ -22,8 +22,13 @@ use crate::store::{deadletter, schema, DeadLetterFilter, DeadLetterRow};
 pub enum DeadLetterSource {
     /// A store's SQLite file.
     Db(PathBuf),
-    /// A running serve's API base URL.
-    Api(String),
+    /// A running serve's API.
+    Api {
+        /// Its base URL (`http://` or `https://host:port`).
+        url: String,
+        /// Its token and CA, if it needs them.
+        access: ApiAccess,
+    },
 }
 
 /// Why the dead letters could not be listed.
@@ -69,7 +74,7 @@ pub async fn fetch(
 ) -> Result<Vec<DeadLetterRow>, DeadLettersError> {
     match source {
         DeadLetterSource::Db(path) => read_db(path, filter),
-        DeadLetterSource::Api(url) => {
+        DeadLetterSource::Api { url, access } => {
             let mut query = format!("/api/dead-letters?limit={}", filter.limit);
             if let Some(before) = filter.before {
                 query.push_str(&format!("&before={before}"));
@@ -77,7 +82,7 @@ pub async fn fetch(
             if filter.payload {
                 query.push_str("&payload=hex");
             }
-            let json = ApiReader::new(url)?.get(&query).await?;
+            let json = ApiReader::with_access(url, access)?.get(&query).await?;
             let rows: Vec<ApiRow> = serde_json::from_value(json)
                 .map_err(|e| DeadLettersError::ApiBody(e.to_string()))?;
             Ok(rows.into_iter().map(ApiRow::into_row).collect())

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use osprey_cloud::analytics::{self, signals::SignalsConfig};
 use osprey_cloud::bridge::{self, BridgeConfig};
 use osprey_cloud::connection::kinesis::{KinesisConfig, DEFAULT_REGION};
-use osprey_cloud::connection::mqtt::{MqttConfig, MqttTls};
+use osprey_cloud::connection::mqtt::{MqttConfig, MqttLogin, MqttTls};
 use osprey_cloud::serve::{self, ServeConfig, SourceConfig};
 use osprey_cloud::window::{Hopping, WindowSpec, WINDOW_MS};
 
@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Ingest messages (MQTT or Kinesis) into SQLite and serve the API and dashboard.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Forward every device's MQTT messages to a Kinesis stream (what an AWS IoT rule does).
     Bridge(BridgeArgs),
     /// Show a payload (an MQTT message body, a Kinesis record) as JSON. Reads FILE, or
@@ -79,6 +79,30 @@ struct DeadLettersArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// File holding the serve's API token ($OSPREY_API_TOKEN, when set, gives it instead).
+    #[arg(long, value_name = "PATH", conflicts_with = "db")]
+    api_token_file: Option<PathBuf>,
+    /// PEM CA certificate that signed an https serve's certificate [default: the system's
+    /// roots].
+    #[arg(long, value_name = "PEM", conflicts_with = "db")]
+    ca_file: Option<PathBuf>,
+}
+
+/// The token (`$OSPREY_API_TOKEN` or `token_file`) and CA for reading a serve's API.
+fn api_access(
+    token_file: Option<&std::path::Path>,
+    ca_file: Option<PathBuf>,
+) -> Result<osprey_cloud::fleet::api::ApiAccess> {
+    use osprey_cloud::secret::{self, FileRule};
+    Ok(osprey_cloud::fleet::api::ApiAccess {
+        token: secret::load(
+            std::env::var(osprey_cloud::api::auth::TOKEN_ENV).ok(),
+            token_file,
+            "API token",
+            FileRule::OwnerOnly,
+        )?,
+        ca_file,
+    })
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +130,13 @@ struct FleetArgs {
     /// Refresh every SECS seconds until Ctrl-C.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
     watch: Option<u64>,
+    /// File holding the serve's API token ($OSPREY_API_TOKEN, when set, gives it instead).
+    #[arg(long, value_name = "PATH", conflicts_with = "dynamodb_table")]
+    api_token_file: Option<PathBuf>,
+    /// PEM CA certificate that signed an https serve's certificate [default: the system's
+    /// roots].
+    #[arg(long, value_name = "PEM", conflicts_with = "dynamodb_table")]
+    ca_file: Option<PathBuf>,
 }
 
 #[cfg(feature = "demo")]
@@ -203,6 +234,82 @@ struct ServeArgs {
     /// --endpoint-url and --region like the Kinesis source.
     #[arg(long, value_name = "ARN", env = "OSPREY_ALERTS_SNS_TOPIC")]
     alerts_sns_topic: Option<String>,
+    /// POST every alert raise and clear as JSON to this http(s) URL, once per event, retried
+    /// with backoff on 5xx/429/timeouts; headers X-Osprey-Delivery, -Event, -Timestamp and,
+    /// with a secret, X-Osprey-Signature (sha256= HMAC of "TIMESTAMP.BODY").
+    #[arg(long, value_name = "URL")]
+    alerts_webhook: Option<String>,
+    /// File holding the webhook's signing secret (at least 16 bytes, not readable by others);
+    /// $OSPREY_ALERTS_WEBHOOK_SECRET instead of a file also works.
+    #[arg(long, value_name = "PATH", requires = "alerts_webhook")]
+    alerts_webhook_secret_file: Option<PathBuf>,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// How the API is protected (README, "Securing the API").
+#[derive(Debug, Args)]
+struct ApiArgs {
+    /// File holding the API token (at least 16 bytes; mode 600). Every route but /healthz,
+    /// /readyz and the dashboard's page then needs `Authorization: Bearer TOKEN`.
+    /// $OSPREY_API_TOKEN, when set, gives the token instead.
+    #[arg(long, value_name = "PATH")]
+    api_token_file: Option<PathBuf>,
+    /// Serve without a token on a non-loopback --listen address (refused otherwise); only
+    /// behind something that authenticates.
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// PEM certificate chain for HTTPS (needs --tls-key).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS (mode 600; needs --tls-cert).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// A Host name a loopback listener also answers to, besides localhost, 127.0.0.1 and the
+    /// IPv6 loopback ::1 (any port); repeatable.
+    #[arg(long, value_name = "NAME")]
+    allowed_host: Vec<String>,
+    /// Seconds a client gets to send a request's headers (also how long an idle keep-alive
+    /// connection stays open).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    header_timeout_s: u64,
+    /// Most HTTP connections at once; more are closed right after accept.
+    #[arg(long, value_name = "N", default_value_t = 512,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_connections: u64,
+    /// /readyz answers 503 when the source lags more than this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    ready_max_lag_s: u64,
+}
+
+impl ApiArgs {
+    fn config(&self) -> Result<serve::ApiConfig> {
+        use osprey_cloud::api::auth::{ApiToken, TOKEN_ENV};
+        let token = ApiToken::load(
+            std::env::var(TOKEN_ENV).ok(),
+            self.api_token_file.as_deref(),
+        )?;
+        Ok(serve::ApiConfig {
+            token,
+            insecure_no_auth: self.insecure_no_auth,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(serve::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
+            allowed_hosts: self.allowed_host.clone(),
+            limits: serve::HttpLimits {
+                header_timeout: std::time::Duration::from_secs(self.header_timeout_s),
+                max_connections: usize::try_from(self.max_connections)?,
+                ..serve::HttpLimits::default()
+            },
+            ready_max_lag: std::time::Duration::from_secs(self.ready_max_lag_s),
+        })
+    }
 }
 
 /// Dead-letter caps and retention.
@@ -368,6 +475,13 @@ struct MqttArgs {
     /// PEM private key of the client certificate (needs --mqtt-cert).
     #[arg(long, value_name = "PATH", requires = "mqtt_cert")]
     mqtt_key: Option<PathBuf>,
+    /// MQTT user name (Mosquitto password_file, ...).
+    #[arg(long, value_name = "NAME")]
+    mqtt_username: Option<String>,
+    /// File holding the MQTT password (not readable by everyone; needs --mqtt-username).
+    /// $OSPREY_MQTT_PASSWORD, when set, gives the password instead.
+    #[arg(long, value_name = "PATH")]
+    mqtt_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -383,7 +497,8 @@ struct AwsArgs {
 }
 
 impl MqttArgs {
-    fn config(&self, default_client_id: &str) -> MqttConfig {
+    fn config(&self, default_client_id: &str) -> Result<MqttConfig> {
+        use osprey_cloud::secret::{self, FileRule};
         let client_id = self.mqtt_client_id.as_deref().unwrap_or(default_client_id);
         let mut cfg = MqttConfig::new(&self.mqtt_host, self.mqtt_port, client_id);
         cfg.tls = self.mqtt_ca.as_ref().map(|ca| MqttTls {
@@ -391,9 +506,33 @@ impl MqttArgs {
             client_cert: self.mqtt_cert.clone(),
             client_key: self.mqtt_key.clone(),
         });
-        cfg
+        let password = secret::load(
+            std::env::var(MQTT_PASSWORD_ENV).ok(),
+            self.mqtt_password_file.as_deref(),
+            "MQTT password",
+            FileRule::OwnerAndGroup,
+        )?;
+        cfg.login = match (&self.mqtt_username, password) {
+            (Some(username), password) => Some(MqttLogin {
+                username: username.clone(),
+                password,
+            }),
+            (None, Some(_)) => bail!(
+                "an MQTT password is given (--mqtt-password-file or ${MQTT_PASSWORD_ENV}) but no \
+                 --mqtt-username"
+            ),
+            (None, None) => None,
+        };
+        if cfg.login.is_some() && cfg.is_plaintext_to_remote() {
+            tracing::warn!(broker = %cfg.url(),
+                "the MQTT password goes to another host without TLS; pass --mqtt-ca to encrypt it");
+        }
+        Ok(cfg)
     }
 }
+
+/// The environment variable that, when set, gives the MQTT password.
+const MQTT_PASSWORD_ENV: &str = "OSPREY_MQTT_PASSWORD";
 
 impl AwsArgs {
     fn config(&self, stream: &str) -> KinesisConfig {
@@ -411,7 +550,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Bridge(args) => bridge(args).await,
         Command::Decode { file } => decode(&file),
         #[cfg(feature = "demo")]
@@ -447,7 +586,7 @@ fn init_tracing() {
 
 async fn serve(args: ServeArgs) -> Result<()> {
     let source = match args.source {
-        SourceKind::Mqtt => SourceConfig::Mqtt(args.mqtt.config("osprey-serve")),
+        SourceKind::Mqtt => SourceConfig::Mqtt(args.mqtt.config("osprey-serve")?),
         SourceKind::Kinesis => {
             let Some(stream) = &args.stream else {
                 bail!("--source kinesis needs --stream NAME (the Kinesis stream to read)");
@@ -457,15 +596,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
             SourceConfig::Kinesis(kinesis)
         }
     };
+    let alerts = alert_outputs(&args)?;
     let mut cfg = ServeConfig::new(args.db, args.listen, source);
+    cfg.alert_outputs = alerts;
+    cfg.api = args.api.config()?;
     cfg.windows = args.analytics.windows()?;
     cfg.signals = args.analytics.signals()?;
     cfg.retention = args.retention.config()?;
-    cfg.alert_outputs = osprey_cloud::alerts::outbox::AlertOutputs {
-        sns_topic: args.alerts_sns_topic.clone(),
-        endpoint_url: args.aws.endpoint_url.clone(),
-        region: args.aws.region.clone(),
-    };
     let mut running = serve::start(cfg)
         .await
         .context("osprey serve could not start")?;
@@ -481,9 +618,33 @@ async fn serve(args: ServeArgs) -> Result<()> {
     outcome.context("osprey serve stopped")
 }
 
+/// The alert outputs of `serve`'s flags (the secret read here, so a bad file stops the start).
+fn alert_outputs(args: &ServeArgs) -> Result<osprey_cloud::alerts::outbox::AlertOutputs> {
+    use osprey_cloud::secret::{self, FileRule};
+    let secret = match &args.alerts_webhook {
+        Some(_) => secret::load(
+            std::env::var("OSPREY_ALERTS_WEBHOOK_SECRET").ok(),
+            args.alerts_webhook_secret_file.as_deref(),
+            "webhook secret",
+            FileRule::OwnerOnly,
+        )?,
+        None => None,
+    };
+    if args.alerts_webhook.is_some() && secret.is_none() {
+        tracing::warn!("--alerts-webhook without a secret: deliveries are not signed");
+    }
+    Ok(osprey_cloud::alerts::outbox::AlertOutputs {
+        sns_topic: args.alerts_sns_topic.clone(),
+        endpoint_url: args.aws.endpoint_url.clone(),
+        region: args.aws.region.clone(),
+        webhook_url: args.alerts_webhook.clone(),
+        webhook_secret: secret,
+    })
+}
+
 async fn bridge(args: BridgeArgs) -> Result<()> {
     let mut cfg = BridgeConfig::new(
-        args.mqtt.config("osprey-bridge"),
+        args.mqtt.config("osprey-bridge")?,
         args.aws.config(&args.stream),
     );
     cfg.max_buffered_bytes = args.max_buffered_bytes;
@@ -563,6 +724,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
 
 async fn fleet(args: FleetArgs) -> Result<()> {
     use osprey_cloud::fleet::{self, FleetOptions, FleetSource};
+    let access = api_access(args.api_token_file.as_deref(), args.ca_file)?;
     let source = match (args.api, args.dynamodb_table) {
         (Some(url), _) => FleetSource::Api(url),
         (None, Some(table)) => FleetSource::DynamoDb {
@@ -577,6 +739,7 @@ async fn fleet(args: FleetArgs) -> Result<()> {
         device: args.device,
         json: args.json,
         watch: args.watch.map(std::time::Duration::from_secs),
+        access,
     };
     let stop = async {
         // Without a signal handler the process would stop on Ctrl-C anyway; this only makes
@@ -593,7 +756,10 @@ async fn dead_letters(args: DeadLettersArgs) -> Result<()> {
     use osprey_cloud::store::DeadLetterFilter;
     let source = match (args.db, args.api) {
         (Some(db), _) => DeadLetterSource::Db(db),
-        (None, Some(url)) => DeadLetterSource::Api(url),
+        (None, Some(url)) => DeadLetterSource::Api {
+            url,
+            access: api_access(args.api_token_file.as_deref(), args.ca_file)?,
+        },
         (None, None) => bail!("osprey dead-letters needs --db PATH or --api URL"),
     };
     let filter = DeadLetterFilter {
@@ -702,6 +868,32 @@ mod tests {
             panic!("not fleet")
         };
         assert_eq!((args.watch, args.region.as_str()), (Some(5), "us-east-1"));
+    }
+
+    #[test]
+    fn serve_security_flags_have_safe_defaults_and_pairs() {
+        let cli = Cli::try_parse_from(["osprey", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        let api = &args.api;
+        assert_eq!(
+            (
+                api.header_timeout_s,
+                api.max_connections,
+                api.ready_max_lag_s
+            ),
+            (10, 512, 60)
+        );
+        assert!(!api.insecure_no_auth && api.api_token_file.is_none());
+        let err = Cli::try_parse_from(["osprey", "serve", "--tls-cert", "c.pem"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let err = Cli::try_parse_from(["osprey", "serve", "--max-connections", "0"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        let err =
+            Cli::try_parse_from(["osprey", "fleet", "--dynamodb-table", "t", "--ca-file", "x"])
+                .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 
     #[test]

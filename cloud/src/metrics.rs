@@ -71,6 +71,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::alerts::outbox::NotifierStats;
 use crate::bridge::BridgeStats;
 use crate::pipeline::{IngestStats, ShardProgress};
 use crate::store::MaintenanceStats;
@@ -94,6 +95,13 @@ impl Metrics {
     pub fn with_store(mut self, maintenance: MaintenanceStats) -> Metrics {
         self.registry
             .register_collector(Box::new(StoreCollector(maintenance)));
+        self
+    }
+
+    /// The same metrics with the alert outputs' counters added.
+    pub fn with_alerts(mut self, stats: Arc<NotifierStats>) -> Metrics {
+        self.registry
+            .register_collector(Box::new(AlertsCollector(stats)));
         self
     }
 
@@ -223,6 +231,37 @@ impl Collector for StoreCollector {
             ),
         ] {
             counter(e, name, help, value)?;
+        }
+        Ok(())
+    }
+}
+
+/// The alert outputs' counters (`crate::alerts::outbox`).
+#[derive(Debug)]
+struct AlertsCollector(Arc<NotifierStats>);
+
+impl Collector for AlertsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        use std::sync::atomic::Ordering::Relaxed;
+        let e = &mut encoder;
+        for (name, help, value) in [
+            (
+                "osprey_alert_notifications_sent",
+                "Alert notifications an output (SNS, webhook) took.",
+                &self.0.sent,
+            ),
+            (
+                "osprey_alert_notifications_retried",
+                "Failed notification attempts that will be retried.",
+                &self.0.retried,
+            ),
+            (
+                "osprey_alert_notifications_abandoned",
+                "Notifications given up: a permanent refusal or too many failed attempts.",
+                &self.0.abandoned,
+            ),
+        ] {
+            counter(e, name, help, value.load(Relaxed))?;
         }
         Ok(())
     }

@@ -23,7 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use osprey_protocol::{decode, decode_any, Body, Decoded, Envelope};
@@ -152,6 +152,7 @@ struct Counters {
     rejected: AtomicU64,
     mqtt_messages: AtomicU64,
     identity_mismatches: AtomicU64,
+    source_connected: AtomicBool,
     spoofed: Mutex<SpoofCounts>,
     shards: Mutex<BTreeMap<String, ShardProgress>>,
 }
@@ -183,6 +184,17 @@ impl IngestStats {
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
         }
+    }
+
+    /// Records whether the source is connected (the MQTT source: subscribed, and no
+    /// connection error since); read by `/readyz`.
+    pub fn set_source_connected(&self, connected: bool) {
+        self.0.source_connected.store(connected, Ordering::Relaxed);
+    }
+
+    /// Whether the source last said it is connected.
+    pub fn source_connected(&self) -> bool {
+        self.0.source_connected.load(Ordering::Relaxed)
     }
 
     /// Counts a publish received by the MQTT source.

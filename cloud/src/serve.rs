@@ -9,6 +9,11 @@
 //!              ─► API drains requests ─► writer commits what is queued ─► store closed
 //! ```
 //!
+//! The API is served by our own accept loop (`serve/http.rs`: header timeout, connection cap,
+//! TLS from [`TlsFiles`]) behind the layers of [`crate::api`]: security headers, the loopback
+//! Host check, the bearer token. [`start`] refuses a non-loopback listener without a token unless
+//! [`ApiConfig::insecure_no_auth`] is set.
+//!
 //! [`start`] returns as soon as the API listens, so a caller that binds port 0 learns the real
 //! address from [`Running::addr`]; [`Running::source_ready`] waits until the source is
 //! subscribed (MQTT) or has listed its shards (Kinesis).
@@ -21,10 +26,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::middleware::{from_fn, from_fn_with_state};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::alerts::outbox::{AlertOutputs, Notifier, NotifierError};
+use crate::api::auth::ApiToken;
+use crate::api::host::AllowedHosts;
+use crate::api::ready::{Readiness, SourceKind};
 use crate::api::{self, ApiState};
 use crate::connection::kinesis::KinesisConfig;
 use crate::connection::mqtt::{MqttConfig, MqttConfigError, Subscriber};
@@ -53,6 +62,8 @@ pub enum SourceConfig {
 /// Settings of `osprey serve`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServeConfig {
+    /// How the API is protected: token, TLS, Host check, connection limits, readiness.
+    pub api: ApiConfig,
     /// SQLite database file (created if missing).
     pub db: PathBuf,
     /// Address the HTTP API binds (port 0 picks a free port).
@@ -73,6 +84,7 @@ impl ServeConfig {
     /// Settings from their parts.
     pub fn new(db: impl Into<PathBuf>, listen: SocketAddr, source: SourceConfig) -> ServeConfig {
         ServeConfig {
+            api: ApiConfig::default(),
             db: db.into(),
             listen,
             source,
@@ -80,6 +92,36 @@ impl ServeConfig {
             signals: SignalsConfig::default(),
             retention: RetentionConfig::default(),
             alert_outputs: AlertOutputs::default(),
+        }
+    }
+}
+
+/// How the API is exposed and protected (ARCHITECTURE.md, "The API's security").
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiConfig {
+    /// Bearer token every route but the probes and the dashboard's static files needs.
+    pub token: Option<ApiToken>,
+    /// Serve without a token on a non-loopback address (otherwise refused).
+    pub insecure_no_auth: bool,
+    /// TLS certificate and key; `None` for plain HTTP.
+    pub tls: Option<TlsFiles>,
+    /// Host names a loopback listener answers to besides localhost, 127.0.0.1 and `[::1]`.
+    pub allowed_hosts: Vec<String>,
+    /// Header timeout and connection cap.
+    pub limits: HttpLimits,
+    /// Largest source lag for which `/readyz` still says ready.
+    pub ready_max_lag: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> ApiConfig {
+        ApiConfig {
+            token: None,
+            insecure_no_auth: false,
+            tls: None,
+            allowed_hosts: Vec::new(),
+            limits: HttpLimits::default(),
+            ready_max_lag: Duration::from_secs(60),
         }
     }
 }
@@ -108,6 +150,19 @@ pub enum ServeError {
         /// The OS error.
         cause: std::io::Error,
     },
+    /// A non-loopback listener without a token.
+    #[error(
+        "refusing to serve the API on {addr} without a token: anyone who can reach it could \
+         read the fleet. Set --api-token-file PATH or $OSPREY_API_TOKEN, listen on 127.0.0.1, \
+         or pass --insecure-no-auth if something in front of it authenticates"
+    )]
+    Unauthenticated {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The store did not close in time because something still holds a pipeline handle.
     #[error(
         "the store did not close within {grace_s} s: a pipeline handle is still alive; \
@@ -133,6 +188,7 @@ type TaskResult = (&'static str, Result<(), String>);
 #[derive(Debug)]
 pub struct Running {
     addr: SocketAddr,
+    scheme: &'static str,
     trigger: Trigger,
     ready: Ready,
     pipeline: Pipeline,
@@ -143,6 +199,27 @@ pub struct Running {
 
 /// Opens the store, binds the API and starts the source. Returns once the API listens.
 pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
+    let loopback = cfg.listen.ip().is_loopback();
+    if cfg.api.token.is_none() && !loopback {
+        if !cfg.api.insecure_no_auth {
+            return Err(ServeError::Unauthenticated { addr: cfg.listen });
+        }
+        tracing::warn!(addr = %cfg.listen,
+            "!!! --insecure-no-auth: the API serves the whole fleet WITHOUT authentication to \
+             anyone who can reach this address; set --api-token-file unless a proxy in front \
+             authenticates !!!");
+    }
+    let tls = match &cfg.api.tls {
+        Some(files) => {
+            let files = files.clone();
+            Some(
+                tokio::task::spawn_blocking(move || files.acceptor())
+                    .await
+                    .map_err(|e| StoreError::ReadTask(e.to_string()))??,
+            )
+        }
+        None => None,
+    };
     let (db, signals, retention) = (cfg.db.clone(), cfg.signals.clone(), cfg.retention.clone());
     let store = tokio::task::spawn_blocking(move || Store::open_configured(db, signals, retention))
         .await
@@ -152,11 +229,18 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     let (trigger, shutdown) = shutdown::channel();
     let (set_ready, ready) = shutdown::ready();
     let mut tasks = JoinSet::new();
+    let source_kind = match cfg.source {
+        SourceConfig::Mqtt(_) => SourceKind::Mqtt,
+        SourceConfig::Kinesis(_) => SourceKind::Kinesis,
+        SourceConfig::None => SourceKind::None,
+    };
 
     // The outputs are registered before the source starts, so every alert applied from now
     // on gets its outbox rows.
+    let mut alert_stats = None;
     match Notifier::start(&cfg.db, &cfg.alert_outputs).await {
         Ok(Some(notifier)) => {
+            alert_stats = Some(notifier.stats());
             let shutdown = shutdown.clone();
             tasks.spawn(async move { ("alert notifier", notifier.run(shutdown).await) });
         }
@@ -207,23 +291,49 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         addr: cfg.listen,
         cause,
     })?;
-    let router = api::router(ApiState {
+    let mut router = api::router(ApiState {
         reader: reader.clone(),
         stats: pipeline.stats_handle(),
     })
     .merge(
-        Arc::new(Metrics::serve(pipeline.stats_handle()).with_store(store.maintenance())).router(),
+        Arc::new({
+            let metrics = Metrics::serve(pipeline.stats_handle()).with_store(store.maintenance());
+            match alert_stats {
+                Some(stats) => metrics.with_alerts(stats),
+                None => metrics,
+            }
+        })
+        .router(),
+    )
+    .merge(
+        Readiness {
+            ready: ready.clone(),
+            stats: pipeline.stats_handle(),
+            source: source_kind,
+            max_lag: cfg.api.ready_max_lag,
+        }
+        .router(),
     );
-    let mut api_shutdown = shutdown.clone();
+    // Layers wrap what is already there: the last added runs first.
+    if let Some(token) = cfg.api.token.clone() {
+        router = router.layer(from_fn_with_state(token, api::auth::require_token));
+    }
+    if loopback {
+        let allowed = AllowedHosts::loopback(&cfg.api.allowed_hosts);
+        router = router.layer(from_fn_with_state(allowed, api::host::check_host));
+    }
+    let router = router.layer(from_fn(api::headers::security_headers));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let (api_shutdown, limits) = (shutdown.clone(), cfg.api.limits.clone());
     tasks.spawn(async move {
-        let result = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { api_shutdown.wait().await })
-            .await;
-        ("http api", result.map_err(|e| e.to_string()))
+        http::serve(listener, router, tls, limits, api_shutdown).await;
+        ("http api", Ok(()))
     });
-    tracing::info!(addr = %addr, db = %cfg.db.display(), "osprey serve running");
+    tracing::info!(addr = %addr, db = %cfg.db.display(), tls = scheme == "https",
+        token = cfg.api.token.is_some(), "osprey serve running");
     Ok(Running {
         addr,
+        scheme,
         trigger,
         ready,
         pipeline,
@@ -250,9 +360,9 @@ impl Running {
         self.addr
     }
 
-    /// The API's base URL, `http://addr`.
+    /// The API's base URL, `http://addr` (or `https://addr` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Resolves once the source is subscribed (MQTT) or has listed its shards (Kinesis);
@@ -331,6 +441,13 @@ impl Running {
         Ok(())
     }
 }
+
+mod http;
+mod stall;
+mod tls;
+
+pub use http::HttpLimits;
+pub use tls::{TlsError, TlsFiles};
 
 #[cfg(test)]
 mod tests;

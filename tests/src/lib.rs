@@ -11,6 +11,7 @@
 //!  moto      moto_endpoint(), unique_name()             the Kinesis/DynamoDB API that tests/run.sh started
 //!            MotoServer                                 a private moto server (to stall it with SIGSTOP)
 //!  net       free_port(), http_get_json(), wait_until() loopback ports, a tiny HTTP client, polling
+//!  browser   rendered_dom(url)                          headless Chromium's DOM after the scripts ran
 //! ```
 //!
 //! Everything is blocking std code. Setup failures panic with a message that says what to do
@@ -39,6 +40,7 @@
 //! ```
 
 pub mod bench;
+mod browser;
 mod certs;
 mod lambda;
 mod mosquitto;
@@ -48,6 +50,7 @@ mod paths;
 mod process;
 mod subscriber;
 
+pub use browser::{chromium, rendered_dom};
 pub use certs::{Certs, ClientCert};
 pub use lambda::{base64, kinesis_event_json};
 pub use mosquitto::{mosquitto_tool, Listener, Mosquitto};

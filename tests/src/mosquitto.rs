@@ -56,6 +56,8 @@ pub struct Mosquitto {
     history: String,
     config: PathBuf,
     _dir: TempDir,
+    /// Files the config points at (a password file), kept as long as the broker.
+    extra_dir: Option<TempDir>,
 }
 
 impl Mosquitto {
@@ -86,6 +88,50 @@ impl Mosquitto {
         )
     }
 
+    /// A plain-MQTT broker that knows only `users` (name, password), from a password file made
+    /// with `mosquitto_passwd` in its own temp dir, and refuses anonymous clients.
+    ///
+    /// # Panics
+    ///
+    /// When `mosquitto_passwd` fails, or as [`Mosquitto::start`].
+    pub fn with_passwords(users: &[(&str, &str)]) -> Mosquitto {
+        let dir = tempfile::Builder::new()
+            .prefix("osprey-mosquitto-passwd-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create a temp dir for the password file: {e}"));
+        let passwd = dir.path().join("mosquitto.passwd");
+        for (i, (user, password)) in users.iter().enumerate() {
+            let mut cmd = Command::new(mosquitto_tool("mosquitto_passwd"));
+            cmd.arg("-b");
+            if i == 0 {
+                cmd.arg("-c");
+            }
+            let out = cmd
+                .arg(&passwd)
+                .args([user, password])
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run mosquitto_passwd: {e}"));
+            if !out.status.success() {
+                panic!(
+                    "mosquitto_passwd failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        set_owner_only(&passwd);
+        // Started as root, Mosquitto drops to user `mosquitto`, which cannot read a 0600 file in
+        // a private temp dir; `user root` keeps it as it is (ignored when not root).
+        let mut broker = Mosquitto::start(
+            Listener::Plain,
+            &format!(
+                "allow_anonymous false\npassword_file {}\nuser root\n",
+                passwd.display()
+            ),
+        );
+        broker.extra_dir = Some(dir);
+        broker
+    }
+
     /// A broker with `listener` and extra mosquitto.conf lines appended to the generated
     /// config (no comments after values on the same line: Mosquitto rejects them).
     ///
@@ -104,6 +150,7 @@ impl Mosquitto {
             history: String::new(),
             config: dir.path().join("mosquitto.conf"),
             _dir: dir,
+            extra_dir: None,
         };
         let mut last_log = String::new();
         for _ in 0..PORT_ATTEMPTS {
@@ -300,4 +347,10 @@ fn find_program(name: &str, fallbacks: &[&str]) -> Option<PathBuf> {
         .into_iter()
         .chain(fallbacks.iter().map(PathBuf::from))
         .find(|p| p.is_file())
+}
+
+fn set_owner_only(path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("cannot chmod 600 {}: {e}", path.display()));
 }

@@ -323,3 +323,149 @@ fn serve_publishes_each_alert_once_and_keeps_unsent_ones_across_a_restart() {
         running.logs()
     );
 }
+
+/// One request a webhook receiver got: headers (lower-case names) and body.
+#[derive(Debug, Clone)]
+struct Delivery {
+    headers: BTreeMap<String, String>,
+    body: String,
+}
+
+/// A webhook receiver on loopback answering `first` to the first request and 200 after.
+fn receiver(first: u16) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Delivery>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            // Keep-alive: several requests per connection.
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let mut headers = BTreeMap::new();
+                loop {
+                    let mut h = String::new();
+                    reader.read_line(&mut h).unwrap();
+                    let h = h.trim_end();
+                    if h.is_empty() {
+                        break;
+                    }
+                    let (k, v) = h.split_once(':').unwrap();
+                    headers.insert(k.trim().to_lowercase(), v.trim().to_owned());
+                }
+                let len: usize = headers["content-length"].parse().unwrap();
+                let mut body = vec![0; len];
+                reader.read_exact(&mut body).unwrap();
+                let mut list = seen.lock().unwrap();
+                list.push(Delivery {
+                    headers,
+                    body: String::from_utf8(body).unwrap(),
+                });
+                let status = if list.len() == 1 { first } else { 200 };
+                drop(list);
+                write!(stream, "HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n").unwrap();
+            }
+        }
+    });
+    (port, got)
+}
+
+#[test]
+fn serve_posts_signed_alerts_to_a_webhook_and_retries_a_failed_delivery() {
+    let (port, got) = receiver(503);
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("hook.secret");
+    std::fs::write(&secret, "0123456789abcdef0123\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    // A secret others may read is refused, with what to do.
+    let out = Command::new(bin("osprey"))
+        .arg("serve")
+        .arg("--db")
+        .arg(dir.path().join("x.db"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--alerts-webhook",
+            "http://127.0.0.1:1/",
+        ])
+        .arg("--alerts-webhook-secret-file")
+        .arg(&secret)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("chmod 600"),
+        "{out:?}"
+    );
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+
+    let broker = Mosquitto::plain();
+    let mut serve = Proc::spawn(
+        Command::new(bin("osprey"))
+            .arg("serve")
+            .arg("--db")
+            .arg(dir.path().join("osprey.db"))
+            .args(["--listen", "127.0.0.1:0", "--source", "mqtt"])
+            .args(["--mqtt-host", "127.0.0.1"])
+            .args(["--mqtt-port", &broker.port().to_string()])
+            .args(["--alerts-webhook", &format!("http://127.0.0.1:{port}/hook")])
+            .arg("--alerts-webhook-secret-file")
+            .arg(&secret),
+    );
+    let line = serve.stdout_line_matching("osprey serve: listening on ", Duration::from_secs(60));
+    let api = line.trim().rsplit(' ').next().unwrap().to_owned();
+    osprey_tests::wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+        broker.log().contains("osprey-serve").then_some(())
+    })
+    .unwrap();
+    let topic = osprey_protocol::topic::data("mill-3", osprey_protocol::Kind::Alert);
+    publish(&broker, &topic, &alert("mill-3", 1, AlertEvent::Raise));
+    publish(&broker, &topic, &alert("mill-3", 1, AlertEvent::Raise));
+    // The first delivery gets 503 and is retried after 1 s; the duplicate is not sent.
+    let deliveries =
+        osprey_tests::wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+            let list = got.lock().unwrap().clone();
+            (list.len() >= 2).then_some(list)
+        })
+        .unwrap_or_else(|| panic!("{:?}\n{}", got.lock().unwrap(), serve.logs()));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(got.lock().unwrap().len(), 2, "{:?}", got.lock().unwrap());
+    for d in &deliveries {
+        assert_eq!(d.headers["x-osprey-delivery"], "mill-3/5/1");
+        assert_eq!(d.headers["x-osprey-event"], "raise");
+        assert_eq!(d.headers["content-type"], "application/json");
+        let timestamp: u64 = d.headers["x-osprey-timestamp"].parse().unwrap();
+        assert_eq!(
+            d.headers["x-osprey-signature"],
+            osprey_cloud::alerts::webhook::signature(
+                b"0123456789abcdef0123",
+                timestamp,
+                d.body.as_bytes()
+            )
+        );
+        let body: Value = serde_json::from_str(&d.body).unwrap();
+        assert_eq!(body["rule"], "bearing-hot");
+    }
+    assert!(serve.logs().contains("alert output failed; will retry"));
+    let samples = osprey_cloud::metrics::parse_samples(
+        &osprey_tests::http_get(&format!("{api}/metrics")).text(),
+    )
+    .unwrap();
+    let value = |name: &str| samples.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+    assert_eq!(value("osprey_alert_notifications_sent_total"), Some(1.0));
+    assert_eq!(value("osprey_alert_notifications_retried_total"), Some(1.0));
+    assert_eq!(
+        value("osprey_alert_notifications_abandoned_total"),
+        Some(0.0)
+    );
+    assert!(
+        !serve.logs().contains("0123456789abcdef0123"),
+        "the secret was logged"
+    );
+}

@@ -8,52 +8,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use osprey_tests::{bin, http_get_json, wait_until, Proc};
+use osprey_tests::{bin, http_get_json, rendered_dom, wait_until, Proc};
 
 const DEVICES: usize = 4;
-
-/// Headless Chromium from Debian (tests/run.sh installs it).
-fn chromium() -> String {
-    for name in ["chromium", "chromium-browser"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {name}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if found {
-            return name.to_owned();
-        }
-    }
-    panic!("chromium not found: run tests/run.sh, which installs Debian's chromium");
-}
-
-/// The page's DOM after its scripts ran, as Chromium renders it.
-fn rendered_dom(url: &str) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(url)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 #[test]
 fn demo_serves_the_simulated_fleet_with_windows_alerts_and_a_dashboard() {

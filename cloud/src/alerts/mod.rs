@@ -1,7 +1,7 @@
 //! Alert outputs: telling people when a rule is raised or cleared.
 //!
 //! ```text
-//!  serve:  store writer ──(same transaction as the alert)──► alert_outbox ─► outbox::Notifier ─► SnsOutput
+//!  serve:  store writer ──(same transaction as the alert)──► alert_outbox ─► outbox::Notifier ─► SnsOutput, WebhookOutput
 //!  Lambda: state.apply(message) ─► Applied ─► SnsOutput ─► alert item marked `notified`
 //! ```
 //!
@@ -23,6 +23,7 @@
 
 pub mod outbox;
 pub mod sns;
+pub mod webhook;
 
 use serde::Serialize;
 
@@ -139,14 +140,25 @@ fn short(v: f64) -> String {
 /// Why an output could not take a notice.
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
-    /// The service refused or could not be reached; worth retrying.
+    /// The service refused or could not be reached.
     #[error("{output}: {message}")]
     Failed {
         /// The output, e.g. `sns:arn:aws:sns:…`.
         output: String,
         /// What went wrong.
         message: String,
+        /// Retrying cannot help (e.g. a webhook answering 404): give the notice up at once.
+        permanent: bool,
     },
+}
+
+impl OutputError {
+    /// Whether retrying cannot help.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            OutputError::Failed { permanent, .. } => *permanent,
+        }
+    }
 }
 
 #[cfg(test)]

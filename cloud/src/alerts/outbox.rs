@@ -10,7 +10,8 @@
 //! The [`Notifier`] polls its own connection for due rows, publishes each, and deletes the row
 //! after the output took it. A failure is retried with exponential backoff
 //! ([`RETRY_MIN`] doubling to [`RETRY_MAX`]) for up to [`MAX_ATTEMPTS`] attempts, then given
-//! up and counted. Rows whose alert was pruned by retention are dropped.
+//! up and counted; a permanent failure (a webhook answering 404) is given up at once. Rows
+//! whose alert was pruned by retention are dropped.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +21,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::sns::SnsOutput;
+use super::webhook::{WebhookError, WebhookOutput};
 use super::{Notice, OutputError};
 use crate::shutdown::Shutdown;
 
@@ -43,6 +45,37 @@ pub struct AlertOutputs {
     pub endpoint_url: Option<String>,
     /// AWS region.
     pub region: String,
+    /// Webhook URL (`--alerts-webhook`).
+    pub webhook_url: Option<String>,
+    /// The webhook's signing secret.
+    pub webhook_secret: Option<crate::secret::Secret>,
+}
+
+/// One configured output.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// An SNS topic.
+    Sns(SnsOutput),
+    /// A webhook.
+    Webhook(Box<WebhookOutput>),
+}
+
+impl Output {
+    /// Its name in logs and in the outbox.
+    pub fn name(&self) -> String {
+        match self {
+            Output::Sns(o) => o.name(),
+            Output::Webhook(o) => o.name(),
+        }
+    }
+
+    /// Sends one notice.
+    pub async fn publish(&self, notice: &Notice) -> Result<(), OutputError> {
+        match self {
+            Output::Sns(o) => o.publish(notice).await,
+            Output::Webhook(o) => o.publish(notice).await,
+        }
+    }
 }
 
 /// What the notifier did, for `/metrics` and logs.
@@ -180,16 +213,24 @@ pub fn retry_delay(attempts: u32) -> Duration {
 #[derive(Debug)]
 pub struct Notifier {
     conn: Arc<Mutex<Connection>>,
-    sns: SnsOutput,
+    outputs: Vec<Output>,
     stats: Arc<NotifierStats>,
 }
 
 /// Why the notifier could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("alert outputs: cannot use the outbox of {path}: {cause}")]
-pub struct NotifierError {
-    path: PathBuf,
-    cause: rusqlite::Error,
+pub enum NotifierError {
+    /// The outbox tables cannot be used.
+    #[error("alert outputs: cannot use the outbox of {path}: {cause}")]
+    Outbox {
+        /// The database.
+        path: PathBuf,
+        /// SQLite's error.
+        cause: rusqlite::Error,
+    },
+    /// The webhook's settings are unusable.
+    #[error("alert outputs: {0}")]
+    Webhook(#[from] WebhookError),
 }
 
 impl Notifier {
@@ -198,15 +239,24 @@ impl Notifier {
     /// dropping what earlier runs' outputs left).
     pub async fn start(
         db: &Path,
-        outputs: &AlertOutputs,
+        config: &AlertOutputs,
     ) -> Result<Option<Notifier>, NotifierError> {
-        let sns = match &outputs.sns_topic {
-            Some(topic) => Some(
-                SnsOutput::connect(topic, outputs.endpoint_url.as_deref(), &outputs.region).await,
-            ),
-            None => None,
-        };
-        let names: Vec<String> = sns.iter().map(SnsOutput::name).collect();
+        let mut outputs = Vec::new();
+        if let Some(url) = &config.webhook_url {
+            let secret = match &config.webhook_secret {
+                Some(s) => Some(
+                    super::webhook::check_secret(s.expose())
+                        .map_err(|e| NotifierError::Webhook(WebhookError::BadSecret(e)))?,
+                ),
+                None => None,
+            };
+            outputs.push(Output::Webhook(Box::new(WebhookOutput::new(url, secret)?)));
+        }
+        if let Some(topic) = &config.sns_topic {
+            let sns = SnsOutput::connect(topic, config.endpoint_url.as_deref(), &config.region);
+            outputs.push(Output::Sns(sns.await));
+        }
+        let names: Vec<String> = outputs.iter().map(Output::name).collect();
         let path = db.to_owned();
         let conn = tokio::task::spawn_blocking(move || -> rusqlite::Result<Connection> {
             let conn = Connection::open(&path)?;
@@ -215,21 +265,24 @@ impl Notifier {
             Ok(conn)
         })
         .await
-        .map_err(|e| NotifierError {
+        .map_err(|e| NotifierError::Outbox {
             path: db.to_owned(),
             cause: rusqlite::Error::InvalidParameterName(e.to_string()),
         })?
-        .map_err(|cause| NotifierError {
+        .map_err(|cause| NotifierError::Outbox {
             path: db.to_owned(),
             cause,
         })?;
-        Ok(sns.map(|sns| {
-            tracing::info!(output = %sns.name(), fifo = sns.is_fifo(), "alert output configured");
-            Notifier {
-                conn: Arc::new(Mutex::new(conn)),
-                sns,
-                stats: Arc::new(NotifierStats::default()),
-            }
+        if outputs.is_empty() {
+            return Ok(None);
+        }
+        for o in &outputs {
+            tracing::info!(output = %o.name(), "alert output configured");
+        }
+        Ok(Some(Notifier {
+            conn: Arc::new(Mutex::new(conn)),
+            outputs,
+            stats: Arc::new(NotifierStats::default()),
         }))
     }
 
@@ -257,7 +310,6 @@ impl Notifier {
     /// Sends due rows until `shutdown`; a database error is logged and retried at the next
     /// poll (the rows stay).
     pub async fn run(self, mut shutdown: Shutdown) -> Result<(), String> {
-        let output = self.sns.name();
         let mut tick = 0u64;
         loop {
             if shutdown.is_triggered() {
@@ -272,22 +324,25 @@ impl Notifier {
                 }
             }
             tick += 1;
-            let now = crate::clock::now_ms();
-            let name = output.clone();
-            let batch = match self.db(move |c| due(c, &name, now, BATCH)).await {
-                Ok(batch) => batch,
-                Err(e) => {
-                    tracing::warn!(error = %e, "alert outbox: cannot read due rows");
-                    Vec::new()
+            let mut idle = true;
+            for output in &self.outputs {
+                let now = crate::clock::now_ms();
+                let name = output.name();
+                let batch = match self.db(move |c| due(c, &name, now, BATCH)).await {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "alert outbox: cannot read due rows");
+                        Vec::new()
+                    }
+                };
+                idle &= batch.is_empty();
+                for row in batch {
+                    if shutdown.is_triggered() {
+                        return Ok(());
+                    }
+                    let sent = output.publish(&row.notice).await;
+                    self.settle(&output.name(), row, sent).await;
                 }
-            };
-            let idle = batch.is_empty();
-            for row in batch {
-                if shutdown.is_triggered() {
-                    return Ok(());
-                }
-                let sent = self.sns.publish(&row.notice).await;
-                self.settle(&output, row, sent).await;
             }
             if idle {
                 tokio::select! {
@@ -308,7 +363,7 @@ impl Notifier {
                 tracing::info!(output, id = %id, subject = %notice.subject(), "alert sent");
                 self.db(move |c| remove(c, &name, &notice)).await
             }
-            Err(e) if row.attempts + 1 >= MAX_ATTEMPTS => {
+            Err(e) if e.is_permanent() || row.attempts + 1 >= MAX_ATTEMPTS => {
                 self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(output, id = %id, attempts = row.attempts + 1, error = %e,
                     "alert output: giving up on this alert");

@@ -50,6 +50,7 @@ impl SnsOutput {
         let fail = |message: String| OutputError::Failed {
             output: self.name(),
             message,
+            permanent: false,
         };
         let mut request = self
             .client

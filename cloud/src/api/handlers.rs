@@ -28,6 +28,25 @@ pub async fn dashboard() -> Html<&'static str> {
     Html(include_str!("dashboard.html"))
 }
 
+/// `GET /dashboard.js`: the dashboard's script.
+pub async fn dashboard_js() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/javascript; charset=utf-8",
+        )],
+        include_str!("dashboard.js"),
+    )
+}
+
+/// `GET /dashboard.css`: the dashboard's style.
+pub async fn dashboard_css() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("dashboard.css"),
+    )
+}
+
 #[derive(Serialize)]
 pub struct Health {
     status: &'static str,

@@ -2,8 +2,10 @@
 //!
 //! | route | returns |
 //! |---|---|
-//! | `GET /` | the dashboard page (self-contained HTML, polls `/api/devices` every 2 s) |
-//! | `GET /healthz` | `{"status": "ok"}` |
+//! | `GET /` | the dashboard page (no inline script or style; polls `/api/devices` every 2 s) |
+//! | `GET /dashboard.js`, `GET /dashboard.css` | its script and style (built into the binary) |
+//! | `GET /healthz` | `{"status": "ok"}`: alive; never needs the token |
+//! | `GET /readyz` | `{"ready", "reason"}`, 200 or 503 ([`ready`]); never needs the token |
 //! | `GET /api/devices` | `[DeviceSummary]`, by device id |
 //! | `GET /api/devices/{device}` | `DeviceSummary`, 404 if unknown |
 //! | `GET /api/devices/{device}/windows?sensor=&metric=&kind=&since_ms=&limit=` | `[WindowRow]`, newest first; 404 if unknown |
@@ -18,11 +20,20 @@
 //! [`crate::store::AlertRow`]. `kind` is `tumbling` (default), `hopping` or `session`; `limit` is
 //! 1 to 10 000 (default 100). Errors are
 //! `{"error": "..."}` with 400 (bad parameter, named), 404 (unknown device or route) or 500.
+//!
+//! Security ([`auth`], [`host`], [`headers`]; `serve` adds them as layers): with a token, every
+//! route but `/healthz`, `/readyz` and the dashboard's static files needs
+//! `Authorization: Bearer <token>` (401 otherwise); a loopback listener answers only to
+//! loopback Host names (421 otherwise); every response carries the security headers.
 
+pub mod auth;
 pub mod deadletters;
 mod error;
 mod handlers;
+pub mod headers;
+pub mod host;
 pub mod params;
+pub mod ready;
 
 use axum::routing::get;
 use axum::Router;
@@ -45,6 +56,8 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/", get(handlers::dashboard))
+        .route("/dashboard.js", get(handlers::dashboard_js))
+        .route("/dashboard.css", get(handlers::dashboard_css))
         .route("/healthz", get(handlers::healthz))
         .route("/api/devices", get(handlers::devices))
         .route("/api/devices/{device}", get(handlers::device))

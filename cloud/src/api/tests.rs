@@ -214,9 +214,28 @@ async fn health_and_dashboard() {
         .await
         .unwrap();
     let page = String::from_utf8(page.to_vec()).unwrap();
-    assert!(page.contains("/api/devices"));
+    assert!(page.contains(r#"<script src="/dashboard.js">"#), "{page}");
     assert!(
-        !page.contains("https://"),
+        !page.contains("<style") && !page.contains("<script>"),
+        "no inline script or style (the CSP forbids them)"
+    );
+    let mut assets = String::new();
+    for path in ["/dashboard.js", "/dashboard.css"] {
+        let response = f
+            .router
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        assets.push_str(std::str::from_utf8(&body).unwrap());
+    }
+    assert!(assets.contains("/api/devices"));
+    assert!(
+        !(page + &assets).contains("https://"),
         "the dashboard must not load anything external"
     );
 }

@@ -61,6 +61,18 @@ pub struct MqttConfig {
     /// we are disconnected (`clean_session = false`). On by default; turn it off for
     /// throw-away clients that must not leave sessions behind on a shared broker.
     pub persistent_session: bool,
+    /// User name and password sent in CONNECT (Mosquitto `password_file`); `None` for none.
+    pub login: Option<MqttLogin>,
+}
+
+/// An MQTT user name and its password (from `--mqtt-password-file` or
+/// `$OSPREY_MQTT_PASSWORD`, read by [`crate::secret`]; never logged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttLogin {
+    /// The user name.
+    pub username: String,
+    /// The password, if any.
+    pub password: Option<crate::secret::Secret>,
 }
 
 /// TLS settings: the CA that signed the broker's certificate and, for mutual TLS (AWS IoT
@@ -120,7 +132,22 @@ impl MqttConfig {
             tls: None,
             keep_alive: Duration::from_secs(30),
             persistent_session: true,
+            login: None,
         }
+    }
+
+    /// Whether this configuration sends in clear to another machine: TLS off and a host that
+    /// is not a loopback name or address (a password would cross the network readable).
+    pub fn is_plaintext_to_remote(&self) -> bool {
+        if self.tls.is_some() {
+            return false;
+        }
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        !loopback
     }
 
     /// Connection options: manual acks, the session kind, TLS if configured.
@@ -132,6 +159,10 @@ impl MqttConfig {
             .set_manual_acks(true)
             .set_max_packet_size(MAX_INCOMING_PACKET_BYTES, MAX_OUTGOING_PACKET_BYTES)
             .set_request_channel_capacity(REQUEST_CAPACITY);
+        if let Some(login) = &self.login {
+            let password = login.password.as_ref().map_or("", |p| p.expose());
+            options.set_credentials(&login.username, password);
+        }
         if let Some(tls) = &self.tls {
             let config = tls.client_config()?;
             options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
@@ -227,6 +258,7 @@ pub struct Subscriber {
     url: String,
     backoff: Backoff,
     subscribe_pending: bool,
+    on_link: Option<Box<dyn Fn(bool) + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -249,7 +281,21 @@ impl Subscriber {
             url: cfg.url(),
             backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(10)),
             subscribe_pending: false,
+            on_link: None,
         })
+    }
+
+    /// Calls `observer(true)` on every confirmed subscription and `observer(false)` when the
+    /// connection fails or the broker refuses it (serve's `/readyz` watches this).
+    pub fn observe_link(mut self, observer: impl Fn(bool) + Send + Sync + 'static) -> Subscriber {
+        self.on_link = Some(Box::new(observer));
+        self
+    }
+
+    fn link(&self, up: bool) {
+        if let Some(observer) = &self.on_link {
+            observer(up);
+        }
     }
 
     /// The next subscription confirmation or message. Connection errors are logged and
@@ -266,6 +312,7 @@ impl Subscriber {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     if ack.code != ConnectReturnCode::Success {
                         tracing::warn!(broker = %self.url, code = ?ack.code, "broker refused the connection");
+                        self.link(false);
                         continue;
                     }
                     tracing::info!(broker = %self.url, session_present = ack.session_present, "mqtt connected");
@@ -286,11 +333,26 @@ impl Subscriber {
                         continue;
                     }
                     tracing::info!(filter = %self.filter, "mqtt subscribed");
+                    self.link(true);
                     return Received::Subscribed;
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => return Received::Publish(publish),
                 Ok(_) => {}
+                Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+                    self.link(false);
+                    let delay = self.backoff.next_delay();
+                    let hint = match code {
+                        ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized => {
+                            "check --mqtt-username and the password (--mqtt-password-file or $OSPREY_MQTT_PASSWORD)"
+                        }
+                        _ => "see the broker's log",
+                    };
+                    tracing::error!(broker = %self.url, code = ?code, hint, retry_in_ms = delay.as_millis() as u64,
+                        "broker refused the connection");
+                    tokio::time::sleep(delay).await;
+                }
                 Err(e) => {
+                    self.link(false);
                     let delay = self.backoff.next_delay();
                     tracing::warn!(broker = %self.url, error = %e, retry_in_ms = delay.as_millis() as u64,
                         "mqtt connection failed");

@@ -1,16 +1,23 @@
 //! The fleet from a running `osprey serve`: `GET /api/devices`, `/api/devices/{id}` and its
-//! windows, over plain HTTP/1.1 on loopback or a private network (serve has no TLS; put a
-//! proxy in front of it and this reader behind the proxy's plain side).
+//! windows, over HTTP/1.1 or HTTPS (rustls: the CA of `--ca-file`, or else the system's
+//! roots), with the API token as `Authorization: Bearer` when one is given.
 
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::pki_types::{pem::PemObject, CertificateDer};
+
 use super::{FleetDevice, FleetError, FleetWindow};
+use crate::secret::Secret;
 use crate::store::DeviceEvent;
 use crate::window::WindowKind;
 
@@ -23,52 +30,116 @@ const MAX_BODY: usize = 64 * 1024 * 1024;
 /// Windows asked for per kind when looking for each series' newest.
 const WINDOW_LIMIT: u32 = 1000;
 
+/// How to reach a protected serve: its token and, for https with a private CA, that CA.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApiAccess {
+    /// Sent as `Authorization: Bearer <token>` (from `--api-token-file` or
+    /// `$OSPREY_API_TOKEN`).
+    pub token: Option<Secret>,
+    /// PEM CA certificate(s) that signed the serve's certificate; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ApiAccess {
+    /// The connector: rustls with the CA file's certificates, or (for https) the system's
+    /// roots; plain http never uses them, so it needs none.
+    fn tls_connector(&self, https: bool) -> Result<HttpsConnector<HttpConnector>, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let with_roots = |roots: rustls::RootCertStore| -> Result<_, String> {
+            Ok(
+                rustls::ClientConfig::builder_with_provider(provider.clone())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| e.to_string())?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth(),
+            )
+        };
+        let builder = match &self.ca_file {
+            Some(path) => {
+                let bad = |e: &dyn std::fmt::Display| format!("--ca-file {}: {e}", path.display());
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+                    roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+                }
+                if roots.is_empty() {
+                    return Err(bad(&"no certificate in the file"));
+                }
+                HttpsConnectorBuilder::new().with_tls_config(with_roots(roots)?)
+            }
+            None if !https => HttpsConnectorBuilder::new()
+                .with_tls_config(with_roots(rustls::RootCertStore::empty())?),
+            None => HttpsConnectorBuilder::new()
+                .with_provider_and_native_roots(provider)
+                .map_err(|e| {
+                    format!("no system CA certificates ({e}); pass --ca-file with the serve's CA")
+                })?,
+        };
+        Ok(builder.https_or_http().enable_http1().build())
+    }
+}
+
 /// Reads a serve's JSON API.
 #[derive(Debug, Clone)]
 pub struct ApiReader {
-    /// `http://host:port` plus any path prefix, without a trailing slash.
+    /// `http(s)://host:port` plus any path prefix, without a trailing slash.
     base: String,
-    /// hyper's pooled HTTP/1.1 client.
-    client: Client<HttpConnector, Empty<Bytes>>,
+    /// `Bearer <token>`, if any.
+    authorization: Option<Secret>,
+    /// hyper's pooled HTTP/1.1 client (TLS by rustls for https).
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
 }
 
 impl ApiReader {
-    /// A reader for the serve at `url` (`http://host:port`, optionally with a path prefix).
+    /// A reader for the serve at `url` (`http://host:port`, optionally with a path prefix),
+    /// without token.
     pub fn new(url: &str) -> Result<ApiReader, FleetError> {
+        ApiReader::with_access(url, &ApiAccess::default())
+    }
+
+    /// A reader for the serve at `url` (`http://` or `https://host:port`, optionally with a
+    /// path prefix) with `access`'s token and CA.
+    pub fn with_access(url: &str, access: &ApiAccess) -> Result<ApiReader, FleetError> {
         let bad = |reason: &str| FleetError::ApiUrl {
             url: url.to_owned(),
             reason: reason.to_owned(),
         };
-        if url.starts_with("https://") {
-            return Err(bad(
-                "https is not supported (osprey serve speaks plain HTTP)",
-            ));
-        }
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| bad("it must start with http://"))?;
+        let (scheme, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            ("https", rest)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            ("http", rest)
+        } else {
+            return Err(bad("it must start with http:// or https://"));
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => rest.split_at(i),
             None => (rest, ""),
         };
         if authority.is_empty() || authority.contains(['@', '?', '#', ' ']) {
-            return Err(bad("no host:port after http://"));
+            return Err(bad(&format!("no host:port after {scheme}://")));
         }
         let has_port = authority
             .rsplit_once(':')
             .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        let default_port = if scheme == "https" { 443 } else { 80 };
         let authority = if has_port {
             authority.to_owned()
         } else {
-            format!("{authority}:80")
+            format!("{authority}:{default_port}")
         };
         let prefix = path.trim_end_matches('/');
-        let base = format!("http://{authority}{prefix}");
+        let base = format!("{scheme}://{authority}{prefix}");
         base.parse::<hyper::Uri>()
             .map_err(|e| bad(&format!("not a URL ({e})")))?;
+        let connector = access
+            .tls_connector(scheme == "https")
+            .map_err(|e| bad(&e))?;
         Ok(ApiReader {
             base,
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            authorization: access
+                .token
+                .as_ref()
+                .map(|t| Secret::new(format!("Bearer {}", t.expose().trim()))),
+            client: Client::builder(TokioExecutor::new()).build(connector),
         })
     }
 
@@ -89,6 +160,14 @@ impl ApiReader {
                 .ok()
                 .and_then(|v| v["error"].as_str().map(str::to_owned))
                 .unwrap_or(text);
+            let message = if status == 401 {
+                format!(
+                    "{message} (give the serve's token with --api-token-file or ${})",
+                    crate::api::auth::TOKEN_ENV
+                )
+            } else {
+                message
+            };
             return Err(FleetError::ApiStatus {
                 url,
                 status,
@@ -103,10 +182,15 @@ impl ApiReader {
 
     /// One request: the status code and the whole body (at most [`MAX_BODY`] bytes).
     async fn exchange(&self, url: &str) -> Result<(u16, Bytes), String> {
-        let request = hyper::Request::get(url)
-            .header(hyper::header::ACCEPT, "application/json")
-            .body(Empty::new())
-            .map_err(|e| e.to_string())?;
+        let mut request =
+            hyper::Request::get(url).header(hyper::header::ACCEPT, "application/json");
+        if let Some(authorization) = &self.authorization {
+            let mut value = hyper::header::HeaderValue::from_str(authorization.expose())
+                .map_err(|_| "the API token has characters a header cannot carry".to_owned())?;
+            value.set_sensitive(true);
+            request = request.header(hyper::header::AUTHORIZATION, value);
+        }
+        let request = request.body(Empty::new()).map_err(|e| e.to_string())?;
         let response = self
             .client
             .request(request)
@@ -231,7 +315,7 @@ fn window(v: &Value) -> Option<FleetWindow> {
 }
 
 /// An error with its sources ("client error (Connect): tcp connect error: Connection refused").
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {

@@ -220,6 +220,8 @@ pub struct FleetOptions {
     pub json: bool,
     /// Refresh every this long until interrupted.
     pub watch: Option<Duration>,
+    /// The serve's token and CA (`--api` only).
+    pub access: api::ApiAccess,
 }
 
 enum Reader {
@@ -262,7 +264,9 @@ pub async fn run(
         }
     }
     let reader = match &options.source {
-        FleetSource::Api(url) => Reader::Api(Box::new(api::ApiReader::new(url)?)),
+        FleetSource::Api(url) => {
+            Reader::Api(Box::new(api::ApiReader::with_access(url, &options.access)?))
+        }
         FleetSource::DynamoDb {
             table,
             endpoint_url,

@@ -136,8 +136,8 @@ fn json_output_leaves_out_windows_it_was_not_asked_for() {
 #[test]
 fn api_urls_are_checked_with_a_reason() {
     for (url, reason) in [
-        ("https://example.com", "https is not supported"),
-        ("127.0.0.1:8080", "must start with http://"),
+        ("https://", "no host:port"),
+        ("127.0.0.1:8080", "must start with http:// or https://"),
         ("http://", "no host:port"),
     ] {
         let err = ApiReader::new(url).unwrap_err().to_string();
@@ -149,6 +149,14 @@ fn api_urls_are_checked_with_a_reason() {
     }
     assert!(ApiReader::new("http://127.0.0.1:8080/").is_ok());
     assert!(ApiReader::new("http://localhost").is_ok());
+    let missing_ca = super::api::ApiAccess {
+        token: None,
+        ca_file: Some("/nonexistent/ca.pem".into()),
+    };
+    let err = ApiReader::with_access("https://127.0.0.1:8443", &missing_ca)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--ca-file /nonexistent/ca.pem"), "{err}");
 }
 
 /// A port nobody listens on: bind one, then let it go.
@@ -165,6 +173,7 @@ async fn an_unreachable_api_says_to_start_serve() {
     let port = unused_port();
     let options = FleetOptions {
         source: FleetSource::Api(format!("http://127.0.0.1:{port}")),
+        access: Default::default(),
         device: None,
         json: false,
         watch: None,
@@ -215,6 +224,7 @@ async fn watch_mode_reports_a_failed_read_and_keeps_going_until_stopped() {
     let port = unused_port();
     let options = FleetOptions {
         source: FleetSource::Api(format!("http://127.0.0.1:{port}")),
+        access: Default::default(),
         device: None,
         json: false,
         watch: Some(Duration::from_secs(1)),

@@ -23,7 +23,9 @@ pub async fn run(
     ready: SetReady,
     mut shutdown: Shutdown,
 ) -> Result<(), MqttConfigError> {
-    let mut subscriber = Subscriber::new(&cfg, topic::ALL_DATA)?;
+    let link_stats = pipeline.stats_handle();
+    let mut subscriber = Subscriber::new(&cfg, topic::ALL_DATA)?
+        .observe_link(move |up| link_stats.set_source_connected(up));
     tracing::info!(broker = %cfg.url(), client_id = %cfg.client_id, filter = topic::ALL_DATA, "mqtt source starting");
     let acker = subscriber.acker();
     let handler_shutdown = shutdown.clone();
