@@ -504,7 +504,10 @@ fn moto_with_dynamodb_checkpoints_counts_every_reading_once() {
 /// shard of a new stream at 2^128, one past the range, so that value is read as the range's end.
 fn hash_key(text: &str) -> u128 {
     text.parse().unwrap_or_else(|e| {
-        assert_eq!(text, "340282366920938463463374607431768211456", "hash key {text}: {e}");
+        assert_eq!(
+            text, "340282366920938463463374607431768211456",
+            "hash key {text}: {e}"
+        );
         u128::MAX
     })
 }
