@@ -43,6 +43,11 @@ enum Command {
     /// dashboard. Runs until Ctrl-C.
     #[cfg(feature = "demo")]
     Demo(DemoArgs),
+    /// Measure the health score on the simulated machines, in simulated time without
+    /// sleeping: false flags on healthy scenarios, how long before a failing bearing crosses
+    /// its rule levels it is flagged and predicted, and the predictions' error.
+    #[cfg(feature = "demo")]
+    HealthReport(HealthReportArgs),
     /// Show the fleet in the terminal: each device's connection, last message, readings,
     /// active alerts and health, read from a running `osprey serve` (--api) or from the
     /// Lambda's DynamoDB state table (--dynamodb-table).
@@ -155,6 +160,31 @@ struct DemoArgs {
     /// Keep the database and journals in this directory instead of a temporary one.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+}
+
+#[cfg(feature = "demo")]
+#[derive(Debug, Args)]
+struct HealthReportArgs {
+    /// Simulated days per machine.
+    #[arg(long, value_name = "DAYS", default_value_t = 7.0)]
+    days: f64,
+    /// Sample period in milliseconds; repeat to run every scenario at several.
+    #[arg(long = "interval-ms", value_name = "MS", default_values_t = [30_000, 1_000],
+          value_parser = clap::value_parser!(i64).range(1..))]
+    intervals_ms: Vec<i64>,
+    /// Simulated machines per scenario and period.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    devices: usize,
+    /// Seed of the first machine (machine i uses seed + i).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Scenario to run (steady, degrading, noisy, drifting, stuck, dropouts); repeat for
+    /// several [default: all].
+    #[arg(long = "scenario", value_name = "NAME")]
+    scenarios: Vec<osprey_agent::Scenario>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Where `osprey serve` reads messages from.
@@ -525,6 +555,8 @@ async fn main() -> ExitCode {
         Command::Decode { file } => decode(&file),
         #[cfg(feature = "demo")]
         Command::Demo(args) => demo(args).await,
+        #[cfg(feature = "demo")]
+        Command::HealthReport(args) => health_report(args),
         Command::Fleet(args) => fleet(args).await,
         Command::DeadLetters(args) => dead_letters(args).await,
     };
@@ -629,6 +661,31 @@ async fn bridge(args: BridgeArgs) -> Result<()> {
     let stats = running.shutdown().await;
     tracing::info!(?stats, "bridge stopped");
     signal.map(|_| ())
+}
+
+#[cfg(feature = "demo")]
+fn health_report(args: HealthReportArgs) -> Result<()> {
+    use osprey_cloud::analytics::report::{self, ReportConfig};
+    let defaults = ReportConfig::default();
+    let cfg = ReportConfig {
+        duration_ms: (args.days * 86_400_000.0) as i64,
+        intervals_ms: args.intervals_ms,
+        devices: args.devices,
+        seed: args.seed,
+        scenarios: if args.scenarios.is_empty() {
+            defaults.scenarios
+        } else {
+            args.scenarios
+        },
+        ..defaults
+    };
+    let reports = report::run(&cfg);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        print!("{}", report::table(&reports));
+    }
+    Ok(())
 }
 
 #[cfg(feature = "demo")]

@@ -42,17 +42,18 @@ pub(super) fn refresh(
         .collect();
     for (device, sensor, metric) in touched {
         let mut stmt = tx.prepare_cached(
-            "SELECT start_ms, end_ms, count, sum, min, max, mean, m2, m3, m4 FROM windows \
+            "SELECT start_ms, end_ms, count, sum, min, max, mean, m2, m3, m4, unit FROM windows \
              WHERE device = ?1 AND sensor = ?2 AND metric = ?3 AND kind = 'tumbling' \
              ORDER BY start_ms DESC LIMIT ?4",
         )?;
-        let limit = i64::try_from(cfg.trend_windows).unwrap_or(i64::MAX);
+        // The newest window and up to `trend_windows` closed ones.
+        let limit = i64::try_from(cfg.trend_windows.saturating_add(1)).unwrap_or(i64::MAX);
         let mut points = stmt
             .query_map(params![device, sensor, metric, limit], |row| {
                 let real = |i: usize| -> rusqlite::Result<f64> {
                     Ok(row.get::<_, Option<f64>>(i)?.unwrap_or(f64::NAN))
                 };
-                Ok(WindowPoint {
+                let point = WindowPoint {
                     start_ms: row.get(0)?,
                     end_ms: row.get(1)?,
                     moments: Moments {
@@ -65,13 +66,17 @@ pub(super) fn refresh(
                         m3: real(8)?,
                         m4: real(9)?,
                     },
-                })
+                };
+                Ok((point, row.get::<_, String>(10)?))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         points.reverse();
-        let Some(signals) = compute(sensor, metric, &points, cfg) else {
+        let unit = points.last().map(|(_, u)| u.clone()).unwrap_or_default();
+        let points: Vec<WindowPoint> = points.into_iter().map(|(p, _)| p).collect();
+        let Some(mut signals) = compute(sensor, metric, &points, cfg) else {
             continue;
         };
+        signals.unit = unit;
         let body = serde_json::to_string(&signals)
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         tx.prepare_cached(
