@@ -23,6 +23,7 @@
 //! | `uplink` | MQTT delivery, PUBACK bookkeeping, reconnect with backoff |
 //! | [`tls`] | rustls client configuration from PEM files |
 //! | [`run`] | wires the stages for one device |
+| [`service`] | systemd readiness, status and a watchdog tied to sampler and journal progress |
 //!
 //! The library installs no global state (no tracing subscriber, no signal handler), so one
 //! process can run many agents, as the demo does:
@@ -56,6 +57,7 @@ pub mod rule;
 mod runtime;
 mod sampler;
 pub mod sensors;
+pub mod service;
 pub mod sim;
 mod stats;
 mod stop;
@@ -70,6 +72,6 @@ pub use error::AgentError;
 pub use journal::{Journal, JournalError, SledJournal};
 pub use reading::Reading;
 pub use rule::RuleSet;
-pub use runtime::{run, run_with_reload};
+pub use runtime::{run, run_service, run_with_reload};
 pub use sim::{Scenario, Simulator};
 pub use stats::RunSummary;

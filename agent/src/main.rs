@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use osprey_agent::config::{Config, SensorKind};
-use osprey_agent::{journal, tls};
+use osprey_agent::{journal, service, tls};
 use osprey_protocol::Comparison;
 
 mod journal_cli;
@@ -141,7 +141,7 @@ fn run(file: &Path) -> anyhow::Result<()> {
     let summary = runtime
         .block_on(async {
             let reload_rx = reload_on_sighup(file.to_owned());
-            osprey_agent::run_with_reload(config, shutdown_signal(), reload_rx).await
+            osprey_agent::run_service(config, shutdown_signal(), reload_rx).await
         })
         .context("the agent stopped with an error")?;
     tracing::info!(
@@ -239,15 +239,18 @@ fn reload_on_sighup(file: PathBuf) -> Option<tokio::sync::mpsc::Receiver<Config>
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         tokio::spawn(async move {
             while hangups.recv().await.is_some() {
+                service::reloading();
                 match Config::load(&file) {
                     Ok(config) => {
                         tracing::info!(file = %file.display(), "SIGHUP: reloading the config");
                         if tx.send(config).await.is_err() {
                             return;
                         }
+                        service::reloaded(&format!("running: reloaded {}", file.display()));
                     }
                     Err(error) => {
-                        tracing::error!(%error, "SIGHUP: config not reloaded, keeping the running one")
+                        tracing::error!(%error, "SIGHUP: config not reloaded, keeping the running one");
+                        service::reloaded("running: reload refused (see the log); old config kept");
                     }
                 }
             }

@@ -25,6 +25,7 @@ use crate::credentials;
 use crate::error::AgentError;
 use crate::journal::{self, Durability, Journal};
 use crate::sampler::{Sampler, SamplerEnd};
+use crate::service;
 use crate::stats::{RunSummary, Stats};
 use crate::task::OwnedTask;
 use crate::tls;
@@ -59,6 +60,27 @@ pub async fn run_with_reload(
     config: Config,
     shutdown: impl Future<Output = ()>,
     reload_rx: Option<mpsc::Receiver<Config>>,
+) -> Result<RunSummary, AgentError> {
+    run_inner(config, shutdown, reload_rx, false).await
+}
+
+/// [`run_with_reload`] as a systemd service (the `run` subcommand): `READY=1` once the journal
+/// is open and the stages run, `STOPPING=1` when it stops, and, when the unit sets
+/// `WatchdogSec=`, a watchdog ping only while samples complete and journal writes return (see
+/// [`crate::service`]). Outside systemd (no `NOTIFY_SOCKET`) it is [`run_with_reload`].
+pub async fn run_service(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    reload_rx: Option<mpsc::Receiver<Config>>,
+) -> Result<RunSummary, AgentError> {
+    run_inner(config, shutdown, reload_rx, true).await
+}
+
+async fn run_inner(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    reload_rx: Option<mpsc::Receiver<Config>>,
+    as_service: bool,
 ) -> Result<RunSummary, AgentError> {
     config.validate()?;
     // A few small file reads; done before any task starts so a wrong path fails the run.
@@ -144,8 +166,21 @@ pub async fn run_with_reload(
             period,
             Arc::clone(&journal),
             Arc::clone(&appended),
+            Arc::clone(&stats),
         ))),
     };
+    let _watchdog = as_service.then(|| {
+        service::ready(&format!(
+            "running: sampling every {} ms, {} rules; journal backlog {} messages",
+            config.sampling.interval.as_millis(),
+            config.rules.len(),
+            journal.len()
+        ));
+        OwnedTask::spawn(service::watchdog(
+            Arc::clone(&stats),
+            config.sampling.interval,
+        ))
+    });
 
     let mut shutdown = std::pin::pin!(shutdown);
     // Phase 1: sample until done, told to stop, or the uplink fails.
@@ -155,6 +190,9 @@ pub async fn run_with_reload(
         result = &mut uplink => return Err(uplink_ended(result)),
     };
     let finished = sampled == Some(SamplerEnd::Finished);
+    if as_service {
+        service::stopping();
+    }
     if sampled.is_none() {
         tracing::info!(device = %device, "shutting down");
         stop_tx.send_replace(true);
@@ -205,6 +243,7 @@ async fn flush_every(
     period: std::time::Duration,
     journal: Arc<dyn Journal>,
     appended: Arc<Notify>,
+    stats: Arc<Stats>,
 ) {
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -214,7 +253,12 @@ async fn flush_every(
             continue;
         }
         let j = Arc::clone(&journal);
-        match tokio::task::spawn_blocking(move || j.sync()).await {
+        let stats = Arc::clone(&stats);
+        let flushed = tokio::task::spawn_blocking(move || {
+            let _busy = stats.liveness.journal_busy();
+            j.sync()
+        });
+        match flushed.await {
             Ok(Ok(())) => appended.notify_one(),
             Ok(Err(error)) => {
                 tracing::error!(error = %error, "cannot flush the journal; retrying");

@@ -188,6 +188,7 @@ impl Sampler {
         let Sample { readings, faults } = self.read_sensors(now_ms).await;
         Stats::add(&self.stats.samples, 1);
         Stats::add(&self.stats.readings, readings.len() as u64);
+        self.stats.liveness.sampled();
         let mut alerts: Vec<Alert> = faults;
         for reading in &readings {
             alerts.extend(self.rules.evaluate(reading));

@@ -15,6 +15,8 @@ pub(crate) struct Stats {
     pub(crate) bundles: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) connections: AtomicU64,
+    /// Progress marks for the systemd watchdog.
+    pub(crate) liveness: crate::service::Liveness,
 }
 
 impl Stats {

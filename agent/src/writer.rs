@@ -86,8 +86,10 @@ impl Writer {
         let kind = body.kind();
         let journal = Arc::clone(&self.journal);
         let device = self.device.clone();
+        let stats = Arc::clone(&self.stats);
         // sled's flush is a blocking fsync; keep it off the async worker threads.
         let written = tokio::task::spawn_blocking(move || {
+            let _busy = stats.liveness.journal_busy();
             let seq = journal.reserve_seq()?;
             let envelope = Envelope::new(&device, seq, body).with_epoch(journal.epoch());
             match envelope.encode() {
