@@ -23,7 +23,7 @@
 //! | `uplink` | MQTT delivery, PUBACK bookkeeping, reconnect with backoff |
 //! | [`tls`] | rustls client configuration from PEM files |
 //! | [`run`] | wires the stages for one device |
-| [`service`] | systemd readiness, status and a watchdog tied to sampler and journal progress |
+//! | [`service`] | systemd readiness, status and a watchdog tied to sampler and journal progress |
 //!
 //! The library installs no global state (no tracing subscriber, no signal handler), so one
 //! process can run many agents, as the demo does:

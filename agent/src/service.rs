@@ -223,7 +223,10 @@ mod tests {
         let live = Liveness::default();
         let start = live.start;
         let interval = Duration::from_secs(1);
-        assert_eq!(live.check(start + Duration::from_secs(29), interval), Ok(()));
+        assert_eq!(
+            live.check(start + Duration::from_secs(29), interval),
+            Ok(())
+        );
         assert_eq!(
             live.check(start + Duration::from_secs(31), interval),
             Err(Stall::Sampler(Duration::from_secs(31)))
@@ -244,13 +247,19 @@ mod tests {
         live.sampled();
         let busy = live.journal_busy();
         let now = Instant::now();
-        assert_eq!(live.check(now + Duration::from_secs(5), Duration::from_secs(60)), Ok(()));
+        assert_eq!(
+            live.check(now + Duration::from_secs(5), Duration::from_secs(60)),
+            Ok(())
+        );
         assert!(matches!(
             live.check(now + Duration::from_secs(31), Duration::from_secs(60)),
             Err(Stall::Journal(d)) if d >= Duration::from_secs(30)
         ));
         drop(busy);
-        assert_eq!(live.check(now + Duration::from_secs(31), Duration::from_secs(60)), Ok(()));
+        assert_eq!(
+            live.check(now + Duration::from_secs(31), Duration::from_secs(60)),
+            Ok(())
+        );
     }
 
     #[test]
