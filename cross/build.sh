@@ -3,8 +3,11 @@
 #
 #   bash cross/build.sh [--test] [--target TRIPLE]... [--dist DIR]
 #
-#   --target TRIPLE  build only this target (repeatable). Default: all three of
+#   --target TRIPLE  build only this target (repeatable). Default: all four of
 #                    aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl
+#                    armv7-unknown-linux-musleabihf (the last is skipped, and the summary says
+#                    so, when rustup cannot provide its standard library; named with --target,
+#                    it is required)
 #   --test           also run `cargo test -p osprey-agent --target TRIPLE` under qemu, for the
 #                    aarch64-gnu and armv7 targets by default, or for every --target given
 #   --dist DIR       also copy each binary to DIR/osprey-agent-TRIPLE and write DIR/SHA256SUMS
@@ -41,14 +44,14 @@ export CROSS_CONFIG="$ROOT/cross/Cross.toml"
 PACKAGE=osprey-agent
 BIN=osprey-agent
 PROFILE=gateway
-ALL_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl)
+ALL_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf)
 DEFAULT_TEST_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
 MUSL_BUDGET_BYTES="${OSPREY_MUSL_BUDGET_BYTES:-4000000}"
 
 if [[ -t 2 ]]; then BOLD=$'\033[1m' RED=$'\033[1;31m' OFF=$'\033[0m'; else BOLD="" RED="" OFF=""; fi
 log() { printf '%scross/build.sh:%s %s\n' "$BOLD" "$OFF" "$*" >&2; }
 die() { printf '%scross/build.sh: %s%s\n' "$RED" "$*" "$OFF" >&2; exit 1; }
-usage() { sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 RUN_TESTS=0
 TARGETS=()
@@ -65,6 +68,7 @@ while (($#)); do
     esac
     shift
 done
+EXPLICIT_TARGETS=${#TARGETS[@]}
 if ((${#TARGETS[@]})); then
     TEST_TARGETS=("${TARGETS[@]}")
 else
@@ -79,6 +83,7 @@ target_facts() {
         armv7-unknown-linux-gnueabihf) GCC_PREFIX=arm-linux-gnueabihf QEMU=qemu-arm-static SYSROOT=/usr/arm-linux-gnueabihf ;;
         # Static musl binary: Rust ships musl's libc and start files, gcc only drives the link.
         aarch64-unknown-linux-musl) GCC_PREFIX=aarch64-linux-gnu QEMU=qemu-aarch64-static SYSROOT="" ;;
+        armv7-unknown-linux-musleabihf) GCC_PREFIX=arm-linux-gnueabihf QEMU=qemu-arm-static SYSROOT="" ;;
         *) die "unsupported target $1 (supported: ${ALL_TARGETS[*]})" ;;
     esac
     RUNNER="$QEMU${SYSROOT:+ -L $SYSROOT}"
@@ -120,7 +125,12 @@ prepare_native() {
     command -v "$QEMU" >/dev/null || missing+=(qemu-user-static)
     ((${#missing[@]} == 0)) ||
         die "missing ${missing[*]}: run tests/run.sh (installs them) or apt-get install -y ${missing[*]}"
-    if ! rustup target list --installed | grep -qx "$t"; then rustup target add "$t"; fi
+    if ! rustup target list --installed | grep -qx "$t"; then
+        if ! rustup target add "$t" >"$TMP_LOG" 2>&1; then
+            log "cannot install rustup's standard library for $t: $(grep -m1 'error' "$TMP_LOG" || tail -1 "$TMP_LOG")"
+            return 1
+        fi
+    fi
     upper="$(tr 'a-z-' 'A-Z_' <<<"$t")"
     export "CARGO_TARGET_${upper}_LINKER=$GCC_PREFIX-gcc"
     export "CARGO_TARGET_${upper}_RUNNER=$RUNNER"
@@ -171,10 +181,20 @@ check_linkage() {
     esac
 }
 
+TMP_LOG="$(mktemp)"
+trap 'rm -f "$TMP_LOG"' EXIT
 SUMMARY=()
 for t in "${TARGETS[@]}"; do
     target_facts "$t"
-    if [[ "$MODE" == native ]]; then prepare_native "$t"; fi
+    if [[ "$MODE" == native ]] && ! prepare_native "$t"; then
+        # The armv7 static build is optional by default: its rust-std is not on every mirror.
+        if ((EXPLICIT_TARGETS)) || [[ "$t" != armv7-unknown-linux-musleabihf ]]; then
+            die "no toolchain for $t (see above); check network access to static.rust-lang.org, or build it with cross"
+        fi
+        log "SKIPPED $t: no rust-std for it from rustup here; the 32-bit static build is not made (use cross with a container engine, or the armv7 glibc build)"
+        SUMMARY+=("$(printf '%-32s %10s  %5s   %s' "$t" "skipped" "-" "no rust-std for this target from rustup")")
+        continue
+    fi
     log "== build $PACKAGE --profile $PROFILE --target $t"
     t0=$SECONDS
     "${CARGO[@]}" build -p "$PACKAGE" --bin "$BIN" --profile "$PROFILE" --target "$t"

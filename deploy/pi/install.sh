@@ -265,11 +265,13 @@ pick_target() {
             [[ "$F_machine" != armv6l ]] ||
                 die "ARMv6 CPU (Pi Zero / Pi 1) under an armhf userland: the armv7 build needs an ARMv7 CPU; there is no ARMv6 build (pass --binary with your own)"
             floor="$(gnu_floor armv7-unknown-linux-gnueabihf)"
-            has_loader armhf ||
-                die "32-bit ARM userland without /lib/ld-linux-armhf.so.3: the armv7 build cannot load; pass --binary"
-            glibc_ge "$floor" ||
-                die "32-bit ARM userland with glibc $F_glibc: the armv7 build needs glibc >= $floor and there is no 32-bit static build; install the 64-bit Raspberry Pi OS (Pi 3 and later) or bookworm, or pass --binary"
-            TRIPLE=armv7-unknown-linux-gnueabihf WHY="32-bit armhf userland on $F_machine, glibc $F_glibc >= $floor"
+            if ! has_loader armhf; then
+                TRIPLE=armv7-unknown-linux-musleabihf WHY="32-bit ARM userland without /lib/ld-linux-armhf.so.3: static armv7 musl build"
+            elif glibc_ge "$floor"; then
+                TRIPLE=armv7-unknown-linux-gnueabihf WHY="32-bit armhf userland on $F_machine, glibc $F_glibc >= $floor"
+            else
+                TRIPLE=armv7-unknown-linux-musleabihf WHY="32-bit armhf userland with glibc $F_glibc, older than the $floor that the -gnu build needs: static armv7 musl build"
+            fi
             ;;
         armel) die "ARMv6/armel userland ($USERLAND_WHY, e.g. a Pi Zero / Pi 1 image): no Osprey build runs there; pass --binary with your own" ;;
         *) die "no Osprey gateway build for a $USERLAND userland on $F_machine (aarch64 and 32-bit armhf are built by cross/build.sh); pass --binary FILE built for it" ;;
