@@ -247,31 +247,28 @@ artifact() { echo "$TARGET_DIR/$1/gateway/osprey-agent"; }
 # The glibc a -gnu artifact needs (2.34, Debian 12's cross-gcc, when it is not built yet).
 gnu_floor() { local f; f="$(glibc_floor "$(artifact "$1")")"; echo "${f:-2.34}"; }
 
+# The -gnu build when the userland has its loader (LOADER) and at least the glibc it needs, else
+# the static musl build; sets TRIPLE and WHY.
+pick_gnu_or_musl() {
+    local loader=$1 gnu=$2 musl=$3 floor
+    floor="$(gnu_floor "$gnu")"
+    if ! has_loader "$loader"; then
+        TRIPLE=$musl WHY="no $loader glibc loader: static musl build"
+    elif glibc_ge "$floor"; then
+        TRIPLE=$gnu WHY="$USERLAND userland on $F_machine, glibc $F_glibc >= $floor that the -gnu build needs"
+    else
+        TRIPLE=$musl WHY="glibc $F_glibc is older than the $floor that the -gnu build needs: static musl build"
+    fi
+}
+
 # Pick the cross/build.sh target for the userland; sets TRIPLE and WHY, or dies saying why none.
 pick_target() {
-    local floor
     case "$USERLAND" in
-        aarch64)
-            floor="$(gnu_floor aarch64-unknown-linux-gnu)"
-            if ! has_loader aarch64; then
-                TRIPLE=aarch64-unknown-linux-musl WHY="no aarch64 glibc loader: static musl build"
-            elif glibc_ge "$floor"; then
-                TRIPLE=aarch64-unknown-linux-gnu WHY="glibc $F_glibc >= $floor that the -gnu build needs"
-            else
-                TRIPLE=aarch64-unknown-linux-musl WHY="glibc $F_glibc is older than the $floor that the -gnu build needs: static musl build"
-            fi
-            ;;
+        aarch64) pick_gnu_or_musl aarch64 aarch64-unknown-linux-gnu aarch64-unknown-linux-musl ;;
         armv7l)
             [[ "$F_machine" != armv6l ]] ||
                 die "ARMv6 CPU (Pi Zero / Pi 1) under an armhf userland: the armv7 build needs an ARMv7 CPU; there is no ARMv6 build (pass --binary with your own)"
-            floor="$(gnu_floor armv7-unknown-linux-gnueabihf)"
-            if ! has_loader armhf; then
-                TRIPLE=armv7-unknown-linux-musleabihf WHY="32-bit ARM userland without /lib/ld-linux-armhf.so.3: static armv7 musl build"
-            elif glibc_ge "$floor"; then
-                TRIPLE=armv7-unknown-linux-gnueabihf WHY="32-bit armhf userland on $F_machine, glibc $F_glibc >= $floor"
-            else
-                TRIPLE=armv7-unknown-linux-musleabihf WHY="32-bit armhf userland with glibc $F_glibc, older than the $floor that the -gnu build needs: static armv7 musl build"
-            fi
+            pick_gnu_or_musl armhf armv7-unknown-linux-gnueabihf armv7-unknown-linux-musleabihf
             ;;
         armel) die "ARMv6/armel userland ($USERLAND_WHY, e.g. a Pi Zero / Pi 1 image): no Osprey build runs there; pass --binary with your own" ;;
         *) die "no Osprey gateway build for a $USERLAND userland on $F_machine (aarch64 and 32-bit armhf are built by cross/build.sh); pass --binary FILE built for it" ;;
