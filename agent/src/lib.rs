@@ -22,6 +22,7 @@
 //! | `writer` | gives messages their sequence numbers and journals them |
 //! | `uplink` | MQTT delivery, PUBACK bookkeeping, reconnect with backoff |
 //! | [`tls`] | rustls client configuration from PEM files |
+//! | [`remote_config`] | rule documents from a Device Shadow or a retained topic, laid over the TOML, kept on disk, reported back |
 //! | [`run`] | wires the stages for one device |
 //!
 //! The library installs no global state (no tracing subscriber, no signal handler), so one
@@ -43,6 +44,7 @@
 //! # Ok(()) }
 //! ```
 
+mod atomic_file;
 mod backoff;
 pub mod batch;
 mod boot;
@@ -52,6 +54,7 @@ pub mod credentials;
 mod error;
 pub mod journal;
 pub mod reading;
+pub mod remote_config;
 pub mod rule;
 mod runtime;
 mod sampler;

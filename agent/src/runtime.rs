@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::credentials;
 use crate::error::AgentError;
 use crate::journal::{self, Durability, Journal};
+use crate::remote_config;
 use crate::sampler::{Sampler, SamplerEnd};
 use crate::stats::{RunSummary, Stats};
 use crate::task::OwnedTask;
@@ -54,7 +55,8 @@ pub async fn run(
 
 /// [`run`], and apply every config that arrives on `reload_rx` (the binary sends one per
 /// SIGHUP): rules, sensors and actions change at once, keeping rule states, sensor health and
-/// the partial batch; other sections need a restart.
+/// the partial batch; other sections need a restart. With `[remote_config]`, the document
+/// from the cloud (or the one kept on disk) is laid over `config` and over every reload.
 pub async fn run_with_reload(
     config: Config,
     shutdown: impl Future<Output = ()>,
@@ -89,6 +91,10 @@ pub async fn run_with_reload(
             .await
             .map_err(|e| AgentError::join("journal open", e))??;
     let journal: Arc<dyn Journal> = Arc::new(journal);
+    // Rules from the cloud: the kept document over the TOML now, new documents and SIGHUP
+    // reloads through the coordinator to the sampler.
+    let remote = remote_config::start(config, reload_rx);
+    let config = remote.config;
     let device = config.device_id.clone();
     tracing::info!(
         device = %device,
@@ -120,9 +126,11 @@ pub async fn run_with_reload(
             stats: Arc::clone(&stats),
             started: Instant::now(),
             status_interval: config.status_interval,
+            remote: remote.link,
         }
         .run(stop_rx.clone()),
     );
+    let _remote = OwnedTask::spawn(remote.coordinator.run());
     let writer = OwnedTask::spawn(
         Writer {
             device: device.clone(),
@@ -134,7 +142,13 @@ pub async fn run_with_reload(
         .run(outbound_rx),
     );
     let mut sampler = OwnedTask::spawn(
-        Sampler::from_config(&config, outbound_tx, Arc::clone(&stats), reload_rx).run(stop_rx),
+        Sampler::from_config(
+            &config,
+            outbound_tx,
+            Arc::clone(&stats),
+            Some(remote.apply_rx),
+        )
+        .run(stop_rx),
     );
 
     // With interval durability, a flusher makes appends durable (and so publishable).
