@@ -23,6 +23,9 @@
 //! the documented 400 errors for malformed requests and nesting deeper than 6, 404 for a
 //! missing shadow, per-key metadata timestamps (epoch seconds).
 //!
+//! Checked against AWS's own client: `tests/sdk/shadow_check.py` (awsiotsdk) runs get, update,
+//! delta, documents, 404, 409 and delete through it (`tests/tests/remote_config.rs`).
+//!
 //! Not modelled (say so when a test would depend on it): persistent sessions and anything
 //! queued for a disconnected client (a notification published while a device is offline is
 //! lost, as it is on AWS for a clean session); classic (unnamed) shadows; the size limits

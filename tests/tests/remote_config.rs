@@ -14,6 +14,8 @@
 //!   file's levels), from a 0600 file.
 //! - topic, identity: a document naming device A on device B's topic is refused by B and never
 //!   seen by A; a document on B's topic is applied by B only.
+//! - the stand-in itself, against AWS's own client (awsiotsdk, `tests/sdk/shadow_check.py`):
+//!   the SDK builds the topics and parses the answers, so a wrong topic or field fails.
 //!
 //! The figures (update to alert on the broker) are printed; run with `--nocapture` to see them.
 
@@ -545,4 +547,25 @@ fn a_document_on_device_bs_topic_is_never_applied_by_a() {
     );
     assert_eq!(rules_in_effect(&config_a)[0].1, 80.0);
     assert_eq!(rules_in_effect(&config_b)[0].1, 30.0);
+}
+
+#[test]
+fn the_shadow_stand_in_agrees_with_awsiotsdk() {
+    let python = std::env::var_os("OSPREY_TEST_AWSIOT_PYTHON").unwrap_or_else(|| {
+        panic!("OSPREY_TEST_AWSIOT_PYTHON is not set: run tests/run.sh, which installs awsiotsdk")
+    });
+    let broker = Mosquitto::plain();
+    let _service = ShadowService::start(broker.port());
+    let out = Command::new(&python)
+        .arg(osprey_tests::workspace_root().join("tests/sdk/shadow_check.py"))
+        .env("OSPREY_SHADOW_PORT", broker.port().to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", Path::new(&python).display()));
+    assert!(
+        out.status.success(),
+        "{}\n{}\n----- mosquitto -----\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        broker.log()
+    );
 }
