@@ -201,12 +201,18 @@ install_moto() {
         moto_version_ok || die "could not install $MOTO_SPEC into $VENV"
         return 0
     fi
-    local py
-    py="$(venv_python)" || die "no python3 able to create a venv (install python3-venv)"
-    rm -rf "$VENV"
-    "$py" -m venv "$VENV"
-    retry "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$MOTO_SPEC"
+    fresh_venv_with "$VENV" "$MOTO_SPEC"
     moto_ready || die "moto installed into $VENV but does not import"
+}
+
+# A new venv at $1 (replacing what is there) with the PyPI packages $2... installed.
+fresh_venv_with() {
+    local dir="$1" py
+    shift
+    py="$(venv_python)" || die "no python3 able to create a venv (install python3-venv)"
+    rm -rf "$dir"
+    "$py" -m venv "$dir"
+    retry "$dir/bin/python" -m pip install --disable-pip-version-check -q "$@"
 }
 
 # cfn-lint and the AWS CLI for tests/tests/deploy.rs, into the moto venv.
@@ -222,11 +228,7 @@ awsiot_ready() { [[ -x "$AWSIOT_VENV/bin/python" ]] && "$AWSIOT_VENV/bin/python"
 
 install_awsiotsdk() {
     if awsiot_ready; then log "awsiotsdk: present in $AWSIOT_VENV"; return 0; fi
-    local py
-    py="$(venv_python)" || die "no python3 able to create a venv (install python3-venv)"
-    rm -rf "$AWSIOT_VENV"
-    "$py" -m venv "$AWSIOT_VENV"
-    retry "$AWSIOT_VENV/bin/python" -m pip install --disable-pip-version-check -q "$AWSIOT_SPEC"
+    fresh_venv_with "$AWSIOT_VENV" "$AWSIOT_SPEC"
     awsiot_ready || die "awsiotsdk installed into $AWSIOT_VENV but does not import"
 }
 

@@ -28,24 +28,20 @@ def main():
     got = {name: queue.Queue() for name in
            ("get_ok", "get_err", "upd_ok", "upd_err", "delta", "docs", "del_ok")}
 
-    def sub(method, request, name):
-        future, _topic = method(request, QOS, got[name].put)
+    kinds = [
+        ("subscribe_to_get_named_shadow_accepted", "GetNamedShadowSubscriptionRequest", "get_ok"),
+        ("subscribe_to_get_named_shadow_rejected", "GetNamedShadowSubscriptionRequest", "get_err"),
+        ("subscribe_to_update_named_shadow_accepted", "UpdateNamedShadowSubscriptionRequest", "upd_ok"),
+        ("subscribe_to_update_named_shadow_rejected", "UpdateNamedShadowSubscriptionRequest", "upd_err"),
+        ("subscribe_to_named_shadow_delta_updated_events",
+         "NamedShadowDeltaUpdatedSubscriptionRequest", "delta"),
+        ("subscribe_to_named_shadow_updated_events", "NamedShadowUpdatedSubscriptionRequest", "docs"),
+        ("subscribe_to_delete_named_shadow_accepted", "DeleteNamedShadowSubscriptionRequest", "del_ok"),
+    ]
+    for method, request, name in kinds:
+        req = getattr(iotshadow, request)(thing_name=THING, shadow_name=SHADOW)
+        future, _topic = getattr(shadow, method)(req, QOS, got[name].put)
         future.result(TIMEOUT)
-
-    sub(shadow.subscribe_to_get_named_shadow_accepted,
-        iotshadow.GetNamedShadowSubscriptionRequest(thing_name=THING, shadow_name=SHADOW), "get_ok")
-    sub(shadow.subscribe_to_get_named_shadow_rejected,
-        iotshadow.GetNamedShadowSubscriptionRequest(thing_name=THING, shadow_name=SHADOW), "get_err")
-    sub(shadow.subscribe_to_update_named_shadow_accepted,
-        iotshadow.UpdateNamedShadowSubscriptionRequest(thing_name=THING, shadow_name=SHADOW), "upd_ok")
-    sub(shadow.subscribe_to_update_named_shadow_rejected,
-        iotshadow.UpdateNamedShadowSubscriptionRequest(thing_name=THING, shadow_name=SHADOW), "upd_err")
-    sub(shadow.subscribe_to_named_shadow_delta_updated_events,
-        iotshadow.NamedShadowDeltaUpdatedSubscriptionRequest(thing_name=THING, shadow_name=SHADOW), "delta")
-    sub(shadow.subscribe_to_named_shadow_updated_events,
-        iotshadow.NamedShadowUpdatedSubscriptionRequest(thing_name=THING, shadow_name=SHADOW), "docs")
-    sub(shadow.subscribe_to_delete_named_shadow_accepted,
-        iotshadow.DeleteNamedShadowSubscriptionRequest(thing_name=THING, shadow_name=SHADOW), "del_ok")
 
     def take(name):
         return got[name].get(timeout=TIMEOUT)
