@@ -33,6 +33,13 @@
 //! the order publishes were requested, so the uplink pushes each requested message onto a FIFO
 //! and pops it when that event arrives, recording `pkid → seq` for the PUBACK.
 //!
+//! Remote configuration (`crate::remote_config`): with `[remote_config]` on, each ConnAck also
+//! subscribes (QoS 1) to the shadow's response topics or the device's config topic, before the
+//! birth; SubAck and incoming publishes go to the coordinator as they are, and what it hands
+//! back (shadow gets, reports) is published on this connection as `Pending::Remote` (not
+//! journaled; a message meant for an earlier connection is dropped, the coordinator starts
+//! over on each connection).
+//!
 //! The event loop runs in a small driver task that forwards its events over a channel: the
 //! control loop must wait on new journal entries and on shutdown too, and cancelling
 //! `EventLoop::poll` mid-write could lose a packet.
