@@ -49,9 +49,7 @@ pub use view::{view, RuleInEffect, View};
 
 /// Default name of the named shadow that carries the document.
 pub const DEFAULT_SHADOW: &str = "osprey-config";
-/// Largest document accepted, in bytes (the topic payload, or the shadow's `desired` state as
-/// compact JSON).
-pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024;
+pub use osprey_protocol::rule_document::MAX_DOCUMENT_BYTES;
 
 /// Where documents come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -381,7 +381,7 @@ impl Coordinator {
                     origin,
                     hash,
                     time_ms: wall_clock_ms(),
-                    document: Value::Object(doc.value),
+                    document: Value::Object(doc.parsed.value),
                 });
                 self.persisted.rejected = None;
             }
