@@ -569,3 +569,104 @@ fn the_shadow_stand_in_agrees_with_awsiotsdk() {
         broker.log()
     );
 }
+
+/// `osprey rules …` against the broker at `port`; `(success, stdout, stderr)`.
+fn osprey_rules(port: u16, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin("osprey"))
+        .arg("rules")
+        .args(args)
+        .args(["--mqtt-port", &port.to_string()])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn osprey_rules_sets_reads_and_reports_over_mqtt() {
+    let rig = Rig::new(false);
+    let (_config_a, agent_a) = rig.agent("pump-a");
+    let (_config_b, agent_b) = rig.agent("pump-b");
+    let (sub, port) = (&rig.sub, rig.port());
+    let devices = ["--device", "pump-a", "--device", "pump-b"];
+
+    let (ok, out, err) = osprey_rules(port, &[&["status"], &devices[..]].concat());
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "pump-a: no document set (local rules)\npump-b: no document set (local rules)\n"
+    );
+
+    // One command lowers the threshold on both; it returns once both report it applied.
+    let document = json!({"rules": [hot(30.0)]});
+    let file = rig.dir.path().join("rules.json");
+    std::fs::write(&file, document.to_string()).unwrap();
+    let t0 = Instant::now();
+    let (ok, out, err) = osprey_rules(
+        port,
+        &[
+            &["set", "--file", file.to_str().unwrap(), "--wait", "20"],
+            &devices[..],
+        ]
+        .concat(),
+    );
+    let to_reported = t0.elapsed();
+    assert!(ok, "{out}\n{err}\n{}\n{}", agent_a.logs(), agent_b.logs());
+    for device in ["pump-a", "pump-b"] {
+        assert!(
+            out.contains(&format!(
+                "{device}: applied (topic cmd/osprey/{device}/config, {})",
+                hash(&document)
+            )),
+            "{out}"
+        );
+        wait_for(&agent_a, Duration::from_secs(10), "alerts at 30", || {
+            raised(sub, device, 30.0).then_some(())
+        });
+    }
+    let (ok, out, _) = osprey_rules(port, &["get", "--json", "--device", "pump-a"]);
+    assert!(ok);
+    let got: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(got["pump-a"], document);
+
+    // A document a device would refuse is refused before anything is sent.
+    let mut bad = hot(30.0);
+    bad["clear"] = json!(50.0);
+    std::fs::write(&file, json!({"rules": [bad]}).to_string()).unwrap();
+    let (ok, _, err) = osprey_rules(
+        port,
+        &[&["set", "--file", file.to_str().unwrap()], &devices[..]].concat(),
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("refused before sending: rules[0]: rule bearing-hot: clear level 50"),
+        "{err}"
+    );
+    let (_, out, _) = osprey_rules(port, &["get", "--json", "--device", "pump-b"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["pump-b"],
+        document
+    );
+
+    // One set past the CLI (by hand): status shows the device's refusal and its reason.
+    mosquitto_publish(port, "cmd/osprey/pump-b/config", "{\"rulez\": []}", true);
+    let status = wait_for(&agent_b, Duration::from_secs(10), "B's refusal", || {
+        let (_, out, _) = osprey_rules(port, &[&["status"], &devices[..]].concat());
+        out.contains("pump-b: rejected").then_some(out)
+    });
+    assert!(
+        status.contains("pump-a: applied (topic cmd/osprey/pump-a/config"),
+        "{status}"
+    );
+    assert!(
+        status.contains("rulez: unknown field: a document has `rules`"),
+        "{status}"
+    );
+    println!(
+        "figure: osprey rules set on 2 devices, start to both reported applied {} ms",
+        to_reported.as_millis()
+    );
+}
