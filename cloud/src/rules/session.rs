@@ -7,7 +7,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectionError, Event, Packet, QoS, SubscribeFilter};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, Packet, QoS, SubscribeFilter, SubscribeReasonCode,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -74,8 +76,27 @@ impl Session {
             .subscribe_many(filters)
             .await
             .map_err(|e| RulesError::Connection(e.to_string()))?;
-        self.wait_for("the subscription", |p| matches!(p, Packet::SubAck(_)))
-            .await
+        let refused = std::cell::Cell::new(false);
+        self.wait_for("the subscription", |p| match p {
+            Packet::SubAck(ack) => {
+                let failed = ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, SubscribeReasonCode::Failure));
+                refused.set(failed);
+                true
+            }
+            _ => false,
+        })
+        .await?;
+        if refused.get() {
+            return Err(RulesError::Connection(
+                "the broker refused the subscription (ACL: osprey-cloud needs read on \
+                 dt/osprey/# and readwrite on cmd/osprey/#)"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
     }
 
     /// Publishes a retained message at QoS 1 and waits for its PUBACK.
