@@ -14,6 +14,9 @@
 //!   file's levels), from a 0600 file.
 //! - topic, identity: a document naming device A on device B's topic is refused by B and never
 //!   seen by A; a document on B's topic is applied by B only.
+//! - `osprey rules set|get|status` (MQTT path): one command sets a document on two devices and
+//!   returns once both applied it; a document a device would refuse is refused before sending;
+//!   status shows a device's refusal; on twenty devices, every alert fires without a restart.
 //! - the stand-in itself, against AWS's own client (awsiotsdk, `tests/sdk/shadow_check.py`):
 //!   the SDK builds the topics and parses the answers, so a wrong topic or field fails.
 //!
@@ -668,5 +671,45 @@ fn osprey_rules_sets_reads_and_reports_over_mqtt() {
     println!(
         "figure: osprey rules set on 2 devices, start to both reported applied {} ms",
         to_reported.as_millis()
+    );
+}
+
+#[test]
+fn one_osprey_rules_set_lowers_a_threshold_on_twenty_devices() {
+    let rig = Rig::new(false);
+    let devices: Vec<String> = (1..=20).map(|i| format!("pump-{i:02}")).collect();
+    let agents: Vec<(PathBuf, Proc)> = devices.iter().map(|d| rig.agent(d)).collect();
+    let document = json!({"rules": [hot(30.0)]});
+    let file = rig.dir.path().join("rules.json");
+    std::fs::write(&file, document.to_string()).unwrap();
+    let mut args = vec!["set", "--file", file.to_str().unwrap(), "--wait", "30"];
+    for d in &devices {
+        args.extend(["--device", d.as_str()]);
+    }
+    let t0 = Instant::now();
+    let (ok, out, err) = osprey_rules(rig.port(), &args);
+    let to_reported = t0.elapsed();
+    assert!(ok, "{out}\n{err}");
+    assert_eq!(out.matches(": applied (").count(), 20, "{out}");
+    let all_raised = wait_until(Duration::from_secs(20), POLL, || {
+        devices
+            .iter()
+            .all(|d| raised(&rig.sub, d, 30.0))
+            .then_some(())
+    });
+    let to_alerts = t0.elapsed();
+    assert!(
+        all_raised.is_some(),
+        "{:?}\n{}",
+        alerts(&rig.sub),
+        agents[0].1.logs()
+    );
+    for (_, agent) in &agents {
+        assert_eq!(starts(agent), 1, "no restart");
+    }
+    println!(
+        "figure: osprey rules set on 20 devices: all reported applied {} ms, all 20 alerts on the broker {} ms",
+        to_reported.as_millis(),
+        to_alerts.as_millis()
     );
 }
