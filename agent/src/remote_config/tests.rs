@@ -332,3 +332,192 @@ fn reported_matching_treats_null_as_absent() {
     assert!(!shadow::reported_matches(Some(&json!({"a": 2})), &want));
     assert!(!shadow::reported_matches(None, &want));
 }
+
+/// The coordinator on its own: link events in, configs and publishes out, no broker.
+mod coordinator {
+    use std::time::Duration;
+
+    use serde_json::{json, Value};
+    use tokio::sync::mpsc;
+
+    use super::{base, hot};
+    use crate::config::Config;
+    use crate::remote_config::{start, LinkEvent, Mode, Outgoing};
+
+    struct Harness {
+        events: mpsc::Sender<LinkEvent>,
+        outgoing: mpsc::Receiver<Outgoing>,
+        apply: mpsc::Receiver<Config>,
+        _task: tokio::task::JoinHandle<()>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn harness(mode: Mode) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = base();
+        config.remote.mode = mode;
+        config.remote.path = dir.path().join("doc.json");
+        let started = start(config, None);
+        let link = started.link.unwrap();
+        let outgoing = link.outgoing.into_inner();
+        Harness {
+            events: link.events,
+            outgoing,
+            apply: started.apply_rx,
+            _task: tokio::spawn(started.coordinator.run()),
+            _dir: dir,
+        }
+    }
+
+    impl Harness {
+        async fn send(&self, event: LinkEvent) {
+            self.events.send(event).await.unwrap();
+        }
+
+        /// A connection comes up and its subscription is granted.
+        async fn connect(&self, session: u64) {
+            self.send(LinkEvent::Connected(session)).await;
+            let granted = true;
+            self.send(LinkEvent::Subscribed { session, granted }).await;
+        }
+
+        async fn message(&self, topic: &str, payload: Value) {
+            let payload = payload.to_string().into_bytes();
+            self.send(LinkEvent::Message {
+                topic: topic.to_owned(),
+                payload,
+            })
+            .await;
+        }
+
+        async fn next_out(&mut self) -> Outgoing {
+            tokio::time::timeout(Duration::from_secs(60), self.outgoing.recv())
+                .await
+                .expect("a publish")
+                .unwrap()
+        }
+
+        /// Lets the coordinator run, then says whether anything was published.
+        async fn quiet(&mut self) -> bool {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            self.outgoing.try_recv().is_err()
+        }
+    }
+
+    const PREFIX: &str = "$aws/things/pump-7/shadow/name/osprey-config";
+
+    fn token(out: &Outgoing) -> String {
+        let doc: Value = serde_json::from_slice(&out.payload).unwrap();
+        doc["clientToken"].as_str().unwrap().to_owned()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shadow_answers_are_matched_by_token_and_version() {
+        let mut h = harness(Mode::Shadow);
+        h.connect(1).await;
+        let get = h.next_out().await;
+        assert_eq!(get.topic, format!("{PREFIX}/get"));
+        assert_eq!(get.session, 1);
+        let desired = json!({"rules": [hot(30.0)]});
+        // Another client's get answer (the response topic is shared): ignored.
+        let answer = |token: &str, version: u64| {
+            json!({"state": {"desired": desired}, "version": version, "clientToken": token,
+                   "timestamp": 1})
+        };
+        h.message(&format!("{PREFIX}/get/accepted"), answer("cloud-9", 5))
+            .await;
+        assert!(h.quiet().await);
+        assert!(h.apply.try_recv().is_err());
+        // Ours: applied, then reported with the version and hash.
+        h.message(&format!("{PREFIX}/get/accepted"), answer(&token(&get), 5))
+            .await;
+        let applied = h.apply.recv().await.unwrap();
+        assert_eq!(applied.rules[0].threshold, 30.0);
+        let report = h.next_out().await;
+        assert_eq!(report.topic, format!("{PREFIX}/update"));
+        let doc: Value = serde_json::from_slice(&report.payload).unwrap();
+        let reported = &doc["state"]["reported"];
+        assert_eq!(reported["rules"], desired["rules"]);
+        assert_eq!(reported["applied"]["version"], 5);
+        assert!(reported["rejected"].is_null());
+        // A delta no newer than the document in effect: nothing; a newer one: a get.
+        h.message(
+            &format!("{PREFIX}/update/delta"),
+            json!({"state": {}, "version": 5}),
+        )
+        .await;
+        assert!(h.quiet().await);
+        h.message(
+            &format!("{PREFIX}/update/delta"),
+            json!({"state": {}, "version": 7}),
+        )
+        .await;
+        assert_eq!(h.next_out().await.topic, format!("{PREFIX}/get"));
+        // A new connection starts over: a get on it (the uplink drops what was meant for the
+        // old one).
+        h.send(LinkEvent::Disconnected(1)).await;
+        h.connect(2).await;
+        assert_eq!(h.next_out().await.session, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_get_is_retried_and_404_creates_the_shadow() {
+        let mut h = harness(Mode::Shadow);
+        h.connect(1).await;
+        let get = h.next_out().await;
+        h.message(
+            &format!("{PREFIX}/get/rejected"),
+            json!({"code": 500, "message": "Internal service failure", "clientToken": token(&get)}),
+        )
+        .await;
+        assert!(h.quiet().await);
+        // Paused time: the 30 s retry comes at once.
+        let again = h.next_out().await;
+        assert_eq!(again.topic, format!("{PREFIX}/get"));
+        h.message(
+            &format!("{PREFIX}/get/rejected"),
+            json!({"code": 404, "message": "No shadow exists with name: 'osprey-config'",
+                   "clientToken": token(&again)}),
+        )
+        .await;
+        let report = h.next_out().await;
+        let doc: Value = serde_json::from_slice(&report.payload).unwrap();
+        assert_eq!(
+            doc["state"]["reported"]["local_rules"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(h.apply.try_recv().is_err(), "nothing to apply");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn topic_documents_redelivered_or_cleared_change_nothing() {
+        let mut h = harness(Mode::Topic);
+        let topic = "cmd/osprey/pump-7/config";
+        h.connect(1).await;
+        let first = h.next_out().await;
+        assert_eq!(first.topic, "dt/osprey/pump-7/config/reported");
+        assert!(first.retain);
+        let document = json!({"version": 2, "rules": [hot(30.0)]});
+        h.message(topic, document.clone()).await;
+        assert_eq!(h.apply.recv().await.unwrap().rules[0].threshold, 30.0);
+        let report: Value = serde_json::from_slice(&h.next_out().await.payload).unwrap();
+        assert_eq!(report["applied"]["version"], 2);
+        // The retained message again (a reconnect), and an empty one (cleared): no change.
+        h.message(topic, document).await;
+        h.send(LinkEvent::Message {
+            topic: topic.to_owned(),
+            payload: Vec::new(),
+        })
+        .await;
+        assert!(h.quiet().await);
+        assert!(h.apply.try_recv().is_err());
+        // Another device's topic is not ours.
+        h.message("cmd/osprey/pump-8/config", json!({"rules": [hot(20.0)]}))
+            .await;
+        assert!(h.quiet().await);
+        assert!(h.apply.try_recv().is_err());
+    }
+}
