@@ -14,6 +14,8 @@
 #            components clippy rustfmt
 #   PyPI:    moto[server] 5.x in the venv .osprey-test/venv
 #            cfn-lint and awscli in the same venv (deploy suite: template lint, provisioning on moto)
+#            awsiotsdk in .osprey-test/awsiot-venv, a venv of its own (AWS's Device Shadow client, to
+#            check the shadow stand-in against; its awscrt stays away from moto's botocore)
 #   npm:     kinesalite 3.3.3 in .osprey-test/kinesalite (a second Kinesis implementation; only
 #            when node and npm are present, otherwise the kinesalite suite fails and says why)
 #
@@ -25,6 +27,7 @@
 # What it exports to the steps:
 #   OSPREY_TEST_MOTO_ENDPOINT=http://127.0.0.1:PORT   the moto server
 #   OSPREY_TEST_MOTO_SERVER=.osprey-test/venv/bin/moto_server   for tests that start a private one
+#   OSPREY_TEST_AWSIOT_PYTHON=.osprey-test/awsiot-venv/bin/python   python with awsiotsdk
 #   OSPREY_TEST_KINESALITE_ENDPOINT=http://127.0.0.1:PORT   kinesalite (when installed)
 #   OSPREY_TEST_MOSQUITTO=/usr/sbin/mosquitto         the broker binary the harness starts
 #   AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
@@ -198,18 +201,35 @@ install_moto() {
         moto_version_ok || die "could not install $MOTO_SPEC into $VENV"
         return 0
     fi
-    local py
-    py="$(venv_python)" || die "no python3 able to create a venv (install python3-venv)"
-    rm -rf "$VENV"
-    "$py" -m venv "$VENV"
-    retry "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$MOTO_SPEC"
+    fresh_venv_with "$VENV" "$MOTO_SPEC"
     moto_ready || die "moto installed into $VENV but does not import"
+}
+
+# A new venv at $1 (replacing what is there) with the PyPI packages $2... installed.
+fresh_venv_with() {
+    local dir="$1" py
+    shift
+    py="$(venv_python)" || die "no python3 able to create a venv (install python3-venv)"
+    rm -rf "$dir"
+    "$py" -m venv "$dir"
+    retry "$dir/bin/python" -m pip install --disable-pip-version-check -q "$@"
 }
 
 # cfn-lint and the AWS CLI for tests/tests/deploy.rs, into the moto venv.
 install_deploy_tools() {
     if [[ -x "$VENV/bin/cfn-lint" && -x "$VENV/bin/aws" ]]; then log "cfn-lint, awscli: present in $VENV"; return 0; fi
     retry "$VENV/bin/python" -m pip install --disable-pip-version-check -q "${DEPLOY_PYPI[@]}"
+}
+
+# AWS's Device Shadow client for tests/tests/remote_config.rs (tests/sdk/shadow_check.py).
+AWSIOT_VENV="$STATE/awsiot-venv"
+AWSIOT_SPEC='awsiotsdk>=1.20,<2'
+awsiot_ready() { [[ -x "$AWSIOT_VENV/bin/python" ]] && "$AWSIOT_VENV/bin/python" -c 'import awsiot.iotshadow' 2>/dev/null; }
+
+install_awsiotsdk() {
+    if awsiot_ready; then log "awsiotsdk: present in $AWSIOT_VENV"; return 0; fi
+    fresh_venv_with "$AWSIOT_VENV" "$AWSIOT_SPEC"
+    awsiot_ready || die "awsiotsdk installed into $AWSIOT_VENV but does not import"
 }
 
 KINESALITE_DIR="$STATE/kinesalite"
@@ -310,6 +330,7 @@ step "install: rust targets, components" install_rust
 step "install: moto venv" install_moto
 step "install: cfn-lint, awscli (venv)" install_deploy_tools
 step "install: kinesalite (npm)" install_kinesalite
+step "install: awsiotsdk (venv)" install_awsiotsdk
 step "start: moto server" start_moto
 step "start: kinesalite" start_kinesalite
 
@@ -318,6 +339,7 @@ OSPREY_TEST_MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
 [[ -x "$OSPREY_TEST_MOSQUITTO" ]] || die "mosquitto not found at $OSPREY_TEST_MOSQUITTO"
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
 export OSPREY_TEST_MOTO_SERVER="$VENV/bin/moto_server"
+export OSPREY_TEST_AWSIOT_PYTHON="$AWSIOT_VENV/bin/python"
 
 if ((${#CMD[@]})); then
     label="run: ${CMD[*]}"

@@ -108,6 +108,8 @@ pub struct Config {
     /// Period of status messages while connected (with the counters); `None`: only the
     /// birth and the offline status.
     pub status_interval: Option<Duration>,
+    /// Where rule documents from the cloud come from, and where the last one is kept.
+    pub remote: crate::remote_config::Settings,
 }
 
 /// Validated `[sampling]`.
@@ -163,7 +165,7 @@ pub struct Mqtt {
 
 /// Which setting a validation error is about; mapped back to a span for located errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Field {
+pub(crate) enum Field {
     DeviceId,
     Interval,
     MaxAge,
@@ -176,11 +178,14 @@ enum Field {
     KeepAlive,
     Alpn,
     StatusInterval,
+    RemoteShadow,
+    RemotePath,
     Rule(usize),
 }
 
 impl Field {
-    fn name(self) -> String {
+    /// The setting as written in the file.
+    pub(crate) fn name(self) -> String {
         match self {
             Field::DeviceId => "device_id".to_owned(),
             Field::Interval => "sampling.interval_ms".to_owned(),
@@ -194,6 +199,8 @@ impl Field {
             Field::KeepAlive => "mqtt.keep_alive_s".to_owned(),
             Field::Alpn => "mqtt.tls.alpn".to_owned(),
             Field::StatusInterval => "status.interval_s".to_owned(),
+            Field::RemoteShadow => "remote_config.shadow".to_owned(),
+            Field::RemotePath => "remote_config.path".to_owned(),
             Field::Rule(i) => format!("[[rules]] entry {}", i + 1),
         }
     }
@@ -238,9 +245,13 @@ impl Config {
             actions: Vec::new(),
             alarms_path: PathBuf::new(),
             status_interval: Some(DEFAULT_STATUS_INTERVAL),
+            remote: crate::remote_config::Settings::off(PathBuf::new()),
         };
         let config = Config {
             alarms_path: default_alarms_path(&config.journal_path),
+            remote: crate::remote_config::Settings::off(crate::remote_config::default_path(
+                &config.journal_path,
+            )),
             ..config
         };
         config.validate()?;
@@ -286,7 +297,9 @@ impl Config {
             })
     }
 
-    fn check(&self) -> Result<(), (Field, String)> {
+    /// The checks of [`Config::validate`], with the field each failure is about (remote
+    /// documents map a rule's index back to the document's own).
+    pub(crate) fn check(&self) -> Result<(), (Field, String)> {
         if !osprey_protocol::valid_device_id(&self.device_id) {
             return Err((
                 Field::DeviceId,
@@ -323,6 +336,13 @@ impl Config {
                 ));
             }
         }
+        self.remote.check().map_err(|(field, message)| {
+            let field = match field {
+                crate::remote_config::SettingsField::Shadow => Field::RemoteShadow,
+                crate::remote_config::SettingsField::Path => Field::RemotePath,
+            };
+            (field, message)
+        })?;
         let mut ids = HashSet::new();
         for (i, rule) in self.rules.iter().enumerate() {
             rule.validate()
@@ -478,6 +498,23 @@ fn from_raw(raw: &raw::AgentConfig, text: &str, base_dir: &Path) -> Result<Confi
                 .map_or_else(|| PathBuf::from(DEFAULT_JOURNAL_PATH), path),
         ),
     };
+    let journal_path = raw
+        .journal
+        .path
+        .as_ref()
+        .map_or_else(|| PathBuf::from(DEFAULT_JOURNAL_PATH), path);
+    let remote = crate::remote_config::Settings {
+        mode: raw.remote_config.mode.unwrap_or_default(),
+        shadow: raw.remote_config.shadow.as_ref().map_or_else(
+            || crate::remote_config::DEFAULT_SHADOW.to_owned(),
+            |s| s.get_ref().clone(),
+        ),
+        path: raw
+            .remote_config
+            .path
+            .as_ref()
+            .map_or_else(|| crate::remote_config::default_path(&journal_path), path),
+    };
     Ok(Config {
         sampling: Sampling {
             interval: raw
@@ -500,11 +537,7 @@ fn from_raw(raw: &raw::AgentConfig, text: &str, base_dir: &Path) -> Result<Confi
                 .map_or(DEFAULT_MAX_AGE, |v| Duration::from_millis(*v.get_ref())),
             max_bytes: batch_bytes,
         },
-        journal_path: raw
-            .journal
-            .path
-            .as_ref()
-            .map_or_else(|| PathBuf::from(DEFAULT_JOURNAL_PATH), path),
+        journal_path,
         journal: JournalOptions {
             max_bytes: raw
                 .journal
@@ -557,6 +590,7 @@ fn from_raw(raw: &raw::AgentConfig, text: &str, base_dir: &Path) -> Result<Confi
             Some(v) if *v.get_ref() == 0 => None,
             Some(v) => Some(Duration::from_secs(*v.get_ref())),
         },
+        remote,
         device_id,
     })
 }
@@ -581,6 +615,8 @@ fn span_of(raw: &raw::AgentConfig, field: Field) -> Option<Range<usize>> {
             .and_then(|t| t.get_ref().alpn.as_ref())
             .map(Spanned::span),
         Field::StatusInterval => raw.status.interval_s.as_ref().map(Spanned::span),
+        Field::RemoteShadow => raw.remote_config.shadow.as_ref().map(Spanned::span),
+        Field::RemotePath => raw.remote_config.path.as_ref().map(Spanned::span),
         Field::Rule(i) => raw.rules.get(i).map(Spanned::span),
     }
 }

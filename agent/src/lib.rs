@@ -22,6 +22,7 @@
 //! | `writer` | gives messages their sequence numbers and journals them |
 //! | `uplink` | MQTT delivery, PUBACK bookkeeping, reconnect with backoff |
 //! | [`tls`] | rustls client configuration from PEM files |
+//! | [`remote_config`] | rule documents from a Device Shadow or a retained topic, laid over the TOML, kept on disk, reported back |
 //! | [`run`] | wires the stages for one device |
 //! | [`service`] | systemd readiness, status and a watchdog tied to sampler and journal progress |
 //!
@@ -44,6 +45,7 @@
 //! # Ok(()) }
 //! ```
 
+mod atomic_file;
 mod backoff;
 pub mod batch;
 mod boot;
@@ -53,6 +55,7 @@ pub mod credentials;
 mod error;
 pub mod journal;
 pub mod reading;
+pub mod remote_config;
 pub mod rule;
 mod runtime;
 mod sampler;

@@ -8,8 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use osprey_agent::config::{Config, SensorKind};
-use osprey_agent::{journal, service, tls};
-use osprey_protocol::Comparison;
+use osprey_agent::{journal, remote_config, service, tls};
 
 mod journal_cli;
 
@@ -49,6 +48,20 @@ enum Command {
         #[command(subcommand)]
         command: JournalCommand,
     },
+    /// Print the rules in effect and where each comes from: the config file, or the document
+    /// from the cloud ([remote_config]: Device Shadow version or retained topic) that the agent
+    /// applied over it, kept next to the journal. Also shows the last rejected document.
+    ///
+    /// Reads the files, not the running agent: after editing the config without a SIGHUP, the
+    /// agent still runs the old file's rules.
+    Rules {
+        /// The agent's config file.
+        #[arg(long, short, value_name = "FILE", env = "OSPREY_AGENT_CONFIG")]
+        config: PathBuf,
+        /// Print JSON (rules with their source, the applied and rejected documents).
+        #[arg(long)]
+        json: bool,
+    },
     /// List the sensors this machine has: I2C buses and the addresses that answer (probed
     /// with one-byte reads, never writes), 1-Wire devices, hwmon sensors, thermal zones.
     Sensors {
@@ -87,6 +100,7 @@ fn main() -> ExitCode {
         Command::Check { file } => check(&file),
         Command::Run { config } => run(&config),
         Command::Journal { command } => journal_command(command),
+        Command::Rules { config, json } => rules(&config, json),
         Command::Sensors { root } => {
             print!("{}", osprey_agent::sensors::scan::report(&root));
             Ok(())
@@ -120,6 +134,22 @@ fn check(file: &Path) -> anyhow::Result<()> {
     }
     println!("{}: ok", file.display());
     print!("{}", summary(&config));
+    Ok(())
+}
+
+fn rules(file: &Path, json: bool) -> anyhow::Result<()> {
+    let config = Config::load(file).with_context(|| {
+        format!(
+            "cannot read the rules: fix the config (check it with `osprey-agent check {}`)",
+            file.display()
+        )
+    })?;
+    let view = remote_config::view(&config, file)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        print!("{view}");
+    }
     Ok(())
 }
 
@@ -351,33 +381,7 @@ fn summary(config: &Config) -> String {
     let rules: Vec<String> = config
         .rules
         .iter()
-        .map(|r| {
-            let condition = match r.when {
-                Comparison::Outside => {
-                    let (low, high) = r.clear_band();
-                    format!(
-                        "outside {}..{}, clear inside {low}..{high}",
-                        r.low.unwrap_or(f64::NAN),
-                        r.high.unwrap_or(f64::NAN)
-                    )
-                }
-                Comparison::NoData => {
-                    format!("no data for {} ms", r.timeout_ms.unwrap_or(0))
-                }
-                when => format!("{} {}, clear {}", when.name(), r.threshold, r.clear_level()),
-            };
-            let delays = match (r.on_delay_ms, r.off_delay_ms) {
-                (0, 0) => String::new(),
-                (on, off) => format!(", delays on {on} ms off {off} ms"),
-            };
-            format!(
-                "{} ({}/{} {condition}{delays}, {})",
-                r.id,
-                r.sensor,
-                r.metric,
-                format!("{:?}", r.severity).to_lowercase()
-            )
-        })
+        .map(osprey_agent::rule::describe)
         .collect();
     line("rules", list_or_none(rules));
     let sensors: Vec<String> = config
@@ -404,6 +408,17 @@ fn summary(config: &Config) -> String {
         ),
     );
     line("alarms", config.alarms_path.display().to_string());
+    line(
+        "remote",
+        match config.remote.mode {
+            remote_config::Mode::Off => "off".to_owned(),
+            _ => format!(
+                "{}, document kept in {}",
+                config.remote.describe(&config.device_id),
+                config.remote.path.display()
+            ),
+        },
+    );
     out
 }
 

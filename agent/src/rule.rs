@@ -348,6 +348,33 @@ impl RuleSet {
     }
 }
 
+/// One line for a person: `bearing-hot (bearing/temperature above 80, clear 75, critical)`.
+pub fn describe(r: &ThresholdRule) -> String {
+    let condition = match r.when {
+        Comparison::Outside => {
+            let (low, high) = r.clear_band();
+            format!(
+                "outside {}..{}, clear inside {low}..{high}",
+                r.low.unwrap_or(f64::NAN),
+                r.high.unwrap_or(f64::NAN)
+            )
+        }
+        Comparison::NoData => format!("no data for {} ms", r.timeout_ms.unwrap_or(0)),
+        when => format!("{} {}, clear {}", when.name(), r.threshold, r.clear_level()),
+    };
+    let delays = match (r.on_delay_ms, r.off_delay_ms) {
+        (0, 0) => String::new(),
+        (on, off) => format!(", delays on {on} ms off {off} ms"),
+    };
+    format!(
+        "{} ({}/{} {condition}{delays}, {})",
+        r.id,
+        r.sensor,
+        r.metric,
+        format!("{:?}", r.severity).to_lowercase()
+    )
+}
+
 fn timeout_s(rule: &ThresholdRule) -> f64 {
     ms_to_s(
         rule.timeout_ms

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::credentials;
 use crate::error::AgentError;
 use crate::journal::{self, Durability, Journal};
+use crate::remote_config;
 use crate::sampler::{Sampler, SamplerEnd};
 use crate::service;
 use crate::stats::{RunSummary, Stats};
@@ -55,7 +56,8 @@ pub async fn run(
 
 /// [`run`], and apply every config that arrives on `reload_rx` (the binary sends one per
 /// SIGHUP): rules, sensors and actions change at once, keeping rule states, sensor health and
-/// the partial batch; other sections need a restart.
+/// the partial batch; other sections need a restart. With `[remote_config]`, the document
+/// from the cloud (or the one kept on disk) is laid over `config` and over every reload.
 pub async fn run_with_reload(
     config: Config,
     shutdown: impl Future<Output = ()>,
@@ -111,6 +113,10 @@ async fn run_inner(
             .await
             .map_err(|e| AgentError::join("journal open", e))??;
     let journal: Arc<dyn Journal> = Arc::new(journal);
+    // Rules from the cloud: the kept document over the TOML now, new documents and SIGHUP
+    // reloads through the coordinator to the sampler.
+    let remote = remote_config::start(config, reload_rx);
+    let config = remote.config;
     let device = config.device_id.clone();
     tracing::info!(
         device = %device,
@@ -142,9 +148,11 @@ async fn run_inner(
             stats: Arc::clone(&stats),
             started: Instant::now(),
             status_interval: config.status_interval,
+            remote: remote.link,
         }
         .run(stop_rx.clone()),
     );
+    let _remote = OwnedTask::spawn(remote.coordinator.run());
     let writer = OwnedTask::spawn(
         Writer {
             device: device.clone(),
@@ -156,7 +164,13 @@ async fn run_inner(
         .run(outbound_rx),
     );
     let mut sampler = OwnedTask::spawn(
-        Sampler::from_config(&config, outbound_tx, Arc::clone(&stats), reload_rx).run(stop_rx),
+        Sampler::from_config(
+            &config,
+            outbound_tx,
+            Arc::clone(&stats),
+            Some(remote.apply_rx),
+        )
+        .run(stop_rx),
     );
 
     // With interval durability, a flusher makes appends durable (and so publishable).

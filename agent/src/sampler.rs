@@ -39,6 +39,7 @@ use crate::rule::RuleSet;
 use crate::sensors::set::{Sample, SensorSet};
 use crate::stats::Stats;
 use crate::stop::stopped;
+use crate::task::{recv_or_pending, sleep_until_some};
 use crate::writer::Outbound;
 
 /// How the sampler ended.
@@ -125,7 +126,7 @@ impl Sampler {
             let step = tokio::select! {
                 biased;
                 _ = stopped(&mut stop_rx) => break SamplerEnd::Stopped,
-                Some(config) = recv_or_pending(&mut reload_rx) => {
+                config = recv_or_pending(reload_rx.as_mut()) => {
                     self.reconfigure(&config);
                     Ok(())
                 }
@@ -134,7 +135,7 @@ impl Sampler {
                     self.sample_once().await
                 }
                 // The age limit also applies between samples (when max_age < interval).
-                _ = sleep_until_or_forever(deadline) => self.flush().await,
+                _ = sleep_until_some(deadline) => self.flush().await,
             };
             if step.is_err() {
                 break SamplerEnd::WriterGone;
@@ -287,23 +288,6 @@ fn log_alert(device: &str, alert: &Alert, seq: Option<u64>) {
             severity = %severity,
             "alert cleared"
         ),
-    }
-}
-
-async fn recv_or_pending(rx: &mut Option<mpsc::Receiver<Config>>) -> Option<Config> {
-    match rx {
-        Some(rx) => match rx.recv().await {
-            Some(config) => Some(config),
-            None => std::future::pending().await,
-        },
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_or_forever(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -33,3 +33,23 @@ impl<T> Drop for OwnedTask<T> {
         self.0.abort();
     }
 }
+
+/// The next message of `rx`; never resolves when there is no receiver or its senders are all
+/// gone (a `select!` branch that simply stops firing).
+pub(crate) async fn recv_or_pending<T>(rx: Option<&mut tokio::sync::mpsc::Receiver<T>>) -> T {
+    match rx {
+        Some(rx) => match rx.recv().await {
+            Some(message) => message,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`; never resolves for `None`.
+pub(crate) async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

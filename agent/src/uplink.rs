@@ -33,6 +33,13 @@
 //! the order publishes were requested, so the uplink pushes each requested message onto a FIFO
 //! and pops it when that event arrives, recording `pkid → seq` for the PUBACK.
 //!
+//! Remote configuration (`crate::remote_config`): with `[remote_config]` on, each ConnAck also
+//! subscribes (QoS 1) to the shadow's response topics or the device's config topic, before the
+//! birth; SubAck and incoming publishes go to the coordinator as they are, and what it hands
+//! back (shadow gets, reports) is published on this connection as `Pending::Remote` (not
+//! journaled; a message meant for an earlier connection is dropped, the coordinator starts
+//! over on each connection).
+//!
 //! The event loop runs in a small driver task that forwards its events over a channel: the
 //! control loop must wait on new journal entries and on shutdown too, and cancelling
 //! `EventLoop::poll` mid-write could lose a packet.
@@ -64,7 +71,7 @@ use std::time::Duration;
 use osprey_protocol::{topic, Body, Envelope, Kind, Status, StatusState, MAX_MESSAGE_BYTES};
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
-    TlsConfiguration, Transport,
+    SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
@@ -75,19 +82,23 @@ use crate::config::Mqtt;
 use crate::credentials::Credentials;
 use crate::error::AgentError;
 use crate::journal::{Class, Dropped, Journal, JournalError};
+use crate::remote_config::{Link, LinkEvent, Outgoing as RemoteOutgoing};
 use crate::stats::Stats;
 use crate::stop::stopped;
-use crate::task::OwnedTask;
+use crate::task::{recv_or_pending, sleep_until_some, OwnedTask};
 use pack::{Packer, Unit};
 use rate::TokenBucket;
 
-/// Request channel slots beyond the in-flight window: birth, offline status and DISCONNECT,
-/// so `try_publish` never finds the channel full.
-const REQUEST_SLACK: usize = 8;
+/// Request channel slots beyond the in-flight window: birth, offline status, DISCONNECT and
+/// the remote config's SUBSCRIBE, get and report, so `try_publish` never finds the channel full.
+const REQUEST_SLACK: usize = 16;
 /// Events buffered between the driver task and the control loop.
 const EVENT_BUFFER: usize = 64;
-/// Largest packet accepted from the broker; the agent subscribes to nothing yet, so only acks.
-const MAX_INCOMING_PACKET: usize = 16 * 1024;
+/// Largest packet accepted from the broker: acks, and remote config documents (shadow answers
+/// carry desired, reported and metadata). Larger than AWS IoT's 128 KB message limit, so that
+/// an oversized document arrives and is refused by its own size check instead of breaking the
+/// connection.
+const MAX_INCOMING_PACKET: usize = 256 * 1024;
 /// Largest packet sent: a maximal message plus topic and header.
 const MAX_OUTGOING_PACKET: usize = MAX_MESSAGE_BYTES + 1024;
 /// How long a clean shutdown waits for the offline status and DISCONNECT to be written.
@@ -114,6 +125,8 @@ pub(crate) struct Uplink {
     pub(crate) started: Instant,
     /// Period of status messages while connected (`None`: birth and offline only).
     pub(crate) status_interval: Option<Duration>,
+    /// Remote configuration: topics to subscribe to, and the coordinator to talk to.
+    pub(crate) remote: Option<Link>,
 }
 
 /// A message requested from rumqttc and not yet acknowledged.
@@ -124,11 +137,15 @@ enum Pending {
     Journaled(Kind, Vec<u64>, Vec<u32>),
     /// A status message (not journaled).
     Status(u64),
+    /// A remote config message (shadow get or report; not journaled).
+    Remote,
 }
 
 /// State of one connection.
 #[derive(Debug, Default)]
 struct Session {
+    /// Numbers the connections of this run (for the remote config's messages).
+    id: u64,
     connected: bool,
     /// When the ConnAck arrived.
     connected_at: Option<Instant>,
@@ -191,6 +208,7 @@ impl Uplink {
         // the ConnAck arriving could, at worst, make two offline statuses share a number: the
         // cloud keeps one, and the device was offline throughout anyway.)
         let mut will_seq = None;
+        let mut sessions = 0u64;
         loop {
             if *stop_rx.borrow() {
                 return Ok(());
@@ -199,7 +217,13 @@ impl Uplink {
                 Some(seq) => seq,
                 None => *will_seq.insert(self.reserve_seq_durably().await?),
             };
-            match self.session(seq, &mut stop_rx).await? {
+            sessions += 1;
+            let end = self.session(sessions, seq, &mut stop_rx).await?;
+            if let Some(remote) = &self.remote {
+                // Full or closed: the coordinator starts over on the next Connected anyway.
+                let _ = remote.events.try_send(LinkEvent::Disconnected(sessions));
+            }
+            match end {
                 SessionEnd::Stopped => return Ok(()),
                 SessionEnd::Lost {
                     connected: true,
@@ -232,6 +256,7 @@ impl Uplink {
     /// One connection, from CONNECT to its loss or a stop.
     async fn session(
         &self,
+        id: u64,
         will_seq: u64,
         stop_rx: &mut watch::Receiver<bool>,
     ) -> Result<SessionEnd, AgentError> {
@@ -243,7 +268,13 @@ impl Uplink {
         let (event_tx, mut event_rx) = mpsc::channel(EVENT_BUFFER);
         // Dropped (aborted, closing the socket) when this connection is abandoned.
         let _driver = OwnedTask::spawn(drive(eventloop, event_tx));
+        // Held for this connection only; the next one takes it again.
+        let mut remote_out = match &self.remote {
+            Some(remote) => Some(remote.outgoing.lock().await),
+            None => None,
+        };
         let mut session = Session {
+            id,
             bucket: self
                 .mqtt
                 .max_publish_rate
@@ -270,6 +301,11 @@ impl Uplink {
                     None => return Ok(session.lost()),
                 },
                 _ = self.appended.notified(), if session.connected => {}
+                out = recv_or_pending(remote_out.as_deref_mut()), if session.connected => {
+                    if !self.publish_remote(&client, &mut session, out) {
+                        return Ok(session.lost());
+                    }
+                }
                 _ = sleep_until_some(session.wake_at), if session.wake_at.is_some() => {
                     session.wake_at = None;
                 }
@@ -336,6 +372,18 @@ impl Uplink {
                 session.status_at = self.status_interval.map(|period| Instant::now() + period);
                 let birth = self.status(seq, StatusState::Online, will_seq)?;
                 session.statuses_unacked += 1;
+                if let Some(remote) = &self.remote {
+                    // Before the birth, so the subscription is in place as early as possible.
+                    let filters = remote
+                        .filters
+                        .iter()
+                        .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                    if let Err(error) = client.try_subscribe_many(filters) {
+                        tracing::warn!(device = %self.device, %error, "cannot request the remote config subscription");
+                        return Ok(false);
+                    }
+                    let _ = remote.events.send(LinkEvent::Connected(session.id)).await;
+                }
                 return Ok(self.publish(
                     client,
                     session,
@@ -379,13 +427,61 @@ impl Uplink {
                     session.statuses_unacked = session.statuses_unacked.saturating_sub(1);
                     tracing::debug!(device = %self.device, seq, "status delivered");
                 }
+                Some(Pending::Remote) => {
+                    tracing::debug!(device = %self.device, "remote config message delivered");
+                }
                 None => {
                     tracing::warn!(device = %self.device, pkid = ack.pkid, "PUBACK for unknown packet id")
                 }
             },
+            Event::Incoming(Packet::SubAck(ack)) => {
+                if let Some(remote) = &self.remote {
+                    let granted = ack
+                        .return_codes
+                        .iter()
+                        .all(|c| matches!(c, SubscribeReasonCode::Success(_)));
+                    let event = LinkEvent::Subscribed {
+                        session: session.id,
+                        granted,
+                    };
+                    let _ = remote.events.send(event).await;
+                }
+            }
+            Event::Incoming(Packet::Publish(publish)) => {
+                if let Some(remote) = &self.remote {
+                    let event = LinkEvent::Message {
+                        topic: publish.topic,
+                        payload: publish.payload.to_vec(),
+                    };
+                    let _ = remote.events.send(event).await;
+                }
+            }
             _ => {}
         }
         Ok(true)
+    }
+
+    /// Publishes a remote config message meant for this connection (older ones are dropped).
+    /// `false`: the request channel is closed.
+    fn publish_remote(
+        &self,
+        client: &AsyncClient,
+        session: &mut Session,
+        out: RemoteOutgoing,
+    ) -> bool {
+        if out.session != session.id {
+            return true;
+        }
+        match client.try_publish(out.topic, QoS::AtLeastOnce, out.retain, out.payload) {
+            Ok(()) => {
+                session.requested.push_back(Pending::Remote);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(device = %self.device, %error, "cannot hand a publish to the MQTT client");
+                false
+            }
+        }
     }
 
     /// Publishes journal entries past the cursors while the window has room and the rate
@@ -625,12 +721,5 @@ async fn drive(mut eventloop: EventLoop, event_tx: mpsc::Sender<Result<Event, Co
         if event_tx.send(event).await.is_err() || failed {
             return;
         }
-    }
-}
-
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

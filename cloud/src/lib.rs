@@ -18,7 +18,8 @@
 //! The module tree follows that flow: [`source`] feeds the [`pipeline`], which uses [`window`]
 //! and writes through [`store`]; [`api`] reads the store; [`serve`] wires them together for
 //! `osprey serve`, and [`bridge`] is `osprey bridge`; both expose Prometheus [`metrics`]. [`connection`] holds the MQTT and Kinesis
-//! client settings both of them share; [`secret`] reads the token, key and password files;
+//! client settings both of them share; [`rules`] is `osprey rules` (rule documents for devices
+//! over MQTT); [`secret`] reads the token, key and password files;
 //! [`shutdown`], [`backoff`] and [`clock`] are small helpers.
 //!
 //! Starting the whole service in-process (as the demo and the tests do):
@@ -55,6 +56,7 @@ pub mod demo;
 pub mod fleet;
 pub mod metrics;
 pub mod pipeline;
+pub mod rules;
 pub mod secret;
 pub mod serve;
 pub mod shutdown;

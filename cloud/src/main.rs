@@ -55,6 +55,55 @@ enum Command {
     /// List the payloads the store could not apply (newest first), from its SQLite file
     /// (read-only, fine beside a running serve) or from a running serve's API.
     DeadLetters(DeadLettersArgs),
+    /// Rules from the cloud over MQTT (brokers without Device Shadow; agents with
+    /// [remote_config] mode = "topic"): set a rule document as devices' retained config, read
+    /// it back, and see what each device applied or refused (protocol/SPEC.md, "Remote
+    /// configuration").
+    Rules(RulesArgs),
+}
+
+#[derive(Debug, Args)]
+struct RulesArgs {
+    #[command(subcommand)]
+    command: RulesCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Check a rule document as a device would (size, keys, each rule, unique ids), set it
+    /// for the devices (retained cmd/osprey/<device>/config), and wait for their reports.
+    /// Exits 1 unless every device applied it.
+    Set(RulesSetArgs),
+    /// Print the documents set for the devices.
+    Get(RulesTarget),
+    /// Print where each device stands: applied (source, version, hash), rejected (field and
+    /// reason), pending, no document, no report.
+    Status(RulesTarget),
+}
+
+#[derive(Debug, Args)]
+struct RulesTarget {
+    /// A device id; repeat for more.
+    #[arg(long = "device", value_name = "ID", required = true)]
+    devices: Vec<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    mqtt: MqttArgs,
+}
+
+#[derive(Debug, Args)]
+struct RulesSetArgs {
+    #[command(flatten)]
+    target: RulesTarget,
+    /// The rule document, JSON: {"rules": [...]}; `-` for standard input.
+    #[arg(long, value_name = "FILE")]
+    file: PathBuf,
+    /// Seconds to wait for every device to report the document applied or rejected (0: set
+    /// it and do not wait).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    wait: u64,
 }
 
 #[derive(Debug, Args)]
@@ -559,6 +608,7 @@ async fn main() -> ExitCode {
         Command::HealthReport(args) => health_report(args),
         Command::Fleet(args) => fleet(args).await,
         Command::DeadLetters(args) => dead_letters(args).await,
+        Command::Rules(args) => rules(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -582,6 +632,78 @@ fn init_tracing() {
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
         )
         .init();
+}
+
+async fn rules(args: RulesArgs) -> Result<()> {
+    use osprey_cloud::rules::{self, State};
+    let client_id = format!("osprey-rules-{}", std::process::id());
+    match args.command {
+        RulesCommand::Set(set) => {
+            let target = &set.target;
+            let document = if set.file.as_os_str() == "-" {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)?;
+                bytes
+            } else {
+                std::fs::read(&set.file)
+                    .with_context(|| format!("cannot read {}", set.file.display()))?
+            };
+            let cfg = target.mqtt.config(&client_id)?;
+            let wait = std::time::Duration::from_secs(set.wait);
+            let statuses = rules::set(&cfg, &target.devices, &document, wait).await?;
+            print_statuses(&statuses, target.json)?;
+            let missing = statuses
+                .iter()
+                .filter(|s| s.state() != State::Applied)
+                .count();
+            if set.wait > 0 && missing > 0 {
+                bail!(
+                    "{missing} of {} devices did not apply the document",
+                    statuses.len()
+                );
+            }
+        }
+        RulesCommand::Get(target) => {
+            let cfg = target.mqtt.config(&client_id)?;
+            let documents = rules::get(&cfg, &target.devices).await?;
+            if target.json {
+                println!("{}", serde_json::to_string_pretty(&documents)?);
+            } else {
+                for device in &target.devices {
+                    match documents.get(device) {
+                        Some(doc) => println!("{device}: {doc}"),
+                        None => println!("{device}: no document set (local rules)"),
+                    }
+                }
+            }
+        }
+        RulesCommand::Status(target) => {
+            let cfg = target.mqtt.config(&client_id)?;
+            let statuses = rules::status(&cfg, &target.devices).await?;
+            print_statuses(&statuses, target.json)?;
+        }
+    }
+    Ok(())
+}
+
+fn print_statuses(statuses: &[osprey_cloud::rules::DeviceStatus], json: bool) -> Result<()> {
+    if json {
+        let rows: Vec<serde_json::Value> = statuses
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "device": s.device, "state": s.state(),
+                    "desired": s.desired, "reported": s.reported,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        for status in statuses {
+            println!("{status}");
+        }
+    }
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {

@@ -45,6 +45,8 @@ pub mod json;
 pub mod limit;
 mod payload;
 mod rule;
+#[cfg(feature = "json")]
+pub mod rule_document;
 mod telemetry;
 pub mod topic;
 

@@ -7,7 +7,12 @@
 //! | `dt/osprey/<device>/alerts` | alert events |
 //! | `dt/osprey/<device>/status` | birth, last will, periodic status |
 //! | `cmd/osprey/<device>/<command>` | commands to the device (e.g. `rules`) |
+//! | `cmd/osprey/<device>/config` | the device's rule document (retained; brokers without Device Shadow) |
+//! | `dt/osprey/<device>/config/reported` | what the device applied or rejected (retained) |
 //!
+//! The config report has five levels, so it matches neither [`ALL_DATA`] nor the AWS IoT rule
+//! that forwards data to Kinesis: it is not an Osprey CBOR message but a JSON document (see
+//! SPEC.md, "Remote configuration").
 //! A bundle (kind 4) has no topic of its own: it goes on the topic of the kind of the messages
 //! it carries (`data(device, Decoded::kind())`), so a subscriber to alerts still gets them.
 
@@ -26,6 +31,16 @@ pub fn data(device: &str, kind: Kind) -> String {
 /// The command topic for `device` and `command`.
 pub fn command(device: &str, command: &str) -> String {
     format!("cmd/osprey/{device}/{command}")
+}
+
+/// The retained topic that carries `device`'s rule document on brokers without Device Shadow.
+pub fn config(device: &str) -> String {
+    command(device, "config")
+}
+
+/// The retained topic where `device` reports the document it applied (or rejected).
+pub fn config_reported(device: &str) -> String {
+    format!("dt/osprey/{device}/config/reported")
 }
 
 /// Splits a data topic into its device and kind; `None` for anything else.
@@ -59,6 +74,16 @@ mod tests {
             let t = data("pump-7", kind);
             assert_eq!(parse_data(&t), Some(("pump-7", kind)));
         }
+    }
+
+    #[test]
+    fn config_topics_are_outside_the_data_filter() {
+        assert_eq!(config("pump-7"), "cmd/osprey/pump-7/config");
+        assert_eq!(
+            config_reported("pump-7"),
+            "dt/osprey/pump-7/config/reported"
+        );
+        assert_eq!(parse_data(&config_reported("pump-7")), None);
     }
 
     #[test]

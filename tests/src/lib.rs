@@ -12,6 +12,7 @@
 //!            MotoServer                                 a private moto server (to stall it with SIGSTOP)
 //!  net       free_port(), http_get_json(), wait_until() loopback ports, a tiny HTTP client, polling
 //!  browser   rendered_dom(url)                          headless Chromium's DOM after the scripts ran
+//!  shadow    ShadowService                              a stand-in for AWS IoT's Device Shadow service
 //! ```
 //!
 //! Everything is blocking std code. Setup failures panic with a message that says what to do
@@ -48,14 +49,16 @@ mod moto;
 mod net;
 mod paths;
 mod process;
+mod shadow;
 mod subscriber;
 
 pub use browser::{chromium, rendered_dom};
 pub use certs::{Certs, ClientCert};
 pub use lambda::{base64, kinesis_event_json};
-pub use mosquitto::{mosquitto_tool, Listener, Mosquitto};
+pub use mosquitto::{mosquitto_publish, mosquitto_tool, Listener, Mosquitto};
 pub use moto::{moto_endpoint, unique_name, MotoServer};
 pub use net::{free_port, http_get, http_get_json, http_request, wait_until, HttpResponse};
 pub use paths::{bin, target_profile_dir, workspace_root};
 pub use process::Proc;
+pub use shadow::ShadowService;
 pub use subscriber::{Publish, Subscriber};

@@ -323,6 +323,35 @@ fn mosquitto_binary() -> PathBuf {
         .unwrap_or_else(|| panic!("mosquitto not found: run tests/run.sh, which installs it"))
 }
 
+/// Publishes `payload` on `topic` at QoS 1 with `mosquitto_pub` to the broker at
+/// 127.0.0.1:`port` (an empty payload with `retain` clears the retained message).
+///
+/// # Panics
+///
+/// When `mosquitto_pub` cannot run or fails.
+pub fn mosquitto_publish(port: u16, topic: &str, payload: &str, retain: bool) {
+    let mut cmd = Command::new(mosquitto_tool("mosquitto_pub"));
+    let broker = ["-h", "127.0.0.1", "-p"];
+    cmd.args(broker).arg(port.to_string());
+    cmd.args(["-q", "1", "-t", topic]);
+    if payload.is_empty() {
+        cmd.arg("-n");
+    } else {
+        cmd.args(["-m", payload]);
+    }
+    if retain {
+        cmd.arg("-r");
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run mosquitto_pub: {e}"));
+    assert!(
+        out.status.success(),
+        "mosquitto_pub on {topic} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Path of a Mosquitto client tool (`mosquitto_pub`, `mosquitto_sub`, `mosquitto_rr`), from
 /// PATH or `/usr/bin`.
 ///

@@ -76,6 +76,18 @@ impl Proc {
         }
     }
 
+    /// `osprey-agent run --config CONFIG` (from `target/<profile>`), logging at `rust_log`
+    /// (the `RUST_LOG` filter) without colours.
+    pub fn agent(config: &std::path::Path, rust_log: &str) -> Proc {
+        Proc::spawn(
+            Command::new(crate::bin("osprey-agent"))
+                .args(["run", "--config"])
+                .arg(config)
+                .env("NO_COLOR", "1")
+                .env("RUST_LOG", rust_log),
+        )
+    }
+
     /// The child's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

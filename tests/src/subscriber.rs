@@ -64,15 +64,17 @@ impl Subscriber {
             .collect()
     }
 
-    /// Every publish received on an Osprey data topic so far, in arrival order, with the
-    /// messages it carried: one, or a bundle's. Counting these against [`Subscriber::messages`]
-    /// shows whether the agent packed its backlog.
+    /// Every publish received on an Osprey data topic so far (not the JSON config reports), in
+    /// arrival order, with the messages it carried: one, or a bundle's. Counting these against
+    /// [`Subscriber::messages`] shows whether the agent packed its backlog.
     pub fn publishes(&self) -> Vec<Publish> {
         self.proc
             .stdout()
             .lines()
             .filter(|l| l.starts_with("dt/osprey/"))
             .filter_map(|l| l.split_once(' '))
+            // Data topics have four levels; `dt/osprey/<device>/config/reported` carries JSON.
+            .filter(|(topic, _)| topic.split('/').count() == 4)
             .map(|(topic, hex)| {
                 let decoded = osprey_protocol::payload_bytes(hex.as_bytes())
                     .ok()

@@ -46,6 +46,22 @@ pub(crate) struct AgentConfig {
     /// Periodic status messages.
     #[serde(default)]
     pub(crate) status: StatusConfig,
+    /// Rules from the cloud (Device Shadow or a retained topic).
+    #[serde(default)]
+    pub(crate) remote_config: RemoteConfigEntry,
+}
+
+/// `[remote_config]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RemoteConfigEntry {
+    /// `off` (default), `shadow` (AWS IoT named Device Shadow) or `topic` (retained
+    /// `cmd/osprey/<device>/config`).
+    pub(crate) mode: Option<crate::remote_config::Mode>,
+    /// The named shadow (default `osprey-config`).
+    pub(crate) shadow: Option<Spanned<String>>,
+    /// File that keeps the last applied document (default `<journal.path>.remote-config.json`).
+    pub(crate) path: Option<Spanned<String>>,
 }
 
 /// `[status]`

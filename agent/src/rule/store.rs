@@ -3,10 +3,10 @@
 //!
 //! The file is a small JSON array of [`ActiveAlarm`]s, rewritten whole whenever the set of
 //! raised alarms changes: written to `<file>.tmp`, flushed, then renamed over the file, so a
-//! power cut leaves either the old or the new set, never half a file. It is the agent's own
-//! file next to the journal, not part of it: alarms are local state, not messages.
+//! power cut leaves either the old or the new set, never half a file (`crate::atomic_file`).
+//! It is the agent's own file next to the journal, not part of it: alarms are local state, not
+//! messages.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::ActiveAlarm;
@@ -81,19 +81,7 @@ impl AlarmStore {
                 path: self.path.clone(),
                 source,
             })?;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| self.io(e))?;
-        }
-        let mut tmp_name = self.path.clone().into_os_string();
-        tmp_name.push(".tmp");
-        let tmp = PathBuf::from(tmp_name);
-        let write = || -> std::io::Result<()> {
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&text)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        };
-        write().map_err(|e| self.io(e))?;
+        crate::atomic_file::replace(&self.path, &text, false).map_err(|e| self.io(e))?;
         self.saved = alarms.to_vec();
         Ok(true)
     }

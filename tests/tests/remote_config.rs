@@ -1,0 +1,715 @@
+//! Thresholds from the cloud, on real processes: the `osprey-agent` binary, Mosquitto,
+//! `mosquitto_sub` for the alerts, and for AWS IoT's Device Shadow the harness's stand-in
+//! (`tests/src/shadow.rs`, which says what it does not model).
+//!
+//! - shadow, live: lowering a threshold in the shadow's `desired` raises the alert on the broker
+//!   without a restart; the device reports the document (delta cleared), its version and hash;
+//!   `osprey-agent rules` names the shadow version as the rule's source.
+//! - shadow, refused: a document that fails the check is reported with its field and reason,
+//!   the old rules keep running, and a later valid document still applies.
+//! - shadow, offline: a change made while the device is cut off (the delta is lost) is applied
+//!   when it reconnects (its get on connect).
+//! - topic, restart: a retained `cmd/osprey/<device>/config` document applies live; after a
+//!   restart with the retained message gone, the kept document still rules (no clear under the
+//!   file's levels), from a 0600 file.
+//! - topic, identity: a document naming device A on device B's topic is refused by B and never
+//!   seen by A; a document on B's topic is applied by B only.
+//! - `osprey rules set|get|status` (MQTT path): one command sets a document on two devices and
+//!   returns once both applied it; a document a device would refuse is refused before sending;
+//!   status shows a device's refusal; on twenty devices, every alert fires without a restart.
+//! - the stand-in itself, against AWS's own client (awsiotsdk, `tests/sdk/shadow_check.py`):
+//!   the SDK builds the topics and parses the answers, so a wrong topic or field fails.
+//!
+//! The figures (update to alert on the broker) are printed; run with `--nocapture` to see them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use osprey_agent::remote_config::Document;
+use osprey_protocol::{AlertEvent, Body};
+use osprey_tests::{
+    bin, mosquitto_publish, mosquitto_tool, wait_until, Mosquitto, Proc, ShadowService, Subscriber,
+};
+use serde_json::{json, Value};
+
+const SHADOW: &str = "osprey-config";
+const POLL: Duration = Duration::from_millis(5);
+
+/// An agent config: the simulator (steady: bearing temperature about 41 °C), 10 samples a
+/// second, the `bearing-hot` rule at `threshold` (clear 5 below) and a vibration rule.
+fn agent_config(dir: &Path, device: &str, port: u16, mode: &str, threshold: f64) -> PathBuf {
+    let path = dir.join(format!("{device}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "device_id = \"{device}\"\n\
+             [sampling]\ninterval_ms = 100\n\
+             [simulator]\nseed = 7\n\
+             [batch]\nmax_age_ms = 500\n\
+             [journal]\npath = \"{}\"\n\
+             [mqtt]\nport = {port}\nkeep_alive_s = 5\n\
+             [remote_config]\nmode = \"{mode}\"\n\
+             [[rules]]\nid = \"bearing-hot\"\nsensor = \"bearing\"\nmetric = \"temperature\"\n\
+             when = \"above\"\nthreshold = {threshold:.1}\nclear = {:.1}\nseverity = \"critical\"\n\
+             [[rules]]\nid = \"vibration-high\"\nsensor = \"bearing\"\nmetric = \"vibration\"\n\
+             when = \"above\"\nthreshold = 7.1\nclear = 6.0\n",
+            dir.join(format!("{device}.journal")).display(),
+            threshold - 5.0,
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn start_agent(config: &Path) -> Proc {
+    Proc::agent(config, "info")
+}
+
+/// The bearing-hot rule document at `threshold`.
+fn hot(threshold: f64) -> Value {
+    json!({"id": "bearing-hot", "sensor": "bearing", "metric": "temperature",
+           "when": "above", "threshold": threshold, "clear": threshold - 5.0,
+           "severity": "critical"})
+}
+
+/// The hash the agent reports for `document` (applied or refused).
+fn hash(document: &Value) -> String {
+    match Document::from_value(document.clone()) {
+        Ok(doc) => doc.hash,
+        Err((hash, _)) => hash,
+    }
+}
+
+/// Sets the shadow's desired state over MQTT (`…/update`), as a cloud application would.
+fn set_desired(port: u16, thing: &str, desired: &Value) {
+    let request = json!({"state": {"desired": desired}, "clientToken": "test-cloud"});
+    let topic = format!("$aws/things/{thing}/shadow/name/{SHADOW}/update");
+    mosquitto_publish(port, &topic, &request.to_string(), false);
+}
+
+/// The retained message on `topic`, if any (read with `mosquitto_sub -C 1`).
+fn retained(port: u16, topic: &str) -> Option<Value> {
+    let out = Command::new(mosquitto_tool("mosquitto_sub"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic])
+        .args(["-C", "1", "-W", "1"])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// `(device, rule, event, level)` of every alert the subscriber got.
+fn alerts(sub: &Subscriber) -> Vec<(String, String, AlertEvent, f64)> {
+    sub.messages()
+        .into_iter()
+        .filter_map(|m| match m.body {
+            Body::Alert(a) => Some((m.device, a.rule, a.event, a.threshold)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn raised(sub: &Subscriber, device: &str, level: f64) -> bool {
+    alerts(sub).iter().any(|(d, rule, event, threshold)| {
+        d == device && rule == "bearing-hot" && *event == AlertEvent::Raise && *threshold == level
+    })
+}
+
+/// Waits for `what`, panicking with the agent's logs after `timeout`.
+fn wait_for<T>(agent: &Proc, timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_until(timeout, POLL, f)
+        .unwrap_or_else(|| panic!("{what}: not within {timeout:?}\n{}", agent.logs()))
+}
+
+/// The shadow's reported state once `ok` holds for it.
+fn wait_reported(
+    service: &ShadowService,
+    agent: &Proc,
+    thing: &str,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_for(agent, Duration::from_secs(20), what, || {
+        service
+            .document(thing, SHADOW)
+            .filter(|d| ok(&d["state"]["reported"]))
+    })
+}
+
+/// `osprey-agent rules --json`.
+fn rules_json(config: &Path) -> Value {
+    let out = Command::new(bin("osprey-agent"))
+        .args(["rules", "--json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "osprey-agent rules: {out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `(id, threshold, source)` of the rules in effect.
+fn rules_in_effect(config: &Path) -> Vec<(String, f64, String)> {
+    rules_json(config)["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["rule"]["id"].as_str().unwrap().to_owned(),
+                r["rule"]["threshold"].as_f64().unwrap(),
+                r["source"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A broker, the alert subscriber, a temp dir and, for shadow tests, the shadow service.
+struct Rig {
+    broker: Mosquitto,
+    sub: Subscriber,
+    dir: tempfile::TempDir,
+    service: Option<ShadowService>,
+}
+
+impl Rig {
+    fn new(shadow: bool) -> Rig {
+        let broker = Mosquitto::plain();
+        let service = shadow.then(|| ShadowService::start(broker.port()));
+        Rig {
+            sub: Subscriber::start(broker.port()),
+            dir: tempfile::tempdir().unwrap(),
+            broker,
+            service,
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.broker.port()
+    }
+
+    /// Starts `device` with `bearing-hot` at 80 and waits for its first report (in a shadow
+    /// mode, the shadow it creates).
+    fn agent(&self, device: &str) -> (PathBuf, Proc) {
+        let mode = if self.service.is_some() {
+            "shadow"
+        } else {
+            "topic"
+        };
+        let config = agent_config(self.dir.path(), device, self.port(), mode, 80.0);
+        let agent = start_agent(&config);
+        match &self.service {
+            Some(service) => {
+                wait_reported(service, &agent, device, "first report", |r| {
+                    r["local_rules"].is_array()
+                });
+            }
+            None => {
+                let topic = format!("dt/osprey/{device}/config/reported");
+                wait_for(&agent, Duration::from_secs(20), "first report", || {
+                    retained(self.port(), &topic).filter(|r| r["local_rules"].is_array())
+                });
+            }
+        }
+        (config, agent)
+    }
+}
+
+fn assert_owner_only(path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+}
+
+fn starts(agent: &Proc) -> usize {
+    agent.stderr().matches("agent starting").count()
+}
+
+#[test]
+fn shadow_lowers_a_threshold_live_and_reports_the_document() {
+    // No shadow yet: the get is refused with 404 and the device reports, creating it.
+    let rig = Rig::new(true);
+    let (config, agent) = rig.agent("pump-7");
+    let Rig {
+        broker,
+        sub,
+        dir,
+        service,
+    } = rig;
+    let service = service.unwrap();
+    let doc = service.document("pump-7", SHADOW).unwrap();
+    assert_eq!(
+        doc["state"]["reported"]["local_rules"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(doc["state"]["reported"].get("applied").is_none(), "{doc}");
+    let before = doc["version"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !raised(&sub, "pump-7", 80.0),
+        "the steady bearing never reaches 80"
+    );
+
+    let desired = json!({"rules": [hot(30.0)]});
+    let t0 = Instant::now();
+    set_desired(broker.port(), "pump-7", &desired);
+    wait_for(&agent, Duration::from_secs(10), "alert at 30", || {
+        raised(&sub, "pump-7", 30.0).then_some(())
+    });
+    let to_alert = t0.elapsed();
+    let doc = wait_reported(&service, &agent, "pump-7", "applied report", |r| {
+        r["applied"]["hash"] == hash(&desired)
+    });
+    let to_report = t0.elapsed();
+    let reported = &doc["state"]["reported"];
+    // The desired keys are echoed, so the delta is gone.
+    assert_eq!(reported["rules"], desired["rules"], "{doc}");
+    assert!(doc["state"].get("delta").is_none(), "{doc}");
+    // Version of the desired update: one after the device's first report.
+    assert_eq!(reported["applied"]["version"], json!(before + 1), "{doc}");
+    assert_eq!(reported["applied"]["source"], "shadow osprey-config");
+    assert_eq!(reported["local_rules"].as_array().unwrap().len(), 1);
+    assert_eq!(reported["local_rules"][0]["id"], "vibration-high");
+
+    let mut agent = agent;
+    assert!(agent.is_running(), "{}", agent.logs());
+    assert_eq!(starts(&agent), 1, "no restart");
+    let rules = rules_in_effect(&config);
+    assert_eq!(rules[0].0, "bearing-hot");
+    assert_eq!(rules[0].1, 30.0);
+    assert_eq!(
+        rules[0].2,
+        format!("shadow osprey-config version {}, rules[0]", before + 1)
+    );
+    assert_eq!(rules[1].2, config.display().to_string());
+    assert_owner_only(&dir.path().join("pump-7.journal.remote-config.json"));
+    println!(
+        "figure: shadow desired update to alert on the broker {} ms, to reported applied {} ms",
+        to_alert.as_millis(),
+        to_report.as_millis()
+    );
+}
+
+#[test]
+fn shadow_refuses_a_bad_document_with_its_reason_and_keeps_the_rules() {
+    let rig = Rig::new(true);
+    let (config, agent) = rig.agent("pump-7");
+    let Rig {
+        broker,
+        sub,
+        service,
+        ..
+    } = rig;
+    let service = service.unwrap();
+
+    // Clear level on the wrong side: what `osprey-agent check` refuses in a file.
+    let mut bad = hot(30.0);
+    bad["clear"] = json!(50.0);
+    let desired = json!({"rules": [bad]});
+    set_desired(broker.port(), "pump-7", &desired);
+    let doc = wait_reported(&service, &agent, "pump-7", "rejection", |r| {
+        r["rejected"]["hash"] == hash(&desired)
+    });
+    let rejected = &doc["state"]["reported"]["rejected"];
+    assert_eq!(rejected["field"], "rules[0]", "{doc}");
+    assert_eq!(
+        rejected["reason"],
+        "rule bearing-hot: clear level 50 must be at or below the threshold 30"
+    );
+    // Still pending: desired differs from what the device runs.
+    assert_eq!(doc["state"]["delta"]["rules"], desired["rules"], "{doc}");
+    // The old rule (80) keeps running: at 30 the bearing (about 41) would raise at once.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !raised(&sub, "pump-7", 30.0),
+        "{:?}\n{}",
+        alerts(&sub),
+        agent.logs()
+    );
+    let rules = rules_in_effect(&config);
+    assert_eq!(
+        (rules[0].1, rules[0].2.as_str()),
+        (80.0, config.to_str().unwrap())
+    );
+    assert_eq!(rules_json(&config)["rejected"]["field"], "rules[0]");
+
+    // A typo is refused with serde's words.
+    let mut typo = hot(30.0);
+    typo["thresold"] = json!(30.0);
+    let desired = json!({"rules": [typo]});
+    set_desired(broker.port(), "pump-7", &desired);
+    let doc = wait_reported(&service, &agent, "pump-7", "typo rejection", |r| {
+        r["rejected"]["hash"] == hash(&desired)
+    });
+    let reason = doc["state"]["reported"]["rejected"]["reason"]
+        .as_str()
+        .unwrap();
+    assert!(reason.contains("unknown field `thresold`"), "{doc}");
+
+    // And the agent still applies a good one.
+    let desired = json!({"rules": [hot(30.0)]});
+    set_desired(broker.port(), "pump-7", &desired);
+    wait_for(&agent, Duration::from_secs(10), "alert at 30", || {
+        raised(&sub, "pump-7", 30.0).then_some(())
+    });
+    let doc = wait_reported(&service, &agent, "pump-7", "applied", |r| {
+        r["applied"]["hash"] == hash(&desired)
+    });
+    assert!(
+        doc["state"]["reported"].get("rejected").is_none(),
+        "cleared: {doc}"
+    );
+}
+
+#[test]
+fn shadow_change_made_while_offline_is_applied_on_reconnect() {
+    let rig = Rig::new(true);
+    let (config, mut agent) = rig.agent("pump-7");
+    let Rig {
+        mut broker,
+        sub,
+        service,
+        ..
+    } = rig;
+    let service = service.unwrap();
+
+    // The link goes down; the cloud changes the shadow meanwhile (REST API); the delta is
+    // published to nobody.
+    broker.stop();
+    wait_for(&agent, Duration::from_secs(10), "link down", || {
+        agent.stderr().contains("connection lost").then_some(())
+    });
+    let desired = json!({"rules": [hot(30.0)]});
+    service
+        .update("pump-7", SHADOW, &json!({"state": {"desired": desired}}))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(rules_in_effect(&config)[0].1, 80.0);
+
+    // Back up: hold the agent until the service and the subscriber are back, so the alert
+    // cannot reach the broker before anyone listens.
+    agent.signal("STOP");
+    broker.restart();
+    service.wait_ready(Duration::from_secs(10));
+    sub.wait_ready();
+    agent.signal("CONT");
+    let t0 = Instant::now();
+    wait_for(&agent, Duration::from_secs(60), "alert at 30", || {
+        raised(&sub, "pump-7", 30.0).then_some(())
+    });
+    let to_alert = t0.elapsed();
+    wait_reported(&service, &agent, "pump-7", "applied report", |r| {
+        r["applied"]["hash"] == hash(&desired)
+    });
+    assert_eq!(starts(&agent), 1, "no restart");
+    println!(
+        "figure: link back to alert with the change made offline {} ms (includes the reconnect backoff)",
+        to_alert.as_millis()
+    );
+}
+
+#[test]
+fn topic_document_applies_live_and_holds_across_a_restart() {
+    let rig = Rig::new(false);
+    let (config, mut agent) = rig.agent("pump-7");
+    let Rig {
+        broker, sub, dir, ..
+    } = rig;
+    let port = broker.port();
+    let reported_topic = "dt/osprey/pump-7/config/reported";
+
+    let document = json!({"version": 5, "rules": [hot(30.0)]});
+    let t0 = Instant::now();
+    mosquitto_publish(
+        port,
+        "cmd/osprey/pump-7/config",
+        &document.to_string(),
+        true,
+    );
+    wait_for(&agent, Duration::from_secs(10), "alert at 30", || {
+        raised(&sub, "pump-7", 30.0).then_some(())
+    });
+    let to_alert = t0.elapsed();
+    let report = wait_for(&agent, Duration::from_secs(10), "applied report", || {
+        retained(port, reported_topic).filter(|r| r["applied"]["hash"] == hash(&document))
+    });
+    assert_eq!(report["applied"]["version"], 5, "{report}");
+    assert_eq!(
+        report["applied"]["source"],
+        "topic cmd/osprey/pump-7/config"
+    );
+    assert_eq!(report["device"], "pump-7");
+
+    // Restart with the retained document gone: the kept one still rules.
+    assert!(
+        agent.terminate(Duration::from_secs(10)).is_some(),
+        "{}",
+        agent.logs()
+    );
+    mosquitto_publish(port, "cmd/osprey/pump-7/config", "", true);
+    let alerts_before = alerts(&sub).len();
+    let agent = start_agent(&config);
+    wait_for(
+        &agent,
+        Duration::from_secs(20),
+        "kept document applied",
+        || {
+            agent
+                .stderr()
+                .contains("applying the kept remote document")
+                .then_some(())
+        },
+    );
+    wait_for(
+        &agent,
+        Duration::from_secs(20),
+        "report after restart",
+        || {
+            retained(port, reported_topic)
+                .filter(|r| r["applied"]["hash"] == hash(&document) && r["local_rules"].is_array())
+        },
+    );
+    // Under the file's levels (clear at 75) the restored alarm would clear at once; under the
+    // kept document's (clear at 25) it stays raised.
+    std::thread::sleep(Duration::from_millis(1500));
+    let after: Vec<_> = alerts(&sub).into_iter().skip(alerts_before).collect();
+    assert!(
+        !after
+            .iter()
+            .any(|(_, rule, event, _)| rule == "bearing-hot" && *event == AlertEvent::Clear),
+        "{after:?}\n{}",
+        agent.logs()
+    );
+    let rules = rules_in_effect(&config);
+    assert_eq!(
+        (rules[0].1, rules[0].2.as_str()),
+        (30.0, "topic cmd/osprey/pump-7/config version 5, rules[0]")
+    );
+    assert_owner_only(&dir.path().join("pump-7.journal.remote-config.json"));
+    println!(
+        "figure: retained topic document to alert on the broker {} ms",
+        to_alert.as_millis()
+    );
+}
+
+#[test]
+fn a_document_on_device_bs_topic_is_never_applied_by_a() {
+    let rig = Rig::new(false);
+    let (config_a, agent_a) = rig.agent("pump-a");
+    let (config_b, agent_b) = rig.agent("pump-b");
+    let Rig { broker, sub, .. } = rig;
+    let port = broker.port();
+
+    // A document for A, published on B's topic: B refuses it, A never sees it.
+    let for_a = json!({"device": "pump-a", "rules": [hot(30.0)]});
+    mosquitto_publish(port, "cmd/osprey/pump-b/config", &for_a.to_string(), true);
+    let report = wait_for(&agent_b, Duration::from_secs(10), "B's refusal", || {
+        retained(port, "dt/osprey/pump-b/config/reported")
+            .filter(|r| r["rejected"]["hash"] == hash(&for_a))
+    });
+    assert_eq!(report["rejected"]["field"], "device", "{report}");
+    assert_eq!(
+        report["rejected"]["reason"],
+        "the document is for device \"pump-a\", this is \"pump-b\""
+    );
+    // Not JSON at all: refused too, with the whole document as the field.
+    mosquitto_publish(port, "cmd/osprey/pump-b/config", "{\"rules\": [", true);
+    let report = wait_for(&agent_b, Duration::from_secs(10), "B's refusal", || {
+        retained(port, "dt/osprey/pump-b/config/reported")
+            .filter(|r| r["rejected"]["field"] == "document")
+    });
+    assert!(
+        report["rejected"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("not JSON"),
+        "{report}"
+    );
+
+    // A document on B's topic with no device: B applies it, A still runs its file.
+    let for_b = json!({"rules": [hot(30.0)]});
+    mosquitto_publish(port, "cmd/osprey/pump-b/config", &for_b.to_string(), true);
+    wait_for(&agent_b, Duration::from_secs(10), "B's alert at 30", || {
+        raised(&sub, "pump-b", 30.0).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(!raised(&sub, "pump-a", 30.0), "{:?}", alerts(&sub));
+    assert!(
+        !agent_a.stderr().contains("remote config"),
+        "{}",
+        agent_a.logs()
+    );
+    let report_a = retained(port, "dt/osprey/pump-a/config/reported").unwrap();
+    assert!(
+        report_a["applied"].is_null() && report_a["rejected"].is_null(),
+        "{report_a}"
+    );
+    assert_eq!(rules_in_effect(&config_a)[0].1, 80.0);
+    assert_eq!(rules_in_effect(&config_b)[0].1, 30.0);
+}
+
+#[test]
+fn the_shadow_stand_in_agrees_with_awsiotsdk() {
+    let python = std::env::var_os("OSPREY_TEST_AWSIOT_PYTHON").unwrap_or_else(|| {
+        panic!("OSPREY_TEST_AWSIOT_PYTHON is not set: run tests/run.sh, which installs awsiotsdk")
+    });
+    let broker = Mosquitto::plain();
+    let _service = ShadowService::start(broker.port());
+    let out = Command::new(&python)
+        .arg(osprey_tests::workspace_root().join("tests/sdk/shadow_check.py"))
+        .env("OSPREY_SHADOW_PORT", broker.port().to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", Path::new(&python).display()));
+    assert!(
+        out.status.success(),
+        "{}\n{}\n----- mosquitto -----\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        broker.log()
+    );
+}
+
+/// `osprey rules …` against the broker at `port`; `(success, stdout, stderr)`.
+fn osprey_rules(port: u16, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin("osprey"))
+        .arg("rules")
+        .args(args)
+        .args(["--mqtt-port", &port.to_string()])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn osprey_rules_sets_reads_and_reports_over_mqtt() {
+    let rig = Rig::new(false);
+    let (_config_a, agent_a) = rig.agent("pump-a");
+    let (_config_b, agent_b) = rig.agent("pump-b");
+    let (sub, port) = (&rig.sub, rig.port());
+    let devices = ["--device", "pump-a", "--device", "pump-b"];
+
+    let (ok, out, err) = osprey_rules(port, &[&["status"], &devices[..]].concat());
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "pump-a: no document set (local rules)\npump-b: no document set (local rules)\n"
+    );
+
+    // One command lowers the threshold on both; it returns once both report it applied.
+    let document = json!({"rules": [hot(30.0)]});
+    let file = rig.dir.path().join("rules.json");
+    std::fs::write(&file, document.to_string()).unwrap();
+    let t0 = Instant::now();
+    let (ok, out, err) = osprey_rules(
+        port,
+        &[
+            &["set", "--file", file.to_str().unwrap(), "--wait", "20"],
+            &devices[..],
+        ]
+        .concat(),
+    );
+    let to_reported = t0.elapsed();
+    assert!(ok, "{out}\n{err}\n{}\n{}", agent_a.logs(), agent_b.logs());
+    for device in ["pump-a", "pump-b"] {
+        assert!(
+            out.contains(&format!(
+                "{device}: applied (topic cmd/osprey/{device}/config, {})",
+                hash(&document)
+            )),
+            "{out}"
+        );
+        wait_for(&agent_a, Duration::from_secs(10), "alerts at 30", || {
+            raised(sub, device, 30.0).then_some(())
+        });
+    }
+    let (ok, out, _) = osprey_rules(port, &["get", "--json", "--device", "pump-a"]);
+    assert!(ok);
+    let got: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(got["pump-a"], document);
+
+    // A document a device would refuse is refused before anything is sent.
+    let mut bad = hot(30.0);
+    bad["clear"] = json!(50.0);
+    std::fs::write(&file, json!({"rules": [bad]}).to_string()).unwrap();
+    let (ok, _, err) = osprey_rules(
+        port,
+        &[&["set", "--file", file.to_str().unwrap()], &devices[..]].concat(),
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("refused before sending: rules[0]: rule bearing-hot: clear level 50"),
+        "{err}"
+    );
+    let (_, out, _) = osprey_rules(port, &["get", "--json", "--device", "pump-b"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["pump-b"],
+        document
+    );
+
+    // One set past the CLI (by hand): status shows the device's refusal and its reason.
+    mosquitto_publish(port, "cmd/osprey/pump-b/config", "{\"rulez\": []}", true);
+    let status = wait_for(&agent_b, Duration::from_secs(10), "B's refusal", || {
+        let (_, out, _) = osprey_rules(port, &[&["status"], &devices[..]].concat());
+        out.contains("pump-b: rejected").then_some(out)
+    });
+    assert!(
+        status.contains("pump-a: applied (topic cmd/osprey/pump-a/config"),
+        "{status}"
+    );
+    assert!(
+        status.contains("rulez: unknown field: a document has `rules`"),
+        "{status}"
+    );
+    println!(
+        "figure: osprey rules set on 2 devices, start to both reported applied {} ms",
+        to_reported.as_millis()
+    );
+}
+
+#[test]
+fn one_osprey_rules_set_lowers_a_threshold_on_twenty_devices() {
+    let rig = Rig::new(false);
+    let devices: Vec<String> = (1..=20).map(|i| format!("pump-{i:02}")).collect();
+    let agents: Vec<(PathBuf, Proc)> = devices.iter().map(|d| rig.agent(d)).collect();
+    let document = json!({"rules": [hot(30.0)]});
+    let file = rig.dir.path().join("rules.json");
+    std::fs::write(&file, document.to_string()).unwrap();
+    let mut args = vec!["set", "--file", file.to_str().unwrap(), "--wait", "30"];
+    for d in &devices {
+        args.extend(["--device", d.as_str()]);
+    }
+    let t0 = Instant::now();
+    let (ok, out, err) = osprey_rules(rig.port(), &args);
+    let to_reported = t0.elapsed();
+    assert!(ok, "{out}\n{err}");
+    assert_eq!(out.matches(": applied (").count(), 20, "{out}");
+    let all_raised = wait_until(Duration::from_secs(20), POLL, || {
+        devices
+            .iter()
+            .all(|d| raised(&rig.sub, d, 30.0))
+            .then_some(())
+    });
+    let to_alerts = t0.elapsed();
+    assert!(
+        all_raised.is_some(),
+        "{:?}\n{}",
+        alerts(&rig.sub),
+        agents[0].1.logs()
+    );
+    for (_, agent) in &agents {
+        assert_eq!(starts(agent), 1, "no restart");
+    }
+    println!(
+        "figure: osprey rules set on 20 devices: all reported applied {} ms, all 20 alerts on the broker {} ms",
+        to_reported.as_millis(),
+        to_alerts.as_millis()
+    );
+}
