@@ -24,6 +24,7 @@
 //! | [`tls`] | rustls client configuration from PEM files |
 //! | [`remote_config`] | rule documents from a Device Shadow or a retained topic, laid over the TOML, kept on disk, reported back |
 //! | [`run`] | wires the stages for one device |
+//! | [`preflight`] | what `check` finds that would fail only on the device (unproduced sensors, missing programs, an open key) |
 //! | [`service`] | systemd readiness, status and a watchdog tied to sampler and journal progress |
 //!
 //! The library installs no global state (no tracing subscriber, no signal handler), so one
@@ -54,6 +55,7 @@ pub mod config;
 pub mod credentials;
 mod error;
 pub mod journal;
+pub mod preflight;
 pub mod reading;
 pub mod remote_config;
 pub mod rule;

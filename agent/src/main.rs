@@ -37,11 +37,19 @@ enum Command {
     },
     /// Check a config file, including that its TLS files load, and print a summary.
     ///
-    /// Exits 0 if it is valid; otherwise prints FILE:LINE:COL: message and exits 1.
+    /// Exits 0 if it is valid; otherwise prints FILE:LINE:COL: message and exits 1. It also
+    /// reports, all at once, what would fail only on the device: rules watching a sensor no
+    /// source produces, command sensors or actions whose program is missing or not
+    /// executable, a private key readable by every user.
     Check {
         /// The config file to check.
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        /// Skip the device checks (sensors produced, programs, key permissions): only what
+        /// would stop the agent from starting. The systemd unit uses this, so a missing action
+        /// program is logged by the running agent instead of stopping all sampling.
+        #[arg(long)]
+        no_device_checks: bool,
     },
     /// Look at a journal (stop the agent first: the journal is locked while it runs).
     Journal {
@@ -97,7 +105,10 @@ struct JournalArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check { file } => check(&file),
+        Command::Check {
+            file,
+            no_device_checks,
+        } => check(&file, !no_device_checks),
         Command::Run { config } => run(&config),
         Command::Journal { command } => journal_command(command),
         Command::Rules { config, json } => rules(&config, json),
@@ -115,7 +126,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(file: &Path) -> anyhow::Result<()> {
+fn check(file: &Path, device_checks: bool) -> anyhow::Result<()> {
     // The located message (FILE:LINE:COL: ...) is the whole diagnosis; print it as is.
     let config = match Config::load(file) {
         Ok(config) => config,
@@ -131,6 +142,23 @@ fn check(file: &Path) -> anyhow::Result<()> {
                 file.display()
             )
         })?;
+    }
+    let problems = if device_checks {
+        osprey_agent::preflight::problems(&config, std::env::var_os("PATH").as_deref())
+    } else {
+        Vec::new()
+    };
+    if !problems.is_empty() {
+        for problem in &problems {
+            eprintln!("{}: {problem}", file.display());
+        }
+        eprintln!(
+            "{}: {} problem{} that would fail on the device; fix and run check again",
+            file.display(),
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" }
+        );
+        std::process::exit(1);
     }
     println!("{}: ok", file.display());
     print!("{}", summary(&config));
@@ -161,6 +189,9 @@ fn run(file: &Path) -> anyhow::Result<()> {
             file.display()
         )
     })?;
+    for problem in osprey_agent::preflight::problems(&config, std::env::var_os("PATH").as_deref()) {
+        tracing::warn!(file = %file.display(), "{problem}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         // The agent is I/O bound; two workers keep it small on a Pi. Disk flushes run on
         // tokio's blocking pool.

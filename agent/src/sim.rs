@@ -80,6 +80,9 @@ pub enum Scenario {
 /// The sample index from which the `stuck` scenario repeats its temperature.
 pub const STUCK_FROM: u64 = 100;
 
+/// The sensors the simulated machine reports (each reading's `sensor`).
+pub const SENSORS: [&str; 2] = ["bearing", "motor"];
+
 /// Every scenario, in declaration order.
 pub const SCENARIOS: [Scenario; 6] = [
     Scenario::Steady,
@@ -181,15 +184,21 @@ impl Simulator {
             temperature = *self.frozen.get_or_insert(temperature);
         }
         let mut readings = vec![
-            Reading::new("bearing", "temperature", "Cel", time_ms, temperature),
+            Reading::new(SENSORS[0], "temperature", "Cel", time_ms, temperature),
             Reading::new(
-                "bearing",
+                SENSORS[0],
                 "vibration",
                 "mm/s",
                 time_ms,
                 round2(vibration.max(0.0)),
             ),
-            Reading::new("motor", "current", "A", time_ms, round2(current.max(0.0))),
+            Reading::new(
+                SENSORS[1],
+                "current",
+                "A",
+                time_ms,
+                round2(current.max(0.0)),
+            ),
         ];
         if self.scenario == Scenario::Dropouts {
             // Drawn from the second stream, so the noise stream stays steady's.

@@ -100,6 +100,60 @@ fn agent_check_locates_an_out_of_range_status_interval() {
     );
 }
 
+#[test]
+fn agent_check_reports_every_device_problem_at_once_and_the_unit_mode_skips_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        "device_id = \"pump-7\"\n\
+         [[sensors]]\nname = \"ups\"\nkind = \"command\"\ncommand = [\"/nonexistent/ups-read\"]\n\
+         [[rules]]\nid = \"tank-hot\"\nsensor = \"tank\"\nmetric = \"temperature\"\nwhen = \"above\"\nthreshold = 80.0\n\
+         [[actions]]\nrule = \"tank-hot\"\ncommand = [\"siren-not-installed-anywhere\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(bin("osprey-agent"))
+        .arg("check")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 4, "{stderr}");
+    assert!(
+        lines[0]
+            .contains("[[sensors]] entry 1 (ups): program /nonexistent/ups-read does not exist"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].contains(
+            "[[rules]] entry 1 (tank-hot): sensor \"tank\" is produced by no configured source"
+        ),
+        "{stderr}"
+    );
+    assert!(lines[2].contains("[[actions]] entry 1 (rule tank-hot): program \"siren-not-installed-anywhere\" is not found in PATH"), "{stderr}");
+    assert!(
+        lines[3].contains("3 problems that would fail on the device"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("Some(") && !stderr.contains("{ "),
+        "no debug text: {stderr}"
+    );
+
+    let out = Command::new(bin("osprey-agent"))
+        .args(["check", "--no-device-checks"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn osprey_fleet(args: &[&str]) -> std::process::Output {
     Command::new(bin("osprey"))
         .arg("fleet")

@@ -64,7 +64,7 @@ impl Actions {
                     }
                 }
                 ActionKind::Command { argv, timeout } => {
-                    spawn_command(argv.clone(), *timeout, alert)
+                    spawn_command(argv.clone(), *timeout, device, alert)
                 }
             }
         }
@@ -79,18 +79,27 @@ fn event_name(event: AlertEvent) -> &'static str {
     }
 }
 
-fn spawn_command(argv: Vec<String>, timeout: Duration, alert: &Alert) {
-    let env = vec![
+/// What a command action finds in its environment: who, which rule and event, the reading
+/// that decided it (value, the level it crossed) and when.
+fn action_env(device: &str, alert: &Alert) -> Vec<(&'static str, String)> {
+    vec![
+        ("OSPREY_DEVICE", device.to_owned()),
         ("OSPREY_RULE", alert.rule.clone()),
         ("OSPREY_EVENT", event_name(alert.event).to_owned()),
         ("OSPREY_SENSOR", alert.sensor.clone()),
         ("OSPREY_METRIC", alert.metric.clone()),
         ("OSPREY_VALUE", alert.value.to_string()),
+        ("OSPREY_THRESHOLD", alert.threshold.to_string()),
         (
             "OSPREY_SEVERITY",
             format!("{:?}", alert.severity).to_lowercase(),
         ),
-    ];
+        ("OSPREY_TIME_MS", alert.time_ms.to_string()),
+    ]
+}
+
+fn spawn_command(argv: Vec<String>, timeout: Duration, device: &str, alert: &Alert) {
+    let env = action_env(device, alert);
     let rule = alert.rule.clone();
     let spawned = std::thread::Builder::new()
         .name("osprey-action".to_owned())
@@ -133,7 +142,7 @@ mod tests {
         std::fs::write(gpio_dir.join("direction"), "in").unwrap();
         let out = dir.path().join("event.txt");
         let script = format!(
-            "echo \"$OSPREY_RULE $OSPREY_EVENT $OSPREY_VALUE $OSPREY_SEVERITY\" > {}",
+            "echo \"$OSPREY_DEVICE $OSPREY_RULE $OSPREY_EVENT $OSPREY_VALUE $OSPREY_THRESHOLD $OSPREY_SEVERITY $OSPREY_TIME_MS\" > {}",
             out.display()
         );
         let actions = Actions::new(vec![
@@ -177,7 +186,7 @@ mod tests {
             text = std::fs::read_to_string(&out).unwrap_or_default();
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(text, "bearing-hot raise 81.5 critical\n");
+        assert_eq!(text, "pump-7 bearing-hot raise 81.5 80 critical 1\n");
         assert_eq!(
             actions.fire("pump-7", &alert("bearing-hot", AlertEvent::Clear)),
             1

@@ -13,8 +13,10 @@
 //! [`SensorError::Command`] (the program is killed at the timeout). The program runs without a
 //! shell; arguments are passed as given.
 
-use std::io::Read as _;
+use std::io::Read;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{SensorError, Source};
@@ -57,6 +59,43 @@ impl CommandSource {
     }
 }
 
+/// Most output a command may print on each of stdout and stderr; more is an error (the program
+/// is killed), so a runaway program cannot fill the agent's memory.
+pub(crate) const MAX_OUTPUT_BYTES: u64 = 1 << 20;
+
+/// Reads `pipe` to its end on its own thread, so a program that prints more than the pipe
+/// buffer (64 KiB) keeps running instead of blocking on a full pipe until its timeout. Keeps
+/// the first [`MAX_OUTPUT_BYTES`] + 1 bytes and discards the rest (the caller reports the
+/// overflow), so the program can still finish. Once `stop` is set it closes the pipe at its
+/// next read, so whatever still writes (a child the timeout did not reach) gets SIGPIPE.
+fn drain<R: Read + Send + 'static>(
+    pipe: Option<R>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        let Some(mut pipe) = pipe else {
+            return kept;
+        };
+        let cap = usize::try_from(MAX_OUTPUT_BYTES + 1).unwrap_or(usize::MAX);
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return kept;
+            }
+            match pipe.read(&mut chunk) {
+                Ok(0) => return kept,
+                Ok(n) => {
+                    let room = cap.saturating_sub(kept.len()).min(n);
+                    kept.extend_from_slice(&chunk[..room]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return kept,
+            }
+        }
+    })
+}
+
 /// Runs `argv` with a timeout; returns its stdout.
 pub(crate) fn run_with_timeout(
     argv: &[String],
@@ -72,11 +111,15 @@ pub(crate) fn run_with_timeout(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start: {e}"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stdout = drain(child.stdout.take(), Arc::clone(&stop));
+    let stderr = drain(child.stderr.take(), Arc::clone(&stop));
     let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) if Instant::now() >= deadline => {
+                stop.store(true, Ordering::Relaxed);
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!(
@@ -88,17 +131,26 @@ pub(crate) fn run_with_timeout(
             Err(e) => return Err(format!("cannot wait: {e}")),
         }
     };
-    let mut out = String::new();
-    if let Some(mut stdout) = child.stdout.take() {
-        stdout
-            .read_to_string(&mut out)
-            .map_err(|e| format!("output is not UTF-8 text: {e}"))?;
-    }
-    if !status.success() {
-        let mut err = String::new();
-        if let Some(mut stderr) = child.stderr.take() {
-            let _ = stderr.read_to_string(&mut err);
+    // The program has exited; its pipes end once any children it left behind close them too.
+    while !(stdout.is_finished() && stderr.is_finished()) {
+        if Instant::now() >= deadline {
+            stop.store(true, Ordering::Relaxed);
+            return Err(format!(
+                "exited with {status} but its output stayed open past {} ms (a background \
+                 process holding it?)",
+                timeout.as_millis()
+            ));
         }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let out = stdout.join().unwrap_or_default();
+    let err = stderr.join().unwrap_or_default();
+    if out.len() as u64 > MAX_OUTPUT_BYTES {
+        return Err(format!("printed more than {MAX_OUTPUT_BYTES} bytes"));
+    }
+    let out = String::from_utf8(out).map_err(|e| format!("output is not UTF-8 text: {e}"))?;
+    if !status.success() {
+        let err = String::from_utf8_lossy(&err);
         // 127 is what a failed exec leaves behind where the spawn error cannot travel back
         // (qemu-user, some sandboxes) and what shell wrappers return for "not found".
         if status.code() == Some(127) && err.trim().is_empty() {
@@ -207,6 +259,31 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("cannot start"));
+    }
+
+    #[test]
+    fn output_bigger_than_a_pipe_buffer_is_read_while_the_program_runs() {
+        // 200 KiB of comment-free lines before the value: more than the 64 KiB a pipe holds,
+        // so a reader that waits for the exit first would stall until the timeout.
+        let r = sh(
+            "i=0; while [ $i -lt 20000 ]; do echo 'pad 1.5 x'; i=$((i+1)); done; echo 87",
+            20_000,
+        )
+        .read(0)
+        .unwrap();
+        assert_eq!(r.len(), 20_001);
+        assert_eq!(r.last().unwrap().value, 87.0);
+    }
+
+    #[test]
+    fn endless_output_is_capped_and_reported() {
+        let err = sh("yes 1", 2_000).read(0).unwrap_err().to_string();
+        assert!(err.contains("no result within 2000 ms; killed"), "{err}");
+        let err = sh("head -c 1100000 /dev/zero | tr '\\0' '1'", 10_000)
+            .read(0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("printed more than 1048576 bytes"), "{err}");
     }
 
     proptest::proptest! {
