@@ -214,7 +214,7 @@ mod tests {
         ];
         let found = problems(&config, Some("/usr/bin:/bin".as_ref()));
         let text: Vec<String> = found.iter().map(ToString::to_string).collect();
-        assert_eq!(found.len(), 2 + config.rules.len(), "{text:#?}");
+        assert_eq!(found.len(), 3 + config.rules.len(), "{text:#?}");
         assert!(
             text[0].starts_with("[[sensors]] entry 1 (ups): program "),
             "{text:#?}"

@@ -150,11 +150,15 @@ fn agent_check(config: &Path) -> Output {
 }
 
 /// Copies the test CA, device certificate and key to the names an AWS-style config uses.
+/// Puts test certificates where a device keeps them, the key 0600 as provisioning and the
+/// Greengrass nucleus leave it (`check` refuses a key every user can read).
 fn place_certs(certs: &Certs, dir: &Path, ca: &str, cert: &str, key: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
     fs::create_dir_all(dir).unwrap();
     fs::copy(&certs.ca, dir.join(ca)).unwrap();
     fs::copy(&certs.client.cert, dir.join(cert)).unwrap();
     fs::copy(&certs.client.key, dir.join(key)).unwrap();
+    fs::set_permissions(dir.join(key), fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
