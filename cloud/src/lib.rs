@@ -45,6 +45,7 @@ pub mod alerts;
 pub mod analytics;
 pub mod api;
 pub mod backoff;
+pub mod batching;
 pub mod bridge;
 pub mod clock;
 pub mod connection;

@@ -13,6 +13,7 @@
 pub mod deadletter;
 pub mod query;
 pub mod reader;
+mod recent;
 pub mod retention;
 pub mod schema;
 pub mod signals;

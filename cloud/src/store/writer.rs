@@ -32,6 +32,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use super::deadletter::{self, DeadLetterLimits};
 use super::query::{read_stored, STORED_COLUMNS};
 use super::retention::{MaintenanceStats, RetentionConfig, Schedule, Tally};
+use super::signals::{Refresher, RECENT_SERIES};
 use super::status::{parse_state, state_name, StatusMark, StatusReport};
 use super::StoreError;
 use crate::analytics::signals::SignalsConfig;
@@ -198,11 +199,12 @@ pub(super) fn spawn(
     let thread = std::thread::Builder::new()
         .name("osprey-store-writer".to_owned())
         .spawn(move || {
+            let mut signals = Refresher::new(signals, RECENT_SERIES);
             run(
                 conn,
                 jobs_rx,
                 thread_updates_tx,
-                &signals,
+                &mut signals,
                 &retention,
                 &stats,
             )
@@ -244,7 +246,7 @@ fn run(
     mut conn: Connection,
     mut jobs_rx: mpsc::Receiver<Job>,
     updates_tx: broadcast::Sender<WindowUpdate>,
-    signals: &SignalsConfig,
+    signals: &mut Refresher,
     retention: &RetentionConfig,
     stats: &MaintenanceStats,
 ) {
@@ -279,7 +281,7 @@ fn run(
         // either way, so there is nothing more to do with the reply.
         let _ = job.reply_tx.send(result);
         // Between jobs, never inside one: retention when due (see `retention`).
-        schedule.run_if_due(&mut conn, retention, stats);
+        retain(&mut conn, &mut schedule, retention, stats, signals);
     }
     // Every handle is gone: fold the WAL back into the main file so the database is one
     // self-contained file after a clean shutdown.
@@ -289,15 +291,48 @@ fn run(
     tracing::debug!("store writer stopped");
 }
 
+/// Runs a retention pass if one is due. Windows it deletes may still be among those the
+/// signals keep in memory: then they are forgotten.
+pub(super) fn retain(
+    conn: &mut Connection,
+    schedule: &mut Schedule,
+    retention: &RetentionConfig,
+    stats: &MaintenanceStats,
+    signals: &mut Refresher,
+) {
+    let pruned = stats.snapshot().windows_pruned;
+    schedule.run_if_due(conn, retention, stats);
+    if stats.snapshot().windows_pruned != pruned {
+        signals.forget();
+    }
+}
+
 /// Applies one job in one transaction; the windows it changed are pushed onto `updates`, and
-/// the signals of the series they belong to are recomputed in the same transaction. Dead
-/// letters are kept under `limits`; what that evicts is added to `tally`.
+/// the signals of the series they belong to are recomputed once each in the same transaction.
+/// Dead letters are kept under `limits`; what that evicts is added to `tally`.
 pub(super) fn apply(
     conn: &mut Connection,
     writes: &[Write],
     checkpoint: Option<&Checkpoint>,
     updates: &mut Vec<WindowUpdate>,
-    signals: &SignalsConfig,
+    signals: &mut Refresher,
+    limits: &DeadLetterLimits,
+    tally: &mut Tally,
+) -> rusqlite::Result<Vec<Written>> {
+    let result = apply_in_transaction(conn, writes, checkpoint, updates, signals, limits, tally);
+    if result.is_err() {
+        // Rolled back: the windows kept in memory may hold some of its changes.
+        signals.forget();
+    }
+    result
+}
+
+fn apply_in_transaction(
+    conn: &mut Connection,
+    writes: &[Write],
+    checkpoint: Option<&Checkpoint>,
+    updates: &mut Vec<WindowUpdate>,
+    signals: &mut Refresher,
     limits: &DeadLetterLimits,
     tally: &mut Tally,
 ) -> rusqlite::Result<Vec<Written>> {
@@ -331,7 +366,7 @@ pub(super) fn apply(
             crate::clock::now_ms()
         ])?;
     }
-    super::signals::refresh(&tx, signals, updates)?;
+    signals.refresh(&tx, updates)?;
     super::retention::record(&tx, tally)?;
     tx.commit()?;
     Ok(written)
