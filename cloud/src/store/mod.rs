@@ -11,6 +11,7 @@
 //! [`deadletter`]; what is deleted when in [`retention`].
 
 pub mod deadletter;
+mod deferred;
 pub mod query;
 pub mod reader;
 mod recent;
