@@ -28,16 +28,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench binary: a failure is the report
 
-use std::num::NonZeroUsize;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use osprey_agent::{BatchLimits, Batcher, Scenario, Simulator};
-use osprey_protocol::{Body, Envelope};
 use osprey_tests::bench::machine;
+use osprey_tests::fleet::{
+    publish_all, Publish, SimulatedDevice, READINGS_PER_MESSAGE as READINGS,
+};
 use osprey_tests::{bin, http_get, mosquitto_tool, wait_until, Listener, Mosquitto, Proc};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 /// Event time where the measured messages start; the history ends here.
 const LIVE_START_MS: i64 = 1_767_225_600_000;
@@ -48,11 +47,6 @@ const HISTORY_INTERVAL_MS: i64 = 1_000;
 /// Sample period of the measured messages (a gateway sampling at 100 Hz): a run spans a few
 /// minutes of event time, so the fresh database stays fresh.
 const LIVE_INTERVAL_MS: i64 = 10;
-/// Readings per message (20 samples of 3 series), as the agent's default batch.
-const READINGS: usize = 60;
-
-/// One publish: topic and payload.
-type Publish = (String, Vec<u8>);
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -61,57 +55,12 @@ fn env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// A device's simulator and batcher, numbering its messages from 1.
-struct Device {
-    name: String,
-    sim: Simulator,
-    batcher: Batcher,
-    seq: u64,
-}
-
-impl Device {
-    fn new(i: usize) -> Device {
-        let name = format!("bench-{i:03}");
-        Device {
-            sim: Simulator::new(&name, 42, Scenario::Steady),
-            batcher: Batcher::new(BatchLimits {
-                max_readings: NonZeroUsize::new(READINGS).unwrap(),
-                max_age: Duration::from_secs(3600),
-                max_bytes: osprey_protocol::MAX_MESSAGE_BYTES,
-            }),
-            name,
-            seq: 0,
-        }
-    }
-
-    /// Samples from `time_ms` every `interval_ms` until a message is full; returns it and the
-    /// time of the next sample.
-    fn next_message(&mut self, mut time_ms: i64, interval_ms: i64) -> (Publish, i64) {
-        let now = tokio::time::Instant::now();
-        loop {
-            let readings = self.sim.sample(time_ms);
-            time_ms += interval_ms;
-            let mut full = None;
-            for r in &readings {
-                full = full.or(self.batcher.push(r, now));
-            }
-            if let Some(batch) = full {
-                self.seq += 1;
-                let payload = Envelope::new(&self.name, self.seq, Body::Telemetry(batch))
-                    .with_epoch(1)
-                    .encode()
-                    .unwrap();
-                let topic = format!("dt/osprey/{}/telemetry", self.name);
-                return ((topic, payload), time_ms);
-            }
-        }
-    }
-}
-
 /// The history (4 h per device, oldest first) and the measured messages (devices
 /// interleaved, as a fleet publishes).
 fn payloads(devices: usize, messages: usize) -> (Vec<Publish>, Vec<Publish>) {
-    let mut fleet: Vec<Device> = (0..devices).map(Device::new).collect();
+    let mut fleet: Vec<SimulatedDevice> = (0..devices)
+        .map(|i| SimulatedDevice::new(&format!("bench-{i:03}")))
+        .collect();
     let mut history = Vec::new();
     for d in &mut fleet {
         let mut t = LIVE_START_MS - HISTORY_MS;
@@ -174,48 +123,6 @@ fn in_process(live: &[Publish], seed: Option<&Path>) -> f64 {
         std::fs::copy(seed, &db).unwrap();
     }
     live.len() as f64 / ingest_in_process(&db, live)
-}
-
-/// Publishes everything at QoS 1 with up to 256 publishes awaiting PUBACK; returns when the
-/// broker has acknowledged them all.
-fn publish_all(port: u16, messages: Vec<Publish>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let mut options = MqttOptions::new(
-            format!("bench-publisher-{}", std::process::id()),
-            "127.0.0.1",
-            port,
-        );
-        options
-            .set_inflight(256)
-            .set_keep_alive(Duration::from_secs(30))
-            .set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut eventloop) = AsyncClient::new(options, 1024);
-        let total = messages.len();
-        let sender = tokio::spawn(async move {
-            for (topic, payload) in messages {
-                client
-                    .publish(topic, QoS::AtLeastOnce, false, payload)
-                    .await
-                    .unwrap();
-            }
-            client
-        });
-        let mut acked = 0;
-        while acked < total {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
-                Ok(_) => {}
-                Err(e) => panic!("publisher: {e}"),
-            }
-        }
-        let client = sender.await.unwrap();
-        let _ = client.try_disconnect();
-        let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
-    });
 }
 
 /// A broker for one run.

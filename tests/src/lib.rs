@@ -12,6 +12,7 @@
 //!            MotoServer                                 a private moto server (to stall it with SIGSTOP)
 //!  net       free_port(), http_get_json(), wait_until() loopback ports, a tiny HTTP client, polling
 //!  browser   rendered_dom(url)                          headless Chromium's DOM after the scripts ran
+//!  fleet     SimulatedDevice, publish_all()             real agent payloads, a pipelined QoS 1 publisher
 //! ```
 //!
 //! Everything is blocking std code. Setup failures panic with a message that says what to do
@@ -42,6 +43,7 @@
 pub mod bench;
 mod browser;
 mod certs;
+pub mod fleet;
 mod lambda;
 mod mosquitto;
 mod moto;
