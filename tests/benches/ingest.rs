@@ -23,7 +23,8 @@
 //! `OSPREY_BENCH_INFLIGHT` (the broker's max_inflight_messages, 1024),
 //! `OSPREY_BENCH_SERVE_ARGS` (extra serve flags, space-separated), `OSPREY_BENCH_ONLY`
 //! (`ceiling`, `fresh` or `history`: run only those, comma-separated; `in-process` adds the
-//! pipeline's rate without MQTT, batches of 512 straight into the store), `OSPREY_BENCH_PERF`
+//! pipeline's rate without MQTT, batches of 512 straight into the store, and `publisher` the
+//! publisher's rate into a broker without subscribers), `OSPREY_BENCH_PERF`
 //! (a directory: `perf record -g` each serve run into `serve-KIND-ROUND.perf.data` there).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench binary: a failure is the report
@@ -170,6 +171,14 @@ fn ceiling(live: &[Publish], inflight: usize) -> f64 {
     live.len() as f64 / secs
 }
 
+/// Messages/s the publisher alone gets through the broker (no subscriber).
+fn publisher_alone(live: &[Publish], inflight: usize) -> f64 {
+    let broker = broker(inflight);
+    let start = Instant::now();
+    publish_all(broker.port(), live.to_vec());
+    live.len() as f64 / start.elapsed().as_secs_f64()
+}
+
 /// Messages/s applied by `osprey serve` on `db` (a copy of `seed` if given), and its peak RSS
 /// in KiB.
 fn serve(live: &[Publish], inflight: usize, seed: Option<&Path>, label: &str) -> (f64, u64) {
@@ -210,6 +219,7 @@ fn serve(live: &[Publish], inflight: usize, seed: Option<&Path>, label: &str) ->
         assert!(perf.is_running(), "perf record failed\n{}", perf.logs());
         perf
     });
+    let cpu_before = cpu_seconds(serve.pid());
     let start = Instant::now();
     let publisher = {
         let (port, live) = (broker.port(), live.to_vec());
@@ -221,6 +231,7 @@ fn serve(live: &[Publish], inflight: usize, seed: Option<&Path>, label: &str) ->
         (applied >= total).then_some(())
     });
     let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(serve.pid()) - cpu_before;
     assert!(
         done.is_some(),
         "serve did not apply everything\n{}",
@@ -240,7 +251,33 @@ fn serve(live: &[Publish], inflight: usize, seed: Option<&Path>, label: &str) ->
     );
     assert_eq!(stats["pipeline"]["rejected"].as_u64(), Some(0), "{stats}");
     serve.terminate(Duration::from_secs(15));
+    println!(
+        "  serve {label}: {:.0} messages/s, {:.1} µs of CPU per message ({:.2} cores busy)",
+        total as f64 / secs,
+        cpu * 1e6 / total as f64,
+        cpu / secs
+    );
     (total as f64 / secs, rss)
+}
+
+/// User + system CPU seconds of process `pid` so far (all its threads).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at its closing parenthesis.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; in
+    // clock ticks of 1/100 s (USER_HZ on Linux).
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -307,6 +344,10 @@ fn main() {
             said.push_str(&format!(" serve fresh {f:.0}/s (peak RSS {kib} KiB)"));
             fresh.push(f);
             rss = rss.max(kib);
+        }
+        if only.split(',').any(|k| k == "publisher") {
+            let p = publisher_alone(&live, inflight);
+            said.push_str(&format!(" publisher alone {p:.0}/s"));
         }
         if only.split(',').any(|k| k == "in-process") {
             let (f, h) = (in_process(&live, None), in_process(&live, Some(&seed)));

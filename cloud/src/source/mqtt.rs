@@ -5,9 +5,10 @@
 //!  broker ──QoS 1──► reader task ──bounded queue──► writer task: Batcher (crate::batching)
 //!     ▲              (polls the connection,          ≤ max_items / max_bytes, gap, linger)
 //!     │               sends queued PUBACKs)                 │
-//!     │                                                     ▼
-//!     │                                   Pipeline::ingest_batch: one transaction (dedup,
-//!     │                                   windows, signals per touched series) ─► COMMIT
+//!     │                                                     ▼ Pipeline::prepare (decode)
+//!     │                                   waits for batch k-1's commit, then spawns
+//!     │                                   Pipeline::commit: one transaction (dedup, windows,
+//!     │                                   signals per touched series) ─► COMMIT
 //!     └────────────── PUBACK of every publish of the batch ◄──┘
 //! ```
 //!
@@ -18,24 +19,26 @@
 //! A payload that does not decode is a dead letter in its batch's transaction; it does not fail
 //! the batch. A store failure retries the whole batch with backoff.
 //!
-//! Batches are applied one after the other, which keeps each device's messages in order; the
-//! reader goes on receiving the next batch while one is written. How many publishes can wait
-//! unacknowledged is the broker's in-flight window for this client (Mosquitto's
-//! `max_inflight_messages`, 20 by default): batches cannot be larger, so a broker that feeds
-//! serve should allow at least [`BatchLimits::max_items`] (deploy/mosquitto/mosquitto.conf).
-//! The queue between the tasks holds at most two batches; when it is full the reader stops
-//! polling and the broker holds the rest (backpressure).
+//! Batches are committed one after the other, which keeps each device's messages in order;
+//! the reader goes on receiving, and the writer task gathers and decodes the next batch,
+//! while one is committed. How many publishes can wait unacknowledged is the broker's
+//! in-flight window for this client (Mosquitto's `max_inflight_messages`, 20 by default):
+//! batches cannot be larger, so a broker that feeds serve should allow at least
+//! [`BatchLimits::max_items`] (deploy/mosquitto/mosquitto.conf). The queue between the tasks
+//! holds at most two batches; when it is full the reader stops polling and the broker holds
+//! the rest (backpressure).
 
 use std::time::Duration;
 
 use osprey_protocol::topic;
 use rumqttc::Publish;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
 use crate::batching::{BatchLimits, Batcher};
 use crate::connection::mqtt::{Acker, Flow, MqttConfig, MqttConfigError, Subscriber};
-use crate::pipeline::{Origin, Outcome, Pipeline};
+use crate::pipeline::{Origin, Outcome, Pipeline, Prepared};
 use crate::shutdown::{SetReady, Shutdown};
 
 /// Reads `cfg`'s broker into `pipeline` in batches within `limits` until `shutdown`; sets
@@ -94,6 +97,7 @@ pub async fn run(
 }
 
 /// The writer task: batches from the queue into the pipeline, acknowledged once committed.
+#[derive(Clone)]
 struct Writer {
     pipeline: Pipeline,
     acker: Acker,
@@ -101,30 +105,31 @@ struct Writer {
 }
 
 impl Writer {
-    /// Runs until the queue closes (the reader stopped) or shutdown interrupts a retry.
-    async fn run(mut self, mut batcher: Batcher<Publish>) {
+    /// Runs until the queue closes (the reader stopped) or shutdown interrupts a retry. Batch
+    /// k+1 is gathered and decoded while the store commits batch k; it goes to the store only
+    /// once k is committed, so batches are applied in order.
+    async fn run(self, mut batcher: Batcher<Publish>) {
+        let mut in_flight: Option<JoinHandle<Flow>> = None;
         while let Some(batch) = batcher.next(|p| p.payload.len()).await {
-            if self.store(&batch).await == Flow::Stop {
-                return;
+            let prepared = self.pipeline.prepare(payloads(&batch));
+            if let Some(previous) = in_flight.take() {
+                if previous.await.unwrap_or(Flow::Stop) == Flow::Stop {
+                    return;
+                }
             }
+            in_flight = Some(tokio::spawn(self.clone().store(batch, prepared)));
+        }
+        if let Some(last) = in_flight {
+            let _ = last.await;
         }
     }
 
-    /// Ingests one batch in one transaction, retrying store failures, and acknowledges every
-    /// publish of it once committed.
-    async fn store(&mut self, batch: &[Publish]) -> Flow {
+    /// Commits one prepared batch in one transaction, retrying store failures, and
+    /// acknowledges every publish of it once committed.
+    async fn store(mut self, batch: Vec<Publish>, mut prepared: Prepared) -> Flow {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
-            let payloads = batch
-                .iter()
-                .map(|p| {
-                    let origin = Origin::Mqtt {
-                        topic: p.topic.clone(),
-                    };
-                    (&p.payload[..], origin)
-                })
-                .collect();
-            match self.pipeline.ingest_batch(payloads, None).await {
+            match self.pipeline.commit(prepared, None).await {
                 Ok(outcomes) => {
                     let duplicates = outcomes
                         .iter()
@@ -137,7 +142,7 @@ impl Writer {
                             "duplicate messages skipped"
                         );
                     }
-                    for publish in batch {
+                    for publish in &batch {
                         self.acker.ack(publish);
                     }
                     return Flow::Continue;
@@ -152,8 +157,22 @@ impl Writer {
                         _ = self.shutdown.wait() => return Flow::Stop,
                         _ = tokio::time::sleep(delay) => {}
                     }
+                    prepared = self.pipeline.prepare(payloads(&batch));
                 }
             }
         }
     }
+}
+
+/// The batch's payloads with where each came from.
+fn payloads(batch: &[Publish]) -> Vec<(&[u8], Origin)> {
+    batch
+        .iter()
+        .map(|p| {
+            let origin = Origin::Mqtt {
+                topic: p.topic.clone(),
+            };
+            (&p.payload[..], origin)
+        })
+        .collect()
 }
