@@ -145,6 +145,7 @@ impl Writer {
                     for publish in &batch {
                         self.acker.ack(publish);
                     }
+                    tracing::trace!(messages = batch.len(), "batch committed and acknowledged");
                     return Flow::Continue;
                 }
                 Err(e) => {
