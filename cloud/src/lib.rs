@@ -7,10 +7,10 @@
 //!
 //! ```text
 //!  source::mqtt ──┐                                                     ┌─► api (axum): JSON + dashboard
-//!                 ├─► pipeline: decode ─► window::aggregate ─► store ───┤      (read connections)
+//!   (batching)    ├─► pipeline: decode ─► window::aggregate ─► store ───┤      (read connections)
 //!  source::kinesis┘   (bad payload        (per device, sensor,  (one    └─► checkpoints (Kinesis)
 //!   (all shards)       ─► dead_letters)    metric, minute)      writer thread, one transaction
-//!                                                                per message, dedup on (device, seq))
+//!                                                                per batch, dedup on (device, seq))
 //!
 //!  bridge: MQTT ─► bounded queue ─► PutRecords batches (≤ 500 records / 5 MiB) ─► Kinesis
 //! ```
@@ -19,8 +19,9 @@
 //! and writes through [`store`]; [`api`] reads the store; [`serve`] wires them together for
 //! `osprey serve`, and [`bridge`] is `osprey bridge`; both expose Prometheus [`metrics`]. [`connection`] holds the MQTT and Kinesis
 //! client settings both of them share; [`rules`] is `osprey rules` (rule documents for devices
-//! over MQTT); [`secret`] reads the token, key and password files;
-//! [`shutdown`], [`backoff`] and [`clock`] are small helpers.
+//! over MQTT); [`secret`] reads the token, key and password files; [`batching`] gathers the MQTT
+//! source's publishes into store transactions; [`shutdown`], [`backoff`] and [`clock`] are small
+//! helpers.
 //!
 //! Starting the whole service in-process (as the demo and the tests do):
 //!
@@ -46,6 +47,7 @@ pub mod alerts;
 pub mod analytics;
 pub mod api;
 pub mod backoff;
+pub mod batching;
 pub mod bridge;
 pub mod clock;
 pub mod connection;

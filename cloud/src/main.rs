@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use osprey_cloud::analytics::{self, signals::SignalsConfig};
+use osprey_cloud::batching::BatchLimits;
 use osprey_cloud::bridge::{self, BridgeConfig};
 use osprey_cloud::connection::kinesis::{KinesisConfig, DEFAULT_REGION};
 use osprey_cloud::connection::mqtt::{MqttConfig, MqttLogin, MqttTls};
@@ -264,6 +265,8 @@ struct ServeArgs {
     source: SourceKind,
     #[command(flatten)]
     mqtt: MqttArgs,
+    #[command(flatten)]
+    batch: BatchArgs,
     /// Kinesis stream to read (required with --source kinesis).
     #[arg(long, value_name = "NAME")]
     stream: Option<String>,
@@ -294,6 +297,37 @@ struct ServeArgs {
     alerts_webhook_secret_file: Option<PathBuf>,
     #[command(flatten)]
     api: ApiArgs,
+}
+
+/// How the MQTT source gathers publishes into store transactions (ARCHITECTURE.md, "Batched
+/// ingest").
+#[derive(Debug, Args)]
+struct BatchArgs {
+    /// Most MQTT messages applied in one store transaction. The broker must allow at least
+    /// this many unacknowledged publishes in flight to serve (Mosquitto's
+    /// max_inflight_messages) for batches to fill.
+    #[arg(long, value_name = "N", default_value_t = 512,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    batch_max_messages: u16,
+    /// Most payload bytes in one store transaction (a larger message goes alone).
+    #[arg(long, value_name = "BYTES", default_value_t = BatchLimits::default().max_bytes)]
+    batch_max_bytes: usize,
+    /// Longest a message waits for its batch to fill, in milliseconds (a batch also closes
+    /// when no message arrived for 2 ms).
+    #[arg(long, value_name = "MS", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    batch_linger_ms: u64,
+}
+
+impl BatchArgs {
+    fn limits(&self) -> BatchLimits {
+        BatchLimits {
+            max_items: usize::from(self.batch_max_messages),
+            max_bytes: self.batch_max_bytes,
+            linger: std::time::Duration::from_millis(self.batch_linger_ms),
+            ..BatchLimits::default()
+        }
+    }
 }
 
 /// How the API is protected (README, "Securing the API").
@@ -720,6 +754,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
     let alerts = alert_outputs(&args)?;
     let mut cfg = ServeConfig::new(args.db, args.listen, source);
+    cfg.batch = args.batch.limits();
     cfg.alert_outputs = alerts;
     cfg.api = args.api.config()?;
     cfg.windows = args.analytics.windows()?;

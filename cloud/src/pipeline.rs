@@ -17,7 +17,8 @@
 //! whole payload.
 //!
 //! Every source calls [`Pipeline::ingest`] (one message) or [`Pipeline::ingest_batch`] (many
-//! messages and a Kinesis checkpoint in one transaction). A payload that cannot be applied is
+//! messages and a Kinesis checkpoint in one transaction), which is [`Pipeline::prepare`]
+//! (decode, on the caller's thread) then [`Pipeline::commit`] (the store's transaction). A payload that cannot be applied is
 //! an expected outcome ([`Outcome::Rejected`]), not an error; errors are store failures, after
 //! which the caller retries the same payloads (dedup makes that safe).
 
@@ -103,6 +104,15 @@ pub enum PipelineError {
     /// The store could not apply the write.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Payloads made ready for the store by [`Pipeline::prepare`]: the writes, and which of them
+/// belong to which payload.
+#[derive(Debug)]
+pub struct Prepared {
+    writes: Vec<Write>,
+    /// Per payload: how many writes it became, and why it was rejected.
+    spans: Vec<(usize, Option<String>)>,
 }
 
 /// Counters since start.
@@ -264,6 +274,14 @@ impl Pipeline {
         payloads: Vec<(&[u8], Origin)>,
         checkpoint: Option<Checkpoint>,
     ) -> Result<Vec<Outcome>, PipelineError> {
+        let prepared = self.prepare(payloads);
+        self.commit(prepared, checkpoint).await
+    }
+
+    /// The first half of [`Pipeline::ingest_batch`], on the caller's thread: decodes, checks
+    /// and windows the payloads (a rejected one becomes its dead letter, counted now). The
+    /// MQTT source prepares the next batch while the store commits the previous one.
+    pub fn prepare(&self, payloads: Vec<(&[u8], Origin)>) -> Prepared {
         let received_ms = now_ms();
         let mut writes = Vec::with_capacity(payloads.len());
         // Per payload: how many writes it became, and why it was rejected (a bundle becomes
@@ -306,6 +324,18 @@ impl Pipeline {
                 }
             }
         }
+        Prepared { writes, spans }
+    }
+
+    /// The second half of [`Pipeline::ingest_batch`]: stores what [`Pipeline::prepare`] made
+    /// and `checkpoint` in one transaction. Returns one outcome per payload, in order; after
+    /// an error nothing was stored (prepare the payloads again to retry).
+    pub async fn commit(
+        &self,
+        prepared: Prepared,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<Vec<Outcome>, PipelineError> {
+        let Prepared { writes, spans } = prepared;
         let mut written = self.writer.write(writes, checkpoint).await?.into_iter();
         let outcomes = spans
             .into_iter()

@@ -19,6 +19,7 @@
 //! subscribed (MQTT) or has listed its shards (Kinesis).
 
 use crate::analytics::signals::SignalsConfig;
+use crate::batching::BatchLimits;
 use crate::window::WindowSpec;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -70,6 +71,9 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// The source.
     pub source: SourceConfig,
+    /// How the MQTT source gathers publishes into store transactions (the Kinesis source
+    /// writes each GetRecords response as one).
+    pub batch: BatchLimits,
     /// The windows to compute (default: one-minute tumbling windows only).
     pub windows: WindowSpec,
     /// Maintenance signals: rules, horizon, fit settings.
@@ -88,6 +92,7 @@ impl ServeConfig {
             db: db.into(),
             listen,
             source,
+            batch: BatchLimits::default(),
             windows: WindowSpec::default(),
             signals: SignalsConfig::default(),
             retention: RetentionConfig::default(),
@@ -256,9 +261,9 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     match cfg.source.clone() {
         SourceConfig::Mqtt(mqtt) => {
             Subscriber::new(&mqtt, osprey_protocol::topic::ALL_DATA)?;
-            let (pipeline, shutdown) = (pipeline.clone(), shutdown.clone());
+            let (pipeline, shutdown, limits) = (pipeline.clone(), shutdown.clone(), cfg.batch);
             tasks.spawn(async move {
-                let result = source::mqtt::run(mqtt, pipeline, set_ready, shutdown).await;
+                let result = source::mqtt::run(mqtt, limits, pipeline, set_ready, shutdown).await;
                 ("mqtt source", result.map_err(|e| e.to_string()))
             });
         }

@@ -13,6 +13,7 @@
 //!  net       free_port(), http_get_json(), wait_until() loopback ports, a tiny HTTP client, polling
 //!  browser   rendered_dom(url)                          headless Chromium's DOM after the scripts ran
 //!  shadow    ShadowService                              a stand-in for AWS IoT's Device Shadow service
+//!  fleet     SimulatedDevice, publish_all()             real agent payloads, a pipelined QoS 1 publisher
 //! ```
 //!
 //! Everything is blocking std code. Setup failures panic with a message that says what to do
@@ -43,6 +44,7 @@
 pub mod bench;
 mod browser;
 mod certs;
+pub mod fleet;
 mod lambda;
 mod mosquitto;
 mod moto;

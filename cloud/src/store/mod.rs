@@ -11,8 +11,10 @@
 //! [`deadletter`]; what is deleted when in [`retention`].
 
 pub mod deadletter;
+mod deferred;
 pub mod query;
 pub mod reader;
+mod recent;
 pub mod retention;
 pub mod schema;
 pub mod signals;

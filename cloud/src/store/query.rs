@@ -399,9 +399,6 @@ fn window_row(row: &Row<'_>) -> rusqlite::Result<WindowRow> {
 /// Reads the [`STORED_COLUMNS`] starting at column `at`. A moment SQLite could not keep (NaN
 /// is stored as NULL) reads back as NaN.
 pub fn read_stored(row: &Row<'_>, at: usize) -> rusqlite::Result<Stored> {
-    let real = |i: usize| -> rusqlite::Result<f64> {
-        Ok(row.get::<_, Option<f64>>(at + i)?.unwrap_or(f64::NAN))
-    };
     let bytes: Vec<u8> = row.get(at + 12)?;
     let sketch = Sketch::from_bytes(&bytes).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(at + 12, rusqlite::types::Type::Blob, e.into())
@@ -412,17 +409,26 @@ pub fn read_stored(row: &Row<'_>, at: usize) -> rusqlite::Result<Stored> {
         unit: row.get(at + 2)?,
         version: row.get(at + 3)?,
         agg: Aggregate {
-            moments: Moments {
-                count: row.get(at + 4)?,
-                sum: real(5)?,
-                min: real(6)?,
-                max: real(7)?,
-                mean: real(8)?,
-                m2: real(9)?,
-                m3: real(10)?,
-                m4: real(11)?,
-            },
+            moments: read_moments(row, at + 4)?,
             sketch,
         },
+    })
+}
+
+/// Reads a window's `count, sum, min, max, mean, m2, m3, m4` columns starting at column `at`;
+/// a moment stored as NULL (SQLite keeps NaN so) reads back as NaN.
+pub fn read_moments(row: &Row<'_>, at: usize) -> rusqlite::Result<Moments> {
+    let real = |i: usize| -> rusqlite::Result<f64> {
+        Ok(row.get::<_, Option<f64>>(at + i)?.unwrap_or(f64::NAN))
+    };
+    Ok(Moments {
+        count: row.get(at)?,
+        sum: real(1)?,
+        min: real(2)?,
+        max: real(3)?,
+        mean: real(4)?,
+        m2: real(5)?,
+        m3: real(6)?,
+        m4: real(7)?,
     })
 }

@@ -187,13 +187,15 @@ pub enum Migration {
 /// upgrades a version-2 file in place (one transaction: all of it or none).
 ///
 /// WAL lets the API's read connections see committed data while the writer works.
-/// `synchronous = NORMAL` in WAL mode keeps every commit atomic and consistent; a power cut
-/// can lose the last commits, which the sources re-deliver (MQTT persistent session, Kinesis
-/// checkpoint lost with them) and dedup absorbs.
+/// `synchronous = FULL` makes every commit durable (the WAL is synced before the commit
+/// returns) as well as atomic: the MQTT source acknowledges a batch once its transaction
+/// committed, and the broker then forgets it, so a commit a power cut could take back would
+/// lose those messages. With a transaction per batch that is one sync per batch (NORMAL, which
+/// may lose the last commits on a power cut, was chosen when every message had its own).
 pub fn migrate(conn: &Connection) -> rusqlite::Result<Migration> {
     configure(conn)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
     let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if ![0, 2, SCHEMA_VERSION].contains(&found) {
         return Ok(Migration::Incompatible { found });

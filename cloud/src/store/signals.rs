@@ -1,22 +1,29 @@
 //! Stored maintenance signals: recomputed in the writer's transaction, read by the API.
 //!
 //! When a transaction changes tumbling windows, the writer recomputes the signals of each
-//! series it touched from that series' newest windows ([`refresh`]) and replaces its row in
-//! `signals` (JSON of [`SeriesSignals`]). The signals are a function of the stored windows
-//! alone, so replaying records (which changes no window) changes no signal, and the health of
-//! a device ([`device_health`]) is derived from its signals and active alerts when read.
+//! series it touched, once per transaction however many of its messages touched the series
+//! ([`Refresher::refresh`]), from that series' newest windows, and replaces its row in
+//! `signals` (JSON of [`SeriesSignals`]). The newest windows come from memory
+//! ([`super::recent`]), not from the table, so the cost per series and transaction is bounded
+//! by the trend's window count (241), whatever the history. The signals are a function of the
+//! stored windows alone, so replaying records (which changes no window) changes no signal, and
+//! the health of a device ([`device_health`]) is derived from its signals and active alerts
+//! when read.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use osprey_protocol::Severity;
 use rusqlite::{params, Connection, Transaction};
 use serde::Serialize;
 
+use super::recent::RecentWindows;
 use crate::analytics::health::{self, ActiveAlert, Health};
-use crate::analytics::signals::{compute, Prediction, SeriesSignals, SignalsConfig, WindowPoint};
-use crate::analytics::Moments;
+use crate::analytics::signals::{compute, Prediction, SeriesSignals, SignalsConfig};
 use crate::window::table::WindowUpdate;
 use crate::window::WindowKind;
+
+/// Series whose newest windows the writer keeps in memory (about 19 KiB each).
+pub const RECENT_SERIES: usize = 1024;
 
 /// The signals of one device, as `GET /api/devices/{device}/signals` shows them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -29,63 +36,85 @@ pub struct DeviceSignals {
     pub series: Vec<SeriesSignals>,
 }
 
-/// Recomputes the signals of every series whose tumbling windows are in `updates`.
-pub(super) fn refresh(
+/// The writer thread's signals: their settings and the newest windows of recent series.
+#[derive(Debug)]
+pub(super) struct Refresher {
+    cfg: SignalsConfig,
+    recent: RecentWindows,
+}
+
+impl Refresher {
+    /// Signals under `cfg`, keeping the windows of up to `max_series` series in memory.
+    pub(super) fn new(cfg: SignalsConfig, max_series: usize) -> Refresher {
+        // The newest window and up to `trend_windows` closed ones.
+        let limit = cfg.trend_windows.saturating_add(1);
+        Refresher {
+            cfg,
+            recent: RecentWindows::new(limit, max_series),
+        }
+    }
+
+    /// Forgets the windows kept in memory: after a rolled-back transaction, or after windows
+    /// were deleted.
+    pub(super) fn forget(&mut self) {
+        self.recent.clear();
+    }
+
+    /// The windows kept in memory, for tests.
+    #[cfg(test)]
+    pub(super) fn recent(&self) -> &RecentWindows {
+        &self.recent
+    }
+
+    /// Recomputes the signals of every series whose tumbling windows are in `updates` (the
+    /// transaction's window changes, in order), once per series.
+    pub(super) fn refresh(
+        &mut self,
+        tx: &Transaction<'_>,
+        updates: &[WindowUpdate],
+    ) -> rusqlite::Result<()> {
+        let mut touched: BTreeMap<(&str, &str, &str), Vec<&WindowUpdate>> = BTreeMap::new();
+        for u in updates.iter().filter(|u| u.kind == WindowKind::Tumbling) {
+            touched
+                .entry((u.device.as_str(), u.sensor.as_str(), u.metric.as_str()))
+                .or_default()
+                .push(u);
+        }
+        for (series, changes) in touched {
+            let (device, sensor, metric) = series;
+            let (points, unit) = self.recent.points(tx, series, &changes)?;
+            let Some(mut signals) = compute(sensor, metric, points, &self.cfg) else {
+                continue;
+            };
+            unit.clone_into(&mut signals.unit);
+            let body = serde_json::to_string(&signals)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO signals (device, sensor, metric, as_of_ms, body) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![device, sensor, metric, signals.as_of_ms, body])?;
+        }
+        Ok(())
+    }
+}
+
+/// The signals of one series computed from the table alone (its newest windows read back), as
+/// [`Refresher::refresh`] computes them from memory; `None` without windows.
+#[cfg(test)]
+pub(super) fn from_table(
     tx: &Transaction<'_>,
     cfg: &SignalsConfig,
-    updates: &[WindowUpdate],
-) -> rusqlite::Result<()> {
-    let touched: BTreeSet<(&str, &str, &str)> = updates
-        .iter()
-        .filter(|u| u.kind == WindowKind::Tumbling)
-        .map(|u| (u.device.as_str(), u.sensor.as_str(), u.metric.as_str()))
-        .collect();
-    for (device, sensor, metric) in touched {
-        let mut stmt = tx.prepare_cached(
-            "SELECT start_ms, end_ms, count, sum, min, max, mean, m2, m3, m4, unit FROM windows \
-             WHERE device = ?1 AND sensor = ?2 AND metric = ?3 AND kind = 'tumbling' \
-             ORDER BY start_ms DESC LIMIT ?4",
-        )?;
-        // The newest window and up to `trend_windows` closed ones.
-        let limit = i64::try_from(cfg.trend_windows.saturating_add(1)).unwrap_or(i64::MAX);
-        let mut points = stmt
-            .query_map(params![device, sensor, metric, limit], |row| {
-                let real = |i: usize| -> rusqlite::Result<f64> {
-                    Ok(row.get::<_, Option<f64>>(i)?.unwrap_or(f64::NAN))
-                };
-                let point = WindowPoint {
-                    start_ms: row.get(0)?,
-                    end_ms: row.get(1)?,
-                    moments: Moments {
-                        count: row.get(2)?,
-                        sum: real(3)?,
-                        min: real(4)?,
-                        max: real(5)?,
-                        mean: real(6)?,
-                        m2: real(7)?,
-                        m3: real(8)?,
-                        m4: real(9)?,
-                    },
-                };
-                Ok((point, row.get::<_, String>(10)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        points.reverse();
-        let unit = points.last().map(|(_, u)| u.clone()).unwrap_or_default();
-        let points: Vec<WindowPoint> = points.into_iter().map(|(p, _)| p).collect();
-        let Some(mut signals) = compute(sensor, metric, &points, cfg) else {
-            continue;
-        };
-        signals.unit = unit;
-        let body = serde_json::to_string(&signals)
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        tx.prepare_cached(
-            "INSERT OR REPLACE INTO signals (device, sensor, metric, as_of_ms, body) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![device, sensor, metric, signals.as_of_ms, body])?;
-    }
-    Ok(())
+    series: (&str, &str, &str),
+) -> rusqlite::Result<Option<SeriesSignals>> {
+    let limit = cfg.trend_windows.saturating_add(1);
+    let (mut points, unit) = super::recent::load(tx, series, limit)?;
+    Ok(
+        compute(series.1, series.2, points.make_contiguous(), cfg).map(|mut s| {
+            s.unit = unit;
+            s
+        }),
+    )
 }
 
 /// The stored signals of `device`, by sensor and metric.

@@ -17,6 +17,12 @@
 //! sessions they touch), so a message either counts once or not at all, whatever crashes in
 //! between. The device's watermark is its newest event time before the message.
 //!
+//! A transaction usually holds a whole batch (the MQTT source's, a Kinesis GetRecords
+//! response): what its messages change in windows, device counters and series is folded in
+//! memory and written once at its end ([`super::deferred`], the same values as one
+//! transaction per message), and the signals of each touched series are computed once
+//! ([`super::signals`]).
+//!
 //! After a transaction commits, the windows it changed are sent to
 //! [`StoreWriter::subscribe`]rs (a late reading's corrected window among them). Between jobs,
 //! never inside one, the thread runs the retention passes of [`super::retention`].
@@ -25,17 +31,17 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use osprey_protocol::{Alert, AlertEvent, Severity, StatusState};
-use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::deadletter::{self, DeadLetterLimits};
-use super::query::{read_stored, STORED_COLUMNS};
+use super::deferred::Deferred;
 use super::retention::{MaintenanceStats, RetentionConfig, Schedule, Tally};
+use super::signals::{Refresher, RECENT_SERIES};
 use super::status::{parse_state, state_name, StatusMark, StatusReport};
 use super::StoreError;
 use crate::analytics::signals::SignalsConfig;
-use crate::window::table::{fold, Stored, WindowStore, WindowUpdate};
+use crate::window::table::{fold, WindowUpdate};
 use crate::window::{WindowDelta, WindowKind};
 
 /// Window updates a subscriber may fall behind by before it misses some.
@@ -198,11 +204,12 @@ pub(super) fn spawn(
     let thread = std::thread::Builder::new()
         .name("osprey-store-writer".to_owned())
         .spawn(move || {
+            let mut signals = Refresher::new(signals, RECENT_SERIES);
             run(
                 conn,
                 jobs_rx,
                 thread_updates_tx,
-                &signals,
+                &mut signals,
                 &retention,
                 &stats,
             )
@@ -244,7 +251,7 @@ fn run(
     mut conn: Connection,
     mut jobs_rx: mpsc::Receiver<Job>,
     updates_tx: broadcast::Sender<WindowUpdate>,
-    signals: &SignalsConfig,
+    signals: &mut Refresher,
     retention: &RetentionConfig,
     stats: &MaintenanceStats,
 ) {
@@ -279,7 +286,7 @@ fn run(
         // either way, so there is nothing more to do with the reply.
         let _ = job.reply_tx.send(result);
         // Between jobs, never inside one: retention when due (see `retention`).
-        schedule.run_if_due(&mut conn, retention, stats);
+        retain(&mut conn, &mut schedule, retention, stats, signals);
     }
     // Every handle is gone: fold the WAL back into the main file so the database is one
     // self-contained file after a clean shutdown.
@@ -289,23 +296,57 @@ fn run(
     tracing::debug!("store writer stopped");
 }
 
+/// Runs a retention pass if one is due. Windows it deletes may still be among those the
+/// signals keep in memory: then they are forgotten.
+pub(super) fn retain(
+    conn: &mut Connection,
+    schedule: &mut Schedule,
+    retention: &RetentionConfig,
+    stats: &MaintenanceStats,
+    signals: &mut Refresher,
+) {
+    let pruned = stats.snapshot().windows_pruned;
+    schedule.run_if_due(conn, retention, stats);
+    if stats.snapshot().windows_pruned != pruned {
+        signals.forget();
+    }
+}
+
 /// Applies one job in one transaction; the windows it changed are pushed onto `updates`, and
-/// the signals of the series they belong to are recomputed in the same transaction. Dead
-/// letters are kept under `limits`; what that evicts is added to `tally`.
+/// the signals of the series they belong to are recomputed once each in the same transaction.
+/// Dead letters are kept under `limits`; what that evicts is added to `tally`.
 pub(super) fn apply(
     conn: &mut Connection,
     writes: &[Write],
     checkpoint: Option<&Checkpoint>,
     updates: &mut Vec<WindowUpdate>,
-    signals: &SignalsConfig,
+    signals: &mut Refresher,
+    limits: &DeadLetterLimits,
+    tally: &mut Tally,
+) -> rusqlite::Result<Vec<Written>> {
+    let result = apply_in_transaction(conn, writes, checkpoint, updates, signals, limits, tally);
+    if result.is_err() {
+        // Rolled back: the windows kept in memory may hold some of its changes.
+        signals.forget();
+    }
+    result
+}
+
+fn apply_in_transaction(
+    conn: &mut Connection,
+    writes: &[Write],
+    checkpoint: Option<&Checkpoint>,
+    updates: &mut Vec<WindowUpdate>,
+    signals: &mut Refresher,
     limits: &DeadLetterLimits,
     tally: &mut Tally,
 ) -> rusqlite::Result<Vec<Written>> {
     let tx = conn.transaction()?;
+    let mut deferred = Deferred::default();
     let mut written = Vec::with_capacity(writes.len());
     for write in writes {
         written.push(match write {
-            Write::Message(m) => apply_message(&tx, m, updates)?,
+            Write::Message(m) => apply_message(&tx, m, updates, &mut deferred)?,
             Write::DeadLetter(d) => {
                 deadletter::insert(&tx, d, limits, tally)?;
                 Written::DeadLettered
@@ -316,6 +357,7 @@ pub(super) fn apply(
             }
         });
     }
+    deferred.flush(&tx)?;
     if let Some(cp) = checkpoint {
         tx.prepare_cached(
             "INSERT INTO checkpoints (stream, shard_id, sequence_number, updated_ms)
@@ -331,7 +373,7 @@ pub(super) fn apply(
             crate::clock::now_ms()
         ])?;
     }
-    super::signals::refresh(&tx, signals, updates)?;
+    signals.refresh(&tx, updates)?;
     super::retention::record(&tx, tally)?;
     tx.commit()?;
     Ok(written)
@@ -341,6 +383,7 @@ fn apply_message(
     tx: &Transaction<'_>,
     m: &Message,
     updates: &mut Vec<WindowUpdate>,
+    deferred: &mut Deferred,
 ) -> rusqlite::Result<Written> {
     let fresh = tx
         .prepare_cached(
@@ -350,43 +393,23 @@ fn apply_message(
     if fresh == 0 {
         return Ok(Written::Duplicate);
     }
-    note_epoch(tx, m)?;
+    if deferred.first_of_epoch(&m.device, m.epoch) {
+        note_epoch(tx, m)?;
+    }
     if !m.windows.is_empty() {
-        let watermark: Option<i64> = tx
-            .prepare_cached("SELECT last_event_ms FROM devices WHERE device = ?1")?
-            .query_row(params![m.device], |row| row.get(0))
-            .optional()?
-            .flatten();
-        let mut store = SqlWindows { tx };
+        let watermark = deferred.watermark(tx, &m.device)?;
         for w in &m.windows {
             if w.kind == WindowKind::Tumbling {
-                touch_series(tx, &m.device, w)?;
+                deferred.touch_series(&m.device, w);
             }
+            let mut store = deferred.windows(tx);
             updates.push(fold(&mut store, &m.device, w.clone(), watermark)?);
         }
     }
     if let Some(alert) = &m.alert {
         insert_alert(tx, &m.device, m.epoch, m.seq, alert)?;
     }
-    tx.prepare_cached(
-        "INSERT INTO devices
-             (device, first_seen_ms, last_seen_ms, last_event_ms, last_seq, readings)
-         VALUES (?1, ?2, ?2, ?3, ?4, ?5)
-         ON CONFLICT (device) DO UPDATE SET
-             first_seen_ms = min(first_seen_ms, excluded.first_seen_ms),
-             last_seen_ms = max(last_seen_ms, excluded.last_seen_ms),
-             last_event_ms = max(coalesce(last_event_ms, excluded.last_event_ms),
-                                 coalesce(excluded.last_event_ms, last_event_ms)),
-             last_seq = max(last_seq, excluded.last_seq),
-             readings = readings + excluded.readings",
-    )?
-    .execute(params![
-        m.device,
-        m.received_ms,
-        m.event_ms,
-        m.seq,
-        m.readings
-    ])?;
+    deferred.count(m);
     if let Some(report) = &m.status {
         let mark = StatusMark::of_message(m.epoch, m.seq, report);
         set_status_if_newer(tx, &m.device, &mark, m.received_ms)?;
@@ -501,95 +524,6 @@ fn set_status_if_newer(
         mark.will_seq,
         mark.time_ms
     ])?;
-    Ok(())
-}
-
-/// The windows table, seen through the writer's transaction.
-struct SqlWindows<'a, 'c> {
-    tx: &'a Transaction<'c>,
-}
-
-impl WindowStore for SqlWindows<'_, '_> {
-    type Error = rusqlite::Error;
-
-    fn overlapping(&mut self, device: &str, d: &WindowDelta) -> rusqlite::Result<Vec<Stored>> {
-        let mut args: Vec<Value> = vec![
-            Value::Text(device.to_owned()),
-            Value::Text(d.sensor.clone()),
-            Value::Text(d.metric.clone()),
-            Value::Text(d.kind.as_str().to_owned()),
-        ];
-        // A session merges with every stored session it overlaps; other kinds with their
-        // own window only.
-        let range = if d.kind == WindowKind::Session {
-            args.extend([Value::Integer(d.end_ms), Value::Integer(d.start_ms)]);
-            "start_ms < ?5 AND end_ms > ?6"
-        } else {
-            args.push(Value::Integer(d.start_ms));
-            "start_ms = ?5"
-        };
-        let mut stmt = self.tx.prepare_cached(&format!(
-            "SELECT {STORED_COLUMNS} FROM windows \
-             WHERE device = ?1 AND sensor = ?2 AND metric = ?3 AND kind = ?4 AND {range}"
-        ))?;
-        let rows = stmt
-            .query_map(rusqlite::params_from_iter(args), |row| read_stored(row, 0))?
-            .collect();
-        rows
-    }
-
-    fn put(&mut self, u: &WindowUpdate) -> rusqlite::Result<()> {
-        let kind = u.kind.as_str();
-        for start in &u.absorbed {
-            self.tx
-                .prepare_cached(
-                    "DELETE FROM windows WHERE device = ?1 AND sensor = ?2 AND metric = ?3 \
-                     AND kind = ?4 AND start_ms = ?5",
-                )?
-                .execute(params![u.device, u.sensor, u.metric, kind, start])?;
-        }
-        let w = &u.window;
-        let m = &w.agg.moments;
-        self.tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO windows (device, sensor, metric, kind, start_ms, end_ms, \
-                 unit, version, count, sum, min, max, mean, m2, m3, m4, sketch) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-            )?
-            .execute(params![
-                u.device,
-                u.sensor,
-                u.metric,
-                kind,
-                w.start_ms,
-                w.end_ms,
-                w.unit,
-                w.version,
-                m.count,
-                m.sum,
-                m.min,
-                m.max,
-                m.mean,
-                m.m2,
-                m.m3,
-                m.m4,
-                w.agg.sketch.to_bytes()
-            ])?;
-        Ok(())
-    }
-}
-
-/// Keeps `series` pointing at the newest tumbling window of the series.
-fn touch_series(tx: &Transaction<'_>, device: &str, w: &WindowDelta) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO series (device, sensor, metric, unit, latest_start_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (device, sensor, metric) DO UPDATE SET
-             unit = CASE WHEN excluded.latest_start_ms >= latest_start_ms
-                         THEN excluded.unit ELSE unit END,
-             latest_start_ms = max(latest_start_ms, excluded.latest_start_ms)",
-    )?
-    .execute(params![device, w.sensor, w.metric, w.unit, w.start_ms])?;
     Ok(())
 }
 

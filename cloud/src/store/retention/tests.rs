@@ -64,7 +64,7 @@ fn apply(conn: &mut Connection, writes: &[Write]) -> Vec<Written> {
         writes,
         None,
         &mut Vec::new(),
-        &Default::default(),
+        &mut crate::store::signals::Refresher::new(Default::default(), 16),
         &DeadLetterLimits::default(),
         &mut Tally::default(),
     )
