@@ -171,7 +171,7 @@ check_linkage() {
                 die "$binary is dynamically linked (it has an ELF interpreter); the musl build must be static"
             fi
             ((size < MUSL_BUDGET_BYTES)) ||
-                die "$binary is $size bytes, over the budget of $MUSL_BUDGET_BYTES bytes (issue #8: a static aarch64 agent under 4 MB); find what grew with cargo bloat or drop features"
+                die "$binary is $size bytes, over the budget of $MUSL_BUDGET_BYTES bytes; find what grew with cargo bloat or drop features"
             log "$t: static, $size bytes < budget $MUSL_BUDGET_BYTES"
             ;;
         *-gnu*)
