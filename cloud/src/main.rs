@@ -987,6 +987,31 @@ mod tests {
         assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(args.source, SourceKind::Mqtt);
         assert_eq!(args.aws.region, "us-east-1");
+        assert_eq!(args.batch.limits(), BatchLimits::default());
+    }
+
+    #[test]
+    fn batch_flags_set_the_mqtt_source_limits() {
+        let cli = Cli::try_parse_from([
+            "osprey",
+            "serve",
+            "--batch-max-messages",
+            "64",
+            "--batch-max-bytes",
+            "65536",
+            "--batch-linger-ms",
+            "5",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        let limits = args.batch.limits();
+        assert_eq!(
+            (limits.max_items, limits.max_bytes, limits.linger),
+            (64, 65_536, std::time::Duration::from_millis(5))
+        );
+        assert!(Cli::try_parse_from(["osprey", "serve", "--batch-max-messages", "0"]).is_err());
     }
 
     #[test]
