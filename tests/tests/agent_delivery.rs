@@ -562,7 +562,9 @@ fn messages_evicted_in_flight_then_acknowledged_are_not_counted_as_dropped() {
         journal: "max_bytes = 262272\n",
         mqtt: "max_publish_rate = 0\n",
     };
-    let config = agent_config(dir.path(), broker.port(), 1, 20_000, &extra);
+    // 30 s of sampling: enough broker stalls for in-flight evictions to happen even when the
+    // machine is busy with the suite's other tests (20 s sometimes gave none).
+    let config = agent_config(dir.path(), broker.port(), 1, 30_000, &extra);
     let mut agent = start_agent(&config);
     let full = wait_until(Duration::from_secs(120), Duration::from_millis(100), || {
         agent.stderr().contains("journal full").then_some(())
