@@ -56,6 +56,16 @@ fn osprey_decode_rejects_garbage_with_a_reason_and_exit_1() {
     assert!(out.stdout.is_empty());
 }
 
+/// `osprey-agent check FLAGS… FILE`.
+fn agent_check(flags: &[&str], file: &std::path::Path) -> std::process::Output {
+    Command::new(bin("osprey-agent"))
+        .arg("check")
+        .args(flags)
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn agent_check_points_at_the_wrong_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -65,11 +75,7 @@ fn agent_check_points_at_the_wrong_line() {
         "device_id = \"pump-7\"\n[sampling]\ninterval_ms = \"fast\"\n",
     )
     .unwrap();
-    let out = Command::new(bin("osprey-agent"))
-        .arg("check")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = agent_check(&[], &path);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -87,11 +93,7 @@ fn agent_check_locates_an_out_of_range_status_interval() {
         "device_id = \"pump-7\"\n[mqtt]\nusername = \"pump-7\"\n[status]\ninterval_s = 90000\n",
     )
     .unwrap();
-    let out = Command::new(bin("osprey-agent"))
-        .arg("check")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = agent_check(&[], &path);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -112,11 +114,7 @@ fn agent_check_reports_every_device_problem_at_once_and_the_unit_mode_skips_them
          [[actions]]\nrule = \"tank-hot\"\ncommand = [\"siren-not-installed-anywhere\"]\n",
     )
     .unwrap();
-    let out = Command::new(bin("osprey-agent"))
-        .arg("check")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = agent_check(&[], &path);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
@@ -142,11 +140,7 @@ fn agent_check_reports_every_device_problem_at_once_and_the_unit_mode_skips_them
         "no debug text: {stderr}"
     );
 
-    let out = Command::new(bin("osprey-agent"))
-        .args(["check", "--no-device-checks"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = agent_check(&["--no-device-checks"], &path);
     assert!(
         out.status.success(),
         "{}",
