@@ -32,6 +32,11 @@ use crate::stats::Stats;
 /// a journal write or flush in progress for this long, is a stall.
 pub(crate) const STALL_AFTER: Duration = Duration::from_secs(30);
 
+/// How long a sampler that samples every `interval` may go without completing a sample.
+fn sampler_stall_after(interval: Duration) -> Duration {
+    STALL_AFTER.max(interval.saturating_mul(3))
+}
+
 /// Progress marks of the stages that must not stall, read by the watchdog.
 #[derive(Debug)]
 pub(crate) struct Liveness {
@@ -122,7 +127,7 @@ impl Liveness {
         let quiet = Duration::from_millis(
             now_ms.saturating_sub(self.last_sample_ms.load(Ordering::Relaxed)),
         );
-        if quiet >= STALL_AFTER.max(interval.saturating_mul(3)) {
+        if quiet >= sampler_stall_after(interval) {
             return Err(Stall::Sampler(quiet));
         }
         Ok(())
@@ -173,7 +178,7 @@ pub(crate) async fn watchdog(stats: Arc<Stats>, interval: Duration) {
     let tick = (period / 2).max(Duration::from_millis(50));
     tracing::info!(
         watchdog_ms = period.as_millis() as u64,
-        stall_after_s = STALL_AFTER.max(interval.saturating_mul(3)).as_secs(),
+        stall_after_s = sampler_stall_after(interval).as_secs(),
         "systemd watchdog on"
     );
     let mut ticker = tokio::time::interval(tick);
