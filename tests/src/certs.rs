@@ -56,8 +56,73 @@ pub struct ClientCert {
     pub cn: String,
     /// PEM certificate.
     pub cert: PathBuf,
-    /// PEM private key (PKCS#8, EC P-256).
+    /// PEM private key (PKCS#8, EC P-256, unless issued with another [`KeyForm`]).
     pub key: PathBuf,
+}
+
+/// The PEM forms a device's private key arrives in on real gateways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyForm {
+    /// `BEGIN PRIVATE KEY`, EC P-256 (`openssl genpkey`; what [`Certs::generate`] issues).
+    Pkcs8P256,
+    /// `BEGIN PRIVATE KEY`, EC P-384.
+    Pkcs8P384,
+    /// `BEGIN EC PARAMETERS` then `BEGIN EC PRIVATE KEY`, P-256: `openssl ecparam -genkey`
+    /// without `-noout`, the form many provisioning guides produce.
+    Sec1P256WithParams,
+    /// `BEGIN EC PRIVATE KEY`, P-384.
+    Sec1P384,
+    /// `BEGIN RSA PRIVATE KEY`, 2048 bits: what AWS IoT's CreateKeysAndCertificate returns.
+    Pkcs1Rsa2048,
+}
+
+impl KeyForm {
+    /// Every form, for tests that loop over them.
+    pub const ALL: [KeyForm; 5] = [
+        KeyForm::Pkcs8P256,
+        KeyForm::Pkcs8P384,
+        KeyForm::Sec1P256WithParams,
+        KeyForm::Sec1P384,
+        KeyForm::Pkcs1Rsa2048,
+    ];
+
+    /// The first PEM line of a key in this form.
+    pub fn pem_header(self) -> &'static str {
+        match self {
+            KeyForm::Pkcs8P256 | KeyForm::Pkcs8P384 => "-----BEGIN PRIVATE KEY-----",
+            KeyForm::Sec1P256WithParams => "-----BEGIN EC PARAMETERS-----",
+            KeyForm::Sec1P384 => "-----BEGIN EC PRIVATE KEY-----",
+            KeyForm::Pkcs1Rsa2048 => "-----BEGIN RSA PRIVATE KEY-----",
+        }
+    }
+
+    /// The `openssl` arguments that write a key in this form to `out`.
+    fn openssl_args(self, out: &str) -> Vec<&str> {
+        let mut args = match self {
+            KeyForm::Pkcs8P256 => vec![
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ],
+            KeyForm::Pkcs8P384 => vec![
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-384",
+            ],
+            KeyForm::Sec1P256WithParams => vec!["ecparam", "-name", "prime256v1", "-genkey"],
+            KeyForm::Sec1P384 => vec!["ecparam", "-name", "secp384r1", "-genkey", "-noout"],
+            KeyForm::Pkcs1Rsa2048 => vec!["genrsa", "-traditional"],
+        };
+        args.extend(["-out", out]);
+        if self == KeyForm::Pkcs1Rsa2048 {
+            args.push("2048");
+        }
+        args
+    }
 }
 
 /// A throwaway PKI in a temporary directory, removed on drop (keep it alive as long as any
@@ -123,8 +188,20 @@ impl Certs {
 
     /// Issue one more device certificate from the trusted CA, e.g. for a second device.
     pub fn issue_client(&self, device_id: &str) -> ClientCert {
-        let name = format!("client-{}", sanitize(device_id));
-        let (cert, key) = issue(self.dir(), "ca", &name, device_id, "client_ext");
+        self.issue_client_with_key(device_id, KeyForm::Pkcs8P256)
+    }
+
+    /// [`Certs::issue_client`] with the private key in `form`.
+    pub fn issue_client_with_key(&self, device_id: &str, form: KeyForm) -> ClientCert {
+        let name = match form {
+            KeyForm::Pkcs8P256 => format!("client-{}", sanitize(device_id)),
+            other => format!(
+                "client-{}-{}",
+                sanitize(device_id),
+                format!("{other:?}").to_lowercase()
+            ),
+        };
+        let (cert, key) = issue_with_key(self.dir(), "ca", &name, device_id, "client_ext", form);
         self.open_up_permissions();
         ClientCert {
             cn: device_id.to_string(),
@@ -177,6 +254,18 @@ fn make_ca(d: &Path, name: &str, cn: &str) {
 
 /// Key, CSR and certificate `<name>.pem` signed by CA `<ca>`; returns (cert, key) paths.
 fn issue(d: &Path, ca: &str, name: &str, cn: &str, extensions: &str) -> (PathBuf, PathBuf) {
+    issue_with_key(d, ca, name, cn, extensions, KeyForm::Pkcs8P256)
+}
+
+/// [`issue`] with the private key in `form`.
+fn issue_with_key(
+    d: &Path,
+    ca: &str,
+    name: &str,
+    cn: &str,
+    extensions: &str,
+    form: KeyForm,
+) -> (PathBuf, PathBuf) {
     assert!(
         !cn.contains('/'),
         "a certificate CN must not contain '/': {cn:?}"
@@ -184,7 +273,7 @@ fn issue(d: &Path, ca: &str, name: &str, cn: &str, extensions: &str) -> (PathBuf
     let key = format!("{name}.key");
     let csr = format!("{name}.csr");
     let cert = format!("{name}.pem");
-    genkey(d, &key);
+    openssl(d, &form.openssl_args(&key));
     openssl(
         d,
         &[
@@ -229,18 +318,7 @@ fn issue(d: &Path, ca: &str, name: &str, cn: &str, extensions: &str) -> (PathBuf
 }
 
 fn genkey(d: &Path, out: &str) {
-    openssl(
-        d,
-        &[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            out,
-        ],
-    );
+    openssl(d, &KeyForm::Pkcs8P256.openssl_args(out));
 }
 
 /// Run `openssl ARGS` in directory `d`.

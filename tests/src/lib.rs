@@ -55,7 +55,7 @@ mod shadow;
 mod subscriber;
 
 pub use browser::{chromium, rendered_dom};
-pub use certs::{Certs, ClientCert};
+pub use certs::{Certs, ClientCert, KeyForm};
 pub use lambda::{base64, kinesis_event_json};
 pub use mosquitto::{mosquitto_publish, mosquitto_tool, Listener, Mosquitto};
 pub use moto::{moto_endpoint, unique_name, MotoServer};

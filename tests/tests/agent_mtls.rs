@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use osprey_tests::{bin, mosquitto_tool, wait_until, Certs, ClientCert, Mosquitto, Proc};
+use osprey_tests::{bin, mosquitto_tool, wait_until, Certs, ClientCert, KeyForm, Mosquitto, Proc};
 
 fn agent(dir: &Path, port: u16, certs: &Certs, client: &ClientCert) -> Proc {
     agent_with(dir, port, certs, client, "")
@@ -82,6 +82,44 @@ fn right_certificate_connects_and_delivers() {
         "{}",
         agent.logs()
     );
+}
+
+/// The key forms gateways really hold — AWS IoT's generated RSA key (PKCS#1), `openssl ecparam
+/// -genkey` output with its EC PARAMETERS block, SEC1 and PKCS#8 P-384 — each pass `check` and
+/// connect with the agent's own rustls path (no key conversion step, which is what
+/// aws-iot-device-sdk-rust's key normalisation would have added).
+#[test]
+fn every_common_key_form_passes_check_and_connects() {
+    let certs = Certs::generate("pump-7");
+    let broker = Mosquitto::mtls(&certs);
+    for form in KeyForm::ALL {
+        let client = certs.issue_client_with_key("pump-7", form);
+        let pem = std::fs::read_to_string(&client.key).unwrap();
+        assert!(pem.starts_with(form.pem_header()), "{form:?}: {pem}");
+        let dir = tempfile::tempdir().unwrap();
+        let mut agent = agent(dir.path(), broker.port(), &certs, &client);
+        let check = Command::new(bin("osprey-agent"))
+            .args(["check", "--no-device-checks"])
+            .arg(dir.path().join("agent.toml"))
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{form:?}: check refused the key: {}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let connected = wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
+            agent.stderr().contains(" connected").then_some(())
+        });
+        assert!(
+            connected.is_some(),
+            "{form:?}: never connected:\n{}",
+            agent.logs()
+        );
+        agent.kill();
+    }
 }
 
 #[test]
