@@ -15,36 +15,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)] // a bench: failures are the report
 
+mod common;
+
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use osprey_agent::journal::{Durability, Journal, JournalOptions, Record};
+use common::{append_batch, disk_written, peak_rss_kib, proc_field};
+use osprey_agent::journal::{Durability, Journal, JournalOptions};
 use osprey_agent::{BatchLimits, Batcher, Config, Scenario, Simulator, SledJournal};
-use osprey_protocol::{Body, Envelope, Kind, TelemetryBatch};
+use osprey_protocol::{Body, Envelope, TelemetryBatch};
 
 const DEVICE: &str = "bench-1";
-
-/// Bytes this process has caused to be written to storage (`/proc/self/io` write_bytes).
-fn disk_written() -> u64 {
-    proc_field("/proc/self/io", "write_bytes:")
-}
-
-/// Peak resident set size in KiB.
-fn peak_rss_kib() -> u64 {
-    proc_field("/proc/self/status", "VmHWM:")
-}
-
-fn proc_field(file: &str, key: &str) -> u64 {
-    std::fs::read_to_string(file)
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 /// Realistic batches: the simulator's three series, cut at 60 readings.
 fn batches(count: usize) -> Vec<TelemetryBatch> {
@@ -84,19 +67,7 @@ fn append_all(journal: &SledJournal, batches: &[TelemetryBatch]) -> (f64, u64) {
             });
         }
         for batch in batches {
-            let seq = journal.reserve_seq().unwrap();
-            let readings = batch.reading_count() as u32;
-            let message = Envelope::new(DEVICE, seq, Body::Telemetry(batch.clone()))
-                .encode()
-                .unwrap();
-            journal
-                .append(&Record {
-                    seq,
-                    kind: Kind::Telemetry,
-                    readings,
-                    message: &message,
-                })
-                .unwrap();
+            append_batch(journal, DEVICE, batch.clone());
         }
         journal.sync().unwrap();
         syncer_stop.store(true, std::sync::atomic::Ordering::Relaxed);
