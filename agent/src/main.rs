@@ -35,6 +35,19 @@ enum Command {
         #[arg(long, short, value_name = "FILE", env = "OSPREY_AGENT_CONFIG")]
         config: PathBuf,
     },
+    /// Run as an AWS IoT Greengrass v2 component (the recipe's Run step).
+    ///
+    /// The configuration is the `agent` object of the component configuration (the TOML's
+    /// keys and sections), read over IPC and followed: a changed configuration that passes
+    /// `check` applies rules, sensors and actions without a restart. Messages go through the
+    /// nucleus (PublishToIoTCore), which needs no key, certificate or client id here. Needs
+    /// the nucleus's AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT and SVCUID.
+    Greengrass {
+        /// The component's work directory ({work:path}): the journal by default, and
+        /// agent.toml, the configuration in effect (for `check`, `rules`, `journal`).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        work: PathBuf,
+    },
     /// Check a config file, including that its TLS files load, and print a summary.
     ///
     /// Exits 0 if it is valid; otherwise prints FILE:LINE:COL: message and exits 1. It also
@@ -110,6 +123,7 @@ fn main() -> ExitCode {
             no_device_checks,
         } => check(&file, !no_device_checks),
         Command::Run { config } => run(&config),
+        Command::Greengrass { work } => greengrass(&work),
         Command::Journal { command } => journal_command(command),
         Command::Rules { config, json } => rules(&config, json),
         Command::Sensors { root } => {
@@ -211,6 +225,62 @@ fn run(file: &Path) -> anyhow::Result<()> {
         alerts = summary.alerts,
         published = summary.published,
         bundles = summary.bundles,
+        backlog = summary.backlog,
+        "done"
+    );
+    Ok(())
+}
+
+fn greengrass(work: &Path) -> anyhow::Result<()> {
+    use osprey_agent::greengrass::{self, component::THING_ENV};
+    init_tracing();
+    let endpoint = greengrass::Endpoint::from_env().with_context(|| {
+        format!(
+            "not running as a Greengrass component: {} and {} are not set",
+            greengrass::ipc::SOCKET_ENV,
+            greengrass::ipc::TOKEN_ENV
+        )
+    })?;
+    let work = std::path::absolute(work).context("cannot resolve the work directory")?;
+    let thing = std::env::var(THING_ENV).ok();
+    let toml_path = work.join("agent.toml");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let summary = runtime.block_on(async {
+        let value = greengrass::read_configuration(&endpoint)
+            .await
+            .context("cannot read the component configuration from the nucleus")?;
+        let (config, text) = greengrass::config_from_component(&value, thing.as_deref(), &work)
+            .context("cannot start: fix the component configuration")?;
+        for problem in
+            osprey_agent::preflight::problems(&config, std::env::var_os("PATH").as_deref())
+        {
+            tracing::warn!("{problem}");
+        }
+        greengrass::follow::keep(&toml_path, &text);
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(
+            greengrass::Follower {
+                endpoint,
+                thing,
+                work: work.clone(),
+                applied: value,
+                reload: reload_tx,
+                toml_path,
+            }
+            .run(),
+        );
+        osprey_agent::run_service(config, shutdown_signal(), Some(reload_rx))
+            .await
+            .context("the agent stopped with an error")
+    })?;
+    tracing::info!(
+        samples = summary.samples,
+        readings = summary.readings,
+        published = summary.published,
         backlog = summary.backlog,
         "done"
     );

@@ -13,6 +13,7 @@
 //!  net       free_port(), http_get_json(), wait_until() loopback ports, a tiny HTTP client, polling
 //!  browser   rendered_dom(url)                          headless Chromium's DOM after the scripts ran
 //!  shadow    ShadowService                              a stand-in for AWS IoT's Device Shadow service
+//!  greengrass Nucleus                                   a stand-in for the Greengrass nucleus's IPC server
 //!  fleet     SimulatedDevice, publish_all()             real agent payloads, a pipelined QoS 1 publisher
 //! ```
 //!
@@ -45,6 +46,7 @@ pub mod bench;
 mod browser;
 mod certs;
 pub mod fleet;
+mod greengrass;
 mod lambda;
 mod mosquitto;
 mod moto;
@@ -61,6 +63,7 @@ pub use mosquitto::{mosquitto_publish, mosquitto_tool, Listener, Mosquitto};
 pub use moto::{moto_endpoint, unique_name, MotoServer};
 pub use net::{free_port, http_get, http_get_json, http_request, wait_until, HttpResponse};
 pub use paths::{bin, target_profile_dir, workspace_root};
+pub use greengrass::{Nucleus, Published, COMPONENT};
 pub use process::Proc;
 pub use shadow::ShadowService;
 pub use subscriber::{Publish, Subscriber};
