@@ -94,9 +94,10 @@ impl Nucleus {
     /// Starts serving `configuration` (the whole component configuration) on a socket in a
     /// new directory every user may enter (a component may run as another user).
     pub fn start(configuration: Value) -> Nucleus {
-        let dir = tempfile::tempdir().expect("temporary directory");
+        let dir = tempfile::tempdir()
+            .unwrap_or_else(|e| panic!("cannot create the socket directory: {e}"));
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod the socket directory");
+            .unwrap_or_else(|e| panic!("cannot chmod the socket directory: {e}"));
         let token = format!("svcuid-{}-{}", std::process::id(), rand_suffix());
         let shared = Arc::new(Shared {
             token,
@@ -202,9 +203,11 @@ impl Nucleus {
             return;
         }
         let _ = std::fs::remove_file(&self.shared.socket);
-        let listener = UnixListener::bind(&self.shared.socket).expect("bind the IPC socket");
+        let listener = UnixListener::bind(&self.shared.socket)
+            .unwrap_or_else(|e| panic!("cannot bind {}: {e}", self.shared.socket.display()));
+        // Any user may connect, as a component's user may to the nucleus's socket.
         std::fs::set_permissions(&self.shared.socket, std::fs::Permissions::from_mode(0o666))
-            .expect("chmod the IPC socket");
+            .unwrap_or_else(|e| panic!("cannot chmod the IPC socket: {e}"));
         let shared = Arc::clone(&self.shared);
         thread::spawn(move || accept(listener, shared));
     }
@@ -227,11 +230,10 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, State> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A number that differs between runs (std's randomly keyed hasher), so tokens differ.
 fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0);
-    h.finish()
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0u8)
 }
 
 fn accept(listener: UnixListener, shared: Arc<Shared>) {
@@ -418,7 +420,11 @@ fn operation(frame: &Frame, shared: &Shared, connection: u64) -> Frame {
             }
             let value = match (node, path.last()) {
                 (Value::Object(_), _) | (_, None) => node.clone(),
-                (leaf, Some(name)) => json!({ name.clone(): leaf.clone() }),
+                (leaf, Some(name)) => {
+                    let mut map = serde_json::Map::new();
+                    map.insert(name.clone(), leaf.clone());
+                    Value::Object(map)
+                }
             };
             respond(
                 "GetConfigurationResponse",

@@ -62,8 +62,7 @@ fn integral(n: &Number) -> Option<Number> {
     let f = n.as_f64()?;
     // 2^53: past it a float no longer names one integer.
     const EXACT: f64 = 9_007_199_254_740_992.0;
-    // The casts below are exact: |f| <= 2^53 and f has no fraction.
-    #[allow(clippy::cast_possible_truncation)]
+    // The cast is exact: |f| <= 2^53 and f has no fraction.
     (f.fract() == 0.0 && f.abs() <= EXACT).then(|| Number::from(f as i64))
 }
 
@@ -90,7 +89,9 @@ pub fn config_from_component(
         };
         map.insert("device_id".to_owned(), Value::from(thing));
     }
-    let section = |map: &mut Map<String, Value>, name: &str| -> Result<Map<String, Value>, _> {
+    let section = |map: &mut Map<String, Value>,
+                   name: &str|
+     -> Result<Map<String, Value>, ComponentConfigError> {
         match map.remove(name) {
             None => Ok(Map::new()),
             Some(Value::Object(section)) => Ok(section),

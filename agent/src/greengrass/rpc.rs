@@ -11,8 +11,7 @@
 //! Public so that the test harness's stand-in nucleus speaks the same frames; it is checked
 //! against AWS's own client, which shares none of this code.
 
-use aws_smithy_eventstream::frame::{read_message_from, write_message_to, DecodedFrame};
-use aws_smithy_eventstream::frame::MessageFrameDecoder;
+use aws_smithy_eventstream::frame::{read_message_from, write_message_to};
 use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -213,10 +212,13 @@ impl Frame {
     }
 }
 
-/// Splits a byte stream into frames.
+/// Smallest frame: the prelude (total length, headers length, prelude CRC) and the message CRC.
+const MIN_FRAME: usize = 16;
+
+/// Splits a byte stream into frames: the total length that starts each frame says where it
+/// ends; `aws-smithy-eventstream` reads the frame and checks both CRCs.
 #[derive(Debug, Default)]
 pub struct Decoder {
-    frames: MessageFrameDecoder,
     buffer: BytesMut,
 }
 
@@ -235,22 +237,20 @@ impl Decoder {
     /// breaks the protocol or one over [`MAX_FRAME`] is an error: the stream cannot be
     /// resynchronised after it.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
-        if self.buffer.len() >= 4 {
-            let declared = (&self.buffer[..4]).get_u32() as usize;
-            if declared > MAX_FRAME {
-                return Err(FrameError::new(format!(
-                    "a frame of {declared} bytes, more than {MAX_FRAME}"
-                )));
-            }
+        if self.buffer.len() < 4 {
+            return Ok(None);
         }
-        if self.buffer.len() > MAX_FRAME {
-            return Err(FrameError::new("a frame larger than the limit"));
+        let total = (&self.buffer[..4]).get_u32() as usize;
+        if !(MIN_FRAME..=MAX_FRAME).contains(&total) {
+            return Err(FrameError::new(format!(
+                "a frame of {total} bytes (from {MIN_FRAME} to {MAX_FRAME} are accepted)"
+            )));
         }
-        match self.frames.decode_frame(&mut self.buffer) {
-            Ok(DecodedFrame::Complete(message)) => Frame::from_message(&message).map(Some),
-            Ok(DecodedFrame::Incomplete) => Ok(None),
-            Err(e) => Err(FrameError::new(e.to_string())),
+        if self.buffer.len() < total {
+            return Ok(None);
         }
+        let bytes = self.buffer.split_to(total).freeze();
+        Frame::decode(&bytes).map(Some)
     }
 }
 
