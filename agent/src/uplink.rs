@@ -87,7 +87,7 @@ use crate::journal::{Class, Dropped, Journal, JournalError};
 use crate::remote_config::{Link, LinkEvent, Outgoing as RemoteOutgoing};
 use crate::stats::Stats;
 use crate::stop::stopped;
-use crate::task::{recv_or_pending, sleep_until_some, OwnedTask};
+use crate::task::{recv_or_pending, sleep_until_some};
 use pack::{Packer, Unit};
 use rate::TokenBucket;
 use transport::{Client, LinkError};

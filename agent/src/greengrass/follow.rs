@@ -93,7 +93,8 @@ impl Follower {
                 }
             }
             backoff.connection_ended(started.elapsed());
-            tokio::time::sleep(backoff.next_delay(&mut rand::rng())).await;
+            let delay = backoff.next_delay(&mut rand::rng());
+            tokio::time::sleep(delay).await;
         }
     }
 
