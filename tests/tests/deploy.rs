@@ -9,7 +9,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
 
-use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -20,8 +19,7 @@ use std::time::Duration;
 use osprey_agent::config::Config;
 use osprey_protocol::ThresholdRule;
 use osprey_tests::{
-    bin, free_port, mosquitto_tool, moto_endpoint, unique_name, wait_until, workspace_root, Certs,
-    Mosquitto, Proc,
+    bin, free_port, moto_endpoint, unique_name, wait_until, workspace_root, Certs, Proc,
 };
 use serde_yaml_ng::Value;
 

@@ -133,7 +133,8 @@ fn the_stand_in_nucleus_agrees_with_awsiotsdk() {
     assert_eq!(out["leaf"], json!({"interval_ms": 1000}));
     assert!(out["missing"].is_string(), "{out}");
     assert_eq!(out["event_key_path"], json!(["agent"]));
-    assert_eq!(out["after_update"], json!([rule]));
+    // A list is a leaf: GetConfiguration wraps it in an object named by its key.
+    assert_eq!(out["after_update"], json!({"rules": [rule]}));
     assert_eq!(out["state"], true);
     assert_eq!(nucleus.states(), ["RUNNING"]);
     assert_ne!(out["wrong_token"], "connected");
