@@ -263,14 +263,16 @@ fn greengrass_endpoint(config: &Config) -> Result<Option<crate::greengrass::Endp
     let endpoint = match config.mqtt.transport {
         Transport::Direct => None,
         Transport::Auto => crate::greengrass::Endpoint::from_env(),
-        Transport::Greengrass => Some(crate::greengrass::Endpoint::from_env().ok_or_else(|| {
-            invalid(format!(
-                "mqtt.transport: greengrass, but {} and {} are not set: run the agent as a \
+        Transport::Greengrass => {
+            Some(crate::greengrass::Endpoint::from_env().ok_or_else(|| {
+                invalid(format!(
+                    "mqtt.transport: greengrass, but {} and {} are not set: run the agent as a \
                  Greengrass component",
-                crate::greengrass::ipc::SOCKET_ENV,
-                crate::greengrass::ipc::TOKEN_ENV
-            ))
-        })?),
+                    crate::greengrass::ipc::SOCKET_ENV,
+                    crate::greengrass::ipc::TOKEN_ENV
+                ))
+            })?)
+        }
     };
     if endpoint.is_some() && config.remote.mode != remote_config::Mode::Off {
         return Err(invalid(

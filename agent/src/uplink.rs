@@ -82,7 +82,7 @@ use crate::clock::wall_clock_ms;
 use crate::config::Mqtt;
 use crate::credentials::Credentials;
 use crate::error::AgentError;
-use crate::greengrass::Endpoint;
+use crate::greengrass::{Endpoint, IpcError};
 use crate::journal::{Class, Dropped, Journal, JournalError};
 use crate::remote_config::{Link, LinkEvent, Outgoing as RemoteOutgoing};
 use crate::stats::Stats;
@@ -287,8 +287,12 @@ impl Uplink {
             ..Session::default()
         };
         match &self.greengrass {
-            Some(endpoint) => tracing::debug!(device = %self.device, socket = %endpoint.socket.display(), "connecting to the Greengrass nucleus"),
-            None => tracing::debug!(device = %self.device, host = %self.mqtt.host, port = self.mqtt.port, "connecting"),
+            Some(endpoint) => {
+                tracing::debug!(device = %self.device, socket = %endpoint.socket.display(), "connecting to the Greengrass nucleus")
+            }
+            None => {
+                tracing::debug!(device = %self.device, host = %self.mqtt.host, port = self.mqtt.port, "connecting")
+            }
         }
 
         loop {
@@ -367,13 +371,21 @@ impl Uplink {
                 session.connected = true;
                 session.connected_at = Some(Instant::now());
                 Stats::add(&self.stats.connections, 1);
-                tracing::info!(
-                    device = %self.device,
-                    host = %self.mqtt.host,
-                    port = self.mqtt.port,
-                    backlog = self.journal.len(),
-                    "connected"
-                );
+                match &self.greengrass {
+                    Some(endpoint) => tracing::info!(
+                        device = %self.device,
+                        socket = %endpoint.socket.display(),
+                        backlog = self.journal.len(),
+                        "connected to the Greengrass nucleus"
+                    ),
+                    None => tracing::info!(
+                        device = %self.device,
+                        host = %self.mqtt.host,
+                        port = self.mqtt.port,
+                        backlog = self.journal.len(),
+                        "connected"
+                    ),
+                }
                 // Birth first, so the cloud learns the device is online before the backlog.
                 let seq = self.reserve_seq_durably().await?;
                 session.live_from = seq;
@@ -467,12 +479,7 @@ impl Uplink {
 
     /// Publishes a remote config message meant for this connection (older ones are dropped).
     /// `false`: the request channel is closed.
-    fn publish_remote(
-        &self,
-        client: &Client,
-        session: &mut Session,
-        out: RemoteOutgoing,
-    ) -> bool {
+    fn publish_remote(&self, client: &Client, session: &mut Session, out: RemoteOutgoing) -> bool {
         if out.session != session.id {
             return true;
         }
@@ -708,9 +715,13 @@ impl Uplink {
     fn log_connection_error(&self, error: &LinkError, was_connected: bool) {
         let hint = match error {
             LinkError::Mqtt(error) => diagnose::explain(error, &self.mqtt),
-            LinkError::Greengrass(_) => "the Greengrass nucleus: is it running, and does the \
-                recipe's accessControl allow aws.greengrass#PublishToIoTCore on this topic? \
-                (the entry stays in the journal and is sent again)"
+            LinkError::Greengrass(IpcError::Operation { .. }) => "the nucleus did not take the \
+                message (its spooler full, or the recipe's accessControl not allowing \
+                aws.greengrass#PublishToIoTCore on this topic): it stays in the journal and is \
+                sent again"
+                .to_owned(),
+            LinkError::Greengrass(_) => "is the Greengrass nucleus running? The journal keeps \
+                everything until it is back"
                 .to_owned(),
         };
         if was_connected {

@@ -329,7 +329,11 @@ fn serve(mut stream: UnixStream, shared: &Shared) {
 fn handshake(frame: &Frame, shared: &Shared, writer: &Arc<Mutex<UnixStream>>, id: u64) -> bool {
     let token = serde_json::from_slice::<Value>(&frame.payload)
         .ok()
-        .and_then(|v| v.get("authToken").and_then(Value::as_str).map(str::to_owned));
+        .and_then(|v| {
+            v.get("authToken")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        });
     let valid = frame.message_type == MessageType::Connect
         && frame.stream_id == 0
         && frame.version.as_deref() == Some(VERSION)
@@ -341,7 +345,8 @@ fn handshake(frame: &Frame, shared: &Shared, writer: &Arc<Mutex<UnixStream>>, id
         return false;
     }
     let mut state = lock(shared);
-    let ack = Frame::new(MessageType::ConnectAck, 0).flags(if valid { CONNECTION_ACCEPTED } else { 0 });
+    let ack =
+        Frame::new(MessageType::ConnectAck, 0).flags(if valid { CONNECTION_ACCEPTED } else { 0 });
     if valid {
         state.accepted += 1;
         state.connections.insert(id, Arc::clone(writer));
@@ -361,7 +366,10 @@ fn operation(frame: &Frame, shared: &Shared, connection: u64) -> Frame {
     };
     let respond = |name: &str, body: Value| {
         Frame::new(MessageType::ApplicationMessage, stream)
-            .json(&format!("aws.greengrass#{name}"), body.to_string().into_bytes())
+            .json(
+                &format!("aws.greengrass#{name}"),
+                body.to_string().into_bytes(),
+            )
             .flags(TERMINATE_STREAM)
     };
     match frame.operation.as_deref() {
@@ -384,7 +392,11 @@ fn operation(frame: &Frame, shared: &Shared, connection: u64) -> Frame {
             if state.refuse > 0 {
                 state.refuse -= 1;
                 state.refused += 1;
-                return error(stream, "ServiceError", "the spooler is full (stand-in refusal)");
+                return error(
+                    stream,
+                    "ServiceError",
+                    "the spooler is full (stand-in refusal)",
+                );
             }
             state.published.push(Published {
                 topic: topic.to_owned(),
@@ -402,7 +414,11 @@ fn operation(frame: &Frame, shared: &Shared, connection: u64) -> Frame {
                 return error(stream, "ResourceNotFoundError", "no such component");
             }
             let Some(path) = key_path(&request) else {
-                return error(stream, "InvalidArgumentsError", "keyPath must be a list of strings");
+                return error(
+                    stream,
+                    "InvalidArgumentsError",
+                    "keyPath must be a list of strings",
+                );
             };
             let state = lock(shared);
             let mut node = &state.configuration;
@@ -433,7 +449,11 @@ fn operation(frame: &Frame, shared: &Shared, connection: u64) -> Frame {
         }
         Some("aws.greengrass#SubscribeToConfigurationUpdate") => {
             let Some(path) = key_path(&request) else {
-                return error(stream, "InvalidArgumentsError", "keyPath must be a list of strings");
+                return error(
+                    stream,
+                    "InvalidArgumentsError",
+                    "keyPath must be a list of strings",
+                );
             };
             lock(shared).subscribers.push((connection, stream, path));
             Frame::new(MessageType::ApplicationMessage, stream).json(
@@ -446,7 +466,11 @@ fn operation(frame: &Frame, shared: &Shared, connection: u64) -> Frame {
                 lock(shared).states.push(state.to_owned());
                 respond("UpdateStateResponse", json!({}))
             }
-            _ => error(stream, "InvalidArgumentsError", "state must be RUNNING or ERRORED"),
+            _ => error(
+                stream,
+                "InvalidArgumentsError",
+                "state must be RUNNING or ERRORED",
+            ),
         },
         other => error(
             stream,

@@ -58,12 +58,12 @@ mod subscriber;
 
 pub use browser::{chromium, rendered_dom};
 pub use certs::{Certs, ClientCert};
+pub use greengrass::{Nucleus, Published, COMPONENT};
 pub use lambda::{base64, kinesis_event_json};
 pub use mosquitto::{mosquitto_publish, mosquitto_tool, Listener, Mosquitto};
 pub use moto::{moto_endpoint, unique_name, MotoServer};
 pub use net::{free_port, http_get, http_get_json, http_request, wait_until, HttpResponse};
 pub use paths::{bin, target_profile_dir, workspace_root};
-pub use greengrass::{Nucleus, Published, COMPONENT};
 pub use process::Proc;
 pub use shadow::ShadowService;
 pub use subscriber::{Publish, Subscriber};

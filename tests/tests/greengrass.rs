@@ -63,7 +63,10 @@ fn the_recipe_carries_the_agent_version_and_its_configuration_loads_with_floats(
         assert!(run.contains(" greengrass --work \"{work:path}\""), "{run}");
     }
     let text = std::fs::read_to_string(dir.path().join("recipe.yaml")).unwrap();
-    assert!(!text.contains("{{"), "a placeholder is left in the rendered recipe");
+    assert!(
+        !text.contains("{{"),
+        "a placeholder is left in the rendered recipe"
+    );
 
     let defaults = &recipe["ComponentConfiguration"]["DefaultConfiguration"];
     let work = Path::new("/greengrass/v2/work/com.osprey.Agent");
@@ -71,7 +74,10 @@ fn the_recipe_carries_the_agent_version_and_its_configuration_loads_with_floats(
     let as_floats = floats(defaults["agent"].clone());
     assert_eq!(as_floats["mqtt"]["inflight"], json!(32.0));
     let (from_floats, _) = config_from_component(&as_floats, Some(THING), work).unwrap();
-    assert_eq!(from_floats, as_written, "floats for integers change the config");
+    assert_eq!(
+        from_floats, as_written,
+        "floats for integers change the config"
+    );
     assert_eq!(as_written.device_id, THING);
     assert_eq!(as_written.journal_path, work.join("journal"));
     assert_eq!(
@@ -95,7 +101,10 @@ fn the_recipe_carries_the_agent_version_and_its_configuration_loads_with_floats(
     // IPC publishing needs the component allowed to publish under its own topics.
     let mqttproxy = &defaults["accessControl"]["aws.greengrass.ipc.mqttproxy"];
     let policy = mqttproxy.as_object().unwrap().values().next().unwrap();
-    assert_eq!(policy["operations"], json!(["aws.greengrass#PublishToIoTCore"]));
+    assert_eq!(
+        policy["operations"],
+        json!(["aws.greengrass#PublishToIoTCore"])
+    );
     assert_eq!(policy["resources"], json!(["dt/osprey/{iot:thingName}/*"]));
 }
 
@@ -105,7 +114,8 @@ fn the_stand_in_nucleus_agrees_with_awsiotsdk() {
         .expect("OSPREY_TEST_AWSIOT_PYTHON is not set: run through bash tests/run.sh");
     let rule = json!({"id": "hot", "sensor": "bearing", "metric": "temperature",
                       "when": "above", "threshold": 80.0, "severity": "critical"});
-    let nucleus = Nucleus::start(json!({"agent": {"sampling": {"interval_ms": 1000}, "rules": []}}));
+    let nucleus =
+        Nucleus::start(json!({"agent": {"sampling": {"interval_ms": 1000}, "rules": []}}));
     nucleus.refuse_publishes(1);
     let mut script = Proc::spawn(
         Command::new(python)
@@ -115,8 +125,13 @@ fn the_stand_in_nucleus_agrees_with_awsiotsdk() {
     let subscribed = wait_until(Duration::from_secs(60), Duration::from_millis(50), || {
         (nucleus.subscriptions() > 0).then_some(())
     });
-    assert!(subscribed.is_some(), "the SDK never subscribed:\n{}", script.logs());
-    nucleus.set_configuration(json!({"agent": {"sampling": {"interval_ms": 1000}, "rules": [rule]}}));
+    assert!(
+        subscribed.is_some(),
+        "the SDK never subscribed:\n{}",
+        script.logs()
+    );
+    nucleus
+        .set_configuration(json!({"agent": {"sampling": {"interval_ms": 1000}, "rules": [rule]}}));
     let status = script.wait_exit(Duration::from_secs(60));
     assert!(status.success(), "{}", script.logs());
     let out: Value = serde_json::from_str(script.stdout().lines().last().unwrap_or("")).unwrap();
@@ -153,7 +168,11 @@ fn messages(nucleus: &Nucleus) -> Vec<Envelope> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for p in nucleus.published() {
-        assert!(p.topic.starts_with(&format!("dt/osprey/{THING}/")), "{}", p.topic);
+        assert!(
+            p.topic.starts_with(&format!("dt/osprey/{THING}/")),
+            "{}",
+            p.topic
+        );
         assert_eq!(p.qos, "1");
         for m in osprey_protocol::decode_messages(&p.payload).unwrap() {
             if seen.insert(m.seq) {
@@ -179,7 +198,11 @@ fn wait_for_log(agent: &Proc, says: &str) {
     let seen = wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
         agent.stderr().contains(says).then_some(())
     });
-    assert!(seen.is_some(), "the agent never logged {says:?}:\n{}", agent.logs());
+    assert!(
+        seen.is_some(),
+        "the agent never logged {says:?}:\n{}",
+        agent.logs()
+    );
 }
 
 #[test]
@@ -265,10 +288,13 @@ fn the_component_publishes_through_the_nucleus_follows_its_configuration_and_los
     assert!(delivered.is_some(), "{}", agent.logs());
     assert!(nucleus.states().contains(&"RUNNING".to_owned()));
     if nobody.is_some() {
-        let owner = std::os::unix::fs::MetadataExt::uid(
-            &std::fs::metadata(work.join("journal")).unwrap(),
+        let owner =
+            std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(work.join("journal")).unwrap());
+        assert_eq!(
+            Some(owner),
+            uid_of("nobody"),
+            "the journal is not the component user's"
         );
-        assert_eq!(Some(owner), uid_of("nobody"), "the journal is not the component user's");
     }
 
     // A configuration `check` refuses is logged; the running one stays.
@@ -279,11 +305,10 @@ fn the_component_publishes_through_the_nucleus_follows_its_configuration_and_los
 
     // A valid one applies live: a new rule that holds at once raises its alert.
     let mut live = configuration.clone();
-    live["agent"]["rules"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"id": "gg-live", "sensor": "bearing", "metric": "temperature",
-                     "when": "above", "threshold": -1000.0, "severity": "info"}));
+    live["agent"]["rules"].as_array_mut().unwrap().push(
+        json!({"id": "gg-live", "sensor": "bearing", "metric": "temperature",
+                     "when": "above", "threshold": -1000.0, "severity": "info"}),
+    );
     nucleus.set_configuration(live);
     let raised = wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
         messages(&nucleus)
@@ -291,8 +316,16 @@ fn the_component_publishes_through_the_nucleus_follows_its_configuration_and_los
             .any(|m| matches!(&m.body, Body::Alert(a) if a.rule == "gg-live" && a.event == AlertEvent::Raise))
             .then_some(())
     });
-    assert!(raised.is_some(), "the new rule never fired:\n{}", agent.logs());
-    assert!(agent.is_running(), "the agent restarted or died:\n{}", agent.logs());
+    assert!(
+        raised.is_some(),
+        "the new rule never fired:\n{}",
+        agent.logs()
+    );
+    assert!(
+        agent.is_running(),
+        "the agent restarted or died:\n{}",
+        agent.logs()
+    );
     assert_eq!(agent.pid(), pid);
     let in_effect = std::fs::read_to_string(work.join("agent.toml")).unwrap();
     assert!(in_effect.contains("gg-live"), "{in_effect}");
@@ -318,9 +351,15 @@ fn the_component_publishes_through_the_nucleus_follows_its_configuration_and_los
     assert_eq!(log_field(&logs, " done", "samples"), Some(1500));
     assert_eq!(log_field(&logs, " done", "backlog"), Some(0));
     let (accepted, rejected) = nucleus.connections();
-    assert!(accepted >= 5, "the uplink and the follower reconnect: {accepted}");
+    assert!(
+        accepted >= 5,
+        "the uplink and the follower reconnect: {accepted}"
+    );
     assert_eq!(rejected, 0);
-    assert!(!logs.contains(&nucleus.env()[1].1), "the auth token was logged");
+    assert!(
+        !logs.contains(&nucleus.env()[1].1),
+        "the auth token was logged"
+    );
 }
 
 fn is_root() -> bool {

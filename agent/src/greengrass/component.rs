@@ -165,7 +165,9 @@ mod tests {
         assert_eq!(config.rules[0].threshold, 80.0);
         assert_eq!(config.mqtt.transport, crate::config::Transport::Greengrass);
 
-        let error = load(json!({"mqtt": {"port": 8883.5}})).unwrap_err().to_string();
+        let error = load(json!({"mqtt": {"port": 8883.5}}))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("port = 8883.5"), "{error}");
         let error = load(json!({"sampling": {"interval_ms": -1.0}}))
             .unwrap_err()

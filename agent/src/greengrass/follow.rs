@@ -167,7 +167,9 @@ impl Follower {
                     sensors = config.sensors.len(),
                     "component configuration changed: applying it"
                 );
-                for problem in crate::preflight::problems(&config, std::env::var_os("PATH").as_deref()) {
+                for problem in
+                    crate::preflight::problems(&config, std::env::var_os("PATH").as_deref())
+                {
                     tracing::warn!("{problem}");
                 }
                 keep(&self.toml_path, &text);

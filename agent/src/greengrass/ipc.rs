@@ -118,7 +118,10 @@ impl Endpoint {
         let mut connect = Frame::new(MessageType::Connect, 0);
         connect.version = Some(super::rpc::VERSION.to_owned());
         connect.content_type = Some(super::rpc::JSON.to_owned());
-        connect.payload = json!({ "authToken": self.token }).to_string().into_bytes().into();
+        connect.payload = json!({ "authToken": self.token })
+            .to_string()
+            .into_bytes()
+            .into();
         writer.write(&connect).await?;
         let ack = tokio::time::timeout(CONNECT_TIMEOUT, reader.next())
             .await

@@ -183,12 +183,16 @@ impl Frame {
         };
         let int = |name: &str| match find(name) {
             Some(HeaderValue::Int32(v)) => Ok(*v),
-            Some(other) => Err(FrameError::new(format!("{name} is not an int32: {other:?}"))),
+            Some(other) => Err(FrameError::new(format!(
+                "{name} is not an int32: {other:?}"
+            ))),
             None => Err(FrameError::new(format!("no {name} header"))),
         };
         let string = |name: &str| match find(name) {
             Some(HeaderValue::String(v)) => Ok(Some(v.as_str().to_owned())),
-            Some(other) => Err(FrameError::new(format!("{name} is not a string: {other:?}"))),
+            Some(other) => Err(FrameError::new(format!(
+                "{name} is not a string: {other:?}"
+            ))),
             None => Ok(None),
         };
         let code = int(":message-type")?;
@@ -261,7 +265,10 @@ mod tests {
     #[test]
     fn a_frame_survives_encode_and_decode_whole_and_byte_by_byte() {
         let mut frame = Frame::new(MessageType::ApplicationMessage, 7)
-            .json("aws.greengrass#PublishToIoTCoreRequest", &b"{\"qos\":\"1\"}"[..])
+            .json(
+                "aws.greengrass#PublishToIoTCoreRequest",
+                &b"{\"qos\":\"1\"}"[..],
+            )
             .flags(TERMINATE_STREAM);
         frame.operation = Some("aws.greengrass#PublishToIoTCore".to_owned());
         let bytes = frame.encode().unwrap();
