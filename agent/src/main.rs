@@ -206,19 +206,19 @@ fn run(file: &Path) -> anyhow::Result<()> {
     for problem in osprey_agent::preflight::problems(&config, std::env::var_os("PATH").as_deref()) {
         tracing::warn!(file = %file.display(), "{problem}");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        // The agent is I/O bound; two workers keep it small on a Pi. Disk flushes run on
-        // tokio's blocking pool.
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = runtime()?;
     let summary = runtime
         .block_on(async {
             let reload_rx = reload_on_sighup(file.to_owned());
             osprey_agent::run_service(config, shutdown_signal(), reload_rx).await
         })
         .context("the agent stopped with an error")?;
+    log_summary(&summary);
+    Ok(())
+}
+
+/// The run's last log line (the suites read its counts).
+fn log_summary(summary: &osprey_agent::RunSummary) {
     tracing::info!(
         samples = summary.samples,
         readings = summary.readings,
@@ -228,7 +228,16 @@ fn run(file: &Path) -> anyhow::Result<()> {
         backlog = summary.backlog,
         "done"
     );
-    Ok(())
+}
+
+/// The agent's async runtime: I/O bound, so two workers keep it small on a Pi; disk flushes
+/// run on tokio's blocking pool.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn greengrass(work: &Path) -> anyhow::Result<()> {
@@ -244,11 +253,7 @@ fn greengrass(work: &Path) -> anyhow::Result<()> {
     let work = std::path::absolute(work).context("cannot resolve the work directory")?;
     let thing = std::env::var(THING_ENV).ok();
     let toml_path = work.join("agent.toml");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = runtime()?;
     let summary = runtime.block_on(async {
         let value = greengrass::read_configuration(&endpoint)
             .await
@@ -277,13 +282,7 @@ fn greengrass(work: &Path) -> anyhow::Result<()> {
             .await
             .context("the agent stopped with an error")
     })?;
-    tracing::info!(
-        samples = summary.samples,
-        readings = summary.readings,
-        published = summary.published,
-        backlog = summary.backlog,
-        "done"
-    );
+    log_summary(&summary);
     Ok(())
 }
 

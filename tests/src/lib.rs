@@ -5,7 +5,8 @@
 //!
 //! ```text
 //!  paths     workspace_root(), bin("osprey")            built binaries (target/debug/…)
-//!  process   Proc                                       child process, logs to files, killed on drop
+//!  process   Proc, log_field()                          child process, logs to files, killed on drop;
+//!                                                       a number from the agent's log lines
 //!  certs     Certs                                      openssl-made CA, server, device and rogue certs
 //!  mosquitto Mosquitto                                  a broker per test: plain or mutual TLS, stop/restart
 //!  moto      moto_endpoint(), unique_name()             the Kinesis/DynamoDB API that tests/run.sh started
@@ -64,6 +65,6 @@ pub use mosquitto::{mosquitto_publish, mosquitto_tool, Listener, Mosquitto};
 pub use moto::{moto_endpoint, unique_name, MotoServer};
 pub use net::{free_port, http_get, http_get_json, http_request, wait_until, HttpResponse};
 pub use paths::{bin, target_profile_dir, workspace_root};
-pub use process::Proc;
+pub use process::{log_field, Proc};
 pub use shadow::ShadowService;
 pub use subscriber::{Publish, Subscriber};

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use osprey_agent::greengrass::config_from_component;
 use osprey_protocol::{AlertEvent, Body, Envelope};
-use osprey_tests::{bin, wait_until, workspace_root, Nucleus, Proc, COMPONENT};
+use osprey_tests::{bin, log_field, wait_until, workspace_root, Nucleus, Proc, COMPONENT};
 use serde_json::{json, Value};
 
 const THING: &str = "gg-core-1";
@@ -181,17 +181,6 @@ fn messages(nucleus: &Nucleus) -> Vec<Envelope> {
         }
     }
     out
-}
-
-/// A `key=value` number of the agent's last log line containing `message`.
-fn log_field(logs: &str, message: &str, key: &str) -> Option<u64> {
-    let line = logs.lines().rev().find(|l| l.contains(message))?;
-    let start = line.find(&format!("{key}="))? + key.len() + 1;
-    line[start..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
 }
 
 fn wait_for_log(agent: &Proc, says: &str) {
