@@ -29,6 +29,11 @@
 //! Duplicates are possible (a message whose PUBACK was lost is sent again) and harmless: the
 //! cloud deduplicates by `(device, seq)`.
 //!
+//! Transports (`transport`): the connection is rumqttc's, or, under Greengrass, an IPC
+//! connection to the nucleus whose driver speaks the same rumqttc events (the
+//! PublishToIoTCore response stands for the PUBACK; see `crate::greengrass`). Everything in
+//! this file is the same for both; only the will and the subscriptions are MQTT's alone.
+//!
 //! PUBACKs carry packet ids, not sequence numbers. rumqttc emits `Outgoing::Publish(pkid)` in
 //! the order publishes were requested, so the uplink pushes each requested message onto a FIFO
 //! and pops it when that event arrives, recording `pkid → seq` for the PUBACK.
