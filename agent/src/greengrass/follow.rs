@@ -162,6 +162,13 @@ impl Follower {
         let thing = self.thing.as_deref();
         match config_from_component(&value, thing, &self.work) {
             Ok((config, text)) => {
+                let before = config_from_component(&self.applied, thing, &self.work).ok();
+                if before.is_some_and(|(old, _)| needs_restart(&old, &config)) {
+                    tracing::warn!(
+                        "component configuration: settings other than rules, sensors and \
+                         actions apply at the next start of the component"
+                    );
+                }
                 tracing::info!(
                     rules = config.rules.len(),
                     sensors = config.sensors.len(),
@@ -182,5 +189,37 @@ impl Follower {
                 true
             }
         }
+    }
+}
+
+/// Whether `new` differs from `old` in more than what a reload applies live (rules, sensors,
+/// actions).
+fn needs_restart(old: &Config, new: &Config) -> bool {
+    let mut live_only = new.clone();
+    live_only.rules.clone_from(&old.rules);
+    live_only.sensors.clone_from(&old.sensors);
+    live_only.actions.clone_from(&old.actions);
+    live_only != *old
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn only_changes_outside_rules_sensors_and_actions_need_a_restart() {
+        let load = |agent: Value| {
+            config_from_component(&agent, Some("core"), Path::new("/w"))
+                .unwrap()
+                .0
+        };
+        let base = load(json!({"sampling": {"interval_ms": 100}}));
+        let rule = json!({"id": "r", "sensor": "bearing", "metric": "temperature",
+                          "when": "above", "threshold": 1.0, "severity": "info"});
+        let more_rules = load(json!({"sampling": {"interval_ms": 100}, "rules": [rule]}));
+        assert!(!needs_restart(&base, &more_rules));
+        let slower = load(json!({"sampling": {"interval_ms": 200}}));
+        assert!(needs_restart(&base, &slower));
     }
 }

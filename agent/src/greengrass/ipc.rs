@@ -266,3 +266,76 @@ pub fn answer(operation: &'static str, frame: &Frame) -> Result<Answer, IpcError
         )))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::UnixListener;
+
+    /// A one-connection server at a fresh socket that reads one frame and answers `reply`.
+    async fn server(reply: Vec<u8>) -> (tempfile::TempDir, Endpoint) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("ipc.socket");
+        let listener = UnixListener::bind(&socket).unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut decoder = Decoder::new();
+            while decoder.next_frame().unwrap().is_none() {
+                if stream.read_buf(decoder.buffer()).await.unwrap() == 0 {
+                    return;
+                }
+            }
+            stream.write_all(&reply).await.unwrap();
+            // Keep the connection open until the client is done.
+            let _ = stream.read_buf(decoder.buffer()).await;
+        });
+        (dir, Endpoint::new(socket, "s3cr3t-svcuid".to_owned()))
+    }
+
+    #[tokio::test]
+    async fn a_malformed_or_refusing_answer_is_an_error_not_a_panic() {
+        let (_dir, endpoint) = server(vec![0xff; 40]).await;
+        assert!(matches!(
+            endpoint.connect().await,
+            Err(IpcError::Protocol(_))
+        ));
+
+        let refused = Frame::new(MessageType::ConnectAck, 0).encode().unwrap();
+        let (_dir, endpoint) = server(refused).await;
+        assert!(matches!(endpoint.connect().await, Err(IpcError::Refused)));
+
+        let (_dir, endpoint) = server(Vec::new()).await;
+        drop(_dir);
+        assert!(matches!(endpoint.connect().await, Err(IpcError::Io { .. })));
+    }
+
+    #[tokio::test]
+    async fn connect_succeeds_on_the_accepted_flag_and_debug_never_shows_the_token() {
+        let accepted = Frame::new(MessageType::ConnectAck, 0)
+            .flags(CONNECTION_ACCEPTED)
+            .encode()
+            .unwrap();
+        let (_dir, endpoint) = server(accepted).await;
+        assert!(endpoint.connect().await.is_ok());
+        let shown = format!("{endpoint:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
+    }
+
+    #[test]
+    fn an_error_answer_names_the_operation_shape_and_message() {
+        let frame = Frame::new(MessageType::ApplicationError, 3)
+            .json(
+                "aws.greengrass#ServiceError",
+                &b"{\"message\":\"full\"}"[..],
+            )
+            .flags(TERMINATE_STREAM);
+        let error = answer("aws.greengrass#PublishToIoTCore", &frame).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "aws.greengrass#PublishToIoTCore: the nucleus answered aws.greengrass#ServiceError: full"
+        );
+        let garbage = Frame::new(MessageType::ApplicationMessage, 3).json("x", &b"{"[..]);
+        assert!(answer("op", &garbage).is_err());
+    }
+}
