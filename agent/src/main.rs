@@ -471,13 +471,25 @@ fn summary(config: &Config) -> String {
                 .map_or_else(String::new, |a| format!(", ALPN {a}"))
         ),
     };
-    line(
-        "mqtt",
-        format!(
-            "{}:{} as {:?}, {transport}, in flight {}",
-            config.mqtt.host, config.mqtt.port, config.mqtt.client_id, config.mqtt.inflight
+    let mqtt = match config.mqtt.transport {
+        osprey_agent::config::Transport::Greengrass => format!(
+            "through the Greengrass nucleus (IPC), in flight {}",
+            config.mqtt.inflight
         ),
-    );
+        other => format!(
+            "{}:{} as {:?}, {transport}, in flight {}{}",
+            config.mqtt.host,
+            config.mqtt.port,
+            config.mqtt.client_id,
+            config.mqtt.inflight,
+            if other == osprey_agent::config::Transport::Auto {
+                " (through the Greengrass nucleus when run as its component)"
+            } else {
+                ""
+            }
+        ),
+    };
+    line("mqtt", mqtt);
     let rules: Vec<String> = config
         .rules
         .iter()

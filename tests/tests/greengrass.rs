@@ -349,6 +349,29 @@ fn the_component_publishes_through_the_nucleus_follows_its_configuration_and_los
         !logs.contains(&nucleus.env()[1].1),
         "the auth token was logged"
     );
+
+    // The configuration in effect, kept in the work directory, is what `check` and `rules` read.
+    let kept = work.join("agent.toml");
+    let check = Command::new(bin("osprey-agent"))
+        .args(["check", "--no-device-checks"])
+        .arg(&kept)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{check:?}");
+    assert!(
+        said.contains("through the Greengrass nucleus (IPC)"),
+        "{said}"
+    );
+    let rules = Command::new(bin("osprey-agent"))
+        .args(["rules", "--config"])
+        .arg(&kept)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&rules.stdout).contains("gg-live"),
+        "{rules:?}"
+    );
 }
 
 fn is_root() -> bool {
