@@ -15,7 +15,8 @@
 //! - [`rpc`]: the event-stream RPC frames (framing and CRCs by `aws-smithy-eventstream`).
 //! - [`ipc`]: one connection: socket, CONNECT with the component's token (`SVCUID`, never
 //!   logged), requests, answers.
-//! - `publish`: the uplink's transport (the uplink itself is unchanged: see `crate::uplink`).
+//! - `publish`: the uplink's transport; delivery, journal removal, replay and backoff stay the
+//!   uplink's own (`crate::uplink`).
 //! - [`component`]: the component configuration's `agent` object as a checked [`crate::Config`].
 //! - [`follow`]: the configuration follower.
 //!
