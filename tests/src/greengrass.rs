@@ -345,6 +345,10 @@ fn handshake(frame: &Frame, shared: &Shared, writer: &Arc<Mutex<UnixStream>>, id
         return false;
     }
     let mut state = lock(shared);
+    // A connection that was accepted just before a stop is not served after it.
+    if !shared.up.load(Ordering::SeqCst) {
+        return false;
+    }
     let ack =
         Frame::new(MessageType::ConnectAck, 0).flags(if valid { CONNECTION_ACCEPTED } else { 0 });
     if valid {
