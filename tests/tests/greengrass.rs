@@ -183,6 +183,17 @@ fn messages(nucleus: &Nucleus) -> Vec<Envelope> {
     out
 }
 
+/// Readings in the agent's telemetry that the nucleus accepted (each message counted once).
+fn readings(nucleus: &Nucleus) -> u64 {
+    messages(nucleus)
+        .iter()
+        .map(|m| match &m.body {
+            Body::Telemetry(b) => b.reading_count() as u64,
+            _ => 0,
+        })
+        .sum()
+}
+
 fn wait_for_log(agent: &Proc, says: &str) {
     let seen = wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
         agent.stderr().contains(says).then_some(())
@@ -329,13 +340,7 @@ fn the_component_publishes_through_the_nucleus_follows_its_configuration_and_los
     assert!(status.success(), "{status}\n{}", agent.logs());
     let logs = agent.logs();
     let taken = log_field(&logs, " done", "readings").expect("the agent's summary line");
-    let received: u64 = messages(&nucleus)
-        .iter()
-        .map(|m| match &m.body {
-            Body::Telemetry(b) => b.reading_count() as u64,
-            _ => 0,
-        })
-        .sum();
+    let received = readings(&nucleus);
     assert_eq!(received, taken, "readings lost or duplicated\n{logs}");
     assert_eq!(log_field(&logs, " done", "samples"), Some(1500));
     assert_eq!(log_field(&logs, " done", "backlog"), Some(0));
@@ -388,4 +393,55 @@ fn which(program: &str) -> Option<PathBuf> {
         .split(':')
         .map(|d| Path::new(d).join(program))
         .find(|p| p.is_file())
+}
+
+#[test]
+fn run_detects_the_nucleus_requires_it_when_told_and_keeps_remote_config_off_it() {
+    let nucleus = Nucleus::start(json!({}));
+    let dir = tempfile::tempdir().unwrap();
+    let config = |transport: &str, remote: &str| {
+        let path = dir.path().join(format!("{transport}-{remote}.toml"));
+        let text = format!(
+            "device_id = \"{THING}\"\n[sampling]\ninterval_ms = 10\nmax_samples = 20\n\
+             [journal]\npath = \"journal-{transport}-{remote}\"\n\
+             [mqtt]\ntransport = \"{transport}\"\n[remote_config]\nmode = \"{remote}\"\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let run = |file: &Path, with_nucleus: bool| {
+        let mut cmd = Command::new(bin("osprey-agent"));
+        cmd.args(["run", "--config"]).arg(file).env("NO_COLOR", "1");
+        cmd.env_remove("AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT")
+            .env_remove("SVCUID");
+        if with_nucleus {
+            cmd.envs(nucleus.env());
+        }
+        let mut agent = Proc::spawn(&mut cmd);
+        let status = agent.wait_exit(Duration::from_secs(60));
+        (status, agent.logs())
+    };
+
+    // `greengrass` without the nucleus's environment: refused at start, saying what is missing.
+    let (status, logs) = run(&config("greengrass", "off"), false);
+    assert!(!status.success(), "{logs}");
+    assert!(
+        logs.contains("AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"),
+        "{logs}"
+    );
+    // Rules from a shadow and from the component configuration at once: refused.
+    let (status, logs) = run(&config("auto", "shadow"), true);
+    assert!(!status.success(), "{logs}");
+    assert!(logs.contains("remote_config.mode"), "{logs}");
+    assert!(nucleus.published().is_empty());
+    // `auto` with the nucleus's environment: every sample goes through the nucleus.
+    let (status, logs) = run(&config("auto", "off"), true);
+    assert!(status.success(), "{logs}");
+    assert!(
+        logs.contains("publishing through the Greengrass nucleus"),
+        "{logs}"
+    );
+    let taken = log_field(&logs, " done", "readings").expect("the agent's summary line");
+    let received = readings(&nucleus);
+    assert_eq!(received, taken);
 }
