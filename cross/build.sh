@@ -11,7 +11,8 @@
 #   --test           also run `cargo test -p osprey-agent --target TRIPLE` under qemu, for the
 #                    aarch64-gnu and armv7 targets by default, or for every --target given
 #   --dist DIR       also copy each binary to DIR/osprey-agent-TRIPLE and write DIR/SHA256SUMS
-#                    (the artifact names deploy/greengrass/recipe.yaml refers to)
+#                    and DIR/recipe.yaml, the Greengrass recipe whose version and artifact URIs
+#                    are the agent's version (deploy/greengrass/render-recipe.sh)
 #
 # For each target it builds `-p osprey-agent` with the size-optimised `gateway` profile (root
 # Cargo.toml), prints the binary's path and size, and runs `osprey-agent --help` under qemu.
@@ -227,7 +228,8 @@ fi
 
 if [[ -n "$DIST" ]]; then
     (cd "$DIST" && sha256sum -- "$BIN"-* >SHA256SUMS)
-    log "artifacts and SHA256SUMS in $DIST"
+    version="$(sh "$ROOT/deploy/greengrass/render-recipe.sh" "$DIST")"
+    log "artifacts, SHA256SUMS and the Greengrass recipe (version $version) in $DIST"
 fi
 
 printf '\n%-32s %10s  %6s  %s\n' "target" "bytes" "time" "binary" >&2

@@ -221,10 +221,11 @@ install_deploy_tools() {
     retry "$VENV/bin/python" -m pip install --disable-pip-version-check -q "${DEPLOY_PYPI[@]}"
 }
 
-# AWS's Device Shadow client for tests/tests/remote_config.rs (tests/sdk/shadow_check.py).
+# AWS's Device Shadow client for tests/tests/remote_config.rs (tests/sdk/shadow_check.py) and its
+# Greengrass IPC client for tests/tests/greengrass.rs (tests/sdk/greengrass_check.py).
 AWSIOT_VENV="$STATE/awsiot-venv"
 AWSIOT_SPEC='awsiotsdk>=1.20,<2'
-awsiot_ready() { [[ -x "$AWSIOT_VENV/bin/python" ]] && "$AWSIOT_VENV/bin/python" -c 'import awsiot.iotshadow' 2>/dev/null; }
+awsiot_ready() { [[ -x "$AWSIOT_VENV/bin/python" ]] && "$AWSIOT_VENV/bin/python" -c 'import awsiot.iotshadow, awsiot.greengrasscoreipc.clientv2' 2>/dev/null; }
 
 install_awsiotsdk() {
     if awsiot_ready; then log "awsiotsdk: present in $AWSIOT_VENV"; return 0; fi

@@ -161,6 +161,34 @@ pub struct Mqtt {
     pub password_file: Option<PathBuf>,
     /// TLS settings; plain MQTT when `None`.
     pub tls: Option<Tls>,
+    /// How messages leave: a direct MQTT connection, or through a Greengrass nucleus.
+    pub transport: Transport,
+}
+
+/// `mqtt.transport`: how the uplink reaches AWS IoT Core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Through the Greengrass nucleus when the process runs under one (its IPC socket and
+    /// token are in the environment), otherwise a direct MQTT connection (the default).
+    #[default]
+    Auto,
+    /// A direct MQTT connection to `host:port` (rumqttc).
+    Direct,
+    /// Greengrass IPC: PublishToIoTCore through the nucleus's own connection; `host`, `port`,
+    /// `client_id`, TLS and login are not used.
+    Greengrass,
+}
+
+impl Transport {
+    /// The name as written in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Auto => "auto",
+            Transport::Direct => "direct",
+            Transport::Greengrass => "greengrass",
+        }
+    }
 }
 
 /// Which setting a validation error is about; mapped back to a span for located errors.
@@ -239,6 +267,7 @@ impl Config {
                 username: None,
                 password_file: None,
                 tls: None,
+                transport: Transport::Auto,
             },
             rules: sim::default_rules(),
             sensors: Vec::new(),
@@ -580,6 +609,7 @@ fn from_raw(raw: &raw::AgentConfig, text: &str, base_dir: &Path) -> Result<Confi
             username: raw.mqtt.username.as_ref().map(|u| u.get_ref().clone()),
             password_file: raw.mqtt.password_file.as_ref().map(path),
             tls,
+            transport: raw.mqtt.transport.unwrap_or_default(),
         },
         rules: raw.rules.iter().map(|r| r.get_ref().clone()).collect(),
         sensors: sensors_config,

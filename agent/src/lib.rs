@@ -54,6 +54,7 @@ mod clock;
 pub mod config;
 pub mod credentials;
 mod error;
+pub mod greengrass;
 pub mod journal;
 pub mod preflight;
 pub mod reading;

@@ -35,6 +35,19 @@ enum Command {
         #[arg(long, short, value_name = "FILE", env = "OSPREY_AGENT_CONFIG")]
         config: PathBuf,
     },
+    /// Run as an AWS IoT Greengrass v2 component (the recipe's Run step).
+    ///
+    /// The configuration is the `agent` object of the component configuration (the TOML's
+    /// keys and sections), read over IPC and followed: a changed configuration that passes
+    /// `check` applies rules, sensors and actions without a restart. Messages go through the
+    /// nucleus (PublishToIoTCore), which needs no key, certificate or client id here. Needs
+    /// the nucleus's AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT and SVCUID.
+    Greengrass {
+        /// The component's work directory ({work:path}): the journal by default, and
+        /// agent.toml, the configuration in effect (for `check`, `rules`, `journal`).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        work: PathBuf,
+    },
     /// Check a config file, including that its TLS files load, and print a summary.
     ///
     /// Exits 0 if it is valid; otherwise prints FILE:LINE:COL: message and exits 1. It also
@@ -110,6 +123,7 @@ fn main() -> ExitCode {
             no_device_checks,
         } => check(&file, !no_device_checks),
         Command::Run { config } => run(&config),
+        Command::Greengrass { work } => greengrass(&work),
         Command::Journal { command } => journal_command(command),
         Command::Rules { config, json } => rules(&config, json),
         Command::Sensors { root } => {
@@ -192,19 +206,19 @@ fn run(file: &Path) -> anyhow::Result<()> {
     for problem in osprey_agent::preflight::problems(&config, std::env::var_os("PATH").as_deref()) {
         tracing::warn!(file = %file.display(), "{problem}");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        // The agent is I/O bound; two workers keep it small on a Pi. Disk flushes run on
-        // tokio's blocking pool.
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = runtime()?;
     let summary = runtime
         .block_on(async {
             let reload_rx = reload_on_sighup(file.to_owned());
             osprey_agent::run_service(config, shutdown_signal(), reload_rx).await
         })
         .context("the agent stopped with an error")?;
+    log_summary(&summary);
+    Ok(())
+}
+
+/// The run's last log line (the suites read its counts).
+fn log_summary(summary: &osprey_agent::RunSummary) {
     tracing::info!(
         samples = summary.samples,
         readings = summary.readings,
@@ -214,6 +228,61 @@ fn run(file: &Path) -> anyhow::Result<()> {
         backlog = summary.backlog,
         "done"
     );
+}
+
+/// The agent's async runtime: I/O bound, so two workers keep it small on a Pi; disk flushes
+/// run on tokio's blocking pool.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn greengrass(work: &Path) -> anyhow::Result<()> {
+    use osprey_agent::greengrass::{self, component::THING_ENV};
+    init_tracing();
+    let endpoint = greengrass::Endpoint::from_env().with_context(|| {
+        format!(
+            "not running as a Greengrass component: {} and {} are not set",
+            greengrass::ipc::SOCKET_ENV,
+            greengrass::ipc::TOKEN_ENV
+        )
+    })?;
+    let work = std::path::absolute(work).context("cannot resolve the work directory")?;
+    let thing = std::env::var(THING_ENV).ok();
+    let toml_path = work.join("agent.toml");
+    let runtime = runtime()?;
+    let summary = runtime.block_on(async {
+        let value = greengrass::read_configuration(&endpoint)
+            .await
+            .context("cannot read the component configuration from the nucleus")?;
+        let (config, text) = greengrass::config_from_component(&value, thing.as_deref(), &work)
+            .context("cannot start: fix the component configuration")?;
+        for problem in
+            osprey_agent::preflight::problems(&config, std::env::var_os("PATH").as_deref())
+        {
+            tracing::warn!("{problem}");
+        }
+        greengrass::follow::keep(&toml_path, &text);
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(
+            greengrass::Follower {
+                endpoint,
+                thing,
+                work: work.clone(),
+                applied: value,
+                reload: reload_tx,
+                toml_path,
+            }
+            .run(),
+        );
+        osprey_agent::run_service(config, shutdown_signal(), Some(reload_rx))
+            .await
+            .context("the agent stopped with an error")
+    })?;
+    log_summary(&summary);
     Ok(())
 }
 
@@ -402,13 +471,25 @@ fn summary(config: &Config) -> String {
                 .map_or_else(String::new, |a| format!(", ALPN {a}"))
         ),
     };
-    line(
-        "mqtt",
-        format!(
-            "{}:{} as {:?}, {transport}, in flight {}",
-            config.mqtt.host, config.mqtt.port, config.mqtt.client_id, config.mqtt.inflight
+    let mqtt = match config.mqtt.transport {
+        osprey_agent::config::Transport::Greengrass => format!(
+            "through the Greengrass nucleus (IPC), in flight {}",
+            config.mqtt.inflight
         ),
-    );
+        other => format!(
+            "{}:{} as {:?}, {transport}, in flight {}{}",
+            config.mqtt.host,
+            config.mqtt.port,
+            config.mqtt.client_id,
+            config.mqtt.inflight,
+            if other == osprey_agent::config::Transport::Auto {
+                " (through the Greengrass nucleus when run as its component)"
+            } else {
+                ""
+            }
+        ),
+    };
+    line("mqtt", mqtt);
     let rules: Vec<String> = config
         .rules
         .iter()

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
-use crate::config::Config;
+use crate::config::{Config, Transport};
 use crate::credentials;
 use crate::error::AgentError;
 use crate::journal::{self, Durability, Journal};
@@ -85,6 +85,7 @@ async fn run_inner(
     as_service: bool,
 ) -> Result<RunSummary, AgentError> {
     config.validate()?;
+    let greengrass = greengrass_endpoint(&config)?;
     // A few small file reads; done before any task starts so a wrong path fails the run.
     let tls = config
         .mqtt
@@ -95,7 +96,7 @@ async fn run_inner(
     // Read once, before any task starts, so a bad password file fails the run at once.
     let credentials =
         credentials::load(&config.mqtt, std::env::var(credentials::PASSWORD_ENV).ok())?;
-    if credentials::is_plaintext_to_remote(&config.mqtt) {
+    if greengrass.is_none() && credentials::is_plaintext_to_remote(&config.mqtt) {
         tracing::warn!(
             host = %config.mqtt.host,
             login = credentials.is_some(),
@@ -149,6 +150,7 @@ async fn run_inner(
             started: Instant::now(),
             status_interval: config.status_interval,
             remote: remote.link,
+            greengrass,
         }
         .run(stop_rx.clone()),
     );
@@ -247,6 +249,43 @@ async fn run_inner(
         "agent stopped"
     );
     Ok(summary)
+}
+
+/// The nucleus to publish through, per `mqtt.transport`: `greengrass` needs the nucleus's
+/// environment, `auto` uses it when present.
+fn greengrass_endpoint(config: &Config) -> Result<Option<crate::greengrass::Endpoint>, AgentError> {
+    let invalid = |message: String| {
+        AgentError::Config(crate::ConfigError::Invalid {
+            location: None,
+            message,
+        })
+    };
+    let endpoint = match config.mqtt.transport {
+        Transport::Direct => None,
+        Transport::Auto => crate::greengrass::Endpoint::from_env(),
+        Transport::Greengrass => {
+            Some(crate::greengrass::Endpoint::from_env().ok_or_else(|| {
+                invalid(format!(
+                    "mqtt.transport: greengrass, but {} and {} are not set: run the agent as a \
+                 Greengrass component",
+                    crate::greengrass::ipc::SOCKET_ENV,
+                    crate::greengrass::ipc::TOKEN_ENV
+                ))
+            })?)
+        }
+    };
+    if endpoint.is_some() && config.remote.mode != remote_config::Mode::Off {
+        return Err(invalid(
+            "remote_config.mode: under Greengrass the rules come from the component \
+             configuration; set mode = \"off\" or mqtt.transport = \"direct\""
+                .to_owned(),
+        ));
+    }
+    if let Some(endpoint) = &endpoint {
+        tracing::info!(socket = %endpoint.socket.display(),
+            "publishing through the Greengrass nucleus (IPC PublishToIoTCore); [mqtt] host, port, TLS and login are not used");
+    }
+    Ok(endpoint)
 }
 
 /// Flushes the journal every `period` while it has unflushed appends, and wakes the uplink

@@ -29,6 +29,11 @@
 //! Duplicates are possible (a message whose PUBACK was lost is sent again) and harmless: the
 //! cloud deduplicates by `(device, seq)`.
 //!
+//! Transports (`transport`): the connection is rumqttc's, or, under Greengrass, an IPC
+//! connection to the nucleus whose driver speaks the same rumqttc events (the
+//! PublishToIoTCore response stands for the PUBACK; see `crate::greengrass`). Everything in
+//! this file is the same for both; only the will and the subscriptions are MQTT's alone.
+//!
 //! PUBACKs carry packet ids, not sequence numbers. rumqttc emits `Outgoing::Publish(pkid)` in
 //! the order publishes were requested, so the uplink pushes each requested message onto a FIFO
 //! and pops it when that event arrives, recording `pkid → seq` for the PUBACK.
@@ -63,6 +68,7 @@
 mod diagnose;
 mod pack;
 mod rate;
+mod transport;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -70,8 +76,8 @@ use std::time::Duration;
 
 use osprey_protocol::{topic, Body, Envelope, Kind, Status, StatusState, MAX_MESSAGE_BYTES};
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
-    SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
+    AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, SubscribeReasonCode,
+    TlsConfiguration, Transport,
 };
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
@@ -81,19 +87,19 @@ use crate::clock::wall_clock_ms;
 use crate::config::Mqtt;
 use crate::credentials::Credentials;
 use crate::error::AgentError;
+use crate::greengrass::{Endpoint, IpcError};
 use crate::journal::{Class, Dropped, Journal, JournalError};
 use crate::remote_config::{Link, LinkEvent, Outgoing as RemoteOutgoing};
 use crate::stats::Stats;
 use crate::stop::stopped;
-use crate::task::{recv_or_pending, sleep_until_some, OwnedTask};
+use crate::task::{recv_or_pending, sleep_until_some};
 use pack::{Packer, Unit};
 use rate::TokenBucket;
+use transport::{Client, LinkError};
 
 /// Request channel slots beyond the in-flight window: birth, offline status, DISCONNECT and
 /// the remote config's SUBSCRIBE, get and report, so `try_publish` never finds the channel full.
 const REQUEST_SLACK: usize = 16;
-/// Events buffered between the driver task and the control loop.
-const EVENT_BUFFER: usize = 64;
 /// Largest packet accepted from the broker: acks, and remote config documents (shadow answers
 /// carry desired, reported and metadata). Larger than AWS IoT's 128 KB message limit, so that
 /// an oversized document arrives and is refused by its own size check instead of breaking the
@@ -127,6 +133,8 @@ pub(crate) struct Uplink {
     pub(crate) status_interval: Option<Duration>,
     /// Remote configuration: topics to subscribe to, and the coordinator to talk to.
     pub(crate) remote: Option<Link>,
+    /// Publish through this Greengrass nucleus (IPC) instead of a direct MQTT connection.
+    pub(crate) greengrass: Option<Endpoint>,
 }
 
 /// A message requested from rumqttc and not yet acknowledged.
@@ -260,14 +268,16 @@ impl Uplink {
         will_seq: u64,
         stop_rx: &mut watch::Receiver<bool>,
     ) -> Result<SessionEnd, AgentError> {
-        let will = self.status(will_seq, StatusState::Offline, 0)?;
-        let (client, eventloop) = AsyncClient::new(
-            self.options(will),
-            usize::from(self.mqtt.inflight.get()) + REQUEST_SLACK,
-        );
-        let (event_tx, mut event_rx) = mpsc::channel(EVENT_BUFFER);
-        // Dropped (aborted, closing the socket) when this connection is abandoned.
-        let _driver = OwnedTask::spawn(drive(eventloop, event_tx));
+        let capacity = usize::from(self.mqtt.inflight.get()) + REQUEST_SLACK;
+        // The driver is dropped (aborted, closing the socket) when this connection is abandoned.
+        let (client, _driver, mut event_rx) = match &self.greengrass {
+            Some(endpoint) => transport::greengrass(endpoint, capacity),
+            None => {
+                let will = self.status(will_seq, StatusState::Offline, 0)?;
+                let (client, eventloop) = AsyncClient::new(self.options(will), capacity);
+                transport::mqtt(client, eventloop)
+            }
+        };
         // Held for this connection only; the next one takes it again.
         let mut remote_out = match &self.remote {
             Some(remote) => Some(remote.outgoing.lock().await),
@@ -281,7 +291,14 @@ impl Uplink {
                 .map(|rate| TokenBucket::new(rate, Instant::now())),
             ..Session::default()
         };
-        tracing::debug!(device = %self.device, host = %self.mqtt.host, port = self.mqtt.port, "connecting");
+        match &self.greengrass {
+            Some(endpoint) => {
+                tracing::debug!(device = %self.device, socket = %endpoint.socket.display(), "connecting to the Greengrass nucleus")
+            }
+            None => {
+                tracing::debug!(device = %self.device, host = %self.mqtt.host, port = self.mqtt.port, "connecting")
+            }
+        }
 
         loop {
             if session.connected && !self.fill_window(&client, &mut session)? {
@@ -350,7 +367,7 @@ impl Uplink {
     async fn on_event(
         &self,
         event: Event,
-        client: &AsyncClient,
+        client: &Client,
         session: &mut Session,
         will_seq: u64,
     ) -> Result<bool, AgentError> {
@@ -359,13 +376,21 @@ impl Uplink {
                 session.connected = true;
                 session.connected_at = Some(Instant::now());
                 Stats::add(&self.stats.connections, 1);
-                tracing::info!(
-                    device = %self.device,
-                    host = %self.mqtt.host,
-                    port = self.mqtt.port,
-                    backlog = self.journal.len(),
-                    "connected"
-                );
+                match &self.greengrass {
+                    Some(endpoint) => tracing::info!(
+                        device = %self.device,
+                        socket = %endpoint.socket.display(),
+                        backlog = self.journal.len(),
+                        "connected to the Greengrass nucleus"
+                    ),
+                    None => tracing::info!(
+                        device = %self.device,
+                        host = %self.mqtt.host,
+                        port = self.mqtt.port,
+                        backlog = self.journal.len(),
+                        "connected"
+                    ),
+                }
                 // Birth first, so the cloud learns the device is online before the backlog.
                 let seq = self.reserve_seq_durably().await?;
                 session.live_from = seq;
@@ -374,11 +399,7 @@ impl Uplink {
                 session.statuses_unacked += 1;
                 if let Some(remote) = &self.remote {
                     // Before the birth, so the subscription is in place as early as possible.
-                    let filters = remote
-                        .filters
-                        .iter()
-                        .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
-                    if let Err(error) = client.try_subscribe_many(filters) {
+                    if let Err(error) = client.subscribe(&remote.filters) {
                         tracing::warn!(device = %self.device, %error, "cannot request the remote config subscription");
                         return Ok(false);
                     }
@@ -463,16 +484,11 @@ impl Uplink {
 
     /// Publishes a remote config message meant for this connection (older ones are dropped).
     /// `false`: the request channel is closed.
-    fn publish_remote(
-        &self,
-        client: &AsyncClient,
-        session: &mut Session,
-        out: RemoteOutgoing,
-    ) -> bool {
+    fn publish_remote(&self, client: &Client, session: &mut Session, out: RemoteOutgoing) -> bool {
         if out.session != session.id {
             return true;
         }
-        match client.try_publish(out.topic, QoS::AtLeastOnce, out.retain, out.payload) {
+        match client.publish(out.topic, out.retain, out.payload) {
             Ok(()) => {
                 session.requested.push_back(Pending::Remote);
                 true
@@ -487,7 +503,7 @@ impl Uplink {
     /// Publishes journal entries past the cursors while the window has room and the rate
     /// cap allows, one unit (an entry or a bundle) per slot and token. `Ok(false)` means the
     /// request channel is closed (the event loop died).
-    fn fill_window(&self, client: &AsyncClient, session: &mut Session) -> Result<bool, AgentError> {
+    fn fill_window(&self, client: &Client, session: &mut Session) -> Result<bool, AgentError> {
         let window = usize::from(self.mqtt.inflight.get());
         while session.unacked() < window {
             let now = Instant::now();
@@ -590,14 +606,14 @@ impl Uplink {
     /// Requests a QoS 1 publish and records it in the FIFO; `false` if rumqttc refused it.
     fn publish(
         &self,
-        client: &AsyncClient,
+        client: &Client,
         session: &mut Session,
         kind: Kind,
         payload: Vec<u8>,
         pending: Pending,
     ) -> bool {
         let topic = topic::data(&self.device, kind);
-        match client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
+        match client.publish(topic, false, payload) {
             Ok(()) => {
                 session.requested.push_back(pending);
                 true
@@ -613,9 +629,9 @@ impl Uplink {
     /// moment to write them (handling any PUBACKs that arrive meanwhile).
     async fn goodbye(
         &self,
-        client: &AsyncClient,
+        client: &Client,
         session: &mut Session,
-        event_rx: &mut mpsc::Receiver<Result<Event, ConnectionError>>,
+        event_rx: &mut mpsc::Receiver<Result<Event, LinkError>>,
         will_seq: u64,
     ) -> Result<(), AgentError> {
         if !session.connected {
@@ -625,7 +641,7 @@ impl Uplink {
         let seq = self.reserve_seq_durably().await?;
         let offline = self.status(seq, StatusState::Offline, 0)?;
         self.publish(client, session, Kind::Status, offline, Pending::Status(seq));
-        if let Err(error) = client.try_disconnect() {
+        if let Err(error) = client.disconnect() {
             tracing::debug!(device = %self.device, %error, "cannot request DISCONNECT");
             return Ok(());
         }
@@ -650,7 +666,7 @@ impl Uplink {
     /// the next one's time. `Ok(false)`: the request channel is closed.
     async fn periodic_status(
         &self,
-        client: &AsyncClient,
+        client: &Client,
         session: &mut Session,
         will_seq: u64,
     ) -> Result<bool, AgentError> {
@@ -701,25 +717,22 @@ impl Uplink {
         .map_err(AgentError::from)
     }
 
-    fn log_connection_error(&self, error: &ConnectionError, was_connected: bool) {
-        let hint = diagnose::explain(error, &self.mqtt);
+    fn log_connection_error(&self, error: &LinkError, was_connected: bool) {
+        let hint = match error {
+            LinkError::Mqtt(error) => diagnose::explain(error, &self.mqtt),
+            LinkError::Greengrass(IpcError::Operation { .. }) => "the nucleus did not take the \
+                message (its spooler full, or the recipe's accessControl not allowing \
+                aws.greengrass#PublishToIoTCore on this topic): it stays in the journal and is \
+                sent again"
+                .to_owned(),
+            LinkError::Greengrass(_) => "is the Greengrass nucleus running? The journal keeps \
+                everything until it is back"
+                .to_owned(),
+        };
         if was_connected {
             tracing::warn!(device = %self.device, %error, hint, "connection lost");
         } else {
             tracing::warn!(device = %self.device, %error, hint, "cannot connect");
-        }
-    }
-}
-
-/// Polls the event loop and forwards its events until the first error (which it forwards
-/// too) or until the control loop goes away. The event loop is dropped with this task: no
-/// reconnect happens behind the uplink's back.
-async fn drive(mut eventloop: EventLoop, event_tx: mpsc::Sender<Result<Event, ConnectionError>>) {
-    loop {
-        let event = eventloop.poll().await;
-        let failed = event.is_err();
-        if event_tx.send(event).await.is_err() || failed {
-            return;
         }
     }
 }

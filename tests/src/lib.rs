@@ -5,7 +5,8 @@
 //!
 //! ```text
 //!  paths     workspace_root(), bin("osprey")            built binaries (target/debug/…)
-//!  process   Proc                                       child process, logs to files, killed on drop
+//!  process   Proc, log_field()                          child process, logs to files, killed on drop;
+//!                                                       a number from the agent's log lines
 //!  certs     Certs                                      openssl-made CA, server, device and rogue certs
 //!  mosquitto Mosquitto                                  a broker per test: plain or mutual TLS, stop/restart
 //!  moto      moto_endpoint(), unique_name()             the Kinesis/DynamoDB API that tests/run.sh started
@@ -13,6 +14,7 @@
 //!  net       free_port(), http_get_json(), wait_until() loopback ports, a tiny HTTP client, polling
 //!  browser   rendered_dom(url)                          headless Chromium's DOM after the scripts ran
 //!  shadow    ShadowService                              a stand-in for AWS IoT's Device Shadow service
+//!  greengrass Nucleus                                   a stand-in for the Greengrass nucleus's IPC server
 //!  fleet     SimulatedDevice, publish_all()             real agent payloads, a pipelined QoS 1 publisher
 //! ```
 //!
@@ -45,6 +47,7 @@ pub mod bench;
 mod browser;
 mod certs;
 pub mod fleet;
+mod greengrass;
 mod lambda;
 mod mosquitto;
 mod moto;
@@ -56,11 +59,12 @@ mod subscriber;
 
 pub use browser::{chromium, rendered_dom};
 pub use certs::{Certs, ClientCert, KeyForm};
+pub use greengrass::{Nucleus, Published, COMPONENT};
 pub use lambda::{base64, kinesis_event_json};
 pub use mosquitto::{mosquitto_publish, mosquitto_tool, Listener, Mosquitto};
 pub use moto::{moto_endpoint, unique_name, MotoServer};
 pub use net::{free_port, http_get, http_get_json, http_request, wait_until, HttpResponse};
 pub use paths::{bin, target_profile_dir, workspace_root};
-pub use process::Proc;
+pub use process::{log_field, Proc};
 pub use shadow::ShadowService;
 pub use subscriber::{Publish, Subscriber};

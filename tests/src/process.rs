@@ -260,3 +260,15 @@ fn read_lossy(path: &PathBuf) -> String {
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()
 }
+
+/// A `key=value` number on the last line of `logs` that contains `message` (the agent's
+/// `tracing` lines, e.g. the `done` summary's `readings=`).
+pub fn log_field(logs: &str, message: &str, key: &str) -> Option<u64> {
+    let line = logs.lines().rev().find(|l| l.contains(message))?;
+    let start = line.find(&format!("{key}="))? + key.len() + 1;
+    line[start..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}

@@ -28,7 +28,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use osprey_protocol::{Body, Envelope, Kind};
-use osprey_tests::{bin, wait_until, Mosquitto, Proc, Publish, Subscriber};
+use osprey_tests::{bin, log_field, wait_until, Mosquitto, Proc, Publish, Subscriber};
 
 const DEVICE: &str = "pump-7";
 
@@ -117,17 +117,6 @@ fn assert_in_order(messages: &[Envelope]) -> Vec<u64> {
         "telemetry out of order: {seqs:?}"
     );
     seqs
-}
-
-/// A `key=value` field of the agent's last log line containing `message`.
-fn log_field(logs: &str, message: &str, key: &str) -> Option<u64> {
-    let line = logs.lines().rev().find(|l| l.contains(message))?;
-    let start = line.find(&format!("{key}="))? + key.len() + 1;
-    line[start..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// Sequence numbers the agent logged as journaled (durably appended), from its debug log.

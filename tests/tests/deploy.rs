@@ -1,6 +1,6 @@
 //! Deployment artifacts checked as far as this machine allows: the CloudFormation template
 //! (cfn-lint and what it wires), the Greengrass recipe (parsed, artifacts map to cross/build.sh
-//! outputs, its lifecycle run as the nucleus would against a mutual-TLS Mosquitto), the systemd
+//! outputs; its lifecycle against a stand-in nucleus is tests/tests/greengrass.rs), the systemd
 //! unit (systemd-analyze verify), plain logs for journald (no ANSI escapes off a terminal), the
 //! Pi installer (its plan for each Pi model and OS image; install, upgrade, rollback and
 //! uninstall over a real sshd into a temporary root, and onto "/" in a private mount namespace
@@ -9,7 +9,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
 
-use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -20,8 +19,7 @@ use std::time::Duration;
 use osprey_agent::config::Config;
 use osprey_protocol::ThresholdRule;
 use osprey_tests::{
-    bin, free_port, mosquitto_tool, moto_endpoint, unique_name, wait_until, workspace_root, Certs,
-    Mosquitto, Proc,
+    bin, free_port, moto_endpoint, unique_name, wait_until, workspace_root, Certs, Proc,
 };
 use serde_yaml_ng::Value;
 
@@ -355,9 +353,7 @@ fn recipe_artifacts_are_cross_build_outputs_and_its_defaults_are_valid_rules() {
             "armv7-"
         };
         assert!(binary.starts_with(want), "{arch} manifest ships {binary}");
-        for name in names.iter().filter(|n| !n.starts_with("osprey-agent-")) {
-            root_file(&format!("deploy/greengrass/{name}"));
-        }
+        assert_eq!(names.len(), 1, "{arch}: one artifact, the agent: {names:?}");
         // Every file the lifecycle runs is one of the artifacts; every configuration key it
         // reads has a default.
         let lifecycle = serde_yaml_ng::to_string(at(manifest, &["Lifecycle"])).unwrap();
@@ -381,163 +377,12 @@ fn recipe_artifacts_are_cross_build_outputs_and_its_defaults_are_valid_rules() {
     }
 
     let rules: Vec<ThresholdRule> =
-        serde_yaml_ng::from_value(at(defaults, &["rules"]).clone()).unwrap();
+        serde_yaml_ng::from_value(at(defaults, &["agent", "rules"]).clone()).unwrap();
     assert!(!rules.is_empty());
     for rule in &rules {
         rule.validate()
             .unwrap_or_else(|e| panic!("default rule {}: {e}", rule.id));
     }
-}
-
-/// Greengrass's recipe variables for one simulated core device.
-struct Nucleus {
-    vars: BTreeMap<String, String>,
-    configuration: Value,
-}
-
-impl Nucleus {
-    /// Replaces `{namespace:key}` the way the nucleus does: configuration scalars as text,
-    /// containers as compact JSON.
-    fn interpolate(&self, s: &str) -> String {
-        let mut out = s.to_owned();
-        for (k, v) in &self.vars {
-            out = out.replace(&format!("{{{k}}}"), v);
-        }
-        while let Some(start) = out.find("{configuration:/") {
-            let end = start + out[start..].find('}').unwrap();
-            let key = &out[start + "{configuration:/".len()..end];
-            let value = at(&self.configuration, &[key]);
-            let replacement = match value {
-                Value::Sequence(_) | Value::Mapping(_) => serde_json::to_string(value).unwrap(),
-                scalar => text(scalar),
-            };
-            out.replace_range(start..=end, &replacement);
-        }
-        out
-    }
-
-    /// A lifecycle step of `manifest` as the nucleus runs it: `sh -c SCRIPT` with Setenv.
-    fn step(&self, manifest: &Value, step: &str) -> Command {
-        let lifecycle = at(manifest, &["Lifecycle"]);
-        let script = self.interpolate(&text(at(lifecycle, &[step, "Script"])));
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c").arg(script);
-        for (k, v) in at(lifecycle, &["Setenv"]).as_mapping().unwrap() {
-            cmd.env(text(k), self.interpolate(&text(v)));
-        }
-        cmd
-    }
-}
-
-#[test]
-fn greengrass_lifecycle_installs_and_runs_the_agent_against_a_mutual_tls_broker() {
-    let thing = "gg-core-1";
-    let recipe = yaml("deploy/greengrass/recipe.yaml");
-    let (_, manifest) = manifests(&recipe).into_iter().next().unwrap();
-    let certs = Certs::generate(thing);
-    let broker = Mosquitto::mtls(&certs);
-
-    // The component's directories, with the host's agent standing in for the ARM artifact and
-    // the test CA's device certificate standing in for the core device's.
-    let dir = tempfile::tempdir().unwrap();
-    let (artifacts, work, gg_root) = (
-        dir.path().join("artifacts"),
-        dir.path().join("work"),
-        dir.path().join("gg"),
-    );
-    fs::create_dir_all(&artifacts).unwrap();
-    fs::create_dir_all(&work).unwrap();
-    place_certs(
-        &certs,
-        &gg_root,
-        "rootCA.pem",
-        "thingCert.crt",
-        "privKey.key",
-    );
-    for name in artifact_names(manifest) {
-        let src = if name.starts_with("osprey-agent-") {
-            bin("osprey-agent")
-        } else {
-            root_file(&format!("deploy/greengrass/{name}"))
-        };
-        fs::copy(src, artifacts.join(&name)).unwrap();
-    }
-    let mut nucleus = Nucleus {
-        vars: BTreeMap::from([
-            ("artifacts:path".to_owned(), artifacts.display().to_string()),
-            ("work:path".to_owned(), work.display().to_string()),
-            ("kernel:rootPath".to_owned(), gg_root.display().to_string()),
-            ("iot:thingName".to_owned(), thing.to_owned()),
-        ]),
-        configuration: at(&recipe, &["ComponentConfiguration", "DefaultConfiguration"]).clone(),
-    };
-
-    // The defaults leave the endpoint empty: the install fails and says what to set.
-    fails_saying(&output(&mut nucleus.step(manifest, "Install")), "mqttHost");
-
-    // With the endpoint merged in, the install writes a config the agent accepts.
-    let config = nucleus.configuration.as_mapping_mut().unwrap();
-    config.insert("mqttHost".into(), "127.0.0.1".into());
-    config.insert("mqttPort".into(), u64::from(broker.port()).into());
-    config.insert("samplingIntervalMs".into(), 20u64.into());
-    config.insert("batchMaxAgeMs".into(), 200u64.into());
-    succeed(&mut nucleus.step(manifest, "Install"));
-    let loaded = Config::load(&work.join("agent.toml")).unwrap();
-    assert_eq!(loaded.device_id, thing);
-    assert_eq!(
-        loaded.mqtt.client_id,
-        format!("{thing}-osprey"),
-        "the nucleus holds the thing name"
-    );
-    assert_eq!(loaded.journal_path, work.join("journal"));
-    let defaults: Vec<ThresholdRule> =
-        serde_yaml_ng::from_value(nucleus.configuration["rules"].clone()).unwrap();
-    assert_eq!(
-        loaded.rules, defaults,
-        "rules differ from the component configuration"
-    );
-
-    // Run: the agent connects with the "core device" certificate and publishes as the thing.
-    let observer = certs.issue_client("observer");
-    let port = broker.port().to_string();
-    let topic = format!("dt/osprey/{thing}/#");
-    let mut sub = Proc::spawn(Command::new(mosquitto_tool("mosquitto_sub")).args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "--cafile",
-        certs.ca.to_str().unwrap(),
-        "--cert",
-        observer.cert.to_str().unwrap(),
-        "--key",
-        observer.key.to_str().unwrap(),
-        "-t",
-        &topic,
-        "-C",
-        "1",
-        "-W",
-        "60",
-        "-F",
-        "%x",
-    ]));
-    let mut agent = Proc::spawn(&mut nucleus.step(manifest, "Run"));
-    let status = sub.wait_exit(Duration::from_secs(90));
-    assert!(
-        status.success(),
-        "nothing arrived:\n{}\n{}\n{}",
-        sub.logs(),
-        agent.logs(),
-        broker.log()
-    );
-    let hex = sub.stdout();
-    let bytes: Vec<u8> = (0..hex.trim().len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex.trim()[i..i + 2], 16).unwrap())
-        .collect();
-    let envelope = osprey_protocol::decode(&bytes).unwrap();
-    assert_eq!(envelope.device, thing);
-    agent.terminate(Duration::from_secs(20));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1723,7 +1568,7 @@ fn shellcheck_passes_on_every_script() {
         "cross/build.sh",
         "deploy/pi/install.sh",
         "deploy/aws/provision-device.sh",
-        "deploy/greengrass/write-config.sh",
+        "deploy/greengrass/render-recipe.sh",
     ] {
         assert!(
             scripts.contains(&workspace_root().join(expected)),

@@ -155,6 +155,9 @@ pub(crate) struct MqttConfig {
     pub(crate) password_file: Option<Spanned<String>>,
     /// Mutual TLS; plain MQTT when absent.
     pub(crate) tls: Option<Spanned<TlsConfig>>,
+    /// `auto` (default: through the Greengrass nucleus when running as its component, else
+    /// direct), `direct` (MQTT to `host:port`) or `greengrass` (IPC PublishToIoTCore).
+    pub(crate) transport: Option<super::Transport>,
 }
 
 /// `[mqtt.tls]`
