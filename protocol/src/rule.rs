@@ -84,8 +84,13 @@ pub struct ThresholdRule {
     pub metric: String,
     /// What to watch for.
     pub when: Comparison,
-    /// Level that raises the alert (`above`, `below`, `rate_*`); NaN when absent.
-    #[serde(default = "absent", skip_serializing_if = "is_absent")]
+    /// Level that raises the alert (`above`, `below`, `rate_*`); NaN when absent. A document
+    /// that gives it as NaN is refused when read (it would read as "missing").
+    #[serde(
+        default = "absent",
+        skip_serializing_if = "is_absent",
+        deserialize_with = "level_not_nan"
+    )]
     pub threshold: f64,
     /// Level that clears it; defaults to the threshold (no hysteresis).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -130,6 +135,17 @@ fn absent() -> f64 {
 
 fn is_absent(v: &f64) -> bool {
     v.is_nan()
+}
+
+/// `threshold` as given: NaN (TOML's `nan`, a CBOR NaN) is an error, not an absent level.
+fn level_not_nan<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    let level = f64::deserialize(deserializer)?;
+    if level.is_nan() {
+        return Err(serde::de::Error::custom(
+            "`threshold` is nan, which is not a level: give a finite number, e.g. threshold = 80.0",
+        ));
+    }
+    Ok(level)
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -353,6 +369,31 @@ mod tests {
                 serde_json::to_string(&rule).unwrap()
             );
         }
+    }
+
+    #[test]
+    fn a_nan_threshold_is_refused_when_read_not_taken_for_absent() {
+        let mut doc = alloc::vec::Vec::new();
+        let value = ciborium::Value::Map(alloc::vec![
+            ("id".into(), "r".into()),
+            ("sensor".into(), "s".into()),
+            ("metric".into(), "m".into()),
+            ("when".into(), "above".into()),
+            ("threshold".into(), ciborium::Value::Float(f64::NAN)),
+        ]);
+        ciborium::into_writer(&value, &mut doc).unwrap();
+        let err = ciborium::from_reader::<ThresholdRule, _>(&doc[..]).unwrap_err();
+        assert!(err.to_string().contains("`threshold` is nan"), "{err}");
+        // An absent threshold still reads, and validation names it as missing.
+        let rule: ThresholdRule =
+            serde_json::from_str(r#"{"id":"r","sensor":"s","metric":"m","when":"above"}"#).unwrap();
+        assert!(matches!(
+            rule.validate(),
+            Err(RuleError::MissingField {
+                field: "threshold",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -209,6 +209,18 @@ fn duplicate_rule_ids_are_rejected() {
 }
 
 #[test]
+fn nan_threshold_is_refused_where_it_stands_not_called_missing() {
+    let text = format!(
+        "device_id = \"p\"\n{}",
+        RULE.replace("threshold = 80.0", "threshold = nan")
+    );
+    let (line, col, msg) = error_at(&text);
+    assert!(msg.contains("`threshold` is nan"), "{msg}");
+    assert!(!msg.contains("needs `threshold`"), "{msg}");
+    assert_eq!((line, col), (8, 13), "{msg}");
+}
+
+#[test]
 fn unknown_rule_field_is_located() {
     let text = format!("device_id = \"p\"\n{RULE}thresold = 1.0\n");
     let (line, col, msg) = error_at(&text);
