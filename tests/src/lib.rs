@@ -11,7 +11,8 @@
 //!  moto      moto_endpoint(), unique_name()             the Kinesis/DynamoDB API that tests/run.sh started
 //!            MotoServer                                 a private moto server (to stall it with SIGSTOP)
 //!  net       free_port(), http_get_json(), wait_until() loopback ports, a tiny HTTP client, polling
-//!  browser   rendered_dom(url)                          headless Chromium's DOM after the scripts ran
+//!  browser   rendered_dom(url), screenshot(url, window)  headless Chromium's DOM after the scripts ran,
+//!            Window::{DESKTOP, PHONE}                   or a PNG in target/screenshots/
 //!  shadow    ShadowService                              a stand-in for AWS IoT's Device Shadow service
 //!  fleet     SimulatedDevice, publish_all()             real agent payloads, a pipelined QoS 1 publisher
 //! ```
@@ -54,7 +55,7 @@ mod process;
 mod shadow;
 mod subscriber;
 
-pub use browser::{chromium, rendered_dom};
+pub use browser::{chromium, rendered_dom, rendered_dom_in, screenshot, screenshot_dir, Window};
 pub use certs::{Certs, ClientCert};
 pub use lambda::{base64, kinesis_event_json};
 pub use mosquitto::{mosquitto_publish, mosquitto_tool, Listener, Mosquitto};
