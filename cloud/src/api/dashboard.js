@@ -75,10 +75,11 @@ const Osprey = (() => {
     return h;
   }
 
-  // The login form: shown when the API answers 401; `retry` runs once a token is given.
-  let retry = null;
+  // The login form: shown when the API answers 401; what asked runs again once a token is
+  // given (each function once, however many of its requests were refused).
+  const retries = new Set();
   function askForToken(then) {
-    retry = then;
+    if (then) retries.add(then);
     sessionStorage.removeItem(TOKEN_KEY);
     const login = document.getElementById("login");
     login.hidden = false;
@@ -94,7 +95,9 @@ const Osprey = (() => {
       sessionStorage.setItem(TOKEN_KEY, input.value.trim());
       input.value = "";
       login.hidden = true;
-      if (retry) { const r = retry; retry = null; r(); }
+      const again = [...retries];
+      retries.clear();
+      for (const r of again) r();
     });
   }
 

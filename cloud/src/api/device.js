@@ -113,7 +113,7 @@
       s.min.forEach((x) => { if (x !== null) lo = Math.min(lo, x); });
       s.max.forEach((x) => { if (x !== null) hi = Math.max(hi, x); });
       s.mean.forEach((x, i) => { if (x !== null) sum += x * s.count[i]; });
-      parts.push("Last " + RANGE_WORDS[range] + ": " + s.windows.toLocaleString() + " one-minute windows, " + readings.toLocaleString() + " readings, mean " + O.quantity(sum / readings, u) + ", lowest " + O.quantity(lo, u) + ", highest " + O.quantity(hi, u) + "; newest " + O.quantity(means[means.length - 1], u) + ".");
+      parts.push("Last " + RANGE_WORDS[range] + ": " + s.windows.toLocaleString() + (s.windows === 1 ? " one-minute window, " : " one-minute windows, ") + readings.toLocaleString() + " readings, mean " + O.quantity(sum / readings, u) + ", lowest " + O.quantity(lo, u) + ", highest " + O.quantity(hi, u) + "; newest " + O.quantity(means[means.length - 1], u) + ".");
     }
     const fixes = s.corrections.reduce((a, b) => a + b, 0);
     parts.push(s.corrected_windows ? s.corrected_windows + " window(s) corrected by late data (" + fixes + " correction(s))." : "No window corrected by late data.");
@@ -203,6 +203,8 @@
         ctx.setLineDash([]);
         ctx.fillStyle = ctx.strokeStyle;
         ctx.font = (11 * dpr) + "px system-ui, sans-serif";
+        ctx.textAlign = "left";
+        ctx.textBaseline = "bottom";
         ctx.fillText(th.rule + " " + O.num(th.level), left + 4 * dpr, y - 4 * dpr);
       }
       for (const a of marks) {

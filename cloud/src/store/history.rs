@@ -217,8 +217,8 @@ pub struct Episode {
 /// Most alert events one episode listing reads.
 const MAX_EVENTS: i64 = 100_000;
 
-/// Episodes matching `filter`, active first, then newest raise first; `now_ms` ends the
-/// duration of active ones.
+/// Episodes matching `filter`: active ones first (critical, then warning, then info), then
+/// newest raise first; `now_ms` ends the duration of active ones.
 pub fn episodes(
     conn: &Connection,
     filter: &EpisodeFilter,
@@ -282,9 +282,21 @@ pub fn episodes(
         }
     }
     out.retain(|e| filter.active.is_none_or(|a| e.active == a));
+    let rank = |severity: &str| match severity {
+        "critical" => 2,
+        "warning" => 1,
+        _ => 0,
+    };
     out.sort_by(|a, b| {
         b.active
             .cmp(&a.active)
+            .then_with(|| {
+                if a.active {
+                    rank(&b.severity).cmp(&rank(&a.severity))
+                } else {
+                    std::cmp::Ordering::Equal
+                }
+            })
             .then(b.raised_ms.cmp(&a.raised_ms))
             .then_with(|| a.device.cmp(&b.device))
     });
