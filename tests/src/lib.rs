@@ -6,6 +6,7 @@
 //! ```text
 //!  paths     workspace_root(), bin("osprey")            built binaries (target/debug/…)
 //!  process   Proc                                       child process, logs to files, killed on drop
+//!  demo      start_demo(devices, interval_ms)           `osprey demo` on a free port, and its URL
 //!  certs     Certs                                      openssl-made CA, server, device and rogue certs
 //!  mosquitto Mosquitto                                  a broker per test: plain or mutual TLS, stop/restart
 //!  moto      moto_endpoint(), unique_name()             the Kinesis/DynamoDB API that tests/run.sh started
@@ -45,6 +46,7 @@
 pub mod bench;
 mod browser;
 mod certs;
+mod demo;
 pub mod fleet;
 mod lambda;
 mod mosquitto;
@@ -57,6 +59,7 @@ mod subscriber;
 
 pub use browser::{chromium, rendered_dom, rendered_dom_in, screenshot, screenshot_dir, Window};
 pub use certs::{Certs, ClientCert};
+pub use demo::start_demo;
 pub use lambda::{base64, kinesis_event_json};
 pub use mosquitto::{mosquitto_publish, mosquitto_tool, Listener, Mosquitto};
 pub use moto::{moto_endpoint, unique_name, MotoServer};

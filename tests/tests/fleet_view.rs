@@ -9,35 +9,14 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use osprey_tests::{bin, http_get_json, rendered_dom_in, screenshot, wait_until, Proc, Window};
+use osprey_tests::{http_get_json, rendered_dom_in, screenshot, start_demo, wait_until, Window};
 use serde_json::Value;
 
 const DEVICES: usize = 8;
 /// The demo's second machine, whose bearing fails (`osprey_cloud::demo::fleet`).
 const FAILING: &str = "compressor-02";
-
-fn start_demo() -> (Proc, String) {
-    let mut demo = Proc::spawn(Command::new(bin("osprey")).args([
-        "demo",
-        "--listen",
-        "127.0.0.1:0",
-        "--devices",
-        &DEVICES.to_string(),
-        "--interval-ms",
-        "50",
-    ]));
-    let line = demo.stdout_line_matching("  dashboard: ", Duration::from_secs(60));
-    let url = line
-        .trim()
-        .trim_start_matches("dashboard:")
-        .trim()
-        .trim_end_matches('/')
-        .to_owned();
-    (demo, url)
-}
 
 /// An open `GET /api/fleet/events` whose events are read on a thread: `(name, data)`.
 fn open_stream(url: &str) -> std::sync::mpsc::Receiver<(String, Value)> {
@@ -73,7 +52,7 @@ fn open_stream(url: &str) -> std::sync::mpsc::Receiver<(String, Value)> {
 
 #[test]
 fn the_fleet_device_and_alerts_pages_show_the_failing_machine_live_on_desktop_and_phone() {
-    let (mut demo, url) = start_demo();
+    let (mut demo, url) = start_demo(DEVICES, 50);
 
     // Live: a stream opened before the compressor's bearing crosses 80 °C (about 7 s at 50 ms
     // a sample) delivers the raise, then the page with the compressor on top.

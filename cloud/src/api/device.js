@@ -290,7 +290,7 @@
       alertsView(episodes);
       timelineView(hist);
       chartsView(hist);
-      document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
+      document.getElementById("live").textContent = "updated " + new Date().toLocaleTimeString();
       O.showError("");
       document.body.dataset.loaded = "true";
       O.fit();

@@ -92,13 +92,16 @@ impl Fleet {
         self.send(device, MsgBody::Alert(alert)).await;
     }
 
-    async fn get(&self, uri: &str) -> (StatusCode, Value) {
-        let response = self
-            .router
+    async fn request(&self, uri: &str) -> axum::response::Response {
+        self.router
             .clone()
             .oneshot(Request::get(uri).body(Body::empty()).unwrap())
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        let response = self.request(uri).await;
         let status = response.status();
         let bytes = axum::body::to_bytes(response.into_body(), 1 << 22)
             .await
@@ -463,16 +466,7 @@ async fn read_until(body: &mut Body, mut want: impl FnMut(&str, &Value) -> bool)
 #[tokio::test]
 async fn the_live_view_sends_the_page_then_only_changes_and_new_alerts() {
     let mut f = five().await;
-    let response = f
-        .router
-        .clone()
-        .oneshot(
-            Request::get("/api/fleet/events?limit=3")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let response = f.request("/api/fleet/events?limit=3").await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         response.headers()["content-type"].to_str().unwrap(),
@@ -527,16 +521,7 @@ async fn the_live_view_sends_the_page_then_only_changes_and_new_alerts() {
     assert_eq!(change["counts"]["critical"], 2);
 
     // A stream that resumes from a cursor gets the alerts after it first.
-    let response = f
-        .router
-        .clone()
-        .oneshot(
-            Request::get("/api/fleet/events?after=0")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let response = f.request("/api/fleet/events?after=0").await;
     let mut body = response.into_body();
     let mut alerts = 0;
     assert!(
@@ -557,12 +542,7 @@ async fn pages_and_their_files_are_served_without_inline_script() {
         ("/alerts", "/assets/alerts.js"),
         ("/", "/assets/fleet.js"),
     ] {
-        let response = f
-            .router
-            .clone()
-            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-            .await
-            .unwrap();
+        let response = f.request(uri).await;
         assert_eq!(response.status(), StatusCode::OK, "{uri}");
         let page = axum::body::to_bytes(response.into_body(), 1 << 20)
             .await
@@ -575,16 +555,7 @@ async fn pages_and_their_files_are_served_without_inline_script() {
         );
     }
     for (name, kind, _) in pages::ASSETS {
-        let response = f
-            .router
-            .clone()
-            .oneshot(
-                Request::get(format!("/assets/{name}"))
-                    .body(Body::empty())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let response = f.request(&format!("/assets/{name}")).await;
         assert_eq!(response.status(), StatusCode::OK, "{name}");
         assert_eq!(response.headers()["content-type"], kind);
     }
