@@ -11,6 +11,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use osprey_protocol::{Body, Envelope, Series, TelemetryBatch};
+use osprey_tests::fleet::publish_all;
+use osprey_tests::Proc;
 use osprey_tests::{http_get_json, rendered_dom_in, screenshot, start_demo, wait_until, Window};
 use serde_json::Value;
 
@@ -212,6 +215,36 @@ fn the_fleet_device_and_alerts_pages_show_the_failing_machine_live_on_desktop_an
         "alerts page scrolls sideways:\n{dom}"
     );
 
+    // A device with 128-character names (the longest device id and sensor names the protocol
+    // allows) still fits a phone: names wrap or are cut with an ellipsis.
+    let long_device: String = "line-7-packer-"
+        .chars()
+        .chain(std::iter::repeat('x'))
+        .take(128)
+        .collect();
+    let long_sensor: String = "spindle-bearing-"
+        .chars()
+        .chain(std::iter::repeat('s'))
+        .take(128)
+        .collect();
+    publish_long_names(&demo, &long_device, &long_sensor);
+    wait_until(Duration::from_secs(30), Duration::from_millis(300), || {
+        let page = http_get_json(&format!("{url}/api/fleet?q=line-7&limit=1"));
+        (page["rows"][0]["latest"].as_array().map(Vec::len) == Some(1)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the long-named device never showed\n{}", demo.logs()));
+    for path in [format!("/?q=line-7"), format!("/devices/{long_device}")] {
+        let dom = rendered_dom_in(&format!("{url}{path}"), Window::PHONE);
+        assert!(
+            dom.contains(&long_sensor),
+            "{path}: the long sensor name is not shown:\n{dom}"
+        );
+        assert!(
+            dom.contains(r#"data-overflow="false""#),
+            "{path}: 128-character names make the phone layout scroll sideways:\n{dom}"
+        );
+    }
+
     // Screenshots for a person to look at (target/screenshots/).
     for (name, path) in [
         ("fleet", "/".to_owned()),
@@ -238,6 +271,35 @@ fn the_fleet_device_and_alerts_pages_show_the_failing_machine_live_on_desktop_an
         status.success(),
         "demo exited with {status}\n{}",
         demo.logs()
+    );
+}
+
+/// Publishes one telemetry message of `device` with a series of `sensor` to the demo's broker
+/// (its address is on the demo's first line: "… MQTT broker on 127.0.0.1:PORT …").
+fn publish_long_names(demo: &Proc, device: &str, sensor: &str) {
+    let out = demo.stdout();
+    let port: u16 = out
+        .split_once("MQTT broker on 127.0.0.1:")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no broker address in the demo's output:\n{out}"));
+    let now = osprey_tests::bench::now_ms();
+    let mut series = Series::new(sensor, "temperature", "Cel");
+    for i in 0..5 {
+        series.push(now - 5_000 + i * 1_000, 40.0 + i as f64);
+    }
+    let payload = Envelope::new(
+        device,
+        1,
+        Body::Telemetry(TelemetryBatch {
+            series: vec![series],
+        }),
+    )
+    .encode()
+    .unwrap();
+    publish_all(
+        port,
+        vec![(format!("dt/osprey/{device}/telemetry"), payload)],
     );
 }
 

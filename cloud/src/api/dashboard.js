@@ -198,7 +198,15 @@ const Osprey = (() => {
   // phone layout must never scroll sideways. Pages call it after they render.
   function fit() {
     const root = document.documentElement;
-    root.dataset.overflow = String(root.scrollWidth > root.clientWidth + 1);
+    const wide = root.scrollWidth > root.clientWidth + 1;
+    root.dataset.overflow = String(wide);
+    if (!wide) { delete root.dataset.overflowAt; return; }
+    // Name the innermost element that sticks out, for whoever has to fix it.
+    let found = null;
+    for (const node of document.body.querySelectorAll("*")) {
+      if (node.getBoundingClientRect().right > root.clientWidth + 1) found = node;
+    }
+    if (found) root.dataset.overflowAt = found.tagName.toLowerCase() + (found.id ? "#" + found.id : "") + (found.className && typeof found.className === "string" ? "." + found.className.split(" ").join(".") : "");
   }
 
   return { fit, el, unit, num, quantity, duration, age, time, series, deviceLink, badge, api, stream, query, devicePath, setUpLogin, showError, LoginNeeded };

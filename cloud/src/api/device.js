@@ -205,7 +205,9 @@
         ctx.font = (11 * dpr) + "px system-ui, sans-serif";
         ctx.textAlign = "left";
         ctx.textBaseline = "bottom";
-        ctx.fillText(th.rule + " " + O.num(th.level), left + 4 * dpr, y - 4 * dpr);
+        // Above the line, or below it when the line is at the top of the plot.
+        const labelY = y - 16 * dpr < top ? y + 14 * dpr : y - 4 * dpr;
+        ctx.fillText(th.rule + " " + O.num(th.level), left + 4 * dpr, labelY);
       }
       for (const a of marks) {
         const x = u.valToPos(a.time_ms / 1000, "x", true);
