@@ -16,8 +16,10 @@
 //! API token goes in the `Authorization` header; `EventSource` cannot send one).
 //!
 //! Cost: a stream holds no store connection between polls; an idle fleet costs one small
-//! query per second per stream, and a change costs one fleet page. The stream ends when the
-//! client goes away or the server shuts down.
+//! query per second per stream, and a change costs one fleet page (ranking 10,000 devices took
+//! about 0.35 s in a debug build), so a stream waits four times as long as its last look took
+//! before the next, and spends at most a fifth of its time on the store. The stream ends when
+//! the client goes away or the server shuts down.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -35,7 +37,7 @@ use super::ApiState;
 use crate::store::fleetview::{FleetCounts, FleetMark, FleetQuery, FleetRow};
 use crate::store::StoreError;
 
-/// How often a stream looks at the store.
+/// How often a stream looks at the store, at least (a slow look makes it wait longer).
 pub const POLL: Duration = Duration::from_secs(1);
 
 /// Most alert events sent per poll (a stream far behind catches up over several).
@@ -66,6 +68,8 @@ struct Live {
     counts: Option<FleetCounts>,
     pending: VecDeque<Event>,
     first: bool,
+    /// Time between looks at the store: [`POLL`], longer when a look is slow.
+    pause: Duration,
 }
 
 /// `GET /api/fleet/events`.
@@ -96,6 +100,7 @@ pub async fn fleet_events(
         counts: None,
         pending: VecDeque::new(),
         first: true,
+        pause: POLL,
     };
     let events = stream::unfold(live, |mut live| async move {
         let event = live.next().await?;
@@ -114,7 +119,7 @@ impl Live {
             if !self.first {
                 let mut shutdown = self.state.shutdown.clone();
                 tokio::select! {
-                    () = tokio::time::sleep(POLL) => {}
+                    () = tokio::time::sleep(self.pause) => {}
                     () = async { match shutdown.as_mut() {
                         Some(s) => s.wait().await,
                         None => std::future::pending().await,
@@ -122,7 +127,12 @@ impl Live {
                 }
             }
             self.first = false;
-            if let Err(e) = self.poll().await {
+            let started = std::time::Instant::now();
+            let polled = self.poll().await;
+            // A stream spends at most a fifth of its time reading the store: a fleet whose page
+            // takes 0.3 s to rank is looked at every 1.5 s, not every second.
+            self.pause = POLL.max(started.elapsed() * 4);
+            if let Err(e) = polled {
                 tracing::warn!(error = %e, "live fleet view: store read failed; retrying");
                 self.mark = None;
                 self.pending
