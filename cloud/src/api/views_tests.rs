@@ -29,15 +29,21 @@ struct Fleet {
 }
 
 impl Fleet {
+    /// A store whose signals predict crossings of `bearing-hot` (critical, above 80), and an
+    /// API that draws its level.
     async fn new() -> Fleet {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("osprey.db")).unwrap();
-        let pipeline = Pipeline::new(store.writer());
         let rule = ThresholdRule {
             threshold: 80.0,
             severity: Severity::Critical,
             ..ThresholdRule::new("bearing-hot", "bearing", "temperature", Comparison::Above)
         };
+        let signals = crate::analytics::signals::SignalsConfig {
+            rules: vec![rule.clone()],
+            ..Default::default()
+        };
+        let store = Store::open_with(dir.path().join("osprey.db"), signals).unwrap();
+        let pipeline = Pipeline::new(store.writer());
         let mut state = ApiState::new(store.reader(), pipeline.stats_handle());
         state.rules = Arc::from(vec![rule]);
         Fleet {
@@ -285,6 +291,37 @@ async fn history_buckets_windows_and_draws_rules_alerts_and_corrections() {
     );
     let (status, _) = f.get("/api/devices/pump-9/history").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn history_carries_the_predicted_crossing_to_draw_forward() {
+    let mut f = Fleet::new().await;
+    // Ten minutes rising 2 °C a minute from 40 °C, a reading every 5 s: a clear trend that
+    // reaches 80 °C about 10 minutes after the last window.
+    for minute in 0..10 {
+        let readings: Vec<(i64, f64)> = (0..12)
+            .map(|k| {
+                let t = T0 + minute * MIN + k * 5_000;
+                (t, 40.0 + 2.0 * (t - T0) as f64 / MIN as f64)
+            })
+            .collect();
+        f.readings("pump-1", &readings).await;
+    }
+    let to = T0 + 10 * MIN;
+    let (_, h) = f
+        .get(&format!("/api/devices/pump-1/history?range=1h&to_ms={to}"))
+        .await;
+    let signals = &h["series"][0]["signals"];
+    let p = &signals["predictions"][0];
+    assert_eq!(p["rule"], "bearing-hot", "{signals}");
+    let crossing = p["crossing_ms"].as_i64().unwrap();
+    assert!(
+        (T0 + 19 * MIN..T0 + 22 * MIN).contains(&crossing),
+        "crossing at {} min",
+        (crossing - T0) / MIN
+    );
+    assert!(p["remaining_low_ms"].as_i64().unwrap() <= p["remaining_ms"].as_i64().unwrap());
+    assert!(signals["trend"]["level"].as_f64().unwrap() > 55.0, "{signals}");
 }
 
 #[tokio::test]
