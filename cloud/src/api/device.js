@@ -121,7 +121,12 @@
     const p = s.signals && s.signals.predictions.length ? s.signals.predictions[0] : null;
     if (p) {
       if (p.remaining_ms === 0) parts.push("Already across the " + p.severity + " level " + O.quantity(p.threshold, u) + " (rule " + p.rule + ").");
-      else parts.push("Predicted to reach the " + p.severity + " level " + O.quantity(p.threshold, u) + " in about " + O.duration(p.remaining_ms) + " (between " + O.duration(p.remaining_low_ms) + " and " + (p.remaining_high_ms === null ? "unknown" : O.duration(p.remaining_high_ms)) + ", rule " + p.rule + ").");
+      else {
+        const low = O.duration(p.remaining_low_ms);
+        const high = p.remaining_high_ms === null ? "an unknown time" : O.duration(p.remaining_high_ms);
+        const range = low === high ? "" : "between " + low + " and " + high + ", ";
+        parts.push("Predicted to reach the " + p.severity + " level " + O.quantity(p.threshold, u) + " in about " + O.duration(p.remaining_ms) + " (" + range + "rule " + p.rule + ").");
+      }
     }
     return parts.join(" ");
   }
@@ -173,7 +178,8 @@
     let xmax = hist.to_ms;
     if (p && p.remaining_ms > 0) {
       const far = p.remaining_high_ms === null ? p.crossing_ms : s.signals.as_of_ms + p.remaining_high_ms;
-      xmax = Math.max(xmax, Math.min(far, hist.to_ms + span / 2));
+      // Room for the crossing's marker past the latest crossing time.
+      xmax = Math.max(xmax, Math.min(far + span / 30, hist.to_ms + span / 2));
     }
     const levels = s.thresholds.map((t) => t.level);
     if (p) levels.push(p.threshold);
