@@ -233,7 +233,7 @@ fn the_fleet_device_and_alerts_pages_show_the_failing_machine_live_on_desktop_an
         (page["rows"][0]["latest"].as_array().map(Vec::len) == Some(1)).then_some(())
     })
     .unwrap_or_else(|| panic!("the long-named device never showed\n{}", demo.logs()));
-    for path in [format!("/?q=line-7"), format!("/devices/{long_device}")] {
+    for path in ["/?q=line-7".to_owned(), format!("/devices/{long_device}")] {
         let dom = rendered_dom_in(&format!("{url}{path}"), Window::PHONE);
         assert!(
             dom.contains(&long_sensor),

@@ -321,7 +321,10 @@ async fn history_carries_the_predicted_crossing_to_draw_forward() {
         (crossing - T0) / MIN
     );
     assert!(p["remaining_low_ms"].as_i64().unwrap() <= p["remaining_ms"].as_i64().unwrap());
-    assert!(signals["trend"]["level"].as_f64().unwrap() > 55.0, "{signals}");
+    assert!(
+        signals["trend"]["level"].as_f64().unwrap() > 55.0,
+        "{signals}"
+    );
 }
 
 #[tokio::test]
