@@ -11,8 +11,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use osprey_protocol::{Body, Envelope, Series, TelemetryBatch};
-use osprey_tests::fleet::publish_all;
+use osprey_protocol::Series;
+use osprey_tests::fleet::{publish_all, telemetry};
 use osprey_tests::Proc;
 use osprey_tests::{http_get_json, rendered_dom_in, screenshot, start_demo, wait_until, Window};
 use serde_json::Value;
@@ -288,15 +288,7 @@ fn publish_long_names(demo: &Proc, device: &str, sensor: &str) {
     for i in 0..5 {
         series.push(now - 5_000 + i * 1_000, 40.0 + i as f64);
     }
-    let payload = Envelope::new(
-        device,
-        1,
-        Body::Telemetry(TelemetryBatch {
-            series: vec![series],
-        }),
-    )
-    .encode()
-    .unwrap();
+    let payload = telemetry(device, 1, series);
     publish_all(
         port,
         vec![(format!("dt/osprey/{device}/telemetry"), payload)],
