@@ -1,7 +1,7 @@
 "use strict";
 // A device's page: health with its reasons, alert episodes, the status timeline, and a chart
 // per series over 1 h / 24 h / 7 d / 30 d from /api/devices/{id}/history (downsampled on the
-// server): the mean with its min–max band, rule levels, raise/clear markers, and the predicted
+// server): the mean with its p5–p95 band inside its min–max band, rule levels, raise/clear markers, and the predicted
 // breach drawn forward with its range. Each chart has a text summary and a table of its
 // numbers for screen readers; once drawn, its <figure> carries data-rendered and data-points.
 (() => {
@@ -115,6 +115,7 @@
       s.mean.forEach((x, i) => { if (x !== null) sum += x * s.count[i]; });
       parts.push("Last " + RANGE_WORDS[range] + ": " + s.windows.toLocaleString() + (s.windows === 1 ? " one-minute window, " : " one-minute windows, ") + readings.toLocaleString() + " readings, mean " + O.quantity(sum / readings, u) + ", lowest " + O.quantity(lo, u) + ", highest " + O.quantity(hi, u) + "; newest " + O.quantity(means[means.length - 1], u) + ".");
     }
+    if (means.length && s.p95.every((x) => x === null)) parts.push("The range is too long for a p5–p95 band; the band shows min–max.");
     const fixes = s.corrections.reduce((a, b) => a + b, 0);
     parts.push(s.corrected_windows ? s.corrected_windows + " window(s) corrected by late data (" + fixes + " correction(s))." : "No window corrected by late data.");
     for (const th of s.thresholds) parts.push(th.severity + " level " + O.quantity(th.level, u) + " (rule " + th.rule + ").");
@@ -140,13 +141,13 @@
     for (let i = s.t.length - 1; i >= 0 && idx.length < 60; i--) if (s.count[i] > 0) idx.push(i);
     table.append(O.el("caption", "", "Newest " + idx.length + " buckets of " + O.duration(hist.bucket_ms) + ", unit " + (O.unit(s.unit) || "none")));
     const head = O.el("tr");
-    for (const h of ["Start", "Mean", "Min", "Max", "Readings", "Corrections"]) { const th = O.el("th", h === "Start" ? "" : "num", h); th.scope = "col"; head.append(th); }
+    for (const h of ["Start", "Mean", "Min", "p5", "p95", "Max", "Readings", "Corrections"]) { const th = O.el("th", h === "Start" ? "" : "num", h); th.scope = "col"; head.append(th); }
     const thead = O.el("thead"); thead.append(head);
     const body = O.el("tbody");
     for (const i of idx) {
       const tr = O.el("tr");
       tr.append(O.el("td", "", O.time(s.t[i])), O.el("td", "num", O.num(s.mean[i])), O.el("td", "num", O.num(s.min[i])),
-        O.el("td", "num", O.num(s.max[i])), O.el("td", "num", String(s.count[i])), O.el("td", "num", String(s.corrections[i])));
+        O.el("td", "num", O.num(s.p5[i])), O.el("td", "num", O.num(s.p95[i])), O.el("td", "num", O.num(s.max[i])), O.el("td", "num", String(s.count[i])), O.el("td", "num", String(s.corrections[i])));
       body.append(tr);
     }
     table.append(thead, body);
@@ -255,13 +256,15 @@
       series: [
         {},
         { label: "mean", stroke: "#1a4fb5", width: 2, spanGaps: false, points: { show: points < 3 } },
-        { label: "min", stroke: "rgba(26, 79, 181, 0.25)", width: 1 },
-        { label: "max", stroke: "rgba(26, 79, 181, 0.25)", width: 1 },
+        { label: "min", stroke: "rgba(26, 79, 181, 0.25)", width: 1, points: { show: false } },
+        { label: "max", stroke: "rgba(26, 79, 181, 0.25)", width: 1, points: { show: false } },
+        { label: "p5", stroke: "rgba(26, 79, 181, 0)", width: 0, points: { show: false } },
+        { label: "p95", stroke: "rgba(26, 79, 181, 0)", width: 0, points: { show: false } },
       ],
-      bands: [{ series: [3, 2], fill: "rgba(26, 79, 181, 0.14)" }],
+      bands: [{ series: [3, 2], fill: "rgba(26, 79, 181, 0.10)" }, { series: [5, 4], fill: "rgba(26, 79, 181, 0.22)" }],
       hooks: { draw: [draw] },
     };
-    return { fig, plot, opts, data: [xs, s.mean, s.min, s.max] };
+    return { fig, plot, opts, data: [xs, s.mean, s.min, s.max, s.p5, s.p95] };
   }
 
   function chartsView(hist) {

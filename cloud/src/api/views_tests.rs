@@ -227,6 +227,17 @@ async fn history_buckets_windows_and_draws_rules_alerts_and_corrections() {
     );
     assert_eq!(s["corrections"][last], 0);
     assert!(s["mean"][0].is_null(), "empty buckets are null");
+    // The band: percentiles of the merged sketches (1 % relative accuracy; of three
+    // readings, p95 is the second or the third).
+    let (p5, p95) = (
+        s["p5"][last - 1].as_f64().unwrap(),
+        s["p95"][last - 1].as_f64().unwrap(),
+    );
+    assert!(
+        (39.5..40.5).contains(&p5) && (41.5..44.5).contains(&p95),
+        "{p5} {p95}"
+    );
+    assert!(s["p95"][0].is_null());
     assert_eq!(
         (s["windows"].as_u64(), s["corrected_windows"].as_u64()),
         (Some(2), Some(1))

@@ -10,8 +10,10 @@
 //! The bucket is `(to − from) / points` rounded up to a whole number of minutes (the tumbling
 //! window), so a 30-day range at 240 points reads 43,200 windows per series in SQL and returns
 //! 240 buckets of them; a 1-hour range returns the one-minute windows themselves. Empty buckets
-//! are `null` in every column, which charts draw as gaps. Percentile bands (p5–p95) would need
-//! every window's quantile sketch merged per bucket; the bucket keeps min and max instead.
+//! are `null` in every column, which charts draw as gaps. The p5–p95 band merges the quantile
+//! sketches of a bucket's windows (one blob per window, decoded in Rust), so it is computed
+//! while the range holds at most [`MAX_SKETCH_WINDOWS`] windows (a week of two series at one
+//! a minute); beyond that the bucket has min and max only.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,6 +21,7 @@ use rusqlite::{params, types::Value, Connection};
 use serde::Serialize;
 
 use super::query::AlertRow;
+use crate::analytics::Sketch;
 use crate::window::WINDOW_MS;
 
 /// Most buckets per series.
@@ -26,6 +29,10 @@ pub const MAX_POINTS: u32 = 2_000;
 
 /// Fewest buckets per series.
 pub const MIN_POINTS: u32 = 10;
+
+/// Most windows whose quantile sketches a history merges for its p5–p95 band (a week of
+/// one-minute windows of two series); a longer range gets min and max only.
+pub const MAX_SKETCH_WINDOWS: u64 = 20_160;
 
 /// One series over the range, as columns (one entry per bucket; `null` where it is empty).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -44,6 +51,11 @@ pub struct SeriesHistory {
     pub min: Vec<Option<f64>>,
     /// Largest reading.
     pub max: Vec<Option<f64>>,
+    /// 5th percentile of the bucket's readings (from the windows' merged quantile sketches);
+    /// all `null` when the range holds more than [`MAX_SKETCH_WINDOWS`] windows.
+    pub p5: Vec<Option<f64>>,
+    /// 95th percentile, likewise.
+    pub p95: Vec<Option<f64>>,
     /// Readings in the bucket.
     pub count: Vec<u64>,
     /// Corrections (late data changing a closed window) of the bucket's windows.
@@ -115,6 +127,8 @@ pub fn history(
             mean: vec![None; buckets],
             min: vec![None; buckets],
             max: vec![None; buckets],
+            p5: vec![None; buckets],
+            p95: vec![None; buckets],
             count: vec![0; buckets],
             corrections: vec![0; buckets],
             windows: 0,
@@ -158,12 +172,55 @@ pub fn history(
         s.windows += windows;
         s.corrected_windows += corrected;
     }
+    if series.values().map(|s| s.windows).sum::<u64>() <= MAX_SKETCH_WINDOWS {
+        percentiles(conn, device, (from_ms, to_ms, bucket), &mut series)?;
+    }
     Ok(History {
         from_ms,
         to_ms,
         bucket_ms: bucket,
         series: series.into_values().collect(),
     })
+}
+
+/// Fills `p5` and `p95` of every bucket from its windows' sketches, merged.
+fn percentiles(
+    conn: &Connection,
+    device: &str,
+    (from_ms, to_ms, bucket): (i64, i64, i64),
+    series: &mut BTreeMap<(String, String), SeriesHistory>,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT sensor, metric, (start_ms - ?2) / ?4, sketch FROM windows \
+         WHERE device = ?1 AND kind = 'tumbling' AND start_ms >= ?2 AND start_ms < ?3 \
+         ORDER BY sensor, metric, start_ms",
+    )?;
+    let mut rows = stmt.query(params![device, from_ms, to_ms, bucket])?;
+    let mut current: Option<((String, String), i64, Sketch)> = None;
+    let mut finish = |done: Option<((String, String), i64, Sketch)>| {
+        let Some((key, i, sketch)) = done else { return };
+        let (Some(s), Ok(i)) = (series.get_mut(&key), usize::try_from(i)) else {
+            return;
+        };
+        if i < s.p5.len() {
+            s.p5[i] = sketch.quantile(0.05);
+            s.p95[i] = sketch.quantile(0.95);
+        }
+    };
+    while let Some(row) = rows.next()? {
+        let key = (row.get::<_, String>(0)?, row.get::<_, String>(1)?);
+        let i: i64 = row.get(2)?;
+        let bytes: Vec<u8> = row.get(3)?;
+        let sketch = Sketch::from_bytes(&bytes).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Blob, e.into())
+        })?;
+        match &mut current {
+            Some((k, b, merged)) if *k == key && *b == i => merged.merge(&sketch),
+            _ => finish(current.replace((key, i, sketch))),
+        }
+    }
+    finish(current);
+    Ok(())
 }
 
 /// Which alert episodes to list.
