@@ -10,7 +10,7 @@
 //! | `GET /api/devices/{device}` | `DeviceSummary`, 404 if unknown |
 //! | `GET /api/devices/{device}/windows?sensor=&metric=&kind=&since_ms=&limit=` | `[WindowRow]`, newest first; 404 if unknown |
 //! | `GET /api/devices/{device}/signals` | `DeviceSignals`: health (score, reasons) and each series' signals (baseline, anomaly score, trend, predicted crossings, vibration); 404 if unknown |
-//! | `GET /api/devices/{device}/history?range=&to_ms=&points=` | each series downsampled into at most `points` buckets (mean, min, max, corrections), threshold lines, signals, alert events, status timeline ([`views`]); 404 if unknown |
+//! | `GET /api/devices/{device}/history?range=&to_ms=&points=` | each series downsampled into at most `points` buckets (mean, min, max, p5, p95, corrections), threshold lines, signals, alert events, status timeline ([`views`]); 404 if unknown |
 //! | `GET /api/fleet?q=&status=&severity=&sort=&offset=&limit=` | one page of the fleet, worst first by default, with the whole fleet's counts ([`views`]) |
 //! | `GET /api/fleet/events?…&after=` | the same page kept live: server-sent `fleet` (changed rows, order, counts) and `alert` events ([`live`]) |
 //! | `GET /api/alerts/episodes?device=&rule=&severity=&from_ms=&to_ms=&state=&limit=` | raise → clear episodes with durations, active first ([`views`]) |

@@ -4,7 +4,7 @@
 //! | route | parameters | returns |
 //! |---|---|---|
 //! | `GET /api/fleet` | `q` (text in the id), `status` (`online`, `offline`, `unknown`), `severity` (worst active alert: `critical`, `warning`, `info`, `none`), `sort` (`worst`, `name`, `last_seen`), `offset`, `limit` (1 to 500, default 50) | [`FleetPage`]: `total` matching, the whole fleet's `counts`, the page's `rows` (health and reasons, active alerts by severity, latest windows) |
-//! | `GET /api/devices/{device}/history` | `range` (`1h`, `24h`, `7d`, `30d`, any `Nm`/`Nh`/`Nd`; default `1h`), `to_ms` (default now), `points` (10 to 2000, default 240) | [`DeviceHistory`]: per series, bucket columns (`t`, `mean`, `min`, `max`, `count`, `corrections`), the threshold lines of the rules in effect, the series' signals (trend, predicted crossings); the device's alert events in range; its status timeline |
+//! | `GET /api/devices/{device}/history` | `range` (`1h`, `24h`, `7d`, `30d`, any `Nm`/`Nh`/`Nd`; default `1h`), `to_ms` (default now), `points` (10 to 2000, default 240) | [`DeviceHistory`]: per series, bucket columns (`t`, `mean`, `min`, `max`, `p5`, `p95`, `count`, `corrections`), the threshold lines of the rules in effect, the series' signals (trend, predicted crossings); the device's alert events in range; its status timeline |
 //! | `GET /api/alerts/episodes` | `device`, `rule`, `severity`, `from_ms` (default 7 days ago), `to_ms`, `state` (`active`, `ended`), `limit` | [`Episode`]s: raise → clear with durations, active first (critical, warning, info), then newest |
 //!
 //! Every parameter is checked ([`super::params`]): an unknown name, a bad value or a range
