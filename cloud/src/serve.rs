@@ -299,6 +299,8 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     let mut router = api::router(ApiState {
         reader: reader.clone(),
         stats: pipeline.stats_handle(),
+        rules: Arc::from(cfg.signals.rules.clone()),
+        shutdown: Some(shutdown.clone()),
     })
     .merge(
         Arc::new({

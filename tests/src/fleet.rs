@@ -76,6 +76,20 @@ impl SimulatedDevice {
     }
 }
 
+/// The encoded telemetry message `seq` of `device` carrying one series.
+///
+/// # Panics
+///
+/// When the message cannot be encoded (too large).
+pub fn telemetry(device: &str, seq: u64, series: osprey_protocol::Series) -> Vec<u8> {
+    let batch = osprey_protocol::TelemetryBatch {
+        series: vec![series],
+    };
+    Envelope::new(device, seq, Body::Telemetry(batch))
+        .encode()
+        .unwrap_or_else(|e| panic!("cannot encode a telemetry message: {e}"))
+}
+
 /// Publishes `messages` in order to the broker on 127.0.0.1:`port` at QoS 1, with up to 256
 /// awaiting their PUBACK; returns once the broker has acknowledged every one.
 ///

@@ -7,12 +7,14 @@
 //!  paths     workspace_root(), bin("osprey")            built binaries (target/debug/…)
 //!  process   Proc, log_field()                          child process, logs to files, killed on drop;
 //!                                                       a number from the agent's log lines
+//!  demo      start_demo(devices, interval_ms)           `osprey demo` on a free port, and its URL
 //!  certs     Certs                                      openssl-made CA, server, device and rogue certs
 //!  mosquitto Mosquitto                                  a broker per test: plain or mutual TLS, stop/restart
 //!  moto      moto_endpoint(), unique_name()             the Kinesis/DynamoDB API that tests/run.sh started
 //!            MotoServer                                 a private moto server (to stall it with SIGSTOP)
 //!  net       free_port(), http_get_json(), wait_until() loopback ports, a tiny HTTP client, polling
-//!  browser   rendered_dom(url)                          headless Chromium's DOM after the scripts ran
+//!  browser   rendered_dom(url), screenshot(url, window)  headless Chromium's DOM after the scripts ran,
+//!            Window::{DESKTOP, PHONE}                   or a PNG in target/screenshots/
 //!  shadow    ShadowService                              a stand-in for AWS IoT's Device Shadow service
 //!  greengrass Nucleus                                   a stand-in for the Greengrass nucleus's IPC server
 //!  fleet     SimulatedDevice, publish_all()             real agent payloads, a pipelined QoS 1 publisher
@@ -46,6 +48,7 @@
 pub mod bench;
 mod browser;
 mod certs;
+mod demo;
 pub mod fleet;
 mod greengrass;
 mod lambda;
@@ -57,8 +60,9 @@ mod process;
 mod shadow;
 mod subscriber;
 
-pub use browser::{chromium, rendered_dom};
+pub use browser::{chromium, rendered_dom, rendered_dom_in, screenshot, screenshot_dir, Window};
 pub use certs::{Certs, ClientCert, KeyForm};
+pub use demo::start_demo;
 pub use greengrass::{Nucleus, Published, COMPONENT};
 pub use lambda::{base64, kinesis_event_json};
 pub use mosquitto::{mosquitto_publish, mosquitto_tool, Listener, Mosquitto};

@@ -784,19 +784,34 @@ fn the_dashboard_asks_for_the_token_when_the_api_needs_one() {
     cmd.env("OSPREY_API_TOKEN", TOKEN);
     let (mut serve, addr) = start(cmd);
     // Chromium sends Host 127.0.0.1:PORT, which the loopback check accepts; the CSP lets the
-    // page's own script run, and its fetch gets a 401.
-    let dom = osprey_tests::rendered_dom(&format!("http://{addr}/"));
-    assert!(
-        dom.contains(r#"id="login" style="display: block;""#),
-        "the token form is not shown:\n{dom}"
-    );
-    assert!(!dom.contains("Cannot reach"), "{dom}");
+    // page's own script run, and its fetch gets a 401. Every page (fleet, device, alerts) is
+    // open and asks for the token; what it fetches is not open.
+    for page in ["/", "/devices/pump-1", "/alerts"] {
+        let dom = osprey_tests::rendered_dom(&format!("http://{addr}{page}"));
+        assert!(
+            dom.contains(r#"<form id="login">"#),
+            "{page}: the token form is not shown:\n{dom}"
+        );
+        assert!(!dom.contains("Cannot reach"), "{page}: {dom}");
+    }
+    for (path, status) in [
+        ("/devices/pump-1", 200),
+        ("/alerts", 200),
+        ("/assets/uPlot.min.js", 200),
+        ("/assets/device.js", 200),
+        ("/api/fleet", 401),
+        ("/api/fleet/events", 401),
+        ("/api/devices/pump-1/history", 401),
+        ("/api/alerts/episodes", 401),
+    ] {
+        assert_eq!(get(&addr, &addr, path, &[]).status, status, "{path}");
+    }
     serve.terminate(Duration::from_secs(15)).unwrap();
 
     // Without a token the same page loads the (empty) fleet and keeps the form hidden.
     let (mut open, addr) = start(serve_command(dir.path(), &dead_broker_args(&port)));
     let dom = osprey_tests::rendered_dom(&format!("http://{addr}/"));
     assert!(dom.contains("No device has reported yet."), "{dom}");
-    assert!(!dom.contains(r#"style="display: block;""#), "{dom}");
+    assert!(dom.contains(r#"<form id="login" hidden="">"#), "{dom}");
     open.terminate(Duration::from_secs(15)).unwrap();
 }

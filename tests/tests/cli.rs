@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use osprey_protocol::{topic, Body, Envelope, Kind, Series, TelemetryBatch};
+use osprey_protocol::{topic, Kind, Series};
 use osprey_tests::{
     bin, free_port, http_get_json, mosquitto_tool, wait_until, workspace_root, Mosquitto, Proc,
 };
@@ -184,15 +184,7 @@ fn osprey_fleet_shows_the_devices_a_running_serve_has() {
         for r in 0..readings {
             series.push(1_767_225_600_000 + r * 1000, 40.0 + r as f64);
         }
-        let payload = Envelope::new(
-            device,
-            1,
-            Body::Telemetry(TelemetryBatch {
-                series: vec![series],
-            }),
-        )
-        .encode()
-        .unwrap();
+        let payload = osprey_tests::fleet::telemetry(device, 1, series);
         let file = dir.path().join(format!("{device}.cbor"));
         std::fs::write(&file, payload).unwrap();
         files.push((topic::data(device, Kind::Telemetry), file));

@@ -5,31 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
 
-use std::process::Command;
 use std::time::Duration;
 
-use osprey_tests::{bin, http_get_json, rendered_dom, wait_until, Proc};
+use osprey_tests::{http_get_json, rendered_dom, start_demo, wait_until};
 
 const DEVICES: usize = 4;
 
 #[test]
 fn demo_serves_the_simulated_fleet_with_windows_alerts_and_a_dashboard() {
-    let mut demo = Proc::spawn(Command::new(bin("osprey")).args([
-        "demo",
-        "--listen",
-        "127.0.0.1:0",
-        "--devices",
-        &DEVICES.to_string(),
-        "--interval-ms",
-        "50",
-    ]));
-    let line = demo.stdout_line_matching("  dashboard: ", Duration::from_secs(60));
-    let url = line
-        .trim()
-        .trim_start_matches("dashboard:")
-        .trim()
-        .trim_end_matches('/')
-        .to_owned();
+    let (mut demo, url) = start_demo(DEVICES, 50);
 
     let devices = wait_until(Duration::from_secs(60), Duration::from_millis(500), || {
         let devices = http_get_json(&format!("{url}/api/devices"));

@@ -1,7 +1,7 @@
 //! Bearer-token authentication of the API (a tower layer, not handler code).
 //!
 //! ```text
-//!  request ─► open route? (/healthz, /readyz, the dashboard's page, script, style) ─► handler
+//!  request ─► open route? (/healthz, /readyz, the dashboard's pages, scripts, style) ─► handler
 //!                │ no
 //!                ▼
 //!        Authorization: Bearer T ─► SHA-256(T) == SHA-256(token), constant time ─► handler
@@ -34,14 +34,24 @@ pub const TOKEN_ENV: &str = "OSPREY_API_TOKEN";
 pub const MIN_TOKEN_BYTES: usize = 16;
 
 /// Routes served without a token: liveness and readiness probes (they tell nothing about the
-/// fleet) and the dashboard's static page, script and style (the page asks for the token).
-pub const OPEN_ROUTES: [&str; 5] = [
+/// fleet) and the dashboard's static pages, scripts and style (a page asks for the token).
+pub const OPEN_ROUTES: [&str; 6] = [
     "/healthz",
     "/readyz",
     "/",
+    "/alerts",
     "/dashboard.js",
     "/dashboard.css",
 ];
+
+/// Path prefixes served without a token: the device page (the same static page for every id)
+/// and the pages' files.
+pub const OPEN_PREFIXES: [&str; 2] = ["/devices/", "/assets/"];
+
+/// Whether `path` is served without a token.
+pub fn is_open(path: &str) -> bool {
+    OPEN_ROUTES.contains(&path) || OPEN_PREFIXES.iter().any(|p| path.starts_with(p))
+}
 
 /// The API's bearer token; only its SHA-256 is kept in memory after start.
 #[derive(Clone, PartialEq, Eq)]
@@ -115,7 +125,7 @@ pub async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    if OPEN_ROUTES.contains(&request.uri().path()) {
+    if is_open(request.uri().path()) {
         return next.run(request).await;
     }
     let presented = request.headers().get(AUTHORIZATION).and_then(bearer);
@@ -153,6 +163,27 @@ mod tests {
         assert!(!token.matches(b"0123456789abcdeF"));
         assert!(!token.matches(b""));
         assert!(!format!("{token:?}").contains("0123"));
+    }
+
+    #[test]
+    fn only_probes_pages_and_their_files_are_open() {
+        for open in [
+            "/",
+            "/alerts",
+            "/devices/pump-1",
+            "/assets/uPlot.min.js",
+            "/readyz",
+        ] {
+            assert!(is_open(open), "{open}");
+        }
+        for closed in [
+            "/api/devices",
+            "/api/devices/pump-1",
+            "/api/fleet/events",
+            "/metrics",
+        ] {
+            assert!(!is_open(closed), "{closed}");
+        }
     }
 
     #[test]

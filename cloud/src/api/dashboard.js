@@ -1,153 +1,213 @@
 "use strict";
-const REFRESH_MS = 2000;
-const STALE_MS = 60000;
+// What every page of the dashboard shares: the API token, fetching, reading a server-sent
+// event stream, units and number formats, small DOM helpers. Pages load this file first, then
+// their own script (/assets/fleet.js, device.js, alerts.js).
+//
+// The API token is asked for once per browser tab and kept in sessionStorage (gone when the
+// tab closes); every request sends it as `Authorization: Bearer`. A server without a token
+// ignores the header. Event streams are read with fetch, not EventSource, because EventSource
+// cannot send that header.
+const Osprey = (() => {
+  const TOKEN_KEY = "osprey-api-token";
 
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-
-function age(ms) {
-  if (ms < 0) ms = 0;
-  const s = Math.round(ms / 1000);
-  if (s < 60) return s + " s ago";
-  const m = Math.round(s / 60);
-  if (m < 60) return m + " min ago";
-  const h = Math.round(m / 60);
-  if (h < 48) return h + " h ago";
-  return Math.round(h / 24) + " d ago";
-}
-
-function fmt(x) {
-  if (x === null || x === undefined || !isFinite(x)) return "–";
-  const a = Math.abs(x);
-  return a !== 0 && (a >= 1e6 || a < 1e-3) ? x.toExponential(3) : x.toFixed(a >= 100 ? 1 : 2);
-}
-
-function seriesCell(latest) {
-  const td = el("td");
-  if (!latest.length) { td.append(el("span", "series-none", "–")); return td; }
-  const grid = el("div", "series");
-  for (const w of latest) {
-    grid.append(el("span", "name", w.sensor + " / " + w.metric));
-    const value = el("span", "value", fmt(w.mean) + (w.unit ? " " + w.unit : ""));
-    value.append(el("span", "range", "  (" + fmt(w.min) + " … " + fmt(w.max) + ", n=" + w.count + ")"));
-    value.title = "window " + new Date(w.start_ms).toLocaleTimeString() + "–" + new Date(w.end_ms).toLocaleTimeString();
-    grid.append(value);
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = text;
+    return node;
   }
-  td.append(grid);
-  return td;
-}
 
-function row(d, now) {
-  const tr = el("tr");
-  tr.append(el("td", "device", d.device));
-  const status = el("td");
-  const state = ["online", "offline"].includes(d.status) ? d.status : "unknown";
-  status.append(el("span", "badge " + state, state));
-  tr.append(status);
-  const since = now - d.last_seen_ms;
-  const seen = el("td", since > STALE_MS ? "stale" : "", age(since));
-  seen.title = new Date(d.last_seen_ms).toLocaleString();
-  tr.append(seen);
-  tr.append(el("td", "num", d.readings.toLocaleString()));
-  tr.append(el("td", "num" + (d.active_alerts > 0 ? " alerts" : ""), String(d.active_alerts)));
-  tr.append(healthCell(d.health));
-  tr.append(breachCell(d.next_breach));
-  tr.append(seriesCell(d.latest || []));
-  return tr;
-}
-
-function hours(ms) {
-  return (ms / 3600000).toFixed(1) + " h";
-}
-
-function healthCell(h) {
-  const score = h ? h.score : 100;
-  const td = el("td", "num health" + (score < 50 ? " alerts" : score < 80 ? " warn" : ""), String(score));
-  td.title = h && h.reasons.length ? h.reasons.map((r) => "−" + r.points + ": " + r.reason).join("\n") : "no known problem";
-  return td;
-}
-
-function breachCell(b) {
-  const td = el("td", "breach");
-  if (!b) { td.append(el("span", "series-none", "–")); return td; }
-  const high = b.remaining_high_ms === null ? "?" : hours(b.remaining_high_ms);
-  td.append(el("span", b.maintenance_alert ? "alerts" : "",
-    b.sensor + " / " + b.metric + " reaches " + fmt(b.threshold) + " in " + hours(b.remaining_ms)));
-  td.append(el("span", "range", "  (" + hours(b.remaining_low_ms) + " – " + high + ", rule " + b.rule + ")"));
-  td.title = "predicted at " + new Date(b.crossing_ms).toLocaleString();
-  return td;
-}
-
-function render(devices) {
-  const now = Date.now();
-  const body = document.getElementById("fleet");
-  body.replaceChildren();
-  if (!devices.length) {
-    const tr = el("tr");
-    const td = el("td", "empty", "No device has reported yet.");
-    td.colSpan = 6;
-    tr.append(td);
-    body.append(tr);
+  // UCUM codes as people write them (the API keeps the codes devices send).
+  const UNITS = { "Cel": "°C", "[degF]": "°F", "K": "K", "m/s2": "m/s²", "[ppm]": "ppm", "[psi]": "psi", "kPa": "kPa", "%": "%", "mm/s": "mm/s", "1": "" };
+  function unit(code) {
+    if (!code) return "";
+    return Object.prototype.hasOwnProperty.call(UNITS, code) ? UNITS[code] : code;
   }
-  devices.sort((a, b) => a.device.localeCompare(b.device, undefined, { numeric: true }));
-  for (const d of devices) body.append(row(d, now));
-  const online = devices.filter(d => d.status === "online").length;
-  const alerts = devices.reduce((n, d) => n + d.active_alerts, 0);
-  const summary = document.getElementById("summary");
-  summary.replaceChildren();
-  summary.append(el("b", "", String(devices.length)), " devices · ",
-    el("b", "", String(online)), " online · ",
-    el("b", "", String(alerts)), " active alerts");
-  document.getElementById("updated").textContent = "updated " + new Date(now).toLocaleTimeString();
-}
 
-// The API token, asked for once per browser tab and kept in sessionStorage (gone when the tab
-// closes). A server without a token ignores the header.
-const TOKEN_KEY = "osprey-api-token";
-let timer = null;
+  function num(x) {
+    if (x === null || x === undefined || !isFinite(x)) return "–";
+    const a = Math.abs(x);
+    if (a !== 0 && (a >= 1e6 || a < 1e-3)) return x.toExponential(2);
+    const digits = a >= 100 ? 0 : a >= 10 ? 1 : a >= 1 ? 2 : 3;
+    return x.toFixed(digits);
+  }
 
-function askForToken() {
-  const login = document.getElementById("login");
-  login.style.display = "block";
-  document.getElementById("token").focus();
-}
+  function quantity(x, code) {
+    const u = unit(code);
+    return u ? num(x) + " " + u : num(x);
+  }
 
-function onLogin(event) {
-  event.preventDefault();
-  const input = document.getElementById("token");
-  sessionStorage.setItem(TOKEN_KEY, input.value.trim());
-  input.value = "";
-  document.getElementById("login").style.display = "none";
-  clearTimeout(timer);
-  refresh();
-}
+  function duration(ms) {
+    if (ms === null || ms === undefined) return "–";
+    const min = ms / 60000;
+    if (min < 1) return Math.max(0, Math.round(ms / 1000)) + " s";
+    if (min < 120) return Math.round(min) + " min";
+    if (min < 48 * 60) return (min / 60).toFixed(1) + " h";
+    return (min / 1440).toFixed(1) + " days";
+  }
 
-async function refresh() {
-  const error = document.getElementById("error");
-  try {
-    const headers = {};
+  function age(ms) {
+    return duration(Math.max(0, ms)) + " ago";
+  }
+
+  function time(ms) {
+    return ms === null || ms === undefined ? "–" : new Date(ms).toLocaleString();
+  }
+
+  function series(sensor, metric) {
+    return sensor + " " + metric;
+  }
+
+  function deviceLink(id) {
+    const a = el("a", "device", id);
+    a.href = "/devices/" + encodeURIComponent(id);
+    return a;
+  }
+
+  function badge(text, kind) {
+    return el("span", "badge " + kind, text);
+  }
+
+  function headers() {
+    const h = {};
     const token = sessionStorage.getItem(TOKEN_KEY);
-    if (token) headers["Authorization"] = "Bearer " + token;
-    const response = await fetch("/api/devices", { cache: "no-store", headers });
-    if (response.status === 401) {
-      sessionStorage.removeItem(TOKEN_KEY);
-      error.style.display = "none";
-      askForToken();
-      return;
-    }
-    if (!response.ok) throw new Error("HTTP " + response.status);
-    render(await response.json());
-    error.style.display = "none";
-  } catch (e) {
-    error.textContent = "Cannot reach the Osprey API (" + e.message + "); retrying…";
-    error.style.display = "block";
+    if (token) h["Authorization"] = "Bearer " + token;
+    return h;
   }
-  timer = setTimeout(refresh, REFRESH_MS);
-}
 
-document.getElementById("login").addEventListener("submit", onLogin);
-refresh();
+  // The login form: shown when the API answers 401; what asked runs again once a token is
+  // given (each function once, however many of its requests were refused).
+  const retries = new Set();
+  function askForToken(then) {
+    if (then) retries.add(then);
+    sessionStorage.removeItem(TOKEN_KEY);
+    const login = document.getElementById("login");
+    login.hidden = false;
+    document.getElementById("token").focus();
+  }
+
+  function setUpLogin() {
+    const login = document.getElementById("login");
+    if (!login) return;
+    login.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const input = document.getElementById("token");
+      sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+      input.value = "";
+      login.hidden = true;
+      const again = [...retries];
+      retries.clear();
+      for (const r of again) r();
+    });
+  }
+
+  class LoginNeeded extends Error {}
+
+  function showError(message) {
+    const box = document.getElementById("error");
+    if (!box) return;
+    box.textContent = message || "";
+    box.hidden = !message;
+  }
+
+  // GET an API path as JSON; a 401 shows the login form (and `then` runs after it).
+  async function api(path, then) {
+    const response = await fetch(path, { cache: "no-store", headers: headers() });
+    if (response.status === 401) {
+      askForToken(then);
+      throw new LoginNeeded("the API needs its token");
+    }
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw new Error(body.error || "HTTP " + response.status);
+    return body;
+  }
+
+  // Reads the server-sent events of `path` and calls onEvent(name, data, id) for each; when the
+  // stream ends or fails, reconnects after a pause with `pathFor()` (which may carry a cursor).
+  // Returns a function that stops it. onState("live" | "reconnecting") reports the connection.
+  function stream(pathFor, onEvent, onState) {
+    const controller = new AbortController();
+    let pause = 1000;
+    async function run() {
+      while (!controller.signal.aborted) {
+        try {
+          const response = await fetch(pathFor(), { cache: "no-store", headers: headers(), signal: controller.signal });
+          if (response.status === 401) { askForToken(run); return; }
+          if (!response.ok || !response.body) throw new Error("HTTP " + response.status);
+          onState("live");
+          pause = 1000;
+          const reader = response.body.getReader();
+          const decoder = new TextDecoder();
+          let buffer = "";
+          for (;;) {
+            const { value, done } = await reader.read();
+            if (done) break;
+            buffer += decoder.decode(value, { stream: true });
+            let end;
+            while ((end = buffer.indexOf("\n\n")) >= 0) {
+              dispatch(buffer.slice(0, end), onEvent);
+              buffer = buffer.slice(end + 2);
+            }
+          }
+        } catch (e) {
+          if (controller.signal.aborted) return;
+        }
+        onState("reconnecting");
+        await new Promise((r) => setTimeout(r, pause));
+        pause = Math.min(pause * 2, 15000);
+      }
+    }
+    run();
+    return () => controller.abort();
+  }
+
+  function dispatch(block, onEvent) {
+    let name = "message", id = null;
+    const data = [];
+    for (const line of block.split("\n")) {
+      if (line.startsWith(":")) continue;
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+      if (field === "event") name = value;
+      else if (field === "data") data.push(value);
+      else if (field === "id") id = value;
+    }
+    if (!data.length) return;
+    let parsed;
+    try { parsed = JSON.parse(data.join("\n")); } catch (e) { parsed = data.join("\n"); }
+    onEvent(name, parsed, id);
+  }
+
+  // The query string of `params`, without empty values.
+  function query(params) {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(params)) {
+      if (v !== null && v !== undefined && v !== "") q.set(k, v);
+    }
+    const s = q.toString();
+    return s ? "?" + s : "";
+  }
+
+  // The API path of a device's resources.
+  function devicePath(id, rest) {
+    return "/api/devices/" + encodeURIComponent(id) + (rest || "");
+  }
+
+  // Marks the page with whether it is wider than the window (data-overflow on <html>): the
+  // phone layout must never scroll sideways. Pages call it after they render.
+  function fit() {
+    const root = document.documentElement;
+    const wide = root.scrollWidth > root.clientWidth + 1;
+    root.dataset.overflow = String(wide);
+    if (!wide) { delete root.dataset.overflowAt; return; }
+    // Name the innermost element that sticks out, for whoever has to fix it.
+    let found = null;
+    for (const node of document.body.querySelectorAll("*")) {
+      if (node.getBoundingClientRect().right > root.clientWidth + 1) found = node;
+    }
+    if (found) root.dataset.overflowAt = found.tagName.toLowerCase() + (found.id ? "#" + found.id : "") + (found.className && typeof found.className === "string" ? "." + found.className.split(" ").join(".") : "");
+  }
+
+  return { fit, el, unit, num, quantity, duration, age, time, series, deviceLink, badge, api, stream, query, devicePath, setUpLogin, showError, LoginNeeded };
+})();

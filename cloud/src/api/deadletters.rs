@@ -83,10 +83,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let router = router(ApiState {
-            reader: store.reader(),
-            stats: pipeline.stats_handle(),
-        });
+        let router = router(ApiState::new(store.reader(), pipeline.stats_handle()));
         let (status, json) = get(&router, "/api/dead-letters?limit=2").await;
         assert_eq!(status, StatusCode::OK, "{json}");
         let rows = json.as_array().unwrap();

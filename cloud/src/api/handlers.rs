@@ -3,7 +3,6 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::Uri;
-use axum::response::Html;
 use axum::Json;
 use serde::Serialize;
 
@@ -18,33 +17,9 @@ use crate::store::{
 
 pub(super) type QueryPairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
 
-fn params(query: QueryPairs, allowed: &[&str]) -> Result<Params, ApiError> {
+pub(super) fn params(query: QueryPairs, allowed: &[&str]) -> Result<Params, ApiError> {
     let Query(pairs) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     Params::parse(pairs, allowed)
-}
-
-/// `GET /`: the dashboard.
-pub async fn dashboard() -> Html<&'static str> {
-    Html(include_str!("dashboard.html"))
-}
-
-/// `GET /dashboard.js`: the dashboard's script.
-pub async fn dashboard_js() -> impl axum::response::IntoResponse {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/javascript; charset=utf-8",
-        )],
-        include_str!("dashboard.js"),
-    )
-}
-
-/// `GET /dashboard.css`: the dashboard's style.
-pub async fn dashboard_css() -> impl axum::response::IntoResponse {
-    (
-        [(axum::http::header::CONTENT_TYPE, "text/css; charset=utf-8")],
-        include_str!("dashboard.css"),
-    )
 }
 
 #[derive(Serialize)]
@@ -62,7 +37,10 @@ pub async fn devices(State(state): State<ApiState>) -> Result<Json<Vec<DeviceSum
     Ok(Json(state.reader.devices().await?))
 }
 
-async fn known_device(state: &ApiState, device: &str) -> Result<DeviceSummary, ApiError> {
+pub(super) async fn known_device(
+    state: &ApiState,
+    device: &str,
+) -> Result<DeviceSummary, ApiError> {
     if !osprey_protocol::valid_device_id(device) {
         return Err(ApiError::bad_request(format!(
             "{device:?} is not a valid device id (1 to 128 of A-Z a-z 0-9 _ - :)"

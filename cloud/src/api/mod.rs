@@ -2,14 +2,18 @@
 //!
 //! | route | returns |
 //! |---|---|
-//! | `GET /` | the dashboard page (no inline script or style; polls `/api/devices` every 2 s) |
-//! | `GET /dashboard.js`, `GET /dashboard.css` | its script and style (built into the binary) |
+//! | `GET /`, `GET /devices/{device}`, `GET /alerts` | the fleet, device and alerts pages ([`pages`]: no inline script or style, uPlot built in) |
+//! | `GET /dashboard.js`, `GET /dashboard.css`, `GET /assets/{file}` | their scripts, style and uPlot (built into the binary) |
 //! | `GET /healthz` | `{"status": "ok"}`: alive; never needs the token |
 //! | `GET /readyz` | `{"ready", "reason"}`, 200 or 503 ([`ready`]); never needs the token |
 //! | `GET /api/devices` | `[DeviceSummary]`, by device id |
 //! | `GET /api/devices/{device}` | `DeviceSummary`, 404 if unknown |
 //! | `GET /api/devices/{device}/windows?sensor=&metric=&kind=&since_ms=&limit=` | `[WindowRow]`, newest first; 404 if unknown |
 //! | `GET /api/devices/{device}/signals` | `DeviceSignals`: health (score, reasons) and each series' signals (baseline, anomaly score, trend, predicted crossings, vibration); 404 if unknown |
+//! | `GET /api/devices/{device}/history?range=&to_ms=&points=` | each series downsampled into at most `points` buckets (mean, min, max, p5, p95, corrections), threshold lines, signals, alert events, status timeline ([`views`]); 404 if unknown |
+//! | `GET /api/fleet?q=&status=&severity=&sort=&offset=&limit=` | one page of the fleet, worst first by default, with the whole fleet's counts ([`views`]) |
+//! | `GET /api/fleet/events?…&after=` | the same page kept live: server-sent `fleet` (changed rows, order, counts) and `alert` events ([`live`]) |
+//! | `GET /api/alerts/episodes?device=&rule=&severity=&from_ms=&to_ms=&state=&limit=` | raise → clear episodes with durations, active first ([`views`]) |
 //! | `GET /api/windows?device=&sensor=&metric=&kind=&since_ms=&limit=` | `[WindowRow]`, newest first |
 //! | `GET /api/alerts?device=&since_ms=&limit=` | `[AlertRow]`, newest first |
 //! | `GET /api/stats` | `{"pipeline": PipelineStats, "store": Counts, "maintenance": Maintenance}` (what retention and the dead-letter caps deleted) |
@@ -22,7 +26,7 @@
 //! `{"error": "..."}` with 400 (bad parameter, named), 404 (unknown device or route) or 500.
 //!
 //! Security ([`auth`], [`host`], [`headers`]; `serve` adds them as layers): with a token, every
-//! route but `/healthz`, `/readyz` and the dashboard's static files needs
+//! route but `/healthz`, `/readyz` and the dashboard's static pages and files needs
 //! `Authorization: Bearer <token>` (401 otherwise); a loopback listener answers only to
 //! loopback Host names (421 otherwise); every response carries the security headers.
 
@@ -32,15 +36,23 @@ mod error;
 mod handlers;
 pub mod headers;
 pub mod host;
+pub mod live;
+pub mod pages;
 pub mod params;
 pub mod ready;
+pub mod views;
 
 use axum::routing::get;
 use axum::Router;
 
 pub use error::ApiError;
 
+use std::sync::Arc;
+
+use osprey_protocol::ThresholdRule;
+
 use crate::pipeline::IngestStats;
+use crate::shutdown::Shutdown;
 use crate::store::StoreReader;
 
 /// What the handlers share.
@@ -50,14 +62,34 @@ pub struct ApiState {
     pub reader: StoreReader,
     /// Ingest counters, for `/api/stats`.
     pub stats: IngestStats,
+    /// The rules `osprey serve` predicts crossings of: the device page draws their levels.
+    pub rules: Arc<[ThresholdRule]>,
+    /// Ends the live streams ([`live`]) when the server shuts down; `None`: they end only
+    /// when their client goes.
+    pub shutdown: Option<Shutdown>,
+}
+
+impl ApiState {
+    /// The state of an API over `reader`, without rules and without a shutdown signal.
+    pub fn new(reader: StoreReader, stats: IngestStats) -> ApiState {
+        ApiState {
+            reader,
+            stats,
+            rules: Arc::from(Vec::new()),
+            shutdown: None,
+        }
+    }
 }
 
 /// The API's routes.
 pub fn router(state: ApiState) -> Router {
     Router::new()
-        .route("/", get(handlers::dashboard))
-        .route("/dashboard.js", get(handlers::dashboard_js))
-        .route("/dashboard.css", get(handlers::dashboard_css))
+        .route("/", get(pages::fleet))
+        .route("/devices/{device}", get(pages::device))
+        .route("/alerts", get(pages::alerts))
+        .route("/dashboard.js", get(pages::dashboard_js))
+        .route("/dashboard.css", get(pages::dashboard_css))
+        .route("/assets/{file}", get(pages::asset))
         .route("/healthz", get(handlers::healthz))
         .route("/api/devices", get(handlers::devices))
         .route("/api/devices/{device}", get(handlers::device))
@@ -69,6 +101,10 @@ pub fn router(state: ApiState) -> Router {
             "/api/devices/{device}/signals",
             get(handlers::device_signals),
         )
+        .route("/api/devices/{device}/history", get(views::device_history))
+        .route("/api/fleet", get(views::fleet))
+        .route("/api/fleet/events", get(live::fleet_events))
+        .route("/api/alerts/episodes", get(views::episodes))
         .route("/api/windows", get(handlers::windows))
         .route("/api/alerts", get(handlers::alerts))
         .route("/api/stats", get(handlers::stats))
@@ -79,3 +115,5 @@ pub fn router(state: ApiState) -> Router {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod views_tests;

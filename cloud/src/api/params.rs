@@ -88,17 +88,69 @@ impl Params {
 
     /// `limit`: 1 to [`MAX_LIMIT`], [`DEFAULT_LIMIT`] when absent.
     pub fn limit(&self) -> Result<u32, ApiError> {
-        let Some(v) = self.values.get("limit") else {
-            return Ok(DEFAULT_LIMIT);
+        self.int_in("limit", 1, MAX_LIMIT, DEFAULT_LIMIT)
+    }
+
+    /// An integer from `min` to `max`, `default` when absent.
+    pub fn int_in(&self, name: &str, min: u32, max: u32, default: u32) -> Result<u32, ApiError> {
+        let Some(v) = self.values.get(name) else {
+            return Ok(default);
         };
         match v.parse::<u32>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
             _ => Err(ApiError::bad_request(format!(
-                "limit must be an integer from 1 to {MAX_LIMIT}, got {v:?}"
+                "{name} must be an integer from {min} to {max}, got {v:?}"
             ))),
         }
     }
+
+    /// One of `choices`, `None` when absent.
+    pub fn one_of<'a>(&self, name: &str, choices: &[&'a str]) -> Result<Option<&'a str>, ApiError> {
+        let Some(v) = self.values.get(name) else {
+            return Ok(None);
+        };
+        choices
+            .iter()
+            .find(|c| **c == v.as_str())
+            .map(|c| Some(*c))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "{name} must be one of {}, got {v:?}",
+                    choices.join(", ")
+                ))
+            })
+    }
+
+    /// A span like `1h`, `24h`, `7d`, `30d` or `90m` (minutes, hours or days, up to
+    /// [`MAX_SPAN_MS`]), in milliseconds; `None` when absent.
+    pub fn span_ms(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        let Some(v) = self.values.get(name) else {
+            return Ok(None);
+        };
+        let bad = || {
+            ApiError::bad_request(format!(
+                "{name} must be a number and a unit, m, h or d (e.g. 1h, 24h, 7d, 30d), at \
+                 most 400 days, got {v:?}"
+            ))
+        };
+        let split = v.len().saturating_sub(1);
+        let (number, unit) =
+            v.split_at(v.is_char_boundary(split).then_some(split).ok_or_else(bad)?);
+        let unit_ms = match unit {
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(bad()),
+        };
+        match number.parse::<i64>() {
+            Ok(n) if n > 0 && n.saturating_mul(unit_ms) <= MAX_SPAN_MS => Ok(Some(n * unit_ms)),
+            _ => Err(bad()),
+        }
+    }
 }
+
+/// Longest span [`Params::span_ms`] accepts: 400 days.
+pub const MAX_SPAN_MS: i64 = 400 * 86_400_000;
 
 #[cfg(test)]
 mod tests {
@@ -152,6 +204,37 @@ mod tests {
         let kind = |v: &str| Params::parse(pairs(&[("kind", v)]), &["kind"])?.window_kind();
         assert_eq!(kind("").unwrap(), WindowKind::Tumbling);
         assert_eq!(kind("session").unwrap(), WindowKind::Session);
+        let one = |p: &[(&str, &str)]| Params::parse(pairs(p), &["sort", "range", "points"]);
+        assert_eq!(
+            one(&[("sort", "name")])
+                .unwrap()
+                .one_of("sort", &["worst", "name"])
+                .unwrap(),
+            Some("name")
+        );
+        assert!(one(&[("sort", "size")])
+            .unwrap()
+            .one_of("sort", &["worst", "name"])
+            .unwrap_err()
+            .message
+            .contains("sort must be one of worst, name"));
+        let span = |v: &str| one(&[("range", v)]).unwrap().span_ms("range");
+        assert_eq!(span("24h").unwrap(), Some(86_400_000));
+        assert_eq!(span("30d").unwrap(), Some(30 * 86_400_000));
+        assert_eq!(span("90m").unwrap(), Some(5_400_000));
+        for bad in ["0h", "h", "1w", "-1d", "401d", "1.5h", "€"] {
+            assert!(
+                span(bad).unwrap_err().message.contains("range must be"),
+                "{bad}"
+            );
+        }
+        let points = |v: &str| {
+            one(&[("points", v)])
+                .unwrap()
+                .int_in("points", 10, 2000, 240)
+        };
+        assert_eq!(points("").unwrap(), 240);
+        assert!(points("5").unwrap_err().message.contains("from 10 to 2000"));
         assert!(kind("sliding")
             .unwrap_err()
             .message

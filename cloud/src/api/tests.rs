@@ -48,10 +48,7 @@ async fn fixture() -> Fixture {
         .unwrap();
     pipeline.ingest(&bytes, origin()).await.unwrap();
     pipeline.ingest(b"garbage", origin()).await.unwrap();
-    let router = router(ApiState {
-        reader: store.reader(),
-        stats: pipeline.stats_handle(),
-    });
+    let router = router(ApiState::new(store.reader(), pipeline.stats_handle()));
     Fixture {
         _dir: dir,
         _store: store,

@@ -10,7 +10,7 @@
 //! | `seen#<device>` | [`seen_sk`]: `<seq>` (epoch 0) or `<epoch>#<seq>` | a message applied (the dedup set, by `(device, epoch, seq)`) |
 //! | `dev#<device>` | `device` | `readings`, `messages`, `first_seen_ms`, `last_seen_ms`, `last_event_ms`, `last_seq`, `status`, `status_ms`, the status mark (`status_epoch`, `status_seq`, `status_will_seq`, `status_time_ms`), `epochs` (number set of the journal epochs seen), `epoch` (the newest of them), `series` (string set of [`series_member`]s), `wver` |
 //! | `dev#<device>` | `ev#<kind>#<new epoch>` | a device event ([`event_sk`]): `kind` (`journal_replaced`), `time_ms` (cloud clock), `old_epoch`, `new_epoch` |
-//! | `dev#<device>` | `w#<sensor>#<metric>#<kind>#<start>` | a window: `sensor`, `metric`, `kind`, `start_ms`, `end_ms`, `unit`, `version`, `count`, `sum`, `min`, `max`, `mean`, `m2`, `m3`, `m4`, `sketch` (bytes) |
+//! | `dev#<device>` | `w#<sensor>#<metric>#<kind>#<start>` | a window: `sensor`, `metric`, `kind`, `start_ms`, `end_ms`, `unit`, `version`, `corrections`, `count`, `sum`, `min`, `max`, `mean`, `m2`, `m3`, `m4`, `sketch` (bytes) |
 //! | `dev#<device>` | [`alert_sk`]: `a#<seq, 20 digits>` (epoch 0) or `a#<seq, 20 digits>#<epoch>` | an alert event: `rule`, `sensor`, `metric`, `event`, `severity`, `value`, `threshold`, `time_ms`, `seq`, `epoch` |
 //! | `dev#<device>` | `r#<rule>` | a rule's newest alert event (by time, then seq): `event`, `severity`, `time_ms`, `seq`, `sensor`, `metric` |
 //!
@@ -277,6 +277,7 @@ pub fn window_to_item(device: &str, w: &WindowItem) -> Item {
         ("start_ms".to_owned(), n(st.start_ms)),
         ("end_ms".to_owned(), n(st.end_ms)),
         ("version".to_owned(), n(st.version)),
+        ("corrections".to_owned(), n(st.corrections)),
         ("count".to_owned(), n(m.count)),
         ("sum".to_owned(), f(m.sum)),
         ("min".to_owned(), f(m.min)),
@@ -332,6 +333,8 @@ pub fn window_from_item(item: &Item) -> Result<WindowItem, BadItem> {
             end_ms: int("end_ms")?,
             unit: text("unit")?,
             version: get_u64(item, "version").ok_or_else(|| bad("no version".to_owned()))?,
+            // Items written before the attribute existed were never counted: 0.
+            corrections: get_u64(item, "corrections").unwrap_or(0),
             agg: Aggregate { moments, sketch },
         },
     })
@@ -390,6 +393,7 @@ mod tests {
                 end_ms: 10_000,
                 unit: "Cel".into(),
                 version: 3,
+                corrections: 1,
                 agg,
             },
         };

@@ -325,8 +325,8 @@ fn put_window(
     let m = &w.agg.moments;
     tx.prepare_cached(
         "INSERT OR REPLACE INTO windows (device, sensor, metric, kind, start_ms, end_ms, \
-         unit, version, count, sum, min, max, mean, m2, m3, m4, sketch) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+         unit, version, count, sum, min, max, mean, m2, m3, m4, sketch, corrections) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
     )?
     .execute(params![
         device,
@@ -345,7 +345,8 @@ fn put_window(
         m.m2,
         m.m3,
         m.m4,
-        w.agg.sketch.to_bytes()
+        w.agg.sketch.to_bytes(),
+        w.corrections
     ])?;
     Ok(())
 }

@@ -158,13 +158,13 @@ const DEVICE_COLUMNS: &str = "d.device, d.first_seen_ms, d.last_seen_ms, d.last_
 
 /// The columns [`read_stored`] reads, in its order.
 pub const STORED_COLUMNS: &str =
-    "start_ms, end_ms, unit, version, count, sum, min, max, mean, m2, m3, m4, sketch";
+    "start_ms, end_ms, unit, version, count, sum, min, max, mean, m2, m3, m4, sketch, corrections";
 
 /// Window rows: device, sensor, metric, kind, closed, then [`STORED_COLUMNS`].
 const WINDOW_SELECT: &str = "SELECT w.device, w.sensor, w.metric, w.kind, \
      coalesce(w.end_ms <= (SELECT d.last_event_ms FROM devices d WHERE d.device = w.device), 0), \
      w.start_ms, w.end_ms, w.unit, w.version, w.count, w.sum, w.min, w.max, w.mean, w.m2, w.m3, \
-     w.m4, w.sketch";
+     w.m4, w.sketch, w.corrections";
 
 const LATEST_WINDOWS: &str = "FROM series s JOIN windows w ON w.device = s.device \
      AND w.sensor = s.sensor AND w.metric = s.metric AND w.kind = 'tumbling' \
@@ -211,15 +211,19 @@ pub fn device(conn: &Connection, device: &str) -> rusqlite::Result<Option<Device
     let Some(mut summary) = found else {
         return Ok(None);
     };
-    let mut stmt = conn.prepare_cached(&format!(
-        "{WINDOW_SELECT} {LATEST_WINDOWS} WHERE s.device = ?1 ORDER BY w.sensor, w.metric"
-    ))?;
-    summary.latest = stmt
-        .query_map(params![device], window_row)?
-        .collect::<rusqlite::Result<_>>()?;
+    summary.latest = latest_windows(conn, device)?;
     (summary.health, summary.next_breach) = super::signals::device_health(conn, device)?;
     summary.events = device_events(conn, device)?;
     Ok(Some(summary))
+}
+
+/// The newest tumbling window of each series of `device`, by sensor and metric.
+pub fn latest_windows(conn: &Connection, device: &str) -> rusqlite::Result<Vec<WindowRow>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "{WINDOW_SELECT} {LATEST_WINDOWS} WHERE s.device = ?1 ORDER BY w.sensor, w.metric"
+    ))?;
+    let rows = stmt.query_map(params![device], window_row)?.collect();
+    rows
 }
 
 /// A device's events, oldest first.
@@ -296,22 +300,26 @@ pub fn alerts(conn: &Connection, filter: &AlertFilter) -> rusqlite::Result<Vec<A
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt
-        .query_map(rusqlite::params_from_iter(args), |row| {
-            Ok(AlertRow {
-                device: row.get(0)?,
-                seq: row.get(1)?,
-                rule: row.get(2)?,
-                sensor: row.get(3)?,
-                metric: row.get(4)?,
-                event: row.get(5)?,
-                severity: row.get(6)?,
-                value: row.get(7)?,
-                threshold: row.get(8)?,
-                time_ms: row.get(9)?,
-            })
-        })?
+        .query_map(rusqlite::params_from_iter(args), alert_row)?
         .collect();
     rows
+}
+
+/// An [`AlertRow`] from `device, seq, rule, sensor, metric, event, severity, value, threshold,
+/// time_ms`.
+pub(super) fn alert_row(row: &Row<'_>) -> rusqlite::Result<AlertRow> {
+    Ok(AlertRow {
+        device: row.get(0)?,
+        seq: row.get(1)?,
+        rule: row.get(2)?,
+        sensor: row.get(3)?,
+        metric: row.get(4)?,
+        event: row.get(5)?,
+        severity: row.get(6)?,
+        value: row.get(7)?,
+        threshold: row.get(8)?,
+        time_ms: row.get(9)?,
+    })
 }
 
 /// The checkpointed sequence number of a shard.
@@ -408,6 +416,7 @@ pub fn read_stored(row: &Row<'_>, at: usize) -> rusqlite::Result<Stored> {
         end_ms: row.get(at + 1)?,
         unit: row.get(at + 2)?,
         version: row.get(at + 3)?,
+        corrections: row.get(at + 13)?,
         agg: Aggregate {
             moments: read_moments(row, at + 4)?,
             sketch,

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::deadletter::{self, DeadLetterFilter, DeadLetterRow};
 use super::retention::{Maintenance, MaintenanceStats};
-use super::{query, schema, StoreError};
+use super::{fleetview, history, query, schema, StoreError};
 
 /// Idle connections kept for reuse; more may be open while queries run concurrently.
 const MAX_IDLE: usize = 4;
@@ -105,6 +105,54 @@ impl StoreReader {
         filter: query::AlertFilter,
     ) -> Result<Vec<query::AlertRow>, StoreError> {
         self.read(move |conn| query::alerts(conn, &filter)).await
+    }
+
+    /// One page of the fleet, ranked and filtered ([`super::fleetview`]).
+    pub async fn fleet_page(
+        &self,
+        query: fleetview::FleetQuery,
+    ) -> Result<fleetview::FleetPage, StoreError> {
+        self.read(move |conn| fleetview::fleet_page(conn, &query))
+            .await
+    }
+
+    /// What changes when a fleet page can change, and the newest alert's id.
+    pub async fn fleet_mark(&self) -> Result<fleetview::FleetMark, StoreError> {
+        self.read(fleetview::fleet_mark).await
+    }
+
+    /// Alert events stored after row id `after`, oldest first, with their row ids.
+    pub async fn alerts_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, query::AlertRow)>, StoreError> {
+        self.read(move |conn| fleetview::alerts_after(conn, after, limit))
+            .await
+    }
+
+    /// A device's series over `[from_ms, to_ms)` in at most `points` buckets each
+    /// ([`super::history`]).
+    pub async fn history(
+        &self,
+        device: &str,
+        from_ms: i64,
+        to_ms: i64,
+        points: u32,
+    ) -> Result<history::History, StoreError> {
+        let device = device.to_owned();
+        self.read(move |conn| history::history(conn, &device, from_ms, to_ms, points))
+            .await
+    }
+
+    /// Alert episodes matching `filter`; active ones last until `now_ms`.
+    pub async fn episodes(
+        &self,
+        filter: history::EpisodeFilter,
+        now_ms: i64,
+    ) -> Result<Vec<history::Episode>, StoreError> {
+        self.read(move |conn| history::episodes(conn, &filter, now_ms))
+            .await
     }
 
     /// The checkpointed sequence number of a Kinesis shard, if any.

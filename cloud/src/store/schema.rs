@@ -6,7 +6,7 @@
 //! | `seen` | (device, epoch, seq) | every message applied (`applied_ms`, cloud clock): the dedup set, pruned by [`super::retention`] |
 //! | `epochs` | (device, epoch) | every journal epoch seen per device, with the cloud time it was first seen |
 //! | `device_events` | (device, kind, new_epoch) | device events: `journal_replaced` (cloud time, old and new epoch) |
-//! | `windows` | (device, sensor, metric, kind, start_ms) | tumbling, hopping and session windows: end, unit, version, count, sum, min, max, mean, central moments `m2..m4`, quantile sketch (bytes) |
+//! | `windows` | (device, sensor, metric, kind, start_ms) | tumbling, hopping and session windows: end, unit, version (merges), corrections (late merges), count, sum, min, max, mean, central moments `m2..m4`, quantile sketch (bytes) |
 //! | `signals` | (device, sensor, metric) | the series' maintenance signals (JSON), recomputed when its tumbling windows change |
 //! | `series` | (device, sensor, metric) | unit and newest tumbling window start, so "latest per series" is a key lookup |
 //! | `alerts` | (device, epoch, seq) | every alert event |
@@ -26,17 +26,20 @@
 //! |---|---|
 //! | 2 | the tables above, dedup by `(device, seq)` |
 //! | 3 | journal epochs (protocol 1.3): `seen` and `alerts` keyed by `(device, epoch, seq)`, the `epochs` and `device_events` tables, the status mark columns of `devices`; bounded dead letters and retention; the alert outbox |
+//! | 4 | `windows.corrections`: how many times late data changed a window after it had closed (`version` counts every merge) |
 //!
-//! [`migrate`] upgrades a version-2 file in place, in one transaction: the rows of `seen` and
+//! [`migrate`] upgrades a version-2 or version-3 file in place, in one transaction: the rows of `seen` and
 //! `alerts` get epoch 0 (what a pre-1.3 gateway's messages are), each device that has messages
 //! gets epoch 0 in `epochs` (so its first 1.3 epoch reads as a replaced journal only if it
 //! really is one: a kept journal stays at epoch 0), and stored statuses keep no mark (the next
-//! status of any epoch replaces them). Each upgrade is a step function of its own.
+//! status of any epoch replaces them) (2 → 3); windows already stored get `corrections` 0, as
+//! what late data corrected before is not known (3 → 4). Each upgrade is a step function of its
+//! own.
 
 use rusqlite::Connection;
 
 /// Schema version kept in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// How long a connection waits for another's lock before giving up.
 pub const BUSY_TIMEOUT_MS: u64 = 5_000;
@@ -184,7 +187,7 @@ pub enum Migration {
 }
 
 /// Puts the writer connection in WAL mode, creates the tables if they are missing and
-/// upgrades a version-2 file in place (one transaction: all of it or none).
+/// upgrades a version-2 or version-3 file in place (one transaction: all of it or none).
 ///
 /// WAL lets the API's read connections see committed data while the writer works.
 /// `synchronous = FULL` makes every commit durable (the WAL is synced before the commit
@@ -197,7 +200,7 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<Migration> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    if ![0, 2, SCHEMA_VERSION].contains(&found) {
+    if ![0, 2, 3, SCHEMA_VERSION].contains(&found) {
         return Ok(Migration::Incompatible { found });
     }
     // One transaction: a crash leaves the file at its old version, and the next open
@@ -211,16 +214,24 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<Migration> {
         super::deadletter::migrate_v3(&tx)?;
         super::retention::migrate_v3(&tx, crate::clock::now_ms())?;
     }
+    if found < 4 {
+        corrections_3_to_4(&tx)?;
+    }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
-    if found == 2 {
+    if found == 2 || found == 3 {
         tracing::info!(
-            from = 2,
+            from = found,
             to = SCHEMA_VERSION,
             "store schema upgraded in place"
         );
     }
     Ok(Migration::Current)
+}
+
+/// Version 3 → 4: the windows' correction count (0 for the windows already stored).
+fn corrections_3_to_4(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("ALTER TABLE windows ADD COLUMN corrections INTEGER NOT NULL DEFAULT 0;")
 }
 
 /// The ingest step of version 2 → 3: journal epochs in the dedup set and the alerts (old rows

@@ -123,36 +123,83 @@ pub fn series_signals(conn: &Connection, device: &str) -> rusqlite::Result<Vec<S
         conn.prepare_cached("SELECT body FROM signals WHERE device = ?1 ORDER BY sensor, metric")?;
     let rows = stmt
         .query_map(params![device], |row| {
-            let body: String = row.get(0)?;
-            serde_json::from_str(&body).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
-            })
+            parse_signals(&row.get::<_, String>(0)?)
         })?
         .collect();
     rows
 }
 
+/// The severity of a stored name (`warning` for anything unknown).
+pub fn parse_severity(name: &str) -> Severity {
+    match name {
+        "critical" => Severity::Critical,
+        "info" => Severity::Info,
+        _ => Severity::Warning,
+    }
+}
+
+/// Active alerts (rules whose newest event is a raise, with the severity of that raise) of
+/// `device`, or of every device when `None`, by device then rule.
+pub fn active_alerts_by_device(
+    conn: &Connection,
+    device: Option<&str>,
+) -> rusqlite::Result<BTreeMap<String, Vec<ActiveAlert>>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT s.device, s.rule, a.severity FROM alert_state s \
+         JOIN alerts a ON a.device = s.device AND a.seq = s.seq AND a.rule = s.rule \
+         WHERE s.event = 'raise' AND (?1 IS NULL OR s.device = ?1) ORDER BY s.device, s.rule",
+    )?;
+    let mut out: BTreeMap<String, Vec<ActiveAlert>> = BTreeMap::new();
+    for row in stmt.query_map(params![device], |row| {
+        let severity: String = row.get(2)?;
+        Ok((
+            row.get::<_, String>(0)?,
+            ActiveAlert {
+                rule: row.get(1)?,
+                severity: parse_severity(&severity),
+            },
+        ))
+    })? {
+        let (device, alert) = row?;
+        let list = out.entry(device).or_default();
+        // One per rule: an alert seq repeated under two journal epochs joins twice.
+        if list.last().is_none_or(|a| a.rule != alert.rule) {
+            list.push(alert);
+        }
+    }
+    Ok(out)
+}
+
 /// Rules of `device` whose newest event is a raise, with the severity of that raise.
 fn active_alerts(conn: &Connection, device: &str) -> rusqlite::Result<Vec<ActiveAlert>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT s.rule, a.severity FROM alert_state s \
-         JOIN alerts a ON a.device = s.device AND a.seq = s.seq \
-         WHERE s.device = ?1 AND s.event = 'raise' ORDER BY s.rule",
-    )?;
-    let rows = stmt
-        .query_map(params![device], |row| {
-            let severity: String = row.get(1)?;
-            Ok(ActiveAlert {
-                rule: row.get(0)?,
-                severity: match severity.as_str() {
-                    "critical" => Severity::Critical,
-                    "info" => Severity::Info,
-                    _ => Severity::Warning,
-                },
-            })
-        })?
-        .collect();
-    rows
+    Ok(active_alerts_by_device(conn, Some(device))?
+        .remove(device)
+        .unwrap_or_default())
+}
+
+/// The stored signals of every device, by device, sensor and metric.
+pub fn all_series_signals(
+    conn: &Connection,
+) -> rusqlite::Result<BTreeMap<String, Vec<SeriesSignals>>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT device, body FROM signals ORDER BY device, sensor, metric")?;
+    let mut out: BTreeMap<String, Vec<SeriesSignals>> = BTreeMap::new();
+    for row in stmt.query_map([], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            parse_signals(&row.get::<_, String>(1)?)?,
+        ))
+    })? {
+        let (device, signals) = row?;
+        out.entry(device).or_default().push(signals);
+    }
+    Ok(out)
+}
+
+fn parse_signals(body: &str) -> rusqlite::Result<SeriesSignals> {
+    serde_json::from_str(body).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+    })
 }
 
 /// The soonest predicted rule crossing of a device.
@@ -174,6 +221,11 @@ pub fn device_health(
     device: &str,
 ) -> rusqlite::Result<(Health, Option<Breach>)> {
     let series = series_signals(conn, device)?;
+    Ok(health_of(&series, &active_alerts(conn, device)?))
+}
+
+/// The health and soonest predicted crossing from a device's signals and active alerts.
+pub fn health_of(series: &[SeriesSignals], alerts: &[ActiveAlert]) -> (Health, Option<Breach>) {
     let breach = series
         .iter()
         .flat_map(|s| {
@@ -184,10 +236,7 @@ pub fn device_health(
             })
         })
         .min_by_key(|b| b.prediction.remaining_ms);
-    Ok((
-        health::score(&series, &active_alerts(conn, device)?),
-        breach,
-    ))
+    (health::score(series, alerts), breach)
 }
 
 /// Signals and health of `device`.

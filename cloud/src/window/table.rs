@@ -27,8 +27,14 @@ pub struct Stored {
     pub end_ms: i64,
     /// Unit of the newest delta.
     pub unit: String,
-    /// 1 when first written, +1 with every merge.
+    /// 1 when first written, +1 with every merge (on-time batches included: a one-minute
+    /// window filled by 30 batches has version 30).
     pub version: u64,
+    /// Corrections: +1 each time data arrived for the stored window after it had closed (its
+    /// end at or before the device's watermark), so 0 means the window as first shown was
+    /// never changed by late data. A window first written from late data (a backfill) starts
+    /// at 0; a session that absorbs others adds up their corrections.
+    pub corrections: u64,
     /// The values' aggregate.
     #[serde(flatten)]
     pub agg: Aggregate,
@@ -88,6 +94,7 @@ pub fn fold<S: WindowStore>(
         end_ms: delta.end_ms,
         unit: delta.unit,
         version: 1,
+        corrections: u64::from(late && !found.is_empty()),
         agg: Aggregate::new(),
     };
     let mut absorbed = Vec::new();
@@ -95,6 +102,7 @@ pub fn fold<S: WindowStore>(
         window.start_ms = window.start_ms.min(old.start_ms);
         window.end_ms = window.end_ms.max(old.end_ms);
         window.version = window.version.max(old.version + 1);
+        window.corrections += old.corrections;
         window.agg.merge(&old.agg);
     }
     window.agg.merge(&delta.agg);
@@ -304,6 +312,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!((first[0].window.version, first[0].late), (1, false));
+        assert_eq!(first[0].window.corrections, 0);
         assert!(t.apply("pump-1", 1, Some(59_000), vec![]).is_none());
         // The device moves on to the next minute: the first window is now closed.
         t.apply(
@@ -322,6 +331,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!((late[0].window.version, late[0].late), (2, true));
+        assert_eq!(late[0].window.corrections, 1);
         assert_eq!(late[0].window.agg.count(), 2);
         // Another device's clock is its own: its first minute is not late.
         let other = t

@@ -1,0 +1,305 @@
+//! The fleet view in a browser, on `osprey demo`: the fleet, device and alerts pages rendered
+//! by headless Chromium at desktop (1440 × 1000) and phone (390 × 844) width, with the demo's
+//! failing compressor on top of the fleet, its alert on its device page and on the alerts page,
+//! charts drawn with data, no sideways scrolling on the phone; a live stream that delivers the
+//! compressor's alert as it happens, without a reload. Screenshots of every page at both sizes
+//! are written to `target/screenshots/` (fleet-1440.png, fleet-390.png, device-…, alerts-…).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use osprey_protocol::Series;
+use osprey_tests::fleet::{publish_all, telemetry};
+use osprey_tests::Proc;
+use osprey_tests::{http_get_json, rendered_dom_in, screenshot, start_demo, wait_until, Window};
+use serde_json::Value;
+
+const DEVICES: usize = 8;
+/// The demo's second machine, whose bearing fails (`osprey_cloud::demo::fleet`).
+const FAILING: &str = "compressor-02";
+
+/// An open `GET /api/fleet/events` whose events are read on a thread: `(name, data)`.
+fn open_stream(url: &str) -> std::sync::mpsc::Receiver<(String, Value)> {
+    let addr = url.trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "GET /api/fleet/events?limit=3 HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut name = String::new();
+        let mut data = String::new();
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { return };
+            // Chunked transfer: chunk sizes come as lines of their own, and are ignored here.
+            if let Some(v) = line.strip_prefix("event: ") {
+                name = v.to_owned();
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                data = v.to_owned();
+            } else if line.is_empty() && !data.is_empty() {
+                let value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                if tx.send((std::mem::take(&mut name), value)).is_err() {
+                    return;
+                }
+                data.clear();
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn the_fleet_device_and_alerts_pages_show_the_failing_machine_live_on_desktop_and_phone() {
+    let (mut demo, url) = start_demo(DEVICES, 50);
+
+    // Live: a stream opened before the compressor's bearing crosses 80 °C (about 7 s at 50 ms
+    // a sample) delivers the raise, then the page with the compressor on top.
+    let raised_before = http_get_json(&format!("{url}/api/alerts?device={FAILING}"));
+    assert_eq!(
+        raised_before.as_array().map(Vec::len),
+        Some(0),
+        "the alert came before the stream could open; nothing to test\n{}",
+        demo.logs()
+    );
+    let events = open_stream(&url);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut alert = None;
+    let mut on_top = false;
+    while Instant::now() < deadline && !(alert.is_some() && on_top) {
+        let Ok((name, data)) = events.recv_timeout(Duration::from_secs(1)) else {
+            continue;
+        };
+        match name.as_str() {
+            "alert" if data["device"] == FAILING && data["rule"] == "bearing-hot" => {
+                alert = Some(data)
+            }
+            "fleet" if alert.is_some() => on_top = data["order"][0] == FAILING,
+            _ => {}
+        }
+    }
+    let alert = alert.unwrap_or_else(|| {
+        panic!(
+            "the stream never delivered {FAILING}'s bearing-hot\n{}",
+            demo.logs()
+        )
+    });
+    assert_eq!(
+        (alert["event"].as_str(), alert["severity"].as_str()),
+        (Some("raise"), Some("critical"))
+    );
+    assert!(
+        on_top,
+        "no fleet event put {FAILING} on top after its alert"
+    );
+    drop(events);
+
+    // The API agrees: worst first, the failing machine first.
+    let page = wait_until(Duration::from_secs(30), Duration::from_millis(500), || {
+        let page = http_get_json(&format!("{url}/api/fleet"));
+        (page["rows"][0]["device"] == FAILING && page["total"] == DEVICES).then_some(page)
+    })
+    .unwrap_or_else(|| panic!("/api/fleet never put {FAILING} first\n{}", demo.logs()));
+    assert!(
+        page["rows"][0]["alerts"]["critical"].as_u64().unwrap() >= 1,
+        "{page}"
+    );
+
+    // Fleet page, desktop: the failing machine is the first row, its reason in words, °C not Cel.
+    let dom = rendered_dom_in(&format!("{url}/"), Window::DESKTOP);
+    let first_row = dom
+        .find("<tr data-device=")
+        .map(|i| &dom[i..])
+        .unwrap_or("");
+    assert!(
+        first_row.starts_with(&format!("<tr data-device=\"{FAILING}\"")),
+        "{FAILING} is not the fleet page's first row:\n{dom}"
+    );
+    assert!(
+        dom.contains("critical alert bearing-hot is active"),
+        "reasons not visible:\n{dom}"
+    );
+    assert!(
+        dom.contains(" °C<") && dom.contains(" mm/s<"),
+        "units not readable:\n{dom}"
+    );
+    assert!(!dom.contains(" Cel<"), "a raw UCUM code is shown:\n{dom}");
+    assert_eq!(dom.matches("<tr data-device=").count(), DEVICES, "{dom}");
+    assert!(dom.contains(r#"data-overflow="false""#), "{dom}");
+    // Phone: the same rows as cards, and nothing wider than the screen.
+    let dom = rendered_dom_in(&format!("{url}/"), Window::PHONE);
+    assert!(
+        dom.contains(&format!("<tr data-device=\"{FAILING}\"")),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(r#"data-overflow="false""#),
+        "the phone layout scrolls sideways:\n{dom}"
+    );
+
+    // Device page: its alert, its health reasons, charts drawn with points and rule levels.
+    let device_url = format!("{url}/devices/{FAILING}");
+    let dom = rendered_dom_in(&device_url, Window::DESKTOP);
+    assert!(
+        dom.contains(r#"data-loaded="true""#),
+        "device page did not load:\n{dom}"
+    );
+    assert!(
+        dom.contains(r#"<li data-rule="bearing-hot">"#),
+        "its alert is not listed:\n{dom}"
+    );
+    assert!(
+        dom.contains("critical alert bearing-hot is active"),
+        "{dom}"
+    );
+    let chart = dom
+        .find(r#"data-series="bearing/temperature""#)
+        .map(|i| &dom[i..])
+        .and_then(|s| s.split_once('>'))
+        .map(|(attrs, _)| attrs.to_owned())
+        .unwrap_or_else(|| panic!("no bearing temperature chart:\n{dom}"));
+    assert!(
+        chart.contains(r#"data-rendered="true""#),
+        "chart not drawn: {chart}"
+    );
+    let points: u64 = attribute(&chart, "data-points").parse().unwrap();
+    assert!(points >= 1, "chart without data: {chart}");
+    assert_ne!(
+        attribute(&chart, "data-thresholds"),
+        "0",
+        "no rule level drawn: {chart}"
+    );
+    assert_ne!(
+        attribute(&chart, "data-markers"),
+        "0",
+        "no raise marker drawn: {chart}"
+    );
+    assert_eq!(
+        dom.matches(r#"data-rendered="true""#).count(),
+        3,
+        "three series, three charts"
+    );
+    assert!(
+        dom.contains("role=\"img\" aria-label=\"Chart of bearing temperature."),
+        "{dom}"
+    );
+    assert!(dom.contains("What the store does not record"), "{dom}");
+    let dom = rendered_dom_in(&device_url, Window::PHONE);
+    assert!(dom.contains(r#"data-rendered="true""#), "{dom}");
+    assert!(
+        dom.contains(r#"data-overflow="false""#),
+        "device page scrolls sideways:\n{dom}"
+    );
+
+    // Alerts page: the active critical alert with its duration; filtered by device and rule.
+    let dom = rendered_dom_in(&format!("{url}/alerts"), Window::DESKTOP);
+    assert!(
+        dom.contains(&format!(
+            r#"<tr data-device="{FAILING}" data-rule="bearing-hot" data-active="true">"#
+        )),
+        "the alerts page does not list the active alert:\n{dom}"
+    );
+    assert!(dom.contains("so far"), "no duration:\n{dom}");
+    let dom = rendered_dom_in(
+        &format!("{url}/alerts?device=pump-01&rule=bearing-hot"),
+        Window::DESKTOP,
+    );
+    assert!(dom.contains("No alert matches these filters."), "{dom}");
+    let dom = rendered_dom_in(&format!("{url}/alerts"), Window::PHONE);
+    assert!(
+        dom.contains(r#"data-overflow="false""#),
+        "alerts page scrolls sideways:\n{dom}"
+    );
+
+    // A device with 128-character names (the longest device id and sensor names the protocol
+    // allows) still fits a phone: names wrap or are cut with an ellipsis.
+    let long_device: String = "line-7-packer-"
+        .chars()
+        .chain(std::iter::repeat('x'))
+        .take(128)
+        .collect();
+    let long_sensor: String = "spindle-bearing-"
+        .chars()
+        .chain(std::iter::repeat('s'))
+        .take(128)
+        .collect();
+    publish_long_names(&demo, &long_device, &long_sensor);
+    wait_until(Duration::from_secs(30), Duration::from_millis(300), || {
+        let page = http_get_json(&format!("{url}/api/fleet?q=line-7&limit=1"));
+        (page["rows"][0]["latest"].as_array().map(Vec::len) == Some(1)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the long-named device never showed\n{}", demo.logs()));
+    for path in ["/?q=line-7".to_owned(), format!("/devices/{long_device}")] {
+        let dom = rendered_dom_in(&format!("{url}{path}"), Window::PHONE);
+        assert!(
+            dom.contains(&long_sensor),
+            "{path}: the long sensor name is not shown:\n{dom}"
+        );
+        assert!(
+            dom.contains(r#"data-overflow="false""#),
+            "{path}: 128-character names make the phone layout scroll sideways:\n{dom}"
+        );
+    }
+
+    // Screenshots for a person to look at (target/screenshots/).
+    for (name, path) in [
+        ("fleet", "/".to_owned()),
+        ("device", format!("/devices/{FAILING}")),
+        ("alerts", "/alerts".to_owned()),
+    ] {
+        for window in [Window::DESKTOP, Window::PHONE] {
+            let file = screenshot(
+                &format!("{url}{path}"),
+                window,
+                &format!("{name}-{}", window.width),
+            );
+            eprintln!("screenshot: {}", file.display());
+        }
+    }
+
+    let status = demo.terminate(Duration::from_secs(20)).unwrap_or_else(|| {
+        panic!(
+            "demo did not stop on SIGTERM (live streams must end)\n{}",
+            demo.logs()
+        )
+    });
+    assert!(
+        status.success(),
+        "demo exited with {status}\n{}",
+        demo.logs()
+    );
+}
+
+/// Publishes one telemetry message of `device` with a series of `sensor` to the demo's broker
+/// (its address is on the demo's first line: "… MQTT broker on 127.0.0.1:PORT …").
+fn publish_long_names(demo: &Proc, device: &str, sensor: &str) {
+    let out = demo.stdout();
+    let port: u16 = out
+        .split_once("MQTT broker on 127.0.0.1:")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no broker address in the demo's output:\n{out}"));
+    let now = osprey_tests::bench::now_ms();
+    let mut series = Series::new(sensor, "temperature", "Cel");
+    for i in 0..5 {
+        series.push(now - 5_000 + i * 1_000, 40.0 + i as f64);
+    }
+    let payload = telemetry(device, 1, series);
+    publish_all(
+        port,
+        vec![(format!("dt/osprey/{device}/telemetry"), payload)],
+    );
+}
+
+/// The value of `name="…"` in a tag's attributes.
+fn attribute<'a>(attrs: &'a str, name: &str) -> &'a str {
+    attrs
+        .split_once(&format!("{name}=\""))
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(v, _)| v)
+        .unwrap_or("")
+}
