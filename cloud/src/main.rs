@@ -246,6 +246,15 @@ enum SourceKind {
     Kinesis,
 }
 
+/// Where `osprey serve` reads the fleet's state from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StateKind {
+    /// Its own SQLite store (--db), fed by --source.
+    Sqlite,
+    /// The Lambda's DynamoDB state table (--table), read-only.
+    Dynamodb,
+}
+
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// SQLite database file; created if missing.
@@ -260,9 +269,19 @@ struct ServeArgs {
     /// start names it).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Where messages come from.
-    #[arg(long, value_enum, default_value_t = SourceKind::Mqtt)]
-    source: SourceKind,
+    /// Where the fleet's state is: `sqlite` ingests messages (--source) into --db and serves
+    /// it; `dynamodb` serves the same dashboard and API read-only from the DynamoDB state table
+    /// osprey-lambda writes (--table, --endpoint-url, --region, the usual AWS credentials),
+    /// ingesting nothing: the Lambda does that on AWS.
+    #[arg(long, value_enum, default_value_t = StateKind::Sqlite)]
+    state: StateKind,
+    /// The Lambda's state table for --state dynamodb (OSPREY_STATE_TABLE of the function, the
+    /// StateTable output of the stack).
+    #[arg(long, value_name = "TABLE", required_if_eq("state", "dynamodb"))]
+    table: Option<String>,
+    /// Where messages come from [default: mqtt]; not with --state dynamodb.
+    #[arg(long, value_enum)]
+    source: Option<SourceKind>,
     #[command(flatten)]
     mqtt: MqttArgs,
     #[command(flatten)]
@@ -569,12 +588,13 @@ struct MqttArgs {
 
 #[derive(Debug, Args)]
 struct AwsArgs {
-    /// AWS endpoint (Kinesis, and SNS for --alerts-sns-topic) instead of AWS's, e.g.
+    /// AWS endpoint (Kinesis, SNS for --alerts-sns-topic, DynamoDB for --state dynamodb)
+    /// instead of AWS's, e.g.
     /// http://127.0.0.1:5599 for a local moto server. Credentials come from the usual AWS
     /// environment variables or profile.
     #[arg(long, value_name = "URL")]
     endpoint_url: Option<String>,
-    /// AWS region of the stream.
+    /// AWS region of the stream (or of the --state dynamodb table).
     #[arg(long, value_name = "REGION", default_value = DEFAULT_REGION)]
     region: String,
 }
@@ -741,7 +761,13 @@ fn print_statuses(statuses: &[osprey_cloud::rules::DeviceStatus], json: bool) ->
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    let source = match args.source {
+    if args.state == StateKind::Dynamodb {
+        return serve_dynamodb(args).await;
+    }
+    if args.table.is_some() {
+        bail!("--table is the DynamoDB state table of --state dynamodb; add --state dynamodb, or drop --table to serve the SQLite store");
+    }
+    let source = match args.source.unwrap_or(SourceKind::Mqtt) {
         SourceKind::Mqtt => SourceConfig::Mqtt(args.mqtt.config("osprey-serve")?),
         SourceKind::Kinesis => {
             let Some(stream) = &args.stream else {
@@ -772,6 +798,48 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .shutdown()
         .await
         .context("osprey serve did not shut down cleanly")?;
+    outcome.context("osprey serve stopped")
+}
+
+/// `osprey serve --state dynamodb --table T`: the dashboard and API over the Lambda's table.
+async fn serve_dynamodb(args: ServeArgs) -> Result<()> {
+    let ingest = [
+        ("--source", args.source.is_some()),
+        ("--stream", args.stream.is_some()),
+        ("--checkpoint-table", args.checkpoint_table.is_some()),
+        ("--alerts-sns-topic", args.alerts_sns_topic.is_some()),
+        ("--alerts-webhook", args.alerts_webhook.is_some()),
+    ];
+    let given: Vec<&str> = ingest.iter().filter(|(_, on)| *on).map(|(f, _)| *f).collect();
+    if !given.is_empty() {
+        bail!(
+            "--state dynamodb serves the Lambda's state table read-only and ingests nothing, so {} \
+             cannot apply: osprey-lambda ingests and notifies on AWS. Drop {}, or use --state \
+             sqlite to ingest here",
+            given.join(", "),
+            if given.len() == 1 { "it" } else { "them" }
+        );
+    }
+    let Some(table) = args.table.clone() else {
+        bail!("--state dynamodb needs --table TABLE (the Lambda's OSPREY_STATE_TABLE)");
+    };
+    let cfg = serve::dynamodb::DynamoServeConfig {
+        api: args.api.config()?,
+        listen: args.listen,
+        table,
+        endpoint_url: args.aws.endpoint_url.clone(),
+        region: args.aws.region.clone(),
+        rules: args.analytics.signals()?.rules,
+    };
+    let mut running = serve::dynamodb::start(cfg)
+        .await
+        .context("osprey serve --state dynamodb could not start")?;
+    println!("osprey serve: listening on {}", running.url());
+    let outcome = tokio::select! {
+        signal = shutdown_signal() => signal.map(|name| tracing::info!(signal = name, "shutting down")),
+        failure = running.stopped() => Err(anyhow::Error::new(failure)),
+    };
+    running.shutdown().await;
     outcome.context("osprey serve stopped")
 }
 
@@ -985,7 +1053,8 @@ mod tests {
             panic!("not serve")
         };
         assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(args.source, SourceKind::Mqtt);
+        assert_eq!(args.source, None);
+        assert_eq!(args.state, StateKind::Sqlite);
         assert_eq!(args.aws.region, "us-east-1");
         assert_eq!(args.batch.limits(), BatchLimits::default());
     }

@@ -177,6 +177,9 @@ pub enum ServeError {
         /// How long shutdown waited.
         grace_s: u64,
     },
+    /// The DynamoDB state table cannot be read (`--state dynamodb`).
+    #[error(transparent)]
+    Dynamo(#[from] crate::fleet::FleetError),
     /// A task stopped on its own (it should run until shutdown).
     #[error("the {task} stopped unexpectedly: {reason}")]
     TaskStopped {
@@ -205,26 +208,7 @@ pub struct Running {
 /// Opens the store, binds the API and starts the source. Returns once the API listens.
 pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     let loopback = cfg.listen.ip().is_loopback();
-    if cfg.api.token.is_none() && !loopback {
-        if !cfg.api.insecure_no_auth {
-            return Err(ServeError::Unauthenticated { addr: cfg.listen });
-        }
-        tracing::warn!(addr = %cfg.listen,
-            "!!! --insecure-no-auth: the API serves the whole fleet WITHOUT authentication to \
-             anyone who can reach this address; set --api-token-file unless a proxy in front \
-             authenticates !!!");
-    }
-    let tls = match &cfg.api.tls {
-        Some(files) => {
-            let files = files.clone();
-            Some(
-                tokio::task::spawn_blocking(move || files.acceptor())
-                    .await
-                    .map_err(|e| StoreError::ReadTask(e.to_string()))??,
-            )
-        }
-        None => None,
-    };
+    let tls = exposure(&cfg.api, cfg.listen).await?;
     let (db, signals, retention) = (cfg.db.clone(), cfg.signals.clone(), cfg.retention.clone());
     let store = tokio::task::spawn_blocking(move || Store::open_configured(db, signals, retention))
         .await
@@ -296,8 +280,8 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         addr: cfg.listen,
         cause,
     })?;
-    let mut router = api::router(ApiState {
-        reader: reader.clone(),
+    let router = api::router(ApiState {
+        reader: api::StateSource::Sqlite(reader.clone()),
         stats: pipeline.stats_handle(),
         rules: Arc::from(cfg.signals.rules.clone()),
         shutdown: Some(shutdown.clone()),
@@ -321,15 +305,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         }
         .router(),
     );
-    // Layers wrap what is already there: the last added runs first.
-    if let Some(token) = cfg.api.token.clone() {
-        router = router.layer(from_fn_with_state(token, api::auth::require_token));
-    }
-    if loopback {
-        let allowed = AllowedHosts::loopback(&cfg.api.allowed_hosts);
-        router = router.layer(from_fn_with_state(allowed, api::host::check_host));
-    }
-    let router = router.layer(from_fn(api::headers::security_headers));
+    let router = protect(router, &cfg.api, loopback);
     let scheme = if tls.is_some() { "https" } else { "http" };
     let (api_shutdown, limits) = (shutdown.clone(), cfg.api.limits.clone());
     tasks.spawn(async move {
@@ -348,6 +324,48 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         store,
         tasks,
     })
+}
+
+/// Refuses a non-loopback listener without a token (unless told to serve it open), and
+/// loads the TLS certificate and key, if any.
+async fn exposure(
+    api: &ApiConfig,
+    listen: SocketAddr,
+) -> Result<Option<tokio_rustls::TlsAcceptor>, ServeError> {
+    if api.token.is_none() && !listen.ip().is_loopback() {
+        if !api.insecure_no_auth {
+            return Err(ServeError::Unauthenticated { addr: listen });
+        }
+        tracing::warn!(addr = %listen,
+            "!!! --insecure-no-auth: the API serves the whole fleet WITHOUT authentication to \
+             anyone who can reach this address; set --api-token-file unless a proxy in front \
+             authenticates !!!");
+    }
+    match &api.tls {
+        Some(files) => {
+            let files = files.clone();
+            Ok(Some(
+                tokio::task::spawn_blocking(move || files.acceptor())
+                    .await
+                    .map_err(|e| StoreError::ReadTask(e.to_string()))??,
+            ))
+        }
+        None => Ok(None),
+    }
+}
+
+/// `router` behind the API's layers: the token, the loopback Host check, the security
+/// headers.
+fn protect(mut router: axum::Router, api: &ApiConfig, loopback: bool) -> axum::Router {
+    // Layers wrap what is already there: the last added runs first.
+    if let Some(token) = api.token.clone() {
+        router = router.layer(from_fn_with_state(token, api::auth::require_token));
+    }
+    if loopback {
+        let allowed = AllowedHosts::loopback(&api.allowed_hosts);
+        router = router.layer(from_fn_with_state(allowed, api::host::check_host));
+    }
+    router.layer(from_fn(api::headers::security_headers))
 }
 
 /// Runs until `shutdown` resolves (or a task fails), then shuts down gracefully.
@@ -449,6 +467,7 @@ impl Running {
     }
 }
 
+pub mod dynamodb;
 mod http;
 mod stall;
 mod tls;

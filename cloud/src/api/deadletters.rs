@@ -45,7 +45,7 @@ pub async fn dead_letters(
         limit: p.limit()?,
         payload,
     };
-    Ok(Json(state.reader.dead_letters(filter).await?))
+    Ok(Json(state.reader.store()?.dead_letters(filter).await?))
 }
 
 #[cfg(test)]

@@ -49,6 +49,22 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::fleet::FleetError> for ApiError {
+    fn from(e: crate::fleet::FleetError) -> ApiError {
+        tracing::error!(error = %e, "dynamodb read failed");
+        ApiError {
+            status: StatusCode::BAD_GATEWAY,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.status)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (

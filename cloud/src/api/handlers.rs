@@ -3,12 +3,13 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::Uri;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
 use super::error::ApiError;
 use super::params::Params;
-use super::ApiState;
+use super::{ApiState, StateSource};
 use crate::pipeline::PipelineStats;
 use crate::store::signals::DeviceSignals;
 use crate::store::{
@@ -77,7 +78,7 @@ pub async fn device_windows(
         limit: p.limit()?,
     };
     known_device(&state, &device).await?;
-    Ok(Json(state.reader.windows(filter).await?))
+    Ok(Json(state.reader.store()?.windows(filter).await?))
 }
 
 /// `GET /api/devices/{device}/signals`.
@@ -106,7 +107,7 @@ pub async fn windows(
         since_ms: p.time_ms("since_ms")?,
         limit: p.limit()?,
     };
-    Ok(Json(state.reader.windows(filter).await?))
+    Ok(Json(state.reader.store()?.windows(filter).await?))
 }
 
 /// `GET /api/alerts`.
@@ -130,13 +131,32 @@ pub struct Stats {
     maintenance: Maintenance,
 }
 
+/// `/api/stats` from DynamoDB state: which table, what this server read from it.
+#[derive(Serialize)]
+pub struct DynamoStats {
+    state: &'static str,
+    table: String,
+    reads: crate::fleet::dynamo_view::Reads,
+    missing: &'static [&'static str],
+}
+
 /// `GET /api/stats`.
-pub async fn stats(State(state): State<ApiState>) -> Result<Json<Stats>, ApiError> {
-    Ok(Json(Stats {
-        pipeline: state.stats.snapshot(),
-        store: state.reader.counts().await?,
-        maintenance: state.reader.maintenance(),
-    }))
+pub async fn stats(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    Ok(match &state.reader {
+        StateSource::Sqlite(reader) => Json(Stats {
+            pipeline: state.stats.snapshot(),
+            store: reader.counts().await?,
+            maintenance: reader.maintenance(),
+        })
+        .into_response(),
+        StateSource::Dynamo(view) => Json(DynamoStats {
+            state: "dynamodb",
+            table: view.table().to_owned(),
+            reads: view.reads(),
+            missing: state.reader.missing(),
+        })
+        .into_response(),
+    })
 }
 
 /// Any other route.

@@ -35,7 +35,6 @@ use super::handlers::{params, QueryPairs};
 use super::views::{fleet_query, FLEET_PARAMS};
 use super::ApiState;
 use crate::store::fleetview::{FleetCounts, FleetMark, FleetQuery, FleetRow};
-use crate::store::StoreError;
 
 /// How often a stream looks at the store, at least (a slow look makes it wait longer).
 pub const POLL: Duration = Duration::from_secs(1);
@@ -136,13 +135,13 @@ impl Live {
                 tracing::warn!(error = %e, "live fleet view: store read failed; retrying");
                 self.mark = None;
                 self.pending
-                    .push_back(Event::default().event("error").data(e.to_string()));
+                    .push_back(Event::default().event("error").data(e.message));
             }
         }
     }
 
     /// Looks at the store once and queues what changed.
-    async fn poll(&mut self) -> Result<(), StoreError> {
+    async fn poll(&mut self) -> Result<(), ApiError> {
         let mark = self.state.reader.fleet_mark().await?;
         if self.mark == Some(mark) {
             return Ok(());

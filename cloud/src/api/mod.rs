@@ -40,6 +40,7 @@ pub mod live;
 pub mod pages;
 pub mod params;
 pub mod ready;
+pub mod source;
 pub mod views;
 
 use axum::routing::get;
@@ -54,12 +55,13 @@ use osprey_protocol::ThresholdRule;
 use crate::pipeline::IngestStats;
 use crate::shutdown::Shutdown;
 use crate::store::StoreReader;
+pub use source::StateSource;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct ApiState {
-    /// Read side of the store.
-    pub reader: StoreReader,
+    /// Where the fleet is read from: the SQLite store or DynamoDB state ([`source`]).
+    pub reader: StateSource,
     /// Ingest counters, for `/api/stats`.
     pub stats: IngestStats,
     /// The rules `osprey serve` predicts crossings of: the device page draws their levels.
@@ -73,7 +75,7 @@ impl ApiState {
     /// The state of an API over `reader`, without rules and without a shutdown signal.
     pub fn new(reader: StoreReader, stats: IngestStats) -> ApiState {
         ApiState {
-            reader,
+            reader: StateSource::Sqlite(reader),
             stats,
             rules: Arc::from(Vec::new()),
             shutdown: None,

@@ -194,7 +194,11 @@ pub async fn device_history(
             last_seen_ms: summary.last_seen_ms,
             last_event_ms: summary.last_event_ms,
             events: summary.events,
-            not_recorded: NOT_RECORDED.to_vec(),
+            not_recorded: NOT_RECORDED
+                .iter()
+                .chain(state.reader.missing())
+                .copied()
+                .collect(),
         },
     }))
 }

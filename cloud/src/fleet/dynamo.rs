@@ -51,7 +51,18 @@ impl StateReader {
         }
     }
 
-    fn error<E, R>(&self, operation: &'static str, e: &SdkError<E, R>) -> FleetError
+    /// The SDK client.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The table's name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// `e` of `operation` as a [`FleetError`] that says what to do.
+    pub(crate) fn error<E, R>(&self, operation: &'static str, e: &SdkError<E, R>) -> FleetError
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug,

@@ -203,15 +203,48 @@ pub async fn query_each(
     pk: &str,
     keys: &SortKeys,
     forward: bool,
+    each: impl FnMut(&Item) -> bool,
+) -> Result<(), SdkError<QueryError, HttpResponse>> {
+    let how = Reading {
+        forward,
+        consistent: true,
+        page: None,
+    };
+    query_pages(client, table, pk, keys, how, each, |_| {}).await
+}
+
+/// How a [`query_pages`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reading {
+    /// In sort-key order (`true`) or reverse.
+    pub forward: bool,
+    /// Strongly consistent (twice the read units of an eventually consistent read).
+    pub consistent: bool,
+    /// Items per request (DynamoDB's `Limit`): a reader that wants the first item only sets 1,
+    /// so it pays for one item instead of a 1 MB page. `None`: up to 1 MB per request.
+    pub page: Option<i32>,
+}
+
+/// [`query_each`] with the reading chosen; `units` gets the read units each request consumed
+/// (as DynamoDB reports them; nothing when it does not).
+pub async fn query_pages(
+    client: &Client,
+    table: &str,
+    pk: &str,
+    keys: &SortKeys,
+    how: Reading,
     mut each: impl FnMut(&Item) -> bool,
+    mut units: impl FnMut(f64),
 ) -> Result<(), SdkError<QueryError, HttpResponse>> {
     let mut start = None;
     loop {
         let mut q = client
             .query()
             .table_name(table)
-            .consistent_read(true)
-            .scan_index_forward(forward)
+            .consistent_read(how.consistent)
+            .scan_index_forward(how.forward)
+            .set_limit(how.page)
+            .return_consumed_capacity(aws_sdk_dynamodb::types::ReturnConsumedCapacity::Total)
             .set_exclusive_start_key(start.take())
             .expression_attribute_values(":pk", s(pk));
         q = match keys {
@@ -225,6 +258,9 @@ pub async fn query_each(
                 .expression_attribute_values(":high", s(high.clone())),
         };
         let out = q.send().await?;
+        if let Some(used) = out.consumed_capacity().and_then(|c| c.capacity_units()) {
+            units(used);
+        }
         for item in out.items() {
             if !each(item) {
                 return Ok(());

@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod dynamo;
+pub mod dynamo_view;
 pub mod layout;
 
 use std::io::Write;

@@ -108,7 +108,8 @@ pub struct AlertCounts {
 }
 
 impl AlertCounts {
-    fn of(alerts: &[ActiveAlert]) -> AlertCounts {
+    /// The counts of `alerts`.
+    pub fn of(alerts: &[ActiveAlert]) -> AlertCounts {
         let mut c = AlertCounts::default();
         for a in alerts {
             match a.severity {
@@ -205,6 +206,19 @@ pub struct FleetMark {
     pub alert_id: i64,
 }
 
+impl FleetMark {
+    /// A mark of a fleet of `devices` devices, newest `last_seen_ms` and `status_ms`, whose
+    /// newest alert event is `alert_id`.
+    pub fn new(devices: i64, last_seen_ms: i64, status_ms: i64, alert_id: i64) -> FleetMark {
+        FleetMark {
+            devices,
+            last_seen_ms,
+            status_ms,
+            alert_id,
+        }
+    }
+}
+
 /// The store's [`FleetMark`] now.
 pub fn fleet_mark(conn: &Connection) -> rusqlite::Result<FleetMark> {
     conn.query_row(
@@ -251,13 +265,25 @@ pub fn fleet_page(conn: &Connection, query: &FleetQuery) -> rusqlite::Result<Fle
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut counts = FleetCounts::default();
     for row in &mut rows {
         let active = alerts.remove(&row.device).unwrap_or_default();
         let series = signals.remove(&row.device).unwrap_or_default();
         (row.health, row.next_breach) = health_of(&series, &active);
         row.alerts = AlertCounts::of(&active);
         row.active_rules = active.into_iter().map(|a| a.rule).collect();
+    }
+    let mut page = arrange(rows, query);
+    for row in &mut page.rows {
+        row.latest = latest_windows(conn, &row.device)?;
+    }
+    Ok(page)
+}
+
+/// The page `query` asks for out of every device's row (health and alerts filled in, latest
+/// windows not yet): the whole fleet's counts, then the filters, the order and the cut.
+pub fn arrange(mut rows: Vec<FleetRow>, query: &FleetQuery) -> FleetPage {
+    let mut counts = FleetCounts::default();
+    for row in &rows {
         counts.devices += 1;
         match row.status.as_str() {
             "online" => counts.online += 1,
@@ -282,22 +308,19 @@ pub fn fleet_page(conn: &Connection, query: &FleetQuery) -> rusqlite::Result<Fle
     });
     sort(&mut rows, query.sort);
     let total = rows.len() as u64;
-    let mut page: Vec<FleetRow> = rows
+    let page: Vec<FleetRow> = rows
         .into_iter()
         .skip(query.offset as usize)
         .take(query.limit as usize)
         .collect();
-    for row in &mut page {
-        row.latest = latest_windows(conn, &row.device)?;
-    }
-    Ok(FleetPage {
+    FleetPage {
         total,
         offset: query.offset,
         limit: query.limit,
         sort: query.sort,
         counts,
         rows: page,
-    })
+    }
 }
 
 /// Alert events stored after row id `after` (oldest first, at most `limit`), each with its

@@ -310,8 +310,20 @@ pub fn episodes(
         args,
     )?;
     let active = active_rules(conn)?;
+    Ok(episodes_of(older.into_iter().chain(events), &active, filter, now_ms))
+}
+
+/// Episodes of alert `events` (those in the range, and the raises before it of rules still
+/// active): grouped by device and rule, raise → clear, `active` naming the rules whose newest
+/// event is a raise; ordered and cut as [`episodes`] says.
+pub fn episodes_of(
+    events: impl IntoIterator<Item = AlertRow>,
+    active: &BTreeSet<(String, String)>,
+    filter: &EpisodeFilter,
+    now_ms: i64,
+) -> Vec<Episode> {
     let mut by_rule: BTreeMap<(String, String), Vec<AlertRow>> = BTreeMap::new();
-    for e in older.into_iter().chain(events) {
+    for e in events {
         by_rule
             .entry((e.device.clone(), e.rule.clone()))
             .or_default()
@@ -358,7 +370,7 @@ pub fn episodes(
             .then_with(|| a.device.cmp(&b.device))
     });
     out.truncate(filter.limit as usize);
-    Ok(out)
+    out
 }
 
 /// An episode of `e`'s device and rule, raised by `e` when `raised`.
