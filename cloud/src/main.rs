@@ -810,7 +810,11 @@ async fn serve_dynamodb(args: ServeArgs) -> Result<()> {
         ("--alerts-sns-topic", args.alerts_sns_topic.is_some()),
         ("--alerts-webhook", args.alerts_webhook.is_some()),
     ];
-    let given: Vec<&str> = ingest.iter().filter(|(_, on)| *on).map(|(f, _)| *f).collect();
+    let given: Vec<&str> = ingest
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(f, _)| *f)
+        .collect();
     if !given.is_empty() {
         bail!(
             "--state dynamodb serves the Lambda's state table read-only and ingests nothing, so {} \

@@ -400,9 +400,8 @@ impl DynamoView {
     /// cursor's newest alert id.
     pub async fn fleet_mark(&self) -> Result<FleetMark, FleetError> {
         let listing = self.listing().await?;
-        let newest = |f: fn(&DeviceSummary) -> i64| {
-            listing.iter().map(|d| f(&d.summary)).max().unwrap_or(0)
-        };
+        let newest =
+            |f: fn(&DeviceSummary) -> i64| listing.iter().map(|d| f(&d.summary)).max().unwrap_or(0);
         Ok(FleetMark::new(
             listing.len() as i64,
             newest(|s| s.last_seen_ms),
@@ -464,7 +463,9 @@ impl DynamoView {
             consistent: false,
             page: Some(1),
         };
-        let items = self.query(&layout::device_pk(device), &keys, how, 1).await?;
+        let items = self
+            .query(&layout::device_pk(device), &keys, how, 1)
+            .await?;
         items
             .first()
             .map(layout::window_from_item)
@@ -532,7 +533,9 @@ impl DynamoView {
         let from_ms = from_ms.saturating_sub(from_ms.rem_euclid(bucket));
         let buckets = usize::try_from(to_ms.saturating_sub(from_ms).max(0).div_euclid(bucket))
             .unwrap_or(0)
-            .saturating_add(usize::from(to_ms.saturating_sub(from_ms).rem_euclid(bucket) != 0))
+            .saturating_add(usize::from(
+                to_ms.saturating_sub(from_ms).rem_euclid(bucket) != 0,
+            ))
             .min(points as usize + 1);
         let series = match self.device_state(device).await? {
             Some(d) => d.series,
@@ -552,12 +555,7 @@ impl DynamoView {
                 page: None,
             };
             let items = self
-                .query(
-                    &layout::device_pk(device),
-                    &keys,
-                    how,
-                    MAX_HISTORY_WINDOWS,
-                )
+                .query(&layout::device_pk(device), &keys, how, MAX_HISTORY_WINDOWS)
                 .await?;
             let mut unit = None;
             let mut s = SeriesHistory {

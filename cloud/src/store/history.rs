@@ -310,7 +310,12 @@ pub fn episodes(
         args,
     )?;
     let active = active_rules(conn)?;
-    Ok(episodes_of(older.into_iter().chain(events), &active, filter, now_ms))
+    Ok(episodes_of(
+        older.into_iter().chain(events),
+        &active,
+        filter,
+        now_ms,
+    ))
 }
 
 /// Episodes of alert `events` (those in the range, and the raises before it of rules still
