@@ -337,7 +337,7 @@ async fn serve_shows_the_lambdas_dynamodb_state_as_the_same_pages() {
         10,
         &[(
             HEALTHY[0].to_owned(),
-            raise(HEALTHY[0], 2, "blower-warm", Severity::Warning, 81.0),
+            raise(HEALTHY[0], 2, "agitator-warm", Severity::Warning, 81.0),
         )],
     )
     .await;
@@ -358,7 +358,7 @@ async fn serve_shows_the_lambdas_dynamodb_state_as_the_same_pages() {
             alert["event"].as_str(),
             alert["severity"].as_str()
         ),
-        (Some("blower-warm"), Some("raise"), Some("warning"))
+        (Some("agitator-warm"), Some("raise"), Some("warning"))
     );
     drop(events);
 
