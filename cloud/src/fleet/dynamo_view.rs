@@ -128,8 +128,11 @@ struct AlertLog {
     last_id: i64,
     events: VecDeque<(i64, AlertRow)>,
     /// Each rule's state at the last listing; `None` before the first.
-    states: Option<HashMap<(String, String), (String, u64, i64)>>,
+    states: Option<HashMap<(String, String), RuleMark>>,
 }
+
+/// A rule state's event, seq and time: when any changes, the rule has a new alert event.
+type RuleMark = (String, u64, i64);
 
 /// Read units and requests, as DynamoDB reported them.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -351,7 +354,7 @@ impl DynamoView {
     /// Numbers the rule states that changed since the last listing as alert events.
     fn note_alerts(&self, devices: &[DeviceState]) {
         let mut log = lock(&self.alerts);
-        let states: HashMap<(String, String), (String, u64, i64)> = devices
+        let states: HashMap<(String, String), RuleMark> = devices
             .iter()
             .flat_map(|d| {
                 d.rules.iter().map(|r| {
@@ -531,11 +534,9 @@ impl DynamoView {
     ) -> Result<History, FleetError> {
         let bucket = history::bucket_ms(from_ms, to_ms, points);
         let from_ms = from_ms.saturating_sub(from_ms.rem_euclid(bucket));
-        let buckets = usize::try_from(to_ms.saturating_sub(from_ms).max(0).div_euclid(bucket))
+        let span = to_ms.saturating_sub(from_ms).max(0);
+        let buckets = usize::try_from(span / bucket + i64::from(span % bucket != 0))
             .unwrap_or(0)
-            .saturating_add(usize::from(
-                to_ms.saturating_sub(from_ms).rem_euclid(bucket) != 0,
-            ))
             .min(points as usize + 1);
         let series = match self.device_state(device).await? {
             Some(d) => d.series,
@@ -597,9 +598,9 @@ impl DynamoView {
                     slot => *slot = Some(w.agg.sketch),
                 }
             }
-            for i in 0..buckets {
-                if s.count[i] > 0 {
-                    s.mean[i] = Some(sums[i] / s.count[i] as f64);
+            for ((mean, &count), sum) in s.mean.iter_mut().zip(&s.count).zip(&sums) {
+                if count > 0 {
+                    *mean = Some(sum / count as f64);
                 }
             }
             s.unit = match unit {
@@ -679,7 +680,7 @@ impl DynamoView {
                     .filter(|a| filter.since_ms.is_none_or(|s| a.time_ms >= s)),
             );
         }
-        out.sort_by(|a, b| (b.time_ms, b.seq).cmp(&(a.time_ms, a.seq)));
+        out.sort_by_key(|a| std::cmp::Reverse((a.time_ms, a.seq)));
         out.truncate(filter.limit as usize);
         Ok(out)
     }
