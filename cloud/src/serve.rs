@@ -326,6 +326,24 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     })
 }
 
+/// The first of `tasks` to stop, as the failure it is (they run until shutdown); pending while
+/// none has.
+async fn first_stop(tasks: &mut JoinSet<TaskResult>) -> ServeError {
+    match tasks.join_next().await {
+        Some(Ok((task, result))) => ServeError::TaskStopped {
+            task,
+            reason: result
+                .err()
+                .unwrap_or_else(|| "no error reported".to_owned()),
+        },
+        Some(Err(e)) => ServeError::TaskStopped {
+            task: "task",
+            reason: e.to_string(),
+        },
+        None => std::future::pending().await,
+    }
+}
+
 /// Refuses a non-loopback listener without a token (unless told to serve it open), and
 /// loads the TLS certificate and key, if any.
 async fn exposure(
@@ -411,19 +429,7 @@ impl Running {
     /// Resolves if a task stops before shutdown, with what it reported. Tasks run until
     /// shutdown, so this is a failure; call [`Running::shutdown`] afterwards.
     pub async fn stopped(&mut self) -> ServeError {
-        match self.tasks.join_next().await {
-            Some(Ok((task, result))) => ServeError::TaskStopped {
-                task,
-                reason: result
-                    .err()
-                    .unwrap_or_else(|| "no error reported".to_owned()),
-            },
-            Some(Err(e)) => ServeError::TaskStopped {
-                task: "task",
-                reason: e.to_string(),
-            },
-            None => std::future::pending().await,
-        }
+        first_stop(&mut self.tasks).await
     }
 
     /// Stops the source (after its current message or batch, checkpoint included), drains the

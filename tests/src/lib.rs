@@ -67,7 +67,9 @@ pub use greengrass::{Nucleus, Published, COMPONENT};
 pub use lambda::{base64, kinesis_event_json};
 pub use mosquitto::{mosquitto_publish, mosquitto_tool, Listener, Mosquitto};
 pub use moto::{moto_endpoint, unique_name, MotoServer};
-pub use net::{free_port, http_get, http_get_json, http_request, wait_until, HttpResponse};
+pub use net::{
+    free_port, http_get, http_get_json, http_request, sse_events, wait_until, HttpResponse,
+};
 pub use paths::{bin, target_profile_dir, workspace_root};
 pub use process::{log_field, Proc};
 pub use shadow::ShadowService;

@@ -249,6 +249,48 @@ fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
     }
 }
 
+/// Opens `GET path` (a server-sent event stream, e.g. `/api/fleet/events?limit=3`) on
+/// `base_url` (`http://host:port`) and reads it on a thread: each event as `(name, data as
+/// JSON)`, `Null` for data that is not JSON. Dropping the receiver ends the thread at the next
+/// event.
+///
+/// # Panics
+///
+/// When the connection cannot be made.
+pub fn sse_events(
+    base_url: &str,
+    path: &str,
+) -> std::sync::mpsc::Receiver<(String, serde_json::Value)> {
+    use std::io::{BufRead, BufReader};
+    let addr = base_url.trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut name, mut data) = (String::new(), String::new());
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { return };
+            // Chunked transfer: chunk sizes come as lines of their own, and are ignored here.
+            if let Some(v) = line.strip_prefix("event: ") {
+                name = v.to_owned();
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                data = v.to_owned();
+            } else if line.is_empty() && !data.is_empty() {
+                let value = serde_json::from_str(&data).unwrap_or(serde_json::Value::Null);
+                if tx.send((std::mem::take(&mut name), value)).is_err() {
+                    return;
+                }
+                data.clear();
+            }
+        }
+    });
+    rx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

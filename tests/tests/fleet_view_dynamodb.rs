@@ -9,19 +9,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::kinesis::KinesisEvent;
 use osprey_lambda::handler::handle;
 use osprey_lambda::state::DynamoState;
-use osprey_protocol::{Alert, AlertEvent, Body, Envelope, Series, Severity, TelemetryBatch};
+use osprey_protocol::{Alert, AlertEvent, Body, Envelope, Series, Severity};
 use osprey_tests::bench::now_ms;
+use osprey_tests::fleet::telemetry;
 use osprey_tests::{
     bin, http_get, http_get_json, kinesis_event_json, moto_endpoint, rendered_dom_in, screenshot,
-    unique_name, Proc, Window,
+    sse_events, unique_name, Proc, Window,
 };
 use serde_json::Value;
 
@@ -31,21 +30,13 @@ const HEALTHY: [&str; 2] = ["dyn-agitator-01", "dyn-blower-03"];
 
 /// 30 bearing temperatures of `device`, 12 s apart, ending a minute ago: from `base` up by
 /// `rise` per reading.
-fn telemetry(device: &str, seq: u64, base: f64, rise: f64) -> Vec<u8> {
+fn readings(device: &str, seq: u64, base: f64, rise: f64) -> Vec<u8> {
     let mut series = Series::new("bearing", "temperature", "Cel");
     let start = now_ms() - 7 * 60_000;
     for i in 0..30 {
         series.push(start + i * 12_000, base + rise * i as f64);
     }
-    Envelope::new(
-        device,
-        seq,
-        Body::Telemetry(TelemetryBatch {
-            series: vec![series],
-        }),
-    )
-    .encode()
-    .unwrap()
+    telemetry(device, seq, series)
 }
 
 /// A raise of `rule` on the bearing temperature of `device`, as its agent sends it.
@@ -89,36 +80,6 @@ fn serve(args: &[&str]) -> Command {
     cmd
 }
 
-/// An open `GET /api/fleet/events` whose events are read on a thread: `(name, data)`.
-fn open_stream(url: &str) -> std::sync::mpsc::Receiver<(String, Value)> {
-    let addr = url.trim_start_matches("http://").to_owned();
-    let mut stream = TcpStream::connect(&addr).unwrap();
-    write!(
-        stream,
-        "GET /api/fleet/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
-    )
-    .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let (mut name, mut data) = (String::new(), String::new());
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { return };
-            if let Some(v) = line.strip_prefix("event: ") {
-                name = v.to_owned();
-            } else if let Some(v) = line.strip_prefix("data: ") {
-                data = v.to_owned();
-            } else if line.is_empty() && !data.is_empty() {
-                let value = serde_json::from_str(&data).unwrap_or(Value::Null);
-                if tx.send((std::mem::take(&mut name), value)).is_err() {
-                    return;
-                }
-                data.clear();
-            }
-        }
-    });
-    rx
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_shows_the_lambdas_dynamodb_state_as_the_same_pages() {
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -132,14 +93,14 @@ async fn serve_shows_the_lambdas_dynamodb_state_as_the_same_pages() {
     DynamoState::create_table(&client, &dead).await.unwrap();
     let state = DynamoState::new(client, &table, &dead);
     let mut records = vec![
-        (FAILING.to_owned(), telemetry(FAILING, 1, 60.0, 0.9)),
+        (FAILING.to_owned(), readings(FAILING, 1, 60.0, 0.9)),
         (
             FAILING.to_owned(),
             raise(FAILING, 2, "bearing-hot", Severity::Critical, 82.5),
         ),
     ];
     for d in HEALTHY {
-        records.push((d.to_owned(), telemetry(d, 1, 40.0, 0.01)));
+        records.push((d.to_owned(), readings(d, 1, 40.0, 0.01)));
     }
     apply(&state, 1, &records).await;
 
@@ -326,7 +287,7 @@ async fn serve_shows_the_lambdas_dynamodb_state_as_the_same_pages() {
     }
 
     // Live: a raise the Lambda applies after the stream opened arrives on it.
-    let events = open_stream(&url);
+    let events = sse_events(&url, "/api/fleet/events");
     let opened = events.recv_timeout(Duration::from_secs(20));
     assert!(
         matches!(&opened, Ok((name, _)) if name == "fleet"),
@@ -361,6 +322,18 @@ async fn serve_shows_the_lambdas_dynamodb_state_as_the_same_pages() {
         (Some("agitator-warm"), Some("raise"), Some("warning"))
     );
     drop(events);
+
+    // The API token applies unchanged: the data needs it, the page itself does not.
+    let mut guarded = Proc::spawn(
+        serve(&["--table", &table]).env("OSPREY_API_TOKEN", "a-token-of-at-least-sixteen-bytes"),
+    );
+    let line = guarded.stdout_line_matching("osprey serve: listening on ", Duration::from_secs(30));
+    let guarded_url = line
+        .trim()
+        .trim_start_matches("osprey serve: listening on ");
+    assert_eq!(http_get(&format!("{guarded_url}/api/fleet")).status, 401);
+    assert_eq!(http_get(&format!("{guarded_url}/")).status, 200);
+    guarded.terminate(Duration::from_secs(20));
 
     let status = server
         .terminate(Duration::from_secs(20))

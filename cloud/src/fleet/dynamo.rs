@@ -11,7 +11,6 @@ use osprey_protocol::Severity;
 use super::layout::{self, get_i64, get_str, get_u64, s, Item, SortKeys};
 use super::{FleetDevice, FleetError, FleetWindow};
 use crate::analytics::health::{self, ActiveAlert};
-use crate::store::DeviceEvent;
 use crate::window::WindowKind;
 
 /// Reads the state table.
@@ -160,25 +159,9 @@ impl StateReader {
                 .query(&pk, Some(layout::EVENT_PREFIX))
                 .await?
                 .iter()
-                .filter_map(|e| {
-                    Some(DeviceEvent {
-                        kind: get_str(e, "kind")?.to_owned(),
-                        time_ms: get_i64(e, "time_ms")?,
-                        old_epoch: get_u64(e, "old_epoch")?,
-                        new_epoch: get_u64(e, "new_epoch")?,
-                    })
-                })
+                .filter_map(layout::event_from_item)
                 .collect();
-            let mut series: Vec<(String, String)> = item
-                .get("series")
-                .and_then(|v| v.as_ss().ok())
-                .map(|set| {
-                    set.iter()
-                        .filter_map(|m| layout::parse_series_member(m))
-                        .collect()
-                })
-                .unwrap_or_default();
-            series.sort();
+            let series = layout::series_of(item);
             for kind in WindowKind::ALL {
                 for (sensor, metric) in &series {
                     if let Some(w) = self.newest(&pk, sensor, metric, kind).await? {

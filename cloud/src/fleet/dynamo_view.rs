@@ -258,14 +258,7 @@ impl DynamoView {
                 .filter(move |i| get_str(i, "sk").is_some_and(|k| k.starts_with(prefix)))
         };
         let mut events: Vec<DeviceEvent> = prefixed(layout::EVENT_PREFIX)
-            .filter_map(|e| {
-                Some(DeviceEvent {
-                    kind: get_str(e, "kind")?.to_owned(),
-                    time_ms: get_i64(e, "time_ms")?,
-                    old_epoch: get_u64(e, "old_epoch")?,
-                    new_epoch: get_u64(e, "new_epoch")?,
-                })
-            })
+            .filter_map(layout::event_from_item)
             .collect();
         events.sort_by_key(|e| (e.time_ms, e.new_epoch));
         let rules: Vec<RuleState> = prefixed(layout::RULE_PREFIX)
@@ -281,16 +274,7 @@ impl DynamoView {
                 })
             })
             .collect();
-        let mut series: Vec<(String, String)> = item
-            .get("series")
-            .and_then(|v| v.as_ss().ok())
-            .map(|set| {
-                set.iter()
-                    .filter_map(|m| layout::parse_series_member(m))
-                    .collect()
-            })
-            .unwrap_or_default();
-        series.sort();
+        let series = layout::series_of(item);
         let last_seen_ms = get_i64(item, "last_seen_ms").unwrap_or(0);
         let mut state = DeviceState {
             summary: DeviceSummary {
@@ -559,21 +543,12 @@ impl DynamoView {
                 .query(&layout::device_pk(device), &keys, how, MAX_HISTORY_WINDOWS)
                 .await?;
             let mut unit = None;
-            let mut s = SeriesHistory {
-                sensor: sensor.clone(),
-                metric: metric.clone(),
-                unit: String::new(),
-                t: (0..buckets as i64).map(|i| from_ms + i * bucket).collect(),
-                mean: vec![None; buckets],
-                min: vec![None; buckets],
-                max: vec![None; buckets],
-                p5: vec![None; buckets],
-                p95: vec![None; buckets],
-                count: vec![0; buckets],
-                corrections: vec![0; buckets],
-                windows: 0,
-                corrected_windows: 0,
-            };
+            let mut s = SeriesHistory::empty(
+                (sensor.clone(), metric.clone(), String::new()),
+                from_ms,
+                bucket,
+                buckets,
+            );
             let mut sums = vec![0.0; buckets];
             let mut merged: Vec<Option<Sketch>> = vec![None; buckets];
             for item in &items {

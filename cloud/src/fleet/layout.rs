@@ -142,6 +142,27 @@ pub fn parse_series_member(member: &str) -> Option<(String, String)> {
     Some((unescape(sensor), unescape(metric)))
 }
 
+/// The series of a device item (its `series` set), by sensor and metric.
+pub fn series_of(device_item: &Item) -> Vec<(String, String)> {
+    let mut series: Vec<(String, String)> = device_item
+        .get("series")
+        .and_then(|v| v.as_ss().ok())
+        .map(|set| set.iter().filter_map(|m| parse_series_member(m)).collect())
+        .unwrap_or_default();
+    series.sort();
+    series
+}
+
+/// A device event item (`ev#…`), or `None` if it lacks an attribute.
+pub fn event_from_item(item: &Item) -> Option<crate::store::DeviceEvent> {
+    Some(crate::store::DeviceEvent {
+        kind: get_str(item, "kind")?.to_owned(),
+        time_ms: get_i64(item, "time_ms")?,
+        old_epoch: get_u64(item, "old_epoch")?,
+        new_epoch: get_u64(item, "new_epoch")?,
+    })
+}
+
 /// A string attribute.
 pub fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())

@@ -13,7 +13,9 @@ use osprey_protocol::ThresholdRule;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use super::{exposure, http, protect, ApiConfig, ServeError, TaskResult, SHUTDOWN_GRACE};
+use super::{
+    exposure, first_stop, http, protect, ApiConfig, ServeError, TaskResult, SHUTDOWN_GRACE,
+};
 use crate::api::ready::{Readiness, SourceKind};
 use crate::api::{self, ApiState, StateSource};
 use crate::fleet::dynamo::StateReader;
@@ -109,19 +111,7 @@ impl ViewRunning {
 
     /// Resolves if the API stops before shutdown, with what it reported.
     pub async fn stopped(&mut self) -> ServeError {
-        match self.tasks.join_next().await {
-            Some(Ok((task, result))) => ServeError::TaskStopped {
-                task,
-                reason: result
-                    .err()
-                    .unwrap_or_else(|| "no error reported".to_owned()),
-            },
-            Some(Err(e)) => ServeError::TaskStopped {
-                task: "task",
-                reason: e.to_string(),
-            },
-            None => std::future::pending().await,
-        }
+        first_stop(&mut self.tasks).await
     }
 
     /// Drains the API's requests and stops.

@@ -66,6 +66,34 @@ pub struct SeriesHistory {
     pub corrected_windows: u64,
 }
 
+impl SeriesHistory {
+    /// A series of `buckets` empty buckets of `bucket_ms` from `from_ms`.
+    pub fn empty(
+        (sensor, metric, unit): (String, String, String),
+        from_ms: i64,
+        bucket_ms: i64,
+        buckets: usize,
+    ) -> SeriesHistory {
+        SeriesHistory {
+            sensor,
+            metric,
+            unit,
+            t: (0..buckets as i64)
+                .map(|i| from_ms + i * bucket_ms)
+                .collect(),
+            mean: vec![None; buckets],
+            min: vec![None; buckets],
+            max: vec![None; buckets],
+            p5: vec![None; buckets],
+            p95: vec![None; buckets],
+            count: vec![0; buckets],
+            corrections: vec![0; buckets],
+            windows: 0,
+            corrected_windows: 0,
+        }
+    }
+}
+
 /// Every series of a device over `[from_ms, to_ms)`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct History {
@@ -119,21 +147,12 @@ pub fn history(
         ))
     })? {
         let (sensor, metric, unit) = row?;
-        let empty = SeriesHistory {
-            sensor: sensor.clone(),
-            metric: metric.clone(),
-            unit,
-            t: (0..buckets as i64).map(|i| from_ms + i * bucket).collect(),
-            mean: vec![None; buckets],
-            min: vec![None; buckets],
-            max: vec![None; buckets],
-            p5: vec![None; buckets],
-            p95: vec![None; buckets],
-            count: vec![0; buckets],
-            corrections: vec![0; buckets],
-            windows: 0,
-            corrected_windows: 0,
-        };
+        let empty = SeriesHistory::empty(
+            (sensor.clone(), metric.clone(), unit),
+            from_ms,
+            bucket,
+            buckets,
+        );
         series.insert((sensor, metric), empty);
     }
     let mut stmt = conn.prepare_cached(
