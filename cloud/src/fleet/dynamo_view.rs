@@ -720,3 +720,107 @@ fn window_row(d: &DeviceSummary, w: layout::WindowItem) -> WindowRow {
         window: w.window,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analytics::Aggregate;
+    use crate::window::table::Stored;
+    use aws_sdk_dynamodb::types::AttributeValue;
+
+    /// An item's size as DynamoDB bills it: names and values in bytes, a number about one
+    /// byte per two significant digits plus one.
+    fn billed_size(item: &Item) -> usize {
+        item.iter()
+            .map(|(name, v)| {
+                name.len()
+                    + match v {
+                        AttributeValue::S(s) => s.len(),
+                        AttributeValue::N(n) => {
+                            n.trim_start_matches('-')
+                                .replace('.', "")
+                                .trim_matches('0')
+                                .len()
+                                / 2
+                                + 2
+                        }
+                        AttributeValue::B(b) => b.as_ref().len(),
+                        _ => 8,
+                    }
+            })
+            .sum()
+    }
+
+    #[test]
+    fn a_minute_window_item_bills_under_400_bytes_so_a_4_kb_read_unit_covers_ten_or_more() {
+        let mut agg = Aggregate::new();
+        for i in 0..60 {
+            agg.add(71.0 + f64::from(i) * 0.173);
+        }
+        let w = layout::WindowItem {
+            sensor: "bearing".into(),
+            metric: "temperature".into(),
+            kind: WindowKind::Tumbling,
+            window: Stored {
+                start_ms: 1_767_225_600_000,
+                end_ms: 1_767_225_660_000,
+                unit: "Cel".into(),
+                version: 60,
+                corrections: 0,
+                agg,
+            },
+        };
+        let size = billed_size(&layout::window_to_item("compressor-02", &w));
+        // 266 bytes: the cost figures in ARCHITECTURE.md rest on this.
+        assert!((200..=400).contains(&size), "{size} bytes");
+    }
+
+    #[tokio::test]
+    async fn changed_rule_states_become_numbered_alert_events_after_the_first_listing() {
+        let reader = StateReader::connect("t", Some("http://127.0.0.1:9"), "us-east-1").await;
+        let view = DynamoView::new(reader);
+        let device = |rules: Vec<RuleState>| DeviceState {
+            summary: DeviceSummary {
+                device: "pump-1".into(),
+                first_seen_ms: 0,
+                last_seen_ms: 0,
+                last_event_ms: None,
+                last_seq: 0,
+                readings: 0,
+                status: "online".into(),
+                status_ms: None,
+                active_alerts: 0,
+                latest: Vec::new(),
+                health: health::score(&[], &[]),
+                next_breach: None,
+                events: Vec::new(),
+            },
+            series: Vec::new(),
+            rules,
+        };
+        let rule = |event: &str, seq| RuleState {
+            rule: "hot".into(),
+            event: event.into(),
+            severity: "critical".into(),
+            sensor: "bearing".into(),
+            metric: "temperature".into(),
+            time_ms: seq as i64 * 1000,
+            seq,
+        };
+        let start = lock(&view.alerts).last_id;
+        // The first listing is the baseline: what was already there is not news.
+        view.note_alerts(&[device(vec![rule("raise", 1)])]);
+        assert!(lock(&view.alerts).events.is_empty());
+        view.note_alerts(&[device(vec![rule("raise", 1)])]);
+        assert!(lock(&view.alerts).events.is_empty(), "nothing changed");
+        view.note_alerts(&[device(vec![rule("clear", 2)])]);
+        let log = lock(&view.alerts);
+        assert_eq!(log.events.len(), 1);
+        let (id, alert) = &log.events[0];
+        assert_eq!(
+            (*id, alert.event.as_str(), alert.seq),
+            (start + 1, "clear", 2)
+        );
+        assert_eq!(log.last_id, start + 1);
+    }
+}
