@@ -25,6 +25,10 @@
 //! 1 to 10 000 (default 100). Errors are
 //! `{"error": "..."}` with 400 (bad parameter, named), 404 (unknown device or route) or 500.
 //!
+//! The routes read through [`StateSource`] ([`source`]): the SQLite store, or the Lambda's
+//! DynamoDB state read-only (`osprey serve --state dynamodb`), where the routes only SQLite can
+//! answer are a 404 that says so.
+//!
 //! Security ([`auth`], [`host`], [`headers`]; `serve` adds them as layers): with a token, every
 //! route but `/healthz`, `/readyz` and the dashboard's static pages and files needs
 //! `Authorization: Bearer <token>` (401 otherwise); a loopback listener answers only to
