@@ -833,7 +833,7 @@ async fn serve_dynamodb(args: ServeArgs) -> Result<()> {
         table,
         endpoint_url: args.aws.endpoint_url.clone(),
         region: args.aws.region.clone(),
-        rules: args.analytics.signals()?.rules,
+        signals: args.analytics.signals()?,
     };
     let mut running = serve::dynamodb::start(cfg)
         .await

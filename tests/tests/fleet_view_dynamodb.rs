@@ -155,6 +155,21 @@ async fn serve_shows_the_lambdas_dynamodb_state_as_the_same_pages() {
         (Some(30), Some(1))
     );
     assert_eq!(http_get(&format!("{url}/api/devices/nobody")).status, 404);
+    // Signals the Lambda does not store are computed from the newest windows, as serve does.
+    let signals = http_get_json(&format!("{url}/api/devices/{FAILING}/signals"));
+    assert_eq!(
+        (
+            signals["series"][0]["sensor"].as_str(),
+            signals["series"][0]["unit"].as_str()
+        ),
+        (Some("bearing"), Some("Cel")),
+        "{signals}"
+    );
+    assert_eq!(signals["health"], device["health"], "{signals}");
+    assert!(
+        device["health"]["score"].as_u64().unwrap() <= 60,
+        "{device}"
+    );
 
     // History: every reading in the last hour's buckets, the alert's level, the raise.
     let hist = http_get_json(&format!("{url}/api/devices/{FAILING}/history?range=1h"));

@@ -8,7 +8,8 @@
 //!  fleet page   = listing ─► health from active alerts ─► filter, sort, cut (as SQLite's)
 //!                 ─► per row of the page, per series: Query reverse, Limit 1 (newest window),
 //!                    kept while the device's last_seen_ms is unchanged
-//!  device       = one device query (as above) + its newest windows
+//!  device       = one device query (as above) + its newest windows + its signals (per series:
+//!                 Query reverse, Limit trend_windows + 1, kept while last_seen_ms is unchanged)
 //!  history      = per series: Query w#<series>#tumbling# BETWEEN from and to, newest first,
 //!                 at most MAX_HISTORY_WINDOWS ─► buckets (mean, min, max, p5, p95, corrections)
 //!  alerts       = Query a# of the device (alert keys sort by seq, not time: the whole list)
@@ -20,9 +21,12 @@
 //! read units of a strongly consistent one: a dashboard can be a second behind the Lambda.
 //! The read units DynamoDB reports are summed ([`DynamoView::reads`], in `/api/stats`).
 //!
-//! What the table does not hold is said, not invented: no maintenance signals (trend,
-//! anomaly score, predicted crossings) are stored by the Lambda, so health counts active
-//! alerts only and the charts have no prediction ([`MISSING`]); alert events learnt through
+//! What the table does not hold is said, not invented ([`MISSING`]): the Lambda stores no
+//! maintenance signals (trend, anomaly score, predicted crossings), so a device's are computed
+//! here as serve's writer computes them, from its newest windows (one reverse Query per
+//! series, kept until the device sends again), for the device routes; the fleet page's health
+//! counts active alerts only (signals for every device would read 241 windows per series per
+//! device each listing); alert events learnt through
 //! rule states carry no value or threshold; a raise and its clear between two listings show
 //! as the clear only on the live stream (the episodes list has both).
 
@@ -38,10 +42,11 @@ use super::dynamo::{parse_severity, StateReader};
 use super::layout::{self, get_f64, get_i64, get_str, get_u64, Item, Reading, SortKeys};
 use super::FleetError;
 use crate::analytics::health::{self, ActiveAlert};
+use crate::analytics::signals::{compute, SeriesSignals, SignalsConfig, WindowPoint};
 use crate::analytics::Sketch;
 use crate::store::fleetview::{self, AlertCounts, FleetMark, FleetPage, FleetQuery, FleetRow};
 use crate::store::history::{self, Episode, EpisodeFilter, History, SeriesHistory};
-use crate::store::signals::DeviceSignals;
+use crate::store::signals::{health_of, DeviceSignals};
 use crate::store::{AlertFilter, AlertRow, DeviceEvent, DeviceSummary, WindowRow};
 use crate::window::WindowKind;
 
@@ -63,8 +68,9 @@ const ALERT_LOG: usize = 1_000;
 
 /// What DynamoDB state does not hold, in words (the device page lists them).
 pub const MISSING: [&str; 2] = [
-    "maintenance signals: the Lambda stores no trend, anomaly score or predicted crossing, so \
-     health here counts active alerts only and the charts show no prediction",
+    "maintenance signals on the fleet page: the Lambda stores none, so this page computes a \
+     device's (trend, anomaly, predicted crossing) from its newest windows when it is opened, \
+     while the fleet page's health counts active alerts only",
     "status history: the Lambda keeps the current status only",
 ];
 
@@ -147,6 +153,9 @@ pub struct Reads {
 #[derive(Debug)]
 pub struct DynamoView {
     reader: StateReader,
+    signals: SignalsConfig,
+    /// Each device's series signals, kept while its `last_seen_ms` is unchanged.
+    computed: Mutex<HashMap<String, (i64, Vec<SeriesSignals>)>>,
     listing: tokio::sync::Mutex<Option<(Instant, Arc<Vec<DeviceState>>)>>,
     latest: Mutex<HashMap<String, (i64, Vec<WindowRow>)>>,
     alerts: Mutex<AlertLog>,
@@ -160,11 +169,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl DynamoView {
-    /// A view of `reader`'s table. The live cursor's ids start at the current time in ms, so
-    /// they keep growing across restarts.
-    pub fn new(reader: StateReader) -> DynamoView {
+    /// A view of `reader`'s table, computing a device's signals under `signals`. The live
+    /// cursor's ids start at the current time in ms, so they keep growing across restarts.
+    pub fn new(reader: StateReader, signals: SignalsConfig) -> DynamoView {
         DynamoView {
             reader,
+            signals,
+            computed: Mutex::new(HashMap::new()),
             listing: tokio::sync::Mutex::new(None),
             latest: Mutex::new(HashMap::new()),
             alerts: Mutex::new(AlertLog {
@@ -491,20 +502,69 @@ impl DynamoView {
         };
         let mut summary = d.summary.clone();
         summary.latest = self.latest(&d.summary, &d.series).await;
+        let series = self.series_signals(&d).await?;
+        (summary.health, summary.next_breach) = health_of(&series, &d.active());
         Ok(Some(summary))
     }
 
-    /// Health from active alerts; no series signals (the table holds none).
+    /// Health and each series' signals, computed from its newest windows.
     pub async fn device_signals(&self, device: &str) -> Result<DeviceSignals, FleetError> {
-        let health = match self.device_state(device).await? {
-            Some(d) => d.summary.health,
-            None => health::score(&[], &[]),
+        let Some(d) = self.device_state(device).await? else {
+            return Ok(DeviceSignals {
+                device: device.to_owned(),
+                health: health::score(&[], &[]),
+                series: Vec::new(),
+            });
         };
+        let series = self.series_signals(&d).await?;
         Ok(DeviceSignals {
             device: device.to_owned(),
-            health,
-            series: Vec::new(),
+            health: health::score(&series, &d.active()),
+            series,
         })
+    }
+
+    /// The signals of each series of `d`, as serve's writer computes them, from its newest
+    /// `trend_windows + 1` windows (one reverse Query per series); kept while the device's
+    /// `last_seen_ms` is unchanged.
+    async fn series_signals(&self, d: &DeviceState) -> Result<Vec<SeriesSignals>, FleetError> {
+        let s = &d.summary;
+        if let Some((seen, series)) = lock(&self.computed).get(&s.device) {
+            if *seen == s.last_seen_ms {
+                return Ok(series.clone());
+            }
+        }
+        let most = self.signals.trend_windows.max(2).saturating_add(1);
+        let mut out = Vec::new();
+        for (sensor, metric) in &d.series {
+            let keys =
+                SortKeys::Prefix(layout::window_prefix(sensor, metric, WindowKind::Tumbling));
+            let how = Reading {
+                forward: false,
+                consistent: false,
+                page: i32::try_from(most).ok(),
+            };
+            let items = self
+                .query(&layout::device_pk(&s.device), &keys, how, most)
+                .await?;
+            let mut unit = String::new();
+            let mut points = Vec::with_capacity(items.len());
+            for item in items.iter().rev() {
+                let w = layout::window_from_item(item)?.window;
+                points.push(WindowPoint {
+                    start_ms: w.start_ms,
+                    end_ms: w.end_ms,
+                    moments: w.agg.moments,
+                });
+                unit = w.unit;
+            }
+            if let Some(mut signals) = compute(sensor, metric, &points, &self.signals) {
+                signals.unit = unit;
+                out.push(signals);
+            }
+        }
+        lock(&self.computed).insert(s.device.clone(), (s.last_seen_ms, out.clone()));
+        Ok(out)
     }
 
     /// A device's series over `[from_ms, to_ms)` in at most `points` buckets each, as
@@ -778,7 +838,7 @@ mod tests {
     #[tokio::test]
     async fn changed_rule_states_become_numbered_alert_events_after_the_first_listing() {
         let reader = StateReader::connect("t", Some("http://127.0.0.1:9"), "us-east-1").await;
-        let view = DynamoView::new(reader);
+        let view = DynamoView::new(reader, SignalsConfig::default());
         let device = |rules: Vec<RuleState>| DeviceState {
             summary: DeviceSummary {
                 device: "pump-1".into(),

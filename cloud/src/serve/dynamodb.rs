@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use osprey_protocol::ThresholdRule;
+use crate::analytics::signals::SignalsConfig;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -36,8 +36,9 @@ pub struct DynamoServeConfig {
     pub endpoint_url: Option<String>,
     /// AWS region of the table.
     pub region: String,
-    /// Rules whose levels the device page draws (the Lambda's rules are not in the table).
-    pub rules: Vec<ThresholdRule>,
+    /// The signals computed for the device page, and the rules whose levels it draws and
+    /// predicts (the Lambda's rules are not in the table).
+    pub signals: SignalsConfig,
 }
 
 /// A running read-only view.
@@ -54,7 +55,7 @@ pub async fn start(cfg: DynamoServeConfig) -> Result<ViewRunning, ServeError> {
     let loopback = cfg.listen.ip().is_loopback();
     let tls = exposure(&cfg.api, cfg.listen).await?;
     let reader = StateReader::connect(&cfg.table, cfg.endpoint_url.as_deref(), &cfg.region).await;
-    let view = Arc::new(DynamoView::new(reader));
+    let view = Arc::new(DynamoView::new(reader, cfg.signals.clone()));
     view.check().await?;
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -73,7 +74,7 @@ pub async fn start(cfg: DynamoServeConfig) -> Result<ViewRunning, ServeError> {
     let router = api::router(ApiState {
         reader: StateSource::Dynamo(view),
         stats: stats.clone(),
-        rules: Arc::from(cfg.rules.clone()),
+        rules: Arc::from(cfg.signals.rules.clone()),
         shutdown: Some(shutdown.clone()),
     })
     .merge(
