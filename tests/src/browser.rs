@@ -52,6 +52,14 @@ impl Window {
     };
 }
 
+/// The first tag of `dom` that contains `marker` (e.g. `<tr data-device=` or
+/// `data-series="bearing/temperature"`), from the marker to the tag's end: its attributes to
+/// assert on; `None` when no tag has it.
+pub fn tag_with<'a>(dom: &'a str, marker: &str) -> Option<&'a str> {
+    let rest = &dom[dom.find(marker)?..];
+    Some(rest.split_once('>').map_or(rest, |(attrs, _)| attrs))
+}
+
 /// Runs headless Chromium on `url` with `extra` arguments; its stdout.
 fn run(url: &str, window: Window, extra: &[String]) -> String {
     let profile =

@@ -60,7 +60,9 @@ mod process;
 mod shadow;
 mod subscriber;
 
-pub use browser::{chromium, rendered_dom, rendered_dom_in, screenshot, screenshot_dir, Window};
+pub use browser::{
+    chromium, rendered_dom, rendered_dom_in, screenshot, screenshot_dir, tag_with, Window,
+};
 pub use certs::{Certs, ClientCert, KeyForm};
 pub use demo::start_demo;
 pub use greengrass::{Nucleus, Published, COMPONENT};

@@ -20,7 +20,7 @@ use osprey_tests::bench::now_ms;
 use osprey_tests::fleet::telemetry;
 use osprey_tests::{
     bin, http_get, http_get_json, kinesis_event_json, moto_endpoint, rendered_dom_in, screenshot,
-    sse_events, unique_name, Proc, Window,
+    sse_events, tag_with, unique_name, Proc, Window,
 };
 use serde_json::Value;
 
@@ -237,10 +237,7 @@ async fn serve_shows_the_lambdas_dynamodb_state_as_the_same_pages() {
 
     // Pages, as a browser renders them.
     let dom = rendered_dom_in(&format!("{url}/"), Window::DESKTOP);
-    let first_row = dom
-        .find("<tr data-device=")
-        .map(|i| &dom[i..])
-        .unwrap_or("");
+    let first_row = tag_with(&dom, "<tr data-device=").unwrap_or_default();
     assert!(
         first_row.starts_with(&format!("<tr data-device=\"{FAILING}\"")),
         "{FAILING} is not the fleet page's first row:\n{dom}"
@@ -260,11 +257,7 @@ async fn serve_shows_the_lambdas_dynamodb_state_as_the_same_pages() {
         dom.contains(r#"<li data-rule="bearing-hot">"#),
         "its alert is not listed:\n{dom}"
     );
-    let chart = dom
-        .find(r#"data-series="bearing/temperature""#)
-        .map(|i| &dom[i..])
-        .and_then(|s| s.split_once('>'))
-        .map(|(attrs, _)| attrs.to_owned())
+    let chart = tag_with(&dom, r#"data-series="bearing/temperature""#)
         .unwrap_or_else(|| panic!("no bearing temperature chart:\n{dom}"));
     assert!(
         chart.contains(r#"data-rendered="true""#),
