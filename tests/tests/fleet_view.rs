@@ -187,7 +187,28 @@ fn the_fleet_device_and_alerts_pages_show_the_failing_machine_live_on_desktop_an
         dom.contains("role=\"img\" aria-label=\"Chart of bearing temperature."),
         "{dom}"
     );
-    assert!(dom.contains("What the store does not record"), "{dom}");
+    assert!(dom.contains("What the timeline leaves out"), "{dom}");
+    // The status strip: drawn, the demo's gateways online (their birth statuses), in words too.
+    let strip = dom
+        .find(r#"id="strip""#)
+        .map(|i| &dom[i..])
+        .and_then(|s| s.split_once('>'))
+        .map(|(attrs, _)| attrs.to_owned())
+        .unwrap_or_else(|| panic!("no status strip:\n{dom}"));
+    assert!(
+        strip.contains(r#"data-drawn="true""#),
+        "strip not drawn: {strip}"
+    );
+    assert!(
+        attribute(&strip, "data-spans").ends_with("online"),
+        "the strip does not end online: {strip}"
+    );
+    assert!(
+        dom.contains(
+            "role=\"img\" aria-label=\"Status over the range. Last hour (cloud clock): online "
+        ),
+        "no status summary:\n{dom}"
+    );
     let dom = rendered_dom_in(&device_url, Window::PHONE);
     assert!(dom.contains(r#"data-rendered="true""#), "{dom}");
     assert!(
