@@ -13,22 +13,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
-use osprey_tests::{bin, start_demo, wait_until, Browser, Proc, Window};
+use osprey_tests::{bin, demo_broker_port, start_demo, wait_until, Browser, Proc, Window};
 use serde_json::Value;
 
 const DEVICES: usize = 4;
 const TOKEN: &str = "0123456789abcdef-dashboard-token";
 /// The demo's second machine, whose bearing fails (`osprey_cloud::demo::fleet`).
 const FAILING: &str = "compressor-02";
-
-/// The demo's broker port, from its first line ("… MQTT broker on 127.0.0.1:PORT …").
-fn broker_port(demo: &Proc) -> u16 {
-    let out = demo.stdout();
-    out.split_once("MQTT broker on 127.0.0.1:")
-        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no broker address in the demo's output:\n{out}"))
-}
 
 /// `GET path` with the token; the status and the JSON body.
 fn get_with_token(addr: &str, path: &str) -> (u16, Value) {
@@ -83,7 +74,7 @@ const LOGIN_SHOWN: &str = "!document.getElementById('login').hidden";
 fn the_pages_work_with_the_api_token_typed_into_the_login_form_and_ask_for_it_without() {
     let (demo, _) = start_demo(DEVICES, 50);
     let dir = tempfile::tempdir().unwrap();
-    let (serve, addr) = serve_with_token(dir.path(), broker_port(&demo));
+    let (serve, addr) = serve_with_token(dir.path(), demo_broker_port(&demo));
     let url = format!("http://{addr}");
     wait_until(Duration::from_secs(60), Duration::from_millis(300), || {
         let (status, page) = get_with_token(&addr, "/api/fleet");
