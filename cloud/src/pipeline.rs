@@ -472,7 +472,7 @@ fn to_message(
                 state: status.state,
                 will_seq: status.will_seq,
                 time_ms: status.time_ms,
-                counters: StatusCounters::of(&status),
+                counters: Box::new(StatusCounters::of(&status)),
             });
         }
     }

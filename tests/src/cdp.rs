@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::browser::{chromium, screenshot_dir, Window};
+use crate::browser::{chromium, screenshot_dir, Window, HEADLESS_ARGS};
 
 /// How long one protocol call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,19 +48,8 @@ impl Browser {
             .arg("-c")
             .arg(r#"exec "$0" "$@" 3<&0 4>&1 0</dev/null 1>&2"#)
             .arg(chromium())
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--hide-scrollbars",
-                "--force-device-scale-factor=1",
-                "--remote-debugging-pipe",
-            ])
+            .args(HEADLESS_ARGS)
+            .arg("--remote-debugging-pipe")
             .arg(format!("--window-size={},{}", window.width, window.height))
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
@@ -69,8 +58,9 @@ impl Browser {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start chromium: {e}"));
-        let commands = child.stdin.take().expect("piped stdin");
-        let stdout = child.stdout.take().expect("piped stdout");
+        let (Some(commands), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            panic!("chromium's stdin and stdout are not piped");
+        };
         let (tx, answers) = mpsc::channel();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stdout);
@@ -128,7 +118,7 @@ impl Browser {
         if let Some(s) = session {
             message["sessionId"] = json!(s);
         }
-        let mut bytes = serde_json::to_vec(&message).expect("JSON");
+        let mut bytes = message.to_string().into_bytes();
         bytes.push(0);
         self.commands
             .write_all(&bytes)

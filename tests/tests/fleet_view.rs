@@ -159,12 +159,7 @@ fn the_fleet_device_and_alerts_pages_show_the_failing_machine_live_on_desktop_an
         dom.contains("critical alert bearing-hot is active"),
         "{dom}"
     );
-    let chart = dom
-        .find(r#"data-series="bearing/temperature""#)
-        .map(|i| &dom[i..])
-        .and_then(|s| s.split_once('>'))
-        .map(|(attrs, _)| attrs.to_owned())
-        .unwrap_or_else(|| panic!("no bearing temperature chart:\n{dom}"));
+    let chart = tag_with(&dom, r#"data-series="bearing/temperature""#);
     assert!(
         chart.contains(r#"data-rendered="true""#),
         "chart not drawn: {chart}"
@@ -192,12 +187,7 @@ fn the_fleet_device_and_alerts_pages_show_the_failing_machine_live_on_desktop_an
     );
     assert!(dom.contains("What the timeline leaves out"), "{dom}");
     // The status strip: drawn, the demo's gateways online (their birth statuses), in words too.
-    let strip = dom
-        .find(r#"id="strip""#)
-        .map(|i| &dom[i..])
-        .and_then(|s| s.split_once('>'))
-        .map(|(attrs, _)| attrs.to_owned())
-        .unwrap_or_else(|| panic!("no status strip:\n{dom}"));
+    let strip = tag_with(&dom, r#"id="strip""#);
     assert!(
         strip.contains(r#"data-drawn="true""#),
         "strip not drawn: {strip}"
@@ -273,12 +263,7 @@ fn the_fleet_device_and_alerts_pages_show_the_failing_machine_live_on_desktop_an
     // unsynchronised clock, the dropped readings and the journal reset, and says so in words.
     publish_statuses(&demo, &url, "gateway-9");
     let dom = rendered_dom_in(&format!("{url}/devices/gateway-9"), Window::DESKTOP);
-    let strip = dom
-        .find(r#"id="strip""#)
-        .map(|i| &dom[i..])
-        .and_then(|s| s.split_once('>'))
-        .map(|(attrs, _)| attrs.to_owned())
-        .unwrap_or_else(|| panic!("no status strip:\n{dom}"));
+    let strip = tag_with(&dom, r#"id="strip""#);
     assert!(
         attribute(&strip, "data-spans").ends_with("online,offline"),
         "{strip}"
@@ -381,6 +366,15 @@ fn publish_long_names(demo: &Proc, device: &str, sensor: &str) {
         port,
         vec![(format!("dt/osprey/{device}/telemetry"), payload)],
     );
+}
+
+/// The attributes of the first tag in `dom` that has `attribute` (from it to the tag's end).
+fn tag_with(dom: &str, attribute: &str) -> String {
+    dom.find(attribute)
+        .map(|i| &dom[i..])
+        .and_then(|s| s.split_once('>'))
+        .map(|(attrs, _)| attrs.to_owned())
+        .unwrap_or_else(|| panic!("no tag with {attribute}:\n{dom}"))
 }
 
 /// The value of `name="…"` in a tag's attributes.

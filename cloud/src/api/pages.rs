@@ -165,9 +165,15 @@ mod tests {
         hex(value)
     }
 
+    /// `#rrggbb` or `#rgb` as RGB.
     fn hex(value: &str) -> [f64; 3] {
-        let h = value.trim_start_matches('#');
-        assert_eq!(h.len(), 6, "not #rrggbb: {value}");
+        let short = value.trim_start_matches('#');
+        let h: String = if short.len() == 3 {
+            short.chars().flat_map(|c| [c, c]).collect()
+        } else {
+            short.to_owned()
+        };
+        assert_eq!(h.len(), 6, "not #rrggbb or #rgb: {value}");
         let byte = |i: usize| f64::from(u8::from_str_radix(&h[i..i + 2], 16).unwrap());
         [byte(0), byte(2), byte(4)]
     }

@@ -269,7 +269,7 @@ pub fn pass(
         }
         if let Some(keep) = cfg.history {
             // Received time, like the rows' own clock: the cloud's.
-            t.status_pruned = super::timeline::prune(&tx, cutoff(now_ms, keep), BATCH)?;
+            t.status_pruned = delete_before(&tx, "status_history", "at_ms", cutoff(now_ms, keep))?;
             full |= t.status_pruned >= batch;
             if let Some(reference) = event_reference(&tx, now_ms)? {
                 let cut = cutoff(reference, keep);
@@ -345,14 +345,25 @@ fn prune_windows(conn: &Connection, cutoff_ms: i64) -> rusqlite::Result<u64> {
 
 /// Deletes up to one batch of alert events older than `cutoff_ms` (event time).
 fn prune_alerts(conn: &Connection, cutoff_ms: i64) -> rusqlite::Result<u64> {
+    delete_before(conn, "alerts", "time_ms", cutoff_ms)
+}
+
+/// Deletes up to one batch of the rows of rowid table `table` whose `column` is before
+/// `cutoff_ms` (both names are the store's own, never input).
+pub(super) fn delete_before(
+    conn: &Connection,
+    table: &str,
+    column: &str,
+    cutoff_ms: i64,
+) -> rusqlite::Result<u64> {
     let n = conn
-        .prepare_cached(
-            "DELETE FROM alerts WHERE rowid IN
-                 (SELECT rowid FROM alerts WHERE time_ms < ?1 LIMIT ?2)",
-        )?
+        .prepare_cached(&format!(
+            "DELETE FROM {table} WHERE rowid IN
+                 (SELECT rowid FROM {table} WHERE {column} < ?1 LIMIT ?2)"
+        ))?
         .execute(params![cutoff_ms, BATCH])?;
     Ok(n as u64)
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

@@ -78,8 +78,9 @@ pub struct StatusReport {
     pub will_seq: u64,
     /// When the device took the status (device clock, ms since the epoch; 0 if not said).
     pub time_ms: i64,
-    /// Its counters, clock state and boot id.
-    pub counters: StatusCounters,
+    /// Its counters, clock state and boot id (boxed: they are most of a status, and a
+    /// [`super::Write`] of any kind is as large as its largest).
+    pub counters: Box<StatusCounters>,
 }
 
 /// What orders a status against another.
@@ -164,7 +165,7 @@ mod tests {
                 state,
                 will_seq,
                 time_ms,
-                counters: StatusCounters::default(),
+                counters: Box::default(),
             },
         )
     }

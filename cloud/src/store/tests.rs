@@ -73,7 +73,7 @@ fn status(device: &str, seq: u64, state: StatusState) -> Write {
             state,
             will_seq: 0,
             time_ms: 0,
-            counters: crate::store::StatusCounters::default(),
+            counters: Box::default(),
         }),
     })
 }
@@ -339,7 +339,7 @@ fn status_at(
             state,
             will_seq,
             time_ms,
-            counters: crate::store::StatusCounters::default(),
+            counters: Box::default(),
         }),
     })
 }

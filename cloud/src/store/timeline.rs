@@ -28,7 +28,8 @@
 //! changes are all kept, and each device keeps at most [`MAX_ROWS_PER_DEVICE`] rows (a device
 //! that flaps loses its oldest rows first: the writer trims a device when its row count passes
 //! the cap by [`TRIM_SLACK`], so a trim costs one indexed delete per that many rows). Retention
-//! ([`super::retention`]) deletes rows received longer ago than the history keep time.
+//! ([`super::retention`]) deletes rows received longer ago than the history keep time
+//! (`status_history_by_time`).
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
@@ -262,17 +263,6 @@ fn trim(conn: &Connection, device: &str) -> rusqlite::Result<()> {
     )?
     .execute(params![device])?;
     Ok(())
-}
-
-/// Deletes up to `batch` rows received before `cutoff_ms`; returns how many.
-pub(super) fn prune(conn: &Connection, cutoff_ms: i64, batch: u32) -> rusqlite::Result<u64> {
-    let n = conn
-        .prepare_cached(
-            "DELETE FROM status_history WHERE rowid IN
-                 (SELECT rowid FROM status_history WHERE at_ms < ?1 LIMIT ?2)",
-        )?
-        .execute(params![cutoff_ms, batch])?;
-    Ok(n as u64)
 }
 
 /// One row of a device's status timeline.

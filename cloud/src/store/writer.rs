@@ -414,7 +414,7 @@ fn apply_message(
     deferred.count(m);
     if let Some(report) = &m.status {
         let mark = StatusMark::of_message(m.epoch, m.seq, report);
-        set_status_if_newer(tx, &m.device, &mark, m.received_ms, Some(&report.counters))?;
+        set_status_if_newer(tx, &m.device, &mark, m.received_ms, Some(&*report.counters))?;
     }
     Ok(Written::Applied)
 }

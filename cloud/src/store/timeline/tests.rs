@@ -2,10 +2,9 @@ use osprey_protocol::{ClockState, StatusState};
 use rusqlite::Connection;
 
 use super::*;
-use crate::store::retention::{self, days, MaintenanceStats, RetentionConfig, Tally};
-use crate::store::{
-    schema, writer, DeadLetterLimits, Message, Presence, StatusCounters, StatusReport, Store, Write,
-};
+use crate::store::retention::tests::apply;
+use crate::store::retention::{self, days, MaintenanceStats, RetentionConfig};
+use crate::store::{schema, Message, Presence, StatusCounters, StatusReport, Store, Write};
 
 const T0: i64 = 1_700_000_040_000;
 const MIN: i64 = 60_000;
@@ -25,7 +24,7 @@ fn status(seq: u64, state: StatusState, at_ms: i64, counters: StatusCounters) ->
             state,
             will_seq: 0,
             time_ms: at_ms,
-            counters,
+            counters: Box::new(counters),
         }),
     })
 }
@@ -38,19 +37,6 @@ fn counters(dropped: u64, clock: ClockState, boot: &str) -> StatusCounters {
         boot_id: boot.into(),
         ..StatusCounters::default()
     }
-}
-
-fn apply(conn: &mut Connection, writes: &[Write]) {
-    writer::apply(
-        conn,
-        writes,
-        None,
-        &mut Vec::new(),
-        &mut crate::store::signals::Refresher::new(Default::default(), 16),
-        &DeadLetterLimits::default(),
-        &mut Tally::default(),
-    )
-    .unwrap();
 }
 
 fn fresh() -> (tempfile::TempDir, Connection) {
