@@ -115,6 +115,11 @@ fn the_pages_work_with_the_api_token_typed_into_the_login_form_and_ask_for_it_wi
         "the fleet did not load with the token",
     );
     assert_eq!(browser.eval(LOGIN_SHOWN), false);
+    // The live stream (read with fetch, which sends the token) is connected too.
+    browser.wait_for(
+        "document.getElementById('live').classList.contains('on')",
+        "the live stream did not connect with the token",
+    );
     let dom = browser.dom();
     assert!(
         dom.contains(&format!("<tr data-device=\"{FAILING}\"")),
