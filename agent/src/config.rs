@@ -30,6 +30,7 @@
 //! `agent/examples/simulator.toml` lists every key with its default.
 
 mod error;
+mod every_error;
 mod raw;
 mod sensors;
 
@@ -303,17 +304,21 @@ impl Config {
 
     /// Parses and validates config text; relative paths are resolved against `base_dir`.
     pub fn from_toml_str(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
-        let raw: raw::AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Invalid {
-            location: e.span().map(|span| Location::of_offset(text, span.start)),
-            message: e.message().trim_end().to_owned(),
-        })?;
+        let raw: raw::AgentConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::all(every_error::structural_errors(text, &e)))?;
         let config = from_raw(&raw, text, base_dir)?;
-        config
-            .check()
-            .map_err(|(field, message)| ConfigError::Invalid {
-                location: span_of(&raw, field).map(|span| Location::of_offset(text, span.start)),
-                message: format!("{}: {message}", field.name()),
-            })?;
+        let located = |(field, message): (Field, String)| ConfigError::Invalid {
+            location: span_of(&raw, field).map(|span| Location::of_offset(text, span.start)),
+            message: format!("{}: {message}", field.name()),
+        };
+        if let Err(first) = config.check() {
+            // The checks before the rules passed when a rule fails: report every rule's.
+            let all = match first.0 {
+                Field::Rule(_) => config.rule_problems(),
+                _ => vec![first],
+            };
+            return Err(ConfigError::all(all.into_iter().map(located).collect()));
+        }
         Ok(config)
     }
 
@@ -372,15 +377,24 @@ impl Config {
             };
             (field, message)
         })?;
+        match self.rule_problems().into_iter().next() {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
+    }
+
+    /// Every rule's problem (invalid, or a duplicate id), in file order.
+    fn rule_problems(&self) -> Vec<(Field, String)> {
         let mut ids = HashSet::new();
+        let mut problems = Vec::new();
         for (i, rule) in self.rules.iter().enumerate() {
-            rule.validate()
-                .map_err(|e| (Field::Rule(i), e.to_string()))?;
-            if !ids.insert(rule.id.as_str()) {
-                return Err((Field::Rule(i), format!("duplicate rule id {:?}", rule.id)));
+            if let Err(e) = rule.validate() {
+                problems.push((Field::Rule(i), e.to_string()));
+            } else if !ids.insert(rule.id.as_str()) {
+                problems.push((Field::Rule(i), format!("duplicate rule id {:?}", rule.id)));
             }
         }
-        Ok(())
+        problems
     }
 
     fn check_mqtt(&self) -> Result<(), (Field, String)> {

@@ -37,6 +37,7 @@
 //! | `osprey_store_seen_pruned_total` | counter | dedup rows pruned by retention |
 //! | `osprey_store_windows_pruned_total` | counter | windows pruned by retention |
 //! | `osprey_store_alerts_pruned_total` | counter | alert events pruned by retention |
+//! | `osprey_store_status_pruned_total` | counter | status history rows pruned by retention |
 //!
 //! | series (`osprey bridge`) | type | meaning |
 //! |---|---|---|
@@ -228,6 +229,11 @@ impl Collector for StoreCollector {
                 "osprey_store_alerts_pruned",
                 "Alert events pruned (older than the retention, event time).",
                 m.alerts_pruned,
+            ),
+            (
+                "osprey_store_status_pruned",
+                "Status history rows pruned (received longer ago than the retention).",
+                m.status_pruned,
             ),
         ] {
             counter(e, name, help, value)?;

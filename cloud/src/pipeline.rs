@@ -32,7 +32,8 @@ use serde::Serialize;
 
 use crate::clock::now_ms;
 use crate::store::{
-    Checkpoint, DeadLetter, Message, StatusReport, StoreError, StoreWriter, Write, Written,
+    Checkpoint, DeadLetter, Message, StatusCounters, StatusReport, StoreError, StoreWriter, Write,
+    Written,
 };
 use crate::window::{self, WindowSpec};
 
@@ -471,6 +472,7 @@ fn to_message(
                 state: status.state,
                 will_seq: status.will_seq,
                 time_ms: status.time_ms,
+                counters: Box::new(StatusCounters::of(&status)),
             });
         }
     }

@@ -52,6 +52,21 @@ impl Window {
     };
 }
 
+/// The arguments every headless Chromium of the suite gets: no sandbox (root in a container),
+/// no GPU, nothing fetched from the network on its own, one pixel per CSS pixel.
+pub(crate) const HEADLESS_ARGS: [&str; 10] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--force-device-scale-factor=1",
+];
+
 /// The first tag of `dom` that contains `marker` (e.g. `<tr data-device=` or
 /// `data-series="bearing/temperature"`), from the marker to the tag's end: its attributes to
 /// assert on; `None` when no tag has it.
@@ -65,18 +80,7 @@ fn run(url: &str, window: Window, extra: &[String]) -> String {
     let profile =
         tempfile::tempdir().unwrap_or_else(|e| panic!("cannot create a chromium profile dir: {e}"));
     let out = Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            "--force-device-scale-factor=1",
-        ])
+        .args(HEADLESS_ARGS)
         .arg(format!("--virtual-time-budget={}", window.budget_ms))
         .arg(format!("--window-size={},{}", window.width, window.height))
         .args(extra)

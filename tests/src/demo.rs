@@ -32,3 +32,17 @@ pub fn start_demo(devices: usize, interval_ms: u64) -> (Proc, String) {
         .to_owned();
     (demo, url)
 }
+
+/// The port of a running demo's MQTT broker, from its first line ("… MQTT broker on
+/// 127.0.0.1:PORT …").
+///
+/// # Panics
+///
+/// When the demo has not printed it.
+pub fn demo_broker_port(demo: &Proc) -> u16 {
+    let out = demo.stdout();
+    out.split_once("MQTT broker on 127.0.0.1:")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no broker address in the demo's output:\n{out}"))
+}

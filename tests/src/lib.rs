@@ -47,6 +47,7 @@
 
 pub mod bench;
 mod browser;
+mod cdp;
 mod certs;
 mod demo;
 pub mod fleet;
@@ -63,8 +64,9 @@ mod subscriber;
 pub use browser::{
     chromium, rendered_dom, rendered_dom_in, screenshot, screenshot_dir, tag_with, Window,
 };
+pub use cdp::Browser;
 pub use certs::{Certs, ClientCert, KeyForm};
-pub use demo::start_demo;
+pub use demo::{demo_broker_port, start_demo};
 pub use greengrass::{Nucleus, Published, COMPONENT};
 pub use lambda::{base64, kinesis_event_json};
 pub use mosquitto::{mosquitto_publish, mosquitto_tool, Listener, Mosquitto};

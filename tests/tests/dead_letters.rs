@@ -458,8 +458,13 @@ fn junk_stays_within_the_caps_and_is_listed_by_the_api_and_the_cli() {
         })
         .collect();
     aws.put(&junk);
+    // Rejected is counted when a record is judged; its dead letter is stored with the next
+    // batch commit, so wait for the store's count too (truncated: one per stored letter).
     let done = wait_until(Duration::from_secs(120), Duration::from_millis(300), || {
-        (stats(&api)["pipeline"]["rejected"].as_u64()? >= 150).then_some(())
+        let s = stats(&api);
+        (s["pipeline"]["rejected"].as_u64()? >= 150
+            && s["maintenance"]["dead_letters_truncated"].as_u64()? >= 150)
+            .then_some(())
     });
     assert!(done.is_some(), "{}\n{}", stats(&api), serve.logs());
     let rows = dead_letters(&api);

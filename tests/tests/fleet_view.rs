@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 use osprey_protocol::Series;
 use osprey_tests::fleet::{publish_all, telemetry};
 use osprey_tests::Proc;
-use osprey_tests::{http_get_json, rendered_dom_in, screenshot, start_demo, wait_until, Window};
+use osprey_tests::{
+    demo_broker_port, http_get, http_get_json, rendered_dom_in, screenshot, start_demo, wait_until,
+    Window,
+};
 use serde_json::Value;
 
 const DEVICES: usize = 8;
@@ -156,12 +159,7 @@ fn the_fleet_device_and_alerts_pages_show_the_failing_machine_live_on_desktop_an
         dom.contains("critical alert bearing-hot is active"),
         "{dom}"
     );
-    let chart = dom
-        .find(r#"data-series="bearing/temperature""#)
-        .map(|i| &dom[i..])
-        .and_then(|s| s.split_once('>'))
-        .map(|(attrs, _)| attrs.to_owned())
-        .unwrap_or_else(|| panic!("no bearing temperature chart:\n{dom}"));
+    let chart = tag_with(&dom, r#"data-series="bearing/temperature""#);
     assert!(
         chart.contains(r#"data-rendered="true""#),
         "chart not drawn: {chart}"
@@ -187,7 +185,23 @@ fn the_fleet_device_and_alerts_pages_show_the_failing_machine_live_on_desktop_an
         dom.contains("role=\"img\" aria-label=\"Chart of bearing temperature."),
         "{dom}"
     );
-    assert!(dom.contains("What the store does not record"), "{dom}");
+    assert!(dom.contains("What the timeline leaves out"), "{dom}");
+    // The status strip: drawn, the demo's gateways online (their birth statuses), in words too.
+    let strip = tag_with(&dom, r#"id="strip""#);
+    assert!(
+        strip.contains(r#"data-drawn="true""#),
+        "strip not drawn: {strip}"
+    );
+    assert!(
+        attribute(&strip, "data-spans").ends_with("online"),
+        "the strip does not end online: {strip}"
+    );
+    assert!(
+        dom.contains(
+            "role=\"img\" aria-label=\"Status over the range. Last hour (cloud clock): online "
+        ),
+        "no status summary:\n{dom}"
+    );
     let dom = rendered_dom_in(&device_url, Window::PHONE);
     assert!(dom.contains(r#"data-rendered="true""#), "{dom}");
     assert!(
@@ -245,10 +259,38 @@ fn the_fleet_device_and_alerts_pages_show_the_failing_machine_live_on_desktop_an
         );
     }
 
+    // A gateway's statuses on its device page: the strip ends offline, with marks for the
+    // unsynchronised clock, the dropped readings and the journal reset, and says so in words.
+    publish_statuses(&demo, &url, "gateway-9");
+    let dom = rendered_dom_in(&format!("{url}/devices/gateway-9"), Window::DESKTOP);
+    let strip = tag_with(&dom, r#"id="strip""#);
+    assert!(
+        attribute(&strip, "data-spans").ends_with("online,offline"),
+        "{strip}"
+    );
+    assert!(
+        attribute(&strip, "data-clock").ends_with("unsynced,synced"),
+        "{strip}"
+    );
+    assert_eq!(
+        attribute(&strip, "data-marks"),
+        "clock,drops,reset,clock",
+        "{strip}"
+    );
+    for words in [
+        "5 reading(s) dropped by the gateway",
+        "Clock unsynchronised: reading times may be off",
+        "started a fresh one",
+        "Offline from ",
+    ] {
+        assert!(dom.contains(words), "{words:?} not on the page:\n{dom}");
+    }
+
     // Screenshots for a person to look at (target/screenshots/).
     for (name, path) in [
         ("fleet", "/".to_owned()),
         ("device", format!("/devices/{FAILING}")),
+        ("device-statuses", "/devices/gateway-9".to_owned()),
         ("alerts", "/alerts".to_owned()),
     ] {
         for window in [Window::DESKTOP, Window::PHONE] {
@@ -274,15 +316,46 @@ fn the_fleet_device_and_alerts_pages_show_the_failing_machine_live_on_desktop_an
     );
 }
 
+/// Publishes statuses of `device` to the demo's broker: online with an unsynchronised clock,
+/// then synchronised with 5 readings dropped and a journal reset, then offline; each once the
+/// one before is in the store's timeline (so each is received at a later time).
+fn publish_statuses(demo: &Proc, url: &str, device: &str) {
+    use osprey_protocol::{Body, ClockState, Envelope, Status, StatusState};
+    let now = osprey_tests::bench::now_ms();
+    let statuses = [
+        (StatusState::Online, ClockState::Unsynced, 0, 0),
+        (StatusState::Online, ClockState::Synced, 5, 1),
+        (StatusState::Offline, ClockState::Synced, 5, 1),
+    ];
+    for (i, (state, clock, dropped, journal_resets)) in statuses.into_iter().enumerate() {
+        let seq = i as u64 + 1;
+        let status = Status {
+            clock,
+            dropped,
+            journal_resets,
+            backlog: 3,
+            time_ms: now,
+            ..Status::new(state)
+        };
+        let payload = Envelope::new(device, seq, Body::Status(status))
+            .encode()
+            .unwrap();
+        let topic = format!("dt/osprey/{device}/status");
+        publish_all(demo_broker_port(demo), vec![(topic, payload)]);
+        wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+            // 404 until the first status makes the device known.
+            let answer = http_get(&format!("{url}/api/devices/{device}/history"));
+            let h: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+            (h["timeline"]["statuses"].as_array().map(Vec::len) == Some(i + 1)).then_some(())
+        })
+        .unwrap_or_else(|| panic!("status {seq} of {device} never showed\n{}", demo.logs()));
+    }
+}
+
 /// Publishes one telemetry message of `device` with a series of `sensor` to the demo's broker
 /// (its address is on the demo's first line: "… MQTT broker on 127.0.0.1:PORT …").
 fn publish_long_names(demo: &Proc, device: &str, sensor: &str) {
-    let out = demo.stdout();
-    let port: u16 = out
-        .split_once("MQTT broker on 127.0.0.1:")
-        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no broker address in the demo's output:\n{out}"));
+    let port = demo_broker_port(demo);
     let now = osprey_tests::bench::now_ms();
     let mut series = Series::new(sensor, "temperature", "Cel");
     for i in 0..5 {
@@ -293,6 +366,15 @@ fn publish_long_names(demo: &Proc, device: &str, sensor: &str) {
         port,
         vec![(format!("dt/osprey/{device}/telemetry"), payload)],
     );
+}
+
+/// The attributes of the first tag in `dom` that has `attribute` (from it to the tag's end).
+fn tag_with(dom: &str, attribute: &str) -> String {
+    dom.find(attribute)
+        .map(|i| &dom[i..])
+        .and_then(|s| s.split_once('>'))
+        .map(|(attrs, _)| attrs.to_owned())
+        .unwrap_or_else(|| panic!("no tag with {attribute}:\n{dom}"))
 }
 
 /// The value of `name="…"` in a tag's attributes.

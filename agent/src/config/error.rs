@@ -62,28 +62,59 @@ pub enum ConfigError {
         /// What is wrong, starting with the offending key.
         message: String,
     },
+    /// Several problems in one file, in file order: each on its own line, then a count.
+    #[error("{}", several(.0))]
+    Several(Vec<ConfigError>),
 }
 
 impl ConfigError {
-    /// Where the error is, if known.
+    /// Where the error is (the first one's, for [`ConfigError::Several`]), if known.
     pub fn location(&self) -> Option<&Location> {
         match self {
             ConfigError::Invalid { location, .. } => location.as_ref(),
+            ConfigError::Several(all) => all.first().and_then(ConfigError::location),
             ConfigError::Read { .. } => None,
+        }
+    }
+
+    /// One error for `errors`: itself when there is one, [`ConfigError::Several`] otherwise.
+    pub(crate) fn all(mut errors: Vec<ConfigError>) -> ConfigError {
+        match errors.len() {
+            1 => errors.remove(0),
+            _ => ConfigError::Several(errors),
         }
     }
 
     /// Sets the file name of a located error.
     pub(crate) fn in_file(mut self, file: PathBuf) -> ConfigError {
-        if let ConfigError::Invalid {
-            location: Some(location),
-            ..
-        } = &mut self
-        {
-            location.path = Some(file);
+        match &mut self {
+            ConfigError::Invalid {
+                location: Some(location),
+                ..
+            } => location.path = Some(file),
+            ConfigError::Several(all) => {
+                *all = std::mem::take(all)
+                    .into_iter()
+                    .map(|e| e.in_file(file.clone()))
+                    .collect();
+            }
+            _ => {}
         }
         self
     }
+}
+
+fn several(all: &[ConfigError]) -> String {
+    let mut text = String::new();
+    for error in all {
+        text.push_str(&error.to_string());
+        text.push('\n');
+    }
+    text.push_str(&format!(
+        "{} errors; fix them and run check again",
+        all.len()
+    ));
+    text
 }
 
 fn prefix(location: &Option<Location>) -> String {

@@ -265,3 +265,71 @@ fn simulated_configs_validate_and_reject_bad_ids() {
     let msg = changed.validate().unwrap_err().to_string();
     assert_eq!(msg, "sampling.interval_ms: must be at least 1 ms");
 }
+
+#[test]
+fn every_structural_error_is_reported_at_once_in_file_order() {
+    let text = format!(
+        "device_id = \"p\"\n[sampling]\ninterval_ms = \"x\"\n[mqtt]\nprot = 1883\n{}{}",
+        RULE.replace("threshold = 80.0", "threshold = nan"),
+        RULE.replace("bearing-hot", "b2")
+            .replace("\"above\"", "\"abve\"")
+    );
+    let err = parse(&text).expect_err("four errors");
+    let ConfigError::Several(all) = &err else {
+        panic!("expected every error, got one: {err}");
+    };
+    let lines: Vec<usize> = all
+        .iter()
+        .map(|e| e.location().expect("located").line)
+        .collect();
+    assert_eq!(lines, [3, 5, 12, 19], "{err}");
+    let text = err.to_string();
+    for part in [
+        "expected u64",
+        "unknown field `prot`",
+        "`threshold` is nan",
+        "unknown variant `abve`",
+        "4 errors",
+    ] {
+        assert!(text.contains(part), "{part} missing from:\n{text}");
+    }
+    // One error alone is reported as before, not as a list.
+    let one = parse("device_id = \"p\"\n[mqtt]\nprot = 1\n").expect_err("one error");
+    assert!(matches!(one, ConfigError::Invalid { .. }), "{one}");
+}
+
+#[test]
+fn a_removal_never_invents_a_missing_field() {
+    // `ca` has the wrong type; removing it to look further must not add "missing field `ca`".
+    let text = "device_id = \"p\"\n[mqtt.tls]\nca = 1\n[sampling]\ninterval_ms = \"x\"\n";
+    let err = parse(text).expect_err("two errors");
+    let text = err.to_string();
+    assert!(!text.contains("missing field"), "{text}");
+    assert!(text.contains("expected a string"), "{text}");
+    assert!(text.contains("expected u64"), "{text}");
+    assert!(text.contains("2 errors"), "{text}");
+}
+
+#[test]
+fn every_invalid_rule_is_reported_at_once() {
+    let bad = |id: &str| {
+        RULE.replace("bearing-hot", id)
+            .replace("clear = 75.0", "clear = 85.0")
+    };
+    let text = format!("device_id = \"p\"\n{}{RULE}{}", bad("r1"), bad("r3"));
+    let err = parse(&text).expect_err("two bad rules");
+    let text = err.to_string();
+    assert!(text.contains("[[rules]] entry 1"), "{text}");
+    assert!(text.contains("[[rules]] entry 3"), "{text}");
+    assert!(!text.contains("[[rules]] entry 2"), "{text}");
+    assert!(text.contains("2 errors"), "{text}");
+}
+
+#[test]
+fn every_syntax_error_is_reported_at_once() {
+    let err = parse("device_id = \"p\"\na = \nb = \n").expect_err("two syntax errors");
+    let ConfigError::Several(all) = &err else {
+        panic!("expected both syntax errors: {err}");
+    };
+    assert_eq!(all.len(), 2, "{err}");
+}

@@ -1,5 +1,7 @@
 "use strict";
-// A device's page: health with its reasons, alert episodes, the status timeline, and a chart
+// A device's page: health with its reasons, alert episodes, the status timeline (a strip of
+// online/offline and clock state with marks for drops, journal resets and reboots, and the same
+// in words), and a chart
 // per series over 1 h / 24 h / 7 d / 30 d from /api/devices/{id}/history (downsampled on the
 // server): the mean with its p5–p95 band inside its min–max band, rule levels, raise/clear markers, and the predicted
 // breach drawn forward with its range. Each chart has a text summary and a table of its
@@ -79,7 +81,93 @@
     return out;
   }
 
-  function timelineView(hist) {
+  // The device's statuses over the range as [start, end, state] spans: "unknown" before the
+  // first status in force, then online/offline as the statuses it held (cloud clock).
+  function spans(points, from, to, stateOf) {
+    const out = [];
+    let cur = "unknown", start = from;
+    for (const p of points) {
+      const at = Math.min(Math.max(p.at_ms, from), to);
+      const state = stateOf(p);
+      if (state === null || state === cur) continue;
+      if (at > start) out.push([start, at, cur]);
+      cur = state; start = at;
+    }
+    if (to > start) out.push([start, to, cur]);
+    return out;
+  }
+
+  // Marks to draw over the strip: drops, journal resets and replacements, reboots, clock changes.
+  function statusMarks(hist) {
+    const t = hist.timeline, out = [];
+    for (const p of t.statuses) {
+      if (p.at_ms < hist.from_ms) continue;
+      if (p.changes.includes("drops")) out.push([p.at_ms, "drops", p.new_drops + " reading(s) dropped by the gateway (" + p.dropped + " counted so far" + (p.dropped_quota ? ", " + p.dropped_quota + " by the journal quota" : "") + ")"]);
+      if (p.changes.includes("journal_reset")) out.push([p.at_ms, "reset", "The gateway found its journal corrupt and started a fresh one (" + p.new_resets + " time(s))"]);
+      if (p.changes.includes("reboot")) out.push([p.at_ms, "reboot", "The gateway rebooted (new boot id)"]);
+      if (p.changes.includes("clock")) out.push([p.at_ms, "clock", "Clock " + (p.clock === "unsynced" ? "unsynchronised: reading times may be off" : p.clock === "synced" ? "synchronised" : "state unknown")]);
+    }
+    for (const e of t.events) {
+      if (e.time_ms >= hist.from_ms && e.time_ms < hist.to_ms) out.push([e.time_ms, "reset", "Journal replaced (epoch " + e.old_epoch + " → " + e.new_epoch + ")"]);
+    }
+    return out.sort((a, b) => a[0] - b[0]);
+  }
+
+  function stripView(hist) {
+    const t = hist.timeline;
+    const from = hist.from_ms, to = Math.max(from + 1, Math.min(hist.to_ms, Date.now()));
+    const conn = spans(t.statuses, from, to, (p) => p.state);
+    const clock = spans(t.statuses, from, to, (p) => p.source === "status" ? p.clock : null);
+    const marks = statusMarks(hist);
+    const W = 1000, H = 64;
+    const x = (ms) => ((ms - from) / (hist.to_ms - from)) * W;
+    const NS = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(NS, "svg");
+    svg.setAttribute("viewBox", "0 0 " + W + " " + H);
+    svg.setAttribute("preserveAspectRatio", "none");
+    svg.setAttribute("aria-hidden", "true");
+    const rect = (x0, x1, y, h, cls) => {
+      const r = document.createElementNS(NS, "rect");
+      r.setAttribute("x", x0); r.setAttribute("y", y);
+      r.setAttribute("width", Math.max(1, x1 - x0)); r.setAttribute("height", h);
+      r.setAttribute("class", cls);
+      svg.append(r);
+    };
+    for (const [a, b, st] of conn) rect(x(a), x(b), 4, 24, "s-" + st);
+    for (const [a, b, st] of clock) rect(x(a), x(b), 32, 10, st === "unsynced" ? "s-unsynced" : st === "synced" ? "s-synced" : "s-unknown");
+    for (const [at, kind] of marks) rect(x(at) - 2, x(at) + 2, 44, 18, "m-" + kind);
+    const plot = document.getElementById("strip-plot");
+    plot.replaceChildren(svg);
+
+    // The same in words, for everyone.
+    const dur = { online: 0, offline: 0, unknown: 0 };
+    for (const [a, b, st] of conn) dur[st] += b - a;
+    const outages = conn.filter((s) => s[2] === "offline").length;
+    const unsynced = clock.filter((s) => s[2] === "unsynced").reduce((n, [a, b]) => n + b - a, 0);
+    const drops = t.statuses.filter((p) => p.at_ms >= from).reduce((n, p) => n + p.new_drops, 0);
+    const parts = [];
+    if (!t.statuses.length) parts.push("No status recorded for this range" + (t.recorded_since_ms === null ? ": the device has sent none since the store began keeping them." : "."));
+    else {
+      parts.push("Last " + RANGE_WORDS[range] + " (cloud clock): online " + O.duration(dur.online) + ", offline " + O.duration(dur.offline) + " in " + outages + (outages === 1 ? " period" : " periods") + (dur.unknown ? ", no status known " + O.duration(dur.unknown) : "") + ".");
+      parts.push(unsynced ? "Clock unsynchronised for " + O.duration(unsynced) + "." : "Clock never reported unsynchronised.");
+      parts.push(drops ? drops + " reading(s) dropped." : "No readings dropped.");
+      const last = [...t.statuses].reverse().find((p) => p.source === "status");
+      if (last) parts.push("Journal backlog at the last status: " + last.backlog + " message(s)" + (last.backlog_bytes ? ", " + last.backlog_bytes + " bytes" : "") + ".");
+    }
+    if (t.recorded_since_ms !== null && t.recorded_since_ms > from) parts.push("Status history starts " + O.time(t.recorded_since_ms) + ".");
+    if (t.statuses_truncated) parts.push("Too many changes in this range: the oldest are left out.");
+    const text = parts.join(" ");
+    plot.setAttribute("aria-label", "Status over the range. " + text);
+    document.getElementById("strip-summary").textContent = text;
+    const fig = document.getElementById("strip");
+    fig.dataset.drawn = "true";
+    fig.dataset.spans = conn.map((s) => s[2]).join(",");
+    fig.dataset.clock = clock.map((s) => s[2]).join(",");
+    fig.dataset.marks = marks.map((m) => m[1]).join(",");
+    return marks;
+  }
+
+  function timelineView(hist, marks) {
     const t = hist.timeline;
     const items = [];
     const now = Date.now();
@@ -91,14 +179,18 @@
       const off = Math.abs(lag) > 5 * 60000;
       items.push([t.last_event_ms, "Newest reading time (device clock) " + O.time(t.last_event_ms) + "; received " + O.duration(Math.abs(lag)) + (lag >= 0 ? " later" : " earlier") + (off ? ": the device clock may be off, or it is sending a backlog" : ""), off ? "bad" : ""]);
     }
+    for (const p of t.statuses) {
+      if (p.at_ms >= hist.from_ms && p.changes.includes("state")) items.push([p.at_ms, (p.state === "online" ? "Online" : "Offline") + " from " + O.time(p.at_ms) + (p.source === "presence" ? " (broker connection event)" : ""), p.state === "offline" ? "bad" : "good"]);
+    }
+    for (const [at, kind, text] of marks) items.push([at, O.time(at) + ": " + text, kind === "clock" && text.includes("synchronised:") ? "bad" : kind === "clock" ? "" : "bad"]);
     for (const e of t.events) {
-      items.push([e.time_ms, e.kind === "journal_replaced" ? "Journal replaced (epoch " + e.old_epoch + " → " + e.new_epoch + "): the device numbers its messages anew (re-flashed card or replaced gateway); nothing it sent before is lost" : e.kind, "bad"]);
+      if (e.time_ms < hist.from_ms) items.push([e.time_ms, e.kind === "journal_replaced" ? "Journal replaced (epoch " + e.old_epoch + " → " + e.new_epoch + "): the device numbers its messages anew (re-flashed card or replaced gateway); nothing it sent before is lost" : e.kind, "bad"]);
     }
     for (const [from, to] of gaps(hist)) items.push([from, "No data from " + O.time(from) + " for " + O.duration(to - from), "bad"]);
     items.push([t.first_seen_ms, "First message received " + O.time(t.first_seen_ms), ""]);
     items.sort((a, b) => b[0] - a[0]);
     const list = document.getElementById("timeline");
-    list.replaceChildren(...items.map(([, text, cls]) => O.el("li", cls, text)));
+    list.replaceChildren(...items.slice(0, 40).map(([, text, cls]) => O.el("li", cls, text)));
     document.getElementById("not-recorded").replaceChildren(...t.not_recorded.map((x) => O.el("li", "", x)));
   }
 
@@ -299,7 +391,7 @@
       const episodes = await O.api("/api/alerts/episodes" + O.query({ device: id, from_ms: hist.from_ms, limit: 50 }), load);
       healthView(summary);
       alertsView(episodes);
-      timelineView(hist);
+      timelineView(hist, stripView(hist));
       chartsView(hist);
       document.getElementById("live").textContent = "updated " + new Date().toLocaleTimeString();
       O.showError("");

@@ -151,3 +151,73 @@ pub async fn asset(Path(file): Path<String>) -> Result<Response, ApiError> {
         .map(|(_, kind, body)| ([(CONTENT_TYPE, *kind)], *body).into_response())
         .ok_or_else(|| ApiError::not_found(format!("no such file: /assets/{file}")))
 }
+
+#[cfg(test)]
+mod tests {
+    /// The colour of `--name` in dashboard.css's `:root`, as RGB.
+    fn var(css: &str, name: &str) -> [f64; 3] {
+        let root = css.split_once(":root {").map(|(_, r)| r).unwrap_or("");
+        let value = root
+            .split_once(&format!("--{name}:"))
+            .and_then(|(_, rest)| rest.split_once(';'))
+            .map(|(v, _)| v.trim())
+            .unwrap_or_else(|| panic!("--{name} is not in :root"));
+        hex(value)
+    }
+
+    /// `#rrggbb` or `#rgb` as RGB.
+    fn hex(value: &str) -> [f64; 3] {
+        let short = value.trim_start_matches('#');
+        let h: String = if short.len() == 3 {
+            short.chars().flat_map(|c| [c, c]).collect()
+        } else {
+            short.to_owned()
+        };
+        assert_eq!(h.len(), 6, "not #rrggbb or #rgb: {value}");
+        let byte = |i: usize| f64::from(u8::from_str_radix(&h[i..i + 2], 16).unwrap());
+        [byte(0), byte(2), byte(4)]
+    }
+
+    /// WCAG 2 contrast ratio of two colours.
+    fn contrast(a: [f64; 3], b: [f64; 3]) -> f64 {
+        let lum = |c: [f64; 3]| {
+            let f = |v: f64| {
+                let v = v / 255.0;
+                if v <= 0.03928 {
+                    v / 12.92
+                } else {
+                    ((v + 0.055) / 1.055).powf(2.4)
+                }
+            };
+            0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2])
+        };
+        let (x, y) = (lum(a), lum(b));
+        (x.max(y) + 0.05) / (x.min(y) + 0.05)
+    }
+
+    #[test]
+    fn the_text_colours_meet_aa_contrast_on_their_backgrounds() {
+        let css = include_str!("dashboard.css");
+        let pairs = [
+            ("ink", "bg"),
+            ("ink", "card"),
+            ("muted", "bg"),
+            ("muted", "card"),
+            ("link", "bg"),
+            ("link", "card"),
+            ("ok", "ok-bg"),
+            ("bad", "bad-bg"),
+            ("warn", "warn-bg"),
+            ("idle", "idle-bg"),
+        ];
+        for (fg, bg) in pairs {
+            let ratio = contrast(var(css, fg), var(css, bg));
+            assert!(ratio >= 4.5, "--{fg} on --{bg}: {ratio:.2} < 4.5");
+        }
+        // Table headers (--muted on #fafbfc) and disabled buttons (#6b7280 on white).
+        assert!(contrast(var(css, "muted"), hex("#fafbfc")) >= 4.5);
+        assert!(contrast(hex("#6b7280"), hex("#ffffff")) >= 4.5);
+        // The check can fail: light grey on white does not pass.
+        assert!(contrast(hex("#999999"), hex("#ffffff")) < 4.5);
+    }
+}

@@ -14,6 +14,7 @@ use crate::fleet::dynamo_view::DynamoView;
 use crate::store::fleetview::{FleetMark, FleetPage, FleetQuery};
 use crate::store::history::{Episode, EpisodeFilter, History};
 use crate::store::signals::DeviceSignals;
+use crate::store::timeline::StatusTimeline;
 use crate::store::{AlertFilter, AlertRow, DeviceSummary, StoreReader};
 
 /// The read side the handlers use.
@@ -106,6 +107,27 @@ impl StateSource {
         points: u32,
     ) -> Result<History, ApiError> {
         either!(self.history(device, from_ms, to_ms, points))
+    }
+
+    /// A device's status timeline over `[from_ms, to_ms)`: none from DynamoDB state, where the
+    /// Lambda keeps the current status only ([`StateSource::missing`] says so).
+    pub async fn status_timeline(
+        &self,
+        device: &str,
+        from_ms: i64,
+        to_ms: i64,
+        bucket_ms: i64,
+    ) -> Result<StatusTimeline, ApiError> {
+        match self {
+            StateSource::Sqlite(r) => {
+                Ok(r.status_timeline(device, from_ms, to_ms, bucket_ms).await?)
+            }
+            StateSource::Dynamo(_) => Ok(StatusTimeline {
+                statuses: Vec::new(),
+                statuses_truncated: false,
+                recorded_since_ms: None,
+            }),
+        }
     }
 
     /// Alert episodes matching `filter`.

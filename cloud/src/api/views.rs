@@ -4,7 +4,7 @@
 //! | route | parameters | returns |
 //! |---|---|---|
 //! | `GET /api/fleet` | `q` (text in the id), `status` (`online`, `offline`, `unknown`), `severity` (worst active alert: `critical`, `warning`, `info`, `none`), `sort` (`worst`, `name`, `last_seen`), `offset`, `limit` (1 to 500, default 50) | [`FleetPage`]: `total` matching, the whole fleet's `counts`, the page's `rows` (health and reasons, active alerts by severity, latest windows) |
-//! | `GET /api/devices/{device}/history` | `range` (`1h`, `24h`, `7d`, `30d`, any `Nm`/`Nh`/`Nd`; default `1h`), `to_ms` (default now), `points` (10 to 2000, default 240) | [`DeviceHistory`]: per series, bucket columns (`t`, `mean`, `min`, `max`, `p5`, `p95`, `count`, `corrections`), the threshold lines of the rules in effect, the series' signals (trend, predicted crossings); the device's alert events in range; its status timeline |
+//! | `GET /api/devices/{device}/history` | `range` (`1h`, `24h`, `7d`, `30d`, any `Nm`/`Nh`/`Nd`; default `1h`), `to_ms` (default now), `points` (10 to 2000, default 240) | [`DeviceHistory`]: per series, bucket columns (`t`, `mean`, `min`, `max`, `p5`, `p95`, `count`, `corrections`), the threshold lines of the rules in effect, the series' signals (trend, predicted crossings); the device's alert events in range; its status timeline (current status, device events, the statuses it held in range with backlog, drops, journal resets and clock state: [`crate::store::timeline`]) |
 //! | `GET /api/alerts/episodes` | `device`, `rule`, `severity`, `from_ms` (default 7 days ago), `to_ms`, `state` (`active`, `ended`), `limit` | [`Episode`]s: raise → clear with durations, active first (critical, warning, info), then newest |
 //!
 //! Every parameter is checked ([`super::params`]): an unknown name, a bad value or a range
@@ -24,6 +24,7 @@ use super::ApiState;
 use crate::analytics::signals::SeriesSignals;
 use crate::store::fleetview::{FleetPage, FleetQuery, FleetSort, Worst, MAX_PAGE};
 use crate::store::history::{Episode, EpisodeFilter, SeriesHistory, MAX_POINTS, MIN_POINTS};
+use crate::store::timeline::StatusTimeline;
 use crate::store::{AlertFilter, AlertRow, DeviceEvent};
 
 /// Rows of a fleet page when `limit` is not given.
@@ -100,7 +101,7 @@ pub struct SeriesView {
 /// What the store knows of a device's state over time.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Timeline {
-    /// `online`, `offline` or `unknown`: the current status only.
+    /// `online`, `offline` or `unknown`: the current status.
     pub status: String,
     /// When the cloud received it.
     pub status_ms: Option<i64>,
@@ -112,6 +113,10 @@ pub struct Timeline {
     pub last_event_ms: Option<i64>,
     /// Journal replacements and other device events.
     pub events: Vec<DeviceEvent>,
+    /// The statuses it held in the range, with their counters and what changed
+    /// (`statuses`, `statuses_truncated`, `recorded_since_ms`).
+    #[serde(flatten)]
+    pub recorded: StatusTimeline,
     /// What the store does not record, in words.
     pub not_recorded: Vec<&'static str>,
 }
@@ -135,11 +140,12 @@ pub struct DeviceHistory {
     pub timeline: Timeline,
 }
 
-/// What a device's status messages carry that the store keeps no history of.
-pub const NOT_RECORDED: [&str; 3] = [
-    "online/offline history: only the current status and when it was received are kept",
-    "dropped readings and journal backlog: status messages carry them, the store does not keep them",
-    "device clock state: only the newest event time is kept, next to the cloud's receive time",
+/// What the status timeline leaves out, in words.
+pub const NOT_RECORDED: [&str; 4] = [
+    "statuses before this store kept a status history (schema 5): the timeline starts at its first recorded status",
+    "periodic statuses that change nothing: one every 5 minutes is kept (backlog between them is not)",
+    "statuses that arrived after a newer one (a late will or birth): they never became the device's status",
+    "how far the device clock is off: statuses say only whether it is synchronised",
 ];
 
 /// `GET /api/devices/{device}/history`.
@@ -168,6 +174,10 @@ pub async fn device_history(
     alerts.retain(|a| a.time_ms < to_ms);
     alerts.reverse();
     let signals = state.reader.device_signals(&device).await?.series;
+    let recorded = state
+        .reader
+        .status_timeline(&device, history.from_ms, to_ms, history.bucket_ms)
+        .await?;
     let series = history
         .series
         .into_iter()
@@ -194,11 +204,12 @@ pub async fn device_history(
             last_seen_ms: summary.last_seen_ms,
             last_event_ms: summary.last_event_ms,
             events: summary.events,
-            not_recorded: NOT_RECORDED
-                .iter()
-                .chain(state.reader.missing())
-                .copied()
-                .collect(),
+            recorded,
+            // DynamoDB state keeps no status history: what it lacks replaces the store's list.
+            not_recorded: match state.reader.missing() {
+                [] => NOT_RECORDED.to_vec(),
+                missing => missing.to_vec(),
+            },
         },
     }))
 }

@@ -617,3 +617,71 @@ async fn pages_and_their_files_are_served_without_inline_script() {
         .unwrap()
         .contains("/assets/nothing.js"));
 }
+
+#[tokio::test]
+async fn the_device_history_carries_the_statuses_the_device_held() {
+    use osprey_protocol::{ClockState, Status, StatusState};
+    let mut f = Fleet::new().await;
+    let status = |state, dropped, clock| {
+        MsgBody::Status(Status {
+            dropped,
+            backlog: 12,
+            clock,
+            boot_id: "boot-a".into(),
+            time_ms: crate::clock::now_ms(),
+            ..Status::new(state)
+        })
+    };
+    f.send(
+        "pump-1",
+        status(StatusState::Online, 4, ClockState::Unsynced),
+    )
+    .await;
+    // Quiet: nothing changes, and it is less than 5 minutes later: not kept.
+    f.send(
+        "pump-1",
+        status(StatusState::Online, 4, ClockState::Unsynced),
+    )
+    .await;
+    f.send("pump-1", status(StatusState::Online, 9, ClockState::Synced))
+        .await;
+    f.send(
+        "pump-1",
+        status(StatusState::Offline, 9, ClockState::Synced),
+    )
+    .await;
+    let (code, h) = f.get("/api/devices/pump-1/history?range=1h").await;
+    assert_eq!(code, StatusCode::OK, "{h}");
+    let t = &h["timeline"];
+    assert_eq!(t["status"], "offline");
+    let rows: Vec<(String, Vec<String>, u64)> = t["statuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["state"].as_str().unwrap().to_owned(),
+                serde_json::from_value(p["changes"].clone()).unwrap(),
+                p["new_drops"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        rows,
+        [
+            ("online".into(), s(&["state", "clock"]), 0),
+            ("online".into(), s(&["drops", "clock"]), 5),
+            ("offline".into(), s(&["state"]), 0),
+        ]
+    );
+    assert_eq!(t["statuses"][0]["clock"], "unsynced");
+    assert_eq!(t["statuses"][0]["backlog"], 12);
+    assert_eq!(t["statuses_truncated"], false);
+    assert!(t["recorded_since_ms"].as_i64().is_some());
+    // A range that ends before the first status has none of them.
+    let (_, h) = f
+        .get(&format!("/api/devices/pump-1/history?range=1h&to_ms={T0}"))
+        .await;
+    assert_eq!(h["timeline"]["statuses"], serde_json::json!([]));
+}

@@ -22,6 +22,7 @@ pub mod retention;
 pub mod schema;
 pub mod signals;
 pub mod status;
+pub mod timeline;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -37,7 +38,7 @@ pub use query::{
 };
 pub use reader::StoreReader;
 pub use retention::{Maintenance, MaintenanceStats, RetentionConfig};
-pub use status::{StatusMark, StatusReport};
+pub use status::{StatusCounters, StatusMark, StatusReport};
 pub use writer::{Checkpoint, DeadLetter, Message, Presence, StoreWriter, Write, Written};
 
 /// Jobs that may wait for the writer before callers feel backpressure.

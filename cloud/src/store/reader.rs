@@ -145,6 +145,20 @@ impl StoreReader {
             .await
     }
 
+    /// A device's status timeline over `[from_ms, to_ms)` (cloud clock), with at most one
+    /// sample per `bucket_ms` ([`super::timeline`]).
+    pub async fn status_timeline(
+        &self,
+        device: &str,
+        from_ms: i64,
+        to_ms: i64,
+        bucket_ms: i64,
+    ) -> Result<super::timeline::StatusTimeline, StoreError> {
+        let device = device.to_owned();
+        self.read(move |conn| super::timeline::timeline(conn, &device, from_ms, to_ms, bucket_ms))
+            .await
+    }
+
     /// Alert episodes matching `filter`; active ones last until `now_ms`.
     pub async fn episodes(
         &self,

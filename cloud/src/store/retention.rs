@@ -13,6 +13,7 @@
 //! | `windows` | window ended before the cutoff | event time | 90 days |
 //! | `alerts` | event time before the cutoff | event time | 90 days |
 //! | `series`, `signals` | their newest window / `as_of_ms` before the cutoff | event time | 90 days |
+//! | `status_history` | received before the cutoff (and each device over its row cap, [`super::timeline`]) | cloud clock (`at_ms`) | 90 days |
 //! | `dead_letters` | received longer ago than their retention; over the caps | cloud clock | 14 days, [`super::deadletter`] |
 //!
 //! Event-time cutoffs are measured back from the store's newest event time (the highest
@@ -58,7 +59,8 @@ const PASS_BUDGET: Duration = Duration::from_millis(200);
 pub struct RetentionConfig {
     /// Dead-letter caps and retention.
     pub dead_letters: DeadLetterLimits,
-    /// Keep time of windows, alerts, series and signals (event time); `None` keeps them.
+    /// Keep time of windows, alerts, series and signals (event time) and of the status history
+    /// (cloud clock); `None` keeps them.
     pub history: Option<Duration>,
     /// Keep time of the dedup set (`seen`, by time applied); `None` keeps it.
     pub dedup: Option<Duration>,
@@ -99,6 +101,8 @@ pub struct Maintenance {
     pub windows_pruned: u64,
     /// Alert events pruned.
     pub alerts_pruned: u64,
+    /// Status history rows pruned (received longer ago than the history keep time).
+    pub status_pruned: u64,
     /// Maintenance passes run (since this process started).
     pub passes: u64,
 }
@@ -107,7 +111,7 @@ pub struct Maintenance {
 pub(super) type Tally = Maintenance;
 
 impl Maintenance {
-    fn pairs(&self) -> [(&'static str, u64); 7] {
+    fn pairs(&self) -> [(&'static str, u64); 8] {
         [
             ("dead_letters_evicted", self.dead_letters_evicted),
             ("dead_letters_expired", self.dead_letters_expired),
@@ -116,6 +120,7 @@ impl Maintenance {
             ("seen_pruned", self.seen_pruned),
             ("windows_pruned", self.windows_pruned),
             ("alerts_pruned", self.alerts_pruned),
+            ("status_pruned", self.status_pruned),
         ]
     }
 
@@ -127,7 +132,7 @@ impl Maintenance {
 /// The maintenance counters, shared by the writer (which adds) and the API and metrics (which
 /// read); cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct MaintenanceStats(Arc<[AtomicU64; 8]>);
+pub struct MaintenanceStats(Arc<[AtomicU64; 9]>);
 
 impl MaintenanceStats {
     /// The counters now.
@@ -141,7 +146,8 @@ impl MaintenanceStats {
             seen_pruned: v(4),
             windows_pruned: v(5),
             alerts_pruned: v(6),
-            passes: v(7),
+            status_pruned: v(7),
+            passes: v(8),
         }
     }
 
@@ -149,7 +155,7 @@ impl MaintenanceStats {
         for (i, (_, v)) in t.pairs().iter().enumerate() {
             self.0[i].fetch_add(*v, Ordering::Relaxed);
         }
-        self.0[7].fetch_add(t.passes, Ordering::Relaxed);
+        self.0[8].fetch_add(t.passes, Ordering::Relaxed);
     }
 
     /// Counters as stored in `conn`'s `maintenance` table.
@@ -262,6 +268,9 @@ pub fn pass(
             full |= t.seen_pruned >= batch;
         }
         if let Some(keep) = cfg.history {
+            // Received time, like the rows' own clock: the cloud's.
+            t.status_pruned = delete_before(&tx, "status_history", "at_ms", cutoff(now_ms, keep))?;
+            full |= t.status_pruned >= batch;
             if let Some(reference) = event_reference(&tx, now_ms)? {
                 let cut = cutoff(reference, keep);
                 t.windows_pruned = prune_windows(&tx, cut)?;
@@ -336,14 +345,25 @@ fn prune_windows(conn: &Connection, cutoff_ms: i64) -> rusqlite::Result<u64> {
 
 /// Deletes up to one batch of alert events older than `cutoff_ms` (event time).
 fn prune_alerts(conn: &Connection, cutoff_ms: i64) -> rusqlite::Result<u64> {
+    delete_before(conn, "alerts", "time_ms", cutoff_ms)
+}
+
+/// Deletes up to one batch of the rows of rowid table `table` whose `column` is before
+/// `cutoff_ms` (both names are the store's own, never input).
+pub(super) fn delete_before(
+    conn: &Connection,
+    table: &str,
+    column: &str,
+    cutoff_ms: i64,
+) -> rusqlite::Result<u64> {
     let n = conn
-        .prepare_cached(
-            "DELETE FROM alerts WHERE rowid IN
-                 (SELECT rowid FROM alerts WHERE time_ms < ?1 LIMIT ?2)",
-        )?
+        .prepare_cached(&format!(
+            "DELETE FROM {table} WHERE rowid IN
+                 (SELECT rowid FROM {table} WHERE {column} < ?1 LIMIT ?2)"
+        ))?
         .execute(params![cutoff_ms, BATCH])?;
     Ok(n as u64)
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

@@ -2,7 +2,8 @@
 //!
 //! | table | key | holds |
 //! |---|---|---|
-//! | `devices` | device | first/last seen (cloud clock), newest event time, highest seq, reading count, status and the mark that orders it (epoch, seq, will seq, device time) |
+//! | `devices` | device | first/last seen (cloud clock), newest event time, highest seq, reading count, status and the mark that orders it (epoch, seq, will seq, device time), rows in `status_history` |
+//! | `status_history` | rowid; (device, at_ms) | the statuses a device held: state, counters (backlog, drops, journal resets, clock state, boot id), what changed, received time ([`super::timeline`]) |
 //! | `seen` | (device, epoch, seq) | every message applied (`applied_ms`, cloud clock): the dedup set, pruned by [`super::retention`] |
 //! | `epochs` | (device, epoch) | every journal epoch seen per device, with the cloud time it was first seen |
 //! | `device_events` | (device, kind, new_epoch) | device events: `journal_replaced` (cloud time, old and new epoch) |
@@ -27,19 +28,21 @@
 //! | 2 | the tables above, dedup by `(device, seq)` |
 //! | 3 | journal epochs (protocol 1.3): `seen` and `alerts` keyed by `(device, epoch, seq)`, the `epochs` and `device_events` tables, the status mark columns of `devices`; bounded dead letters and retention; the alert outbox |
 //! | 4 | `windows.corrections`: how many times late data changed a window after it had closed (`version` counts every merge) |
+//! | 5 | `status_history` (a device's statuses over time with their counters, bounded: [`super::timeline`]) and `devices.status_rows`, its per-device row count |
 //!
-//! [`migrate`] upgrades a version-2 or version-3 file in place, in one transaction: the rows of `seen` and
+//! [`migrate`] upgrades a version-2, 3 or 4 file in place, in one transaction: the rows of `seen` and
 //! `alerts` get epoch 0 (what a pre-1.3 gateway's messages are), each device that has messages
 //! gets epoch 0 in `epochs` (so its first 1.3 epoch reads as a replaced journal only if it
 //! really is one: a kept journal stays at epoch 0), and stored statuses keep no mark (the next
 //! status of any epoch replaces them) (2 → 3); windows already stored get `corrections` 0, as
-//! what late data corrected before is not known (3 → 4). Each upgrade is a step function of its
+//! what late data corrected before is not known (3 → 4); the status history starts empty, as
+//! the statuses held before were not kept, and every device's row count is 0 (4 → 5). Each upgrade is a step function of its
 //! own.
 
 use rusqlite::Connection;
 
 /// Schema version kept in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// How long a connection waits for another's lock before giving up.
 pub const BUSY_TIMEOUT_MS: u64 = 5_000;
@@ -187,7 +190,7 @@ pub enum Migration {
 }
 
 /// Puts the writer connection in WAL mode, creates the tables if they are missing and
-/// upgrades a version-2 or version-3 file in place (one transaction: all of it or none).
+/// upgrades a version-2, 3 or 4 file in place (one transaction: all of it or none).
 ///
 /// WAL lets the API's read connections see committed data while the writer works.
 /// `synchronous = FULL` makes every commit durable (the WAL is synced before the commit
@@ -200,7 +203,7 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<Migration> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    if ![0, 2, 3, SCHEMA_VERSION].contains(&found) {
+    if ![0, 2, 3, 4, SCHEMA_VERSION].contains(&found) {
         return Ok(Migration::Incompatible { found });
     }
     // One transaction: a crash leaves the file at its old version, and the next open
@@ -217,9 +220,12 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<Migration> {
     if found < 4 {
         corrections_3_to_4(&tx)?;
     }
+    if found < 5 {
+        super::timeline::migrate_v5(&tx)?;
+    }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
-    if found == 2 || found == 3 {
+    if (2..SCHEMA_VERSION).contains(&found) {
         tracing::info!(
             from = found,
             to = SCHEMA_VERSION,

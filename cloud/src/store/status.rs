@@ -18,10 +18,58 @@
 //! of the connection the stored status came from wins although its number is lower (the will's
 //! number is reserved when the connection opens, before its birth).
 
-use osprey_protocol::StatusState;
+use osprey_protocol::{ClockState, Status, StatusState};
+
+/// What a status message says of the gateway besides its state (protocol 1.1 keys; 0, empty or
+/// unknown when the gateway did not say), kept in the device's status history
+/// ([`super::timeline`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusCounters {
+    /// Seconds since the agent started (`"up"`).
+    pub uptime_s: u64,
+    /// Messages waiting in the journal (`"bl"`).
+    pub backlog: u64,
+    /// Bytes waiting in the journal (`"bb"`).
+    pub backlog_bytes: u64,
+    /// Readings dropped, all causes (`"dr"`).
+    pub dropped: u64,
+    /// Of those, dropped by the journal's byte quota (`"dq"`).
+    pub dropped_quota: u64,
+    /// Times a corrupt journal was moved aside (`"jr"`).
+    pub journal_resets: u64,
+    /// Wall clock state (`"cs"`).
+    pub clock: ClockState,
+    /// Boot id (`"bi"`): a new one means the gateway rebooted.
+    pub boot_id: String,
+}
+
+impl StatusCounters {
+    /// The counters of a status body.
+    pub fn of(status: &Status) -> StatusCounters {
+        StatusCounters {
+            uptime_s: status.uptime_s,
+            backlog: status.backlog,
+            backlog_bytes: status.backlog_bytes,
+            dropped: status.dropped,
+            dropped_quota: status.dropped_quota,
+            journal_resets: status.journal_resets,
+            clock: status.clock,
+            boot_id: status.boot_id.clone(),
+        }
+    }
+}
+
+/// The stored name of a clock state.
+pub fn clock_name(clock: ClockState) -> &'static str {
+    match clock {
+        ClockState::Synced => "synced",
+        ClockState::Unsynced => "unsynced",
+        ClockState::Unknown => "unknown",
+    }
+}
 
 /// A status message's own facts, as the pipeline prepares it for the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusReport {
     /// Online or offline.
     pub state: StatusState,
@@ -30,6 +78,9 @@ pub struct StatusReport {
     pub will_seq: u64,
     /// When the device took the status (device clock, ms since the epoch; 0 if not said).
     pub time_ms: i64,
+    /// Its counters, clock state and boot id (boxed: they are most of a status, and a
+    /// [`super::Write`] of any kind is as large as its largest).
+    pub counters: Box<StatusCounters>,
 }
 
 /// What orders a status against another.
@@ -114,6 +165,7 @@ mod tests {
                 state,
                 will_seq,
                 time_ms,
+                counters: Box::default(),
             },
         )
     }

@@ -73,6 +73,7 @@ fn status(device: &str, seq: u64, state: StatusState) -> Write {
             state,
             will_seq: 0,
             time_ms: 0,
+            counters: Box::default(),
         }),
     })
 }
@@ -338,6 +339,7 @@ fn status_at(
             state,
             will_seq,
             time_ms,
+            counters: Box::default(),
         }),
     })
 }

@@ -11,7 +11,8 @@
 //! touched. The first message of an epoch the device has not used before records the epoch in
 //! `epochs`, and, if the device had messages under another epoch, a `journal_replaced` device
 //! event (once per new epoch: the `epochs` row makes it idempotent). A status replaces the
-//! stored one only if it is newer by [`super::status`]'s order.
+//! stored one only if it is newer by [`super::status`]'s order, and is then recorded in the
+//! device's status history ([`super::timeline`]).
 //! Window deltas fold into the stored windows with [`crate::window::table::fold`] (read the
 //! window, merge the aggregates, write it back with the version + 1; sessions absorb the stored
 //! sessions they touch), so a message either counts once or not at all, whatever crashes in
@@ -38,7 +39,8 @@ use super::deadletter::{self, DeadLetterLimits};
 use super::deferred::Deferred;
 use super::retention::{MaintenanceStats, RetentionConfig, Schedule, Tally};
 use super::signals::{Refresher, RECENT_SERIES};
-use super::status::{parse_state, state_name, StatusMark, StatusReport};
+use super::status::{parse_state, state_name, StatusCounters, StatusMark, StatusReport};
+use super::timeline;
 use super::StoreError;
 use crate::analytics::signals::SignalsConfig;
 use crate::window::table::{fold, WindowUpdate};
@@ -412,7 +414,7 @@ fn apply_message(
     deferred.count(m);
     if let Some(report) = &m.status {
         let mark = StatusMark::of_message(m.epoch, m.seq, report);
-        set_status_if_newer(tx, &m.device, &mark, m.received_ms)?;
+        set_status_if_newer(tx, &m.device, &mark, m.received_ms, Some(&*report.counters))?;
     }
     Ok(Written::Applied)
 }
@@ -489,12 +491,15 @@ fn stored_status(tx: &Transaction<'_>, device: &str) -> rusqlite::Result<Option<
 }
 
 /// Makes `mark` the device's status if it is newer than the stored one (the device row
-/// exists or is created). `received_ms` is when the cloud received it.
+/// exists or is created), and records it in the device's status history with `counters`
+/// (`None` for a lifecycle event) ([`super::timeline`]). `received_ms` is when the cloud
+/// received it.
 fn set_status_if_newer(
     tx: &Transaction<'_>,
     device: &str,
     mark: &StatusMark,
     received_ms: i64,
+    counters: Option<&StatusCounters>,
 ) -> rusqlite::Result<()> {
     if !mark.supersedes(stored_status(tx, device)?.as_ref()) {
         tracing::debug!(device = %device, state = state_name(mark.state),
@@ -524,6 +529,14 @@ fn set_status_if_newer(
         mark.will_seq,
         mark.time_ms
     ])?;
+    let entry = timeline::Entry {
+        at_ms: received_ms,
+        state: mark.state,
+        time_ms: mark.time_ms,
+        position: mark.position,
+        counters,
+    };
+    timeline::record(tx, device, &entry)?;
     Ok(())
 }
 
@@ -576,7 +589,7 @@ fn insert_alert(
 /// events have no seq: they are ordered by time).
 fn apply_presence(tx: &Transaction<'_>, p: &Presence) -> rusqlite::Result<()> {
     let mark = StatusMark::of_presence(p.state, p.time_ms);
-    set_status_if_newer(tx, &p.device, &mark, p.received_ms)
+    set_status_if_newer(tx, &p.device, &mark, p.received_ms, None)
 }
 
 /// The stored name of an alert event.

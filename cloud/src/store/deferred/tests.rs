@@ -93,6 +93,7 @@ fn write(rng: &mut ChaCha8Rng, i: u64) -> Write {
                 },
                 will_seq: 0,
                 time_ms: t,
+                counters: Box::default(),
             }),
             ..base
         }),

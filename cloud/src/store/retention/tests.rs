@@ -58,7 +58,8 @@ fn count(conn: &Connection, table: &str) -> i64 {
         .unwrap()
 }
 
-fn apply(conn: &mut Connection, writes: &[Write]) -> Vec<Written> {
+/// Applies `writes` in one transaction, as the writer thread does.
+pub(crate) fn apply(conn: &mut Connection, writes: &[Write]) -> Vec<Written> {
     writer::apply(
         conn,
         writes,
