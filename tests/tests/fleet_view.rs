@@ -7,8 +7,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use osprey_protocol::Series;
@@ -24,38 +22,6 @@ const DEVICES: usize = 8;
 /// The demo's second machine, whose bearing fails (`osprey_cloud::demo::fleet`).
 const FAILING: &str = "compressor-02";
 
-/// An open `GET /api/fleet/events` whose events are read on a thread: `(name, data)`.
-fn open_stream(url: &str) -> std::sync::mpsc::Receiver<(String, Value)> {
-    let addr = url.trim_start_matches("http://").to_owned();
-    let mut stream = TcpStream::connect(&addr).unwrap();
-    write!(
-        stream,
-        "GET /api/fleet/events?limit=3 HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
-    )
-    .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut name = String::new();
-        let mut data = String::new();
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { return };
-            // Chunked transfer: chunk sizes come as lines of their own, and are ignored here.
-            if let Some(v) = line.strip_prefix("event: ") {
-                name = v.to_owned();
-            } else if let Some(v) = line.strip_prefix("data: ") {
-                data = v.to_owned();
-            } else if line.is_empty() && !data.is_empty() {
-                let value = serde_json::from_str(&data).unwrap_or(Value::Null);
-                if tx.send((std::mem::take(&mut name), value)).is_err() {
-                    return;
-                }
-                data.clear();
-            }
-        }
-    });
-    rx
-}
-
 #[test]
 fn the_fleet_device_and_alerts_pages_show_the_failing_machine_live_on_desktop_and_phone() {
     let (mut demo, url) = start_demo(DEVICES, 50);
@@ -69,7 +35,7 @@ fn the_fleet_device_and_alerts_pages_show_the_failing_machine_live_on_desktop_an
         "the alert came before the stream could open; nothing to test\n{}",
         demo.logs()
     );
-    let events = open_stream(&url);
+    let events = osprey_tests::sse_events(&url, "/api/fleet/events?limit=3");
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut alert = None;
     let mut on_top = false;
