@@ -1,4 +1,37 @@
-//! Lambda event fixtures: Kinesis events as the event source mapping delivers them.
+//! Lambda event fixtures: Kinesis events as the event source mapping delivers them, and the
+//! Lambda's DynamoDB tables on the moto server tests/run.sh started.
+
+use osprey_lambda::state::DynamoState;
+
+/// A DynamoDB client for the moto server ([`crate::moto_endpoint`]).
+pub async fn moto_dynamodb() -> aws_sdk_dynamodb::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(crate::moto_endpoint())
+        .load()
+        .await;
+    aws_sdk_dynamodb::Client::new(&config)
+}
+
+/// The Lambda's state and dead-letter tables, new on moto (names from `prefix`), and the
+/// client that made them.
+///
+/// # Panics
+///
+/// When moto refuses a table.
+pub async fn moto_state_tables(prefix: &str) -> (aws_sdk_dynamodb::Client, String, String) {
+    let client = moto_dynamodb().await;
+    let (table, dead) = (
+        crate::unique_name(prefix),
+        crate::unique_name(&format!("{prefix}-dead")),
+    );
+    for name in [&table, &dead] {
+        DynamoState::create_table(&client, name)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create table {name} on moto: {e}"));
+    }
+    (client, table, dead)
+}
 
 /// Standard base64 with padding (the `data` of a Kinesis record).
 pub fn base64(bytes: &[u8]) -> String {

@@ -68,7 +68,7 @@ pub use cdp::Browser;
 pub use certs::{Certs, ClientCert, KeyForm};
 pub use demo::{demo_broker_port, start_demo};
 pub use greengrass::{Nucleus, Published, COMPONENT};
-pub use lambda::{base64, kinesis_event_json};
+pub use lambda::{base64, kinesis_event_json, moto_dynamodb, moto_state_tables};
 pub use mosquitto::{mosquitto_publish, mosquitto_tool, Listener, Mosquitto};
 pub use moto::{moto_endpoint, unique_name, MotoServer};
 pub use net::{

@@ -19,8 +19,8 @@ use osprey_protocol::{Alert, AlertEvent, Body, Envelope, Series, Severity};
 use osprey_tests::bench::now_ms;
 use osprey_tests::fleet::telemetry;
 use osprey_tests::{
-    bin, http_get, http_get_json, kinesis_event_json, moto_endpoint, rendered_dom_in, screenshot,
-    sse_events, tag_with, unique_name, Proc, Window,
+    bin, http_get, http_get_json, kinesis_event_json, moto_endpoint, moto_state_tables,
+    rendered_dom_in, screenshot, sse_events, tag_with, Proc, Window,
 };
 use serde_json::Value;
 
@@ -82,15 +82,7 @@ fn serve(args: &[&str]) -> Command {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_shows_the_lambdas_dynamodb_state_as_the_same_pages() {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(moto_endpoint())
-        .load()
-        .await;
-    let client = aws_sdk_dynamodb::Client::new(&config);
-    let (table, dead) = (unique_name("view"), unique_name("dead"));
-    DynamoState::create_table(&client, &table).await.unwrap();
-    DynamoState::create_table(&client, &dead).await.unwrap();
+    let (client, table, dead) = moto_state_tables("view").await;
     let state = DynamoState::new(client, &table, &dead);
     let mut records = vec![
         (FAILING.to_owned(), readings(FAILING, 1, 60.0, 0.9)),

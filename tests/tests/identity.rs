@@ -27,8 +27,8 @@ use osprey_lambda::handler::{handle_record, RecordOutcome};
 use osprey_lambda::state::DynamoState;
 use osprey_protocol::{Body, Envelope, Series, Status, StatusState, TelemetryBatch};
 use osprey_tests::{
-    bin, http_get, http_get_json, kinesis_event_json, mosquitto_tool, moto_endpoint, unique_name,
-    wait_until, Certs, ClientCert, Mosquitto, Proc,
+    bin, http_get, http_get_json, kinesis_event_json, mosquitto_tool, moto_endpoint,
+    moto_state_tables, unique_name, wait_until, Certs, ClientCert, Mosquitto, Proc,
 };
 use serde_json::Value;
 
@@ -472,15 +472,7 @@ async fn outcomes(event: &KinesisEvent, state: &DynamoState) -> Vec<RecordOutcom
 
 #[tokio::test]
 async fn lambda_records_keyed_by_another_device_do_not_change_it() {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(moto_endpoint())
-        .load()
-        .await;
-    let client = aws_sdk_dynamodb::Client::new(&config);
-    let (table, dead) = (unique_name("state"), unique_name("dead"));
-    DynamoState::create_table(&client, &table).await.unwrap();
-    DynamoState::create_table(&client, &dead).await.unwrap();
+    let (client, table, dead) = moto_state_tables("state").await;
     let state = DynamoState::new(client.clone(), &table, &dead);
 
     let got = outcomes(&event("s", 1, &intruder_records()), &state).await;

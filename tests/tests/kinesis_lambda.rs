@@ -25,7 +25,7 @@ use osprey_cloud::window::{Hopping, WindowKind, WindowSpec, WINDOW_MS};
 use osprey_lambda::handler::handle;
 use osprey_lambda::state::DynamoState;
 use osprey_protocol::{Alert, AlertEvent, Body, Envelope, Series, Severity, TelemetryBatch};
-use osprey_tests::{base64, bin, moto_endpoint, unique_name};
+use osprey_tests::{base64, bin, moto_dynamodb, moto_endpoint, moto_state_tables, unique_name};
 
 const T0: i64 = 1_767_225_600_000;
 
@@ -83,19 +83,9 @@ fn seq(n: u32) -> String {
     format!("4956816737333333333333333333333333333333333333333333{n:04}")
 }
 
-/// A DynamoDB client for moto's server.
-async fn dynamodb() -> aws_sdk_dynamodb::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .endpoint_url(moto_endpoint())
-        .load()
-        .await;
-    aws_sdk_dynamodb::Client::new(&config)
-}
-
 #[tokio::test]
 async fn partial_failure_reports_only_the_failed_record_and_retries_apply_once() {
-    let client = dynamodb().await;
+    let client = moto_dynamodb().await;
     let (table, dead) = (unique_name("state"), unique_name("dead"));
     DynamoState::create_table(&client, &table).await.unwrap();
     let state = DynamoState::new(client.clone(), &table, &dead);
@@ -158,10 +148,7 @@ async fn partial_failure_reports_only_the_failed_record_and_retries_apply_once()
 
 #[tokio::test]
 async fn lifecycle_events_set_presence_and_older_ones_are_ignored() {
-    let client = dynamodb().await;
-    let (table, dead) = (unique_name("state"), unique_name("dead"));
-    DynamoState::create_table(&client, &table).await.unwrap();
-    DynamoState::create_table(&client, &dead).await.unwrap();
+    let (client, table, dead) = moto_state_tables("state").await;
     let state = DynamoState::new(client, &table, &dead);
     let lifecycle = |kind: &str, t: i64| {
         format!(
@@ -241,10 +228,7 @@ type Windows = Vec<((String, String, WindowKind, i64), Stored)>;
 
 #[tokio::test]
 async fn hopping_and_session_windows_match_serves_fold_and_fleet_reads_them() {
-    let client = dynamodb().await;
-    let (table, dead) = (unique_name("state"), unique_name("dead"));
-    DynamoState::create_table(&client, &table).await.unwrap();
-    DynamoState::create_table(&client, &dead).await.unwrap();
+    let (client, table, dead) = moto_state_tables("state").await;
     let nz = |v| NonZeroU32::new(v).unwrap();
     let hop = Hopping {
         size_ms: nz(30_000),
@@ -417,10 +401,7 @@ async fn hopping_and_session_windows_match_serves_fold_and_fleet_reads_them() {
 /// only the new ones, and a bundle with a message of another device is dead-lettered whole.
 #[tokio::test]
 async fn bundles_apply_each_inner_message_once() {
-    let client = dynamodb().await;
-    let (table, dead) = (unique_name("state"), unique_name("dead"));
-    DynamoState::create_table(&client, &table).await.unwrap();
-    DynamoState::create_table(&client, &dead).await.unwrap();
+    let (client, table, dead) = moto_state_tables("state").await;
     let state = DynamoState::new(client, &table, &dead);
     let messages: Vec<Vec<u8>> = (1..=4).map(|q| telemetry("lam-bundle", q)).collect();
     let refs = |range: std::ops::RangeInclusive<usize>| -> Vec<&[u8]> {
