@@ -80,10 +80,7 @@ fn the_fleet_device_and_alerts_pages_show_the_failing_machine_live_on_desktop_an
 
     // Fleet page, desktop: the failing machine is the first row, its reason in words, °C not Cel.
     let dom = rendered_dom_in(&format!("{url}/"), Window::DESKTOP);
-    let first_row = dom
-        .find("<tr data-device=")
-        .map(|i| &dom[i..])
-        .unwrap_or("");
+    let first_row = osprey_tests::tag_with(&dom, "<tr data-device=").unwrap_or_default();
     assert!(
         first_row.starts_with(&format!("<tr data-device=\"{FAILING}\"")),
         "{FAILING} is not the fleet page's first row:\n{dom}"
@@ -130,15 +127,15 @@ fn the_fleet_device_and_alerts_pages_show_the_failing_machine_live_on_desktop_an
         chart.contains(r#"data-rendered="true""#),
         "chart not drawn: {chart}"
     );
-    let points: u64 = attribute(&chart, "data-points").parse().unwrap();
+    let points: u64 = attribute(chart, "data-points").parse().unwrap();
     assert!(points >= 1, "chart without data: {chart}");
     assert_ne!(
-        attribute(&chart, "data-thresholds"),
+        attribute(chart, "data-thresholds"),
         "0",
         "no rule level drawn: {chart}"
     );
     assert_ne!(
-        attribute(&chart, "data-markers"),
+        attribute(chart, "data-markers"),
         "0",
         "no raise marker drawn: {chart}"
     );
@@ -159,7 +156,7 @@ fn the_fleet_device_and_alerts_pages_show_the_failing_machine_live_on_desktop_an
         "strip not drawn: {strip}"
     );
     assert!(
-        attribute(&strip, "data-spans").ends_with("online"),
+        attribute(strip, "data-spans").ends_with("online"),
         "the strip does not end online: {strip}"
     );
     assert!(
@@ -231,15 +228,15 @@ fn the_fleet_device_and_alerts_pages_show_the_failing_machine_live_on_desktop_an
     let dom = rendered_dom_in(&format!("{url}/devices/gateway-9"), Window::DESKTOP);
     let strip = tag_with(&dom, r#"id="strip""#);
     assert!(
-        attribute(&strip, "data-spans").ends_with("online,offline"),
+        attribute(strip, "data-spans").ends_with("online,offline"),
         "{strip}"
     );
     assert!(
-        attribute(&strip, "data-clock").ends_with("unsynced,synced"),
+        attribute(strip, "data-clock").ends_with("unsynced,synced"),
         "{strip}"
     );
     assert_eq!(
-        attribute(&strip, "data-marks"),
+        attribute(strip, "data-marks"),
         "clock,drops,reset,clock",
         "{strip}"
     );
@@ -334,12 +331,10 @@ fn publish_long_names(demo: &Proc, device: &str, sensor: &str) {
     );
 }
 
-/// The attributes of the first tag in `dom` that has `attribute` (from it to the tag's end).
-fn tag_with(dom: &str, attribute: &str) -> String {
-    dom.find(attribute)
-        .map(|i| &dom[i..])
-        .and_then(|s| s.split_once('>'))
-        .map(|(attrs, _)| attrs.to_owned())
+/// The attributes of the first tag in `dom` that has `attribute` ([`osprey_tests::tag_with`]),
+/// failing the test when there is none.
+fn tag_with<'a>(dom: &'a str, attribute: &str) -> &'a str {
+    osprey_tests::tag_with(dom, attribute)
         .unwrap_or_else(|| panic!("no tag with {attribute}:\n{dom}"))
 }
 
