@@ -2,31 +2,43 @@
 //! to retry out.
 //!
 //! ```text
-//!  record ─► lifecycle event JSON? ─► client id = partition key? ─► presence
-//!         └► prepare_all (decode, check_origin against the partition key, window deltas:
-//!            osprey-cloud's core; a bundle gives each of its messages, applied one by one)
-//!               ├─ bad payload or identity mismatch ─► dead letter (not a failure: retrying
-//!               │                                      cannot fix it)
-//!               └─ message ─► DynamoState::apply (dedup + windows + alert + device, one
-//!                             transaction; too big for one transaction ─► dead letter)
-//!  a DynamoDB failure ─► batchItemFailures = [this record]; stop
+//!  records, in order ─► lifecycle event JSON? ─► client id = partition key? ─► presence
+//!                    └► prepare_all (decode, check_origin against the partition key, window
+//!                       deltas: osprey-cloud's core; a bundle gives each of its messages)
+//!                          ├─ bad payload or identity mismatch ─► dead letter (not a failure:
+//!                          │                                      retrying cannot fix it)
+//!                          └─ messages ─► grouped by device
+//!  each device's messages ─► DynamoState::apply_device (dedup, windows folded together, one
+//!                            write per window, the device item last) ─► alert outputs
+//!  the first failure ─► batchItemFailures = [that record]
 //! ```
 //!
-//! Records are processed in order. At the first transient failure the handler stops and
-//! reports that record's sequence number: the event source mapping then checkpoints the
-//! records before it and retries from it (with `ReportBatchItemFailures` on the mapping), so
-//! one shard's order holds and later records are not applied ahead of it. Records re-sent by
-//! a retry that were already applied are dropped by dedup.
+//! The records are read in order. A device's records stay on one shard, so all of a device's
+//! messages in the batch are applied together, in order, with one read and one write per
+//! window however many messages it took (what keeps the cost per message low; see
+//! [`crate::state`]); devices are applied concurrently ([`DEVICES_AT_ONCE`]).
+//!
+//! If a dead letter cannot be stored, reading stops at that record: the messages before it
+//! are applied and it is reported. If a device's messages fail, the first record that carried
+//! one is reported. The event source mapping (with `ReportBatchItemFailures`) then retries
+//! from the lowest record reported; what was applied after it comes again and is dropped by
+//! dedup, so each shard's order holds and nothing is applied twice.
+
+use std::collections::BTreeMap;
 
 use aws_lambda_events::event::kinesis::{KinesisEvent, KinesisEventRecord};
 use aws_lambda_events::event::streams::KinesisEventResponse;
+use futures_util::stream::{self, StreamExt};
 use osprey_cloud::clock::now_ms;
-use osprey_cloud::pipeline::{check_origin, prepare_all, Origin, Rejection};
+use osprey_cloud::pipeline::{check_origin, prepare_all, Origin};
 use osprey_cloud::source::presence;
-use osprey_cloud::store::DeadLetter;
+use osprey_cloud::store::{DeadLetter, Message};
 
-use crate::state::{Applied, DynamoState, StateError, MAX_WINDOWS_PER_MESSAGE};
+use crate::state::{Applied, DynamoState, StateError};
 use crate::{alerts, metrics};
+
+/// Devices whose messages are applied at the same time.
+pub const DEVICES_AT_ONCE: usize = 16;
 
 /// What happened to one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,15 +56,67 @@ pub enum RecordOutcome {
 /// Handles one Kinesis event: returns the records to retry (empty when all went through).
 pub async fn handle(event: &KinesisEvent, state: &DynamoState) -> KinesisEventResponse {
     let mut response = KinesisEventResponse::default();
-    for record in &event.records {
-        if let Err(e) = handle_record(record, state).await {
-            tracing::warn!(sequence_number = %record.kinesis.sequence_number, error = %e,
-                "record failed; reporting it for retry");
-            response.add_failure(record.kinesis.sequence_number.clone());
-            break;
+    // Each device's messages with the index of the record that brought each.
+    let mut devices: BTreeMap<String, Vec<(usize, Message)>> = BTreeMap::new();
+    let mut failed: Option<usize> = None;
+    for (i, record) in event.records.iter().enumerate() {
+        match classify(record, state).await {
+            Ok(Classified::Messages(messages)) => {
+                for m in messages {
+                    devices.entry(m.device.clone()).or_default().push((i, m));
+                }
+            }
+            Ok(Classified::Done(_)) => {}
+            Err(e) => {
+                tracing::warn!(sequence_number = %record.kinesis.sequence_number, error = %e,
+                    "record failed; reporting it for retry");
+                failed = Some(i);
+                break;
+            }
         }
     }
+    let results: Vec<Option<usize>> = stream::iter(devices.into_values())
+        .map(|group| async move {
+            let first = group.first().map_or(0, |(i, _)| *i);
+            let messages: Vec<&Message> = group.iter().map(|(_, m)| m).collect();
+            match apply_group(state, &messages).await {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::warn!(device = %messages[0].device, error = %e,
+                        "a device's messages failed; reporting its first record for retry");
+                    Some(first)
+                }
+            }
+        })
+        .buffer_unordered(DEVICES_AT_ONCE)
+        .collect()
+        .await;
+    let lowest = results.into_iter().flatten().chain(failed).min();
+    if let Some(i) = lowest {
+        response.add_failure(event.records[i].kinesis.sequence_number.clone());
+    }
+    let usage = state.usage().take();
+    metrics::emit(&metrics::values_line(
+        now_ms(),
+        &[
+            (metrics::WRITE_UNITS, usage.write_units, "Count"),
+            (metrics::READ_UNITS, usage.read_units, "Count"),
+        ],
+        &[],
+    ));
     response
+}
+
+/// Applies one device's messages, then notifies their alerts.
+async fn apply_group(state: &DynamoState, messages: &[&Message]) -> Result<(), StateError> {
+    let Some(first) = messages.first() else {
+        return Ok(());
+    };
+    let applied = state.apply_device(&first.device, messages).await?;
+    for (message, applied) in messages.iter().zip(applied) {
+        alerts::notify(state, message, applied).await?;
+    }
+    Ok(())
 }
 
 /// The stream name in an event source ARN (`arn:aws:kinesis:region:account:stream/NAME`).
@@ -64,11 +128,44 @@ pub fn stream_name(record: &KinesisEventRecord) -> String {
         .map_or_else(|| "unknown".to_owned(), |(_, name)| name.to_owned())
 }
 
-/// Handles one record.
+/// What reading a record gave.
+enum Classified {
+    /// Messages to apply.
+    Messages(Vec<Message>),
+    /// Nothing more to do: a presence or a dead letter, stored.
+    Done(RecordOutcome),
+}
+
+/// Handles one record on its own (its messages applied at once, as one device's group).
 pub async fn handle_record(
     record: &KinesisEventRecord,
     state: &DynamoState,
 ) -> Result<RecordOutcome, StateError> {
+    match classify(record, state).await? {
+        Classified::Done(outcome) => Ok(outcome),
+        Classified::Messages(messages) => {
+            let refs: Vec<&Message> = messages.iter().collect();
+            let applied = match refs.first() {
+                Some(first) => state.apply_device(&first.device, &refs).await?,
+                None => Vec::new(),
+            };
+            for (message, applied) in refs.iter().zip(&applied) {
+                alerts::notify(state, message, *applied).await?;
+            }
+            // A payload is applied if any of its messages was new.
+            Ok(match applied.contains(&Applied::Applied) {
+                true => RecordOutcome::Applied,
+                false => RecordOutcome::Duplicate,
+            })
+        }
+    }
+}
+
+/// Reads one record: stores a presence or a dead letter, or gives its messages.
+async fn classify(
+    record: &KinesisEventRecord,
+    state: &DynamoState,
+) -> Result<Classified, StateError> {
     let stream = stream_name(record);
     let sequence_number = record.kinesis.sequence_number.clone();
     // eventID is "<shard id>:<sequence number>".
@@ -89,12 +186,12 @@ pub async fn handle_record(
         Some(p) => match check_origin(&p.device, None, &origin) {
             Ok(()) => {
                 state.presence(&p).await?;
-                return Ok(RecordOutcome::Presence);
+                return Ok(Classified::Done(RecordOutcome::Presence));
             }
             Err(rejection) => rejection,
         },
-        None => match apply_all(payload, &origin, received_ms, state).await? {
-            Ok(outcome) => return Ok(outcome),
+        None => match prepare_all(payload, &origin, received_ms, state.windows()) {
+            Ok(messages) => return Ok(Classified::Messages(messages)),
             Err(rejection) => rejection,
         },
     };
@@ -129,51 +226,5 @@ pub async fn handle_record(
     state
         .dead_letter(&stream, &format!("{shard_id}#{sequence_number}"), &dead)
         .await?;
-    Ok(RecordOutcome::DeadLettered(reason))
-}
-
-/// Applies every message of a payload (one, or each of a bundle's: protocol 1.2), each in its
-/// own transaction with its own dedup. `Ok(Err(reason))`: the payload must become a dead
-/// letter. Every message is checked before any is applied; if a later message of a bundle
-/// turns out too large for one transaction, the earlier ones stay applied (harmless: a replay
-/// of them is a duplicate).
-async fn apply_all(
-    payload: &[u8],
-    origin: &Origin,
-    received_ms: i64,
-    state: &DynamoState,
-) -> Result<Result<RecordOutcome, Rejection>, StateError> {
-    let messages = match prepare_all(payload, origin, received_ms, state.windows()) {
-        Ok(messages) => messages,
-        Err(rejection) => return Ok(Err(rejection)),
-    };
-    if let Some(m) = messages
-        .iter()
-        .find(|m| m.windows.len() > MAX_WINDOWS_PER_MESSAGE)
-    {
-        return Ok(Err(Rejection::other(format!(
-            "message {} touches {} windows; one DynamoDB transaction holds at most {}",
-            m.seq,
-            m.windows.len(),
-            MAX_WINDOWS_PER_MESSAGE
-        ))));
-    }
-    // A payload is applied if any of its messages was new.
-    let mut outcome = RecordOutcome::Duplicate;
-    for message in &messages {
-        match state.apply(message).await {
-            Ok(applied) => {
-                if applied == Applied::Applied {
-                    outcome = RecordOutcome::Applied;
-                }
-                alerts::notify(state, message, applied).await?;
-            }
-            // Retrying cannot make it fit: keep it as a dead letter.
-            Err(e @ StateError::TooLarge { .. }) => {
-                return Ok(Err(Rejection::other(e.to_string())))
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(Ok(outcome))
+    Ok(Classified::Done(RecordOutcome::DeadLettered(reason)))
 }

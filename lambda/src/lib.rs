@@ -35,6 +35,8 @@
 
 pub mod alerts;
 pub mod config;
+pub mod dedup;
 pub mod handler;
 pub mod metrics;
 pub mod state;
+pub mod usage;

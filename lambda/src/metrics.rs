@@ -18,9 +18,32 @@ pub const IDENTITY_MISMATCHES: &str = "IdentityMismatches";
 /// Metric name: a record kept as a dead letter.
 pub const DEAD_LETTERS: &str = "DeadLetters";
 
+/// Metric name: DynamoDB write units an invocation used (computed: [`crate::usage`]).
+pub const WRITE_UNITS: &str = "WriteUnits";
+
+/// Metric name: DynamoDB read units an invocation used (computed: [`crate::usage`]).
+pub const READ_UNITS: &str = "ReadUnits";
+
+/// Metric name: new messages an invocation applied.
+pub const MESSAGES_APPLIED: &str = "MessagesApplied";
+
 /// One EMF line counting `name` once at `time_ms`, with `properties` as extra fields.
 pub fn count_line(name: &str, time_ms: i64, properties: &[(&str, &str)]) -> String {
+    values_line(time_ms, &[(name, 1.0, "Count")], properties)
+}
+
+/// One EMF line with several metrics (name, value, unit) at `time_ms`, and `properties` as
+/// extra fields.
+pub fn values_line(
+    time_ms: i64,
+    metrics: &[(&str, f64, &str)],
+    properties: &[(&str, &str)],
+) -> String {
     let mut line = Map::new();
+    let names: Vec<Value> = metrics
+        .iter()
+        .map(|(name, _, unit)| json!({"Name": name, "Unit": unit}))
+        .collect();
     line.insert(
         "_aws".to_owned(),
         json!({
@@ -28,14 +51,21 @@ pub fn count_line(name: &str, time_ms: i64, properties: &[(&str, &str)]) -> Stri
             "CloudWatchMetrics": [{
                 "Namespace": NAMESPACE,
                 "Dimensions": [[]],
-                "Metrics": [{"Name": name, "Unit": "Count"}],
+                "Metrics": names,
             }],
         }),
     );
-    line.insert(name.to_owned(), json!(1));
+    for (name, value, _) in metrics {
+        let value = if value.fract() == 0.0 && value.abs() < 9.0e15 {
+            json!(*value as i64)
+        } else {
+            json!(value)
+        };
+        line.insert((*name).to_owned(), value);
+    }
     for (k, v) in properties {
-        // A property never overwrites the directive or the metric's value.
-        if *k != "_aws" && *k != name {
+        // A property never overwrites the directive or a metric's value.
+        if *k != "_aws" && !metrics.iter().any(|(name, _, _)| name == k) {
             line.insert((*k).to_owned(), Value::from(*v));
         }
     }

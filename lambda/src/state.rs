@@ -10,57 +10,36 @@
 //! expired items at no write cost, which bounds the table as serve's retention bounds its
 //! SQLite dead letters (DynamoDB has no cheap "oldest out" by count, so the bound is time).
 //!
-//! A message is applied in **one** `TransactWriteItems`, built from what was read just before:
-//!
-//! 1. read, strongly consistent: the device item (its window version `wver` and watermark), the
-//!    windows the message's deltas fold into (`BatchGetItem`; for a session delta, a range
-//!    query for every stored session it overlaps), and for an alert its rule's state;
-//! 2. fold each delta into those windows with serve's own code
-//!    ([`osprey_cloud::window::table::fold`], the same function the SQLite writer runs), so
-//!    both deployments compute the same windows: tumbling, hopping and session, versions and
-//!    session merges included;
-//! 3. commit: put the `seen` item on condition that it does not exist; update the device on
-//!    condition that `wver` is still the one read (and bump it); put every window that
-//!    changed and delete every session that was absorbed; put the alert event and, if it is
-//!    the rule's newest, the rule's state.
-//!
-//! The `seen` item is keyed by `(device, epoch, seq)` ([`layout::seen_sk`]). The device item
-//! keeps the set of journal epochs seen (`epochs`); the first message of an epoch not in it,
-//! on a device that had messages, also puts a `journal_replaced` event item in the same
-//! transaction (once per epoch: the set is updated with it, under the `wver` condition). A
-//! status changes the device's status only if it is newer by
-//! [`osprey_cloud::store::status`]'s order, decided on the snapshot (the `wver` condition
-//! makes a stale decision retry). Lifecycle events are ordered by time, on condition.
-//!
-//! A failed `seen` condition means the message was applied before (duplicate: nothing
-//! changes). A failed `wver` condition means another writer changed the device meanwhile
-//! (only possible around a reshard, since a device's records stay on one shard), so
-//! everything is read again and the transaction retried. One transaction holds at most 100
-//! items, so a message may touch at most [`MAX_WINDOWS_PER_MESSAGE`] windows (fewer if it
-//! merges sessions); a bigger one is refused with [`StateError::TooLarge`], which the handler
-//! dead-letters.
+//! A device's messages of one invocation are applied together by [`DynamoState::apply_device`]
+//! (see the `apply` submodule for the order of writes that makes a retry safe without a
+//! transaction): the device item holds the dedup set as seq ranges per journal epoch
+//! ([`crate::dedup::SeenSet`]), each window is written once per invocation, and every item
+//! but the dead letters' carries `expires_at` for the table's time to live when one is set
+//! ([`DynamoState::with_ttl_days`]). What the requests cost is counted in
+//! [`crate::usage::Usage`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, Delete, KeySchemaElement, KeyType,
-    KeysAndAttributes, Put, ScalarAttributeType, TransactWriteItem, Update,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, KeysAndAttributes,
+    ScalarAttributeType,
 };
 use aws_sdk_dynamodb::Client;
 use osprey_cloud::alerts::sns::SnsOutput;
 use osprey_cloud::analytics::Aggregate;
 use osprey_cloud::fleet::layout::{
-    self, f, get_i64, get_str, get_u64, n, s, window_from_item, window_to_item, Item, SortKeys,
-    WindowItem,
+    self, get_i64, get_str, get_u64, n, s, window_from_item, Item, SortKeys, WindowItem,
 };
 use osprey_cloud::store::status::{parse_state, state_name};
-use osprey_cloud::store::writer::{event_name, severity_name};
-use osprey_cloud::store::{DeadLetter, Message, Presence, StatusMark};
-use osprey_cloud::window::table::{fold, Stored, WindowStore, WindowUpdate};
+use osprey_cloud::store::{DeadLetter, Presence, StatusMark};
 use osprey_cloud::window::{WindowDelta, WindowKind, WindowSpec};
+
+use crate::usage::{item_size, Usage};
+
+mod apply;
 
 /// Bytes of a rejected payload kept in its dead letter (serve's default too).
 pub const DEAD_LETTER_PAYLOAD_BYTES: usize =
@@ -71,21 +50,15 @@ pub const DEAD_LETTER_PAYLOAD_BYTES: usize =
 pub const DEAD_LETTER_RETENTION_S: i64 =
     (osprey_cloud::store::deadletter::DEFAULT_RETENTION_DAYS * 86_400.0) as i64;
 
-/// Most items in one transaction (DynamoDB's limit).
-pub const MAX_TRANSACTION_ITEMS: usize = 100;
-
-/// Most windows one message may touch: the transaction also holds the dedup item, the device
-/// and the fleet index entry.
-pub const MAX_WINDOWS_PER_MESSAGE: usize = MAX_TRANSACTION_ITEMS - 3;
-
-/// Tries of a transaction that lost a race with another writer of the same device.
-const CONFLICT_TRIES: usize = 5;
+/// Default time to live of the state items, in days: long enough for the dashboard's 30-day
+/// range.
+pub const DEFAULT_TTL_DAYS: u32 = 35;
 
 /// Rounds of `BatchGetItem` for keys DynamoDB left unprocessed (throttling).
 const BATCH_GET_ROUNDS: usize = 10;
 
-/// Why a state operation failed. Every variant but [`StateError::TooLarge`] is transient
-/// from the record's point of view (the record is fine; retrying later may succeed), so the
+/// Why a state operation failed. Every variant is transient from the record's point of view
+/// (the record is fine; retrying later, or after repairing the item, may succeed), so the
 /// handler reports the record as a batch item failure.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -121,14 +94,13 @@ pub enum StateError {
     /// stays unnotified until an output takes it).
     #[error("alert output: {0}")]
     AlertOutput(String),
-    /// The message needs more items than one transaction holds (permanent: dead-letter it).
-    #[error(
-        "the message needs {items} items in one DynamoDB transaction, which holds at most \
-         {MAX_TRANSACTION_ITEMS}; send fewer series per batch or use fewer hopping windows"
-    )]
-    TooLarge {
-        /// Items it would need.
-        items: usize,
+    /// A device item's dedup set could not be read back.
+    #[error("device item {key} is corrupt: {message}")]
+    CorruptDevice {
+        /// The item's partition key.
+        key: String,
+        /// What is wrong.
+        message: String,
     },
 }
 
@@ -158,80 +130,16 @@ pub struct DynamoState {
     dead_letters: String,
     windows: WindowSpec,
     alerts: Option<SnsOutput>,
+    /// Time to live of the state items, in seconds (`None`: kept for ever).
+    ttl_s: Option<i64>,
+    /// What the requests cost, shared by the clones.
+    usage: Arc<Usage>,
 }
 
 fn describe<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
     e: &SdkError<E, R>,
 ) -> String {
     osprey_cloud::connection::kinesis::describe_error(e)
-}
-
-/// A window's identity within a device: sensor, metric, kind, start.
-type WindowKey = (String, String, WindowKind, i64);
-
-/// What was read before a transaction.
-#[derive(Debug, Default)]
-struct Snapshot {
-    /// The device item's `wver`, `None` if it has none (new device, or presence only).
-    wver: Option<u64>,
-    last_seen_ms: Option<i64>,
-    last_event_ms: Option<i64>,
-    last_seq: Option<u64>,
-    /// The journal epochs the device's messages used (`None`: no message yet).
-    epochs: Option<HashSet<u64>>,
-    /// The newest of them.
-    epoch: u64,
-    /// The stored status's mark (`None`: no status, or one without a mark).
-    status: Option<StatusMark>,
-    /// The stored windows the deltas fold into.
-    windows: BTreeMap<WindowKey, Stored>,
-    /// The alert's rule state: (time_ms, seq), if stored.
-    rule: Option<(i64, u64)>,
-}
-
-impl Snapshot {
-    fn add_window(&mut self, w: WindowItem) {
-        let key = (w.sensor, w.metric, w.kind, w.window.start_ms);
-        self.windows.insert(key, w.window);
-    }
-}
-
-/// The snapshot's windows as a [`WindowStore`], for `fold`.
-struct Folding<'a>(&'a mut BTreeMap<WindowKey, Stored>);
-
-impl WindowStore for Folding<'_> {
-    type Error = std::convert::Infallible;
-
-    fn overlapping(&mut self, _: &str, d: &WindowDelta) -> Result<Vec<Stored>, Self::Error> {
-        let keys: Vec<WindowKey> = self
-            .0
-            .iter()
-            .filter(|((sensor, metric, kind, _), w)| {
-                *sensor == d.sensor
-                    && *metric == d.metric
-                    && *kind == d.kind
-                    && if d.kind == WindowKind::Session {
-                        w.start_ms < d.end_ms && w.end_ms > d.start_ms
-                    } else {
-                        w.start_ms == d.start_ms
-                    }
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        Ok(keys.iter().filter_map(|k| self.0.remove(k)).collect())
-    }
-
-    fn put(&mut self, u: &WindowUpdate) -> Result<(), Self::Error> {
-        // `overlapping` already removed what the update replaces.
-        let key = (
-            u.sensor.clone(),
-            u.metric.clone(),
-            u.kind,
-            u.window.start_ms,
-        );
-        self.0.insert(key, u.window.clone());
-        Ok(())
-    }
 }
 
 impl DynamoState {
@@ -248,7 +156,23 @@ impl DynamoState {
             dead_letters: dead_letters.into(),
             windows: WindowSpec::default(),
             alerts: None,
+            ttl_s: Some(i64::from(DEFAULT_TTL_DAYS) * 86_400),
+            usage: Arc::default(),
         }
+    }
+
+    /// The same state with items expiring `days` after their time (0: never). The table's
+    /// time to live must be on, on attribute `expires_at`, for DynamoDB to delete them.
+    pub fn with_ttl_days(self, days: u32) -> DynamoState {
+        DynamoState {
+            ttl_s: (days > 0).then(|| i64::from(days) * 86_400),
+            ..self
+        }
+    }
+
+    /// What the requests made so far cost ([`Usage`]).
+    pub fn usage(&self) -> &Usage {
+        &self.usage
     }
 
     /// The same state publishing every applied alert event to `output` ([`crate::alerts`]).
@@ -326,20 +250,6 @@ impl DynamoState {
         }
     }
 
-    /// Applies `message` once: dedup, windows, alert, device, in one transaction.
-    pub async fn apply(&self, message: &Message) -> Result<Applied, StateError> {
-        for _ in 0..CONFLICT_TRIES {
-            let snapshot = self.read(message).await?;
-            let items = self.plan(message, snapshot)?;
-            if let Some(applied) = self.transact(items).await? {
-                return Ok(applied);
-            }
-        }
-        Err(StateError::Contention {
-            device: message.device.clone(),
-        })
-    }
-
     async fn get(&self, pk: String, sk: String) -> Result<Option<Item>, StateError> {
         let output = self
             .client
@@ -351,50 +261,16 @@ impl DynamoState {
             .send()
             .await
             .map_err(|e| self.request_error("GetItem", &self.table, describe(&e)))?;
+        self.usage
+            .read_items([output.item.as_ref().map_or(0, item_size)], true);
         Ok(output.item)
-    }
-
-    /// Everything the transaction of `m` depends on.
-    async fn read(&self, m: &Message) -> Result<Snapshot, StateError> {
-        let pk = layout::device_pk(&m.device);
-        let mut snapshot = Snapshot::default();
-        if let Some(item) = self.get(pk.clone(), layout::DEVICE_SK.to_owned()).await? {
-            snapshot.wver = get_u64(&item, "wver");
-            snapshot.last_seen_ms = get_i64(&item, "last_seen_ms");
-            snapshot.last_event_ms = get_i64(&item, "last_event_ms");
-            snapshot.last_seq = get_u64(&item, "last_seq");
-            snapshot.epochs = known_epochs(&item);
-            snapshot.epoch = get_u64(&item, "epoch").unwrap_or(0);
-            snapshot.status = status_mark(&item);
-        }
-        let mut keys = Vec::new();
-        let mut asked = HashSet::new();
-        for d in &m.windows {
-            if d.kind == WindowKind::Session {
-                for item in self.sessions(&pk, d).await? {
-                    snapshot.add_window(window_from_item(&item)?);
-                }
-            } else {
-                let sk = layout::window_sk(&d.sensor, &d.metric, d.kind, d.start_ms);
-                if asked.insert(sk.clone()) {
-                    keys.push(sk);
-                }
-            }
-        }
-        for item in self.batch_get(&pk, keys).await? {
-            snapshot.add_window(window_from_item(&item)?);
-        }
-        if let Some(alert) = &m.alert {
-            if let Some(item) = self.get(pk, layout::rule_sk(&alert.rule)).await? {
-                snapshot.rule = get_i64(&item, "time_ms").zip(get_u64(&item, "seq"));
-            }
-        }
-        Ok(snapshot)
     }
 
     /// The items of partition `pk` with sort keys `keys`, strongly consistent.
     async fn batch_get(&self, pk: &str, keys: Vec<String>) -> Result<Vec<Item>, StateError> {
-        let mut found = Vec::new();
+        let mut found: Vec<Item> = Vec::new();
+        // A key that found nothing still costs a unit.
+        let missing = keys.len();
         for chunk in keys.chunks(100) {
             let mut request = KeysAndAttributes::builder().consistent_read(true);
             for sk in chunk {
@@ -431,6 +307,14 @@ impl DynamoState {
                 ));
             }
         }
+        let misses = missing.saturating_sub(found.len());
+        self.usage.read_items(
+            found
+                .iter()
+                .map(item_size)
+                .chain(std::iter::repeat_n(0, misses)),
+            true,
+        );
         Ok(found)
     }
 
@@ -456,269 +340,9 @@ impl DynamoState {
         })
         .await
         .map_err(|e| self.request_error("Query", &self.table, describe(&e)))?;
+        self.usage
+            .read_query(found.iter().map(item_size).sum(), true);
         Ok(found)
-    }
-
-    /// The transaction's items: fold the deltas into the snapshot with serve's code, then
-    /// write what changed.
-    fn plan(&self, m: &Message, snapshot: Snapshot) -> Result<Vec<TransactWriteItem>, StateError> {
-        let build = |e: aws_sdk_dynamodb::error::BuildError| {
-            self.request_error("TransactWriteItems", &self.table, e.to_string())
-        };
-        let pk = layout::device_pk(&m.device);
-        let before = snapshot.windows.clone();
-        let mut after = snapshot.windows;
-        let mut store = Folding(&mut after);
-        let mut series = HashSet::new();
-        for d in &m.windows {
-            if d.kind == WindowKind::Tumbling {
-                series.insert(layout::series_member(&d.sensor, &d.metric));
-            }
-            match fold(&mut store, &m.device, d.clone(), snapshot.last_event_ms) {
-                Ok(_) => {}
-                Err(never) => match never {},
-            }
-        }
-
-        let mut items = vec![TransactWriteItem::builder()
-            .put(
-                Put::builder()
-                    .table_name(&self.table)
-                    .item("pk", s(layout::seen_pk(&m.device)))
-                    .item("sk", s(layout::seen_sk(m.epoch, m.seq)))
-                    .item("received_ms", n(m.received_ms))
-                    .condition_expression("attribute_not_exists(pk)")
-                    .build()
-                    .map_err(build)?,
-            )
-            .build()];
-
-        let max = |a: Option<i64>, b: i64| a.map_or(b, |a| a.max(b));
-        let mut set = vec![
-            "wver = :next",
-            "last_seen_ms = :seen",
-            "last_seq = :lseq",
-            "first_seen_ms = if_not_exists(first_seen_ms, :recv)",
-        ];
-        let mut add = vec!["readings :n", "messages :one"];
-        let mut device = Update::builder()
-            .table_name(&self.table)
-            .key("pk", s(pk.clone()))
-            .key("sk", s(layout::DEVICE_SK))
-            .expression_attribute_values(":next", n(snapshot.wver.unwrap_or(0) + 1))
-            .expression_attribute_values(":seen", n(max(snapshot.last_seen_ms, m.received_ms)))
-            .expression_attribute_values(
-                ":lseq",
-                n(snapshot.last_seq.map_or(m.seq, |s| s.max(m.seq))),
-            )
-            .expression_attribute_values(":recv", n(m.received_ms))
-            .expression_attribute_values(":n", n(m.readings))
-            .expression_attribute_values(":one", n(1));
-        if let Some(event) = m.event_ms {
-            set.push("last_event_ms = :event");
-            device =
-                device.expression_attribute_values(":event", n(max(snapshot.last_event_ms, event)));
-        }
-        if let Some(report) = &m.status {
-            let mark = StatusMark::of_message(m.epoch, m.seq, report);
-            if mark.supersedes(snapshot.status.as_ref()) {
-                set.push(
-                    "#status = :status, status_ms = :recv, status_epoch = :sepoch, \
-                     status_seq = :sseq, status_will_seq = :swill, status_time_ms = :stime",
-                );
-                device = device
-                    .expression_attribute_names("#status", "status")
-                    .expression_attribute_values(":status", s(state_name(report.state)))
-                    .expression_attribute_values(":sepoch", n(m.epoch))
-                    .expression_attribute_values(":sseq", n(m.seq))
-                    .expression_attribute_values(":swill", n(report.will_seq))
-                    .expression_attribute_values(":stime", n(report.time_ms));
-            }
-        }
-        let mut replaced = None;
-        if !snapshot
-            .epochs
-            .as_ref()
-            .is_some_and(|known| known.contains(&m.epoch))
-        {
-            // A new epoch for this device. The known ones are added again (a set union), so
-            // an item from before epochs existed gets its implied epoch 0 written down.
-            let mut epochs = snapshot.epochs.clone().unwrap_or_default();
-            epochs.insert(m.epoch);
-            add.push("epochs :epochs");
-            set.push("epoch = :epoch");
-            device = device
-                .expression_attribute_values(
-                    ":epochs",
-                    AttributeValue::Ns(epochs.iter().map(u64::to_string).collect()),
-                )
-                .expression_attribute_values(":epoch", n(m.epoch));
-            let had_messages = snapshot.epochs.is_some();
-            if had_messages {
-                replaced = Some(snapshot.epoch);
-            }
-        }
-        if !series.is_empty() {
-            add.push("series :series");
-            device = device.expression_attribute_values(
-                ":series",
-                AttributeValue::Ss(series.into_iter().collect()),
-            );
-        }
-        device = match snapshot.wver {
-            Some(v) => device
-                .condition_expression("wver = :wver")
-                .expression_attribute_values(":wver", n(v)),
-            None => device.condition_expression("attribute_not_exists(wver)"),
-        };
-        let expression = format!("SET {} ADD {}", set.join(", "), add.join(", "));
-        items.push(
-            TransactWriteItem::builder()
-                .update(
-                    device
-                        .update_expression(expression)
-                        .build()
-                        .map_err(build)?,
-                )
-                .build(),
-        );
-        if snapshot.wver.is_none() {
-            items.push(
-                TransactWriteItem::builder()
-                    .put(self.fleet_entry(&m.device).map_err(build)?)
-                    .build(),
-            );
-        }
-        if let Some(old_epoch) = replaced {
-            let event = Put::builder()
-                .table_name(&self.table)
-                .item("pk", s(pk.clone()))
-                .item("sk", s(layout::event_sk(layout::JOURNAL_REPLACED, m.epoch)))
-                .item("kind", s(layout::JOURNAL_REPLACED))
-                .item("time_ms", n(m.received_ms))
-                .item("old_epoch", n(old_epoch))
-                .item("new_epoch", n(m.epoch))
-                .build()
-                .map_err(build)?;
-            items.push(TransactWriteItem::builder().put(event).build());
-        }
-
-        for (key, window) in &after {
-            if before.get(key) == Some(window) {
-                continue;
-            }
-            let (sensor, metric, kind, _) = key.clone();
-            let w = WindowItem {
-                sensor,
-                metric,
-                kind,
-                window: window.clone(),
-            };
-            let put = Put::builder()
-                .table_name(&self.table)
-                .set_item(Some(window_to_item(&m.device, &w)))
-                .build()
-                .map_err(build)?;
-            items.push(TransactWriteItem::builder().put(put).build());
-        }
-        for (sensor, metric, kind, start) in before.keys().filter(|k| !after.contains_key(*k)) {
-            let delete = Delete::builder()
-                .table_name(&self.table)
-                .key("pk", s(pk.clone()))
-                .key("sk", s(layout::window_sk(sensor, metric, *kind, *start)))
-                .build()
-                .map_err(build)?;
-            items.push(TransactWriteItem::builder().delete(delete).build());
-        }
-
-        if let Some(a) = &m.alert {
-            let event = event_name(a.event);
-            let alert = Put::builder()
-                .table_name(&self.table)
-                .item("pk", s(pk.clone()))
-                .item("sk", s(layout::alert_sk(m.epoch, m.seq)))
-                .item("seq", n(m.seq))
-                .item("epoch", n(m.epoch))
-                .item("rule", s(a.rule.clone()))
-                .item("sensor", s(a.sensor.clone()))
-                .item("metric", s(a.metric.clone()))
-                .item("event", s(event))
-                .item("severity", s(severity_name(a.severity)))
-                .item("value", f(a.value))
-                .item("threshold", f(a.threshold))
-                .item("time_ms", n(a.time_ms))
-                .item("notified", AttributeValue::Bool(false))
-                .build()
-                .map_err(build)?;
-            items.push(TransactWriteItem::builder().put(alert).build());
-            // The rule's newest event by event time, then seq, whatever order they arrive in.
-            if snapshot
-                .rule
-                .is_none_or(|stored| (a.time_ms, m.seq) > stored)
-            {
-                let rule = Put::builder()
-                    .table_name(&self.table)
-                    .item("pk", s(pk))
-                    .item("sk", s(layout::rule_sk(&a.rule)))
-                    .item("rule", s(a.rule.clone()))
-                    .item("sensor", s(a.sensor.clone()))
-                    .item("metric", s(a.metric.clone()))
-                    .item("event", s(event))
-                    .item("severity", s(severity_name(a.severity)))
-                    .item("time_ms", n(a.time_ms))
-                    .item("seq", n(m.seq))
-                    .build()
-                    .map_err(build)?;
-                items.push(TransactWriteItem::builder().put(rule).build());
-            }
-        }
-        if items.len() > MAX_TRANSACTION_ITEMS {
-            return Err(StateError::TooLarge { items: items.len() });
-        }
-        Ok(items)
-    }
-
-    fn fleet_entry(&self, device: &str) -> Result<Put, aws_sdk_dynamodb::error::BuildError> {
-        Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(layout::fleet_item(device)))
-            .build()
-    }
-
-    /// One transaction attempt: `Some` if it committed or was a duplicate, `None` if the
-    /// device changed since it was read.
-    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<Option<Applied>, StateError> {
-        let result = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Some(Applied::Applied)),
-            Err(e) => {
-                if let Some(TransactWriteItemsError::TransactionCanceledException(cancel)) =
-                    e.as_service_error()
-                {
-                    let code = |r: &aws_sdk_dynamodb::types::CancellationReason, c: &str| {
-                        r.code() == Some(c)
-                    };
-                    let reasons = cancel.cancellation_reasons();
-                    if reasons
-                        .first()
-                        .is_some_and(|r| code(r, "ConditionalCheckFailed"))
-                    {
-                        return Ok(Some(Applied::Duplicate));
-                    }
-                    if reasons.iter().any(|r| {
-                        code(r, "ConditionalCheckFailed") || code(r, "TransactionConflict")
-                    }) {
-                        return Ok(None);
-                    }
-                }
-                Err(self.request_error("TransactWriteItems", &self.table, describe(&e)))
-            }
-        }
     }
 
     /// Keeps a payload that cannot be applied; `id` (shard and sequence number) makes a
@@ -753,10 +377,17 @@ impl DynamoState {
     /// lifecycle events. Bumps `wver`, so a message transaction that decided its status on an
     /// older read retries.
     pub async fn presence(&self, p: &Presence) -> Result<(), StateError> {
+        let mut entry = layout::fleet_item(&p.device);
+        self.expire(&mut entry, p.received_ms);
+        // Until when the device is listed (and its item kept): a far future without a TTL.
+        let until = get_i64(&entry, "expires_at").unwrap_or(i64::MAX);
+        self.usage.write(0, item_size(&entry));
+        // The device item's update: billed at about its usual size.
+        self.usage.write(0, 512);
         self.client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(layout::fleet_item(&p.device)))
+            .set_item(Some(entry))
             .send()
             .await
             .map_err(|e| self.request_error("PutItem", &self.table, describe(&e)))?;
@@ -767,7 +398,8 @@ impl DynamoState {
             .key("pk", s(layout::device_pk(&p.device)))
             .key("sk", s(layout::DEVICE_SK))
             .update_expression(
-                "SET #status = :status, status_ms = :recv, status_time_ms = :t \
+                "SET #status = :status, status_ms = :recv, status_time_ms = :t, \
+                 expires_at = :until, listed_until = :until \
                  REMOVE status_epoch, status_seq, status_will_seq ADD wver :one",
             )
             .condition_expression("attribute_not_exists(status_time_ms) OR status_time_ms <= :t")
@@ -776,6 +408,7 @@ impl DynamoState {
             .expression_attribute_values(":t", n(p.time_ms))
             .expression_attribute_values(":recv", n(p.received_ms))
             .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":until", n(until))
             .send()
             .await;
         match result {
