@@ -134,6 +134,8 @@ pub struct DynamoState {
     ttl_s: Option<i64>,
     /// What the requests cost, shared by the clones.
     usage: Arc<Usage>,
+    /// Device commits still to fail (a test's crash), shared by the clones.
+    failing_commits: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn describe<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
@@ -158,7 +160,16 @@ impl DynamoState {
             alerts: None,
             ttl_s: Some(i64::from(DEFAULT_TTL_DAYS) * 86_400),
             usage: Arc::default(),
+            failing_commits: Arc::default(),
         }
+    }
+
+    /// Makes the next `n` device writes fail as if the function died just before them, after
+    /// the windows were written: for tests of what a retry does with such a state.
+    #[doc(hidden)]
+    pub fn fail_next_commits(&self, n: usize) {
+        self.failing_commits
+            .store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The same state with items expiring `days` after their time (0: never). The table's

@@ -30,6 +30,7 @@
 //! looked up among the old `seen#` items.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering::SeqCst;
 
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
@@ -388,6 +389,16 @@ impl DynamoState {
         self.put_rule_states(&pk, &new).await?;
 
         // 4. Commit.
+        let failing = self
+            .failing_commits
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(self.request_error(
+                "PutItem",
+                &self.table,
+                "failure injected before the device write".to_owned(),
+            ));
+        }
         let (item, condition) = commit;
         let before = read.item.as_ref().map_or(0, item_size);
         let after = item_size(&item);
