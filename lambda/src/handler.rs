@@ -56,6 +56,7 @@ pub enum RecordOutcome {
 /// Handles one Kinesis event: returns the records to retry (empty when all went through).
 pub async fn handle(event: &KinesisEvent, state: &DynamoState) -> KinesisEventResponse {
     let mut response = KinesisEventResponse::default();
+    let usage_before = state.usage().figures();
     // Each device's messages with the index of the record that brought each.
     let mut devices: BTreeMap<String, Vec<(usize, Message)>> = BTreeMap::new();
     let mut failed: Option<usize> = None;
@@ -75,48 +76,47 @@ pub async fn handle(event: &KinesisEvent, state: &DynamoState) -> KinesisEventRe
             }
         }
     }
-    let results: Vec<Option<usize>> = stream::iter(devices.into_values())
+    let results: Vec<Result<usize, usize>> = stream::iter(devices.into_values())
         .map(|group| async move {
             let first = group.first().map_or(0, |(i, _)| *i);
             let messages: Vec<&Message> = group.iter().map(|(_, m)| m).collect();
-            match apply_group(state, &messages).await {
-                Ok(()) => None,
-                Err(e) => {
-                    tracing::warn!(device = %messages[0].device, error = %e,
-                        "a device's messages failed; reporting its first record for retry");
-                    Some(first)
-                }
-            }
+            apply_group(state, &messages).await.map_err(|e| {
+                tracing::warn!(device = %messages[0].device, error = %e,
+                    "a device's messages failed; reporting its first record for retry");
+                first
+            })
         })
         .buffer_unordered(DEVICES_AT_ONCE)
         .collect()
         .await;
-    let lowest = results.into_iter().flatten().chain(failed).min();
+    let applied: usize = results.iter().filter_map(|r| r.as_ref().ok()).sum();
+    let lowest = results.iter().filter_map(|r| r.err()).chain(failed).min();
     if let Some(i) = lowest {
         response.add_failure(event.records[i].kinesis.sequence_number.clone());
     }
-    let usage = state.usage().take();
+    let usage = state.usage().figures().since(&usage_before);
     metrics::emit(&metrics::values_line(
         now_ms(),
         &[
             (metrics::WRITE_UNITS, usage.write_units, "Count"),
             (metrics::READ_UNITS, usage.read_units, "Count"),
+            (metrics::MESSAGES_APPLIED, applied as f64, "Count"),
         ],
         &[],
     ));
     response
 }
 
-/// Applies one device's messages, then notifies their alerts.
-async fn apply_group(state: &DynamoState, messages: &[&Message]) -> Result<(), StateError> {
+/// Applies one device's messages, then notifies their alerts; gives how many were new.
+async fn apply_group(state: &DynamoState, messages: &[&Message]) -> Result<usize, StateError> {
     let Some(first) = messages.first() else {
-        return Ok(());
+        return Ok(0);
     };
     let applied = state.apply_device(&first.device, messages).await?;
-    for (message, applied) in messages.iter().zip(applied) {
-        alerts::notify(state, message, applied).await?;
+    for (message, applied) in messages.iter().zip(&applied) {
+        alerts::notify(state, message, *applied).await?;
     }
-    Ok(())
+    Ok(applied.iter().filter(|a| **a == Applied::Applied).count())
 }
 
 /// The stream name in an event source ARN (`arn:aws:kinesis:region:account:stream/NAME`).

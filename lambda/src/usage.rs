@@ -126,13 +126,15 @@ impl Usage {
             items_written: self.items_written.load(Ordering::Relaxed),
         }
     }
+}
 
-    /// The totals so far, and zero them.
-    pub fn take(&self) -> UsageFigures {
+impl UsageFigures {
+    /// What was used after `earlier` was read.
+    pub fn since(&self, earlier: &UsageFigures) -> UsageFigures {
         UsageFigures {
-            write_units: self.write_halves.swap(0, Ordering::Relaxed) as f64 / 2.0,
-            read_units: self.read_halves.swap(0, Ordering::Relaxed) as f64 / 2.0,
-            items_written: self.items_written.swap(0, Ordering::Relaxed),
+            write_units: self.write_units - earlier.write_units,
+            read_units: self.read_units - earlier.read_units,
+            items_written: self.items_written.saturating_sub(earlier.items_written),
         }
     }
 }
@@ -174,10 +176,15 @@ mod tests {
         usage.write(3000, 0); // 3 (a delete)
         usage.read_items([100, 5000, 0], true); // 1 + 2 + 1
         usage.read_query(9000, false); // 3 halves
-        let f = usage.take();
+        let f = usage.figures();
         assert_eq!(f.write_units, 6.0);
         assert_eq!(f.read_units, 4.0 + 1.5);
         assert_eq!(f.items_written, 3);
-        assert_eq!(usage.figures(), UsageFigures::default());
+        usage.write(0, 10);
+        let later = usage.figures().since(&f);
+        assert_eq!(
+            (later.write_units, later.read_units, later.items_written),
+            (1.0, 0.0, 1)
+        );
     }
 }

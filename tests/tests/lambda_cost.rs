@@ -1,0 +1,192 @@
+//! What the Lambda's DynamoDB state costs per message, measured: a fleet sending as the agent
+//! does by default (ten series at 1 Hz, a message every 5 s), delivered in invocations as the
+//! event source mapping gathers them over its batching window, applied by the real handler
+//! against moto. moto does not bill, so the units are the function's own count by DynamoDB's
+//! documented item-size rules (`osprey_lambda::usage`), the same count its `WriteUnits` and
+//! `ReadUnits` metrics report in production.
+//!
+//! Printed per batching window: write and read units per message and per reading, items
+//! written, and the DynamoDB request cost per device-month at on-demand prices; asserted: every
+//! reading is stored once, and the template's default window stays within 3 write units per
+//! message.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
+
+use aws_lambda_events::event::kinesis::KinesisEvent;
+use osprey_lambda::handler::handle;
+use osprey_lambda::state::DynamoState;
+use osprey_protocol::{Body, Envelope, Series, TelemetryBatch};
+use osprey_tests::{kinesis_event_json, moto_state_tables};
+
+const T0: i64 = 1_767_225_600_000;
+
+/// Devices in the simulated fleet.
+const DEVICES: u64 = 8;
+
+/// Simulated minutes of traffic per configuration.
+const MINUTES: i64 = 6;
+
+/// The agent's defaults: readings per second per series, seconds per message, series.
+const HZ: i64 = 1;
+const BATCH_S: i64 = 5;
+const SERIES: [(&str, &str, &str); 10] = [
+    ("motor", "temperature", "Cel"),
+    ("motor", "current", "A"),
+    ("bearing-de", "vibration", "mm/s"),
+    ("bearing-nde", "vibration", "mm/s"),
+    ("bearing-de", "temperature", "Cel"),
+    ("bearing-nde", "temperature", "Cel"),
+    ("pump", "pressure", "kPa"),
+    ("pump", "flow", "L/min"),
+    ("ambient", "temperature", "Cel"),
+    ("ambient", "humidity", "%"),
+];
+
+/// The template's default `MaximumBatchingWindowInSeconds`.
+const TEMPLATE_WINDOW_S: i64 = 60;
+
+/// On-demand prices (us-east-1): $ per million write and read request units.
+const WRITE_PRICE: f64 = 0.625;
+const READ_PRICE: f64 = 0.125;
+
+/// Message `seq` of `device`: `BATCH_S` seconds of every series from `start_ms`.
+fn message(device: &str, epoch: u64, seq: u64, start_ms: i64) -> Vec<u8> {
+    let series = SERIES
+        .iter()
+        .enumerate()
+        .map(|(i, (sensor, metric, unit))| {
+            let mut s = Series::new(sensor, metric, unit);
+            for k in 0..BATCH_S * HZ {
+                let t = start_ms + k * 1000 / HZ;
+                // A slow wave plus a little jitter, as a healthy machine reads.
+                let v = 20.0
+                    + i as f64 * 5.0
+                    + ((t / 1000) as f64 / 37.0).sin() * 2.0
+                    + ((t / 1000 * 7919 + i as i64) % 13) as f64 / 100.0;
+                s.push(t, (v * 100.0).round() / 100.0);
+            }
+            s
+        })
+        .collect();
+    Envelope::new(device, seq, Body::Telemetry(TelemetryBatch { series }))
+        .with_epoch(epoch)
+        .encode()
+        .unwrap()
+}
+
+/// The fleet's messages in time order as (device, payload, send time).
+fn traffic() -> Vec<(String, Vec<u8>, i64)> {
+    let mut out = Vec::new();
+    for k in 0..(MINUTES * 60 / BATCH_S) {
+        for d in 0..DEVICES {
+            let device = format!("cost-{d:03}");
+            let start = T0 + k * BATCH_S * 1000 + d as i64 * 310;
+            out.push((
+                device.clone(),
+                message(&device, 0x5eed + d, k as u64 + 1, start),
+                start,
+            ));
+        }
+    }
+    out
+}
+
+/// One configuration's figures.
+struct Figures {
+    window_s: i64,
+    invocations: usize,
+    messages: usize,
+    write_units: f64,
+    read_units: f64,
+    items: u64,
+}
+
+async fn run(window_s: i64) -> Figures {
+    let (client, table, dead) = moto_state_tables("cost").await;
+    let state = DynamoState::new(client, &table, &dead);
+    let traffic = traffic();
+    // The event source mapping sends what arrived during its batching window (at 0 s it polls
+    // about once a second).
+    let span_ms = window_s.max(1) * 1000;
+    let mut invocations = 0;
+    let mut first = 0u32;
+    let mut at = 0;
+    while at < traffic.len() {
+        let bucket = traffic[at].2.div_euclid(span_ms);
+        let end = traffic[at..]
+            .iter()
+            .position(|(_, _, t)| t.div_euclid(span_ms) != bucket)
+            .map_or(traffic.len(), |p| at + p);
+        let records: Vec<(String, Vec<u8>)> = traffic[at..end]
+            .iter()
+            .map(|(d, p, _)| (d.clone(), p.clone()))
+            .collect();
+        let event: KinesisEvent =
+            serde_json::from_str(&kinesis_event_json("cost", first, &records)).unwrap();
+        let response = handle(&event, &state).await;
+        assert!(response.batch_item_failures.is_empty(), "{response:?}");
+        first += records.len() as u32;
+        invocations += 1;
+        at = end;
+    }
+    let readings = (MINUTES * 60 * HZ) as u64 * SERIES.len() as u64;
+    for d in 0..DEVICES {
+        let device = state
+            .device(&format!("cost-{d:03}"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(device["readings"], readings.to_string(), "{device:?}");
+    }
+    let usage = state.usage().figures();
+    Figures {
+        window_s,
+        invocations,
+        messages: traffic.len(),
+        write_units: usage.write_units,
+        read_units: usage.read_units,
+        items: usage.items_written,
+    }
+}
+
+#[tokio::test]
+async fn write_units_per_message_at_the_agents_defaults() {
+    let mut rows = Vec::new();
+    for window_s in [0, 30, TEMPLATE_WINDOW_S] {
+        rows.push(run(window_s).await);
+    }
+    let messages_per_month = 30.0 * 86_400.0 / BATCH_S as f64;
+    let readings_per_message = (BATCH_S * HZ) as f64 * SERIES.len() as f64;
+    println!(
+        "{DEVICES} devices x {MINUTES} min, {} series at {HZ} Hz, a message every {BATCH_S} s",
+        SERIES.len()
+    );
+    println!(
+        "{:>9} {:>11} {:>9} {:>9} {:>11} {:>12} {:>12}",
+        "window s", "invocations", "WU/msg", "RU/msg", "items/msg", "WU/reading", "$/dev-month"
+    );
+    for f in &rows {
+        let per = |v: f64| v / f.messages as f64;
+        let month = messages_per_month
+            * (per(f.write_units) * WRITE_PRICE + per(f.read_units) * READ_PRICE)
+            / 1e6;
+        println!(
+            "{:>9} {:>11} {:>9.2} {:>9.2} {:>11.2} {:>12.3} {:>12.2}",
+            f.window_s,
+            f.invocations,
+            per(f.write_units),
+            per(f.read_units),
+            per(f.items as f64),
+            per(f.write_units) / readings_per_message,
+            month
+        );
+    }
+    let default = rows.last().unwrap();
+    let per_message = default.write_units / default.messages as f64;
+    assert!(
+        per_message <= 3.0,
+        "{per_message:.2} write units per message at the template's {TEMPLATE_WINDOW_S} s window"
+    );
+    // Gathering more per invocation must cost less per message, or the batching is not working.
+    assert!(rows[0].write_units > 2.0 * default.write_units);
+}
