@@ -6,12 +6,13 @@
 //! | `OSPREY_WINDOW_MS` | tumbling window length | `60000` (serve's fixed length; change it only if serve's is changed too) |
 //! | `OSPREY_HOP_MS` | hopping windows `SIZE/SLIDE`, e.g. `300000/60000`; empty or unset: none | none |
 //! | `OSPREY_SESSION_GAP_MS` | session windows closed by a silence this long; empty or unset: none | none |
+//! | `OSPREY_STATE_TTL_DAYS` | days state items are kept after their time (0: for ever); the table's time to live must be on `expires_at` | `35` |
 
 use std::num::NonZeroU32;
 
 use osprey_cloud::window::{Hopping, WindowSpec, WindowSpecError, WINDOW_MS};
 
-/// Why the window settings were refused.
+/// Why the function's settings were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -26,6 +27,14 @@ pub enum ConfigError {
     /// `OSPREY_HOP_MS` is not `SIZE/SLIDE`.
     #[error("OSPREY_HOP_MS={value:?} must be SIZE/SLIDE in milliseconds, e.g. 300000/60000")]
     HopFormat {
+        /// Its value.
+        value: String,
+    },
+    /// `OSPREY_STATE_TTL_DAYS` is not a number of days.
+    #[error(
+        "OSPREY_STATE_TTL_DAYS={value:?} must be a whole number of days (0 keeps items for ever)"
+    )]
+    TtlDays {
         /// Its value.
         value: String,
     },
@@ -73,6 +82,20 @@ pub fn window_spec(var: impl Fn(&str) -> Option<String>) -> Result<WindowSpec, C
     Ok(WindowSpec::new(tumbling, hopping, gap)?)
 }
 
+/// The state's time to live in days from `OSPREY_STATE_TTL_DAYS` (looked up with `var`),
+/// [`crate::state::DEFAULT_TTL_DAYS`] when unset or empty.
+pub fn ttl_days(var: impl Fn(&str) -> Option<String>) -> Result<u32, ConfigError> {
+    match var("OSPREY_STATE_TTL_DAYS").filter(|v| !v.trim().is_empty()) {
+        None => Ok(crate::state::DEFAULT_TTL_DAYS),
+        Some(v) => v
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|d| *d <= 36_500)
+            .ok_or(ConfigError::TtlDays { value: v }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -107,6 +130,25 @@ mod tests {
         assert_eq!((hop.size_ms.get(), hop.slide_ms.get()), (300_000, 60_000));
         assert_eq!(s.session_gap_ms().map(NonZeroU32::get), Some(30_000));
         assert_eq!(s.tumbling_ms(), WINDOW_MS);
+    }
+
+    #[test]
+    fn ttl_days_default_to_35_and_refuse_what_is_not_days() {
+        let one = |v: &str| {
+            let v = v.to_owned();
+            ttl_days(move |_| Some(v.clone()))
+        };
+        assert_eq!(ttl_days(|_| None), Ok(35));
+        assert_eq!(one(""), Ok(35));
+        assert_eq!(one("0"), Ok(0));
+        assert_eq!(one(" 90 "), Ok(90));
+        for bad in ["-1", "1.5", "forever", "100000"] {
+            let err = one(bad).unwrap_err();
+            assert!(
+                err.to_string().contains("whole number of days"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -9,9 +9,10 @@
 //!                                        │ decode, check, windows: osprey_cloud::pipeline::prepare
 //!                                        │ lifecycle events: osprey_cloud::source::presence
 //!                                        ▼
-//!                                      state::DynamoState: dedup + windows (serve's fold) +
-//!                                      alert + device in one TransactWriteItems; dead letters
-//!                                      in their own table
+//!                                      grouped by device ─► state::DynamoState::apply_device:
+//!                                      dedup ranges + windows (serve's fold) + alerts + device,
+//!                                      each window written once a batch; dead letters in their
+//!                                      own table
 //!                                        │
 //!  ◄── { "batchItemFailures": [{"itemIdentifier": "<sequence number>"}] } (records to retry)
 //! ```

@@ -3,7 +3,8 @@
 //! Environment: `OSPREY_STATE_TABLE` (dedup, windows, alerts, devices) and
 //! `OSPREY_DEAD_LETTER_TABLE`, both keyed by `pk` and `sk` (strings); the windows, as
 //! `osprey serve` computes them, in `OSPREY_WINDOW_MS`, `OSPREY_HOP_MS` (`SIZE/SLIDE`) and
-//! `OSPREY_SESSION_GAP_MS` (see `osprey_lambda::config`); `OSPREY_ALERTS_TOPIC_ARN`, an SNS
+//! `OSPREY_SESSION_GAP_MS`, and the state's time to live in `OSPREY_STATE_TTL_DAYS` (see
+//! `osprey_lambda::config`); `OSPREY_ALERTS_TOPIC_ARN`, an SNS
 //! topic that gets every alert raise and clear once (`osprey_lambda::alerts`); the usual AWS variables
 //! for region and credentials (the function's role); `AWS_ENDPOINT_URL` works for local tests.
 //! Enable `ReportBatchItemFailures` on the event source mapping.
@@ -32,13 +33,16 @@ async fn main() -> Result<(), Error> {
         .init();
     let windows = osprey_lambda::config::window_spec(|name| std::env::var(name).ok())
         .map_err(|e| Error::from(e.to_string()))?;
+    let ttl_days = osprey_lambda::config::ttl_days(|name| std::env::var(name).ok())
+        .map_err(|e| Error::from(e.to_string()))?;
     let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let state = DynamoState::new(
         aws_sdk_dynamodb::Client::new(&config),
         table("OSPREY_STATE_TABLE")?,
         table("OSPREY_DEAD_LETTER_TABLE")?,
     )
-    .with_windows(windows);
+    .with_windows(windows)
+    .with_ttl_days(ttl_days);
     let state = match std::env::var("OSPREY_ALERTS_TOPIC_ARN") {
         Ok(topic) if !topic.is_empty() => state.with_alerts(
             osprey_cloud::alerts::sns::SnsOutput::new(aws_sdk_sns::Client::new(&config), topic),

@@ -57,6 +57,7 @@ mod mosquitto;
 mod moto;
 mod net;
 mod paths;
+mod payload;
 mod process;
 mod shadow;
 mod subscriber;
@@ -75,6 +76,7 @@ pub use net::{
     free_port, http_get, http_get_json, http_request, sse_events, wait_until, HttpResponse,
 };
 pub use paths::{bin, target_profile_dir, workspace_root};
+pub use payload::{motor_temperature, ten_readings};
 pub use process::{log_field, Proc};
 pub use shadow::ShadowService;
 pub use subscriber::{Publish, Subscriber};

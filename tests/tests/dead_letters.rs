@@ -24,25 +24,16 @@ use std::time::Duration;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use osprey_cloud::metrics::parse_samples;
-use osprey_protocol::{Body, Envelope, Series, TelemetryBatch};
-use osprey_tests::{bin, http_get, http_get_json, moto_endpoint, unique_name, wait_until, Proc};
+use osprey_tests::{
+    bin, http_get, http_get_json, moto_endpoint, motor_temperature, unique_name, wait_until, Proc,
+};
 use serde_json::Value;
 
 const T0: i64 = 1_767_225_600_000;
 
 /// A good message of `device`.
 fn message(device: &str, seq: u64) -> Vec<u8> {
-    let mut series = Series::new("motor", "temperature", "Cel");
-    series.push(T0 + seq as i64 * 1000, seq as f64);
-    Envelope::new(
-        device,
-        seq,
-        Body::Telemetry(TelemetryBatch {
-            series: vec![series],
-        }),
-    )
-    .encode()
-    .unwrap()
+    motor_temperature(device, 0, seq, [(T0 + seq as i64 * 1000, seq as f64)])
 }
 
 struct Aws {

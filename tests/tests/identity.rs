@@ -25,10 +25,11 @@ use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use osprey_cloud::metrics::parse_samples;
 use osprey_lambda::handler::{handle_record, RecordOutcome};
 use osprey_lambda::state::DynamoState;
-use osprey_protocol::{Body, Envelope, Series, Status, StatusState, TelemetryBatch};
+use osprey_protocol::{Body, Envelope, Status, StatusState};
 use osprey_tests::{
     bin, http_get, http_get_json, kinesis_event_json, mosquitto_tool, moto_endpoint,
-    moto_state_tables, unique_name, wait_until, Certs, ClientCert, Mosquitto, Proc,
+    moto_state_tables, motor_temperature, unique_name, wait_until, Certs, ClientCert, Mosquitto,
+    Proc,
 };
 use serde_json::Value;
 
@@ -42,23 +43,9 @@ const NEW_EPOCH: u64 = 77;
 /// Telemetry message `seq` of `device` in journal `epoch`: READINGS readings inside one
 /// minute, distinct per (epoch, seq).
 fn telemetry(device: &str, epoch: u64, seq: u64) -> Vec<u8> {
-    let mut series = Series::new("motor", "temperature", "Cel");
-    for r in 0..READINGS as i64 {
-        series.push(
-            T0 + (epoch as i64 % 7) * 60_000 + seq as i64 * 5_000 + r * 500,
-            seq as f64 + r as f64 / 10.0,
-        );
-    }
-    Envelope::new(
-        device,
-        seq,
-        Body::Telemetry(TelemetryBatch {
-            series: vec![series],
-        }),
-    )
-    .with_epoch(epoch)
-    .encode()
-    .unwrap()
+    let start = T0 + (epoch as i64 % 7) * 60_000 + seq as i64 * 5_000;
+    let readings = (0..READINGS as i64).map(|r| (start + r * 500, seq as f64 + r as f64 / 10.0));
+    motor_temperature(device, epoch, seq, readings)
 }
 
 fn status(device: &str, epoch: u64, seq: u64, state: StatusState, time_ms: i64) -> Vec<u8> {

@@ -25,28 +25,15 @@ use osprey_cloud::window::{Hopping, WindowKind, WindowSpec, WINDOW_MS};
 use osprey_lambda::handler::handle;
 use osprey_lambda::state::DynamoState;
 use osprey_protocol::{Alert, AlertEvent, Body, Envelope, Series, Severity, TelemetryBatch};
-use osprey_tests::{base64, bin, moto_dynamodb, moto_endpoint, moto_state_tables, unique_name};
+use osprey_tests::{
+    base64, bin, moto_dynamodb, moto_endpoint, moto_state_tables, ten_readings, unique_name,
+};
 
 const T0: i64 = 1_767_225_600_000;
 
 /// Message `seq` of `device`: ten readings, one second apart, values seq + 0.0 … seq + 0.9.
 fn telemetry(device: &str, seq: u64) -> Vec<u8> {
-    let mut series = Series::new("motor", "temperature", "Cel");
-    for r in 0..10 {
-        series.push(
-            T0 + (seq as i64 * 10 + r) * 1000,
-            seq as f64 + r as f64 / 10.0,
-        );
-    }
-    Envelope::new(
-        device,
-        seq,
-        Body::Telemetry(TelemetryBatch {
-            series: vec![series],
-        }),
-    )
-    .encode()
-    .unwrap()
+    ten_readings(device, seq, T0)
 }
 
 /// A Kinesis event as the event source mapping delivers it, one record per (key, data).

@@ -16,29 +16,13 @@ use osprey_cloud::window::table::WindowTable;
 use osprey_cloud::window::{Hopping, WindowKind, WindowSpec, WINDOW_MS};
 use osprey_lambda::handler::handle;
 use osprey_lambda::state::DynamoState;
-use osprey_protocol::{Body, Envelope, Series, TelemetryBatch};
-use osprey_tests::{kinesis_event_json, moto_state_tables};
+use osprey_tests::{kinesis_event_json, moto_state_tables, ten_readings};
 
 const T0: i64 = 1_767_225_600_000;
 
 /// Message `seq` of `device`: ten readings of one series, one second apart from `seq` × 10 s.
 fn telemetry(device: &str, seq: u64) -> Vec<u8> {
-    let mut series = Series::new("motor", "temperature", "Cel");
-    for r in 0..10 {
-        series.push(
-            T0 + (seq as i64 * 10 + r) * 1000,
-            seq as f64 + r as f64 / 10.0,
-        );
-    }
-    Envelope::new(
-        device,
-        seq,
-        Body::Telemetry(TelemetryBatch {
-            series: vec![series],
-        }),
-    )
-    .encode()
-    .unwrap()
+    ten_readings(device, seq, T0)
 }
 
 /// A Kinesis event of `(device, seq)` messages, sequence numbers from `first`.
@@ -106,7 +90,7 @@ fn failed(response: &aws_lambda_events::event::streams::KinesisEventResponse) ->
 #[tokio::test]
 async fn a_crash_before_the_device_write_is_finished_by_any_redelivery_without_counting_twice() {
     let (client, table, dead) = moto_state_tables("retry").await;
-    let state = DynamoState::new(client, &table, &dead);
+    let state = DynamoState::new(client.clone(), &table, &dead);
     let spec = WindowSpec::default();
     let dev = "lam-crash";
     let batch = |seqs: std::ops::RangeInclusive<u64>| {
@@ -162,6 +146,24 @@ async fn a_crash_before_the_device_write_is_finished_by_any_redelivery_without_c
     let again = state.device(dev).await.unwrap().unwrap();
     assert_eq!(again["readings"], "90");
     assert_eq!(stored(&state, dev).await, reference(&spec, dev, 1..=9));
+
+    // Every item expires (35 days by default): windows after their end, the device after it
+    // was last seen, the fleet entry with it.
+    let items = client.scan().table_name(&table).send().await.unwrap();
+    let items = items.items();
+    assert!(items.len() >= 4, "{items:?}");
+    let day = 86_400;
+    for item in items {
+        let expires: i64 = item["expires_at"].as_n().unwrap().parse().unwrap();
+        let sk = item["sk"].as_s().unwrap();
+        if let Some(end) = item.get("end_ms") {
+            let end: i64 = end.as_n().unwrap().parse().unwrap();
+            assert_eq!(expires, end / 1000 + 35 * day, "{sk}");
+        } else {
+            let now = osprey_cloud::clock::now_ms() / 1000;
+            assert!((expires - now - 35 * day).abs() < 600, "{sk}: {expires}");
+        }
+    }
 }
 
 /// A small deterministic generator (xorshift), so a failure can be replayed.
@@ -187,7 +189,7 @@ async fn any_order_split_duplicates_and_crashes_give_serves_windows_once() {
     // Sessions close after 15 s of silence: messages 10 s apart chain into one session, and a
     // missing message splits it until it arrives.
     let spec = WindowSpec::new(WINDOW_MS, hop, Some(nz(15_000))).unwrap();
-    let state = DynamoState::new(client, &table, &dead).with_windows(spec.clone());
+    let state = DynamoState::new(client, &table, &dead).with_windows(spec);
     let devices = ["lam-a", "lam-b", "lam-c"];
     let per_device = 40u64;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);

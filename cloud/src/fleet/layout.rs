@@ -6,13 +6,18 @@
 //!
 //! | pk | sk | item |
 //! |---|---|---|
-//! | `fleet` | `<device>` | the device exists (written once, when it is first seen) |
-//! | `seen#<device>` | [`seen_sk`]: `<seq>` (epoch 0) or `<epoch>#<seq>` | a message applied (the dedup set, by `(device, epoch, seq)`) |
-//! | `dev#<device>` | `device` | `readings`, `messages`, `first_seen_ms`, `last_seen_ms`, `last_event_ms`, `last_seq`, `status`, `status_ms`, the status mark (`status_epoch`, `status_seq`, `status_will_seq`, `status_time_ms`), `epochs` (number set of the journal epochs seen), `epoch` (the newest of them), `series` (string set of [`series_member`]s), `wver` |
+//! | `fleet` | `<device>` | the device exists (written when it is first seen, and again when half its time to live is used) |
+//! | `seen#<device>` | [`seen_sk`]: `<seq>` (epoch 0) or `<epoch>#<seq>` | a message applied, as the Lambda recorded them before the dedup set moved into the device item (read only for messages at or below the device's `legacy_seq`) |
+//! | `dev#<device>` | `device` | `readings`, `messages`, `first_seen_ms`, `last_seen_ms`, `last_event_ms`, `last_seq`, `status`, `status_ms`, the status mark (`status_epoch`, `status_seq`, `status_will_seq`, `status_time_ms`), `epochs` (number set of the journal epochs seen), `epoch` (the newest of them), `series` (string set of [`series_member`]s), `seen` (the messages applied: seq ranges per epoch, `EPOCH:LO-HI,…`), `seen_given_up`, `legacy_seq`, `listed_until` (the fleet entry's `expires_at`), `wver` |
 //! | `dev#<device>` | `ev#<kind>#<new epoch>` | a device event ([`event_sk`]): `kind` (`journal_replaced`), `time_ms` (cloud clock), `old_epoch`, `new_epoch` |
-//! | `dev#<device>` | `w#<sensor>#<metric>#<kind>#<start>` | a window: `sensor`, `metric`, `kind`, `start_ms`, `end_ms`, `unit`, `version`, `corrections`, `count`, `sum`, `min`, `max`, `mean`, `m2`, `m3`, `m4`, `sketch` (bytes) |
+//! | `dev#<device>` | `w#<sensor>#<metric>#<kind>#<start>` | a window: `sensor`, `metric`, `kind`, `start_ms`, `end_ms`, `unit`, `version`, `corrections`, `count`, `sum`, `min`, `max`, `mean`, `m2`, `m3`, `m4`, `sketch` (bytes), `pending` (messages folded in that the device item's `seen` does not list yet) |
 //! | `dev#<device>` | [`alert_sk`]: `a#<seq, 20 digits>` (epoch 0) or `a#<seq, 20 digits>#<epoch>` | an alert event: `rule`, `sensor`, `metric`, `event`, `severity`, `value`, `threshold`, `time_ms`, `seq`, `epoch` |
 //! | `dev#<device>` | `r#<rule>` | a rule's newest alert event (by time, then seq): `event`, `severity`, `time_ms`, `seq`, `sensor`, `metric` |
+//!
+//! Every item but the legacy `seen#` ones carries `expires_at` (seconds since the epoch) for the
+//! table's time to live when the Lambda has one: windows after their end, alerts, rule states
+//! and device events after their time, the device item and its fleet entry after it was last
+//! seen.
 //!
 //! Epoch 0 (gateways before protocol 1.3) keeps the keys written before epochs existed, so a
 //! table written by an older Lambda needs no migration: its `seen` and alert items are epoch 0,
