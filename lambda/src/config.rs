@@ -6,6 +6,7 @@
 //! | `OSPREY_WINDOW_MS` | tumbling window length | `60000` (serve's fixed length; change it only if serve's is changed too) |
 //! | `OSPREY_HOP_MS` | hopping windows `SIZE/SLIDE`, e.g. `300000/60000`; empty or unset: none | none |
 //! | `OSPREY_SESSION_GAP_MS` | session windows closed by a silence this long; empty or unset: none | none |
+//! | `OSPREY_SIGNALS_EVERY_S` | seconds between two computations of a device's maintenance signals, after a batch of its messages (0: never) | `600` |
 //! | `OSPREY_STATE_TTL_DAYS` | days state items are kept after their time (0: for ever); the table's time to live must be on `expires_at` | `35` |
 
 use std::num::NonZeroU32;
@@ -35,6 +36,12 @@ pub enum ConfigError {
         "OSPREY_STATE_TTL_DAYS={value:?} must be a whole number of days (0 keeps items for ever)"
     )]
     TtlDays {
+        /// Its value.
+        value: String,
+    },
+    /// `OSPREY_SIGNALS_EVERY_S` is not a number of seconds.
+    #[error("OSPREY_SIGNALS_EVERY_S={value:?} must be a whole number of seconds (0 computes no signals)")]
+    SignalsEvery {
         /// Its value.
         value: String,
     },
@@ -96,6 +103,18 @@ pub fn ttl_days(var: impl Fn(&str) -> Option<String>) -> Result<u32, ConfigError
     }
 }
 
+/// Seconds between signal computations from `OSPREY_SIGNALS_EVERY_S`,
+/// [`crate::state::DEFAULT_SIGNALS_EVERY_S`] when unset or empty.
+pub fn signals_every_s(var: impl Fn(&str) -> Option<String>) -> Result<u32, ConfigError> {
+    match var("OSPREY_SIGNALS_EVERY_S").filter(|v| !v.trim().is_empty()) {
+        None => Ok(crate::state::DEFAULT_SIGNALS_EVERY_S),
+        Some(v) => v
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| ConfigError::SignalsEvery { value: v }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -149,6 +168,14 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn signals_every_defaults_to_ten_minutes() {
+        assert_eq!(signals_every_s(|_| None), Ok(600));
+        assert_eq!(signals_every_s(|_| Some("0".into())), Ok(0));
+        let err = signals_every_s(|_| Some("10m".into())).unwrap_err();
+        assert!(err.to_string().contains("OSPREY_SIGNALS_EVERY_S"), "{err}");
     }
 
     #[test]

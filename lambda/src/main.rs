@@ -3,7 +3,8 @@
 //! Environment: `OSPREY_STATE_TABLE` (dedup, windows, alerts, devices) and
 //! `OSPREY_DEAD_LETTER_TABLE`, both keyed by `pk` and `sk` (strings); the windows, as
 //! `osprey serve` computes them, in `OSPREY_WINDOW_MS`, `OSPREY_HOP_MS` (`SIZE/SLIDE`) and
-//! `OSPREY_SESSION_GAP_MS`, and the state's time to live in `OSPREY_STATE_TTL_DAYS` (see
+//! `OSPREY_SESSION_GAP_MS`, the state's time to live in `OSPREY_STATE_TTL_DAYS`, how often a
+//! device's maintenance signals are computed in `OSPREY_SIGNALS_EVERY_S` (see
 //! `osprey_lambda::config`); `OSPREY_ALERTS_TOPIC_ARN`, an SNS
 //! topic that gets every alert raise and clear once (`osprey_lambda::alerts`); the usual AWS variables
 //! for region and credentials (the function's role); `AWS_ENDPOINT_URL` works for local tests.
@@ -35,6 +36,8 @@ async fn main() -> Result<(), Error> {
         .map_err(|e| Error::from(e.to_string()))?;
     let ttl_days = osprey_lambda::config::ttl_days(|name| std::env::var(name).ok())
         .map_err(|e| Error::from(e.to_string()))?;
+    let signals_every_s = osprey_lambda::config::signals_every_s(|name| std::env::var(name).ok())
+        .map_err(|e| Error::from(e.to_string()))?;
     let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let state = DynamoState::new(
         aws_sdk_dynamodb::Client::new(&config),
@@ -42,7 +45,11 @@ async fn main() -> Result<(), Error> {
         table("OSPREY_DEAD_LETTER_TABLE")?,
     )
     .with_windows(windows)
-    .with_ttl_days(ttl_days);
+    .with_ttl_days(ttl_days)
+    .with_signals(
+        osprey_cloud::analytics::signals::SignalsConfig::default(),
+        signals_every_s,
+    );
     let state = match std::env::var("OSPREY_ALERTS_TOPIC_ARN") {
         Ok(topic) if !topic.is_empty() => state.with_alerts(
             osprey_cloud::alerts::sns::SnsOutput::new(aws_sdk_sns::Client::new(&config), topic),

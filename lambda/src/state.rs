@@ -29,6 +29,7 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 use osprey_cloud::alerts::sns::SnsOutput;
+use osprey_cloud::analytics::signals::SignalsConfig;
 use osprey_cloud::analytics::Aggregate;
 use osprey_cloud::fleet::layout::{
     self, get_i64, get_str, get_u64, n, s, window_from_item, Item, SortKeys, WindowItem,
@@ -40,6 +41,7 @@ use osprey_cloud::window::{WindowDelta, WindowKind, WindowSpec};
 use crate::usage::{item_size, Usage};
 
 mod apply;
+mod signals;
 
 /// Bytes of a rejected payload kept in its dead letter (serve's default too).
 pub const DEAD_LETTER_PAYLOAD_BYTES: usize =
@@ -53,6 +55,9 @@ pub const DEAD_LETTER_RETENTION_S: i64 =
 /// Default time to live of the state items, in days: long enough for the dashboard's 30-day
 /// range.
 pub const DEFAULT_TTL_DAYS: u32 = 35;
+
+/// Default seconds between two computations of a device's maintenance signals.
+pub const DEFAULT_SIGNALS_EVERY_S: u32 = 600;
 
 /// Rounds of `BatchGetItem` for keys DynamoDB left unprocessed (throttling).
 const BATCH_GET_ROUNDS: usize = 10;
@@ -134,6 +139,8 @@ pub struct DynamoState {
     ttl_s: Option<i64>,
     /// What the requests cost, shared by the clones.
     usage: Arc<Usage>,
+    /// The signals computed, and how often per device (ms); `None`: none.
+    signals: Option<(Arc<SignalsConfig>, i64)>,
     /// Device commits still to fail (a test's crash), shared by the clones.
     failing_commits: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -160,7 +167,20 @@ impl DynamoState {
             alerts: None,
             ttl_s: Some(i64::from(DEFAULT_TTL_DAYS) * 86_400),
             usage: Arc::default(),
+            signals: Some((
+                Arc::new(SignalsConfig::default()),
+                i64::from(DEFAULT_SIGNALS_EVERY_S) * 1000,
+            )),
             failing_commits: Arc::default(),
+        }
+    }
+
+    /// The same state computing each device's maintenance signals under `cfg` at most every
+    /// `every_s` seconds (0: never), after a batch of its messages is applied.
+    pub fn with_signals(self, cfg: SignalsConfig, every_s: u32) -> DynamoState {
+        DynamoState {
+            signals: (every_s > 0).then(|| (Arc::new(cfg), i64::from(every_s) * 1000)),
+            ..self
         }
     }
 

@@ -196,7 +196,7 @@ async fn serve_shows_the_lambdas_dynamodb_state_as_the_same_pages() {
     assert!(
         hist["timeline"]["not_recorded"]
             .to_string()
-            .contains("maintenance signals"),
+            .contains("signals the Lambda stores"),
         "what DynamoDB state lacks is said: {hist}"
     );
 
@@ -263,7 +263,7 @@ async fn serve_shows_the_lambdas_dynamodb_state_as_the_same_pages() {
         !chart.contains(r#"data-markers="0""#),
         "no raise marker: {chart}"
     );
-    assert!(dom.contains("maintenance signals"), "{dom}");
+    assert!(dom.contains("signals the Lambda stores"), "{dom}");
 
     let dom = rendered_dom_in(&format!("{url}/alerts"), Window::DESKTOP);
     assert!(

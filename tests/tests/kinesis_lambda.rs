@@ -419,3 +419,101 @@ async fn bundles_apply_each_inner_message_once() {
     );
     assert!(state.device("lam-other").await.unwrap().is_none());
 }
+
+/// Minute `m` of a steady motor temperature (about 40 °C), or 60 °C when `hot`.
+fn minute(device: &str, m: u64, hot: bool) -> Vec<u8> {
+    let readings = (0..6).map(|k| {
+        let t = T0 + m as i64 * 60_000 + k * 10_000;
+        let v = if hot {
+            60.0
+        } else {
+            40.0 + ((m * 7 + k as u64) % 5) as f64 / 10.0
+        };
+        (t, v)
+    });
+    osprey_tests::motor_temperature(device, 3, m + 1, readings)
+}
+
+#[tokio::test]
+async fn stored_signals_score_the_fleet_as_serve_does_and_are_computed_at_most_every_interval() {
+    let (client, table, dead) = moto_state_tables("signals").await;
+    let state = DynamoState::new(client, &table, &dead);
+    let dev = "lam-sig";
+    // Thirty steady minutes, then a minute far above them: an anomaly, with no alert.
+    let mut records: Vec<(String, &str, Vec<u8>)> = (0..30)
+        .map(|m| (seq(m as u32 + 1), dev, minute(dev, m, false)))
+        .collect();
+    records.push((seq(31), dev, minute(dev, 30, true)));
+    let response = handle(&event("s", &records), &state).await;
+    assert!(response.batch_item_failures.is_empty(), "{response:?}");
+
+    // `osprey fleet --dynamodb-table`'s reader scores it from the stored signals.
+    let reader = osprey_cloud::fleet::dynamo::StateReader::connect(
+        &table,
+        Some(&moto_endpoint()),
+        "us-east-1",
+    )
+    .await;
+    let device = reader.device(dev, false).await.unwrap().unwrap();
+    assert_eq!(device.active_alerts, 0);
+    assert_eq!(
+        device.health,
+        Some(85),
+        "an anomaly costs 15 points: {device:?}"
+    );
+
+    // So does the dashboard's fleet listing, with the reason in words.
+    let view = osprey_cloud::fleet::dynamo_view::DynamoView::new(
+        reader,
+        osprey_cloud::analytics::signals::SignalsConfig::default(),
+    );
+    let page = view
+        .fleet_page(osprey_cloud::store::fleetview::FleetQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let row = page.rows.iter().find(|r| r.device == dev).unwrap();
+    assert_eq!(row.health.score, 85, "{row:?}");
+    let reason = &row.health.reasons[0].reason;
+    assert!(reason.contains("above its usual"), "{reason}");
+
+    // A batch right after does not compute them again (at most every 600 s by default).
+    let stored_at =
+        |items: &[std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>]| {
+            items
+                .iter()
+                .find(|i| i["sk"].as_s().unwrap() == "health")
+                .map(|i| i["at_ms"].as_n().unwrap().clone())
+        };
+    let scan = |c: aws_sdk_dynamodb::Client| {
+        let table = table.clone();
+        async move {
+            c.scan()
+                .table_name(table)
+                .send()
+                .await
+                .unwrap()
+                .items()
+                .to_vec()
+        }
+    };
+    let dynamo = moto_dynamodb().await;
+    let first = stored_at(&scan(dynamo.clone()).await).expect("a health item");
+    let more = vec![(seq(32), dev, minute(dev, 31, true))];
+    handle(&event("s", &more), &state).await;
+    assert_eq!(stored_at(&scan(dynamo.clone()).await), Some(first));
+
+    // With signals off, a new device gets none.
+    let quiet = DynamoState::new(dynamo.clone(), &table, &dead).with_signals(Default::default(), 0);
+    let other = vec![(seq(33), "lam-quiet", minute("lam-quiet", 0, false))];
+    handle(&event("s", &other), &quiet).await;
+    let items = scan(dynamo).await;
+    assert!(
+        !items
+            .iter()
+            .any(|i| i["pk"].as_s().unwrap() == "dev#lam-quiet"
+                && i["sk"].as_s().unwrap() == "health")
+    );
+}

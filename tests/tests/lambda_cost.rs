@@ -16,7 +16,7 @@ use aws_lambda_events::event::kinesis::KinesisEvent;
 use osprey_lambda::handler::handle;
 use osprey_lambda::state::DynamoState;
 use osprey_protocol::{Body, Envelope, Series, TelemetryBatch};
-use osprey_tests::{kinesis_event_json, moto_state_tables};
+use osprey_tests::{kinesis_event_json, moto_dynamodb, moto_state_tables};
 
 const T0: i64 = 1_767_225_600_000;
 
@@ -189,4 +189,66 @@ async fn write_units_per_message_at_the_agents_defaults() {
     );
     // Gathering more per invocation must cost less per message, or the batching is not working.
     assert!(rows[0].write_units > 2.0 * default.write_units);
+}
+
+#[tokio::test]
+async fn a_signals_refresh_costs_what_the_template_says() {
+    let (client, table, dead) = moto_state_tables("cost-signals").await;
+    // Four hours of one-minute windows of every series, applied without signals.
+    let quiet = DynamoState::new(client.clone(), &table, &dead).with_signals(Default::default(), 0);
+    let device = "cost-signals";
+    let minute = |m: i64| {
+        let series = SERIES
+            .iter()
+            .enumerate()
+            .map(|(i, (sensor, metric, unit))| {
+                let mut s = Series::new(sensor, metric, unit);
+                s.push(T0 + m * 60_000, 20.0 + i as f64 + (m % 3) as f64 / 10.0);
+                s
+            })
+            .collect();
+        Envelope::new(
+            device,
+            m as u64 + 1,
+            Body::Telemetry(TelemetryBatch { series }),
+        )
+        .encode()
+        .unwrap()
+    };
+    let history: Vec<(String, Vec<u8>)> =
+        (0..240).map(|m| (device.to_owned(), minute(m))).collect();
+    let event: KinesisEvent =
+        serde_json::from_str(&kinesis_event_json("cost", 0, &history)).unwrap();
+    assert!(handle(&event, &quiet).await.batch_item_failures.is_empty());
+
+    // The next message, with signals due (600 s): one refresh of all ten series.
+    let state = DynamoState::new(client, &table, &dead);
+    let next = vec![(device.to_owned(), minute(240))];
+    let event: KinesisEvent =
+        serde_json::from_str(&kinesis_event_json("cost", 240, &next)).unwrap();
+    assert!(handle(&event, &state).await.batch_item_failures.is_empty());
+    let with = state.usage().figures();
+    // The same message's apply alone, measured on a copy of the device without signals.
+    let alone =
+        DynamoState::new(moto_dynamodb().await, &table, &dead).with_signals(Default::default(), 0);
+    let again = vec![(device.to_owned(), minute(241))];
+    let event: KinesisEvent =
+        serde_json::from_str(&kinesis_event_json("cost", 241, &again)).unwrap();
+    assert!(handle(&event, &alone).await.batch_item_failures.is_empty());
+    let apply = alone.usage().figures();
+    let refresh_read = with.read_units - apply.read_units;
+    let refresh_write = with.write_units - apply.write_units;
+    let per_month = 30.0 * 86_400.0 / 600.0;
+    println!(
+        "signals refresh, {} series x 241 windows: {refresh_read:.1} read units, \
+         {refresh_write:.1} write units; every 600 s: ${:.3} per device-month",
+        SERIES.len(),
+        per_month * (refresh_read * READ_PRICE + refresh_write * WRITE_PRICE) / 1e6
+    );
+    assert!(
+        refresh_read > 10.0,
+        "the refresh read the windows: {refresh_read}"
+    );
+    let device_item = state.device(device).await.unwrap().unwrap();
+    assert!(device_item.contains_key("signals_at"), "{device_item:?}");
 }

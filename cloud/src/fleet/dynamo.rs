@@ -1,13 +1,15 @@
 //! The fleet from the Lambda's DynamoDB state table (layout in [`super::layout`]).
 //!
 //! Listing the fleet is one query of the `fleet` partition, then per device a `GetItem` of its
-//! device item and a query of its rule states; `--device` adds one reverse query (limit 1)
+//! device item and of its stored signals (`health`, eventually consistent) and a query of its
+//! rule states; health is scored from those signals and the active alerts; `--device` adds one reverse query (limit 1)
 //! per series and kind for the newest window. Reads are strongly consistent.
 
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::Client;
 use osprey_protocol::Severity;
 
+use super::dynamo_signals::signals_from_item;
 use super::layout::{self, get_i64, get_str, get_u64, s, Item, SortKeys};
 use super::{FleetDevice, FleetError, FleetWindow};
 use crate::analytics::health::{self, ActiveAlert};
@@ -144,13 +146,27 @@ impl StateReader {
                 })
             })
             .collect();
+        // The signals the Lambda stored (none before it first computed them).
+        let signals = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(pk.clone()))
+            .key("sk", s(layout::SIGNALS_SK))
+            .send()
+            .await
+            .map_err(|e| self.error("GetItem", &e))?
+            .item
+            .and_then(|i| signals_from_item(&i))
+            .map(|(series, _)| series)
+            .unwrap_or_default();
         let mut d = FleetDevice {
             device: device.to_owned(),
             status: get_str(item, "status").unwrap_or("unknown").to_owned(),
             last_seen_ms: get_i64(item, "last_seen_ms"),
             readings: get_u64(item, "readings").unwrap_or(0),
             active_alerts: active.len() as u64,
-            health: Some(health::score(&[], &active).score),
+            health: Some(health::score(&signals, &active).score),
             latest: Vec::new(),
             events: Vec::new(),
         };

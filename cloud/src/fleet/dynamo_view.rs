@@ -5,7 +5,8 @@
 //!  fleet listing (cached LISTING_TTL, one refresh at a time):
 //!    Query pk=fleet ─► per device (CONCURRENCY at once): Query pk=dev#<id>,
 //!    sk BETWEEN "device" AND "r$" ─► device item + device events + rule states
-//!  fleet page   = listing ─► health from active alerts ─► filter, sort, cut (as SQLite's)
+//!  fleet page   = listing ─► health from the stored signals and the active alerts ─► filter,
+//!                 sort, cut (as SQLite's)
 //!                 ─► per row of the page, per series: Query reverse, Limit 1 (newest window),
 //!                    kept while the device's last_seen_ms is unchanged
 //!  device       = one device query (as above) + its newest windows + its signals (per series:
@@ -21,12 +22,13 @@
 //! read units of a strongly consistent one: a dashboard can be a second behind the Lambda.
 //! The read units DynamoDB reports are summed ([`DynamoView::reads`], in `/api/stats`).
 //!
-//! What the table does not hold is said, not invented ([`MISSING`]): the Lambda stores no
-//! maintenance signals (trend, anomaly score, predicted crossings), so a device's are computed
-//! here as serve's writer computes them, from its newest windows (one reverse Query per
-//! series, kept until the device sends again), for the device routes; the fleet page's health
-//! counts active alerts only (signals for every device would read 241 windows per series per
-//! device each listing); alert events learnt through
+//! The Lambda stores each device's maintenance signals (trend, anomaly score, predicted
+//! crossings) in its `health` item every few minutes ([`super::dynamo_signals`]); the listing
+//! reads it with the device head, so the fleet page scores devices by signals and active
+//! alerts as serve does. Device pages compute a device's signals fresh, as serve's writer
+//! computes them, from its newest windows (one reverse Query per series, kept until the device
+//! sends again). What the table does not hold is said, not invented ([`MISSING`]): alert
+//! events learnt through
 //! rule states carry no value or threshold; a raise and its clear between two listings show
 //! as the clear only on the live stream (the episodes list has both).
 
@@ -39,10 +41,11 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::dynamo::{parse_severity, StateReader};
+use super::dynamo_signals::{newest_signals, signals_from_item, SignalsError};
 use super::layout::{self, get_f64, get_i64, get_str, get_u64, Item, Reading, SortKeys};
 use super::FleetError;
 use crate::analytics::health::{self, ActiveAlert};
-use crate::analytics::signals::{compute, SeriesSignals, SignalsConfig, WindowPoint};
+use crate::analytics::signals::{SeriesSignals, SignalsConfig};
 use crate::analytics::Sketch;
 use crate::store::fleetview::{self, AlertCounts, FleetMark, FleetPage, FleetQuery, FleetRow};
 use crate::store::history::{self, Episode, EpisodeFilter, History, SeriesHistory};
@@ -68,9 +71,9 @@ const ALERT_LOG: usize = 1_000;
 
 /// What DynamoDB state does not hold, in words (the device page lists them).
 pub const MISSING: [&str; 2] = [
-    "maintenance signals on the fleet page: the Lambda stores none, so this page computes a \
-     device's (trend, anomaly, predicted crossing) from its newest windows when it is opened, \
-     while the fleet page's health counts active alerts only",
+    "fresh signals on the fleet page: its health uses the signals the Lambda stores every few \
+     minutes (OSPREY_SIGNALS_EVERY_S) with the alerts active now; this page computes the \
+     device's from its newest windows when it is opened",
     "status history: the Lambda keeps the current status only",
 ];
 
@@ -121,7 +124,7 @@ impl DeviceState {
             alerts: AlertCounts::of(&active),
             active_rules: active.into_iter().map(|a| a.rule).collect(),
             health: s.health.clone(),
-            next_breach: None,
+            next_breach: s.next_breach.clone(),
             latest: Vec::new(),
         }
     }
@@ -286,6 +289,7 @@ impl DynamoView {
             })
             .collect();
         let series = layout::series_of(item);
+        let stored = items.iter().find_map(signals_from_item);
         let last_seen_ms = get_i64(item, "last_seen_ms").unwrap_or(0);
         let mut state = DeviceState {
             summary: DeviceSummary {
@@ -308,7 +312,9 @@ impl DynamoView {
         };
         let active = state.active();
         state.summary.active_alerts = active.len() as u64;
-        state.summary.health = health::score(&[], &active);
+        // The signals the Lambda stored, if any, with the alerts active now.
+        let signals = stored.map(|(series, _)| series).unwrap_or_default();
+        (state.summary.health, state.summary.next_breach) = health_of(&signals, &active);
         Ok(Some(state))
     }
 
@@ -534,35 +540,28 @@ impl DynamoView {
                 return Ok(series.clone());
             }
         }
-        let most = self.signals.trend_windows.max(2).saturating_add(1);
-        let mut out = Vec::new();
-        for (sensor, metric) in &d.series {
-            let keys =
-                SortKeys::Prefix(layout::window_prefix(sensor, metric, WindowKind::Tumbling));
-            let how = Reading {
-                forward: false,
-                consistent: false,
-                page: i32::try_from(most).ok(),
-            };
-            let items = self
-                .query(&layout::device_pk(&s.device), &keys, how, most)
-                .await?;
-            let mut unit = String::new();
-            let mut points = Vec::with_capacity(items.len());
-            for item in items.iter().rev() {
-                let w = layout::window_from_item(item)?.window;
-                points.push(WindowPoint {
-                    start_ms: w.start_ms,
-                    end_ms: w.end_ms,
-                    moments: w.agg.moments,
-                });
-                unit = w.unit;
-            }
-            if let Some(mut signals) = compute(sensor, metric, &points, &self.signals) {
-                signals.unit = unit;
-                out.push(signals);
-            }
-        }
+        let mut requests = 0;
+        let mut units = 0.0;
+        let result = newest_signals(
+            self.reader.client(),
+            self.reader.table(),
+            &s.device,
+            &d.series,
+            &self.signals,
+            |used| {
+                requests += 1;
+                units += used;
+            },
+            |_| {},
+        )
+        .await;
+        self.requests.fetch_add(requests.max(1), Ordering::Relaxed);
+        self.milli_units
+            .fetch_add((units * 1000.0) as u64, Ordering::Relaxed);
+        let out = result.map_err(|e| match e {
+            SignalsError::Query(e) => self.reader.error("Query", &e),
+            SignalsError::Window(bad) => bad.into(),
+        })?;
         lock(&self.computed).insert(s.device.clone(), (s.last_seen_ms, out.clone()));
         Ok(out)
     }

@@ -9,6 +9,7 @@
 //! | `fleet` | `<device>` | the device exists (written when it is first seen, and again when half its time to live is used) |
 //! | `seen#<device>` | [`seen_sk`]: `<seq>` (epoch 0) or `<epoch>#<seq>` | a message applied, as the Lambda recorded them before the dedup set moved into the device item (read only for messages at or below the device's `legacy_seq`) |
 //! | `dev#<device>` | `device` | `readings`, `messages`, `first_seen_ms`, `last_seen_ms`, `last_event_ms`, `last_seq`, `status`, `status_ms`, the status mark (`status_epoch`, `status_seq`, `status_will_seq`, `status_time_ms`), `epochs` (number set of the journal epochs seen), `epoch` (the newest of them), `series` (string set of [`series_member`]s), `seen` (the messages applied: seq ranges per epoch, `EPOCH:LO-HI,…`), `seen_given_up`, `legacy_seq`, `listed_until` (the fleet entry's `expires_at`), `wver` |
+//! | `dev#<device>` | `health` | the device's maintenance signals ([`super::dynamo_signals`]): `series` (JSON list of each series' signals), `at_ms` (when computed) |
 //! | `dev#<device>` | `ev#<kind>#<new epoch>` | a device event ([`event_sk`]): `kind` (`journal_replaced`), `time_ms` (cloud clock), `old_epoch`, `new_epoch` |
 //! | `dev#<device>` | `w#<sensor>#<metric>#<kind>#<start>` | a window: `sensor`, `metric`, `kind`, `start_ms`, `end_ms`, `unit`, `version`, `corrections`, `count`, `sum`, `min`, `max`, `mean`, `m2`, `m3`, `m4`, `sketch` (bytes), `pending` (messages folded in that the device item's `seen` does not list yet) |
 //! | `dev#<device>` | [`alert_sk`]: `a#<seq, 20 digits>` (epoch 0) or `a#<seq, 20 digits>#<epoch>` | an alert event: `rule`, `sensor`, `metric`, `event`, `severity`, `value`, `threshold`, `time_ms`, `seq`, `epoch` |
@@ -50,6 +51,11 @@ pub const FLEET_PK: &str = "fleet";
 
 /// Sort key of the device item in a device's partition.
 pub const DEVICE_SK: &str = "device";
+
+/// Sort key of a device's maintenance signals as the Lambda last computed them
+/// ([`super::dynamo_signals`]); it sorts between the device events and the rule states, inside
+/// the range a listing reads.
+pub const SIGNALS_SK: &str = "health";
 
 /// Sort key prefix of the rule-state items.
 pub const RULE_PREFIX: &str = "r#";

@@ -8,14 +8,15 @@
 //!
 //! One row per device: whether it is connected (its last status or lifecycle event), how long
 //! ago the cloud last heard from it, the readings received, its active alerts and its health
-//! score. From the API the score is serve's (signals and alerts); the Lambda computes no
-//! signals, so from DynamoDB it is the score of the active alerts alone
-//! ([`crate::analytics::health::score`] with no signals). `--device ID` adds the device's
+//! score. From the API the score is serve's (signals and alerts); from DynamoDB it is the same
+//! score of the signals the Lambda last stored (every few minutes) and the alerts active now
+//! ([`crate::analytics::health::score`]). `--device ID` adds the device's
 //! newest window of each series and kind. The DynamoDB key layout both the Lambda and this
 //! reader use is in [`layout`].
 
 pub mod api;
 pub mod dynamo;
+pub mod dynamo_signals;
 pub mod dynamo_view;
 pub mod layout;
 

@@ -57,6 +57,9 @@ const BATCH_WRITE_ITEMS: usize = 25;
 /// Rounds of `BatchWriteItem` for items DynamoDB left unprocessed (throttling).
 const BATCH_WRITE_ROUNDS: usize = 10;
 
+/// What an attempt applied, and the device's series if its signals are due.
+type Attempt = (Vec<Applied>, Option<Vec<(String, String)>>);
+
 /// A window's identity within a device: sensor, metric, kind, start.
 type WindowKey = (String, String, WindowKind, i64);
 
@@ -142,7 +145,10 @@ impl DynamoState {
         messages: &[&Message],
     ) -> Result<Vec<Applied>, StateError> {
         for _ in 0..CONFLICT_TRIES {
-            if let Some(applied) = self.try_apply(device, messages).await? {
+            if let Some((applied, signals_due)) = self.try_apply(device, messages).await? {
+                if let Some(series) = signals_due {
+                    self.refresh_signals(device, &series).await;
+                }
                 return Ok(applied);
             }
         }
@@ -269,12 +275,13 @@ impl DynamoState {
         Ok((held, sizes))
     }
 
-    /// One attempt; `None` if the device item changed since it was read.
+    /// One attempt; `None` if the device item changed since it was read. With what was
+    /// applied, the device's series when its signals are due.
     async fn try_apply(
         &self,
         device: &str,
         messages: &[&Message],
-    ) -> Result<Option<Vec<Applied>>, StateError> {
+    ) -> Result<Option<Attempt>, StateError> {
         let pk = layout::device_pk(device);
         let read = self.read_device(&pk).await?;
         let fresh = self.new_messages(device, &read, messages).await?;
@@ -292,7 +299,7 @@ impl DynamoState {
             .map(|(m, _)| *m)
             .collect();
         if new.is_empty() {
-            return Ok(Some(applied));
+            return Ok(Some((applied, None)));
         }
         let now = now_ms();
 
@@ -400,6 +407,8 @@ impl DynamoState {
             ));
         }
         let (item, condition) = commit;
+        let signals_due =
+            (get_i64(&item, "signals_at") == Some(now)).then(|| layout::series_of(&item));
         let before = read.item.as_ref().map_or(0, item_size);
         let after = item_size(&item);
         let mut put = self
@@ -415,7 +424,7 @@ impl DynamoState {
         };
         self.usage.write(before, after);
         match put.send().await {
-            Ok(_) => Ok(Some(applied)),
+            Ok(_) => Ok(Some((applied, signals_due))),
             Err(e) => match e.as_service_error() {
                 Some(PutItemError::ConditionalCheckFailedException(_)) => Ok(None),
                 _ => Err(self.request_error("PutItem", &self.table, describe(&e))),
@@ -550,6 +559,12 @@ impl DynamoState {
             item.insert("legacy_seq".to_owned(), n(legacy));
         }
         item.insert("wver".to_owned(), n(wver.unwrap_or(0) + 1));
+        // Signals at most every so often: the device item says when they were last due.
+        if let Some((_, every_ms)) = &self.signals {
+            if get_i64(&item, "signals_at").is_none_or(|at| now - at >= *every_ms) {
+                item.insert("signals_at".to_owned(), n(now));
+            }
+        }
         self.expire(&mut item, now);
         // The fleet index entry: when the device is new, and again when its time to live is
         // half gone (the device item remembers until when it is listed).
