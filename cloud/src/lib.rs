@@ -58,6 +58,7 @@ pub mod demo;
 pub mod fleet;
 pub mod metrics;
 pub mod pipeline;
+pub mod plan;
 pub mod rules;
 pub mod secret;
 pub mod serve;

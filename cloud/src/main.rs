@@ -61,6 +61,11 @@ enum Command {
     /// it back, and see what each device applied or refused (protocol/SPEC.md, "Remote
     /// configuration").
     Rules(RulesArgs),
+    /// Plan a fleet on the AWS path (IoT Core, Kinesis, Lambda, DynamoDB): messages and their
+    /// sizes (encoded as the agent would), publishes per connection, shards, invocations,
+    /// DynamoDB units and storage, and US dollars per month line by line, with the limits it
+    /// comes near. Prices are us-east-1 on-demand; --prices FILE overrides them.
+    Plan(PlanArgs),
 }
 
 #[derive(Debug, Args)]
@@ -153,6 +158,58 @@ fn api_access(
         )?,
         ca_file,
     })
+}
+
+#[derive(Debug, Args)]
+struct PlanArgs {
+    /// Gateways.
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    devices: u64,
+    /// Series per gateway (sensor and metric pairs).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    series: u64,
+    /// Readings per second of each series.
+    #[arg(long, default_value_t = 1.0, value_name = "HZ")]
+    hz: f64,
+    /// The agent's batch.max_readings.
+    #[arg(long, default_value_t = 60, value_name = "N")]
+    max_readings: u64,
+    /// The agent's batch.max_age_ms.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    max_age_ms: u64,
+    /// The agent's batch.max_bytes.
+    #[arg(long, default_value_t = 131_072, value_name = "BYTES")]
+    max_bytes: u64,
+    /// The agent's [status] interval_s (0: no periodic status).
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    status_interval_s: f64,
+    /// Publish to a Basic Ingest topic ($aws/rules/...): no IoT Core messaging charge.
+    #[arg(long)]
+    basic_ingest: bool,
+    /// A Kinesis on-demand stream instead of provisioned shards.
+    #[arg(long)]
+    on_demand: bool,
+    /// The event source mapping's batching window (template BatchingWindowSeconds).
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    batching_window_s: f64,
+    /// The aggregator Lambda's memory.
+    #[arg(long, default_value_t = 256.0, value_name = "MB")]
+    lambda_memory_mb: f64,
+    /// Seconds between a device's maintenance signal refreshes (template SignalsEverySeconds).
+    #[arg(long, default_value_t = 600.0, value_name = "SECS")]
+    signals_every_s: f64,
+    /// Days state items are kept (template StateTtlDays; 0 counts one year).
+    #[arg(long, default_value_t = 35.0, value_name = "DAYS")]
+    ttl_days: f64,
+    /// TOML file of prices to use instead of the defaults (keys as --print-prices prints).
+    #[arg(long, value_name = "FILE")]
+    prices: Option<PathBuf>,
+    /// Print the price table (TOML, US dollars) and exit.
+    #[arg(long)]
+    print_prices: bool,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -663,6 +720,7 @@ async fn main() -> ExitCode {
         Command::Fleet(args) => fleet(args).await,
         Command::DeadLetters(args) => dead_letters(args).await,
         Command::Rules(args) => rules(args).await,
+        Command::Plan(args) => plan(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -893,6 +951,40 @@ async fn bridge(args: BridgeArgs) -> Result<()> {
 }
 
 #[cfg(feature = "demo")]
+fn plan(args: PlanArgs) -> Result<()> {
+    use osprey_cloud::plan::{self, Fleet, Prices};
+    let prices = match &args.prices {
+        Some(path) => Prices::load(path)?,
+        None => Prices::default(),
+    };
+    if args.print_prices {
+        print!("{}", prices.to_toml());
+        return Ok(());
+    }
+    let fleet = Fleet {
+        devices: args.devices,
+        series: args.series,
+        hz: args.hz,
+        max_readings: args.max_readings,
+        max_age_s: args.max_age_ms as f64 / 1000.0,
+        max_bytes: args.max_bytes,
+        status_interval_s: args.status_interval_s,
+        basic_ingest: args.basic_ingest,
+        on_demand: args.on_demand,
+        batching_window_s: args.batching_window_s,
+        lambda_memory_mb: args.lambda_memory_mb,
+        signals_every_s: args.signals_every_s,
+        ttl_days: args.ttl_days,
+    };
+    let plan = plan::plan(&fleet, &prices)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        print!("{}", plan::render(&plan));
+    }
+    Ok(())
+}
+
 fn health_report(args: HealthReportArgs) -> Result<()> {
     use osprey_cloud::analytics::report::{self, ReportConfig};
     let defaults = ReportConfig::default();
