@@ -7,8 +7,8 @@
 //!
 //! Printed per batching window: write and read units per message and per reading, items
 //! written, and the DynamoDB request cost per device-month at on-demand prices; asserted: every
-//! reading is stored once, and the template's default window stays within 3 write units per
-//! message.
+//! reading is stored once, the template's default window stays within 3 write units per
+//! message, and `osprey plan`'s model of the same fleet is within 15 % of what was measured.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
 
@@ -180,6 +180,29 @@ async fn write_units_per_message_at_the_agents_defaults() {
             per(f.items as f64),
             per(f.write_units) / readings_per_message,
             month
+        );
+    }
+    // `osprey plan`'s model of the same fleet predicts these units per message.
+    for f in &rows {
+        let fleet = osprey_cloud::plan::Fleet {
+            devices: DEVICES,
+            series: SERIES.len() as u64,
+            hz: HZ as f64,
+            max_readings: (BATCH_S * HZ) as u64 * SERIES.len() as u64,
+            max_age_s: BATCH_S as f64,
+            batching_window_s: f.window_s as f64,
+            ..osprey_cloud::plan::Fleet::default()
+        };
+        let planned = osprey_cloud::plan::plan(&fleet, &osprey_cloud::plan::Prices::default())
+            .unwrap()
+            .facts
+            .write_units_per_message;
+        let measured = f.write_units / f.messages as f64;
+        println!("window {:>3} s: osprey plan {planned:.2} write units per message, measured {measured:.2}", f.window_s);
+        assert!(
+            (measured - planned).abs() <= 0.15 * planned,
+            "osprey plan says {planned:.2} write units per message at a {} s window, moto run {measured:.2}",
+            f.window_s
         );
     }
     let default = rows.last().unwrap();
