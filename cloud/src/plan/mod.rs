@@ -238,7 +238,7 @@ impl Fleet {
         if !(self.hz.is_finite() && self.hz > 0.0 && self.hz <= 10_000.0) {
             return bad("--hz must be more than 0 and at most 10000 readings per second");
         }
-        if self.max_readings == 0 || !(self.max_age_s > 0.0) {
+        if self.max_readings == 0 || !self.max_age_s.is_finite() || self.max_age_s <= 0.0 {
             return bad("--max-readings and --max-age-ms must be more than 0");
         }
         for (name, v) in [
