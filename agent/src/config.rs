@@ -164,6 +164,8 @@ pub struct Mqtt {
     pub tls: Option<Tls>,
     /// How messages leave: a direct MQTT connection, or through a Greengrass nucleus.
     pub transport: Transport,
+    /// AWS IoT rule that messages go to directly (Basic Ingest); `None`: plain topics.
+    pub basic_ingest_rule: Option<String>,
 }
 
 /// `mqtt.transport`: how the uplink reaches AWS IoT Core.
@@ -269,6 +271,7 @@ impl Config {
                 password_file: None,
                 tls: None,
                 transport: Transport::Auto,
+                basic_ingest_rule: None,
             },
             rules: sim::default_rules(),
             sensors: Vec::new(),
@@ -491,6 +494,20 @@ fn from_raw(raw: &raw::AgentConfig, text: &str, base_dir: &Path) -> Result<Confi
                 )
             })?,
     };
+    if let Some(rule) = &raw.mqtt.basic_ingest_rule {
+        let name = rule.get_ref();
+        let valid = !name.is_empty()
+            && name.len() <= 128
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(at(
+                rule.span(),
+                "mqtt.basic_ingest_rule",
+                "must be an AWS IoT rule name: 1 to 128 letters, digits and `_` (the template's \
+                 TelemetryRuleName output)",
+            ));
+        }
+    }
     let inflight = match &raw.mqtt.inflight {
         None => default_inflight(),
         Some(v) => u16::try_from(*v.get_ref())
@@ -624,6 +641,11 @@ fn from_raw(raw: &raw::AgentConfig, text: &str, base_dir: &Path) -> Result<Confi
             password_file: raw.mqtt.password_file.as_ref().map(path),
             tls,
             transport: raw.mqtt.transport.unwrap_or_default(),
+            basic_ingest_rule: raw
+                .mqtt
+                .basic_ingest_rule
+                .as_ref()
+                .map(|r| r.get_ref().clone()),
         },
         rules: raw.rules.iter().map(|r| r.get_ref().clone()).collect(),
         sensors: sensors_config,

@@ -612,7 +612,10 @@ impl Uplink {
         payload: Vec<u8>,
         pending: Pending,
     ) -> bool {
-        let topic = topic::data(&self.device, kind);
+        let topic = match &self.mqtt.basic_ingest_rule {
+            Some(rule) => topic::basic_ingest(rule, &topic::data(&self.device, kind)),
+            None => topic::data(&self.device, kind),
+        };
         match client.publish(topic, false, payload) {
             Ok(()) => {
                 session.requested.push_back(pending);

@@ -171,11 +171,13 @@ struct PlanArgs {
     /// Readings per second of each series.
     #[arg(long, default_value_t = 1.0, value_name = "HZ")]
     hz: f64,
-    /// The agent's batch.max_readings.
-    #[arg(long, default_value_t = 60, value_name = "N")]
+    /// The agent's batch.max_readings (the agent's own default is 60; deploy/aws/
+    /// provision-device.sh writes 4096).
+    #[arg(long, default_value_t = 4096, value_name = "N")]
     max_readings: u64,
-    /// The agent's batch.max_age_ms.
-    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    /// The agent's batch.max_age_ms (the agent's own default is 5000; deploy/aws/
+    /// provision-device.sh writes 60000).
+    #[arg(long, default_value_t = 60_000, value_name = "MS")]
     max_age_ms: u64,
     /// The agent's batch.max_bytes.
     #[arg(long, default_value_t = 131_072, value_name = "BYTES")]

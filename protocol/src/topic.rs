@@ -28,6 +28,12 @@ pub fn data(device: &str, kind: Kind) -> String {
     format!("dt/osprey/{device}/{}", kind.topic_level())
 }
 
+/// `topic` sent through AWS IoT Basic Ingest to the rule `rule`: the rule is invoked directly,
+/// with no messaging charge, and sees the topic without this prefix.
+pub fn basic_ingest(rule: &str, topic: &str) -> String {
+    format!("$aws/rules/{rule}/{topic}")
+}
+
 /// The command topic for `device` and `command`.
 pub fn command(device: &str, command: &str) -> String {
     format!("cmd/osprey/{device}/{command}")

@@ -17,20 +17,19 @@ pub struct Subscriber {
 impl Subscriber {
     /// Subscribes on the broker at 127.0.0.1:`port` and returns once it receives messages.
     pub fn start(port: u16) -> Subscriber {
-        let proc = Proc::spawn(Command::new(mosquitto_tool("mosquitto_sub")).args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            "dt/osprey/#",
-            "-t",
-            "test/marker",
-            "-F",
-            "%t %x",
-        ]));
+        Subscriber::start_with(port, &[])
+    }
+
+    /// [`Subscriber::start`], also subscribed to `filters` (e.g. a Basic Ingest
+    /// `$aws/rules/<rule>/dt/osprey/#`, which `#` alone never matches).
+    pub fn start_with(port: u16, filters: &[&str]) -> Subscriber {
+        let mut cmd = Command::new(mosquitto_tool("mosquitto_sub"));
+        cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+            .args(["-t", "dt/osprey/#", "-t", "test/marker", "-F", "%t %x"]);
+        for filter in filters {
+            cmd.args(["-t", filter]);
+        }
+        let proc = Proc::spawn(&mut cmd);
         let sub = Subscriber { proc, port };
         sub.wait_ready();
         sub
@@ -54,6 +53,11 @@ impl Subscriber {
         );
     }
 
+    /// Everything it printed so far: a `topic hex` line per message.
+    pub fn stdout(&self) -> String {
+        self.proc.stdout()
+    }
+
     /// Every Osprey message received so far, in arrival order; a bundle (protocol 1.2) gives
     /// its inner messages in their order. Panics (the test's report) on a payload that does
     /// not decode.
@@ -71,6 +75,11 @@ impl Subscriber {
         self.proc
             .stdout()
             .lines()
+            // A Basic Ingest topic is its data topic after `$aws/rules/<rule>/`.
+            .map(|l| match l.strip_prefix("$aws/rules/") {
+                Some(rest) => rest.split_once('/').map_or(l, |(_, topic)| topic),
+                None => l,
+            })
             .filter(|l| l.starts_with("dt/osprey/"))
             .filter_map(|l| l.split_once(' '))
             // Data topics have four levels; `dt/osprey/<device>/config/reported` carries JSON.

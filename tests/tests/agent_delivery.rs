@@ -13,6 +13,8 @@
 //!   clear the agent decided arrives, and the alarm file never names a raise that did not.
 //! - in-flight evictions: the broker is stalled while the journal is full, so the quota evicts
 //!   messages awaiting their PUBACK; those acknowledged after all are not counted as dropped.
+//! - Basic Ingest: with `mqtt.basic_ingest_rule`, every message goes to
+//!   `$aws/rules/<rule>/dt/osprey/<device>/<kind>` and none to the plain topics.
 //! - status lifecycle: periodic statuses with the will's seq (`wq`), and a clean stop's offline
 //!   status under a fresh seq above every earlier one.
 //!
@@ -691,5 +693,51 @@ fn periodic_statuses_carry_the_will_seq_and_a_clean_stop_goes_offline_under_a_fr
          clean offline seq {offline_seq}",
         earlier.len(),
         earlier.iter().map(|(q, _, _)| *q).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn basic_ingest_sends_every_message_to_the_rules_topic_and_none_to_the_plain_one() {
+    let broker = Mosquitto::plain();
+    let rule = "$aws/rules/osprey_telemetry/dt/osprey/#";
+    let sub = Subscriber::start_with(broker.port(), &[rule]);
+    let dir = tempfile::tempdir().unwrap();
+    let extra = Extra {
+        mqtt: "basic_ingest_rule = \"osprey_telemetry\"\n",
+        ..DEFAULTS
+    };
+    let config = agent_config(dir.path(), broker.port(), 10, 300, &extra);
+    let mut agent = start_agent(&config);
+    wait_for_exit(&mut agent, Duration::from_secs(120));
+    let logs = agent.stderr();
+    let expected = log_field(&logs, " done", "readings").expect("the agent's summary line");
+    let received = dedup(sub.messages());
+    assert_eq!(readings(&received), expected, "readings lost or duplicated");
+    let stdout = sub.stdout();
+    let prefixed = stdout
+        .lines()
+        .filter(|l| l.starts_with(&format!("$aws/rules/osprey_telemetry/dt/osprey/{DEVICE}/")))
+        .count();
+    let plain = stdout
+        .lines()
+        .filter(|l| l.starts_with("dt/osprey/"))
+        .count();
+    assert!(prefixed >= received.len(), "{prefixed} on the rule's topic");
+    assert_eq!(plain, 0, "published on a plain topic:\n{stdout}");
+    // A name AWS would refuse is refused before anything runs.
+    let bad = Extra {
+        mqtt: "basic_ingest_rule = \"osprey-telemetry\"\n",
+        ..DEFAULTS
+    };
+    let config = agent_config(dir.path(), broker.port(), 10, 1, &bad);
+    let out = Command::new(bin("osprey-agent"))
+        .args(["check", "--no-device-checks"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("mqtt.basic_ingest_rule"),
+        "{err}"
     );
 }

@@ -158,6 +158,9 @@ pub(crate) struct MqttConfig {
     /// `auto` (default: through the Greengrass nucleus when running as its component, else
     /// direct), `direct` (MQTT to `host:port`) or `greengrass` (IPC PublishToIoTCore).
     pub(crate) transport: Option<super::Transport>,
+    /// AWS IoT Basic Ingest: publish to `$aws/rules/<this rule>/dt/osprey/<device>/<kind>`,
+    /// which invokes the rule with no IoT Core messaging charge (default: none, plain topics).
+    pub(crate) basic_ingest_rule: Option<Spanned<String>>,
 }
 
 /// `[mqtt.tls]`

@@ -85,14 +85,15 @@ pub struct Fleet {
 }
 
 impl Default for Fleet {
-    /// 200 gateways of 10 series at 1 Hz with the agent's and the template's defaults.
+    /// 200 gateways of 10 series at 1 Hz with the batches `deploy/aws/provision-device.sh`
+    /// configures (minute batches) and the template's defaults.
     fn default() -> Fleet {
         Fleet {
             devices: 200,
             series: 10,
             hz: 1.0,
-            max_readings: 60,
-            max_age_s: 5.0,
+            max_readings: 4096,
+            max_age_s: 60.0,
             max_bytes: 131_072,
             status_interval_s: 60.0,
             basic_ingest: false,

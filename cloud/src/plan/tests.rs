@@ -1,5 +1,14 @@
 use super::*;
 
+/// The agent's own batch defaults (60 readings, 5 s).
+fn five_s() -> Fleet {
+    Fleet {
+        max_readings: 60,
+        max_age_s: 5.0,
+        ..Fleet::default()
+    }
+}
+
 fn usd(plan: &Plan, service: &str, item: &str) -> f64 {
     plan.lines
         .iter()
@@ -8,8 +17,8 @@ fn usd(plan: &Plan, service: &str, item: &str) -> f64 {
 }
 
 #[test]
-fn the_default_fleet_sends_a_message_every_five_seconds_and_costs_per_line() {
-    let p = plan(&Fleet::default(), &Prices::default()).unwrap();
+fn the_agents_defaults_send_a_message_every_five_seconds_and_cost_per_line() {
+    let p = plan(&five_s(), &Prices::default()).unwrap();
     let x = &p.facts;
     // 60 readings at most, 5 s at most: 5 readings of each of 10 series.
     assert_eq!(x.readings_per_message, 50.0);
@@ -42,7 +51,7 @@ fn basic_ingest_drops_the_messaging_line_and_on_demand_replaces_the_shards() {
     let fleet = Fleet {
         basic_ingest: true,
         on_demand: true,
-        ..Fleet::default()
+        ..five_s()
     };
     let p = plan(&fleet, &Prices::default()).unwrap();
     assert_eq!(usd(&p, "IoT Core", "messaging (5 KB units)"), 0.0);
@@ -53,28 +62,21 @@ fn basic_ingest_drops_the_messaging_line_and_on_demand_replaces_the_shards() {
 
 #[test]
 fn longer_batches_and_windows_cost_less_per_device() {
-    let five_s = plan(&Fleet::default(), &Prices::default()).unwrap();
-    let minute = Fleet {
-        max_readings: 600,
-        max_age_s: 60.0,
-        ..Fleet::default()
-    };
-    let minute = plan(&minute, &Prices::default()).unwrap();
+    let short = plan(&five_s(), &Prices::default()).unwrap();
+    let minute = plan(&Fleet::default(), &Prices::default()).unwrap();
     assert!(
         minute.facts.message_interval_s == 60.0,
         "{:?}",
         minute.facts
     );
-    assert!(minute.facts.bytes_per_reading < five_s.facts.bytes_per_reading);
-    assert!(minute.per_device_usd < five_s.per_device_usd);
+    assert!(minute.facts.bytes_per_reading < short.facts.bytes_per_reading);
+    assert!(minute.per_device_usd < short.per_device_usd);
     let no_window = Fleet {
         batching_window_s: 0.0,
-        ..Fleet::default()
+        ..five_s()
     };
     let no_window = plan(&no_window, &Prices::default()).unwrap();
-    assert!(
-        no_window.facts.write_units_per_message > 5.0 * five_s.facts.write_units_per_message / 2.0
-    );
+    assert!(no_window.facts.write_units_per_message > 2.5 * short.facts.write_units_per_message);
 }
 
 #[test]
@@ -145,4 +147,17 @@ fn the_table_names_every_line_and_the_total() {
         assert!(text.contains(l.item), "{text}");
     }
     assert!(text.contains("per gateway"), "{text}");
+}
+
+#[test]
+fn the_provisioned_defaults_cost_under_a_dollar_a_gateway() {
+    let p = plan(&Fleet::default(), &Prices::default()).unwrap();
+    assert_eq!(p.facts.message_interval_s, 60.0);
+    assert!(p.per_device_usd < 1.0, "{}", render(&p));
+    let basic = Fleet {
+        basic_ingest: true,
+        ..Fleet::default()
+    };
+    let basic = plan(&basic, &Prices::default()).unwrap();
+    assert!(basic.per_device_usd < p.per_device_usd);
 }
