@@ -74,6 +74,7 @@ mod mark;
 mod migrate;
 mod record;
 mod recover;
+mod segment;
 mod sled_backend;
 
 use std::path::PathBuf;
@@ -85,6 +86,7 @@ pub use inspect::{inspect, Inspection, Problem};
 pub use mark::Truncation;
 pub use record::RecordError;
 pub use recover::{open_or_recover, Recovery};
+pub use segment::{SegmentJournal, SEGMENT_BYTES};
 pub use sled_backend::SledJournal;
 
 /// Default byte quota: 64 MiB of records, about a week of one reading a second per series.
@@ -304,6 +306,28 @@ pub enum JournalError {
         path: PathBuf,
         /// What sled reported.
         source: sled::Error,
+    },
+    /// The segment journal's directory or files could not be opened (missing permissions, or
+    /// another process holding its lock).
+    #[error(
+        "cannot open the journal at {path} (check that the directory is writable and that no \
+         other osprey-agent uses it)"
+    )]
+    OpenFiles {
+        /// Journal directory.
+        path: PathBuf,
+        /// What the file system reported.
+        source: std::io::Error,
+    },
+    /// Reading or writing the segment journal's files failed.
+    #[error("cannot {operation} the journal at {path}")]
+    Io {
+        /// Journal directory.
+        path: PathBuf,
+        /// What was being done ("append message 7 to", "flush", ...).
+        operation: String,
+        /// What the file system reported.
+        source: std::io::Error,
     },
     /// Storing a message failed.
     #[error("cannot write message {seq} to the journal at {path}")]

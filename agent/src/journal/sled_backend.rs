@@ -22,13 +22,11 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use super::mark::{self, Mark, MarkWriter, Truncation};
 use super::record::{self, RecordError, KEY_LEN};
 use super::{
-    lease::{self, Lease, LeaseFile},
+    lease::{self, Numbering, FIRST_SEQ},
     migrate, Appended, Class, Counters, Dropped, Durability, Entry, Journal, JournalError,
     JournalOptions, Record,
 };
 
-/// First sequence number of a fresh journal.
-const FIRST_SEQ: u64 = 1;
 /// Key of the counters.
 const COUNTERS_KEY: &[u8] = b"mcounters";
 /// Key of the format marker, written when the journal is created.
@@ -89,14 +87,6 @@ pub(crate) fn class_index(class: Class) -> usize {
     }
 }
 
-/// The next number to hand out, how far the lease file allows, and the epoch stored with it.
-#[derive(Debug)]
-struct Seqs {
-    next: u64,
-    leased: u64,
-    epoch: u64,
-}
-
 /// A journal stored in a sled database directory.
 pub struct SledJournal {
     path: PathBuf,
@@ -104,7 +94,7 @@ pub struct SledJournal {
     tree: sled::Tree,
     options: JournalOptions,
     state: Mutex<State>,
-    seqs: Mutex<Seqs>,
+    seqs: Mutex<Numbering>,
     /// Highest sequence number appended.
     last_appended: AtomicU64,
     /// Stored entries below this seq may carry another epoch than the current one.
@@ -249,51 +239,16 @@ impl SledJournal {
         // database. The marker is written right after the first lease, so a journal that has a
         // lease past the first number but no marker has lost data behind sled's back.
         let marked = tree.contains_key(FORMAT_KEY).map_err(open_err)?;
-        let epoch = if marked {
-            match lease_file {
-                LeaseFile::Intact(lease) => lease.epoch,
-                // A journal from before the lease, or one that never handed out a number:
-                // not replaced, so epoch 0 (see `lease`).
-                LeaseFile::Absent => 0,
-                LeaseFile::Damaged => {
-                    // The numbering cannot be trusted: a new epoch, stored with the next lease
-                    // (before any number is handed out under it).
-                    let epoch = lease::new_epoch();
-                    tracing::warn!(journal = %path.display(), epoch,
-                        "the sequence lease is damaged: numbering continues under a new journal epoch");
-                    epoch
-                }
-            }
-        } else {
-            let epoch = match lease_file {
-                LeaseFile::Absent => {
-                    // A new journal: draw its epoch and store it before the marker.
-                    let lease = Lease {
-                        next: FIRST_SEQ,
-                        epoch: lease::new_epoch(),
-                    };
-                    lease::write(path, lease).map_err(|source| JournalError::Reserve {
-                        path: path.to_owned(),
-                        source,
-                    })?;
-                    lease.epoch
-                }
-                // Created, but stopped before the marker was written: no number was handed out.
-                LeaseFile::Intact(lease) if lease.next == FIRST_SEQ && lease.epoch != 0 => {
-                    lease.epoch
-                }
-                LeaseFile::Intact(_) | LeaseFile::Damaged => {
-                    return Err(JournalError::Corrupt {
-                        path: path.to_owned(),
-                        what: "the database lost its records (sled dropped a damaged log)"
-                            .to_owned(),
-                    });
-                }
-            };
+        let epoch = lease::epoch_at_open(
+            path,
+            lease_file,
+            marked,
+            "the database lost its records (sled dropped a damaged log)",
+        )?;
+        if !marked {
             tree.insert(FORMAT_KEY, &[1u8][..]).map_err(open_err)?;
             db.flush().map_err(open_err)?;
-            epoch
-        };
+        }
         let foreign_below = epochs
             .iter()
             .filter(|(e, _)| **e != epoch)
@@ -308,12 +263,7 @@ impl SledJournal {
             tree,
             options,
             state: Mutex::new(state),
-            // The lease must be renewed before `next` is handed out.
-            seqs: Mutex::new(Seqs {
-                next,
-                leased: next,
-                epoch,
-            }),
+            seqs: Mutex::new(Numbering::starting_at(next, epoch)),
             last_appended: AtomicU64::new(last_seq),
             foreign_below: AtomicU64::new(foreign_below),
             durable: AtomicU64::new(last_seq),
@@ -340,20 +290,7 @@ impl SledJournal {
     /// number below `seq` is handed out; both are stored in the lease at once (durably), so a
     /// crash right after a recovery cannot reuse a number under the same epoch.
     pub(crate) fn continue_numbering(&self, epoch: u64, seq: u64) -> Result<(), JournalError> {
-        let mut seqs = lock(&self.seqs);
-        let next = seqs.next.max(seq);
-        lease::write(&self.path, Lease { next, epoch }).map_err(|source| {
-            JournalError::Reserve {
-                path: self.path.clone(),
-                source,
-            }
-        })?;
-        *seqs = Seqs {
-            next,
-            leased: next,
-            epoch,
-        };
-        Ok(())
+        lock(&self.seqs).continue_at(&self.path, epoch, seq)
     }
 
     /// Notes that entries below `seq` may carry another epoch (salvaged from a replaced journal
@@ -463,7 +400,7 @@ struct Evicted {
     gone: Vec<(Class, u64, u32)>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock only means another thread panicked mid-update; the sizes are statistics
     // and the counters are re-read from disk on the next open.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -562,30 +499,11 @@ pub(crate) fn is_lock_held(e: &std::io::Error) -> bool {
 
 impl Journal for SledJournal {
     fn reserve_seq(&self) -> Result<u64, JournalError> {
-        let mut seqs = lock(&self.seqs);
-        let seq = seqs.next;
-        let after = seq
-            .checked_add(1)
-            .ok_or_else(|| JournalError::SeqExhausted {
-                path: self.path.clone(),
-            })?;
-        if seq >= seqs.leased {
-            let lease = seq.saturating_add(lease::BLOCK);
-            let epoch = seqs.epoch;
-            lease::write(&self.path, Lease { next: lease, epoch }).map_err(|source| {
-                JournalError::Reserve {
-                    path: self.path.clone(),
-                    source,
-                }
-            })?;
-            seqs.leased = lease;
-        }
-        seqs.next = after;
-        Ok(seq)
+        lock(&self.seqs).reserve(&self.path)
     }
 
     fn epoch(&self) -> u64 {
-        lock(&self.seqs).epoch
+        lock(&self.seqs).epoch()
     }
 
     fn foreign_epochs_below(&self) -> u64 {

@@ -1,0 +1,847 @@
+//! The segment-log implementation of [`Journal`]: append-only files of checksummed records,
+//! written so that an SD card sees few writes and an open reads little.
+//!
+//! # On-disk rules
+//!
+//! | what | where | content |
+//! |---|---|---|
+//! | format marker | file `segment.format` | `osprey segment journal 1`; written at creation, after the first lease; its `flock` keeps a second agent out |
+//! | sequence lease and epoch | file `seq.lease` | see [`super::lease`] (shared with the sled backend) |
+//! | segments | files `<16 hex digits>.seg` | `OSPSEG\0\1`, then records (see [`format`]) |
+//!
+//! - Records are appended to the newest segment (the tail) only, each with one `pwrite`. A
+//!   record is a 26-byte header (length, type, kind, seq, readings, CRC-32 of the body, CRC-32
+//!   of the header) and a body. Types: a *message* (the encoded envelope), a *gone* record
+//!   (messages delivered, evicted or quarantined, each with its class, size and readings, and,
+//!   when they changed, the counters), and a *checkpoint*.
+//! - Every segment opens with a checkpoint: the counters and, for every older segment that
+//!   still holds a message, its seq range, live messages, bytes and readings, and the seqs of
+//!   its messages that are gone. A segment is full at [`SEGMENT_BYTES`]; the next record goes
+//!   to a new one (the full one is fdatasynced first, so a checkpoint never describes records
+//!   that a power cut can take back).
+//! - Open reads the newest segment's checkpoint and replays that segment (messages, gone
+//!   records), at most [`SEGMENT_BYTES`]: the time does not grow with the backlog. Older
+//!   segments are read when a message in them is first needed (read, removed, evicted). The
+//!   body checksum of a message is checked when it is read. Open then starts a new segment
+//!   (with a checkpoint of everything), so every run begins on a clean tail.
+//! - Group commit: with [`Durability::Interval`] appends and removals are plain writes and
+//!   [`Journal::sync`] is the one `fdatasync` of the interval (plus an `fsync` of the
+//!   directory after a segment was created); with [`Durability::EachAppend`] every append ends
+//!   with it. [`Journal::read`] returns durable messages only, as the trait says.
+//! - A segment whose messages are all gone is deleted after the flush that made its last gone
+//!   record durable. Disk use is the live records plus the dead ones that share a segment with
+//!   a live one: at most about the quota plus one segment per message pinned in an old
+//!   segment (normally one or two segments).
+//! - Quota ([`JournalOptions::max_bytes`]): counted exactly as the sled backend counts it (key
+//!   + header + envelope per message, so the same quota keeps the same messages). When an
+//!   append would exceed it, the oldest telemetry is evicted; alerts only make room for alerts;
+//!   a batch that finds only alerts left is dropped. The evictions and the updated counters are
+//!   one gone record written in the same `pwrite` as the new message: a crash keeps both or
+//!   neither. Counted in [`Counters::dropped`] and [`Counters::quota_readings`].
+//! - Damage. A torn write at the end of the tail (a power cut mid-append) fails its header
+//!   checksum or runs past the end of the file: open truncates the tail there (never durable,
+//!   so never published: nothing is lost that left the device). A message whose body fails
+//!   its checksum when read is *quarantined*: logged, marked gone, counted in
+//!   [`Counters::dropped`] (its header, which has its own checksum, gives its kind and
+//!   readings), and delivery carries on. A header that fails in an older segment cuts that
+//!   segment there: the messages the checkpoint says it held beyond the cut are counted as
+//!   dropped, once (the cut is stored with the next checkpoint). A segment file that has gone
+//!   missing counts its live messages as dropped the same way. Nothing here panics or stops
+//!   the agent; only I/O errors fail an operation.
+//! - Memory: the index of a segment (32 bytes per message) is built when it is first needed
+//!   and kept while the segment lives.
+//!
+//! Files are created 0600 and a new journal directory 0700.
+
+mod file;
+mod format;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::{DirBuilderExt as _, FileExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use fs2::FileExt as _;
+use osprey_protocol::Kind;
+
+use self::file::{Live, Records, Segment, Slot};
+use self::format::{Checkpoint, Gone, Item, State, CHECKPOINT, GONE, MESSAGE};
+use super::lease::{self, LeaseFile, Numbering, FIRST_SEQ};
+use super::{
+    Appended, Class, Counters, Dropped, Durability, Entry, Journal, JournalError, JournalOptions,
+    Record,
+};
+
+/// Size at which a segment is full: what an open replays at most.
+pub const SEGMENT_BYTES: u64 = 1024 * 1024;
+/// Name of the format marker, whose presence says a directory holds a segment journal.
+pub(crate) const FORMAT_FILE: &str = "segment.format";
+const FORMAT_TEXT: &[u8] = b"osprey segment journal 1\n";
+
+/// A journal stored as segment files in a directory. See the [module docs](self).
+pub struct SegmentJournal {
+    path: PathBuf,
+    options: JournalOptions,
+    inner: Mutex<Inner>,
+    seqs: Mutex<Numbering>,
+    /// Holds the directory's lock while the journal is open.
+    _lock: File,
+}
+
+impl std::fmt::Debug for SegmentJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentJournal")
+            .field("path", &self.path)
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    super::sled_backend::lock(mutex)
+}
+
+/// The kind a dropped message of `class` is counted as.
+fn kind_of(class: Class) -> Kind {
+    match class {
+        Class::Priority => Kind::Alert,
+        Class::Telemetry => Kind::Telemetry,
+    }
+}
+
+/// Everything behind the journal's lock.
+struct Inner {
+    dir: PathBuf,
+    /// Every segment that holds a message, and the tail, by id (= by seq).
+    segments: BTreeMap<u64, Segment>,
+    /// Id of the tail segment (0 before the first is created).
+    tail: u64,
+    /// Bytes in the tail file.
+    tail_len: u64,
+    /// Where the tail's first record after its checkpoint goes.
+    tail_start: u64,
+    state: State,
+    live: Live,
+    /// Highest seq appended.
+    high: u64,
+    /// Highest seq appended, and highest known durable.
+    last_appended: u64,
+    durable: u64,
+    /// Segments whose messages are all gone: deleted after the next flush.
+    emptied: Vec<u64>,
+    /// A segment was created since the last flush: the directory needs an fsync too.
+    dir_dirty: bool,
+    /// A segment lost records (counted): write a checkpoint soon so it is counted once.
+    needs_checkpoint: bool,
+}
+
+impl Inner {
+    fn tail_file(&mut self) -> std::io::Result<&File> {
+        let dir = self.dir.clone();
+        self.segments
+            .get_mut(&self.tail)
+            .ok_or_else(|| std::io::Error::other("no tail segment"))?
+            .file(&dir)
+    }
+
+    /// Appends `bytes` to the tail with one write; on failure the tail is cut back so that a
+    /// half-written record cannot hide the ones after it.
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let at = self.tail_len;
+        let file = self.tail_file()?;
+        if let Err(e) = file.write_all_at(bytes, at) {
+            let _ = file.set_len(at);
+            return Err(e);
+        }
+        self.tail_len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Makes everything written durable (one fdatasync, and the directory after a segment
+    /// was created), then deletes the segments emptied before it.
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tail_file()?.sync_data()?;
+        if self.dir_dirty {
+            File::open(&self.dir)?.sync_all()?;
+            self.dir_dirty = false;
+        }
+        self.durable = self.last_appended;
+        for id in std::mem::take(&mut self.emptied) {
+            if id != self.tail && self.segments.get(&id).is_some_and(|s| s.live.total() == 0) {
+                self.segments.remove(&id);
+                remove_file(&file::path(&self.dir, id))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals the tail (fdatasynced) and starts a new one with a checkpoint of everything.
+    fn roll(&mut self) -> std::io::Result<()> {
+        if self.tail != 0 {
+            self.tail_file()?.sync_data()?;
+            self.durable = self.last_appended;
+            if self
+                .segments
+                .get(&self.tail)
+                .is_some_and(|s| s.live.total() == 0)
+            {
+                self.emptied.push(self.tail);
+            }
+        }
+        let id = self.tail + 1;
+        let checkpoint = Checkpoint {
+            state: self.state,
+            segments: self
+                .segments
+                .values()
+                .filter(|s| s.live.total() > 0)
+                .map(Segment::summary)
+                .collect(),
+        };
+        let record = checkpoint.encode(id);
+        let created = file::create(&self.dir, id, &record)?;
+        let mut segment = Segment::empty(id);
+        segment.set_file(created);
+        self.segments.insert(id, segment);
+        self.tail = id;
+        self.tail_len = (format::FILE_MAGIC.len() + record.len()) as u64;
+        self.tail_start = self.tail_len;
+        self.dir_dirty = true;
+        self.needs_checkpoint = false;
+        Ok(())
+    }
+
+    /// The segment whose seq range holds `seq`.
+    fn locate(&self, seq: u64) -> Option<u64> {
+        self.segments
+            .values()
+            .rev()
+            .find(|s| s.covers(seq))
+            .map(|s| s.id)
+    }
+
+    /// Builds the index of segment `id` if needed; what it finds missing is counted as lost.
+    fn ensure_index(&mut self, id: u64) -> std::io::Result<()> {
+        let dir = self.dir.clone();
+        let Some(segment) = self.segments.get_mut(&id) else {
+            return Ok(());
+        };
+        if segment.index.is_some() {
+            return Ok(());
+        }
+        let before = segment.live;
+        let lost = segment.load_index(&dir)?;
+        let after = segment.live;
+        self.live.sub_all(&before);
+        self.live.add_all(&after);
+        if !lost.is_empty() {
+            tracing::error!(journal = %dir.display(), segment = id, lost_batches = lost.batches,
+                lost_readings = lost.readings, lost_alerts = lost.alerts,
+                "a journal segment is damaged or missing: its unreadable messages are counted as dropped");
+            self.state.counters.dropped.add(lost);
+            self.needs_checkpoint = true;
+        }
+        if after.total() == 0 && id != self.tail {
+            self.emptied.push(id);
+        }
+        Ok(())
+    }
+
+    /// Marks `item` of segment `id` gone.
+    fn gone(&mut self, id: u64, item: &Item) {
+        let Some(segment) = self.segments.get_mut(&id) else {
+            return;
+        };
+        if segment.take(item) {
+            self.live.sub(item);
+            if segment.live.total() == 0 && id != self.tail {
+                self.emptied.push(id);
+            }
+        }
+    }
+
+    /// Applies a gone record found while replaying.
+    fn replay_gone(&mut self, gone: &Gone) {
+        if let Some(state) = gone.state {
+            self.state = state;
+        }
+        for item in &gone.items {
+            if let Some(id) = self.locate(item.seq) {
+                self.gone(id, item);
+            }
+        }
+    }
+
+    /// Oldest live messages of `class`, in order, until `enough(freed bytes)`.
+    fn oldest(
+        &mut self,
+        class: Class,
+        enough: impl Fn(u64) -> bool,
+        freed: &mut u64,
+        victims: &mut Vec<Item>,
+    ) -> std::io::Result<()> {
+        let c = file::class_index(class);
+        let ids: Vec<u64> = self
+            .segments
+            .values()
+            .filter(|s| s.live.count[c] > 0)
+            .map(|s| s.id)
+            .collect();
+        for id in ids {
+            if enough(*freed) {
+                return Ok(());
+            }
+            self.ensure_index(id)?;
+            let Some(segment) = self.segments.get(&id) else {
+                continue;
+            };
+            for slot in segment.live_slots(class, 0) {
+                if enough(*freed) {
+                    return Ok(());
+                }
+                *freed += slot.size();
+                victims.push(slot.item());
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a change of counters (nothing else) in the log.
+    fn write_state(&mut self, state: State) -> std::io::Result<()> {
+        self.write(
+            &Gone {
+                state: Some(state),
+                items: Vec::new(),
+            }
+            .encode(),
+        )?;
+        self.state = state;
+        Ok(())
+    }
+
+    /// Quarantines a message whose record fails its checksum: logged, gone, counted.
+    fn quarantine(&mut self, id: u64, slot: &Slot) -> std::io::Result<()> {
+        tracing::error!(journal = %self.dir.display(), seq = slot.seq, segment = id,
+            "a journal record fails its checksum: dropped and counted (check the SD card)");
+        let item = slot.item();
+        let mut state = self.state;
+        state
+            .counters
+            .dropped
+            .add(Dropped::one(slot.kind, slot.readings));
+        self.write(
+            &Gone {
+                state: Some(state),
+                items: vec![item],
+            }
+            .encode(),
+        )?;
+        self.state = state;
+        self.gone(id, &item);
+        Ok(())
+    }
+
+    /// Writes the checkpoint owed after counting a loss.
+    fn settle(&mut self) -> std::io::Result<()> {
+        if self.needs_checkpoint {
+            self.roll()?;
+        }
+        Ok(())
+    }
+}
+
+fn remove_file(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+impl SegmentJournal {
+    /// Opens (or creates) the journal in directory `path` with default options. Blocking.
+    pub fn open(path: &Path) -> Result<SegmentJournal, JournalError> {
+        SegmentJournal::open_with(path, JournalOptions::default())
+    }
+
+    /// Opens (or creates) the journal in directory `path`. Blocking; reads the newest
+    /// segment only. Damage is quarantined and counted, never an error; I/O errors, a journal
+    /// held by another process and a lease without the format marker are.
+    pub fn open_with(path: &Path, options: JournalOptions) -> Result<SegmentJournal, JournalError> {
+        let open_err = |source| JournalError::OpenFiles {
+            path: path.to_owned(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(open_err)?;
+        let marker = path.join(FORMAT_FILE);
+        let marked = marker.exists();
+        let lease_file = lease::read(path);
+        let epoch = lease::epoch_at_open(
+            path,
+            lease_file,
+            marked,
+            "the segment journal's format marker is gone",
+        )?;
+        if !marked {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&marker)
+                .map_err(open_err)?;
+            file.write_all_at(FORMAT_TEXT, 0).map_err(open_err)?;
+            file.sync_all().map_err(open_err)?;
+            File::open(path)
+                .and_then(|d| d.sync_all())
+                .map_err(open_err)?;
+        }
+        let lock_file = File::open(&marker).map_err(open_err)?;
+        lock_file.try_lock_exclusive().map_err(open_err)?;
+        let mut inner = replay(path).map_err(open_err)?;
+        if marked && lease_file == LeaseFile::Damaged {
+            // Stored messages may carry the old epoch.
+            inner.state.foreign_below = inner.state.foreign_below.max(inner.high + 1);
+        }
+        if inner.tail == 0 && lease_file.lease().is_some_and(|l| l.next > FIRST_SEQ) {
+            tracing::error!(journal = %path.display(),
+                "the journal's segment files are gone: starting empty (what they held is unknown)");
+            inner.state.counters.resets += 1;
+        }
+        inner.roll().map_err(open_err)?;
+        inner.flush().map_err(open_err)?;
+        let leased = lease_file.lease().map_or(FIRST_SEQ, |l| l.next);
+        let next = leased.max(inner.high.saturating_add(1)).max(FIRST_SEQ);
+        Ok(SegmentJournal {
+            path: path.to_owned(),
+            options,
+            inner: Mutex::new(inner),
+            seqs: Mutex::new(Numbering::starting_at(next, epoch)),
+            _lock: lock_file,
+        })
+    }
+
+    /// The journal directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io_err(&self, operation: String) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
+        move |source| JournalError::Io {
+            path: self.path.clone(),
+            operation,
+            source,
+        }
+    }
+
+    /// Every message, intact or not, checked: (intact entries, damaged seqs). For operators'
+    /// `journal verify`; reads every segment.
+    pub(crate) fn check_all(&self) -> Result<(Vec<Entry>, Vec<(Class, u64)>), JournalError> {
+        let mut inner = lock(&self.inner);
+        let dir = inner.dir.clone();
+        let ids: Vec<u64> = inner.segments.keys().copied().collect();
+        let (mut entries, mut damaged) = (Vec::new(), Vec::new());
+        for id in ids {
+            inner
+                .ensure_index(id)
+                .map_err(self.io_err("read".to_owned()))?;
+            let Some(segment) = inner.segments.get_mut(&id) else {
+                continue;
+            };
+            let slots: Vec<Slot> = [Class::Priority, Class::Telemetry]
+                .into_iter()
+                .flat_map(|c| segment.live_slots(c, 0).collect::<Vec<_>>())
+                .collect();
+            for slot in slots {
+                match segment
+                    .read_body(&dir, &slot)
+                    .map_err(self.io_err("read".to_owned()))?
+                {
+                    Some(message) => entries.push(Entry {
+                        seq: slot.seq,
+                        kind: slot.kind,
+                        readings: slot.readings,
+                        message,
+                    }),
+                    None => damaged.push((slot.class(), slot.seq)),
+                }
+            }
+        }
+        entries.sort_by_key(|e| (e.class() != Class::Priority, e.seq));
+        Ok((entries, damaged))
+    }
+}
+
+/// Rebuilds the in-memory state of the journal in `dir` from the newest intact checkpoint and
+/// the segments from there on; cuts a torn tail; deletes segments that hold nothing.
+fn replay(dir: &Path) -> std::io::Result<Inner> {
+    let ids = file::list(dir)?;
+    let mut start = None;
+    for &id in ids.iter().rev() {
+        let bytes = std::fs::read(file::path(dir, id))?;
+        let checkpoint = Records::new(&bytes).next().and_then(|(_, h, body)| {
+            (h.kind == CHECKPOINT && h.seq == id && h.body_ok(body))
+                .then(|| Checkpoint::decode(body))
+                .flatten()
+        });
+        if let Some(checkpoint) = checkpoint {
+            start = Some((id, checkpoint));
+            break;
+        }
+    }
+    let (start_id, checkpoint) =
+        start.unwrap_or_else(|| (ids.first().copied().unwrap_or(0), Checkpoint::default()));
+    let mut inner = Inner {
+        dir: dir.to_owned(),
+        segments: BTreeMap::new(),
+        tail: 0,
+        tail_len: 0,
+        tail_start: 0,
+        state: checkpoint.state,
+        live: Live::default(),
+        high: 0,
+        last_appended: 0,
+        durable: 0,
+        emptied: Vec::new(),
+        dir_dirty: false,
+        needs_checkpoint: false,
+    };
+    let mut lost = Dropped::default();
+    for summary in checkpoint.segments.iter().filter(|s| s.id < start_id) {
+        let segment = Segment::from_summary(summary);
+        if file::path(dir, summary.id).exists() {
+            inner.segments.insert(summary.id, segment);
+        } else {
+            lost.add(segment.live.as_dropped());
+        }
+    }
+    let newest = ids.last().copied().unwrap_or(0);
+    for &id in ids.iter().filter(|id| **id >= start_id) {
+        let bytes = std::fs::read(file::path(dir, id))?;
+        inner.segments.insert(id, Segment::empty(id));
+        let mut records = Records::new(&bytes);
+        for (offset, header, body) in records.by_ref() {
+            match header.kind {
+                MESSAGE => {
+                    if let (Some(slot), Some(segment)) =
+                        (Slot::of(&header, offset), inner.segments.get_mut(&id))
+                    {
+                        segment.push(slot);
+                    }
+                }
+                GONE => match Some(body)
+                    .filter(|b| header.body_ok(b))
+                    .and_then(Gone::decode)
+                {
+                    Some(gone) => inner.replay_gone(&gone),
+                    // Its messages come back: sent again, a duplicate the cloud drops.
+                    None => tracing::warn!(journal = %dir.display(), segment = id, offset,
+                        "a damaged acknowledgement record in the journal is ignored"),
+                },
+                _ => {}
+            }
+        }
+        if !records.clean() {
+            if id == newest {
+                // A write torn by a power cut (never durable, never published): cut it off.
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(file::path(dir, id))?;
+                file.set_len(records.end())?;
+                file.sync_data()?;
+            } else if let Some(segment) = inner.segments.get_mut(&id) {
+                tracing::error!(journal = %dir.display(), segment = id, offset = records.end(),
+                    "a journal segment is damaged: the records after the damage are lost");
+                segment.cut = records.end();
+            }
+        }
+    }
+    inner.state.counters.dropped.add(lost);
+    if !lost.is_empty() {
+        tracing::error!(journal = %dir.display(), lost_batches = lost.batches,
+            lost_readings = lost.readings, lost_alerts = lost.alerts,
+            "journal segment files are missing: their messages are counted as dropped");
+    }
+    // Files no checkpoint needs any more (emptied before a crash, or orphans).
+    for &id in &ids {
+        if inner.segments.get(&id).is_none_or(|s| s.live.total() == 0) && id != newest {
+            inner.segments.remove(&id);
+            remove_file(&file::path(dir, id))?;
+        }
+    }
+    inner.live = Live::default();
+    for segment in inner.segments.values() {
+        let live = segment.live;
+        inner.live.add_all(&live);
+        inner.high = inner.high.max(segment.last);
+    }
+    inner.tail = newest;
+    if let Some(segment) = inner.segments.get_mut(&newest) {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(file::path(dir, newest))?;
+        inner.tail_len = file.metadata()?.len();
+        segment.set_file(file);
+    }
+    inner.last_appended = inner.high;
+    inner.durable = inner.high;
+    Ok(inner)
+}
+
+impl Journal for SegmentJournal {
+    fn reserve_seq(&self) -> Result<u64, JournalError> {
+        lock(&self.seqs).reserve(&self.path)
+    }
+
+    fn epoch(&self) -> u64 {
+        lock(&self.seqs).epoch()
+    }
+
+    fn foreign_epochs_below(&self) -> u64 {
+        lock(&self.inner).state.foreign_below
+    }
+
+    fn append(&self, record: &Record<'_>) -> Result<Appended, JournalError> {
+        let seq = record.seq;
+        let class = Class::of(record.kind);
+        let slot = Slot {
+            seq,
+            kind: record.kind,
+            offset: 0,
+            len: u32::try_from(record.message.len()).unwrap_or(u32::MAX),
+            readings: record.readings,
+        };
+        let size = slot.size();
+        let max = self.options.max_bytes;
+        if size > max {
+            return Err(JournalError::TooLarge {
+                path: self.path.clone(),
+                seq,
+                bytes: size,
+                max_bytes: max,
+            });
+        }
+        let err = self.io_err(format!("append message {seq} to"));
+        let mut inner = lock(&self.inner);
+        if seq <= inner.high {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("appends must come in increasing seq; {} is stored", inner.high),
+            )));
+        }
+        let result = (|| {
+            let bytes = inner.live.bytes;
+            let fits = |freed: u64| bytes - freed + size <= max;
+            let (mut victims, mut freed) = (Vec::new(), 0);
+            // Oldest telemetry first; alerts only make room for alerts.
+            inner.oldest(Class::Telemetry, fits, &mut freed, &mut victims)?;
+            if class == Class::Telemetry && !fits(freed) {
+                // Only alerts are left and they stay: drop this batch, evict nothing.
+                victims.clear();
+                freed = 0;
+            }
+            if class == Class::Priority {
+                inner.oldest(Class::Priority, fits, &mut freed, &mut victims)?;
+            }
+            let stored = fits(freed);
+            let mut dropped = Dropped::default();
+            for v in &victims {
+                dropped.add(Dropped::one(kind_of(v.class), v.readings));
+            }
+            if !stored {
+                dropped.add(Dropped::one(record.kind, record.readings));
+            }
+            let mut state = inner.state;
+            let mut out = Vec::new();
+            if !dropped.is_empty() {
+                state.counters.dropped.add(dropped);
+                state.counters.quota_readings = state
+                    .counters
+                    .quota_readings
+                    .saturating_add(dropped.readings);
+                out = Gone {
+                    state: Some(state),
+                    items: victims.clone(),
+                }
+                .encode();
+            }
+            let gone_len = out.len() as u64;
+            if stored {
+                out.extend(format::message(
+                    record.kind,
+                    seq,
+                    record.readings,
+                    record.message,
+                ));
+            }
+            if inner.tail_len > inner.tail_start
+                && inner.tail_len + out.len() as u64 > SEGMENT_BYTES
+            {
+                inner.roll()?;
+            }
+            let offset = inner.tail_len + gone_len;
+            inner.write(&out)?;
+            inner.state = state;
+            for v in &victims {
+                if let Some(id) = inner.locate(v.seq) {
+                    inner.gone(id, v);
+                }
+            }
+            if stored {
+                let tail = inner.tail;
+                if let Some(segment) = inner.segments.get_mut(&tail) {
+                    segment.push(Slot { offset, ..slot });
+                }
+                inner.live.add(&slot.item());
+                inner.high = seq;
+            }
+            inner.last_appended = inner.last_appended.max(seq);
+            inner.settle()?;
+            if self.options.durability == Durability::EachAppend {
+                // On disk before it can be published.
+                inner.flush()?;
+            }
+            Ok(Appended { stored, dropped })
+        })();
+        result.map_err(err)
+    }
+
+    fn remove(&self, class: Class, seq: u64) -> Result<bool, JournalError> {
+        let mut inner = lock(&self.inner);
+        let result = (|| {
+            let Some(id) = inner.locate(seq) else {
+                return Ok(false);
+            };
+            inner.ensure_index(id)?;
+            let slot = inner
+                .segments
+                .get(&id)
+                .and_then(|s| s.live_slot(class, seq));
+            let Some(slot) = slot else {
+                inner.settle()?;
+                return Ok(false);
+            };
+            let item = slot.item();
+            inner.write(
+                &Gone {
+                    state: None,
+                    items: vec![item],
+                }
+                .encode(),
+            )?;
+            inner.gone(id, &item);
+            inner.settle()?;
+            Ok(true)
+        })();
+        result.map_err(self.io_err(format!("remove message {seq} from")))
+    }
+
+    fn uncount_evicted(&self, delivered: Dropped) -> Result<(), JournalError> {
+        if delivered.is_empty() {
+            return Ok(());
+        }
+        let mut inner = lock(&self.inner);
+        let mut state = inner.state;
+        let d = &mut state.counters.dropped;
+        d.batches = d.batches.saturating_sub(delivered.batches);
+        d.readings = d.readings.saturating_sub(delivered.readings);
+        d.alerts = d.alerts.saturating_sub(delivered.alerts);
+        state.counters.quota_readings = state
+            .counters
+            .quota_readings
+            .saturating_sub(delivered.readings);
+        inner
+            .write_state(state)
+            .map_err(self.io_err("store the counters of".to_owned()))
+    }
+
+    fn read(&self, class: Class, from: u64, limit: usize) -> Result<Vec<Entry>, JournalError> {
+        let mut inner = lock(&self.inner);
+        let result = (|| {
+            let durable = inner.durable;
+            let mut entries = Vec::new();
+            if from > durable {
+                return Ok(entries);
+            }
+            let c = file::class_index(class);
+            let ids: Vec<u64> = inner
+                .segments
+                .values()
+                .filter(|s| s.live.count[c] > 0 && s.last >= from)
+                .map(|s| s.id)
+                .collect();
+            let dir = inner.dir.clone();
+            for id in ids {
+                if entries.len() >= limit {
+                    break;
+                }
+                inner.ensure_index(id)?;
+                let Some(segment) = inner.segments.get_mut(&id) else {
+                    continue;
+                };
+                let slots: Vec<Slot> = segment
+                    .live_slots(class, from)
+                    .take_while(|s| s.seq <= durable)
+                    .take(limit - entries.len())
+                    .collect();
+                for slot in slots {
+                    let Some(segment) = inner.segments.get_mut(&id) else {
+                        break;
+                    };
+                    match segment.read_body(&dir, &slot)? {
+                        Some(message) => entries.push(Entry {
+                            seq: slot.seq,
+                            kind: slot.kind,
+                            readings: slot.readings,
+                            message,
+                        }),
+                        None => inner.quarantine(id, &slot)?,
+                    }
+                }
+            }
+            inner.settle()?;
+            Ok(entries)
+        })();
+        result.map_err(self.io_err("read".to_owned()))
+    }
+
+    fn len(&self) -> u64 {
+        lock(&self.inner).live.total()
+    }
+
+    fn bytes(&self) -> u64 {
+        lock(&self.inner).live.bytes
+    }
+
+    fn counters(&self) -> Counters {
+        lock(&self.inner).state.counters
+    }
+
+    fn count_dropped(&self, dropped: Dropped) -> Result<(), JournalError> {
+        let mut inner = lock(&self.inner);
+        let mut state = inner.state;
+        state.counters.dropped.add(dropped);
+        inner
+            .write_state(state)
+            .map_err(self.io_err("store the counters of".to_owned()))
+    }
+
+    fn needs_sync(&self) -> bool {
+        let inner = lock(&self.inner);
+        inner.last_appended > inner.durable
+    }
+
+    fn sync(&self) -> Result<(), JournalError> {
+        lock(&self.inner)
+            .flush()
+            .map_err(self.io_err("flush".to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests;
