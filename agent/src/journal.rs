@@ -68,6 +68,7 @@
 //! Errors follow the `std::error::Error` convention: the message describes this failure, and
 //! the cause (sled's error) is its `source()`; print the chain (`{:#}` with anyhow) to see both.
 
+mod backend;
 mod inspect;
 mod lease;
 mod mark;
@@ -82,6 +83,7 @@ use std::time::Duration;
 
 use osprey_protocol::Kind;
 
+pub use backend::{open, Backend, Opened};
 pub use inspect::{inspect, Inspection, Problem};
 pub use mark::Truncation;
 pub use record::RecordError;

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use osprey_protocol::{Body, Kind};
 
+use super::segment::SegmentJournal;
 use super::sled_backend::SledJournal;
+use super::Backend;
 use super::{Counters, Entry, Journal, JournalError, JournalOptions, RecordError, Truncation};
 
 /// Everything in a journal directory, checked.
@@ -101,13 +103,37 @@ fn event_times(entry: &Entry) -> Option<(i64, i64)> {
     }
 }
 
-/// Opens the journal at `path` (which must exist) and checks every record. Blocking.
+/// Opens the journal at `path` (which must exist, of either backend) and checks every record.
+/// Blocking.
 pub fn inspect(path: &Path) -> Result<Inspection, JournalError> {
-    if !path.join("conf").exists() && !path.join("db").exists() {
-        return Err(JournalError::Missing {
+    match Backend::found_in(path) {
+        None => Err(JournalError::Missing {
             path: path.to_owned(),
-        });
+        }),
+        Some(Backend::Segment) => {
+            let seen = SegmentJournal::inspect(path)?;
+            Ok(Inspection {
+                path: path.to_owned(),
+                entries: seen.entries,
+                problems: seen
+                    .damaged
+                    .into_iter()
+                    .map(|seq| Problem {
+                        seq: Some(seq),
+                        error: RecordError::Checksum { seq },
+                    })
+                    .collect(),
+                truncation: None,
+                bytes: seen.bytes,
+                counters: seen.counters,
+                epoch: seen.epoch,
+            })
+        }
+        Some(_) => inspect_sled(path),
     }
+}
+
+fn inspect_sled(path: &Path) -> Result<Inspection, JournalError> {
     // sled panics on some damaged files; report that as corruption, not as a crash.
     let scanned =
         std::panic::catch_unwind(|| SledJournal::open_scanned(path, JournalOptions::default()))

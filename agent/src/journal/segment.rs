@@ -62,7 +62,6 @@ use std::os::unix::fs::{DirBuilderExt as _, FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use fs2::FileExt as _;
 use osprey_protocol::Kind;
 
 use self::file::{Live, Records, Segment, Slot};
@@ -134,6 +133,8 @@ struct Inner {
     dir_dirty: bool,
     /// A segment lost records (counted): write a checkpoint soon so it is counted once.
     needs_checkpoint: bool,
+    /// Size at which the tail is full ([`SEGMENT_BYTES`]; smaller in tests).
+    segment_bytes: u64,
 }
 
 impl Inner {
@@ -368,6 +369,15 @@ impl SegmentJournal {
     /// segment only. Damage is quarantined and counted, never an error; I/O errors, a journal
     /// held by another process and a lease without the format marker are.
     pub fn open_with(path: &Path, options: JournalOptions) -> Result<SegmentJournal, JournalError> {
+        SegmentJournal::open_sized(path, options, SEGMENT_BYTES)
+    }
+
+    /// [`SegmentJournal::open_with`] with segments full at `segment_bytes`.
+    pub(crate) fn open_sized(
+        path: &Path,
+        options: JournalOptions,
+        segment_bytes: u64,
+    ) -> Result<SegmentJournal, JournalError> {
         let open_err = |source| JournalError::OpenFiles {
             path: path.to_owned(),
             source,
@@ -401,8 +411,9 @@ impl SegmentJournal {
                 .map_err(open_err)?;
         }
         let lock_file = File::open(&marker).map_err(open_err)?;
-        lock_file.try_lock_exclusive().map_err(open_err)?;
-        let mut inner = replay(path).map_err(open_err)?;
+        fs2::FileExt::try_lock_exclusive(&lock_file).map_err(open_err)?;
+        let mut inner = replay(path, true).map_err(open_err)?;
+        inner.segment_bytes = segment_bytes;
         if marked && lease_file == LeaseFile::Damaged {
             // Stored messages may carry the old epoch.
             inner.state.foreign_below = inner.state.foreign_below.max(inner.high + 1);
@@ -430,25 +441,40 @@ impl SegmentJournal {
         &self.path
     }
 
-    fn io_err(&self, operation: String) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
-        move |source| JournalError::Io {
-            path: self.path.clone(),
-            operation,
-            source,
-        }
+    /// Continues numbering after a journal was moved aside: epoch `epoch`, nothing below
+    /// `seq`, one more reset counted (all durable before it returns).
+    pub(crate) fn restart_after_reset(&self, epoch: u64, seq: u64) -> Result<(), JournalError> {
+        lock(&self.seqs).continue_at(&self.path, epoch, seq)?;
+        let mut inner = lock(&self.inner);
+        let mut state = inner.state;
+        state.counters.resets += 1;
+        inner
+            .write_state(state)
+            .and_then(|()| inner.flush())
+            .map_err(self.io_err("store the counters of".to_owned()))
     }
 
-    /// Every message, intact or not, checked: (intact entries, damaged seqs). For operators'
-    /// `journal verify`; reads every segment.
-    pub(crate) fn check_all(&self) -> Result<(Vec<Entry>, Vec<(Class, u64)>), JournalError> {
-        let mut inner = lock(&self.inner);
+    /// What an operator's `journal verify` needs, read without writing anything: the intact
+    /// entries (priority first), the seqs of damaged records, the record bytes, the counters
+    /// and the epoch. Reads every segment; fails while an agent holds the journal.
+    pub(crate) fn inspect(path: &Path) -> Result<Inspected, JournalError> {
+        let open_err = |source| JournalError::OpenFiles {
+            path: path.to_owned(),
+            source,
+        };
+        let lock_file = File::open(path.join(FORMAT_FILE)).map_err(open_err)?;
+        fs2::FileExt::try_lock_shared(&lock_file).map_err(open_err)?;
+        let mut inner = replay(path, false).map_err(open_err)?;
         let dir = inner.dir.clone();
+        let read_err = |source| JournalError::Io {
+            path: path.to_owned(),
+            operation: "read".to_owned(),
+            source,
+        };
         let ids: Vec<u64> = inner.segments.keys().copied().collect();
         let (mut entries, mut damaged) = (Vec::new(), Vec::new());
         for id in ids {
-            inner
-                .ensure_index(id)
-                .map_err(self.io_err("read".to_owned()))?;
+            inner.ensure_index(id).map_err(read_err)?;
             let Some(segment) = inner.segments.get_mut(&id) else {
                 continue;
             };
@@ -457,28 +483,49 @@ impl SegmentJournal {
                 .flat_map(|c| segment.live_slots(c, 0).collect::<Vec<_>>())
                 .collect();
             for slot in slots {
-                match segment
-                    .read_body(&dir, &slot)
-                    .map_err(self.io_err("read".to_owned()))?
-                {
+                match segment.read_body(&dir, &slot).map_err(read_err)? {
                     Some(message) => entries.push(Entry {
                         seq: slot.seq,
                         kind: slot.kind,
                         readings: slot.readings,
                         message,
                     }),
-                    None => damaged.push((slot.class(), slot.seq)),
+                    None => damaged.push(slot.seq),
                 }
             }
         }
         entries.sort_by_key(|e| (e.class() != Class::Priority, e.seq));
-        Ok((entries, damaged))
+        Ok(Inspected {
+            entries,
+            damaged,
+            bytes: inner.live.bytes,
+            counters: inner.state.counters,
+            epoch: lease::read(path).lease().map_or(0, |l| l.epoch),
+        })
+    }
+
+    fn io_err(&self, operation: String) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
+        move |source| JournalError::Io {
+            path: self.path.clone(),
+            operation,
+            source,
+        }
     }
 }
 
+/// What [`SegmentJournal::inspect`] found.
+pub(crate) struct Inspected {
+    pub(crate) entries: Vec<Entry>,
+    pub(crate) damaged: Vec<u64>,
+    pub(crate) bytes: u64,
+    pub(crate) counters: Counters,
+    pub(crate) epoch: u64,
+}
+
 /// Rebuilds the in-memory state of the journal in `dir` from the newest intact checkpoint and
-/// the segments from there on; cuts a torn tail; deletes segments that hold nothing.
-fn replay(dir: &Path) -> std::io::Result<Inner> {
+/// the segments from there on; when `writable`, cuts a torn tail and deletes segments that
+/// hold nothing.
+fn replay(dir: &Path, writable: bool) -> std::io::Result<Inner> {
     let ids = file::list(dir)?;
     let mut start = None;
     for &id in ids.iter().rev() {
@@ -509,15 +556,12 @@ fn replay(dir: &Path) -> std::io::Result<Inner> {
         emptied: Vec::new(),
         dir_dirty: false,
         needs_checkpoint: false,
+        segment_bytes: SEGMENT_BYTES,
     };
-    let mut lost = Dropped::default();
     for summary in checkpoint.segments.iter().filter(|s| s.id < start_id) {
-        let segment = Segment::from_summary(summary);
-        if file::path(dir, summary.id).exists() {
-            inner.segments.insert(summary.id, segment);
-        } else {
-            lost.add(segment.live.as_dropped());
-        }
+        inner
+            .segments
+            .insert(summary.id, Segment::from_summary(summary));
     }
     let newest = ids.last().copied().unwrap_or(0);
     for &id in ids.iter().filter(|id| **id >= start_id) {
@@ -546,7 +590,9 @@ fn replay(dir: &Path) -> std::io::Result<Inner> {
             }
         }
         if !records.clean() {
-            if id == newest {
+            if id == newest && !writable {
+                // Not ours to repair: read up to the torn record.
+            } else if id == newest {
                 // A write torn by a power cut (never durable, never published): cut it off.
                 let file = std::fs::OpenOptions::new()
                     .write(true)
@@ -560,6 +606,19 @@ fn replay(dir: &Path) -> std::io::Result<Inner> {
             }
         }
     }
+    // Segments a checkpoint counts on whose files are gone: what they still held is lost.
+    let mut lost = Dropped::default();
+    let missing: Vec<u64> = inner
+        .segments
+        .keys()
+        .copied()
+        .filter(|id| *id < start_id && !file::path(dir, *id).exists())
+        .collect();
+    for id in missing {
+        if let Some(segment) = inner.segments.remove(&id) {
+            lost.add(segment.live.as_dropped());
+        }
+    }
     inner.state.counters.dropped.add(lost);
     if !lost.is_empty() {
         tracing::error!(journal = %dir.display(), lost_batches = lost.batches,
@@ -570,7 +629,9 @@ fn replay(dir: &Path) -> std::io::Result<Inner> {
     for &id in &ids {
         if inner.segments.get(&id).is_none_or(|s| s.live.total() == 0) && id != newest {
             inner.segments.remove(&id);
-            remove_file(&file::path(dir, id))?;
+            if writable {
+                remove_file(&file::path(dir, id))?;
+            }
         }
     }
     inner.live = Live::default();
@@ -583,7 +644,7 @@ fn replay(dir: &Path) -> std::io::Result<Inner> {
     if let Some(segment) = inner.segments.get_mut(&newest) {
         let file = std::fs::OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(writable)
             .open(file::path(dir, newest))?;
         inner.tail_len = file.metadata()?.len();
         segment.set_file(file);
@@ -680,7 +741,7 @@ impl Journal for SegmentJournal {
                 ));
             }
             if inner.tail_len > inner.tail_start
-                && inner.tail_len + out.len() as u64 > SEGMENT_BYTES
+                && inner.tail_len + out.len() as u64 > inner.segment_bytes
             {
                 inner.roll()?;
             }

@@ -769,7 +769,7 @@ pub(crate) mod tests {
         (seq, appended)
     }
 
-    fn append_alert(j: &dyn Journal) -> u64 {
+    pub(crate) fn append_alert(j: &dyn Journal) -> u64 {
         let seq = j.reserve_seq().unwrap();
         let message = alert(seq);
         j.append(&Record {

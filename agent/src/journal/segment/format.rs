@@ -99,7 +99,6 @@ impl Header {
         body.len() == self.len as usize && crc32fast::hash(body) == self.body_crc
     }
 }
-}
 
 /// A message record, ready to write.
 pub(crate) fn message(kind: Kind, seq: u64, readings: u32, envelope: &[u8]) -> Vec<u8> {
