@@ -120,3 +120,83 @@ pub fn open(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::sled_backend::tests::append_telemetry;
+    use crate::journal::{Class, SledJournal};
+
+    #[test]
+    fn a_new_directory_gets_the_configured_backend_and_keeps_it() {
+        for configured in [Backend::Segment, Backend::Sled] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("journal");
+            let opened = open(&path, JournalOptions::default(), configured).unwrap();
+            assert_eq!(opened.backend, configured);
+            append_telemetry(&*opened.journal, 2);
+            drop(opened);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            assert_eq!(Backend::found_in(&path), Some(configured));
+            let other = match configured {
+                Backend::Segment => Backend::Sled,
+                Backend::Sled => Backend::Segment,
+            };
+            let reopened = open(&path, JournalOptions::default(), other).unwrap();
+            assert_eq!(reopened.backend, configured, "the directory's backend wins");
+            assert_eq!(reopened.journal.len(), 1);
+        }
+    }
+
+    #[test]
+    fn an_upgraded_agent_delivers_what_its_sled_journal_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let (last, epoch) = {
+            let j = SledJournal::open(&path).unwrap();
+            append_telemetry(&j, 3);
+            (append_telemetry(&j, 3).0, j.epoch())
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let opened = open(&path, JournalOptions::default(), Backend::Segment).unwrap();
+        assert_eq!(opened.backend, Backend::Sled);
+        let j = opened.journal;
+        let waiting: Vec<u64> = j
+            .read(Class::Telemetry, 0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(waiting, [1, last]);
+        assert_eq!(j.epoch(), epoch);
+        assert!(j.reserve_seq().unwrap() > last);
+    }
+
+    #[test]
+    fn a_segment_journal_whose_marker_is_gone_is_moved_aside_and_numbers_keep_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let (last, epoch) = {
+            let j = SegmentJournal::open(&path).unwrap();
+            append_telemetry(&j, 3);
+            (append_telemetry(&j, 3).0, j.epoch())
+        };
+        // Everything but the lease is gone.
+        for entry in std::fs::read_dir(&path).unwrap() {
+            let p = entry.unwrap().path();
+            if p.file_name().is_some_and(|n| n != "seq.lease") {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+        let opened = open(&path, JournalOptions::default(), Backend::Segment).unwrap();
+        let recovery = opened.recovery.as_ref().expect("recovered");
+        assert!(recovery.moved_to.exists());
+        assert!(opened.journal.reserve_seq().unwrap() > last);
+        assert_eq!(opened.journal.epoch(), epoch);
+        assert_eq!(opened.journal.counters().resets, 1);
+        drop(opened);
+        let again = open(&path, JournalOptions::default(), Backend::Segment).unwrap();
+        assert!(again.recovery.is_none());
+        assert_eq!(again.journal.counters().resets, 1);
+    }
+}

@@ -215,9 +215,11 @@ impl Numbering {
     /// Hands out the next number, renewing the lease in `dir` first when it is used up.
     pub(crate) fn reserve(&mut self, dir: &Path) -> Result<u64, JournalError> {
         let seq = self.next;
-        let after = seq.checked_add(1).ok_or_else(|| JournalError::SeqExhausted {
-            path: dir.to_owned(),
-        })?;
+        let after = seq
+            .checked_add(1)
+            .ok_or_else(|| JournalError::SeqExhausted {
+                path: dir.to_owned(),
+            })?;
         if seq >= self.leased {
             let next = seq.saturating_add(BLOCK);
             write(
@@ -239,7 +241,12 @@ impl Numbering {
 
     /// Continues a replaced journal's numbering: from now on the epoch is `epoch` and no
     /// number below `seq` is handed out; both are stored in the lease at once (durably).
-    pub(crate) fn continue_at(&mut self, dir: &Path, epoch: u64, seq: u64) -> Result<(), JournalError> {
+    pub(crate) fn continue_at(
+        &mut self,
+        dir: &Path,
+        epoch: u64,
+        seq: u64,
+    ) -> Result<(), JournalError> {
         let next = self.next.max(seq);
         write(dir, Lease { next, epoch }).map_err(|source| JournalError::Reserve {
             path: dir.to_owned(),

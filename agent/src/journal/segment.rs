@@ -692,7 +692,10 @@ impl Journal for SegmentJournal {
         if seq <= inner.high {
             return Err(err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                format!("appends must come in increasing seq; {} is stored", inner.high),
+                format!(
+                    "appends must come in increasing seq; {} is stored",
+                    inner.high
+                ),
             )));
         }
         let result = (|| {

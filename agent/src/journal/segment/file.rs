@@ -260,7 +260,9 @@ impl Segment {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e),
         };
-        let limit = usize::try_from(self.cut).unwrap_or(usize::MAX).min(bytes.len());
+        let limit = usize::try_from(self.cut)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
         let mut records = Records::new(&bytes[..limit]);
         let mut index = Vec::new();
         let mut found = Live::default();
@@ -282,7 +284,11 @@ impl Segment {
     }
 
     /// Reads and checks the envelope of `slot`; `None` if the record fails its checksums.
-    pub(crate) fn read_body(&mut self, dir: &Path, slot: &Slot) -> std::io::Result<Option<Vec<u8>>> {
+    pub(crate) fn read_body(
+        &mut self,
+        dir: &Path,
+        slot: &Slot,
+    ) -> std::io::Result<Option<Vec<u8>>> {
         let file = self.file(dir)?;
         let mut buf = vec![0u8; HEADER_LEN + slot.len as usize];
         match file.read_exact_at(&mut buf, slot.offset) {

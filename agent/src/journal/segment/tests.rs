@@ -181,12 +181,17 @@ fn an_evicted_message_acknowledged_later_is_not_counted_as_dropped() {
         append_telemetry(&j, 10);
         assert_eq!(j.counters().dropped.readings, 20);
         assert!(!j.remove(Class::Telemetry, first).unwrap());
-        j.uncount_evicted(Dropped::one(Kind::Telemetry, 10)).unwrap();
+        j.uncount_evicted(Dropped::one(Kind::Telemetry, 10))
+            .unwrap();
         assert_eq!(j.counters().dropped.readings, 10);
         j.sync().unwrap();
     }
     let j = SegmentJournal::open_with(dir.path(), options).unwrap();
-    assert_eq!(j.counters().dropped.readings, 10, "the correction is persisted");
+    assert_eq!(
+        j.counters().dropped.readings,
+        10,
+        "the correction is persisted"
+    );
     assert_eq!(j.counters().quota_readings, 10);
 }
 
@@ -308,7 +313,9 @@ fn a_damaged_header_in_an_old_segment_cuts_it_and_counts_the_rest_once() {
     // followed it in its segment are lost.
     let first_segment_messages = {
         let bytes = std::fs::read(file::path(dir.path(), segment_ids(dir.path())[0])).unwrap();
-        Records::new(&bytes).filter(|(_, h, _)| h.kind == MESSAGE).count() as u64
+        Records::new(&bytes)
+            .filter(|(_, h, _)| h.kind == MESSAGE)
+            .count() as u64
     };
     assert!(first_segment_messages >= 2);
     damage_record(dir.path(), 2, 9);
@@ -338,7 +345,9 @@ fn a_missing_segment_counts_its_messages_as_dropped() {
     let first = file::path(dir.path(), segment_ids(dir.path())[0]);
     let held = {
         let bytes = std::fs::read(&first).unwrap();
-        Records::new(&bytes).filter(|(_, h, _)| h.kind == MESSAGE).count() as u64
+        Records::new(&bytes)
+            .filter(|(_, h, _)| h.kind == MESSAGE)
+            .count() as u64
     };
     std::fs::remove_file(first).unwrap();
     for _ in 0..2 {
@@ -427,7 +436,9 @@ fn a_new_journal_draws_an_epoch_and_a_damaged_lease_flags_stored_entries() {
     assert!(j.reserve_seq().unwrap() > last);
     drop(j);
     assert_eq!(
-        SegmentJournal::open(dir.path()).unwrap().foreign_epochs_below(),
+        SegmentJournal::open(dir.path())
+            .unwrap()
+            .foreign_epochs_below(),
         last + 1,
         "kept in the checkpoint"
     );
@@ -465,7 +476,12 @@ fn model_append(
 ) -> (bool, Dropped) {
     let bytes: u64 = model.values().map(|v| v.2).sum();
     let fits = |freed: u64| bytes - freed + size <= max;
-    let oldest = |c: Class| model.iter().filter(move |(_, v)| v.0 == c).map(|(s, v)| (*s, *v));
+    let oldest = |c: Class| {
+        model
+            .iter()
+            .filter(move |(_, v)| v.0 == c)
+            .map(|(s, v)| (*s, *v))
+    };
     let mut victims = Vec::new();
     let mut freed = 0;
     for (seq, v) in oldest(Class::Telemetry) {
@@ -490,7 +506,14 @@ fn model_append(
     }
     let mut dropped = Dropped::default();
     for (seq, (c, readings, _)) in victims {
-        dropped.add(Dropped::one(if c == Class::Telemetry { Kind::Telemetry } else { Kind::Alert }, readings));
+        dropped.add(Dropped::one(
+            if c == Class::Telemetry {
+                Kind::Telemetry
+            } else {
+                Kind::Alert
+            },
+            readings,
+        ));
         model.remove(&seq);
     }
     (fits(freed), dropped)
@@ -598,4 +621,3 @@ proptest! {
         }
     }
 }
-
