@@ -69,6 +69,8 @@
 //! the cause (sled's error) is its `source()`; print the chain (`{:#}` with anyhow) to see both.
 
 mod backend;
+#[cfg(test)]
+mod conformance;
 mod inspect;
 mod lease;
 mod mark;

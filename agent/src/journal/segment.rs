@@ -32,8 +32,8 @@
 //!   record durable. Disk use is the live records plus the dead ones that share a segment with
 //!   a live one: at most about the quota plus one segment per message pinned in an old
 //!   segment (normally one or two segments).
-//! - Quota ([`JournalOptions::max_bytes`]): counted exactly as the sled backend counts it (key
-//!   + header + envelope per message, so the same quota keeps the same messages). When an
+//! - Quota ([`JournalOptions::max_bytes`]): counted exactly as the sled backend counts it (key,
+//!   header and envelope bytes per message, so the same quota keeps the same messages). When an
 //!   append would exceed it, the oldest telemetry is evicted; alerts only make room for alerts;
 //!   a batch that finds only alerts left is dropped. The evictions and the updated counters are
 //!   one gone record written in the same `pwrite` as the new message: a crash keeps both or

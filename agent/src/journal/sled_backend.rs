@@ -782,46 +782,9 @@ pub(crate) mod tests {
         seq
     }
 
-    fn seqs(j: &SledJournal, class: Class) -> Vec<u64> {
-        j.read(class, 0, usize::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.seq)
-            .collect()
-    }
-
-    #[test]
-    fn append_remove_reopen_keeps_order_and_seq_continuity() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal");
-        {
-            let j = SledJournal::open(&path).unwrap();
-            assert!(j.is_empty());
-            for i in 0..5u64 {
-                let (seq, appended) = append_telemetry(&j, 3);
-                assert_eq!(seq, FIRST_SEQ + i);
-                assert!(appended.stored);
-            }
-            // A status message's number: reserved, never appended.
-            assert_eq!(j.reserve_seq().unwrap(), 6);
-            j.remove(Class::Telemetry, 2).unwrap();
-            j.remove(Class::Telemetry, 2).unwrap(); // removing twice is harmless
-            j.remove(Class::Telemetry, 4).unwrap();
-            j.sync().unwrap();
-            assert_eq!(j.len(), 3);
-        }
-        let j = SledJournal::open(&path).unwrap();
-        assert_eq!(j.len(), 3);
-        assert_eq!(seqs(&j, Class::Telemetry), [1, 3, 5]);
-        let entries = j.read(Class::Telemetry, 3, 1).unwrap();
-        assert_eq!(entries.len(), 1);
-        assert_eq!(entries[0].seq, 3);
-        assert_eq!(entries[0].readings, 3);
-        assert_eq!(entries[0].message, telemetry(3, 3));
-        // 6 went out as a status message before the restart; it is not reused, nor is
-        // anything else of the leased block.
-        assert!(j.reserve_seq().unwrap() > 6);
-    }
+    crate::journal::conformance::conformance_tests!(|path, options| Box::new(
+        crate::journal::SledJournal::open_with(path, options).unwrap()
+    ));
 
     #[test]
     fn a_new_journal_draws_a_nonzero_epoch_that_survives_reopening() {
@@ -913,17 +876,6 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn alerts_are_read_in_their_own_class() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = SledJournal::open(dir.path()).unwrap();
-        append_telemetry(&j, 1);
-        let a = append_alert(&j);
-        append_telemetry(&j, 1);
-        assert_eq!(seqs(&j, Class::Priority), [a]);
-        assert_eq!(seqs(&j, Class::Telemetry), [1, 3]);
-    }
-
-    #[test]
     fn next_seq_survives_an_emptied_journal_and_a_lost_database_is_detected() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
@@ -962,131 +914,6 @@ pub(crate) mod tests {
             crate::journal::open_or_recover(&path, JournalOptions::default()).unwrap();
         assert!(recovery.is_some_and(|r| r.unreadable));
         assert!(j.reserve_seq().unwrap() > last + 1);
-    }
-
-    #[test]
-    fn full_quota_evicts_oldest_telemetry_first_and_counts_it_persistently() {
-        let dir = tempfile::tempdir().unwrap();
-        let one = (KEY_LEN + record::HEADER_LEN + telemetry(1, 10).len()) as u64;
-        let options = JournalOptions {
-            max_bytes: one * 4 + one / 2,
-            durability: Durability::EachAppend,
-        };
-        let alert_seq;
-        {
-            let j = SledJournal::open_with(dir.path(), options).unwrap();
-            append_telemetry(&j, 10); // 1
-            alert_seq = append_alert(&j); // 2
-            for _ in 0..3 {
-                append_telemetry(&j, 10); // 3, 4, 5
-            }
-            assert!(j.bytes() <= options.max_bytes);
-            // 1 was evicted to make room (the alert is smaller than a batch).
-            assert_eq!(seqs(&j, Class::Telemetry), [3, 4, 5]);
-            let (_, appended) = append_telemetry(&j, 10); // 6 evicts 3
-            assert_eq!(appended.dropped.readings, 10);
-            assert_eq!(seqs(&j, Class::Telemetry), [4, 5, 6]);
-            assert_eq!(seqs(&j, Class::Priority), [alert_seq]);
-            assert_eq!(
-                j.counters().dropped,
-                Dropped {
-                    batches: 2,
-                    readings: 20,
-                    alerts: 0
-                }
-            );
-        }
-        let j = SledJournal::open_with(dir.path(), options).unwrap();
-        assert_eq!(j.counters().dropped.readings, 20);
-        assert_eq!(j.len(), 4);
-        assert!(j.bytes() <= options.max_bytes);
-    }
-
-    #[test]
-    fn an_evicted_message_acknowledged_later_is_not_counted_as_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let one = (KEY_LEN + record::HEADER_LEN + telemetry(1, 10).len()) as u64;
-        let options = JournalOptions {
-            max_bytes: one * 2 + one / 2,
-            durability: Durability::EachAppend,
-        };
-        {
-            let j = SledJournal::open_with(dir.path(), options).unwrap();
-            // 1 and 2 are "in flight" (read by the uplink); 3 and 4 evict them.
-            let (first, _) = append_telemetry(&j, 10);
-            let (second, _) = append_telemetry(&j, 10);
-            append_telemetry(&j, 10);
-            append_telemetry(&j, 10);
-            assert_eq!(j.counters().dropped.readings, 20);
-            // The PUBACK of 1 arrives: it is gone, so it was delivered after all.
-            assert!(!j.remove(Class::Telemetry, first).unwrap());
-            j.uncount_evicted(Dropped::one(Kind::Telemetry, 10))
-                .unwrap();
-            assert_eq!(
-                j.counters().dropped,
-                Dropped {
-                    batches: 1,
-                    readings: 10,
-                    alerts: 0
-                }
-            );
-            assert_eq!(j.counters().quota_readings, 10);
-            // 2's PUBACK never comes (the connection dropped): it stays counted.
-            let _ = second;
-            assert!(j.remove(Class::Telemetry, 3).unwrap(), "3 was stored");
-            j.sync().unwrap();
-        }
-        let j = SledJournal::open_with(dir.path(), options).unwrap();
-        assert_eq!(
-            j.counters().dropped.readings,
-            10,
-            "the correction is persisted"
-        );
-        assert_eq!(j.counters().quota_readings, 10);
-    }
-
-    #[test]
-    fn alerts_survive_until_no_telemetry_is_left() {
-        let dir = tempfile::tempdir().unwrap();
-        let alert_size = (KEY_LEN + record::HEADER_LEN + alert(1).len()) as u64;
-        let options = JournalOptions {
-            max_bytes: alert_size * 2,
-            durability: Durability::EachAppend,
-        };
-        let j = SledJournal::open_with(dir.path(), options).unwrap();
-        let a1 = append_alert(&j);
-        let a2 = append_alert(&j);
-        // A batch does not fit next to two alerts: the batch is dropped, the alerts stay.
-        let (_, appended) = append_telemetry(&j, 5);
-        assert!(!appended.stored);
-        assert_eq!(seqs(&j, Class::Priority), [a1, a2]);
-        // A third alert evicts the oldest alert.
-        let a3 = append_alert(&j);
-        assert_eq!(seqs(&j, Class::Priority), [a2, a3]);
-        assert_eq!(
-            j.counters().dropped,
-            Dropped {
-                batches: 1,
-                readings: 5,
-                alerts: 1
-            }
-        );
-    }
-
-    #[test]
-    fn interval_durability_hides_entries_until_synced() {
-        let dir = tempfile::tempdir().unwrap();
-        let options = JournalOptions {
-            max_bytes: crate::journal::DEFAULT_MAX_BYTES,
-            durability: Durability::Interval(std::time::Duration::from_millis(50)),
-        };
-        let j = SledJournal::open_with(dir.path(), options).unwrap();
-        append_telemetry(&j, 1);
-        assert!(j.needs_sync());
-        assert!(seqs(&j, Class::Telemetry).is_empty());
-        j.sync().unwrap();
-        assert!(!j.needs_sync());
-        assert_eq!(seqs(&j, Class::Telemetry), [1]);
     }
 
     #[test]

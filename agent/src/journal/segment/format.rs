@@ -187,19 +187,39 @@ fn put_count(out: &mut Vec<u8>, n: usize) {
     out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes());
 }
 
-fn put_state(out: &mut Vec<u8>, s: &State) {
-    let c = &s.counters;
-    put(
-        out,
-        &[
+impl State {
+    /// The six words stored: dropped batches, readings, alerts, resets, quota readings,
+    /// foreign-epoch seq.
+    fn words(&self) -> [u64; 6] {
+        let c = &self.counters;
+        [
             c.dropped.batches,
             c.dropped.readings,
             c.dropped.alerts,
             c.resets,
             c.quota_readings,
-            s.foreign_below,
-        ],
-    );
+            self.foreign_below,
+        ]
+    }
+
+    fn from_words(w: [u64; 6]) -> State {
+        State {
+            counters: Counters {
+                dropped: Dropped {
+                    batches: w[0],
+                    readings: w[1],
+                    alerts: w[2],
+                },
+                resets: w[3],
+                quota_readings: w[4],
+            },
+            foreign_below: w[5],
+        }
+    }
+}
+
+fn put_state(out: &mut Vec<u8>, s: &State) {
+    put(out, &s.words());
 }
 
 fn get_state(r: &mut Reader<'_>) -> Option<State> {
@@ -207,18 +227,7 @@ fn get_state(r: &mut Reader<'_>) -> Option<State> {
     for v in &mut w {
         *v = r.u64()?;
     }
-    Some(State {
-        counters: Counters {
-            dropped: Dropped {
-                batches: w[0],
-                readings: w[1],
-                alerts: w[2],
-            },
-            resets: w[3],
-            quota_readings: w[4],
-        },
-        foreign_below: w[5],
-    })
+    Some(State::from_words(w))
 }
 
 /// Class byte of an item.
@@ -384,18 +393,7 @@ mod tests {
     }
 
     fn state() -> impl Strategy<Value = State> {
-        proptest::array::uniform6(any::<u64>()).prop_map(|w| State {
-            counters: Counters {
-                dropped: Dropped {
-                    batches: w[0],
-                    readings: w[1],
-                    alerts: w[2],
-                },
-                resets: w[3],
-                quota_readings: w[4],
-            },
-            foreign_below: w[5],
-        })
+        proptest::array::uniform6(any::<u64>()).prop_map(State::from_words)
     }
 
     proptest! {

@@ -5,17 +5,14 @@ use proptest::prelude::*;
 
 use super::format::HEADER_LEN;
 use super::*;
+use crate::journal::conformance::seqs;
 use crate::journal::record;
-use crate::journal::sled_backend::tests::{append_alert, append_telemetry, telemetry};
+use crate::journal::sled_backend::tests::{append_telemetry, telemetry};
 use crate::journal::DEFAULT_MAX_BYTES;
 
-fn seqs(j: &SegmentJournal, class: Class) -> Vec<u64> {
-    j.read(class, 0, usize::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.seq)
-        .collect()
-}
+crate::journal::conformance::conformance_tests!(|path, options| Box::new(
+    crate::journal::SegmentJournal::open_with(path, options).unwrap()
+));
 
 fn interval() -> JournalOptions {
     JournalOptions {
@@ -27,43 +24,6 @@ fn interval() -> JournalOptions {
 /// Segment ids in the directory.
 fn segment_ids(dir: &Path) -> Vec<u64> {
     file::list(dir).unwrap()
-}
-
-/// Quota bytes of a telemetry batch of `readings` readings.
-fn batch_size(readings: u32) -> u64 {
-    (record::KEY_LEN + record::HEADER_LEN + telemetry(1, readings).len()) as u64
-}
-
-#[test]
-fn append_remove_reopen_keeps_order_and_seq_continuity() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("journal");
-    {
-        let j = SegmentJournal::open(&path).unwrap();
-        assert!(j.is_empty());
-        for i in 0..5u64 {
-            let (seq, appended) = append_telemetry(&j, 3);
-            assert_eq!(seq, FIRST_SEQ + i);
-            assert!(appended.stored);
-        }
-        assert_eq!(j.reserve_seq().unwrap(), 6);
-        assert!(j.remove(Class::Telemetry, 2).unwrap());
-        assert!(!j.remove(Class::Telemetry, 2).unwrap(), "removing twice");
-        assert!(!j.remove(Class::Priority, 4).unwrap(), "wrong class");
-        assert!(j.remove(Class::Telemetry, 4).unwrap());
-        j.sync().unwrap();
-        assert_eq!(j.len(), 3);
-    }
-    let j = SegmentJournal::open(&path).unwrap();
-    assert_eq!(j.len(), 3);
-    assert_eq!(j.bytes(), 3 * batch_size(3));
-    assert_eq!(seqs(&j, Class::Telemetry), [1, 3, 5]);
-    let entries = j.read(Class::Telemetry, 3, 1).unwrap();
-    assert_eq!(entries.len(), 1);
-    assert_eq!(entries[0].seq, 3);
-    assert_eq!(entries[0].readings, 3);
-    assert_eq!(entries[0].message, telemetry(3, 3));
-    assert!(j.reserve_seq().unwrap() > 6);
 }
 
 #[test]
@@ -83,116 +43,6 @@ fn files_are_the_owners_only_and_a_second_open_is_refused() {
     assert!(err.to_string().contains("no other osprey-agent"), "{err}");
     drop(j);
     assert_eq!(SegmentJournal::open(&path).unwrap().len(), 1);
-}
-
-#[test]
-fn interval_durability_hides_entries_until_synced_with_one_flush() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = SegmentJournal::open_with(dir.path(), interval()).unwrap();
-    append_telemetry(&j, 1);
-    append_telemetry(&j, 1);
-    assert!(j.needs_sync());
-    assert!(seqs(&j, Class::Telemetry).is_empty());
-    j.sync().unwrap();
-    assert!(!j.needs_sync());
-    assert_eq!(seqs(&j, Class::Telemetry), [1, 2]);
-}
-
-#[test]
-fn full_quota_evicts_oldest_telemetry_first_and_counts_it_persistently() {
-    let dir = tempfile::tempdir().unwrap();
-    let one = batch_size(10);
-    let options = JournalOptions {
-        max_bytes: one * 4 + one / 2,
-        durability: Durability::EachAppend,
-    };
-    let alert_seq;
-    {
-        let j = SegmentJournal::open_with(dir.path(), options).unwrap();
-        append_telemetry(&j, 10); // 1
-        alert_seq = append_alert(&j); // 2
-        for _ in 0..3 {
-            append_telemetry(&j, 10); // 3, 4, 5
-        }
-        assert!(j.bytes() <= options.max_bytes);
-        assert_eq!(seqs(&j, Class::Telemetry), [3, 4, 5]);
-        let (_, appended) = append_telemetry(&j, 10); // 6 evicts 3
-        assert_eq!(appended.dropped.readings, 10);
-        assert_eq!(seqs(&j, Class::Telemetry), [4, 5, 6]);
-        assert_eq!(seqs(&j, Class::Priority), [alert_seq]);
-        assert_eq!(
-            j.counters().dropped,
-            Dropped {
-                batches: 2,
-                readings: 20,
-                alerts: 0
-            }
-        );
-        assert_eq!(j.counters().quota_readings, 20);
-    }
-    let j = SegmentJournal::open_with(dir.path(), options).unwrap();
-    assert_eq!(j.counters().dropped.readings, 20);
-    assert_eq!(j.len(), 4);
-    assert_eq!(seqs(&j, Class::Telemetry), [4, 5, 6]);
-    assert!(j.bytes() <= options.max_bytes);
-}
-
-#[test]
-fn alerts_survive_until_no_telemetry_is_left() {
-    let dir = tempfile::tempdir().unwrap();
-    let alert_size = (record::KEY_LEN
-        + record::HEADER_LEN
-        + crate::journal::sled_backend::tests::alert(1).len()) as u64;
-    let options = JournalOptions {
-        max_bytes: alert_size * 2,
-        durability: Durability::EachAppend,
-    };
-    let j = SegmentJournal::open_with(dir.path(), options).unwrap();
-    let a1 = append_alert(&j);
-    let a2 = append_alert(&j);
-    let (_, appended) = append_telemetry(&j, 5);
-    assert!(!appended.stored);
-    assert_eq!(seqs(&j, Class::Priority), [a1, a2]);
-    let a3 = append_alert(&j);
-    assert_eq!(seqs(&j, Class::Priority), [a2, a3]);
-    assert_eq!(
-        j.counters().dropped,
-        Dropped {
-            batches: 1,
-            readings: 5,
-            alerts: 1
-        }
-    );
-}
-
-#[test]
-fn an_evicted_message_acknowledged_later_is_not_counted_as_dropped() {
-    let dir = tempfile::tempdir().unwrap();
-    let one = batch_size(10);
-    let options = JournalOptions {
-        max_bytes: one * 2 + one / 2,
-        durability: Durability::EachAppend,
-    };
-    {
-        let j = SegmentJournal::open_with(dir.path(), options).unwrap();
-        let (first, _) = append_telemetry(&j, 10);
-        append_telemetry(&j, 10);
-        append_telemetry(&j, 10);
-        append_telemetry(&j, 10);
-        assert_eq!(j.counters().dropped.readings, 20);
-        assert!(!j.remove(Class::Telemetry, first).unwrap());
-        j.uncount_evicted(Dropped::one(Kind::Telemetry, 10))
-            .unwrap();
-        assert_eq!(j.counters().dropped.readings, 10);
-        j.sync().unwrap();
-    }
-    let j = SegmentJournal::open_with(dir.path(), options).unwrap();
-    assert_eq!(
-        j.counters().dropped.readings,
-        10,
-        "the correction is persisted"
-    );
-    assert_eq!(j.counters().quota_readings, 10);
 }
 
 #[test]
@@ -217,6 +67,23 @@ fn full_segments_roll_and_emptied_ones_are_deleted_after_a_flush() {
     let j = SegmentJournal::open_sized(dir.path(), interval(), 1024).unwrap();
     assert_eq!(j.len(), 11);
     assert_eq!(seqs(&j, Class::Telemetry)[..10], appended[30..]);
+}
+
+/// Appends `n` batches of 6 readings to a journal with segments of `segment_bytes`, then
+/// closes it.
+fn write_batches(dir: &Path, n: usize, segment_bytes: u64) {
+    let j = SegmentJournal::open_sized(dir, JournalOptions::default(), segment_bytes).unwrap();
+    for _ in 0..n {
+        append_telemetry(&j, 6);
+    }
+}
+
+/// Message records in a segment file.
+fn messages_in(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    Records::new(&bytes)
+        .filter(|(_, h, _)| h.kind == MESSAGE)
+        .count() as u64
 }
 
 /// The newest segment file.
@@ -275,12 +142,7 @@ fn damage_record(dir: &Path, seq: u64, at: usize) {
 #[test]
 fn a_damaged_body_is_quarantined_when_read_and_counted_once() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let j = SegmentJournal::open_sized(dir.path(), JournalOptions::default(), 2048).unwrap();
-        for _ in 0..12 {
-            append_telemetry(&j, 6);
-        }
-    }
+    write_batches(dir.path(), 12, 2048);
     damage_record(dir.path(), 2, HEADER_LEN + 20);
     for round in 0..2 {
         let j = SegmentJournal::open_sized(dir.path(), JournalOptions::default(), 2048).unwrap();
@@ -303,12 +165,7 @@ fn a_damaged_body_is_quarantined_when_read_and_counted_once() {
 #[test]
 fn a_damaged_header_in_an_old_segment_cuts_it_and_counts_the_rest_once() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let j = SegmentJournal::open_sized(dir.path(), JournalOptions::default(), 512).unwrap();
-        for _ in 0..12 {
-            append_telemetry(&j, 6);
-        }
-    }
+    write_batches(dir.path(), 12, 512);
     // Message 2's header is damaged: its length cannot be trusted, so it and whatever
     // followed it in its segment are lost.
     let first_segment_messages = {
@@ -336,19 +193,9 @@ fn a_damaged_header_in_an_old_segment_cuts_it_and_counts_the_rest_once() {
 #[test]
 fn a_missing_segment_counts_its_messages_as_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let j = SegmentJournal::open_sized(dir.path(), JournalOptions::default(), 512).unwrap();
-        for _ in 0..12 {
-            append_telemetry(&j, 6);
-        }
-    }
+    write_batches(dir.path(), 12, 512);
     let first = file::path(dir.path(), segment_ids(dir.path())[0]);
-    let held = {
-        let bytes = std::fs::read(&first).unwrap();
-        Records::new(&bytes)
-            .filter(|(_, h, _)| h.kind == MESSAGE)
-            .count() as u64
-    };
+    let held = messages_in(&first);
     std::fs::remove_file(first).unwrap();
     for _ in 0..2 {
         let j = SegmentJournal::open_sized(dir.path(), JournalOptions::default(), 512).unwrap();
@@ -381,12 +228,7 @@ fn a_damaged_checkpoint_falls_back_to_the_one_before() {
 #[test]
 fn open_reads_only_the_newest_segment() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let j = SegmentJournal::open_sized(dir.path(), JournalOptions::default(), 512).unwrap();
-        for _ in 0..40 {
-            append_telemetry(&j, 6);
-        }
-    }
+    write_batches(dir.path(), 40, 512);
     // Garbage over every older segment is not noticed at open, only when read.
     let ids = segment_ids(dir.path());
     for id in &ids[..ids.len() - 1] {
