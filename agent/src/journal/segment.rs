@@ -69,7 +69,7 @@ use self::format::{Checkpoint, Gone, Item, State, CHECKPOINT, GONE, MESSAGE};
 use super::lease::{self, LeaseFile, Numbering, FIRST_SEQ};
 use super::{
     Appended, Class, Counters, Dropped, Durability, Entry, Journal, JournalError, JournalOptions,
-    Record,
+    Record, RecordError,
 };
 
 /// Size at which a segment is full: what an open replays at most.
@@ -484,13 +484,19 @@ impl SegmentJournal {
                 .collect();
             for slot in slots {
                 match segment.read_body(&dir, &slot).map_err(read_err)? {
-                    Some(message) => entries.push(Entry {
-                        seq: slot.seq,
-                        kind: slot.kind,
-                        readings: slot.readings,
-                        message,
-                    }),
-                    None => damaged.push(slot.seq),
+                    Some(message) => {
+                        let entry = Entry {
+                            seq: slot.seq,
+                            kind: slot.kind,
+                            readings: slot.readings,
+                            message,
+                        };
+                        match super::record::check_envelope(&entry) {
+                            Ok(_) => entries.push(entry),
+                            Err(problem) => damaged.push(problem),
+                        }
+                    }
+                    None => damaged.push(RecordError::Checksum { seq: slot.seq }),
                 }
             }
         }
@@ -516,7 +522,7 @@ impl SegmentJournal {
 /// What [`SegmentJournal::inspect`] found.
 pub(crate) struct Inspected {
     pub(crate) entries: Vec<Entry>,
-    pub(crate) damaged: Vec<u64>,
+    pub(crate) damaged: Vec<RecordError>,
     pub(crate) bytes: u64,
     pub(crate) counters: Counters,
     pub(crate) epoch: u64,
