@@ -321,6 +321,15 @@ fn kill_9_fifty_times_loses_nothing_the_journal_accepted() {
         "only {} messages journaled",
         accepted.len()
     );
+    // The suite ran on the backend it was asked for.
+    let expected = match std::env::var("OSPREY_TEST_JOURNAL_BACKEND").as_deref() {
+        Ok("sled") => osprey_agent::journal::Backend::Sled,
+        _ => osprey_agent::journal::Backend::Segment,
+    };
+    assert_eq!(
+        osprey_agent::journal::Backend::found_in(&journal),
+        Some(expected)
+    );
     // A last run delivers what is left (max_samples = 1: it stops once the journal is empty).
     let config = agent_config(dir.path(), broker.port(), 2, 1, &extra);
     let mut agent = start_agent(&config);
