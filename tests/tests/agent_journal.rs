@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use osprey_agent::journal::{self, Backend, Journal, JournalOptions, Record};
+use osprey_agent::journal::{self, Backend, JournalOptions, Record};
 use osprey_protocol::{Alert, AlertEvent, Body, Envelope, Series, Severity, TelemetryBatch};
 use osprey_tests::{bin, free_port, wait_until, Mosquitto, Proc, Subscriber};
 
