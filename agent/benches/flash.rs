@@ -8,6 +8,7 @@
 //! cargo bench -p osprey-agent --bench flash
 //! OSPREY_BENCH_FLASH_SECONDS=600 cargo bench -p osprey-agent --bench flash   # shorter runs
 //! OSPREY_BENCH_JOURNAL=segment cargo bench -p osprey-agent --bench flash     # one backend
+//! OSPREY_BENCH_FLASH_PART=startup cargo bench -p osprey-agent --bench flash  # start-up only
 //! ```
 //!
 //! How: the agent's own batcher (default limits: 60 readings or 5 s) cuts batches from
@@ -290,6 +291,9 @@ fn main() {
         Ok("sled") => vec![Backend::Sled],
         _ => vec![Backend::Segment, Backend::Sled],
     };
+    let part = std::env::var("OSPREY_BENCH_FLASH_PART").unwrap_or_default();
+    let steady = part != "startup";
+    let starting = part != "steady";
     println!("osprey-agent flash bench (journal disk bytes per reading, steady state)");
     println!(
         "{:<8} {:<21} {:<26} {:>9} {:>9} {:>9} {:>7} {:>10} {:>9}",
@@ -306,6 +310,7 @@ fn main() {
     for (backend, profile) in backends
         .iter()
         .flat_map(|b| profiles.iter().map(move |p| (*b, p)))
+        .filter(|_| steady)
     {
         for (label, durability) in [
             ("flush each append (0)", Durability::EachAppend),
@@ -332,7 +337,7 @@ fn main() {
             );
         }
     }
-    for backend in &backends {
+    for backend in backends.iter().filter(|_| starting) {
         for readings in [0, 10_000, 100_000, 1_000_000] {
             let s = startup(*backend, readings, 5);
             println!(
