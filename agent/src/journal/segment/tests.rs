@@ -3,7 +3,8 @@ use std::time::Duration;
 use osprey_protocol::Kind;
 use proptest::prelude::*;
 
-use super::format::HEADER_LEN;
+use super::file::Records;
+use super::format::{HEADER_LEN, MESSAGE};
 use super::*;
 use crate::journal::conformance::seqs;
 use crate::journal::record;
