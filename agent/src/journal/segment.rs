@@ -36,8 +36,10 @@
 //!   header and envelope bytes per message, so the same quota keeps the same messages). When an
 //!   append would exceed it, the oldest telemetry is evicted; alerts only make room for alerts;
 //!   a batch that finds only alerts left is dropped. The evictions and the updated counters are
-//!   one gone record written in the same `pwrite` as the new message: a crash keeps both or
-//!   neither. Counted in [`Counters::dropped`] and [`Counters::quota_readings`].
+//!   one gone record, written in the same `pwrite` just before the new message: a crash never
+//!   keeps an eviction without its count, and at worst keeps the evictions without the new
+//!   message (which was not durable, so never published). Counted in [`Counters::dropped`] and
+//!   [`Counters::quota_readings`].
 //! - Damage. A torn write at the end of the tail (a power cut mid-append) fails its header
 //!   checksum or runs past the end of the file: open truncates the tail there (never durable,
 //!   so never published: nothing is lost that left the device). A message whose body fails
@@ -46,8 +48,11 @@
 //!   readings), and delivery carries on. A header that fails in an older segment cuts that
 //!   segment there: the messages the checkpoint says it held beyond the cut are counted as
 //!   dropped, once (the cut is stored with the next checkpoint). A segment file that has gone
-//!   missing counts its live messages as dropped the same way. Nothing here panics or stops
-//!   the agent; only I/O errors fail an operation.
+//!   missing counts its live messages as dropped the same way. A damaged header in the newest
+//!   segment cannot be told from a torn write: what follows it there is cut off, uncounted.
+//!   Nothing here panics or stops the agent; only I/O errors fail an operation.
+//! - Format version: the byte after `OSPSEG\0` in every segment and the `1` in the marker.
+//!   Retention: a message lives until it is removed (delivered) or evicted by the quota.
 //! - Memory: the index of a segment (32 bytes per message) is built when it is first needed
 //!   and kept while the segment lives.
 //!
