@@ -1,12 +1,14 @@
 //! Flash wear: disk bytes the journal writes per reading in steady state, against the payload
 //! bytes of the same readings, for the three load profiles gateways run (1 Hz × 10 series,
 //! 10 Hz × 10, 1 kHz × 3) under both durability settings (`flush_interval_ms = 0`, the
-//! default, and `5000`, the SD-card setting), and the bytes written by opening a journal that
-//! holds a backlog (the start-up burst).
+//! default, and `5000`, the SD-card setting), for each journal backend, and what opening a
+//! journal that holds a backlog costs: bytes written (the start-up burst) and time.
 //!
 //! ```sh
 //! cargo bench -p osprey-agent --bench flash
 //! OSPREY_BENCH_FLASH_SECONDS=600 cargo bench -p osprey-agent --bench flash   # shorter runs
+//! OSPREY_BENCH_JOURNAL=segment cargo bench -p osprey-agent --bench flash     # one backend
+//! OSPREY_BENCH_FLASH_PART=startup cargo bench -p osprey-agent --bench flash  # start-up only
 //! ```
 //!
 //! How: the agent's own batcher (default limits: 60 readings or 5 s) cuts batches from
@@ -27,8 +29,12 @@ mod common;
 use std::time::Duration;
 
 use common::{append_batch, disk_written};
-use osprey_agent::journal::{Class, Durability, Journal, JournalOptions};
-use osprey_agent::{Batcher, Reading, SledJournal};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use osprey_agent::journal::{self, Backend, Class, Durability, Journal, JournalOptions};
+use osprey_agent::{Batcher, Reading};
 use osprey_protocol::TelemetryBatch;
 
 const DEVICE: &str = "flash-1";
@@ -40,6 +46,8 @@ struct Profile {
     series: usize,
     /// Virtual seconds to run (warm-up included).
     seconds: u64,
+    /// Batch limits (`None`: the agent's defaults).
+    batch: Option<osprey_agent::BatchLimits>,
 }
 
 /// A deterministic noise source (xorshift), so every run measures the same readings.
@@ -63,17 +71,28 @@ struct Figures {
     messages: u64,
 }
 
-fn run(profile: &Profile, durability: Durability) -> Figures {
+/// Opens (or creates) a journal of `backend` at `path`, as the agent does.
+fn open(backend: Backend, path: &Path, options: JournalOptions) -> Arc<dyn Journal> {
+    let opened = journal::open(path, options, backend).unwrap();
+    assert_eq!(opened.backend, backend);
+    opened.journal
+}
+
+fn run(backend: Backend, profile: &Profile, durability: Durability) -> Figures {
     let dir = tempfile::tempdir().unwrap();
-    let journal = SledJournal::open_with(
+    let journal = open(
+        backend,
         &dir.path().join("journal"),
         JournalOptions {
             durability,
             ..JournalOptions::default()
         },
-    )
-    .unwrap();
-    let mut batcher = Batcher::new(osprey_agent::config::default_batch_limits());
+    );
+    let mut batcher = Batcher::new(
+        profile
+            .batch
+            .unwrap_or_else(osprey_agent::config::default_batch_limits),
+    );
     let base = tokio::time::Instant::now();
     let period_us = 1_000_000 / profile.hz;
     let total_us = profile.seconds * 1_000_000;
@@ -100,7 +119,7 @@ fn run(profile: &Profile, durability: Durability) -> Figures {
     let mut disk_at_start = 0;
     let mut t_us = 0u64;
     let append = |batch: TelemetryBatch, measuring: bool, f: &mut Figures| -> u64 {
-        let (seq, readings, bytes) = append_batch(&journal, DEVICE, batch);
+        let (seq, readings, bytes) = append_batch(&*journal, DEVICE, batch);
         if measuring {
             f.readings += u64::from(readings);
             f.payload += bytes as u64;
@@ -160,9 +179,19 @@ fn run(profile: &Profile, durability: Durability) -> Figures {
     f
 }
 
-/// Bytes written by opening a journal that holds `backlog` messages, averaged over `opens`
-/// re-opens (each after a clean close).
-fn startup_burst(backlog: usize, opens: u32) -> (u64, u64) {
+/// What opening a journal that holds a backlog costs.
+struct Startup {
+    /// Bytes written by the open (and the flush after it), mean and worst of the opens.
+    mean: u64,
+    worst: u64,
+    /// Time of the open alone, mean and worst.
+    time_mean: Duration,
+    time_worst: Duration,
+}
+
+/// Opens a journal holding `readings` readings (batches of 50) `opens` times, each after a
+/// clean close.
+fn startup(backend: Backend, readings: u64, opens: u32) -> Startup {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal");
     let options = JournalOptions {
@@ -170,7 +199,7 @@ fn startup_burst(backlog: usize, opens: u32) -> (u64, u64) {
         ..JournalOptions::default()
     };
     {
-        let journal = SledJournal::open_with(&path, options).unwrap();
+        let journal = open(backend, &path, options);
         let mut batcher = Batcher::new(osprey_agent::config::default_batch_limits());
         let now = tokio::time::Instant::now();
         let batch = (0..50)
@@ -182,24 +211,35 @@ fn startup_burst(backlog: usize, opens: u32) -> (u64, u64) {
             })
             .or_else(|| batcher.take())
             .unwrap();
-        for _ in 0..backlog {
-            append_batch(&journal, DEVICE, batch.clone());
+        let per = batch.reading_count() as u64;
+        for _ in 0..readings.div_ceil(per) {
+            append_batch(&*journal, DEVICE, batch.clone());
         }
         journal.sync().unwrap();
     }
-    let mut worst = 0;
-    let mut total = 0;
+    let mut s = Startup {
+        mean: 0,
+        worst: 0,
+        time_mean: Duration::ZERO,
+        time_worst: Duration::ZERO,
+    };
     for _ in 0..opens {
         std::thread::sleep(Duration::from_millis(300)); // sled lets go of its lock after drop
         let before = disk_written();
-        let journal = SledJournal::open_with(&path, options).unwrap();
+        let started = Instant::now();
+        let journal = open(backend, &path, options);
+        let took = started.elapsed();
         journal.sync().unwrap();
         drop(journal);
         let written = disk_written() - before;
-        worst = worst.max(written);
-        total += written;
+        s.worst = s.worst.max(written);
+        s.mean += written;
+        s.time_worst = s.time_worst.max(took);
+        s.time_mean += took;
     }
-    (total / u64::from(opens), worst)
+    s.mean /= u64::from(opens);
+    s.time_mean /= opens;
+    s
 }
 
 fn main() {
@@ -216,26 +256,62 @@ fn main() {
             hz: 1,
             series: 10,
             seconds,
+            batch: None,
+        },
+        Profile {
+            // What it takes at 1 Hz: a flush writes at least one page, so fewer, fuller
+            // batches (`[batch] max_readings = 150`, `max_age_ms = 15000`).
+            name: "1 Hz x 10, 15 s batch",
+            hz: 1,
+            series: 10,
+            seconds,
+            batch: Some(osprey_agent::BatchLimits {
+                max_readings: std::num::NonZeroUsize::new(150).unwrap(),
+                max_age: Duration::from_secs(15),
+                ..osprey_agent::config::default_batch_limits()
+            }),
         },
         Profile {
             name: "10 Hz x 10 series",
             hz: 10,
             series: 10,
             seconds,
+            batch: None,
         },
         Profile {
             name: "1 kHz x 3 series",
             hz: 1000,
             series: 3,
             seconds: seconds / 6,
+            batch: None,
         },
     ];
+    let backends: Vec<Backend> = match std::env::var("OSPREY_BENCH_JOURNAL").as_deref() {
+        Ok("segment") => vec![Backend::Segment],
+        Ok("sled") => vec![Backend::Sled],
+        _ => vec![Backend::Segment, Backend::Sled],
+    };
+    let part = std::env::var("OSPREY_BENCH_FLASH_PART").unwrap_or_default();
+    let steady = part != "startup";
+    let starting = part != "steady";
     println!("osprey-agent flash bench (journal disk bytes per reading, steady state)");
     println!(
-        "{:<18} {:<26} {:>9} {:>9} {:>9} {:>7} {:>10} {:>9}",
-        "profile", "durability", "payload", "disk", "ratio", "msg/s", "flush/s", "GB/day"
+        "{:<8} {:<21} {:<26} {:>9} {:>9} {:>9} {:>7} {:>10} {:>9}",
+        "backend",
+        "profile",
+        "durability",
+        "payload",
+        "disk",
+        "ratio",
+        "msg/s",
+        "flush/s",
+        "GB/day"
     );
-    for profile in &profiles {
+    for (backend, profile) in backends
+        .iter()
+        .flat_map(|b| profiles.iter().map(move |p| (*b, p)))
+        .filter(|_| steady)
+    {
         for (label, durability) in [
             ("flush each append (0)", Durability::EachAppend),
             (
@@ -243,12 +319,13 @@ fn main() {
                 Durability::Interval(Duration::from_millis(5000)),
             ),
         ] {
-            let f = run(profile, durability);
+            let f = run(backend, profile, durability);
             let measured_s = (profile.seconds - profile.seconds / 4) as f64;
             let payload = f.payload as f64 / f.readings as f64;
             let disk = f.disk as f64 / f.readings as f64;
             println!(
-                "{:<18} {:<26} {:>7.1} B {:>7.1} B {:>8.1}x {:>7.2} {:>10.2} {:>9.3}",
+                "{:<8} {:<21} {:<26} {:>7.1} B {:>7.1} B {:>8.1}x {:>7.2} {:>10.2} {:>9.3}",
+                backend.name(),
                 profile.name,
                 label,
                 payload,
@@ -260,12 +337,17 @@ fn main() {
             );
         }
     }
-    for backlog in [0, 10_000] {
-        let (mean, worst) = startup_burst(backlog, 5);
-        println!(
-            "start-up: opening a journal holding {backlog} messages writes {:.0} KiB (mean of 5 opens, worst {:.0} KiB)",
-            mean as f64 / 1024.0,
-            worst as f64 / 1024.0
-        );
+    for backend in backends.iter().filter(|_| starting) {
+        for readings in [0, 10_000, 100_000, 1_000_000] {
+            let s = startup(*backend, readings, 5);
+            println!(
+                "start-up {:<8} {readings:>9} readings waiting: writes {:>7.0} KiB (worst {:>7.0} KiB), opens in {:>8.2} ms (worst {:>8.2} ms), mean of 5",
+                backend.name(),
+                s.mean as f64 / 1024.0,
+                s.worst as f64 / 1024.0,
+                s.time_mean.as_secs_f64() * 1e3,
+                s.time_worst.as_secs_f64() * 1e3,
+            );
+        }
     }
 }

@@ -49,7 +49,7 @@ pub use sensors::{
 };
 
 use crate::batch::BatchLimits;
-use crate::journal::{Durability, JournalOptions, MIN_MAX_BYTES};
+use crate::journal::{Backend, Durability, JournalOptions, MIN_MAX_BYTES};
 use crate::sim::{self, Scenario};
 use crate::tls::Tls;
 
@@ -95,6 +95,8 @@ pub struct Config {
     pub journal_path: PathBuf,
     /// Journal quota and durability.
     pub journal: JournalOptions,
+    /// Backend of a new journal (an existing directory keeps its own).
+    pub journal_backend: Backend,
     /// Broker connection.
     pub mqtt: Mqtt,
     /// Local threshold rules.
@@ -258,6 +260,7 @@ impl Config {
             batch: default_batch_limits(),
             journal_path: journal_path.into(),
             journal: JournalOptions::default(),
+            journal_backend: Backend::default(),
             mqtt: Mqtt {
                 host: mqtt_host.to_owned(),
                 port: mqtt_port,
@@ -598,6 +601,7 @@ fn from_raw(raw: &raw::AgentConfig, text: &str, base_dir: &Path) -> Result<Confi
             max_bytes: batch_bytes,
         },
         journal_path,
+        journal_backend: raw.journal.backend.unwrap_or_default(),
         journal: JournalOptions {
             max_bytes: raw
                 .journal

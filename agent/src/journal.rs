@@ -8,6 +8,10 @@
 //!  uplink ── read(Priority) then read(Telemetry) ─► publish QoS 1 ─► PUBACK ─► remove(class, seq)
 //! ```
 //!
+//! Two backends implement it: [`SegmentJournal`] (append-only segment files, the default for
+//! new journals) and [`SledJournal`]; [`open`] opens a directory with the backend it holds
+//! ([`Backend`]). Their on-disk rules are in their module docs.
+//!
 //! # Rules (kept by every backend)
 //!
 //! - Entries live in two classes: [`Class::Priority`] (alerts) and [`Class::Telemetry`]. Within
@@ -40,14 +44,15 @@
 //!   takes its count back ([`Journal::uncount_evicted`]), so the counters equal what the cloud
 //!   misses. (Only a crash between that PUBACK and the next flush can leave it counted: an
 //!   over-count, never an under-count.)
-//! - Every record carries a CRC-32 of its kind, reading count and payload. A record that fails
-//!   it, or whose payload does not decode, makes the journal corrupt: see [`open_or_recover`].
-//! - After every flush a small file beside sled's (the durable mark) records the highest seq
+//! - Every record carries a CRC-32 of its kind, reading count and payload. In a sled journal a
+//!   record that fails it, or whose payload does not decode, makes the journal corrupt: see
+//!   [`open_or_recover`]. A segment journal drops and counts such a record when it reads it.
+//! - Sled: after every flush a small file beside sled's (the durable mark) records the highest seq
 //!   appended per class, what is stored and the counters. sled silently drops the rest of its
 //!   log after a damaged entry; a journal that opens behind its mark has lost messages, which
 //!   makes it corrupt too, with the loss counted as far as the mark knows ([`Truncation`]).
-//! - A journal written in the first layout (trees `messages`/`meta`) is moved into this one
-//!   when opened, repeatably, so a crash halfway loses nothing.
+//! - A sled journal written in the first layout (trees `messages`/`meta`) is moved into the
+//!   current one when opened, repeatably, so a crash halfway loses nothing.
 //!
 //! # What a power cut loses
 //!
@@ -56,8 +61,8 @@
 //!   readings still in the batcher's memory (at most one batch: `batch.max_readings` readings
 //!   or `batch.max_age` of data) and the messages queued between the sampler and the journal
 //!   writer (a bounded channel of 16, normally empty). Nothing that was appended.
-//! - [`Durability::Interval`] (`journal.flush_interval_ms = N`): appends are written to sled's
-//!   in-memory log and fsynced together every N ms. A power cut additionally loses what was
+//! - [`Durability::Interval`] (`journal.flush_interval_ms = N`): appends are written (to the
+//!   page cache, or sled's in-memory log) and fsynced together every N ms. A power cut additionally loses what was
 //!   appended since the last completed flush: at most N ms of messages plus the flush's own
 //!   duration. None of those had been published (the uplink sends durable entries only), so
 //!   the cloud never sees a message the device has forgotten. The price is up to N ms of extra
@@ -66,14 +71,18 @@
 //! In both modes a removal lost to the power cut only causes a duplicate.
 //!
 //! Errors follow the `std::error::Error` convention: the message describes this failure, and
-//! the cause (sled's error) is its `source()`; print the chain (`{:#}` with anyhow) to see both.
+//! the cause (sled's or the file system's error) is its `source()`; print the chain (`{:#}` with anyhow) to see both.
 
+mod backend;
+#[cfg(test)]
+mod conformance;
 mod inspect;
 mod lease;
 mod mark;
 mod migrate;
 mod record;
 mod recover;
+mod segment;
 mod sled_backend;
 
 use std::path::PathBuf;
@@ -81,10 +90,12 @@ use std::time::Duration;
 
 use osprey_protocol::Kind;
 
+pub use backend::{open, Backend, Opened};
 pub use inspect::{inspect, Inspection, Problem};
 pub use mark::Truncation;
 pub use record::RecordError;
 pub use recover::{open_or_recover, Recovery};
+pub use segment::{SegmentJournal, SEGMENT_BYTES};
 pub use sled_backend::SledJournal;
 
 /// Default byte quota: 64 MiB of records, about a week of one reading a second per series.
@@ -304,6 +315,28 @@ pub enum JournalError {
         path: PathBuf,
         /// What sled reported.
         source: sled::Error,
+    },
+    /// The segment journal's directory or files could not be opened (missing permissions, or
+    /// another process holding its lock).
+    #[error(
+        "cannot open the journal at {path} (check that the directory is writable and that no \
+         other osprey-agent uses it)"
+    )]
+    OpenFiles {
+        /// Journal directory.
+        path: PathBuf,
+        /// What the file system reported.
+        source: std::io::Error,
+    },
+    /// Reading or writing the segment journal's files failed.
+    #[error("cannot {operation} the journal at {path}")]
+    Io {
+        /// Journal directory.
+        path: PathBuf,
+        /// What was being done ("append message 7 to", "flush", ...).
+        operation: String,
+        /// What the file system reported.
+        source: std::io::Error,
     },
     /// Storing a message failed.
     #[error("cannot write message {seq} to the journal at {path}")]

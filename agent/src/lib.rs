@@ -18,7 +18,7 @@
 //! | [`sensors`] | sensor sources (sysfs, 1-Wire, I2C drivers, GPIO, commands), sensor health |
 //! | [`rule`] | local rules with hysteresis and delays ([`RuleSet`]), persisted alarms, actions |
 //! | [`batch`] | columnar telemetry batches ([`Batcher`]) |
-//! | [`journal`] | durable store of undelivered messages ([`Journal`], [`SledJournal`]): byte quota, drop counters, corrupt-journal recovery |
+//! | [`journal`] | durable store of undelivered messages ([`Journal`]; [`SegmentJournal`], the default, and [`SledJournal`]): byte quota, drop counters, corrupt-journal recovery |
 //! | `writer` | gives messages their sequence numbers and journals them |
 //! | `uplink` | MQTT delivery, PUBACK bookkeeping, reconnect with backoff |
 //! | [`tls`] | rustls client configuration from PEM files |
@@ -75,7 +75,7 @@ mod writer;
 pub use batch::{BatchLimits, Batcher};
 pub use config::{Config, ConfigError};
 pub use error::AgentError;
-pub use journal::{Journal, JournalError, SledJournal};
+pub use journal::{Journal, JournalError, SegmentJournal, SledJournal};
 pub use reading::Reading;
 pub use rule::RuleSet;
 pub use runtime::{run, run_service, run_with_reload};

@@ -314,10 +314,15 @@ fn journal_command(command: JournalCommand) -> anyhow::Result<()> {
                 if let Some(truncation) = &seen.truncation {
                     eprintln!("{}: {truncation}", path.display());
                 }
+                let action = match seen.backend {
+                    journal::Backend::Segment => {
+                        "will drop and count each damaged record when it reads it"
+                    }
+                    _ => "will move this journal aside on its next start",
+                };
                 anyhow::bail!(
                     "{} records in {} are damaged and at least {} messages are lost; the agent \
-                     will move this journal aside on its next start and keep the {} intact \
-                     messages",
+                     {action} and keep the {} intact messages",
                     seen.problems.len(),
                     path.display(),
                     seen.truncation

@@ -109,11 +109,12 @@ async fn run_inner(
     let options = config.journal;
     // A corrupt journal is moved aside and replaced (and logged) rather than stopping the
     // agent; only an unusable directory or a journal held by another process fails here.
-    let (journal, recovery) =
-        tokio::task::spawn_blocking(move || journal::open_or_recover(&path, options))
-            .await
-            .map_err(|e| AgentError::join("journal open", e))??;
-    let journal: Arc<dyn Journal> = Arc::new(journal);
+    let backend = config.journal_backend;
+    let opened = tokio::task::spawn_blocking(move || journal::open(&path, options, backend))
+        .await
+        .map_err(|e| AgentError::join("journal open", e))??;
+    let (journal, recovery) = (opened.journal, opened.recovery);
+    let journal_backend = opened.backend;
     // Rules from the cloud: the kept document over the TOML now, new documents and SIGHUP
     // reloads through the coordinator to the sampler.
     let remote = remote_config::start(config, reload_rx);
@@ -122,6 +123,7 @@ async fn run_inner(
     tracing::info!(
         device = %device,
         journal = %config.journal_path.display(),
+        journal_backend = journal_backend.name(),
         backlog = journal.len(),
         backlog_bytes = journal.bytes(),
         dropped_readings = journal.counters().dropped.readings,

@@ -18,6 +18,9 @@
 //! - status lifecycle: periodic statuses with the will's seq (`wq`), and a clean stop's offline
 //!   status under a fresh seq above every earlier one.
 //!
+//! The agent's journal uses the default backend (segment) unless `OSPREY_TEST_JOURNAL_BACKEND`
+//! names another (`sled`): run the suite once per backend.
+//!
 //! The subscriber uses a clean session, and Mosquitto keeps nothing across a restart, so after
 //! restarting the broker the agent is held (SIGSTOP) until the subscriber is back; otherwise
 //! messages could reach the broker before anyone listens and the test would blame the agent.
@@ -51,16 +54,24 @@ fn agent_config(
              [sampling]\ninterval_ms = {interval_ms}\nmax_samples = {max_samples}\n\
              [simulator]\nseed = 7\n\
              [batch]\nmax_readings = {}\nmax_age_ms = 1000\n\
-             [journal]\npath = \"{}\"\n{}\
+             [journal]\npath = \"{}\"\n{}{}\
              [mqtt]\nport = {port}\nkeep_alive_s = 5\n{}",
             extra.max_readings,
             dir.join("journal").display(),
+            backend_line(),
             extra.journal,
             extra.mqtt,
         ),
     )
     .unwrap();
     path
+}
+
+/// `backend = "…"` from `OSPREY_TEST_JOURNAL_BACKEND`, or nothing (the default backend).
+fn backend_line() -> String {
+    std::env::var("OSPREY_TEST_JOURNAL_BACKEND")
+        .map(|b| format!("backend = \"{b}\"\n"))
+        .unwrap_or_default()
 }
 
 /// Extra config for one test.
@@ -311,6 +322,15 @@ fn kill_9_fifty_times_loses_nothing_the_journal_accepted() {
         accepted.len() > 500,
         "only {} messages journaled",
         accepted.len()
+    );
+    // The suite ran on the backend it was asked for.
+    let expected = match std::env::var("OSPREY_TEST_JOURNAL_BACKEND").as_deref() {
+        Ok("sled") => osprey_agent::journal::Backend::Sled,
+        _ => osprey_agent::journal::Backend::Segment,
+    };
+    assert_eq!(
+        osprey_agent::journal::Backend::found_in(&journal),
+        Some(expected)
     );
     // A last run delivers what is left (max_samples = 1: it stops once the journal is empty).
     let config = agent_config(dir.path(), broker.port(), 2, 1, &extra);

@@ -1,5 +1,7 @@
 //! `osprey-agent journal stats|export|verify`, and the agent starting on a corrupt journal, as
-//! an operator meets them: the real binary on journals written to disk.
+//! an operator meets them: the real binary on journals written to disk. The commands run on
+//! journals of both backends; the damage tests on each backend's own kind of damage (a sled
+//! journal is moved aside, a segment journal drops and counts the damaged record).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
 
@@ -7,20 +9,21 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use osprey_agent::journal::{Journal, Record};
-use osprey_agent::SledJournal;
+use osprey_agent::journal::{self, Backend, JournalOptions, Record};
 use osprey_protocol::{Alert, AlertEvent, Body, Envelope, Series, Severity, TelemetryBatch};
 use osprey_tests::{bin, free_port, wait_until, Mosquitto, Proc, Subscriber};
 
 /// Writes 3 telemetry batches of 5 readings and one alert, then closes the journal.
-fn write_journal(path: &Path) {
-    write_messages(path, 4, |i| i == 2);
+fn write_journal(path: &Path, backend: Backend) {
+    write_messages(path, backend, 4, |i| i == 2);
 }
 
 /// Writes `n` messages, an alert where `is_alert(i)`, else a telemetry batch of 5 readings,
-/// then closes the journal.
-fn write_messages(path: &Path, n: i64, is_alert: impl Fn(i64) -> bool) {
-    let j = SledJournal::open(path).unwrap();
+/// to a new journal of `backend`, then closes the journal.
+fn write_messages(path: &Path, backend: Backend, n: i64, is_alert: impl Fn(i64) -> bool) {
+    let opened = journal::open(path, JournalOptions::default(), backend).unwrap();
+    assert_eq!(opened.backend, backend);
+    let j = opened.journal;
     for i in 0..n {
         let seq = j.reserve_seq().unwrap();
         let (body, readings) = if is_alert(i) {
@@ -88,9 +91,15 @@ fn damage(path: &Path) {
 
 #[test]
 fn stats_count_messages_readings_and_seq_range() {
+    for backend in [Backend::Sled, Backend::Segment] {
+        stats_count_messages_readings_and_seq_range_in(backend);
+    }
+}
+
+fn stats_count_messages_readings_and_seq_range_in(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal");
-    write_journal(&path);
+    write_journal(&path, backend);
     let out = journal_cli("stats", &path);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
@@ -120,9 +129,15 @@ fn stats_count_messages_readings_and_seq_range() {
 
 #[test]
 fn export_prints_one_decoded_json_line_per_message_alerts_first() {
+    for backend in [Backend::Sled, Backend::Segment] {
+        export_prints_one_decoded_json_line_per_message_alerts_first_in(backend);
+    }
+}
+
+fn export_prints_one_decoded_json_line_per_message_alerts_first_in(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal");
-    write_journal(&path);
+    write_journal(&path, backend);
     let out = journal_cli("export", &path);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let lines: Vec<serde_json::Value> = text(&out.stdout)
@@ -146,7 +161,7 @@ fn export_prints_one_decoded_json_line_per_message_alerts_first() {
 fn verify_passes_a_good_journal_and_fails_a_damaged_one_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal");
-    write_journal(&path);
+    write_journal(&path, Backend::Sled);
     let out = journal_cli("verify", &path);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("ok, 4 messages"));
@@ -188,7 +203,7 @@ fn run_agent(dir: &Path, journal: &Path, port: u16) -> Proc {
 fn agent_starts_on_a_corrupt_journal_by_moving_it_aside() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal");
-    write_journal(&path);
+    write_journal(&path, Backend::Sled);
     damage(&path);
     let broker = Mosquitto::plain();
     let sub = Subscriber::start(broker.port());
@@ -248,7 +263,7 @@ fn copy_journal(from: &Path, to: &Path) {
 fn agent_starts_on_a_journal_whose_log_lost_its_middle_and_reports_it() {
     let dir = tempfile::tempdir().unwrap();
     let pristine = dir.path().join("pristine");
-    write_messages(&pristine, 300, |_| false);
+    write_messages(&pristine, Backend::Sled, 300, |_| false);
     // sled 0.34 drops everything after a damaged log entry and opens without an error. Which
     // byte lands in a live entry depends on sled's layout, so try a few in the middle until
     // `journal verify` sees the loss (each try on a fresh copy).
@@ -311,7 +326,7 @@ fn agent_starts_on_a_journal_whose_log_lost_its_middle_and_reports_it() {
 fn verify_and_run_survive_noise_over_the_start_of_the_database() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal");
-    write_journal(&path);
+    write_journal(&path, Backend::Sled);
     // Overwrite the start of sled's log with noise. sled 0.34 either panics reading it or
     // silently drops everything after the damage; both must be reported as corruption.
     let mut db = std::fs::read(path.join("db")).unwrap();
@@ -354,5 +369,100 @@ fn verify_and_run_survive_noise_over_the_start_of_the_database() {
         agent.wait_timeout(Duration::from_secs(1)).is_none(),
         "{}",
         agent.logs()
+    );
+}
+
+/// Flips the last byte of the newest segment file of a segment journal: the body of the last
+/// message written.
+fn damage_last_segment_record(path: &Path) {
+    let mut segments: Vec<_> = std::fs::read_dir(path)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segments.sort();
+    let newest = segments.last().unwrap();
+    let mut bytes = std::fs::read(newest).unwrap();
+    *bytes.last_mut().unwrap() ^= 0x40;
+    std::fs::write(newest, bytes).unwrap();
+}
+
+#[test]
+fn verify_names_a_damaged_segment_record_and_the_agent_drops_and_counts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal");
+    write_journal(&path, Backend::Segment);
+    let out = journal_cli("verify", &path);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ok, 4 messages"));
+
+    damage_last_segment_record(&path);
+    let out = journal_cli("verify", &path);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("record 4 fails its checksum"), "{stderr}");
+    assert!(
+        stderr.contains("drop and count each damaged record"),
+        "{stderr}"
+    );
+
+    // The agent starts on it without moving anything, delivers the intact messages, and its
+    // birth status counts the damaged batch (5 readings) as dropped, not as a reset.
+    let broker = Mosquitto::plain();
+    let sub = Subscriber::start(broker.port());
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "device_id = \"pump-7\"\n[sampling]\ninterval_ms = 10\n[journal]\npath = \"{}\"\n\
+             [status]\ninterval_s = 1\n[mqtt]\nport = {}\n",
+            path.display(),
+            broker.port(),
+        ),
+    )
+    .unwrap();
+    let mut agent = Proc::spawn(
+        Command::new(bin("osprey-agent"))
+            .args(["run", "--config"])
+            .arg(&config),
+    );
+    let delivered = wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
+        let seqs: Vec<u64> = sub
+            .messages()
+            .into_iter()
+            .filter(|m| m.device == "pump-7" && !matches!(m.body, Body::Status(_)))
+            .map(|m| m.seq)
+            .collect();
+        [1, 2, 3].iter().all(|s| seqs.contains(s)).then_some(seqs)
+    });
+    let delivered = delivered.unwrap_or_else(|| panic!("not delivered: {}", agent.logs()));
+    assert!(!delivered.contains(&4), "{delivered:?}");
+    let dropped = wait_until(Duration::from_secs(60), Duration::from_millis(100), || {
+        sub.messages().into_iter().find_map(|m| match m.body {
+            Body::Status(s) if m.device == "pump-7" && s.dropped > 0 => Some(s),
+            _ => None,
+        })
+    });
+    let status = dropped.unwrap_or_else(|| panic!("no status counting it: {}", agent.logs()));
+    assert_eq!(status.dropped, 5, "{status:?}");
+    assert_eq!(status.journal_resets, 0, "{status:?}");
+    assert!(
+        agent.stderr().contains("fails its checksum"),
+        "{}",
+        agent.logs()
+    );
+    assert!(
+        agent.wait_timeout(Duration::from_secs(1)).is_none(),
+        "{}",
+        agent.logs()
+    );
+    agent.terminate(Duration::from_secs(30));
+    assert!(
+        !std::fs::read_dir(dir.path()).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("corrupt")),
+        "nothing moved aside"
     );
 }

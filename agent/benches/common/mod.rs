@@ -30,7 +30,7 @@ pub fn proc_field(file: &str, key: &str) -> u64 {
 /// Encodes `batch` from `device` under the journal's next seq and epoch and appends it;
 /// returns (seq, readings, encoded bytes).
 pub fn append_batch(
-    journal: &impl Journal,
+    journal: &(impl Journal + ?Sized),
     device: &str,
     batch: TelemetryBatch,
 ) -> (u64, u32, usize) {

@@ -122,6 +122,10 @@ pub(crate) struct JournalConfig {
     /// publish only what is flushed; a power cut can then lose up to N ms of (unpublished)
     /// messages. See ARCHITECTURE.md, "Agent journal and uplink".
     pub(crate) flush_interval_ms: Option<u64>,
+    /// Backend of a new journal: `segment` (default; append-only segment files, the fewest
+    /// writes on an SD card) or `sled`. A directory that already holds a journal keeps its
+    /// backend. See ARCHITECTURE.md, "Agent journal and uplink".
+    pub(crate) backend: Option<crate::journal::Backend>,
 }
 
 /// `[mqtt]`

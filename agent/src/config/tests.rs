@@ -54,6 +54,7 @@ fn minimal_config_gets_defaults() {
     assert_eq!(config.mqtt.tls, None);
     assert!(config.mqtt.pack_backlog);
     assert_eq!(config.simulator.scenario, Scenario::Steady);
+    assert_eq!(config.journal_backend, crate::journal::Backend::Segment);
     assert!(config.rules.is_empty());
     assert_eq!(config.status_interval, Some(DEFAULT_STATUS_INTERVAL));
 }
@@ -162,6 +163,11 @@ fn bad_values_are_located() {
             "[simulator]\nscenario = \"broken\"\n",
             (3, 12),
             "unknown variant",
+        ),
+        (
+            "[journal]\nbackend = \"rocksdb\"\n",
+            (3, 11),
+            "unknown variant `rocksdb`, expected `segment` or `sled`",
         ),
     ];
     for (body, expected, needle) in cases {
@@ -332,4 +338,18 @@ fn every_syntax_error_is_reported_at_once() {
         panic!("expected both syntax errors: {err}");
     };
     assert_eq!(all.len(), 2, "{err}");
+}
+
+#[test]
+fn journal_backend_is_read() {
+    for (name, backend) in [
+        ("segment", crate::journal::Backend::Segment),
+        ("sled", crate::journal::Backend::Sled),
+    ] {
+        let config = parse(&format!(
+            "device_id = \"p\"\n[journal]\nbackend = \"{name}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.journal_backend, backend);
+    }
 }

@@ -1,14 +1,17 @@
 //! Read-only views of a journal for operators (`osprey-agent journal stats|export|verify`).
 //!
-//! The journal must not be in use: sled locks its directory, so stop the agent first (the
-//! open waits 2 s for the lock, then says another process holds it). Nothing is moved or
-//! repaired here; `verify` only reports.
+//! The journal must not be in use: both backends lock their directory, so stop the agent first
+//! (sled's open waits 2 s for the lock, then says another process holds it; a segment journal
+//! is read under a shared lock, refused at once while an agent holds it). Nothing is moved,
+//! written or repaired here; `verify` only reports.
 
 use std::path::{Path, PathBuf};
 
 use osprey_protocol::{Body, Kind};
 
+use super::segment::SegmentJournal;
 use super::sled_backend::SledJournal;
+use super::Backend;
 use super::{Counters, Entry, Journal, JournalError, JournalOptions, RecordError, Truncation};
 
 /// Everything in a journal directory, checked.
@@ -29,6 +32,8 @@ pub struct Inspection {
     pub counters: Counters,
     /// The journal epoch (protocol 1.3; 0 for a journal from before it).
     pub epoch: u64,
+    /// Which backend stores it.
+    pub backend: Backend,
 }
 
 /// A damaged record.
@@ -58,8 +63,9 @@ pub struct KindStats {
 }
 
 impl Inspection {
-    /// Whether the journal is damaged (a record, or sled's log behind the durable mark): the
-    /// agent will move it aside on its next start.
+    /// Whether the journal is damaged (a record, or sled's log behind the durable mark). The
+    /// agent moves a damaged sled journal aside on its next start; a segment journal drops and
+    /// counts each damaged record when it reads it.
     pub fn is_damaged(&self) -> bool {
         !self.problems.is_empty() || self.truncation.is_some()
     }
@@ -101,13 +107,38 @@ fn event_times(entry: &Entry) -> Option<(i64, i64)> {
     }
 }
 
-/// Opens the journal at `path` (which must exist) and checks every record. Blocking.
+/// Opens the journal at `path` (which must exist, of either backend) and checks every record.
+/// Blocking.
 pub fn inspect(path: &Path) -> Result<Inspection, JournalError> {
-    if !path.join("conf").exists() && !path.join("db").exists() {
-        return Err(JournalError::Missing {
+    match Backend::found_in(path) {
+        None => Err(JournalError::Missing {
             path: path.to_owned(),
-        });
+        }),
+        Some(Backend::Segment) => {
+            let seen = SegmentJournal::inspect(path)?;
+            Ok(Inspection {
+                path: path.to_owned(),
+                entries: seen.entries,
+                problems: seen
+                    .damaged
+                    .into_iter()
+                    .map(|error| Problem {
+                        seq: error.seq(),
+                        error,
+                    })
+                    .collect(),
+                truncation: None,
+                bytes: seen.bytes,
+                counters: seen.counters,
+                epoch: seen.epoch,
+                backend: Backend::Segment,
+            })
+        }
+        Some(_) => inspect_sled(path),
     }
+}
+
+fn inspect_sled(path: &Path) -> Result<Inspection, JournalError> {
     // sled panics on some damaged files; report that as corruption, not as a crash.
     let scanned =
         std::panic::catch_unwind(|| SledJournal::open_scanned(path, JournalOptions::default()))
@@ -131,6 +162,7 @@ pub fn inspect(path: &Path) -> Result<Inspection, JournalError> {
         bytes: journal.bytes(),
         counters: journal.counters(),
         epoch: journal.epoch(),
+        backend: Backend::Sled,
     })
 }
 

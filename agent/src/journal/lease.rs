@@ -32,6 +32,8 @@ use std::path::{Path, PathBuf};
 use osprey_protocol::MAX_EPOCH;
 use rand::Rng as _;
 
+use super::JournalError;
+
 /// Numbers leased per file write.
 pub(crate) const BLOCK: u64 = 4096;
 const FILE: &str = "seq.lease";
@@ -133,6 +135,126 @@ pub(crate) fn write(dir: &Path, lease: Lease) -> std::io::Result<()> {
     std::fs::rename(&tmp, file(dir))?;
     // Make the rename itself durable.
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// First sequence number of a fresh journal.
+pub(crate) const FIRST_SEQ: u64 = 1;
+
+/// The epoch of a journal being opened, from its lease file. `marked`: the backend's format
+/// marker exists (the journal was created before). A journal without the marker is new: its
+/// epoch is drawn and stored in a first lease (before the caller writes the marker); one that
+/// has a lease past the first number but no marker has lost its records behind the backend's
+/// back, which is [`JournalError::Corrupt`] with `lost` as the reason.
+pub(crate) fn epoch_at_open(
+    dir: &Path,
+    file: LeaseFile,
+    marked: bool,
+    lost: &str,
+) -> Result<u64, JournalError> {
+    if marked {
+        return Ok(match file {
+            LeaseFile::Intact(lease) => lease.epoch,
+            // A journal from before the lease, or one that never handed out a number: not
+            // replaced, so epoch 0.
+            LeaseFile::Absent => 0,
+            LeaseFile::Damaged => {
+                // The numbering cannot be trusted: a new epoch, stored with the next lease
+                // (before any number is handed out under it).
+                let epoch = new_epoch();
+                tracing::warn!(journal = %dir.display(), epoch,
+                    "the sequence lease is damaged: numbering continues under a new journal epoch");
+                epoch
+            }
+        });
+    }
+    match file {
+        LeaseFile::Absent => {
+            // A new journal: draw its epoch and store it before the marker.
+            let lease = Lease {
+                next: FIRST_SEQ,
+                epoch: new_epoch(),
+            };
+            write(dir, lease).map_err(|source| JournalError::Reserve {
+                path: dir.to_owned(),
+                source,
+            })?;
+            Ok(lease.epoch)
+        }
+        // Created, but stopped before the marker was written: no number was handed out.
+        LeaseFile::Intact(lease) if lease.next == FIRST_SEQ && lease.epoch != 0 => Ok(lease.epoch),
+        LeaseFile::Intact(_) | LeaseFile::Damaged => Err(JournalError::Corrupt {
+            path: dir.to_owned(),
+            what: lost.to_owned(),
+        }),
+    }
+}
+
+/// The next number to hand out, how far the lease file allows, and the epoch stored with it.
+#[derive(Debug)]
+pub(crate) struct Numbering {
+    next: u64,
+    leased: u64,
+    epoch: u64,
+}
+
+impl Numbering {
+    /// Numbering that continues at `next` (the lease is renewed before `next` is handed out).
+    pub(crate) fn starting_at(next: u64, epoch: u64) -> Numbering {
+        Numbering {
+            next,
+            leased: next,
+            epoch,
+        }
+    }
+
+    /// The journal epoch.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Hands out the next number, renewing the lease in `dir` first when it is used up.
+    pub(crate) fn reserve(&mut self, dir: &Path) -> Result<u64, JournalError> {
+        let seq = self.next;
+        let after = seq
+            .checked_add(1)
+            .ok_or_else(|| JournalError::SeqExhausted {
+                path: dir.to_owned(),
+            })?;
+        if seq >= self.leased {
+            let next = seq.saturating_add(BLOCK);
+            write(
+                dir,
+                Lease {
+                    next,
+                    epoch: self.epoch,
+                },
+            )
+            .map_err(|source| JournalError::Reserve {
+                path: dir.to_owned(),
+                source,
+            })?;
+            self.leased = next;
+        }
+        self.next = after;
+        Ok(seq)
+    }
+
+    /// Continues a replaced journal's numbering: from now on the epoch is `epoch` and no
+    /// number below `seq` is handed out; both are stored in the lease at once (durably).
+    pub(crate) fn continue_at(
+        &mut self,
+        dir: &Path,
+        epoch: u64,
+        seq: u64,
+    ) -> Result<(), JournalError> {
+        let next = self.next.max(seq);
+        write(dir, Lease { next, epoch }).map_err(|source| JournalError::Reserve {
+            path: dir.to_owned(),
+            source,
+        })?;
+        *self = Numbering::starting_at(next, epoch);
+        Ok(())
+    }
 }
 
 /// Writes a lease file as versions before protocol 1.3 did (no epoch), for tests of the

@@ -165,7 +165,7 @@ pub fn open_or_recover(
     }
 }
 
-fn log(path: &Path, r: &Recovery) {
+pub(crate) fn log(path: &Path, r: &Recovery) {
     tracing::error!(
         journal = %path.display(),
         moved_to = %r.moved_to.display(),
@@ -208,7 +208,7 @@ fn is_corruption(error: &JournalError) -> bool {
 }
 
 /// Renames the journal directory to `<name>.corrupt-<unix seconds>[-n]` beside it.
-fn move_aside(path: &Path) -> Result<PathBuf, JournalError> {
+pub(crate) fn move_aside(path: &Path) -> Result<PathBuf, JournalError> {
     let name = path
         .file_name()
         .map_or_else(|| "journal".into(), |n| n.to_string_lossy().into_owned());
@@ -229,7 +229,7 @@ fn move_aside(path: &Path) -> Result<PathBuf, JournalError> {
     Ok(to)
 }
 
-fn wall_clock_us() -> u64 {
+pub(crate) fn wall_clock_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))

@@ -22,13 +22,11 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use super::mark::{self, Mark, MarkWriter, Truncation};
 use super::record::{self, RecordError, KEY_LEN};
 use super::{
-    lease::{self, Lease, LeaseFile},
+    lease::{self, Numbering, FIRST_SEQ},
     migrate, Appended, Class, Counters, Dropped, Durability, Entry, Journal, JournalError,
     JournalOptions, Record,
 };
 
-/// First sequence number of a fresh journal.
-const FIRST_SEQ: u64 = 1;
 /// Key of the counters.
 const COUNTERS_KEY: &[u8] = b"mcounters";
 /// Key of the format marker, written when the journal is created.
@@ -89,14 +87,6 @@ pub(crate) fn class_index(class: Class) -> usize {
     }
 }
 
-/// The next number to hand out, how far the lease file allows, and the epoch stored with it.
-#[derive(Debug)]
-struct Seqs {
-    next: u64,
-    leased: u64,
-    epoch: u64,
-}
-
 /// A journal stored in a sled database directory.
 pub struct SledJournal {
     path: PathBuf,
@@ -104,7 +94,7 @@ pub struct SledJournal {
     tree: sled::Tree,
     options: JournalOptions,
     state: Mutex<State>,
-    seqs: Mutex<Seqs>,
+    seqs: Mutex<Numbering>,
     /// Highest sequence number appended.
     last_appended: AtomicU64,
     /// Stored entries below this seq may carry another epoch than the current one.
@@ -249,51 +239,16 @@ impl SledJournal {
         // database. The marker is written right after the first lease, so a journal that has a
         // lease past the first number but no marker has lost data behind sled's back.
         let marked = tree.contains_key(FORMAT_KEY).map_err(open_err)?;
-        let epoch = if marked {
-            match lease_file {
-                LeaseFile::Intact(lease) => lease.epoch,
-                // A journal from before the lease, or one that never handed out a number:
-                // not replaced, so epoch 0 (see `lease`).
-                LeaseFile::Absent => 0,
-                LeaseFile::Damaged => {
-                    // The numbering cannot be trusted: a new epoch, stored with the next lease
-                    // (before any number is handed out under it).
-                    let epoch = lease::new_epoch();
-                    tracing::warn!(journal = %path.display(), epoch,
-                        "the sequence lease is damaged: numbering continues under a new journal epoch");
-                    epoch
-                }
-            }
-        } else {
-            let epoch = match lease_file {
-                LeaseFile::Absent => {
-                    // A new journal: draw its epoch and store it before the marker.
-                    let lease = Lease {
-                        next: FIRST_SEQ,
-                        epoch: lease::new_epoch(),
-                    };
-                    lease::write(path, lease).map_err(|source| JournalError::Reserve {
-                        path: path.to_owned(),
-                        source,
-                    })?;
-                    lease.epoch
-                }
-                // Created, but stopped before the marker was written: no number was handed out.
-                LeaseFile::Intact(lease) if lease.next == FIRST_SEQ && lease.epoch != 0 => {
-                    lease.epoch
-                }
-                LeaseFile::Intact(_) | LeaseFile::Damaged => {
-                    return Err(JournalError::Corrupt {
-                        path: path.to_owned(),
-                        what: "the database lost its records (sled dropped a damaged log)"
-                            .to_owned(),
-                    });
-                }
-            };
+        let epoch = lease::epoch_at_open(
+            path,
+            lease_file,
+            marked,
+            "the database lost its records (sled dropped a damaged log)",
+        )?;
+        if !marked {
             tree.insert(FORMAT_KEY, &[1u8][..]).map_err(open_err)?;
             db.flush().map_err(open_err)?;
-            epoch
-        };
+        }
         let foreign_below = epochs
             .iter()
             .filter(|(e, _)| **e != epoch)
@@ -308,12 +263,7 @@ impl SledJournal {
             tree,
             options,
             state: Mutex::new(state),
-            // The lease must be renewed before `next` is handed out.
-            seqs: Mutex::new(Seqs {
-                next,
-                leased: next,
-                epoch,
-            }),
+            seqs: Mutex::new(Numbering::starting_at(next, epoch)),
             last_appended: AtomicU64::new(last_seq),
             foreign_below: AtomicU64::new(foreign_below),
             durable: AtomicU64::new(last_seq),
@@ -340,20 +290,7 @@ impl SledJournal {
     /// number below `seq` is handed out; both are stored in the lease at once (durably), so a
     /// crash right after a recovery cannot reuse a number under the same epoch.
     pub(crate) fn continue_numbering(&self, epoch: u64, seq: u64) -> Result<(), JournalError> {
-        let mut seqs = lock(&self.seqs);
-        let next = seqs.next.max(seq);
-        lease::write(&self.path, Lease { next, epoch }).map_err(|source| {
-            JournalError::Reserve {
-                path: self.path.clone(),
-                source,
-            }
-        })?;
-        *seqs = Seqs {
-            next,
-            leased: next,
-            epoch,
-        };
-        Ok(())
+        lock(&self.seqs).continue_at(&self.path, epoch, seq)
     }
 
     /// Notes that entries below `seq` may carry another epoch (salvaged from a replaced journal
@@ -463,7 +400,7 @@ struct Evicted {
     gone: Vec<(Class, u64, u32)>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock only means another thread panicked mid-update; the sizes are statistics
     // and the counters are re-read from disk on the next open.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -562,30 +499,11 @@ pub(crate) fn is_lock_held(e: &std::io::Error) -> bool {
 
 impl Journal for SledJournal {
     fn reserve_seq(&self) -> Result<u64, JournalError> {
-        let mut seqs = lock(&self.seqs);
-        let seq = seqs.next;
-        let after = seq
-            .checked_add(1)
-            .ok_or_else(|| JournalError::SeqExhausted {
-                path: self.path.clone(),
-            })?;
-        if seq >= seqs.leased {
-            let lease = seq.saturating_add(lease::BLOCK);
-            let epoch = seqs.epoch;
-            lease::write(&self.path, Lease { next: lease, epoch }).map_err(|source| {
-                JournalError::Reserve {
-                    path: self.path.clone(),
-                    source,
-                }
-            })?;
-            seqs.leased = lease;
-        }
-        seqs.next = after;
-        Ok(seq)
+        lock(&self.seqs).reserve(&self.path)
     }
 
     fn epoch(&self) -> u64 {
-        lock(&self.seqs).epoch
+        lock(&self.seqs).epoch()
     }
 
     fn foreign_epochs_below(&self) -> u64 {
@@ -851,7 +769,7 @@ pub(crate) mod tests {
         (seq, appended)
     }
 
-    fn append_alert(j: &dyn Journal) -> u64 {
+    pub(crate) fn append_alert(j: &dyn Journal) -> u64 {
         let seq = j.reserve_seq().unwrap();
         let message = alert(seq);
         j.append(&Record {
@@ -864,46 +782,9 @@ pub(crate) mod tests {
         seq
     }
 
-    fn seqs(j: &SledJournal, class: Class) -> Vec<u64> {
-        j.read(class, 0, usize::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.seq)
-            .collect()
-    }
-
-    #[test]
-    fn append_remove_reopen_keeps_order_and_seq_continuity() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal");
-        {
-            let j = SledJournal::open(&path).unwrap();
-            assert!(j.is_empty());
-            for i in 0..5u64 {
-                let (seq, appended) = append_telemetry(&j, 3);
-                assert_eq!(seq, FIRST_SEQ + i);
-                assert!(appended.stored);
-            }
-            // A status message's number: reserved, never appended.
-            assert_eq!(j.reserve_seq().unwrap(), 6);
-            j.remove(Class::Telemetry, 2).unwrap();
-            j.remove(Class::Telemetry, 2).unwrap(); // removing twice is harmless
-            j.remove(Class::Telemetry, 4).unwrap();
-            j.sync().unwrap();
-            assert_eq!(j.len(), 3);
-        }
-        let j = SledJournal::open(&path).unwrap();
-        assert_eq!(j.len(), 3);
-        assert_eq!(seqs(&j, Class::Telemetry), [1, 3, 5]);
-        let entries = j.read(Class::Telemetry, 3, 1).unwrap();
-        assert_eq!(entries.len(), 1);
-        assert_eq!(entries[0].seq, 3);
-        assert_eq!(entries[0].readings, 3);
-        assert_eq!(entries[0].message, telemetry(3, 3));
-        // 6 went out as a status message before the restart; it is not reused, nor is
-        // anything else of the leased block.
-        assert!(j.reserve_seq().unwrap() > 6);
-    }
+    crate::journal::conformance::conformance_tests!(|path, options| Box::new(
+        crate::journal::SledJournal::open_with(path, options).unwrap()
+    ));
 
     #[test]
     fn a_new_journal_draws_a_nonzero_epoch_that_survives_reopening() {
@@ -995,17 +876,6 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn alerts_are_read_in_their_own_class() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = SledJournal::open(dir.path()).unwrap();
-        append_telemetry(&j, 1);
-        let a = append_alert(&j);
-        append_telemetry(&j, 1);
-        assert_eq!(seqs(&j, Class::Priority), [a]);
-        assert_eq!(seqs(&j, Class::Telemetry), [1, 3]);
-    }
-
-    #[test]
     fn next_seq_survives_an_emptied_journal_and_a_lost_database_is_detected() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
@@ -1044,131 +914,6 @@ pub(crate) mod tests {
             crate::journal::open_or_recover(&path, JournalOptions::default()).unwrap();
         assert!(recovery.is_some_and(|r| r.unreadable));
         assert!(j.reserve_seq().unwrap() > last + 1);
-    }
-
-    #[test]
-    fn full_quota_evicts_oldest_telemetry_first_and_counts_it_persistently() {
-        let dir = tempfile::tempdir().unwrap();
-        let one = (KEY_LEN + record::HEADER_LEN + telemetry(1, 10).len()) as u64;
-        let options = JournalOptions {
-            max_bytes: one * 4 + one / 2,
-            durability: Durability::EachAppend,
-        };
-        let alert_seq;
-        {
-            let j = SledJournal::open_with(dir.path(), options).unwrap();
-            append_telemetry(&j, 10); // 1
-            alert_seq = append_alert(&j); // 2
-            for _ in 0..3 {
-                append_telemetry(&j, 10); // 3, 4, 5
-            }
-            assert!(j.bytes() <= options.max_bytes);
-            // 1 was evicted to make room (the alert is smaller than a batch).
-            assert_eq!(seqs(&j, Class::Telemetry), [3, 4, 5]);
-            let (_, appended) = append_telemetry(&j, 10); // 6 evicts 3
-            assert_eq!(appended.dropped.readings, 10);
-            assert_eq!(seqs(&j, Class::Telemetry), [4, 5, 6]);
-            assert_eq!(seqs(&j, Class::Priority), [alert_seq]);
-            assert_eq!(
-                j.counters().dropped,
-                Dropped {
-                    batches: 2,
-                    readings: 20,
-                    alerts: 0
-                }
-            );
-        }
-        let j = SledJournal::open_with(dir.path(), options).unwrap();
-        assert_eq!(j.counters().dropped.readings, 20);
-        assert_eq!(j.len(), 4);
-        assert!(j.bytes() <= options.max_bytes);
-    }
-
-    #[test]
-    fn an_evicted_message_acknowledged_later_is_not_counted_as_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let one = (KEY_LEN + record::HEADER_LEN + telemetry(1, 10).len()) as u64;
-        let options = JournalOptions {
-            max_bytes: one * 2 + one / 2,
-            durability: Durability::EachAppend,
-        };
-        {
-            let j = SledJournal::open_with(dir.path(), options).unwrap();
-            // 1 and 2 are "in flight" (read by the uplink); 3 and 4 evict them.
-            let (first, _) = append_telemetry(&j, 10);
-            let (second, _) = append_telemetry(&j, 10);
-            append_telemetry(&j, 10);
-            append_telemetry(&j, 10);
-            assert_eq!(j.counters().dropped.readings, 20);
-            // The PUBACK of 1 arrives: it is gone, so it was delivered after all.
-            assert!(!j.remove(Class::Telemetry, first).unwrap());
-            j.uncount_evicted(Dropped::one(Kind::Telemetry, 10))
-                .unwrap();
-            assert_eq!(
-                j.counters().dropped,
-                Dropped {
-                    batches: 1,
-                    readings: 10,
-                    alerts: 0
-                }
-            );
-            assert_eq!(j.counters().quota_readings, 10);
-            // 2's PUBACK never comes (the connection dropped): it stays counted.
-            let _ = second;
-            assert!(j.remove(Class::Telemetry, 3).unwrap(), "3 was stored");
-            j.sync().unwrap();
-        }
-        let j = SledJournal::open_with(dir.path(), options).unwrap();
-        assert_eq!(
-            j.counters().dropped.readings,
-            10,
-            "the correction is persisted"
-        );
-        assert_eq!(j.counters().quota_readings, 10);
-    }
-
-    #[test]
-    fn alerts_survive_until_no_telemetry_is_left() {
-        let dir = tempfile::tempdir().unwrap();
-        let alert_size = (KEY_LEN + record::HEADER_LEN + alert(1).len()) as u64;
-        let options = JournalOptions {
-            max_bytes: alert_size * 2,
-            durability: Durability::EachAppend,
-        };
-        let j = SledJournal::open_with(dir.path(), options).unwrap();
-        let a1 = append_alert(&j);
-        let a2 = append_alert(&j);
-        // A batch does not fit next to two alerts: the batch is dropped, the alerts stay.
-        let (_, appended) = append_telemetry(&j, 5);
-        assert!(!appended.stored);
-        assert_eq!(seqs(&j, Class::Priority), [a1, a2]);
-        // A third alert evicts the oldest alert.
-        let a3 = append_alert(&j);
-        assert_eq!(seqs(&j, Class::Priority), [a2, a3]);
-        assert_eq!(
-            j.counters().dropped,
-            Dropped {
-                batches: 1,
-                readings: 5,
-                alerts: 1
-            }
-        );
-    }
-
-    #[test]
-    fn interval_durability_hides_entries_until_synced() {
-        let dir = tempfile::tempdir().unwrap();
-        let options = JournalOptions {
-            max_bytes: crate::journal::DEFAULT_MAX_BYTES,
-            durability: Durability::Interval(std::time::Duration::from_millis(50)),
-        };
-        let j = SledJournal::open_with(dir.path(), options).unwrap();
-        append_telemetry(&j, 1);
-        assert!(j.needs_sync());
-        assert!(seqs(&j, Class::Telemetry).is_empty());
-        j.sync().unwrap();
-        assert!(!j.needs_sync());
-        assert_eq!(seqs(&j, Class::Telemetry), [1]);
     }
 
     #[test]
