@@ -247,8 +247,15 @@ fn template_scopes_devices_to_their_topics_and_wires_rule_stream_lambda_and_alar
         .iter()
         .find(|s| text(&s["Action"]) == "iot:Publish")
         .expect("no iot:Publish statement");
-    assert!(text(&publish["Resource"])
-        .ends_with(":topic/dt/osprey/${!iot:Connection.Thing.ThingName}/*"));
+    // Its own data topics, directly and through Basic Ingest to the telemetry rule: nothing else.
+    let published = texts(&publish["Resource"]);
+    assert_eq!(published.len(), 2, "{published:?}");
+    assert!(published[0].ends_with(":topic/dt/osprey/${!iot:Connection.Thing.ThingName}/*"));
+    assert!(published[1].ends_with(
+        ":topic/$aws/rules/${TelemetryRuleName}/dt/osprey/${!iot:Connection.Thing.ThingName}/*"
+    ));
+    let rule = at(&t, &["Resources", "TelemetryRule", "Properties"]);
+    assert_eq!(text(at(rule, &["RuleName"])), "TelemetryRuleName");
 
     // The aggregator: osprey-lambda on arm64, custom runtime, partial batch failures.
     let function = at(&t, &["Resources", "AggregatorFunction", "Properties"]);
