@@ -353,6 +353,11 @@ struct ServeArgs {
     /// in the SQLite database.
     #[arg(long, value_name = "TABLE", requires = "stream")]
     checkpoint_table: Option<String>,
+    /// This consumer's name in the shard leases of --checkpoint-table, with the host name
+    /// (`NAME@HOST`): a restarted serve with the same name on the same host takes its leases
+    /// back at once; give each consumer of a stream on one host its own name.
+    #[arg(long, value_name = "NAME", default_value = osprey_cloud::connection::kinesis::DEFAULT_CONSUMER_NAME, requires = "checkpoint_table")]
+    consumer_name: String,
     #[command(flatten)]
     aws: AwsArgs,
     #[command(flatten)]
@@ -703,6 +708,7 @@ impl AwsArgs {
             endpoint_url: self.endpoint_url.clone(),
             region: self.region.clone(),
             checkpoint_table: None,
+            consumer_name: osprey_cloud::connection::kinesis::DEFAULT_CONSUMER_NAME.to_owned(),
         }
     }
 }
@@ -835,6 +841,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             };
             let mut kinesis = args.aws.config(stream);
             kinesis.checkpoint_table = args.checkpoint_table.clone();
+            kinesis.consumer_name = args.consumer_name.clone();
             SourceConfig::Kinesis(kinesis)
         }
     };
