@@ -56,10 +56,10 @@ enum Command {
     /// List the payloads the store could not apply (newest first), from its SQLite file
     /// (read-only, fine beside a running serve) or from a running serve's API.
     DeadLetters(DeadLettersArgs),
-    /// Rules from the cloud over MQTT (brokers without Device Shadow; agents with
-    /// [remote_config] mode = "topic"): set a rule document as devices' retained config, read
-    /// it back, and see what each device applied or refused (protocol/SPEC.md, "Remote
-    /// configuration").
+    /// Rules from the cloud: over MQTT (brokers without Device Shadow; agents with
+    /// [remote_config] mode = "topic"), or with --iot-data through AWS IoT's named shadow
+    /// osprey-config (mode = "shadow"): set a rule document for devices, read it back, and see
+    /// what each device applied or refused (protocol/SPEC.md, "Remote configuration").
     Rules(RulesArgs),
     /// Plan a fleet on the AWS path (IoT Core, Kinesis, Lambda, DynamoDB): messages and their
     /// sizes (encoded as the agent would), publishes per connection, shards, invocations,
@@ -89,14 +89,41 @@ enum RulesCommand {
 
 #[derive(Debug, Args)]
 struct RulesTarget {
-    /// A device id; repeat for more.
+    /// A device id (on AWS, its thing name); repeat for more.
     #[arg(long = "device", value_name = "ID", required = true)]
     devices: Vec<String>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Through the AWS IoT Data Plane: each thing's named shadow osprey-config (agents with
+    /// [remote_config] mode = "shadow"), with the usual AWS credentials, instead of MQTT.
+    #[arg(long)]
+    iot_data: bool,
+    /// The account's IoT data endpoint, from `aws iot describe-endpoint --endpoint-type
+    /// iot:Data-ATS` (https://PREFIX-ats.iot.REGION.amazonaws.com), or an emulator's URL.
+    #[arg(long, value_name = "URL", requires = "iot_data")]
+    iot_endpoint_url: Option<String>,
+    /// The AWS region of the things, with --iot-data.
+    #[arg(long, value_name = "REGION", default_value = DEFAULT_REGION)]
+    iot_region: String,
     #[command(flatten)]
     mqtt: MqttArgs,
+}
+
+impl RulesTarget {
+    /// The Data Plane when --iot-data is given.
+    async fn iot_data(&self) -> Option<osprey_cloud::rules::iot_data::IotData> {
+        match self.iot_data {
+            true => Some(
+                osprey_cloud::rules::iot_data::IotData::connect(
+                    self.iot_endpoint_url.as_deref(),
+                    &self.iot_region,
+                )
+                .await,
+            ),
+            false => None,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -353,6 +380,11 @@ struct ServeArgs {
     /// in the SQLite database.
     #[arg(long, value_name = "TABLE", requires = "stream")]
     checkpoint_table: Option<String>,
+    /// This consumer's name in the shard leases of --checkpoint-table, with the host name
+    /// (`NAME@HOST`): a restarted serve with the same name on the same host takes its leases
+    /// back at once; give each consumer of a stream on one host its own name.
+    #[arg(long, value_name = "NAME", default_value = osprey_cloud::connection::kinesis::DEFAULT_CONSUMER_NAME, requires = "checkpoint_table")]
+    consumer_name: String,
     #[command(flatten)]
     aws: AwsArgs,
     #[command(flatten)]
@@ -703,6 +735,7 @@ impl AwsArgs {
             endpoint_url: self.endpoint_url.clone(),
             region: self.region.clone(),
             checkpoint_table: None,
+            consumer_name: osprey_cloud::connection::kinesis::DEFAULT_CONSUMER_NAME.to_owned(),
         }
     }
 }
@@ -762,9 +795,14 @@ async fn rules(args: RulesArgs) -> Result<()> {
                 std::fs::read(&set.file)
                     .with_context(|| format!("cannot read {}", set.file.display()))?
             };
-            let cfg = target.mqtt.config(&client_id)?;
             let wait = std::time::Duration::from_secs(set.wait);
-            let statuses = rules::set(&cfg, &target.devices, &document, wait).await?;
+            let statuses = match target.iot_data().await {
+                Some(aws) => aws.set(&target.devices, &document, wait).await?,
+                None => {
+                    let cfg = target.mqtt.config(&client_id)?;
+                    rules::set(&cfg, &target.devices, &document, wait).await?
+                }
+            };
             print_statuses(&statuses, target.json)?;
             let missing = statuses
                 .iter()
@@ -778,8 +816,10 @@ async fn rules(args: RulesArgs) -> Result<()> {
             }
         }
         RulesCommand::Get(target) => {
-            let cfg = target.mqtt.config(&client_id)?;
-            let documents = rules::get(&cfg, &target.devices).await?;
+            let documents = match target.iot_data().await {
+                Some(aws) => aws.get(&target.devices).await?,
+                None => rules::get(&target.mqtt.config(&client_id)?, &target.devices).await?,
+            };
             if target.json {
                 println!("{}", serde_json::to_string_pretty(&documents)?);
             } else {
@@ -792,8 +832,10 @@ async fn rules(args: RulesArgs) -> Result<()> {
             }
         }
         RulesCommand::Status(target) => {
-            let cfg = target.mqtt.config(&client_id)?;
-            let statuses = rules::status(&cfg, &target.devices).await?;
+            let statuses = match target.iot_data().await {
+                Some(aws) => aws.status(&target.devices).await?,
+                None => rules::status(&target.mqtt.config(&client_id)?, &target.devices).await?,
+            };
             print_statuses(&statuses, target.json)?;
         }
     }
@@ -835,6 +877,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             };
             let mut kinesis = args.aws.config(stream);
             kinesis.checkpoint_table = args.checkpoint_table.clone();
+            kinesis.consumer_name = args.consumer_name.clone();
             SourceConfig::Kinesis(kinesis)
         }
     };

@@ -53,6 +53,7 @@ mod demo;
 pub mod fleet;
 mod greengrass;
 mod lambda;
+mod lambda_runtime;
 mod mosquitto;
 mod moto;
 mod net;
@@ -70,6 +71,7 @@ pub use certs::{Certs, ClientCert, KeyForm};
 pub use demo::{demo_broker_port, start_demo};
 pub use greengrass::{Nucleus, Published, COMPONENT};
 pub use lambda::{base64, kinesis_event_json, moto_dynamodb, moto_state_tables};
+pub use lambda_runtime::{LambdaRuntime, Outcome};
 pub use mosquitto::{mosquitto_publish, mosquitto_tool, Listener, Mosquitto};
 pub use moto::{moto_endpoint, unique_name, MotoServer};
 pub use net::{

@@ -41,6 +41,19 @@ fn readings(device: &str, seq: u64, base: f64, rise: f64) -> Vec<u8> {
 
 /// A raise of `rule` on the bearing temperature of `device`, as its agent sends it.
 fn raise(device: &str, seq: u64, rule: &str, severity: Severity, value: f64) -> Vec<u8> {
+    alert_event(device, seq, rule, AlertEvent::Raise, severity, value, now_ms() - 60_000)
+}
+
+/// An alert event of `rule` on the bearing temperature of `device` at `time_ms`.
+fn alert_event(
+    device: &str,
+    seq: u64,
+    rule: &str,
+    event: AlertEvent,
+    severity: Severity,
+    value: f64,
+    time_ms: i64,
+) -> Vec<u8> {
     Envelope::new(
         device,
         seq,
@@ -48,11 +61,11 @@ fn raise(device: &str, seq: u64, rule: &str, severity: Severity, value: f64) -> 
             rule: rule.to_owned(),
             sensor: "bearing".to_owned(),
             metric: "temperature".to_owned(),
-            event: AlertEvent::Raise,
+            event,
             severity,
             value,
             threshold: 80.0,
-            time_ms: now_ms() - 60_000,
+            time_ms,
         }),
     )
     .encode()
@@ -286,7 +299,8 @@ async fn serve_shows_the_lambdas_dynamodb_state_as_the_same_pages() {
         }
     }
 
-    // Live: a raise the Lambda applies after the stream opened arrives on it.
+    // Live: a raise and its clear the Lambda applies (together, so between two listings) after
+    // the stream opened both arrive on it, in order, with their values.
     let events = sse_events(&url, "/api/fleet/events");
     let opened = events.recv_timeout(Duration::from_secs(20));
     assert!(
@@ -296,30 +310,53 @@ async fn serve_shows_the_lambdas_dynamodb_state_as_the_same_pages() {
     apply(
         &state,
         10,
-        &[(
-            HEALTHY[0].to_owned(),
-            raise(HEALTHY[0], 2, "agitator-warm", Severity::Warning, 81.0),
-        )],
+        &[
+            (
+                HEALTHY[0].to_owned(),
+                raise(HEALTHY[0], 2, "agitator-warm", Severity::Warning, 81.0),
+            ),
+            (
+                HEALTHY[0].to_owned(),
+                alert_event(
+                    HEALTHY[0],
+                    3,
+                    "agitator-warm",
+                    AlertEvent::Clear,
+                    Severity::Warning,
+                    74.0,
+                    now_ms() - 30_000,
+                ),
+            ),
+        ],
     )
     .await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut alert = None;
-    while alert.is_none() && Instant::now() < deadline {
+    let mut alerts = Vec::new();
+    while alerts.len() < 2 && Instant::now() < deadline {
         if let Ok((name, data)) = events.recv_timeout(Duration::from_secs(1)) {
             if name == "alert" && data["device"] == HEALTHY[0] {
-                alert = Some(data);
+                alerts.push(data);
             }
         }
     }
-    let alert =
-        alert.unwrap_or_else(|| panic!("no alert event for {}\n{}", HEALTHY[0], server.logs()));
+    let got: Vec<_> = alerts
+        .iter()
+        .map(|a| {
+            (
+                a["rule"].as_str().unwrap_or_default().to_owned(),
+                a["event"].as_str().unwrap_or_default().to_owned(),
+                a["value"].as_f64(),
+            )
+        })
+        .collect();
     assert_eq!(
-        (
-            alert["rule"].as_str(),
-            alert["event"].as_str(),
-            alert["severity"].as_str()
-        ),
-        (Some("agitator-warm"), Some("raise"), Some("warning"))
+        got,
+        [
+            ("agitator-warm".to_owned(), "raise".to_owned(), Some(81.0)),
+            ("agitator-warm".to_owned(), "clear".to_owned(), Some(74.0)),
+        ],
+        "{alerts:?}\n{}",
+        server.logs()
     );
     drop(events);
 

@@ -492,7 +492,7 @@ fn moto_with_dynamodb_checkpoints_counts_every_reading_once() {
             .await
             .unwrap();
     });
-    // The killed consumer's leases lapse after 30 s; the restarted one then takes the shards.
+    // The restarted consumer (same name, same host) takes the killed one's leases back at once.
     scenario(
         &endpoint,
         Resharding::ParentKeepsRecords,

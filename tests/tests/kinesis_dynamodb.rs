@@ -82,3 +82,30 @@ async fn a_lapsed_lease_can_be_taken_over() {
         Claim::Owned(Some("17".to_owned()))
     );
 }
+
+#[tokio::test]
+async fn a_restarted_consumer_takes_its_own_live_lease_back_at_once() {
+    let client = client().await;
+    let table = unique_name("cp");
+    DynamoCheckpoints::create_table(&client, &table)
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(600);
+    // The consumer that crashed: its lease has ten minutes left.
+    let me = DynamoCheckpoints::stable_owner("osprey");
+    assert!(me.starts_with("osprey@"), "{me}");
+    let crashed = DynamoCheckpoints::new(client.clone(), &table, "stream", me.clone(), lease);
+    assert_eq!(crashed.claim("shard-0").await.unwrap(), Claim::Owned(None));
+    crashed.save("shard-0", "4959").await.unwrap();
+    drop(crashed);
+    // Restarted on the same host under the same name: the lease is its own.
+    let restarted = DynamoCheckpoints::new(client.clone(), &table, "stream", me, lease);
+    assert_eq!(
+        restarted.claim("shard-0").await.unwrap(),
+        Claim::Owned(Some("4959".to_owned()))
+    );
+    // Another consumer name on this host is another consumer: still refused.
+    let other = DynamoCheckpoints::stable_owner("osprey-2");
+    let other = DynamoCheckpoints::new(client.clone(), &table, "stream", other, lease);
+    assert_eq!(other.claim("shard-0").await.unwrap(), Claim::Taken);
+}

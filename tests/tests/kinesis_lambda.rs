@@ -517,3 +517,50 @@ async fn stored_signals_score_the_fleet_as_serve_does_and_are_computed_at_most_e
                 && i["sk"].as_s().unwrap() == "health")
     );
 }
+
+#[tokio::test]
+async fn the_built_function_answers_the_runtime_api_and_reports_its_units() {
+    let (client, table, dead) = moto_state_tables("runtime").await;
+    let state = DynamoState::new(client, &table, &dead);
+    let runtime = osprey_tests::LambdaRuntime::start();
+    let mut function = runtime.start_function(&table, &dead, &[]);
+    let dev = "lam-rt";
+    let records = vec![
+        (dev.to_owned(), telemetry(dev, 1)),
+        (dev.to_owned(), b"not an envelope".to_vec()),
+        (dev.to_owned(), telemetry(dev, 2)),
+    ];
+    let event = osprey_tests::kinesis_event_json("osprey-telemetry", 1, &records);
+    for round in 0..2 {
+        let outcome = runtime.invoke(&event, std::time::Duration::from_secs(60));
+        let osprey_tests::Outcome::Response(body) = outcome else {
+            panic!("round {round}: {outcome:?}\n{}", function.logs());
+        };
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer["batchItemFailures"], serde_json::json!([]), "{body}");
+        // The second delivery is a redelivery: nothing changes.
+        let device = state.device(dev).await.unwrap().unwrap();
+        assert_eq!(device["readings"], "20", "round {round}: {device:?}");
+        assert_eq!(state.dead_letters("osprey-telemetry").await.unwrap().len(), 1);
+    }
+    assert!(runtime.unknown_requests().is_empty(), "{:?}", runtime.unknown_requests());
+    // Each invocation logs its units as EMF: the first applied two messages, the second none.
+    let emf: Vec<serde_json::Value> = function
+        .stdout()
+        .lines()
+        .filter(|l| l.contains("\"WriteUnits\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(emf.len(), 2, "{}", function.stdout());
+    assert_eq!(emf[0]["MessagesApplied"], 2);
+    assert!(emf[0]["WriteUnits"].as_f64().unwrap() >= 3.0, "{:?}", emf[0]);
+    assert_eq!(emf[1]["MessagesApplied"], 0);
+    assert_eq!(emf[1]["WriteUnits"], 0);
+    function.kill();
+
+    // Without its table the function stops at start and says which variable to set.
+    let mut broken = runtime.start_function(&table, &dead, &[("OSPREY_STATE_TTL_DAYS", "forever")]);
+    let status = broken.wait_exit(std::time::Duration::from_secs(30));
+    assert!(!status.success());
+    assert!(broken.logs().contains("OSPREY_STATE_TTL_DAYS"), "{}", broken.logs());
+}

@@ -17,6 +17,9 @@
 //! - `osprey rules set|get|status` (MQTT path): one command sets a document on two devices and
 //!   returns once both applied it; a document a device would refuse is refused before sending;
 //!   status shows a device's refusal; on twenty devices, every alert fires without a restart.
+//! - `osprey rules --iot-data` against moto's IoT Data Plane (named shadows): set on two
+//!   things, get, status from a reported state, a document that drops a key replaces the
+//!   desired state wholly, a bad document refused before sending.
 //! - the stand-in itself, against AWS's own client (awsiotsdk, `tests/sdk/shadow_check.py`):
 //!   the SDK builds the topics and parses the answers, so a wrong topic or field fails.
 //!
@@ -712,4 +715,113 @@ fn one_osprey_rules_set_lowers_a_threshold_on_twenty_devices() {
         to_reported.as_millis(),
         to_alerts.as_millis()
     );
+}
+
+/// The AWS CLI from tests/run.sh's venv, against the moto server.
+fn aws_cli(args: &[&str]) -> String {
+    let aws = osprey_tests::workspace_root().join(".osprey-test/venv/bin/aws");
+    let out = Command::new(aws)
+        .args(args)
+        .args(["--endpoint-url", &osprey_tests::moto_endpoint()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "aws {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `osprey rules ARGS --iot-data` against moto's IoT Data Plane.
+fn osprey_rules_aws(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin("osprey"))
+        .arg("rules")
+        .args(args)
+        .args(["--iot-data", "--iot-endpoint-url", &osprey_tests::moto_endpoint()])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn osprey_rules_sets_reads_and_reports_through_the_iot_data_plane() {
+    let things = [
+        osprey_tests::unique_name("gw-a"),
+        osprey_tests::unique_name("gw-b"),
+    ];
+    for thing in &things {
+        aws_cli(&["iot", "create-thing", "--thing-name", thing]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, doc: &Value| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, doc.to_string()).unwrap();
+        path.display().to_string()
+    };
+    let devices = ["--device", &things[0], "--device", &things[1]];
+
+    // One command sets the document in both things' osprey-config shadows.
+    let doc = json!({"rules": [hot(30.0)]});
+    let file = write("doc.json", &doc);
+    let (ok, _, err) = osprey_rules_aws(&[&["set", "--file", &file, "--wait", "0"], &devices[..]].concat());
+    assert!(ok, "{err}");
+    let (ok, out, err) = osprey_rules_aws(&[&["get", "--json"], &devices[..]].concat());
+    assert!(ok, "{err}");
+    let got: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(got[&things[0]], doc, "{out}");
+    assert_eq!(got[&things[1]], doc, "{out}");
+
+    // The first thing reports it applied, as its agent would; the second has not reported.
+    let report = json!({"state": {"reported": {
+        "rules": doc["rules"],
+        "applied": {"source": "shadow osprey-config", "version": 2, "hash": hash(&doc),
+                    "time_ms": 1_767_225_600_000_i64},
+        "rejected": null}}});
+    let out_file = dir.path().join("update.json").display().to_string();
+    aws_cli(&[
+        "iot-data", "update-thing-shadow", "--thing-name", &things[0], "--shadow-name", SHADOW,
+        "--cli-binary-format", "raw-in-base64-out", "--payload", &report.to_string(), &out_file,
+    ]);
+    let (ok, out, err) = osprey_rules_aws(&[&["status", "--json"], &devices[..]].concat());
+    assert!(ok, "{err}");
+    let rows: Value = serde_json::from_str(&out).unwrap();
+    let state = |thing: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["device"] == thing)
+            .map(|r| r["state"].clone())
+    };
+    assert_eq!(state(&things[0]), Some(json!("applied")), "{out}");
+    assert_eq!(state(&things[1]), Some(json!("no_report")), "{out}");
+
+    // A document that drops a key replaces the desired state wholly (the key is nulled).
+    let named = json!({"device": &things[0], "rules": [hot(30.0)]});
+    let file = write("named.json", &named);
+    let (ok, _, err) = osprey_rules_aws(&["set", "--file", &file, "--wait", "0", "--device", &things[0]]);
+    assert!(ok, "{err}");
+    let lower = json!({"rules": [hot(25.0)]});
+    let file = write("lower.json", &lower);
+    let (ok, _, err) = osprey_rules_aws(&["set", "--file", &file, "--wait", "0", "--device", &things[0]]);
+    assert!(ok, "{err}");
+    let (_, out, _) = osprey_rules_aws(&["get", "--json", "--device", &things[0]]);
+    let got: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(got[&things[0]], lower, "the dropped key is gone: {out}");
+    let (_, out, _) = osprey_rules_aws(&["status", "--json", "--device", &things[0]]);
+    assert!(out.contains("\"pending\""), "a new document is pending until reported: {out}");
+
+    // A document a device would refuse is refused before anything is sent.
+    let bad = json!({"rules": [{"id": "x", "sensor": "s", "metric": "m", "when": "above",
+                               "threshold": 30.0, "clear": 50.0}]});
+    let file = write("bad.json", &bad);
+    let (ok, _, err) = osprey_rules_aws(&[&["set", "--file", &file], &devices[..]].concat());
+    assert!(!ok && err.contains("refused before sending"), "{err}");
+    let (_, out, _) = osprey_rules_aws(&["get", "--json", "--device", &things[1]]);
+    let got: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(got[&things[1]], doc, "unchanged: {out}");
 }

@@ -12,6 +12,9 @@ use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 /// Region used when none is given.
 pub const DEFAULT_REGION: &str = "us-east-1";
 
+/// The consumer name a serve uses in its shard leases unless told another.
+pub const DEFAULT_CONSUMER_NAME: &str = "osprey";
+
 /// Which stream, where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KinesisConfig {
@@ -24,6 +27,9 @@ pub struct KinesisConfig {
     /// DynamoDB table for the consumer's shard checkpoints and leases (the AWS deployment);
     /// `None` keeps them in the SQLite store. Same endpoint and region as the stream.
     pub checkpoint_table: Option<String>,
+    /// This consumer's name in the leases (with the host name): the same name on the same
+    /// host is the same consumer, so a restarted process takes its own leases back at once.
+    pub consumer_name: String,
 }
 
 impl KinesisConfig {
@@ -34,6 +40,7 @@ impl KinesisConfig {
             endpoint_url: None,
             region: DEFAULT_REGION.to_owned(),
             checkpoint_table: None,
+            consumer_name: DEFAULT_CONSUMER_NAME.to_owned(),
         }
     }
 

@@ -27,10 +27,10 @@
 //! reads it with the device head, so the fleet page scores devices by signals and active
 //! alerts as serve does. Device pages compute a device's signals fresh, as serve's writer
 //! computes them, from its newest windows (one reverse Query per series, kept until the device
-//! sends again). What the table does not hold is said, not invented ([`MISSING`]): alert
-//! events learnt through
-//! rule states carry no value or threshold; a raise and its clear between two listings show
-//! as the clear only on the live stream (the episodes list has both).
+//! sends again). What the table does not hold is said, not invented ([`MISSING`]). The live
+//! stream learns alert events from the rule states that changed between two listings and
+//! then reads those devices' alert items after the previous seqs, so a raise and its clear
+//! within one listing both arrive, with value and threshold.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,6 +68,22 @@ pub const MAX_DEVICE_ALERTS: usize = 10_000;
 
 /// Alert events the live cursor keeps for streams that reconnect.
 const ALERT_LOG: usize = 1_000;
+
+/// An alert item (`a#…`) of `device` as a row; `None` if it lacks an attribute.
+fn alert_row(device: &str, a: &Item) -> Option<AlertRow> {
+    Some(AlertRow {
+        device: device.to_owned(),
+        seq: get_u64(a, "seq")?,
+        rule: get_str(a, "rule")?.to_owned(),
+        sensor: get_str(a, "sensor")?.to_owned(),
+        metric: get_str(a, "metric")?.to_owned(),
+        event: get_str(a, "event")?.to_owned(),
+        severity: get_str(a, "severity")?.to_owned(),
+        value: get_f64(a, "value").filter(|v| v.is_finite()),
+        threshold: get_f64(a, "threshold").filter(|v| v.is_finite()),
+        time_ms: get_i64(a, "time_ms")?,
+    })
+}
 
 /// What DynamoDB state does not hold, in words (the device page lists them).
 pub const MISSING: [&str; 2] = [
@@ -346,15 +362,17 @@ impl DynamoView {
             .try_collect()
             .await?;
         devices.sort_by(|a, b| a.summary.device.cmp(&b.summary.device));
-        self.note_alerts(&devices);
+        self.note_alerts(&devices).await;
         let listing = Arc::new(devices);
         *cached = Some((Instant::now(), Arc::clone(&listing)));
         Ok(listing)
     }
 
-    /// Numbers the rule states that changed since the last listing as alert events.
-    fn note_alerts(&self, devices: &[DeviceState]) {
-        let mut log = lock(&self.alerts);
+    /// Numbers the alert events since the last listing: for each device whose rule states
+    /// changed, its alert items after the previous states' seqs (so a raise and its clear
+    /// between two listings are both there, with value and threshold); a changed rule whose
+    /// items are not found (a new journal's seqs start again) is told by its state alone.
+    async fn note_alerts(&self, devices: &[DeviceState]) {
         let states: HashMap<(String, String), RuleMark> = devices
             .iter()
             .flat_map(|d| {
@@ -366,38 +384,79 @@ impl DynamoView {
                 })
             })
             .collect();
-        if let Some(before) = log.states.take() {
-            let mut changed: Vec<AlertRow> = devices
-                .iter()
-                .flat_map(|d| d.rules.iter().map(move |r| (d, r)))
-                .filter(|(d, r)| {
-                    before.get(&(d.summary.device.clone(), r.rule.clone()))
-                        != Some(&(r.event.clone(), r.seq, r.time_ms))
-                })
-                .map(|(d, r)| AlertRow {
-                    device: d.summary.device.clone(),
-                    seq: r.seq,
-                    rule: r.rule.clone(),
-                    sensor: r.sensor.clone(),
-                    metric: r.metric.clone(),
-                    event: r.event.clone(),
-                    severity: r.severity.clone(),
-                    value: None,
-                    threshold: None,
-                    time_ms: r.time_ms,
-                })
-                .collect();
-            changed.sort_by_key(|a| (a.time_ms, a.seq));
-            for alert in changed {
-                log.last_id += 1;
-                let id = log.last_id;
-                log.events.push_back((id, alert));
-                if log.events.len() > ALERT_LOG {
-                    log.events.pop_front();
+        let before = lock(&self.alerts).states.clone();
+        let mut changed: Vec<AlertRow> = Vec::new();
+        if let Some(before) = &before {
+            for d in devices {
+                let device = &d.summary.device;
+                // Each changed rule with the seq its previous state had (0 if new).
+                let rules: HashMap<&str, u64> = d
+                    .rules
+                    .iter()
+                    .filter_map(|r| {
+                        let key = (device.clone(), r.rule.clone());
+                        match before.get(&key) {
+                            Some(mark) if *mark == (r.event.clone(), r.seq, r.time_ms) => None,
+                            Some((_, seq, _)) => Some((r.rule.as_str(), *seq)),
+                            None => Some((r.rule.as_str(), 0)),
+                        }
+                    })
+                    .collect();
+                let Some(from) = rules.values().min().copied() else {
+                    continue;
+                };
+                let found = self.alerts_after(device, from).await.unwrap_or_default();
+                let rows: Vec<AlertRow> = found
+                    .into_iter()
+                    .filter(|a| rules.get(a.rule.as_str()).is_some_and(|seq| a.seq > *seq))
+                    .collect();
+                for r in d.rules.iter().filter(|r| rules.contains_key(r.rule.as_str())) {
+                    if !rows.iter().any(|a| a.rule == r.rule) {
+                        changed.push(AlertRow {
+                            device: device.clone(),
+                            seq: r.seq,
+                            rule: r.rule.clone(),
+                            sensor: r.sensor.clone(),
+                            metric: r.metric.clone(),
+                            event: r.event.clone(),
+                            severity: r.severity.clone(),
+                            value: None,
+                            threshold: None,
+                            time_ms: r.time_ms,
+                        });
+                    }
                 }
+                changed.extend(rows);
+            }
+        }
+        changed.sort_by_key(|a| (a.time_ms, a.seq));
+        let mut log = lock(&self.alerts);
+        for alert in changed {
+            log.last_id += 1;
+            let id = log.last_id;
+            log.events.push_back((id, alert));
+            if log.events.len() > ALERT_LOG {
+                log.events.pop_front();
             }
         }
         log.states = Some(states);
+    }
+
+    /// A device's alert events with a seq above `seq`, oldest first.
+    async fn alerts_after(&self, device: &str, seq: u64) -> Result<Vec<AlertRow>, FleetError> {
+        let how = Reading {
+            forward: true,
+            consistent: false,
+            page: None,
+        };
+        let keys = SortKeys::Between(
+            format!("a#{:020}", seq.saturating_add(1)),
+            "a#~".to_owned(),
+        );
+        let items = self
+            .query(&layout::device_pk(device), &keys, how, MAX_DEVICE_ALERTS)
+            .await?;
+        Ok(items.iter().filter_map(|a| alert_row(device, a)).collect())
     }
 
     /// The fleet's mark: device count, newest `last_seen_ms` and `status_ms`, the live
@@ -682,23 +741,7 @@ impl DynamoView {
                 MAX_DEVICE_ALERTS,
             )
             .await?;
-        Ok(items
-            .iter()
-            .filter_map(|a| {
-                Some(AlertRow {
-                    device: device.to_owned(),
-                    seq: get_u64(a, "seq")?,
-                    rule: get_str(a, "rule")?.to_owned(),
-                    sensor: get_str(a, "sensor")?.to_owned(),
-                    metric: get_str(a, "metric")?.to_owned(),
-                    event: get_str(a, "event")?.to_owned(),
-                    severity: get_str(a, "severity")?.to_owned(),
-                    value: get_f64(a, "value").filter(|v| v.is_finite()),
-                    threshold: get_f64(a, "threshold").filter(|v| v.is_finite()),
-                    time_ms: get_i64(a, "time_ms")?,
-                })
-            })
-            .collect())
+        Ok(items.iter().filter_map(|a| alert_row(device, a)).collect())
     }
 
     /// Alert events matching `filter`, newest first. Without a device, the devices that

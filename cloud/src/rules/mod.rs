@@ -1,5 +1,6 @@
 //! `osprey rules get|set|status` over MQTT, for brokers without Device Shadow (the agent's
-//! `[remote_config] mode = "topic"`; protocol/SPEC.md, "Remote configuration").
+//! `[remote_config] mode = "topic"`; protocol/SPEC.md, "Remote configuration"), or through the
+//! AWS IoT Data Plane's named shadows ([`iot_data`], `--iot-data`).
 //!
 //! ```text
 //!  set:    check the document (RuleDocument::check_rules) ─► SUBSCRIBE dt/osprey/<d>/config/reported
@@ -11,9 +12,9 @@
 //!
 //! A throw-away client (clean session); retained messages arrive right after the SubAck, so a
 //! read waits until every device has answered or a short settle time has passed. Not built:
-//! the AWS IoT Data Plane path (named shadows through aws-sdk-iotdataplane), thing groups and
-//! name prefixes, `diff`, rollouts with a canary fraction, the change record.
+//! thing groups and name prefixes, `diff`, rollouts with a canary fraction, the change record.
 
+pub mod iot_data;
 mod session;
 
 use std::collections::BTreeMap;
@@ -47,6 +48,9 @@ pub enum RulesError {
     /// The broker could not be reached or dropped the connection.
     #[error("MQTT: {0}")]
     Connection(String),
+    /// An AWS IoT Data Plane request failed, or the document cannot be a shadow's.
+    #[error("AWS IoT Data Plane: {0}")]
+    IotData(String),
 }
 
 /// `sha256:<hex>` of a document's canonical form, as devices report it.

@@ -51,11 +51,15 @@ use dynamo::DynamoCheckpoints;
 use lineage::{Lineage, ShardInfo};
 use shard::Ended;
 
-/// Records asked for per GetRecords call.
-pub const GET_RECORDS_LIMIT: i32 = 1000;
+/// Records asked for per GetRecords call (the most Kinesis returns).
+pub const GET_RECORDS_LIMIT: i32 = 10_000;
 
 /// Shortest time between two GetRecords calls on one shard (5 calls/s allowed per shard).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Bytes per second one shard may be read at (Kinesis's read limit per shard): after a call
+/// that returned `b` bytes the next waits at least `b / SHARD_READ_BYTES_S` seconds.
+pub const SHARD_READ_BYTES_S: f64 = 2.0 * 1024.0 * 1024.0;
 
 /// How often the shard list is refreshed to pick up new shards.
 pub const RELIST_EVERY: Duration = Duration::from_secs(10);
@@ -158,7 +162,7 @@ pub async fn run(
             cfg.dynamodb_client().await,
             table,
             &cfg.stream,
-            DynamoCheckpoints::process_owner(),
+            DynamoCheckpoints::stable_owner(&cfg.consumer_name),
             dynamo::DEFAULT_LEASE,
         )),
         None => Checkpoints::Sqlite(reader),

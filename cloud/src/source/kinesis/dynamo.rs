@@ -32,6 +32,16 @@ use super::checkpoint::Claim;
 use crate::clock::now_ms;
 use crate::connection::kinesis::describe_error;
 
+/// This machine's host name (the kernel's, else `$HOSTNAME`, else `localhost`).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
 /// How long a lease lasts without renewal.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
@@ -91,8 +101,14 @@ impl DynamoCheckpoints {
 
     /// An owner name unique to this process: `<host>-<pid>-<start ms>`.
     pub fn process_owner() -> String {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "osprey".to_owned());
-        format!("{host}-{}-{}", std::process::id(), now_ms())
+        format!("{}-{}-{}", host_name(), std::process::id(), now_ms())
+    }
+
+    /// The owner name of consumer `name` on this host, `<name>@<host>`: the same across
+    /// restarts, so a restarted consumer takes its own leases back at once instead of waiting
+    /// for them to lapse. Two consumers of one stream on one host need two names.
+    pub fn stable_owner(name: &str) -> String {
+        format!("{name}@{}", host_name())
     }
 
     /// The lease duration.

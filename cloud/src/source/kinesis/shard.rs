@@ -10,7 +10,8 @@
 //!  GetRecords ─► records + checkpoint committed together ─► next iterator
 //!     │ throttled: back off, same iterator        none: checkpoint SHARD_END, done
 //!     │ expired: new iterator from the checkpoint
-//!     └ ≥ 200 ms between calls (Kinesis allows 5 GetRecords/s per shard)
+//!     └ the next call as soon as the limits allow: ≥ 200 ms after the last (5 GetRecords/s
+//!       per shard) and ≥ its bytes / 2 MB/s (the shard's read rate); only throttling backs off
 //! ```
 
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use aws_sdk_kinesis::types::{Record, ShardIteratorType};
 use tokio::time::Instant;
 
 use super::checkpoint::{CheckpointError, Claim, SHARD_END};
-use super::{Shared, GET_RECORDS_LIMIT, POLL_INTERVAL};
+use super::{Shared, GET_RECORDS_LIMIT, POLL_INTERVAL, SHARD_READ_BYTES_S};
 use crate::backoff::Backoff;
 use crate::connection::kinesis::describe_error;
 use crate::pipeline::Origin;
@@ -173,6 +174,10 @@ async fn read_inner(shared: &Shared, shard_id: &str, shutdown: &mut Shutdown) ->
         };
         backoff.reset();
         let records = response.records();
+        // Keep within the shard's 2 MB/s: a big response pushes the next call back.
+        let bytes: usize = records.iter().map(|r| r.data().as_ref().len()).sum();
+        let read_time = Duration::from_secs_f64(bytes as f64 / SHARD_READ_BYTES_S);
+        next_call = next_call.max(Instant::now() + read_time);
         let next = response.next_shard_iterator();
         let behind = response.millis_behind_latest().unwrap_or(0);
         stats.update_shard(shard_id, |p| {
