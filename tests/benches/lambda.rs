@@ -91,7 +91,13 @@ fn main() {
                     client
                         .get_item()
                         .table_name(&table)
-                        .key("pk", AttributeValue::S(format!("dev#bench-0-{:04}", (worker * 97 + i) % 200)))
+                        .key(
+                            "pk",
+                            AttributeValue::S(format!(
+                                "dev#bench-0-{:04}",
+                                (worker * 97 + i) % 200
+                            )),
+                        )
                         .key("sk", AttributeValue::S("device".into()))
                         .consistent_read(true)
                         .send()

@@ -55,8 +55,11 @@ impl LambdaRuntime {
     ///
     /// When no port can be bound.
     pub fn start() -> LambdaRuntime {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-        let address = listener.local_addr().expect("local address").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .unwrap_or_else(|e| panic!("cannot bind a loopback port for the Runtime API: {e}"));
+        let address = listener
+            .local_addr()
+            .map_or_else(|e| panic!("no local address: {e}"), |a| a.to_string());
         let state = Arc::new((Mutex::new(State::default()), Condvar::new()));
         let shared = Arc::clone(&state);
         std::thread::spawn(move || {
@@ -138,7 +141,10 @@ impl LambdaRuntime {
     /// Requests the function made that are not part of the Runtime API (should be none).
     pub fn unknown_requests(&self) -> Vec<String> {
         let (lock, _) = &*self.state;
-        lock.lock().unwrap_or_else(|e| e.into_inner()).unknown.clone()
+        lock.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unknown
+            .clone()
     }
 }
 

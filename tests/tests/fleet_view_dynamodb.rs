@@ -41,7 +41,15 @@ fn readings(device: &str, seq: u64, base: f64, rise: f64) -> Vec<u8> {
 
 /// A raise of `rule` on the bearing temperature of `device`, as its agent sends it.
 fn raise(device: &str, seq: u64, rule: &str, severity: Severity, value: f64) -> Vec<u8> {
-    alert_event(device, seq, rule, AlertEvent::Raise, severity, value, now_ms() - 60_000)
+    alert_event(
+        device,
+        seq,
+        rule,
+        AlertEvent::Raise,
+        severity,
+        value,
+        now_ms() - 60_000,
+    )
 }
 
 /// An alert event of `rule` on the bearing temperature of `device` at `time_ms`.

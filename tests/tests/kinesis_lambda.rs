@@ -541,9 +541,16 @@ async fn the_built_function_answers_the_runtime_api_and_reports_its_units() {
         // The second delivery is a redelivery: nothing changes.
         let device = state.device(dev).await.unwrap().unwrap();
         assert_eq!(device["readings"], "20", "round {round}: {device:?}");
-        assert_eq!(state.dead_letters("osprey-telemetry").await.unwrap().len(), 1);
+        assert_eq!(
+            state.dead_letters("osprey-telemetry").await.unwrap().len(),
+            1
+        );
     }
-    assert!(runtime.unknown_requests().is_empty(), "{:?}", runtime.unknown_requests());
+    assert!(
+        runtime.unknown_requests().is_empty(),
+        "{:?}",
+        runtime.unknown_requests()
+    );
     // Each invocation logs its units as EMF: the first applied two messages, the second none.
     let emf: Vec<serde_json::Value> = function
         .stdout()
@@ -553,7 +560,11 @@ async fn the_built_function_answers_the_runtime_api_and_reports_its_units() {
         .collect();
     assert_eq!(emf.len(), 2, "{}", function.stdout());
     assert_eq!(emf[0]["MessagesApplied"], 2);
-    assert!(emf[0]["WriteUnits"].as_f64().unwrap() >= 3.0, "{:?}", emf[0]);
+    assert!(
+        emf[0]["WriteUnits"].as_f64().unwrap() >= 3.0,
+        "{:?}",
+        emf[0]
+    );
     assert_eq!(emf[1]["MessagesApplied"], 0);
     assert_eq!(emf[1]["WriteUnits"], 0);
     function.kill();
@@ -562,5 +573,9 @@ async fn the_built_function_answers_the_runtime_api_and_reports_its_units() {
     let mut broken = runtime.start_function(&table, &dead, &[("OSPREY_STATE_TTL_DAYS", "forever")]);
     let status = broken.wait_exit(std::time::Duration::from_secs(30));
     assert!(!status.success());
-    assert!(broken.logs().contains("OSPREY_STATE_TTL_DAYS"), "{}", broken.logs());
+    assert!(
+        broken.logs().contains("OSPREY_STATE_TTL_DAYS"),
+        "{}",
+        broken.logs()
+    );
 }

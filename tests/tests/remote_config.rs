@@ -738,7 +738,11 @@ fn osprey_rules_aws(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(bin("osprey"))
         .arg("rules")
         .args(args)
-        .args(["--iot-data", "--iot-endpoint-url", &osprey_tests::moto_endpoint()])
+        .args([
+            "--iot-data",
+            "--iot-endpoint-url",
+            &osprey_tests::moto_endpoint(),
+        ])
         .output()
         .unwrap();
     (
@@ -768,7 +772,8 @@ fn osprey_rules_sets_reads_and_reports_through_the_iot_data_plane() {
     // One command sets the document in both things' osprey-config shadows.
     let doc = json!({"rules": [hot(30.0)]});
     let file = write("doc.json", &doc);
-    let (ok, _, err) = osprey_rules_aws(&[&["set", "--file", &file, "--wait", "0"], &devices[..]].concat());
+    let (ok, _, err) =
+        osprey_rules_aws(&[&["set", "--file", &file, "--wait", "0"], &devices[..]].concat());
     assert!(ok, "{err}");
     let (ok, out, err) = osprey_rules_aws(&[&["get", "--json"], &devices[..]].concat());
     assert!(ok, "{err}");
@@ -784,8 +789,17 @@ fn osprey_rules_sets_reads_and_reports_through_the_iot_data_plane() {
         "rejected": null}}});
     let out_file = dir.path().join("update.json").display().to_string();
     aws_cli(&[
-        "iot-data", "update-thing-shadow", "--thing-name", &things[0], "--shadow-name", SHADOW,
-        "--cli-binary-format", "raw-in-base64-out", "--payload", &report.to_string(), &out_file,
+        "iot-data",
+        "update-thing-shadow",
+        "--thing-name",
+        &things[0],
+        "--shadow-name",
+        SHADOW,
+        "--cli-binary-format",
+        "raw-in-base64-out",
+        "--payload",
+        &report.to_string(),
+        &out_file,
     ]);
     let (ok, out, err) = osprey_rules_aws(&[&["status", "--json"], &devices[..]].concat());
     assert!(ok, "{err}");
@@ -803,17 +817,24 @@ fn osprey_rules_sets_reads_and_reports_through_the_iot_data_plane() {
     // A document that drops a key replaces the desired state wholly (the key is nulled).
     let named = json!({"device": &things[0], "rules": [hot(30.0)]});
     let file = write("named.json", &named);
-    let (ok, _, err) = osprey_rules_aws(&["set", "--file", &file, "--wait", "0", "--device", &things[0]]);
+    let (ok, _, err) = osprey_rules_aws(&[
+        "set", "--file", &file, "--wait", "0", "--device", &things[0],
+    ]);
     assert!(ok, "{err}");
     let lower = json!({"rules": [hot(25.0)]});
     let file = write("lower.json", &lower);
-    let (ok, _, err) = osprey_rules_aws(&["set", "--file", &file, "--wait", "0", "--device", &things[0]]);
+    let (ok, _, err) = osprey_rules_aws(&[
+        "set", "--file", &file, "--wait", "0", "--device", &things[0],
+    ]);
     assert!(ok, "{err}");
     let (_, out, _) = osprey_rules_aws(&["get", "--json", "--device", &things[0]]);
     let got: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(got[&things[0]], lower, "the dropped key is gone: {out}");
     let (_, out, _) = osprey_rules_aws(&["status", "--json", "--device", &things[0]]);
-    assert!(out.contains("\"pending\""), "a new document is pending until reported: {out}");
+    assert!(
+        out.contains("\"pending\""),
+        "a new document is pending until reported: {out}"
+    );
 
     // A document a device would refuse is refused before anything is sent.
     let bad = json!({"rules": [{"id": "x", "sensor": "s", "metric": "m", "when": "above",

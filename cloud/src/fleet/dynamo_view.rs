@@ -405,12 +405,19 @@ impl DynamoView {
                 let Some(from) = rules.values().min().copied() else {
                     continue;
                 };
-                let found = self.alerts_after(device, from).await.unwrap_or_default();
+                let found = self
+                    .device_alerts_after(device, from)
+                    .await
+                    .unwrap_or_default();
                 let rows: Vec<AlertRow> = found
                     .into_iter()
                     .filter(|a| rules.get(a.rule.as_str()).is_some_and(|seq| a.seq > *seq))
                     .collect();
-                for r in d.rules.iter().filter(|r| rules.contains_key(r.rule.as_str())) {
+                for r in d
+                    .rules
+                    .iter()
+                    .filter(|r| rules.contains_key(r.rule.as_str()))
+                {
                     if !rows.iter().any(|a| a.rule == r.rule) {
                         changed.push(AlertRow {
                             device: device.clone(),
@@ -443,16 +450,17 @@ impl DynamoView {
     }
 
     /// A device's alert events with a seq above `seq`, oldest first.
-    async fn alerts_after(&self, device: &str, seq: u64) -> Result<Vec<AlertRow>, FleetError> {
+    async fn device_alerts_after(
+        &self,
+        device: &str,
+        seq: u64,
+    ) -> Result<Vec<AlertRow>, FleetError> {
         let how = Reading {
             forward: true,
             consistent: false,
             page: None,
         };
-        let keys = SortKeys::Between(
-            format!("a#{:020}", seq.saturating_add(1)),
-            "a#~".to_owned(),
-        );
+        let keys = SortKeys::Between(format!("a#{:020}", seq.saturating_add(1)), "a#~".to_owned());
         let items = self
             .query(&layout::device_pk(device), &keys, how, MAX_DEVICE_ALERTS)
             .await?;
@@ -911,11 +919,12 @@ mod tests {
         };
         let start = lock(&view.alerts).last_id;
         // The first listing is the baseline: what was already there is not news.
-        view.note_alerts(&[device(vec![rule("raise", 1)])]);
+        view.note_alerts(&[device(vec![rule("raise", 1)])]).await;
         assert!(lock(&view.alerts).events.is_empty());
-        view.note_alerts(&[device(vec![rule("raise", 1)])]);
+        view.note_alerts(&[device(vec![rule("raise", 1)])]).await;
         assert!(lock(&view.alerts).events.is_empty(), "nothing changed");
-        view.note_alerts(&[device(vec![rule("clear", 2)])]);
+        // The table cannot be read here: the change is told by the rule state alone.
+        view.note_alerts(&[device(vec![rule("clear", 2)])]).await;
         let log = lock(&view.alerts);
         assert_eq!(log.events.len(), 1);
         let (id, alert) = &log.events[0];

@@ -200,8 +200,7 @@ impl IotData {
             if decided || Instant::now() >= deadline {
                 return Ok(statuses);
             }
-            tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())))
-                .await;
+            tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
         }
     }
 }
