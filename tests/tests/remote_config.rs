@@ -723,6 +723,7 @@ fn aws_cli(args: &[&str]) -> String {
     let out = Command::new(aws)
         .args(args)
         .args(["--endpoint-url", &osprey_tests::moto_endpoint()])
+        .args(["--region", "us-east-1"])
         .output()
         .unwrap();
     assert!(
@@ -795,8 +796,6 @@ fn osprey_rules_sets_reads_and_reports_through_the_iot_data_plane() {
         &things[0],
         "--shadow-name",
         SHADOW,
-        "--cli-binary-format",
-        "raw-in-base64-out",
         "--payload",
         &report.to_string(),
         &out_file,
