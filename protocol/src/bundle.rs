@@ -158,10 +158,10 @@ fn decode_bundle(header: Header<'_>) -> Result<Bundle, DecodeError> {
 }
 
 /// `InvalidBody` of a bundle.
-pub(crate) fn bundle_invalid(reason: String) -> DecodeError {
+pub(crate) fn bundle_invalid(reason: impl Into<String>) -> DecodeError {
     DecodeError::InvalidBody {
         kind: "bundle",
-        reason,
+        reason: reason.into(),
     }
 }
 

@@ -123,21 +123,38 @@ impl<'a> Cursor<'a> {
     }
 
     /// Reads a head.
+    #[inline]
     pub(crate) fn head(&mut self) -> Result<Head, CborError> {
-        let first = self.take(1)?[0];
+        let Some(&first) = self.bytes.get(self.pos) else {
+            return Err(self.malformed("truncated item"));
+        };
+        self.pos += 1;
         let (major, info) = (first >> 5, first & 0x1f);
         let arg = match info {
             0..=23 => Arg::Value(u64::from(info)),
-            24..=27 => {
-                let n = 1usize << (info - 24);
-                let mut buf = [0u8; 8];
-                buf[8 - n..].copy_from_slice(self.take(n as u64)?);
-                Arg::Value(u64::from_be_bytes(buf))
-            }
+            24 => Arg::Value(u64::from(u8::from_be_bytes(self.array()?))),
+            25 => Arg::Value(u64::from(u16::from_be_bytes(self.array()?))),
+            26 => Arg::Value(u64::from(u32::from_be_bytes(self.array()?))),
+            27 => Arg::Value(u64::from_be_bytes(self.array()?)),
             31 => Arg::Indefinite,
             _ => return Err(self.malformed("reserved additional information 28-30")),
         };
         Ok(Head { major, info, arg })
+    }
+
+    /// The next `N` bytes.
+    #[inline]
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], CborError> {
+        let end = self.pos.checked_add(N);
+        match end.and_then(|end| self.bytes.get(self.pos..end)) {
+            Some(slice) => {
+                let mut out = [0u8; N];
+                out.copy_from_slice(slice);
+                self.pos += N;
+                Ok(out)
+            }
+            None => Err(self.malformed("truncated item")),
+        }
     }
 
     /// Whether the next byte is a break (`ff`); consumes it if so.

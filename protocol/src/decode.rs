@@ -254,7 +254,7 @@ pub(crate) fn decode_body(kind: Kind, body: BodyAt<'_>) -> Result<Body, DecodeEr
     let mut r = Reader {
         cur: Cursor::at(body.bytes, body.pos),
     };
-    let head = r.head().map_err(invalid)?;
+    let head = r.head().map_err(|found| invalid(found.into()))?;
     Ok(match kind {
         Kind::Telemetry => {
             let batch = telemetry(&mut r, head.arg)?;
@@ -282,27 +282,42 @@ pub(crate) struct Reader<'a> {
     pub(crate) cur: Cursor<'a>,
 }
 
-/// "found …": what stood where a value of a spec type was expected.
-type Found = String;
+/// What stood where a value of a spec type was expected; made into text only for an error.
+#[derive(Debug)]
+pub(crate) enum Found {
+    /// An item of another type, or an integer out of the field's range, by its head.
+    Item(Head),
+    /// Text naming no variant.
+    Name(String),
+    /// An item that does not read. The scan accepted the payload, so this is a broken
+    /// internal rule, answered as an error all the same.
+    IllFormed(CborError),
+}
+
+impl From<Found> for String {
+    fn from(found: Found) -> String {
+        match found {
+            Found::Item(head) => head.describe(),
+            Found::Name(text) => format!("the text {text:?}"),
+            Found::IllFormed(e) => format!("an ill-formed item ({e:?})"),
+        }
+    }
+}
 
 const TEXT: &str = "text";
 
 impl<'a> Reader<'a> {
+    #[inline]
     pub(crate) fn head(&mut self) -> Result<Head, Found> {
-        // The scan accepted these bytes: a head that does not read is a broken internal rule,
-        // answered as an error all the same.
-        self.cur
-            .head()
-            .map_err(|e| format!("an ill-formed item ({e:?})"))
+        self.cur.head().map_err(Found::IllFormed)
     }
 
     /// Skips the value of an unknown key, whatever it holds.
     pub(crate) fn skip(&mut self) -> Result<(), Found> {
-        self.cur
-            .skip(MAX_DEPTH)
-            .map_err(|e| format!("an ill-formed item ({e:?})"))
+        self.cur.skip(MAX_DEPTH).map_err(Found::IllFormed)
     }
 
+    #[inline]
     fn uint(&mut self) -> Result<u64, Found> {
         match self.head()? {
             Head {
@@ -310,51 +325,56 @@ impl<'a> Reader<'a> {
                 arg: Arg::Value(n),
                 ..
             } => Ok(n),
-            other => Err(other.describe()),
+            other => Err(Found::Item(other)),
         }
     }
 
+    #[inline]
     fn int(&mut self) -> Result<i64, Found> {
         let head = self.head()?;
         let n = match (head.major, head.arg) {
             (0, Arg::Value(n)) => i64::try_from(n).ok(),
             // -1 - n, which is within i64 exactly when n is.
             (1, Arg::Value(n)) => i64::try_from(n).ok().map(|n| -1 - n),
-            _ => return Err(head.describe()),
+            _ => None,
         };
-        n.ok_or_else(|| format!("{}, outside 64 bits", head.describe()))
+        n.ok_or(Found::Item(head))
     }
 
+    #[inline]
     fn uint_below<T: TryFrom<u64>>(&mut self) -> Result<T, Found> {
-        let n = self.uint()?;
-        T::try_from(n).map_err(|_| format!("the unsigned integer {n}, out of range"))
+        let head = self.head()?;
+        match head.arg {
+            Arg::Value(n) if head.major == 0 => T::try_from(n).map_err(|_| Found::Item(head)),
+            _ => Err(Found::Item(head)),
+        }
     }
 
+    #[inline]
     fn float(&mut self) -> Result<f64, Found> {
         let head = self.head()?;
-        head.float().ok_or_else(|| head.describe())
+        head.float().ok_or(Found::Item(head))
     }
 
     pub(crate) fn text(&mut self) -> Result<String, Found> {
         let head = self.head()?;
         if head.major != 3 {
-            return Err(head.describe());
+            return Err(Found::Item(head));
         }
-        let text = self
-            .cur
-            .string(3, head.arg)
-            .map_err(|e| format!("an ill-formed item ({e:?})"))?;
-        String::from_utf8(text.into_owned()).map_err(|_| String::from("text that is not UTF-8"))
+        let text = self.cur.string(3, head.arg).map_err(Found::IllFormed)?;
+        String::from_utf8(text.into_owned())
+            .map_err(|_| Found::IllFormed(self.cur.malformed("text is not UTF-8")))
     }
 
     /// An array, each item read by `item`.
+    #[inline]
     fn array<T>(
         &mut self,
         mut item: impl FnMut(&mut Self) -> Result<T, Found>,
     ) -> Result<Vec<T>, Found> {
         let head = self.head()?;
         if head.major != 4 {
-            return Err(head.describe());
+            return Err(Found::Item(head));
         }
         let mut out = Vec::new();
         match head.arg {
@@ -394,15 +414,12 @@ impl<'a> Reader<'a> {
             }
             let head = self.head()?;
             if head.major == 3 {
-                let key = self
-                    .cur
-                    .string(3, head.arg)
-                    .map_err(|e| format!("an ill-formed key ({e:?})"))?;
+                let key = self.cur.string(3, head.arg).map_err(Found::IllFormed)?;
                 each(self, Some(&key))?;
             } else {
                 self.cur
                     .skip_rest(head, MAX_DEPTH)
-                    .map_err(|e| format!("an ill-formed key ({e:?})"))?;
+                    .map_err(Found::IllFormed)?;
                 each(self, None)?;
             }
         }
@@ -417,9 +434,7 @@ impl<'a> Reader<'a> {
                 let mut ahead = self.cur.clone();
                 let mut n = 0;
                 while !ahead.at_break() {
-                    ahead
-                        .skip(MAX_DEPTH)
-                        .map_err(|e| format!("an ill-formed item ({e:?})"))?;
+                    ahead.skip(MAX_DEPTH).map_err(Found::IllFormed)?;
                     n += 1;
                 }
                 Ok(n)
@@ -430,7 +445,10 @@ impl<'a> Reader<'a> {
 
 /// "key "x" must be …; found …".
 fn mismatch(context: &str, key: &str, expected: &str, found: Found) -> String {
-    format!("{context}key {key:?} must be {expected}; found {found}")
+    format!(
+        "{context}key {key:?} must be {expected}; found {}",
+        String::from(found)
+    )
 }
 
 /// Why a telemetry body fails: a schema error, or too many series.
@@ -441,7 +459,7 @@ enum Fail {
 
 impl From<Found> for Fail {
     fn from(found: Found) -> Fail {
-        Fail::Invalid(found)
+        Fail::Invalid(found.into())
     }
 }
 
@@ -454,7 +472,7 @@ fn telemetry(r: &mut Reader<'_>, arg: Arg) -> Result<TelemetryBatch, DecodeError
         }
         let head = r.head()?;
         if head.major != 4 {
-            let found = head.describe();
+            let found = Found::Item(head);
             return Err(Fail::Invalid(mismatch(
                 "",
                 "s",
@@ -467,7 +485,7 @@ fn telemetry(r: &mut Reader<'_>, arg: Arg) -> Result<TelemetryBatch, DecodeError
         Limit::SeriesPerBatch.check(n).map_err(Fail::Over)?;
         let mut out = Vec::with_capacity(n);
         for index in 0..n {
-            out.push(one_series(r, index)?);
+            out.push(one_series(r, index).map_err(Fail::Invalid)?);
         }
         if head.arg == Arg::Indefinite && !r.cur.at_break() {
             return Err(Fail::Invalid("the series array does not end".to_owned()));
@@ -493,15 +511,13 @@ fn one_series(r: &mut Reader<'_>, index: usize) -> Result<crate::Series, String>
     if head.major != 5 {
         return Err(format!("series {index} is {}", head.describe()));
     }
-    let context = format!("series {index}: ");
     let mut w = SeriesIn::default();
     let (mut n, mut m, mut t) = (None, None, None);
     const INTS: &str = "an array of integers";
     const DELTA: &str = "an unsigned integer below 2^32";
     r.entries(head.arg, |r, key| -> Result<(), String> {
         let bad = |name: &'static str, expected: &'static str| {
-            let context = &context;
-            move |found| mismatch(context, name, expected, found)
+            move |found| mismatch(&format!("series {index}: "), name, expected, found)
         };
         match key.unwrap_or_default() {
             b"n" => n = Some(r.text().map_err(bad("n", TEXT))?),
@@ -529,7 +545,7 @@ fn one_series(r: &mut Reader<'_>, index: usize) -> Result<crate::Series, String>
         }
         Ok(())
     })?;
-    let missing = |name: &str| format!("{context}missing key {name:?}");
+    let missing = |name: &str| format!("series {index}: missing key {name:?}");
     w.n = n.ok_or_else(|| missing("n"))?;
     w.m = m.ok_or_else(|| missing("m"))?;
     w.t = t.ok_or_else(|| missing("t"))?;
@@ -543,7 +559,7 @@ fn name_of<T: Copy>(r: &mut Reader<'_>, names: &[&str], values: &[T]) -> Result<
         .iter()
         .position(|name| *name == text)
         .and_then(|i| values.get(i).copied())
-        .ok_or_else(|| format!("the text {text:?}"))
+        .ok_or(Found::Name(text))
 }
 
 /// An alert body: every key required.
