@@ -16,7 +16,7 @@
 use alloc::{borrow::ToOwned, boxed::Box, format, string::String, vec::Vec};
 
 use crate::cbor::{push_head, Arg, Cursor};
-use crate::decode::{decode_body, over_limit, read_header, Header, HeaderKind, Reader};
+use crate::decode::{decode_body, over_limit, read_header, BodyAt, Header, Reader};
 use crate::error::{DecodeError, EncodeError};
 use crate::limit::{Limit, MAX_MESSAGE_BYTES};
 use crate::{decode, Envelope, Kind, FORMAT_VERSION};
@@ -89,16 +89,7 @@ impl Decoded {
 /// inner message is an error as a whole ([`DecodeError::InBundle`] and the others in
 /// `SPEC.md`, "Bundle").
 pub fn decode_any(bytes: &[u8]) -> Result<Decoded, DecodeError> {
-    let header = read_header(bytes)?;
-    match header.kind {
-        HeaderKind::Message(kind) => Ok(Decoded::Message(Envelope {
-            body: decode_body(kind, header.body)?,
-            device: header.device,
-            seq: header.seq,
-            epoch: header.epoch,
-        })),
-        HeaderKind::Bundle => decode_bundle(header).map(Decoded::Bundle),
-    }
+    read_header(bytes)?.decoded(decode_body, decode_bundle)
 }
 
 /// The messages of a transport payload, in order: one for a plain message, every inner
@@ -108,7 +99,7 @@ pub fn decode_messages(bytes: &[u8]) -> Result<Vec<Envelope>, DecodeError> {
 }
 
 /// Reads the body of a bundle (`SPEC.md`, "Bundle", steps 1 to 4).
-fn decode_bundle(header: Header<'_>) -> Result<Bundle, DecodeError> {
+fn decode_bundle(header: Header<BodyAt<'_>>) -> Result<Bundle, DecodeError> {
     let Header {
         device, seq, body, ..
     } = header;

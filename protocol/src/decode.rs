@@ -40,18 +40,7 @@ use crate::telemetry::{SeriesIn, TelemetryBatch};
 /// column forms of telemetry are read. A bundle (kind 4) is [`DecodeError::IsBundle`]: a
 /// reader of transport payloads uses [`crate::decode_messages`], which takes both.
 pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
-    let header = read_header(bytes)?;
-    let kind = match header.kind {
-        HeaderKind::Message(kind) => kind,
-        HeaderKind::Bundle => return Err(DecodeError::IsBundle),
-    };
-    let body = decode_body(kind, header.body)?;
-    Ok(Envelope {
-        device: header.device,
-        seq: header.seq,
-        epoch: header.epoch,
-        body,
-    })
+    read_header(bytes)?.message(decode_body)
 }
 
 /// What the `"k"` of a payload announces.
@@ -63,14 +52,46 @@ pub(crate) enum HeaderKind {
     Bundle,
 }
 
-/// The envelope keys of a payload, checked, and where its body is.
+/// The envelope keys of a payload, checked, and its body `B` not read yet: where it is
+/// ([`BodyAt`]), or for the reference decoder a generic value.
 #[derive(Debug)]
-pub(crate) struct Header<'a> {
+pub(crate) struct Header<B> {
     pub(crate) kind: HeaderKind,
     pub(crate) device: String,
     pub(crate) seq: u64,
     pub(crate) epoch: u64,
-    pub(crate) body: BodyAt<'a>,
+    pub(crate) body: B,
+}
+
+impl<B> Header<B> {
+    /// The message, its body read by `body`; [`DecodeError::IsBundle`] for a bundle.
+    pub(crate) fn message(
+        self,
+        body: impl FnOnce(Kind, B) -> Result<Body, DecodeError>,
+    ) -> Result<Envelope, DecodeError> {
+        let kind = match self.kind {
+            HeaderKind::Message(kind) => kind,
+            HeaderKind::Bundle => return Err(DecodeError::IsBundle),
+        };
+        Ok(Envelope {
+            body: body(kind, self.body)?,
+            device: self.device,
+            seq: self.seq,
+            epoch: self.epoch,
+        })
+    }
+
+    /// The message or the bundle, read by `body` or `bundle`.
+    pub(crate) fn decoded(
+        self,
+        body: impl FnOnce(Kind, B) -> Result<Body, DecodeError>,
+        bundle: impl FnOnce(Header<B>) -> Result<crate::Bundle, DecodeError>,
+    ) -> Result<crate::Decoded, DecodeError> {
+        match self.kind {
+            HeaderKind::Message(_) => self.message(body).map(crate::Decoded::Message),
+            HeaderKind::Bundle => bundle(self).map(crate::Decoded::Bundle),
+        }
+    }
 }
 
 /// The body of a payload: a map at `pos` (checked by [`read_header`]).
@@ -85,7 +106,7 @@ pub(crate) struct BodyAt<'a> {
 /// Checks the size, the CBOR (well-formed, depth, one item, duplicate keys outside `"b"`),
 /// and reads the envelope keys, in the order `SPEC.md` gives ("Errors"): `v`, `k`, `d`, `q`,
 /// `j`, `b`.
-pub(crate) fn read_header(bytes: &[u8]) -> Result<Header<'_>, DecodeError> {
+pub(crate) fn read_header(bytes: &[u8]) -> Result<Header<BodyAt<'_>>, DecodeError> {
     check_size(bytes)?;
     let scanned = crate::cbor::scan(bytes, MAX_DEPTH).map_err(cbor_error)?;
     let Some(entries) = scanned.entries else {

@@ -19,7 +19,7 @@ use crate::bundle::{admit, bundle_invalid, check_count, finish, not_bytes, Bundl
 use crate::cbor::{Arg, CborError, Cursor};
 use crate::decode::{
     body_not_map, cbor_error, check_device, check_epoch, check_size, check_version,
-    duplicate_in_envelope, header_kind, missing_field, no_device, not_uint, over_limit, HeaderKind,
+    duplicate_in_envelope, header_kind, missing_field, no_device, not_uint, over_limit, Header,
 };
 use crate::envelope::{Alert, Body, Envelope, Kind, Status};
 use crate::error::DecodeError;
@@ -28,46 +28,17 @@ use crate::telemetry::TelemetryBatch;
 
 /// Decodes one message the reference way; same contract as [`crate::decode`].
 pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
-    let header = read_header(bytes)?;
-    let kind = match header.kind {
-        HeaderKind::Message(kind) => kind,
-        HeaderKind::Bundle => return Err(DecodeError::IsBundle),
-    };
-    let body = decode_body(kind, header.body)?;
-    Ok(Envelope {
-        device: header.device,
-        seq: header.seq,
-        epoch: header.epoch,
-        body,
-    })
+    read_header(bytes)?.message(decode_body)
 }
 
 /// Decodes a message or a bundle the reference way; same contract as [`crate::decode_any`].
 pub fn decode_any(bytes: &[u8]) -> Result<Decoded, DecodeError> {
-    let header = read_header(bytes)?;
-    match header.kind {
-        HeaderKind::Message(kind) => Ok(Decoded::Message(Envelope {
-            body: decode_body(kind, header.body)?,
-            device: header.device,
-            seq: header.seq,
-            epoch: header.epoch,
-        })),
-        HeaderKind::Bundle => decode_bundle(header).map(Decoded::Bundle),
-    }
-}
-
-/// The envelope keys of a payload, checked, with its body still a generic CBOR value.
-struct Header {
-    kind: HeaderKind,
-    device: String,
-    seq: u64,
-    epoch: u64,
-    body: Value,
+    read_header(bytes)?.decoded(decode_body, decode_bundle)
 }
 
 /// Checks the size, parses the CBOR with the depth limit, and reads the envelope keys, in the
 /// order `SPEC.md` gives ("Errors"): `v`, `k`, `d`, `q`, `j`, `b`.
-fn read_header(bytes: &[u8]) -> Result<Header, DecodeError> {
+fn read_header(bytes: &[u8]) -> Result<Header<Value>, DecodeError> {
     check_size(bytes)?;
     let value = read(bytes, MAX_DEPTH).map_err(cbor_error)?;
     let Value::Map(entries) = value else {
@@ -132,7 +103,7 @@ fn read_header(bytes: &[u8]) -> Result<Header, DecodeError> {
     })
 }
 
-fn decode_bundle(header: Header) -> Result<Bundle, DecodeError> {
+fn decode_bundle(header: Header<Value>) -> Result<Bundle, DecodeError> {
     let Header {
         device, seq, body, ..
     } = header;
@@ -630,25 +601,6 @@ mod tests {
     }
 
     #[test]
-    fn ill_formed_input_is_malformed() {
-        for bytes in [
-            &[][..],
-            &[0x1c],                   // reserved additional information
-            &[0x5f, 0x61, 0x61, 0xff], // text chunk in a byte string
-            &[0xf8, 0x10],             // two-byte simple value below 32
-            &[0xff],                   // lone break
-            &[0x62, 0xc3, 0x28],       // invalid UTF-8
-            &[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff], // huge array
-            &[0x01, 0x02],             // trailing byte
-        ] {
-            assert!(
-                matches!(read(bytes, 16), Err(CborError::Malformed(_))),
-                "{bytes:02x?}"
-            );
-        }
-    }
-
-    #[test]
     fn simple_values_and_tags_are_kept() {
         assert_eq!(ok(&[0xf8, 0x20]), simple(32));
         assert_eq!(ok(&[0xf7]), simple(23));
@@ -659,15 +611,6 @@ mod tests {
         assert!(not_spec_type(&ok(&[0xf7])).is_some());
         assert!(not_spec_type(&ok(&[0x82, 0x01, 0xc1, 0x01])).is_some());
         assert!(not_spec_type(&ok(&[0x82, 0x01, 0x02])).is_none());
-    }
-
-    #[test]
-    fn depth_counts_containers_and_tags() {
-        assert!(read(&[0x81, 0x81, 0x00], 2).is_ok());
-        assert_eq!(read(&[0x81, 0x81, 0x81, 0x00], 2), Err(CborError::TooDeep));
-        assert_eq!(read(&[0x81, 0xc1, 0x81, 0x00], 2), Err(CborError::TooDeep));
-        let deep = [0xc1u8; 100_000];
-        assert_eq!(read(&deep, 16), Err(CborError::TooDeep));
     }
 
     #[test]
