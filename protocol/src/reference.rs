@@ -36,6 +36,46 @@ pub fn decode_any(bytes: &[u8]) -> Result<Decoded, DecodeError> {
     read_header(bytes)?.decoded(decode_body, decode_bundle)
 }
 
+/// What of a decoder's answer the two decoders must agree on: the messages, as text with
+/// their floats as bits (so NaN payloads count), or the error's variant and fields, without the
+/// free-text reason of a `Malformed` or `InvalidBody` (its wording may differ). For the
+/// differential tests and fuzz target.
+pub fn comparable(answer: &Result<Decoded, DecodeError>) -> Result<Vec<String>, String> {
+    match answer {
+        Ok(decoded) => Ok(decoded.clone().into_messages().iter().map(bits).collect()),
+        Err(e) => Err(error_kind(e)),
+    }
+}
+
+/// An error without its free-text reason.
+pub fn error_kind(e: &DecodeError) -> String {
+    match e {
+        DecodeError::Malformed(_) => "Malformed".into(),
+        DecodeError::InvalidBody { kind, .. } => format!("InvalidBody({kind})"),
+        DecodeError::InBundle { index, error } => {
+            format!("InBundle({index}, {})", error_kind(error))
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// A message as text, every float also as its bits.
+fn bits(msg: &Envelope) -> String {
+    let mut text = format!("{msg:?}");
+    match &msg.body {
+        Body::Telemetry(batch) => {
+            for series in &batch.series {
+                text.extend(series.values.iter().map(|x| format!(" {:x}", x.to_bits())));
+            }
+        }
+        Body::Alert(a) => {
+            text += &format!(" {:x} {:x}", a.value.to_bits(), a.threshold.to_bits());
+        }
+        Body::Status(_) => {}
+    }
+    text
+}
+
 /// Checks the size, parses the CBOR with the depth limit, and reads the envelope keys, in the
 /// order `SPEC.md` gives ("Errors"): `v`, `k`, `d`, `q`, `j`, `b`.
 fn read_header(bytes: &[u8]) -> Result<Header<Value>, DecodeError> {

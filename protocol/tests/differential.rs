@@ -16,36 +16,18 @@
 mod support;
 
 use ciborium::Value;
+use osprey_protocol::reference::{comparable, error_kind};
 use osprey_protocol::{decode, decode_any, reference, DecodeError, Decoded};
 use proptest::prelude::*;
-use support::{apply, bits, edit, VECTORS};
-
-/// An answer with the free-text reasons left out, for comparison.
-fn shape(result: &Result<Decoded, DecodeError>) -> Result<Vec<String>, String> {
-    match result {
-        Ok(decoded) => Ok(decoded.clone().into_messages().iter().map(bits).collect()),
-        Err(e) => Err(error_shape(e)),
-    }
-}
-
-fn error_shape(e: &DecodeError) -> String {
-    match e {
-        DecodeError::Malformed(_) => "Malformed".into(),
-        DecodeError::InvalidBody { kind, .. } => format!("InvalidBody({kind})"),
-        DecodeError::InBundle { index, error } => {
-            format!("InBundle({index}, {})", error_shape(error))
-        }
-        other => format!("{other:?}"),
-    }
-}
+use support::{apply, edit, VECTORS};
 
 /// Both decoders give the same answer on `bytes`.
 fn agree(bytes: &[u8]) -> Result<(), TestCaseError> {
     let new = decode_any(bytes);
     let old = reference::decode_any(bytes);
     prop_assert_eq!(
-        shape(&new),
-        shape(&old),
+        comparable(&new),
+        comparable(&old),
         "direct {:?}\nreference {:?}\ninput {}",
         new,
         old,
@@ -54,8 +36,8 @@ fn agree(bytes: &[u8]) -> Result<(), TestCaseError> {
     let new = decode(bytes).map(Decoded::Message);
     let old = reference::decode(bytes).map(Decoded::Message);
     prop_assert_eq!(
-        shape(&new),
-        shape(&old),
+        comparable(&new),
+        comparable(&old),
         "decode, input {}",
         hex::encode(bytes)
     );
@@ -470,9 +452,9 @@ fn respelling_reaches_every_stage() {
             Ok(Decoded::Message(_)) => "message".to_owned(),
             Ok(Decoded::Bundle(_)) => "bundle".to_owned(),
             Err(DecodeError::InBundle { error, .. }) => {
-                format!("InBundle-{}", error_shape(&error))
+                format!("InBundle-{}", error_kind(&error))
             }
-            Err(e) => error_shape(&e),
+            Err(e) => error_kind(&e),
         };
         let key: String = answer
             .split(['(', ' ', '{'])
