@@ -1,10 +1,14 @@
 //! Window throughput: readings/s on one core through decode → dedup → windows (in memory) and
 //! decode → dedup → windows → SQLite, memory per active series, and DuckDB computing the same
-//! one-minute aggregates over the same readings. Run with `bash cloud/benches/run.sh`
-//! (installs DuckDB into a venv); plain `cargo bench --bench windows` skips DuckDB.
+//! one-minute aggregates (count, sum, min, max, mean, variance, skewness, kurtosis,
+//! p50/p95/p99) over the same readings: from its in-memory table and from Parquet, on 1 and 2
+//! threads, in rounds interleaved with Osprey's (min / median / max over the rounds). Run with
+//! `bash cloud/benches/run.sh` (installs DuckDB into a venv); plain `cargo bench --bench
+//! windows` skips DuckDB.
 //!
-//! Options: `--readings N` (default 4 000 000), `--store-readings N` (default 400 000),
-//! `--series N` for the memory figure (default 100 000).
+//! Options: `--readings N` (default 4 000 000), `--rounds N` (default 7), `--store-readings N`
+//! (default 400 000; 0 skips the store), `--series N` for the memory figure (default 100 000;
+//! 0 skips it).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -104,6 +108,107 @@ fn in_memory(data: &Data, spec: &WindowSpec) -> (f64, WindowTable) {
     (start.elapsed().as_secs_f64(), table)
 }
 
+/// The DuckDB configurations, each run once per round: (source, threads).
+const DUCKDB_RUNS: [(&str, usize); 4] =
+    [("table", 1), ("table", 2), ("parquet", 1), ("parquet", 2)];
+
+/// `cloud/benches/duckdb_windows.py`, started once: it loads the readings into a table and a
+/// Parquet file, then runs the aggregation on each command.
+struct DuckDb {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    rows: String,
+    same_quantiles: String,
+    version: String,
+}
+
+impl DuckDb {
+    fn start(python: &str, csv: &std::path::Path) -> DuckDb {
+        use std::process::{Command, Stdio};
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/duckdb_windows.py");
+        let version = Command::new(python)
+            .args(["-c", "import duckdb; print(duckdb.__version__)"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        let mut child = Command::new(python)
+            .arg(script)
+            .arg(csv)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start duckdb_windows.py");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let ready = read_line(&mut stdout);
+        assert!(ready.starts_with("ready"), "duckdb_windows.py: {ready}");
+        DuckDb {
+            child,
+            stdin,
+            stdout,
+            rows: field(&ready, "rows=").to_owned(),
+            same_quantiles: field(&ready, "same_quantiles=").to_owned(),
+            version,
+        }
+    }
+
+    /// Seconds and windows of one run.
+    fn run(&mut self, source: &str, threads: usize) -> (f64, usize) {
+        writeln!(self.stdin, "run {source} {threads}").unwrap();
+        self.stdin.flush().unwrap();
+        let line = read_line(&mut self.stdout);
+        let secs = field(&line, "seconds=").parse().unwrap_or(f64::NAN);
+        (secs, field(&line, "windows=").parse().unwrap_or(0))
+    }
+}
+
+impl Drop for DuckDb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_line(from: &mut impl std::io::BufRead) -> String {
+    let mut line = String::new();
+    from.read_line(&mut line).unwrap();
+    line.trim().to_owned()
+}
+
+/// The value of `key` (e.g. `seconds=`) in a line of `key=value` words.
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key))
+        .unwrap_or("")
+}
+
+/// Min, median and max of the rounds.
+#[derive(Clone, Copy)]
+struct Stats {
+    min: f64,
+    median: f64,
+    max: f64,
+}
+
+impl Stats {
+    fn of(mut xs: Vec<f64>) -> Stats {
+        xs.sort_by(f64::total_cmp);
+        Stats {
+            min: xs[0],
+            median: xs[xs.len() / 2],
+            max: xs[xs.len() - 1],
+        }
+    }
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = format!("{:.2} / {:.2} / {:.2}", self.min, self.median, self.max);
+        f.pad(&text)
+    }
+}
+
 fn machine() -> String {
     let lscpu = std::process::Command::new("lscpu")
         .output()
@@ -122,6 +227,7 @@ fn machine() -> String {
 
 fn main() {
     let readings = arg("--readings", 4_000_000);
+    let rounds = arg("--rounds", 7).max(1);
     let store_readings = arg("--store-readings", 400_000);
     let series_for_memory = arg("--series", 100_000);
     let spec = WindowSpec::default();
@@ -136,30 +242,82 @@ fn main() {
     csv.flush().unwrap();
     drop(csv);
 
-    // In memory: best of 3.
-    let mut best = f64::INFINITY;
+    // In memory, in rounds interleaved with DuckDB's configurations (which goes first
+    // alternates), so that both see the same machine load.
+    let mut duckdb = std::env::var("OSPREY_BENCH_PYTHON")
+        .ok()
+        .map(|python| DuckDb::start(&python, &csv_path));
+    let mut ours = Vec::new();
+    let mut theirs: Vec<Vec<f64>> = vec![Vec::new(); DUCKDB_RUNS.len()];
     let mut windows = 0;
-    for _ in 0..3 {
-        let (secs, table) = in_memory(&data, &spec);
-        best = best.min(secs);
-        windows = table.iter().count();
+    let mut duckdb_windows = 0;
+    for round in 0..rounds {
+        let mut osprey = || {
+            let (secs, table) = in_memory(&data, &spec);
+            windows = table.iter().count();
+            ours.push(data.readings as f64 / secs / 1e6);
+        };
+        if round % 2 == 0 {
+            osprey();
+        }
+        if let Some(db) = duckdb.as_mut() {
+            for (i, (source, threads)) in DUCKDB_RUNS.iter().enumerate() {
+                let (secs, w) = db.run(source, *threads);
+                duckdb_windows = w;
+                theirs[i].push(data.readings as f64 / secs / 1e6);
+            }
+        }
+        if round % 2 == 1 {
+            osprey();
+        }
     }
-    let ours = data.readings as f64 / best;
+    let ours = Stats::of(ours);
     println!(
         "in-memory decode->dedup->windows: {} readings, {} messages, {windows} windows, \
-         {best:.3} s, {:.2} M readings/s on one core",
+         {rounds} rounds: {ours} M readings/s on one core (min / median / max)",
         data.readings,
         data.payloads.len(),
-        ours / 1e6
     );
+    match duckdb {
+        None => println!("duckdb: skipped (run cloud/benches/run.sh to compare)"),
+        Some(db) => {
+            println!(
+                "duckdb {}: {} readings, {duckdb_windows} windows, one approx_quantile call \
+                 for the three quantiles (same values as three calls: {})",
+                db.version, db.rows, db.same_quantiles
+            );
+            println!(
+                "  {:<26} {:>26}   osprey median / this median",
+                "", "M readings/s (min / median / max)"
+            );
+            println!("  {:<26} {ours:>26}   1.00x", "osprey in-memory, 1 core");
+            for ((source, threads), runs) in DUCKDB_RUNS.iter().zip(theirs) {
+                let runs = Stats::of(runs);
+                println!(
+                    "  {:<26} {runs:>26}   {:.2}x",
+                    format!("duckdb {source}, {threads} thread(s)"),
+                    ours.median / runs.median
+                );
+            }
+        }
+    }
 
-    // Through the store (SQLite, one writer thread), Kinesis-sized batches of 100 messages.
+    if store_readings > 0 {
+        store(store_readings, dir.path());
+    }
+    if series_for_memory > 0 {
+        memory(series_for_memory, &spec);
+    }
+}
+
+/// Through the store (SQLite, one writer thread), Kinesis-sized batches of 100 messages.
+fn store(store_readings: usize, dir: &std::path::Path) {
     let store_data = fleet(store_readings, 1_000, None);
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
     let secs = rt.block_on(async {
-        let db = dir.path().join("bench.db");
+        let db = dir.join("bench.db");
         let store = Store::open(&db).unwrap();
         let pipeline = Pipeline::new(store.writer());
         let start = Instant::now();
@@ -181,12 +339,14 @@ fn main() {
         store_data.readings,
         store_data.readings as f64 / secs / 1e3
     );
+}
 
-    // Memory per active series: one open one-minute window each (every device's newest).
+/// Memory per active series: one open one-minute window each (every device's newest).
+fn memory(series_for_memory: usize, spec: &WindowSpec) {
     let devices = series_for_memory / SERIES.len();
     let one_each = fleet(devices * SERIES.len() * PER_MESSAGE, devices, None);
     let before = rss_bytes();
-    let (_, table) = in_memory(&one_each, &spec);
+    let (_, table) = in_memory(&one_each, spec);
     let after = rss_bytes();
     let n = table.series_count();
     println!(
@@ -194,41 +354,4 @@ fn main() {
         (after.saturating_sub(before)) / n.max(1)
     );
     drop(table);
-
-    // DuckDB on the same readings.
-    match std::env::var("OSPREY_BENCH_PYTHON") {
-        Err(_) => println!("duckdb: skipped (run cloud/benches/run.sh to compare)"),
-        Ok(python) => {
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/duckdb_windows.py");
-            for threads in [1, 0] {
-                let threads_arg = if threads == 0 {
-                    std::thread::available_parallelism().map_or(1, |n| n.get())
-                } else {
-                    threads
-                };
-                let out = std::process::Command::new(&python)
-                    .arg(script)
-                    .arg(&csv_path)
-                    .arg(threads_arg.to_string())
-                    .output()
-                    .unwrap();
-                let text = String::from_utf8_lossy(&out.stdout);
-                let line = text.lines().find(|l| l.starts_with("duckdb")).unwrap_or("");
-                let secs: f64 = line
-                    .split_whitespace()
-                    .find_map(|kv| kv.strip_prefix("seconds="))
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(f64::NAN);
-                let theirs = data.readings as f64 / secs;
-                println!(
-                    "{line} threads={threads_arg}: {:.2} M readings/s; osprey in-memory (1 core) / duckdb = {:.2}x",
-                    theirs / 1e6,
-                    ours / theirs
-                );
-                if !out.status.success() {
-                    println!("duckdb stderr: {}", String::from_utf8_lossy(&out.stderr));
-                }
-            }
-        }
-    }
 }

@@ -15,9 +15,8 @@
 
 use alloc::{borrow::ToOwned, boxed::Box, format, string::String, vec::Vec};
 
-use ciborium::Value;
-
-use crate::envelope::{decode_body, over_limit, read_header, Header, HeaderKind};
+use crate::cbor::{push_head, Arg, Cursor};
+use crate::decode::{decode_body, over_limit, read_header, BodyAt, Header, Reader};
 use crate::error::{DecodeError, EncodeError};
 use crate::limit::{Limit, MAX_MESSAGE_BYTES};
 use crate::{decode, Envelope, Kind, FORMAT_VERSION};
@@ -90,16 +89,7 @@ impl Decoded {
 /// inner message is an error as a whole ([`DecodeError::InBundle`] and the others in
 /// `SPEC.md`, "Bundle").
 pub fn decode_any(bytes: &[u8]) -> Result<Decoded, DecodeError> {
-    let header = read_header(bytes)?;
-    match header.kind {
-        HeaderKind::Message(kind) => Ok(Decoded::Message(Envelope {
-            body: decode_body(kind, header.body)?,
-            device: header.device,
-            seq: header.seq,
-            epoch: header.epoch,
-        })),
-        HeaderKind::Bundle => decode_bundle(header).map(Decoded::Bundle),
-    }
+    read_header(bytes)?.decoded(decode_body, decode_bundle)
 }
 
 /// The messages of a transport payload, in order: one for a plain message, every inner
@@ -108,83 +98,144 @@ pub fn decode_messages(bytes: &[u8]) -> Result<Vec<Envelope>, DecodeError> {
     decode_any(bytes).map(Decoded::into_messages)
 }
 
-fn decode_bundle(header: Header) -> Result<Bundle, DecodeError> {
+/// Reads the body of a bundle (`SPEC.md`, "Bundle", steps 1 to 4).
+fn decode_bundle(header: Header<BodyAt<'_>>) -> Result<Bundle, DecodeError> {
     let Header {
         device, seq, body, ..
     } = header;
-    let invalid = |reason: String| DecodeError::InvalidBody {
+    if let Some(key) = body.duplicate {
+        return Err(bundle_invalid(format!(
+            "duplicate key {key} in a map of the body"
+        )));
+    }
+    let mut r = Reader {
+        cur: Cursor::at(body.bytes, body.pos),
+    };
+    let head = r.head().map_err(bundle_invalid)?;
+    let mut messages_at = None;
+    r.entries(head.arg, |r, key| {
+        if key == Some(b"m") {
+            messages_at = Some(r.cur.pos());
+        }
+        r.skip()
+    })
+    .map_err(bundle_invalid)?;
+    let no_array = || bundle_invalid("missing or non-array key \"m\"".to_owned());
+    let mut r = Reader {
+        cur: Cursor::at(body.bytes, messages_at.ok_or_else(no_array)?),
+    };
+    let head = r.head().map_err(bundle_invalid)?;
+    if head.major != 4 {
+        return Err(no_array());
+    }
+    let count = r.items(head.arg).map_err(bundle_invalid)?;
+    check_count(count)?;
+    let mut messages: Vec<Envelope> = Vec::with_capacity(count);
+    for index in 0..count {
+        let item = r.head().map_err(bundle_invalid)?;
+        if item.major != 2 {
+            return Err(not_bytes(index));
+        }
+        let inner = r
+            .cur
+            .string(2, item.arg)
+            .map_err(|e| bundle_invalid(format!("message {index} does not read ({e:?})")))?;
+        admit(&mut messages, index, decode(&inner), &device)?;
+    }
+    if head.arg == Arg::Indefinite && !r.cur.at_break() {
+        return Err(bundle_invalid("the message array does not end".to_owned()));
+    }
+    finish(device, seq, messages)
+}
+
+/// `InvalidBody` of a bundle.
+pub(crate) fn bundle_invalid(reason: impl Into<String>) -> DecodeError {
+    DecodeError::InvalidBody {
         kind: "bundle",
-        reason,
-    };
-    if let Some(key) = crate::cbor::duplicate_key(&body) {
-        return Err(invalid(format!("duplicate key {key} in a map of the body")));
+        reason: reason.into(),
     }
-    let Value::Map(entries) = body else {
-        return Err(invalid("the body is not a map".to_owned()));
-    };
-    let Some((_, Value::Array(items))) =
-        entries.into_iter().find(|(k, _)| k.as_text() == Some("m"))
-    else {
-        return Err(invalid("missing or non-array key \"m\"".to_owned()));
-    };
-    Limit::BundleMessages
-        .check(items.len())
-        .map_err(over_limit)?;
-    if items.is_empty() {
-        return Err(invalid("a bundle holds at least one message".to_owned()));
+}
+
+/// Item `index` of `"m"` is not a byte string.
+pub(crate) fn not_bytes(index: usize) -> DecodeError {
+    bundle_invalid(format!("message {index} is not a byte string"))
+}
+
+/// A bundle holds 1 to [`crate::MAX_BUNDLE_MESSAGES`] messages.
+pub(crate) fn check_count(count: usize) -> Result<(), DecodeError> {
+    Limit::BundleMessages.check(count).map_err(over_limit)?;
+    if count == 0 {
+        return Err(bundle_invalid(
+            "a bundle holds at least one message".to_owned(),
+        ));
     }
-    let mut messages: Vec<Envelope> = Vec::with_capacity(items.len());
-    for (index, item) in items.into_iter().enumerate() {
-        let Value::Bytes(inner) = item else {
-            return Err(invalid(format!("message {index} is not a byte string")));
-        };
-        let msg = match decode(&inner) {
-            Ok(msg) => msg,
-            Err(DecodeError::IsBundle) => {
-                return Err(invalid(format!(
-                    "message {index} is itself a bundle; bundles do not nest"
-                )))
-            }
-            Err(error) => {
-                return Err(DecodeError::InBundle {
-                    index,
-                    error: Box::new(error),
-                })
-            }
-        };
-        if msg.device != device {
-            return Err(invalid(format!(
-                "message {index} is from device {:?}, the bundle from {device:?}",
-                msg.device
+    Ok(())
+}
+
+/// Adds message `index` of a bundle from `device`, as it decoded, to `messages` (the ones
+/// before it): it must decode, not be a bundle, be from the bundle's device, of the epoch and
+/// kind of the ones before it, with a greater seq (`SPEC.md`, "Bundle", step 3).
+pub(crate) fn admit(
+    messages: &mut Vec<Envelope>,
+    index: usize,
+    decoded: Result<Envelope, DecodeError>,
+    device: &str,
+) -> Result<(), DecodeError> {
+    let msg = match decoded {
+        Ok(msg) => msg,
+        Err(DecodeError::IsBundle) => {
+            return Err(bundle_invalid(format!(
+                "message {index} is itself a bundle; bundles do not nest"
+            )))
+        }
+        Err(error) => {
+            return Err(DecodeError::InBundle {
+                index,
+                error: Box::new(error),
+            })
+        }
+    };
+    if msg.device != device {
+        return Err(bundle_invalid(format!(
+            "message {index} is from device {:?}, the bundle from {device:?}",
+            msg.device
+        )));
+    }
+    if let Some(prev) = messages.last() {
+        if msg.epoch != prev.epoch {
+            return Err(bundle_invalid(format!(
+                "message {index} is of journal epoch {}, the ones before it of {}; a \
+                 bundle carries one epoch",
+                msg.epoch, prev.epoch
             )));
         }
-        if let Some(prev) = messages.last() {
-            if msg.epoch != prev.epoch {
-                return Err(invalid(format!(
-                    "message {index} is of journal epoch {}, the ones before it of {}; a \
-                     bundle carries one epoch",
-                    msg.epoch, prev.epoch
-                )));
-            }
-            if msg.kind() != prev.kind() {
-                return Err(invalid(format!(
-                    "message {index} is {}, the ones before it {}; a bundle carries one kind",
-                    msg.kind().topic_level(),
-                    prev.kind().topic_level()
-                )));
-            }
-            if msg.seq <= prev.seq {
-                return Err(invalid(format!(
-                    "message {index} has seq {} after seq {}; seqs must increase",
-                    msg.seq, prev.seq
-                )));
-            }
+        if msg.kind() != prev.kind() {
+            return Err(bundle_invalid(format!(
+                "message {index} is {}, the ones before it {}; a bundle carries one kind",
+                msg.kind().topic_level(),
+                prev.kind().topic_level()
+            )));
         }
-        messages.push(msg);
+        if msg.seq <= prev.seq {
+            return Err(bundle_invalid(format!(
+                "message {index} has seq {} after seq {}; seqs must increase",
+                msg.seq, prev.seq
+            )));
+        }
     }
+    messages.push(msg);
+    Ok(())
+}
+
+/// The bundle, once every message is admitted: its seq must be the last message's (step 4).
+pub(crate) fn finish(
+    device: String,
+    seq: u64,
+    messages: Vec<Envelope>,
+) -> Result<Bundle, DecodeError> {
     let last = messages.last().map_or(0, |m| m.seq);
     if last != seq {
-        return Err(invalid(format!(
+        return Err(bundle_invalid(format!(
             "the bundle's seq {seq} is not its last message's seq {last}"
         )));
     }
@@ -275,28 +326,6 @@ pub(crate) fn head_len(n: u64) -> usize {
     }
 }
 
-/// Writes the shortest CBOR head of `major` type with argument `n`.
-fn push_head(out: &mut Vec<u8>, major: u8, n: u64) {
-    let m = major << 5;
-    // Each arm's range makes the narrowing exact.
-    match n {
-        0..=23 => out.push(m | n as u8),
-        24..=0xff => out.extend_from_slice(&[m | 24, n as u8]),
-        0x100..=0xffff => {
-            out.push(m | 25);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        0x1_0000..=0xffff_ffff => {
-            out.push(m | 26);
-            out.extend_from_slice(&(n as u32).to_be_bytes());
-        }
-        _ => {
-            out.push(m | 27);
-            out.extend_from_slice(&n.to_be_bytes());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,7 +347,8 @@ mod tests {
             let mut out = Vec::new();
             push_head(&mut out, MAJOR_UINT, n);
             assert_eq!(out.len(), head_len(n), "{n}");
-            let back: Value = ciborium::from_reader(&out[..]).unwrap_or(Value::Null);
+            let back: ciborium::Value =
+                ciborium::from_reader(&out[..]).unwrap_or(ciborium::Value::Null);
             assert_eq!(
                 back.as_integer().and_then(|i| u64::try_from(i).ok()),
                 Some(n)

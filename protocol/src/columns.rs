@@ -216,7 +216,7 @@ pub(crate) fn expand_scaled(scale: u8, column: &[i64]) -> Result<Vec<f64>, &'sta
         .map(|&d| {
             k = k
                 .checked_add(d)
-                .filter(|k| k.abs() <= MAX_SCALED)
+                .filter(|k| k.unsigned_abs() <= MAX_SCALED as u64)
                 .ok_or("a scaled value is outside ±2^53")?;
             Ok(unscale(k, scale))
         })

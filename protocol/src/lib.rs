@@ -38,12 +38,15 @@ extern crate alloc;
 mod bundle;
 mod cbor;
 mod columns;
+mod decode;
 mod envelope;
 mod error;
 #[cfg(feature = "json")]
 pub mod json;
 pub mod limit;
 mod payload;
+#[cfg(any(test, feature = "reference-decoder"))]
+pub mod reference;
 mod rule;
 #[cfg(feature = "json")]
 pub mod rule_document;
@@ -55,8 +58,9 @@ pub use bundle::{
     Decoded, BUNDLE_KIND,
 };
 pub use columns::{MAX_SCALE, MAX_SCALED};
+pub use decode::decode;
 pub use envelope::{
-    decode, Alert, AlertEvent, Body, ClockState, Envelope, Kind, Severity, Status, StatusState,
+    Alert, AlertEvent, Body, ClockState, Envelope, Kind, Severity, Status, StatusState,
     FORMAT_MINOR, FORMAT_VERSION, MAX_EPOCH,
 };
 pub use error::{DecodeError, EncodeError, RuleError};

@@ -426,27 +426,31 @@ impl Serialize for Series {
     }
 }
 
-/// Wire form of a series being read: any of the forms, checked by [`Series::try_from`].
-#[derive(Deserialize)]
-struct SeriesIn {
-    n: String,
-    m: String,
+/// Wire form of a series being read: any of the forms, checked by [`SeriesIn::into_series`].
+/// The direct decoder (`crate::decode`) fills it key by key; serde (the reference decoder and
+/// any other format) through the derive.
+#[derive(Deserialize, Default)]
+pub(crate) struct SeriesIn {
+    pub(crate) n: String,
+    pub(crate) m: String,
     #[serde(default)]
-    u: String,
-    t: i64,
-    dt: Option<Vec<u32>>,
-    p: Option<u32>,
-    e: Option<Vec<i64>>,
-    x: Option<Vec<f64>>,
-    s: Option<u8>,
-    xi: Option<Vec<i64>>,
+    pub(crate) u: String,
+    pub(crate) t: i64,
+    pub(crate) dt: Option<Vec<u32>>,
+    pub(crate) p: Option<u32>,
+    pub(crate) e: Option<Vec<i64>>,
+    pub(crate) x: Option<Vec<f64>>,
+    pub(crate) s: Option<u8>,
+    pub(crate) xi: Option<Vec<i64>>,
 }
 
-impl<'de> Deserialize<'de> for Series {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Series, D::Error> {
-        let w = SeriesIn::deserialize(deserializer)?;
-        let bad =
-            |why: &str| serde::de::Error::custom(alloc::format!("series {}/{}: {why}", w.n, w.m));
+impl SeriesIn {
+    /// The series these keys stand for: exactly one time form and one value form, columns of
+    /// equal length, reading times within 64 bits (`SPEC.md`, "Telemetry"). The error says
+    /// what is wrong, naming the series.
+    pub(crate) fn into_series(self) -> Result<Series, String> {
+        let w = self;
+        let bad = |why: &str| alloc::format!("series {}/{}: {why}", w.n, w.m);
         let values = match (w.x, w.s, w.xi) {
             (Some(x), None, None) => x,
             (None, s, Some(xi)) => columns::expand_scaled(s.unwrap_or(0), &xi).map_err(bad)?,
@@ -487,6 +491,14 @@ impl<'de> Deserialize<'de> for Series {
             dt_ms,
             values,
         })
+    }
+}
+
+impl<'de> Deserialize<'de> for Series {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Series, D::Error> {
+        SeriesIn::deserialize(deserializer)?
+            .into_series()
+            .map_err(serde::de::Error::custom)
     }
 }
 

@@ -430,6 +430,35 @@ fn reading_times_outside_64_bits_are_invalid_body() {
     assert_eq!(decode(&early.encode().unwrap()).unwrap(), early);
 }
 
+/// Regression: a scaled column whose running sum is exactly -2^63 took `i64::abs` out of
+/// range (a panic with overflow checks, and without them a sum of -2^63 passed the ±2^53
+/// check). The differential test's respelled messages found it.
+#[test]
+fn scaled_sum_of_minus_two_to_the_63_is_invalid_body() {
+    let body = |xi: Vec<Vec<u8>>| {
+        telemetry_body(map(&[
+            ("n", text("acc")),
+            ("m", text("x")),
+            ("t", int(0)),
+            ("p", uint(1000)),
+            ("xi", array(&xi)),
+        ]))
+    };
+    for xi in [
+        vec![int(i64::MIN)],
+        vec![int(-(1 << 53)), int(i64::MIN + (1 << 53))],
+    ] {
+        let result = decode(&envelope(1, body(xi), &[]));
+        assert!(is_invalid_body(result.clone(), "telemetry"), "{result:?}");
+    }
+    // The edge itself is fine.
+    let edge = decode(&envelope(1, body(vec![int(-(1 << 53))]), &[])).unwrap();
+    let Body::Telemetry(batch) = &edge.body else {
+        panic!("not telemetry")
+    };
+    assert_eq!(batch.series[0].values, [-9_007_199_254_740_992.0]);
+}
+
 #[test]
 fn split_parts_never_wrap_the_sequence_number() {
     let mut s = Series::new("acc", "x", "g");

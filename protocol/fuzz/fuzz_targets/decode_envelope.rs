@@ -35,7 +35,10 @@ fn bits(msg: &Envelope) -> String {
 fuzz_target!(|data: &[u8]| {
     match decode_any(data) {
         Ok(Decoded::Message(msg)) => {
-            assert_eq!(bits(&decode(data).expect("decode agrees with decode_any")), bits(&msg));
+            assert_eq!(
+                bits(&decode(data).expect("decode agrees with decode_any")),
+                bits(&msg)
+            );
         }
         Ok(Decoded::Bundle(bundle)) => {
             let inner: Vec<Vec<u8>> = bundle
@@ -60,7 +63,10 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
-        Err(_) => assert!(decode(data).is_err(), "decode accepts what decode_any refuses"),
+        Err(_) => assert!(
+            decode(data).is_err(),
+            "decode accepts what decode_any refuses"
+        ),
     }
     // A payload is one CBOR item and nothing after it (1.3): whatever is accepted stops being
     // accepted with a byte appended.
