@@ -578,10 +578,15 @@ fn the_shadow_stand_in_agrees_with_awsiotsdk() {
 
 /// `osprey rules …` against the broker at `port`; `(success, stdout, stderr)`.
 fn osprey_rules(port: u16, args: &[&str]) -> (bool, String, String) {
+    osprey_rules_with(args, &["--mqtt-port", &port.to_string()])
+}
+
+/// `osprey rules ARGS WAY`: success, standard output, standard error.
+fn osprey_rules_with(args: &[&str], way: &[&str]) -> (bool, String, String) {
     let out = Command::new(bin("osprey"))
         .arg("rules")
         .args(args)
-        .args(["--mqtt-port", &port.to_string()])
+        .args(way)
         .output()
         .unwrap();
     (
@@ -736,21 +741,8 @@ fn aws_cli(args: &[&str]) -> String {
 
 /// `osprey rules ARGS --iot-data` against moto's IoT Data Plane.
 fn osprey_rules_aws(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin("osprey"))
-        .arg("rules")
-        .args(args)
-        .args([
-            "--iot-data",
-            "--iot-endpoint-url",
-            &osprey_tests::moto_endpoint(),
-        ])
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let endpoint = osprey_tests::moto_endpoint();
+    osprey_rules_with(args, &["--iot-data", "--iot-endpoint-url", &endpoint])
 }
 
 #[test]
