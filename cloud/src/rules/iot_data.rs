@@ -22,10 +22,9 @@ use aws_sdk_iotdataplane::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_iotdataplane::operation::get_thing_shadow::GetThingShadowError;
 use aws_sdk_iotdataplane::primitives::Blob;
 use aws_sdk_iotdataplane::Client;
-use osprey_protocol::rule_document::RuleDocument;
 use serde_json::{json, Map, Value};
 
-use super::{check_devices, check_document, document_hash, DeviceStatus, RulesError, State};
+use super::{check_devices, check_document, desired_hash, DeviceStatus, RulesError, State};
 
 /// The named shadow the agent reads its rules from.
 pub const SHADOW: &str = "osprey-config";
@@ -110,15 +109,8 @@ impl IotData {
                 .filter(|v| !v.is_null())
                 .cloned()
         };
-        let desired = state("desired").map(|doc| {
-            let bytes = serde_json::to_vec(&doc).unwrap_or_default();
-            match RuleDocument::from_bytes(&bytes) {
-                Ok(parsed) => document_hash(&parsed),
-                Err((raw, _)) => osprey_protocol::rule_document::hash_text(
-                    ring::digest::digest(&ring::digest::SHA256, &raw).as_ref(),
-                ),
-            }
-        });
+        let desired = state("desired")
+            .map(|doc| desired_hash(&serde_json::to_vec(&doc).unwrap_or_default()));
         Ok(DeviceStatus {
             device: device.to_owned(),
             desired,

@@ -58,6 +58,15 @@ pub fn document_hash(document: &RuleDocument) -> String {
     hash_text(ring::digest::digest(&ring::digest::SHA256, &document.canonical).as_ref())
 }
 
+/// The hash a device reports for the document `bytes`: of its canonical form when it parses,
+/// else of the bytes as they are (what a device that refuses it reports).
+pub fn desired_hash(bytes: &[u8]) -> String {
+    match RuleDocument::from_bytes(bytes) {
+        Ok(doc) => document_hash(&doc),
+        Err((raw, _)) => hash_text(ring::digest::digest(&ring::digest::SHA256, &raw).as_ref()),
+    }
+}
+
 /// Parses and checks a document the way a device would before laying it over its own rules
 /// (size, keys, each rule, unique ids); with `device`, a document naming another device is
 /// refused too.
@@ -296,12 +305,7 @@ impl Statuses {
             if topic == topic::config_reported(device) {
                 status.reported = serde_json::from_slice(payload).ok();
             } else if topic == topic::config(device) && !payload.is_empty() {
-                status.desired = Some(match RuleDocument::from_bytes(payload) {
-                    Ok(doc) => document_hash(&doc),
-                    Err((raw, _)) => {
-                        hash_text(ring::digest::digest(&ring::digest::SHA256, &raw).as_ref())
-                    }
-                });
+                status.desired = Some(desired_hash(payload));
             }
         }
     }

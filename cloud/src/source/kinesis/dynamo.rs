@@ -99,11 +99,6 @@ impl DynamoCheckpoints {
         }
     }
 
-    /// An owner name unique to this process: `<host>-<pid>-<start ms>`.
-    pub fn process_owner() -> String {
-        format!("{}-{}-{}", host_name(), std::process::id(), now_ms())
-    }
-
     /// The owner name of consumer `name` on this host, `<name>@<host>`: the same across
     /// restarts, so a restarted consumer takes its own leases back at once instead of waiting
     /// for them to lapse. Two consumers of one stream on one host need two names.
