@@ -125,21 +125,18 @@ impl SeenSet {
 
     /// Adds every element of `other` (never closing gaps: used for the small `pending` sets).
     pub fn extend(&mut self, other: &SeenSet) {
-        for (epoch, ranges) in &other.epochs {
-            for &(lo, hi) in ranges {
-                // Ranges are short in a pending set; insert each bound and fill between.
-                let mine = self.epochs.entry(*epoch).or_default();
-                mine.push((lo, hi));
-                mine.sort_unstable();
-                let mut merged: Vec<(u64, u64)> = Vec::with_capacity(mine.len());
-                for &(l, h) in mine.iter() {
-                    match merged.last_mut() {
-                        Some(last) if l <= last.1.saturating_add(1) => last.1 = last.1.max(h),
-                        _ => merged.push((l, h)),
-                    }
+        for (epoch, theirs) in &other.epochs {
+            let mine = self.epochs.entry(*epoch).or_default();
+            mine.extend_from_slice(theirs);
+            mine.sort_unstable();
+            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(mine.len());
+            for &(lo, hi) in mine.iter() {
+                match merged.last_mut() {
+                    Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+                    _ => merged.push((lo, hi)),
                 }
-                *mine = merged;
             }
+            *mine = merged;
         }
     }
 

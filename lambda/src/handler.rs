@@ -145,17 +145,10 @@ pub async fn handle_record(
         Classified::Done(outcome) => Ok(outcome),
         Classified::Messages(messages) => {
             let refs: Vec<&Message> = messages.iter().collect();
-            let applied = match refs.first() {
-                Some(first) => state.apply_device(&first.device, &refs).await?,
-                None => Vec::new(),
-            };
-            for (message, applied) in refs.iter().zip(&applied) {
-                alerts::notify(state, message, *applied).await?;
-            }
             // A payload is applied if any of its messages was new.
-            Ok(match applied.contains(&Applied::Applied) {
-                true => RecordOutcome::Applied,
-                false => RecordOutcome::Duplicate,
+            Ok(match apply_group(state, &refs).await? {
+                0 => RecordOutcome::Duplicate,
+                _ => RecordOutcome::Applied,
             })
         }
     }

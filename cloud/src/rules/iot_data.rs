@@ -109,8 +109,8 @@ impl IotData {
                 .filter(|v| !v.is_null())
                 .cloned()
         };
-        let desired = state("desired")
-            .map(|doc| desired_hash(&serde_json::to_vec(&doc).unwrap_or_default()));
+        let desired =
+            state("desired").map(|doc| desired_hash(&serde_json::to_vec(&doc).unwrap_or_default()));
         Ok(DeviceStatus {
             device: device.to_owned(),
             desired,

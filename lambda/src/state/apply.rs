@@ -666,7 +666,8 @@ impl DynamoState {
                 ("seq".to_owned(), n(m.seq)),
             ]);
             self.expire(&mut item, a.time_ms);
-            self.usage.write(item_size(&item), item_size(&item));
+            let size = item_size(&item);
+            self.usage.write(size, size);
             let result = self
                 .client
                 .put_item()

@@ -41,7 +41,8 @@ impl DynamoState {
         let mut item = signals_item(device, &signals, now);
         self.expire(&mut item, now);
         // The item replaced is about the size of the new one.
-        self.usage.write(item_size(&item), item_size(&item));
+        let size = item_size(&item);
+        self.usage.write(size, size);
         let put = self
             .client
             .put_item()
