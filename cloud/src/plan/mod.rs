@@ -414,7 +414,9 @@ pub fn plan(fleet: &Fleet, prices: &Prices) -> Result<Plan, FleetError> {
     let window_units = (WINDOW_ITEM_BYTES / 1024.0).ceil();
     let device_invocations = MONTH_S / covered_s;
     let status_writes = status_month; // a status is a message of its own: device item only
-    let mut writes = n * (device_invocations * (windows * window_units + 1.0) + status_writes);
+                                      // Per device and invocation: each window touched and the device item, written once each.
+    let per_invocation_units = windows * window_units + 1.0;
+    let mut writes = n * (device_invocations * per_invocation_units + status_writes);
     let mut reads = writes;
     if fleet.signals_every_s > 0.0 {
         let refreshes = n * MONTH_S / fleet.signals_every_s.max(covered_s);
@@ -450,7 +452,6 @@ pub fn plan(fleet: &Fleet, prices: &Prices) -> Result<Plan, FleetError> {
     );
 
     let total_usd: f64 = lines.iter().map(|l| l.usd).sum();
-    let telemetry_total = n * telemetry_month;
     let facts = Facts {
         readings_per_message: readings,
         message_interval_s: interval,
@@ -469,10 +470,9 @@ pub fn plan(fleet: &Fleet, prices: &Prices) -> Result<Plan, FleetError> {
         shard_utilization,
         invocations_month: invocations,
         messages_per_device_invocation: per_invocation,
-        write_units_per_message: n * device_invocations * (windows * window_units + 1.0)
-            / telemetry_total,
-        read_units_per_message: n * device_invocations * (windows * window_units + 1.0)
-            / telemetry_total,
+        // Each item is read once as it is written, so reads per message equal writes.
+        write_units_per_message: per_invocation_units / per_invocation,
+        read_units_per_message: per_invocation_units / per_invocation,
         stored_bytes_per_device: stored_per_device,
     };
     let mut warnings = Vec::new();
