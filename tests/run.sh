@@ -67,12 +67,17 @@ KINESALITE_SPEC='kinesalite@3.3.3'
 TIMEOUT_PID=""  # the `timeout` wrapping a step, see with_timeout
 STEP_NAME=""   # the step running now, so that the EXIT trap can name what failed
 STEP_START=0
+# Free disk after each step, in the summary: a clean build of every test binary is tens of GB, and
+# CI's disk is not ours to size. `df` on the target directory's filesystem, in GiB.
+disk_free() { df -BG --output=avail "$ROOT" 2>/dev/null | tail -1 | tr -dc 0-9; }
+# A clean checkout (CI) gains nothing from incremental compilation but pays its cache on disk.
+if [[ "${CI:-}" == true ]]; then export CARGO_INCREMENTAL=0; fi
 
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     if [[ -n "$STEP_NAME" ]]; then
-        TIMINGS+=("$(printf '%-34s %8d  FAILED (exit %d)' "$STEP_NAME" "$((SECONDS - STEP_START))" "$rc")")
+        TIMINGS+=("$(printf '%-34s %8d %8s  FAILED (exit %d)' "$STEP_NAME" "$((SECONDS - STEP_START))" "$(disk_free)G" "$rc")")
     fi
     if [[ -n "$TIMEOUT_PID" ]]; then
         kill -INT "$TIMEOUT_PID" 2>/dev/null || true
@@ -90,7 +95,7 @@ cleanup() {
         wait "$KINESALITE_PID" 2>/dev/null || true
     fi
     if ((${#TIMINGS[@]})); then
-        printf '\n%-34s %8s  %s\n' "step" "seconds" "result" >&2
+        printf '\n%-34s %8s %8s  %s\n' "step" "seconds" "free" "result" >&2
         printf '%s\n' "${TIMINGS[@]}" >&2
         printf '%-34s %8d\n' "total" "$((SECONDS - RUN_START))" >&2
     fi
@@ -114,7 +119,7 @@ step() {
     STEP_START=$SECONDS
     log "== $STEP_NAME: $*"
     "$@"
-    TIMINGS+=("$(printf '%-34s %8d  ok' "$STEP_NAME" "$((SECONDS - STEP_START))")")
+    TIMINGS+=("$(printf '%-34s %8d %8s  ok' "$STEP_NAME" "$((SECONDS - STEP_START))" "$(disk_free)G")")
     STEP_NAME=""
 }
 
