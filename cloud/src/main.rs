@@ -77,21 +77,55 @@ struct RulesArgs {
 #[derive(Debug, Subcommand)]
 enum RulesCommand {
     /// Check a rule document as a device would (size, keys, each rule, unique ids), set it
-    /// for the devices (retained cmd/osprey/<device>/config), and wait for their reports.
-    /// Exits 1 unless every device applied it.
+    /// for the devices (retained cmd/osprey/<device>/config, or the shadow's desired state),
+    /// and wait for their reports; with --canary, on a few devices first. Appends one line to
+    /// the change record (`osprey rules changes`). Exits 1 unless every device applied it (or
+    /// with --wait 0, unless it was set on all).
     Set(RulesSetArgs),
     /// Print the documents set for the devices.
     Get(RulesTarget),
     /// Print where each device stands: applied (source, version, hash), rejected (field and
     /// reason), pending, no document, no report.
     Status(RulesTarget),
+    /// Show what a rule document would change on each device, rule by rule (by id): against
+    /// the document set for it, and against the rules it reports in effect (the applied
+    /// document laid over its local rules; the file is laid over the same local rules). A
+    /// rule of the applied document that the file drops shows as removed, although the device
+    /// goes back to its own local rule of that id if it has one (the report does not show
+    /// local rules a document overrides). Sends nothing. Exits 0 unless an error, or with
+    /// --exit-code 1 when anything differs.
+    Diff(RulesDiffArgs),
+    /// List the change record, newest first: who set which document on which devices, when,
+    /// and what each device did.
+    Changes(RulesChangesArgs),
 }
 
+/// The devices (exactly one of --device, --devices-file, --prefix, --all, --thing-group) and
+/// the way to them.
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("selection").required(true)
+    .args(["devices", "devices_file", "prefix", "all", "thing_group"]))]
 struct RulesTarget {
     /// A device id (on AWS, its thing name); repeat for more.
-    #[arg(long = "device", value_name = "ID", required = true)]
+    #[arg(long = "device", value_name = "ID")]
     devices: Vec<String>,
+    /// A file of device ids, one a line; `#` starts a comment.
+    #[arg(long, value_name = "FILE")]
+    devices_file: Option<PathBuf>,
+    /// Every device whose id starts with PREFIX. Over MQTT, the devices found on the broker:
+    /// those with a retained report (dt/osprey/+/config/reported) or document
+    /// (cmd/osprey/+/config), read until the broker is quiet for half a second; a device that
+    /// never connected in topic mode is not found this way and must be named (--device,
+    /// --devices-file). With --iot-data, the account's things (ListThings) in --iot-region.
+    #[arg(long, value_name = "PREFIX")]
+    prefix: Option<String>,
+    /// Every device found, as for --prefix.
+    #[arg(long)]
+    all: bool,
+    /// With --iot-data: the things of this AWS IoT thing group and of its child groups
+    /// (ListThingsInThingGroup, recursive).
+    #[arg(long, value_name = "GROUP", requires = "iot_data")]
+    thing_group: Option<String>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -103,6 +137,10 @@ struct RulesTarget {
     /// iot:Data-ATS` (https://PREFIX-ats.iot.REGION.amazonaws.com), or an emulator's URL.
     #[arg(long, value_name = "URL", requires = "iot_data")]
     iot_endpoint_url: Option<String>,
+    /// The AWS IoT control plane (things, thing groups) for --prefix, --all and
+    /// --thing-group: an emulator's URL; default AWS's own for the region.
+    #[arg(long, value_name = "URL", requires = "iot_data")]
+    iot_control_endpoint_url: Option<String>,
     /// The AWS region of the things, with --iot-data.
     #[arg(long, value_name = "REGION", default_value = DEFAULT_REGION)]
     iot_region: String,
@@ -111,18 +149,37 @@ struct RulesTarget {
 }
 
 impl RulesTarget {
-    /// The Data Plane when --iot-data is given.
-    async fn iot_data(&self) -> Option<osprey_cloud::rules::iot_data::IotData> {
-        match self.iot_data {
-            true => Some(
-                osprey_cloud::rules::iot_data::IotData::connect(
-                    self.iot_endpoint_url.as_deref(),
-                    &self.iot_region,
-                )
-                .await,
-            ),
-            false => None,
+    fn selection(&self) -> osprey_cloud::rules::target::Selection {
+        use osprey_cloud::rules::target::Selection;
+        match (&self.devices_file, &self.prefix, &self.thing_group) {
+            _ if self.all => Selection::All,
+            (Some(file), _, _) => Selection::DevicesFile(file.clone()),
+            (_, Some(prefix), _) => Selection::Prefix(prefix.clone()),
+            (_, _, Some(group)) => Selection::ThingGroup(group.clone()),
+            _ => Selection::Devices(self.devices.clone()),
         }
+    }
+
+    async fn transport(&self) -> Result<osprey_cloud::rules::target::Transport> {
+        use osprey_cloud::rules::{iot_data::IotData, target::Transport, things::Things};
+        Ok(match self.iot_data {
+            true => Transport::Aws {
+                data: IotData::connect(self.iot_endpoint_url.as_deref(), &self.iot_region).await,
+                things: Things::connect(self.iot_control_endpoint_url.as_deref(), &self.iot_region)
+                    .await,
+            },
+            false => Transport::Mqtt(
+                self.mqtt
+                    .config(&format!("osprey-rules-{}", std::process::id()))?,
+            ),
+        })
+    }
+
+    /// The transport and the devices chosen, sorted.
+    async fn resolve(&self) -> Result<(osprey_cloud::rules::target::Transport, Vec<String>)> {
+        let transport = self.transport().await?;
+        let devices = transport.resolve(&self.selection()).await?;
+        Ok((transport, devices))
     }
 }
 
@@ -133,10 +190,60 @@ struct RulesSetArgs {
     /// The rule document, JSON: {"rules": [...]}; `-` for standard input.
     #[arg(long, value_name = "FILE")]
     file: PathBuf,
-    /// Seconds to wait for every device to report the document applied or rejected (0: set
-    /// it and do not wait).
+    /// Seconds to wait for every device (after the canary) to report the document applied or
+    /// rejected (0: set it and do not wait).
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     wait: u64,
+    /// Set it on a few devices first: a count (2) or a share of the selection (10%, rounded
+    /// up, at least one device). The canary is the first devices in id order, so the same
+    /// command picks the same canary. If any of them rejects the document or does not report
+    /// it applied within --canary-timeout, the rollout stops: the other devices are not
+    /// touched, and the error says which failed, why, and how to retry or roll back.
+    #[arg(long, value_name = "N|P%")]
+    canary: Option<osprey_cloud::rules::rollout::Canary>,
+    /// Seconds the canary devices have to report the document applied.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 120,
+        requires = "canary"
+    )]
+    canary_timeout: u64,
+    /// Who sets it, for the change record [default: $USER@host].
+    #[arg(long, value_name = "NAME")]
+    by: Option<String>,
+    /// The change record to append to, one JSON line per set (created 0600) [default:
+    /// $XDG_STATE_HOME/osprey/rules-changes.jsonl, else
+    /// ~/.local/state/osprey/rules-changes.jsonl].
+    #[arg(long, value_name = "FILE")]
+    change_log: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct RulesDiffArgs {
+    #[command(flatten)]
+    target: RulesTarget,
+    /// The rule document to compare, JSON: {"rules": [...]}; `-` for standard input.
+    #[arg(long, value_name = "FILE")]
+    file: PathBuf,
+    /// Exit 1 when the file differs from the document set or the rules in effect on any
+    /// device (as `git diff --exit-code`).
+    #[arg(long)]
+    exit_code: bool,
+}
+
+#[derive(Debug, Args)]
+struct RulesChangesArgs {
+    /// The change record [default: $XDG_STATE_HOME/osprey/rules-changes.jsonl, else
+    /// ~/.local/state/osprey/rules-changes.jsonl].
+    #[arg(long, value_name = "FILE")]
+    change_log: Option<PathBuf>,
+    /// Print JSON (the records as written, newest first).
+    #[arg(long)]
+    json: bool,
+    /// Most changes to show.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    limit: usize,
 }
 
 #[derive(Debug, Args)]
@@ -754,7 +861,10 @@ async fn main() -> ExitCode {
         Command::HealthReport(args) => health_report(args),
         Command::Fleet(args) => fleet(args).await,
         Command::DeadLetters(args) => dead_letters(args).await,
-        Command::Rules(args) => rules(args).await,
+        Command::Rules(args) => match rules(args).await {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Plan(args) => plan(args),
     };
     match result {
@@ -781,49 +891,39 @@ fn init_tracing() {
         .init();
 }
 
-async fn rules(args: RulesArgs) -> Result<()> {
-    use osprey_cloud::rules::{self, State};
-    let client_id = format!("osprey-rules-{}", std::process::id());
+async fn rules(args: RulesArgs) -> Result<ExitCode> {
+    use osprey_cloud::rules::{changes, diff::DeviceDiff, rollout};
     match args.command {
         RulesCommand::Set(set) => {
-            let target = &set.target;
-            let document = if set.file.as_os_str() == "-" {
-                let mut bytes = Vec::new();
-                std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)?;
-                bytes
-            } else {
-                std::fs::read(&set.file)
-                    .with_context(|| format!("cannot read {}", set.file.display()))?
+            let document = read_document(&set.file)?;
+            let (transport, devices) = set.target.resolve().await?;
+            let options = rollout::SetOptions {
+                wait: std::time::Duration::from_secs(set.wait),
+                canary: set.canary,
+                canary_timeout: std::time::Duration::from_secs(set.canary_timeout),
+                by: set.by.unwrap_or_else(changes::default_by),
+                change_log: change_log(set.change_log)?,
             };
-            let wait = std::time::Duration::from_secs(set.wait);
-            let statuses = match target.iot_data().await {
-                Some(aws) => aws.set(&target.devices, &document, wait).await?,
-                None => {
-                    let cfg = target.mqtt.config(&client_id)?;
-                    rules::set(&cfg, &target.devices, &document, wait).await?
-                }
-            };
-            print_statuses(&statuses, target.json)?;
-            let missing = statuses
-                .iter()
-                .filter(|s| s.state() != State::Applied)
-                .count();
-            if set.wait > 0 && missing > 0 {
-                bail!(
-                    "{missing} of {} devices did not apply the document",
-                    statuses.len()
-                );
+            let selection = set.target.selection();
+            let report =
+                rollout::set(&transport, &selection, &devices, &document, &options).await?;
+            print_statuses(&report.statuses, set.target.json)?;
+            eprintln!(
+                "osprey: change {} recorded in {}",
+                report.record.id,
+                options.change_log.display()
+            );
+            if let Err(message) = report.verdict() {
+                bail!(message);
             }
         }
         RulesCommand::Get(target) => {
-            let documents = match target.iot_data().await {
-                Some(aws) => aws.get(&target.devices).await?,
-                None => rules::get(&target.mqtt.config(&client_id)?, &target.devices).await?,
-            };
+            let (transport, devices) = target.resolve().await?;
+            let documents = transport.get(&devices).await?;
             if target.json {
                 println!("{}", serde_json::to_string_pretty(&documents)?);
             } else {
-                for device in &target.devices {
+                for device in &devices {
                     match documents.get(device) {
                         Some(doc) => println!("{device}: {doc}"),
                         None => println!("{device}: no document set (local rules)"),
@@ -832,14 +932,70 @@ async fn rules(args: RulesArgs) -> Result<()> {
             }
         }
         RulesCommand::Status(target) => {
-            let statuses = match target.iot_data().await {
-                Some(aws) => aws.status(&target.devices).await?,
-                None => rules::status(&target.mqtt.config(&client_id)?, &target.devices).await?,
-            };
-            print_statuses(&statuses, target.json)?;
+            let (transport, devices) = target.resolve().await?;
+            print_statuses(&transport.status(&devices).await?, target.json)?;
+        }
+        RulesCommand::Diff(args) => {
+            let document = read_document(&args.file)?;
+            let (transport, devices) = args.target.resolve().await?;
+            let parsed = osprey_cloud::rules::check_document(&document, &devices)?;
+            let rules = parsed.value.get("rules").and_then(|r| r.as_array());
+            let diffs: Vec<DeviceDiff> = transport
+                .status(&devices)
+                .await?
+                .iter()
+                .map(|status| DeviceDiff::new(status, rules.map_or(&[], Vec::as_slice)))
+                .collect();
+            if args.target.json {
+                println!("{}", serde_json::to_string_pretty(&diffs)?);
+            } else {
+                for diff in &diffs {
+                    print!("{diff}");
+                }
+            }
+            if args.exit_code && diffs.iter().any(DeviceDiff::differs) {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        RulesCommand::Changes(args) => {
+            let path = change_log(args.change_log)?;
+            let (records, unreadable) = changes::list(&path, args.limit)?;
+            if unreadable > 0 {
+                eprintln!(
+                    "osprey: {unreadable} lines of {} are not changes; skipped",
+                    path.display()
+                );
+            }
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&records)?);
+            } else if records.is_empty() {
+                println!("no changes recorded in {}", path.display());
+            } else {
+                for record in &records {
+                    print!("{record}");
+                }
+            }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A rule document from FILE, or standard input for `-`.
+fn read_document(file: &std::path::Path) -> Result<Vec<u8>> {
+    if file.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)?;
+        return Ok(bytes);
+    }
+    std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))
+}
+
+/// The change log given, or the default one.
+fn change_log(given: Option<PathBuf>) -> Result<PathBuf> {
+    match given {
+        Some(path) => Ok(path),
+        None => Ok(osprey_cloud::rules::changes::default_path()?),
+    }
 }
 
 fn print_statuses(statuses: &[osprey_cloud::rules::DeviceStatus], json: bool) -> Result<()> {

@@ -37,6 +37,22 @@ const POLL: Duration = Duration::from_secs(1);
 pub struct IotData {
     client: Client,
     shadow: String,
+    place: String,
+}
+
+/// The code and message of a failed AWS request (its debug form when the service did not
+/// answer).
+pub(super) fn service_detail<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
+    e: &SdkError<E, R>,
+) -> String {
+    match e.as_service_error() {
+        Some(service) => format!(
+            "{}: {}",
+            service.code().unwrap_or("error"),
+            service.message().unwrap_or("no message")
+        ),
+        None => format!("{e:?}"),
+    }
 }
 
 fn error<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
@@ -44,34 +60,41 @@ fn error<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
     device: &str,
     e: &SdkError<E, R>,
 ) -> RulesError {
-    let detail = match e.as_service_error() {
-        Some(service) => format!(
-            "{}: {}",
-            service.code().unwrap_or("error"),
-            service.message().unwrap_or("no message")
-        ),
-        None => format!("{e:?}"),
-    };
     RulesError::IotData(format!(
-        "{operation} of {device}'s shadow {SHADOW:?} failed: {detail}; check the IoT data \
+        "{operation} of {device}'s shadow {SHADOW:?} failed: {}; check the IoT data \
          endpoint (aws iot describe-endpoint --endpoint-type iot:Data-ATS), the region, and \
-         that the credentials may use iot:GetThingShadow and iot:UpdateThingShadow"
+         that the credentials may use iot:GetThingShadow and iot:UpdateThingShadow",
+        service_detail(e)
     ))
+}
+
+/// The AWS settings for `region` with the usual credential chain, at `endpoint_url` when given.
+pub(super) async fn sdk_config(endpoint_url: Option<&str>, region: &str) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(region.to_owned()));
+    if let Some(url) = endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    loader.load().await
 }
 
 impl IotData {
     /// The Data Plane at `endpoint_url` (the account's `…-ats.iot.<region>.amazonaws.com`, or a
     /// local emulator) or AWS's default, in `region`, with the usual credential chain.
     pub async fn connect(endpoint_url: Option<&str>, region: &str) -> IotData {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(region.to_owned()));
-        if let Some(url) = endpoint_url {
-            loader = loader.endpoint_url(url);
-        }
         IotData {
-            client: Client::new(&loader.load().await),
+            client: Client::new(&sdk_config(endpoint_url, region).await),
             shadow: SHADOW.to_owned(),
+            place: format!(
+                "iot-data {} ({region})",
+                endpoint_url.unwrap_or("(AWS's default endpoint)")
+            ),
         }
+    }
+
+    /// Where it sends, for the change record: `iot-data URL (REGION)`.
+    pub fn place(&self) -> &str {
+        &self.place
     }
 
     /// `device`'s shadow document; `None` when it has none.
@@ -109,11 +132,14 @@ impl IotData {
                 .filter(|v| !v.is_null())
                 .cloned()
         };
-        let desired =
-            state("desired").map(|doc| desired_hash(&serde_json::to_vec(&doc).unwrap_or_default()));
+        let document = state("desired");
+        let desired = document
+            .as_ref()
+            .map(|doc| desired_hash(&serde_json::to_vec(doc).unwrap_or_default()));
         Ok(DeviceStatus {
             device: device.to_owned(),
             desired,
+            document,
             reported: state("reported"),
         })
     }

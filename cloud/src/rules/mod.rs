@@ -1,6 +1,7 @@
-//! `osprey rules get|set|status` over MQTT, for brokers without Device Shadow (the agent's
-//! `[remote_config] mode = "topic"`; protocol/SPEC.md, "Remote configuration"), or through the
-//! AWS IoT Data Plane's named shadows ([`iot_data`], `--iot-data`).
+//! `osprey rules get|set|status|diff|changes`: rule documents for devices over MQTT, for brokers
+//! without Device Shadow (the agent's `[remote_config] mode = "topic"`; protocol/SPEC.md,
+//! "Remote configuration"), or through the AWS IoT Data Plane's named shadows ([`iot_data`],
+//! `--iot-data`).
 //!
 //! ```text
 //!  set:    check the document (RuleDocument::check_rules) ─► SUBSCRIBE dt/osprey/<d>/config/reported
@@ -11,11 +12,22 @@
 //! ```
 //!
 //! A throw-away client (clean session); retained messages arrive right after the SubAck, so a
-//! read waits until every device has answered or a short settle time has passed. Not built:
-//! thing groups and name prefixes, `diff`, rollouts with a canary fraction, the change record.
+//! read waits until every device has answered or a short settle time has passed.
+//!
+//! Around those: [`target`] chooses the devices (`--device`, `--devices-file`, `--prefix`,
+//! `--all`, `--thing-group` through [`things`], AWS IoT's control plane) and names the
+//! transport; [`diff`] compares a file with the document set and the rules in effect;
+//! [`rollout`] runs `set` with an optional canary; [`changes`] is the change record every
+//! `set` appends to. Not built: listing the change record through `osprey serve`'s API, and
+//! AWS IoT Jobs.
 
+pub mod changes;
+pub mod diff;
 pub mod iot_data;
+pub mod rollout;
 mod session;
+pub mod target;
+pub mod things;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -51,6 +63,15 @@ pub enum RulesError {
     /// An AWS IoT Data Plane request failed, or the document cannot be a shadow's.
     #[error("AWS IoT Data Plane: {0}")]
     IotData(String),
+    /// An AWS IoT control plane request (things, thing groups) failed.
+    #[error("AWS IoT: {0}")]
+    IotControl(String),
+    /// The devices could not be chosen: an unreadable devices file, an empty selection.
+    #[error("{0}")]
+    Selection(String),
+    /// The change log cannot be read or written.
+    #[error("change log: {0}")]
+    ChangeLog(String),
 }
 
 /// `sha256:<hex>` of a document's canonical form, as devices report it.
@@ -91,6 +112,8 @@ pub struct DeviceStatus {
     pub device: String,
     /// The hash of the document set for it (its retained config), if any.
     pub desired: Option<String>,
+    /// The document set for it, when it is JSON.
+    pub document: Option<Value>,
     /// Its report (`dt/osprey/<device>/config/reported`), if any.
     pub reported: Option<Value>,
 }
@@ -273,6 +296,7 @@ impl Statuses {
                 let status = DeviceStatus {
                     device: d.clone(),
                     desired: None,
+                    document: None,
                     reported: None,
                 };
                 (d.clone(), status)
@@ -306,6 +330,7 @@ impl Statuses {
                 status.reported = serde_json::from_slice(payload).ok();
             } else if topic == topic::config(device) && !payload.is_empty() {
                 status.desired = Some(desired_hash(payload));
+                status.document = serde_json::from_slice(payload).ok();
             }
         }
     }
@@ -336,6 +361,7 @@ mod tests {
         DeviceStatus {
             device: "pump-7".into(),
             desired: desired.map(str::to_owned),
+            document: None,
             reported,
         }
     }

@@ -33,7 +33,7 @@ use crate::clock::now_ms;
 use crate::connection::kinesis::describe_error;
 
 /// This machine's host name (the kernel's, else `$HOSTNAME`, else `localhost`).
-fn host_name() -> String {
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_owned())
