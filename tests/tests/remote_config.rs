@@ -20,6 +20,15 @@
 //! - `osprey rules --iot-data` against moto's IoT Data Plane (named shadows): set on two
 //!   things, get, status from a reported state, a document that drops a key replaces the
 //!   desired state wholly, a bad document refused before sending.
+//! - `osprey rules diff` and device selection (MQTT): `--prefix`/`--all` find the devices by
+//!   their retained reports, an empty selection says what to do; the diff against what the
+//!   agents report in effect (text and JSON), `--exit-code`; `set --devices-file`.
+//! - `osprey rules set --canary`: a canary device that refuses the document (a scripted device
+//!   on the broker) or stays silent stops the rollout with the others untouched; a passing
+//!   canary reaches all; every set is one line of the change record, listed newest first by
+//!   `osprey rules changes`; the default log is 0600 in a 0700 directory.
+//! - `osprey rules --iot-data` selection on moto: `--thing-group` (moto lists a group's own
+//!   things only, not its children's), `--prefix` through ListThings, `diff` against shadows.
 //! - the stand-in itself, against AWS's own client (awsiotsdk, `tests/sdk/shadow_check.py`):
 //!   the SDK builds the topics and parses the answers, so a wrong topic or field fails.
 //!
@@ -581,12 +590,17 @@ fn osprey_rules(port: u16, args: &[&str]) -> (bool, String, String) {
     osprey_rules_with(args, &["--mqtt-port", &port.to_string()])
 }
 
-/// `osprey rules ARGS WAY`: success, standard output, standard error.
+/// `osprey rules ARGS WAY`: success, standard output, standard error. The default change log
+/// is under the target directory (`XDG_STATE_HOME`), never the user's own.
 fn osprey_rules_with(args: &[&str], way: &[&str]) -> (bool, String, String) {
     let out = Command::new(bin("osprey"))
         .arg("rules")
         .args(args)
         .args(way)
+        .env(
+            "XDG_STATE_HOME",
+            osprey_tests::target_profile_dir().join("test-state"),
+        )
         .output()
         .unwrap();
     (
@@ -742,7 +756,33 @@ fn aws_cli(args: &[&str]) -> String {
 /// `osprey rules ARGS --iot-data` against moto's IoT Data Plane.
 fn osprey_rules_aws(args: &[&str]) -> (bool, String, String) {
     let endpoint = osprey_tests::moto_endpoint();
-    osprey_rules_with(args, &["--iot-data", "--iot-endpoint-url", &endpoint])
+    osprey_rules_with(
+        args,
+        &[
+            "--iot-data",
+            "--iot-endpoint-url",
+            &endpoint,
+            "--iot-control-endpoint-url",
+            &endpoint,
+        ],
+    )
+}
+
+/// Writes `reported` into `thing`'s osprey-config shadow, as its agent would.
+fn put_reported(dir: &Path, thing: &str, reported: &Value) {
+    let payload = json!({"state": {"reported": reported}}).to_string();
+    let out_file = dir.join("update.json").display().to_string();
+    aws_cli(&[
+        "iot-data",
+        "update-thing-shadow",
+        "--thing-name",
+        thing,
+        "--shadow-name",
+        SHADOW,
+        "--payload",
+        &payload,
+        &out_file,
+    ]);
 }
 
 #[test]
@@ -775,23 +815,12 @@ fn osprey_rules_sets_reads_and_reports_through_the_iot_data_plane() {
     assert_eq!(got[&things[1]], doc, "{out}");
 
     // The first thing reports it applied, as its agent would; the second has not reported.
-    let report = json!({"state": {"reported": {
+    let report = json!({
         "rules": doc["rules"],
         "applied": {"source": "shadow osprey-config", "version": 2, "hash": hash(&doc),
                     "time_ms": 1_767_225_600_000_i64},
-        "rejected": null}}});
-    let out_file = dir.path().join("update.json").display().to_string();
-    aws_cli(&[
-        "iot-data",
-        "update-thing-shadow",
-        "--thing-name",
-        &things[0],
-        "--shadow-name",
-        SHADOW,
-        "--payload",
-        &report.to_string(),
-        &out_file,
-    ]);
+        "rejected": null});
+    put_reported(dir.path(), &things[0], &report);
     let (ok, out, err) = osprey_rules_aws(&[&["status", "--json"], &devices[..]].concat());
     assert!(ok, "{err}");
     let rows: Value = serde_json::from_str(&out).unwrap();
@@ -836,4 +865,449 @@ fn osprey_rules_sets_reads_and_reports_through_the_iot_data_plane() {
     let (_, out, _) = osprey_rules_aws(&["get", "--json", "--device", &things[1]]);
     let got: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(got[&things[1]], doc, "unchanged: {out}");
+}
+
+/// Writes `doc` as `dir/name` and gives its path.
+fn write_json(dir: &Path, name: &str, doc: &Value) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, doc.to_string()).unwrap();
+    path.display().to_string()
+}
+
+/// A rule that is not in the agents' files.
+fn cold() -> Value {
+    json!({"id": "bearing-cold", "sensor": "bearing", "metric": "temperature",
+           "when": "below", "threshold": 5.0})
+}
+
+#[test]
+fn osprey_rules_diffs_against_reported_rules_and_selects_by_prefix_and_file() {
+    let rig = Rig::new(false);
+    let (_config_a, agent_a) = rig.agent("pump-a");
+    let (_config_b, _agent_b) = rig.agent("pump-b");
+    let (_config_f, _agent_f) = rig.agent("fan-a");
+    let (port, dir) = (rig.port(), rig.dir.path());
+
+    // --prefix and --all find the devices by their retained reports.
+    let (ok, out, err) = osprey_rules(port, &["status", "--prefix", "pump-"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "pump-a: no document set (local rules)\npump-b: no document set (local rules)\n"
+    );
+    let (ok, out, err) = osprey_rules(port, &["get", "--all"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(out.starts_with("fan-a: "), "sorted: {out}");
+    // An empty selection says what to do; two selections are refused.
+    let (ok, _, err) = osprey_rules(port, &["status", "--prefix", "valve-"]);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains(
+            "no device id starts with \"valve-\": on a broker only devices with a retained report"
+        ) && err.contains("--devices-file"),
+        "{err}"
+    );
+    let (ok, _, err) = osprey_rules(port, &["status", "--all", "--prefix", "pump-"]);
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
+    let (ok, _, err) = osprey_rules(port, &["status", "--device", "pump/a"]);
+    assert!(!ok && err.contains("invalid device id"), "{err}");
+
+    // The file against nothing set and against the local rules each device reports.
+    let doc = json!({"rules": [hot(30.0), cold()]});
+    let file = write_json(dir, "doc.json", &doc);
+    let (ok, out, err) = osprey_rules(port, &["diff", "--file", &file, "--prefix", "pump-"]);
+    assert!(ok, "{err}");
+    let cold_line = "    + bearing-cold: metric temperature, sensor bearing, severity warning, \
+                     threshold 5.0, when below\n";
+    let expected_a = format!(
+        "pump-a\n\
+         \x20 document set: none (local rules only); the file: 0 changed, 2 added, 0 removed, 0 unchanged\n\
+         \x20   + bearing-hot: clear 25.0, metric temperature, sensor bearing, severity critical, \
+         threshold 30.0, when above\n\
+         {cold_line}\
+         \x20 in effect (local rules only): 1 changed, 1 added, 0 removed, 1 unchanged\n\
+         \x20   ~ bearing-hot: clear 75.0 → 25.0, threshold 80.0 → 30.0\n\
+         {cold_line}"
+    );
+    assert!(out.starts_with(&expected_a), "{out}");
+    assert!(
+        out.contains("\npump-b\n") && !out.contains("fan-a"),
+        "{out}"
+    );
+    // --exit-code: 1 when anything differs, with nothing on stderr.
+    let (ok, _, err) = osprey_rules(
+        port,
+        &["diff", "--file", &file, "--device", "pump-a", "--exit-code"],
+    );
+    assert!(!ok && err.is_empty(), "{err}");
+
+    // Set through a devices file (comments skipped): pump-a only.
+    let devices = dir.join("devices.txt");
+    std::fs::write(&devices, "# the first gateway\npump-a   # north side\n\n").unwrap();
+    let devices = devices.to_str().unwrap();
+    let log = dir.join("changes.jsonl");
+    let log = log.to_str().unwrap();
+    let (ok, out, err) = osprey_rules(
+        port,
+        &[
+            "set",
+            "--file",
+            &file,
+            "--devices-file",
+            devices,
+            "--wait",
+            "20",
+            "--change-log",
+            log,
+        ],
+    );
+    assert!(ok, "{out}\n{err}\n{}", agent_a.logs());
+    assert!(
+        out.starts_with("pump-a: applied (") && out.lines().count() == 1,
+        "{out}"
+    );
+    // Now the file is what pump-a has on both sides.
+    let (ok, out, err) = osprey_rules(
+        port,
+        &[
+            "diff",
+            "--file",
+            &file,
+            "--devices-file",
+            devices,
+            "--exit-code",
+        ],
+    );
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.contains(&format!(
+            "  document set ({h}): 0 changed, 0 added, 0 removed, 2 unchanged\n\
+             \x20 in effect (applied {h}): 0 changed, 0 added, 0 removed, 3 unchanged\n",
+            h = hash(&doc)
+        )),
+        "{out}"
+    );
+
+    // JSON: a lower threshold and one rule dropped, against both devices.
+    let lower = json!({"rules": [hot(25.0)]});
+    let file = write_json(dir, "lower.json", &lower);
+    let (ok, out, err) = osprey_rules(
+        port,
+        &[
+            "diff", "--json", "--file", &file, "--device", "pump-a", "--device", "pump-b",
+        ],
+    );
+    assert!(ok, "{err}");
+    let rows: Value = serde_json::from_str(&out).unwrap();
+    let a = &rows[0];
+    assert_eq!(a["device"], "pump-a");
+    assert_eq!(a["desired"]["hash"], hash(&doc));
+    assert_eq!(a["desired"]["removed"][0]["id"], "bearing-cold", "{a}");
+    assert_eq!(a["in_effect"]["removed"][0]["id"], "bearing-cold", "{a}");
+    let threshold = json!({"field": "threshold", "old": 30.0, "new": 25.0});
+    assert!(
+        a["in_effect"]["changed"][0]["fields"]
+            .as_array()
+            .unwrap()
+            .contains(&threshold),
+        "{a}"
+    );
+    let b = &rows[1];
+    assert_eq!(b["desired"]["hash"], Value::Null);
+    let threshold = json!({"field": "threshold", "old": 80.0, "new": 25.0});
+    assert!(
+        b["in_effect"]["changed"][0]["fields"]
+            .as_array()
+            .unwrap()
+            .contains(&threshold),
+        "{b}"
+    );
+    assert_eq!(b["in_effect"]["unchanged"], 1, "vibration-high stays: {b}");
+}
+
+/// Plays a device that refuses the next document on its config topic: waits for it (retained,
+/// so it may come before the subscription) and reports it rejected, as an agent words it.
+fn refusing_device(port: u16, device: &'static str) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let out = Command::new(mosquitto_tool("mosquitto_sub"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-t",
+                &format!("cmd/osprey/{device}/config"),
+                "-C",
+                "1",
+                "-W",
+                "20",
+            ])
+            .output()
+            .unwrap();
+        let document: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let report = json!({"device": device, "local_rules": [], "applied": null,
+            "rejected": {"source": format!("topic cmd/osprey/{device}/config"), "version": null,
+                         "hash": hash(&document), "field": "rules[0]",
+                         "reason": "rule bearing-hot: no such sensor here", "time_ms": 0}});
+        mosquitto_publish(
+            port,
+            &format!("dt/osprey/{device}/config/reported"),
+            &report.to_string(),
+            true,
+        );
+    })
+}
+
+#[test]
+fn osprey_rules_canary_stops_on_a_refusal_or_silence_and_every_set_is_recorded() {
+    let rig = Rig::new(false);
+    let (_config_a, agent_a) = rig.agent("pump-a");
+    let (_config_b, _agent_b) = rig.agent("pump-b");
+    let (port, dir) = (rig.port(), rig.dir.path());
+    let log = dir.join("changes.jsonl");
+    let log = log.to_str().unwrap();
+    let devices = [
+        "--device", "pump-0", "--device", "pump-a", "--device", "pump-b",
+    ];
+    let set = |file: &str, extra: &[&str]| {
+        let base = ["set", "--file", file, "--change-log", log, "--by", "tester"];
+        osprey_rules(port, &[&base[..], extra].concat())
+    };
+
+    // pump-0 (first in id order, so the canary) refuses: the others are not touched.
+    let doc = json!({"rules": [hot(30.0)]});
+    let file = write_json(dir, "doc.json", &doc);
+    let refuser = refusing_device(port, "pump-0");
+    let (ok, out, err) = set(
+        &file,
+        &[&devices[..], &["--canary", "1", "--canary-timeout", "20"]].concat(),
+    );
+    refuser.join().unwrap();
+    assert!(!ok, "{out}");
+    assert_eq!(out.lines().count(), 1, "only the canary was set: {out}");
+    assert!(
+        err.contains(
+            "the canary stopped the rollout (pump-0: rejected: rules[0]: rule bearing-hot: no \
+             such sensor here); the other 2 devices were not touched"
+        ) && err.contains("--file PREVIOUS.json --device pump-0"),
+        "{err}"
+    );
+    let (_, out, _) = osprey_rules(
+        port,
+        &["get", "--json", "--device", "pump-a", "--device", "pump-b"],
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap(),
+        json!({}),
+        "untouched"
+    );
+
+    // A canary of 50% of two: pump-a applies it, then pump-b gets it too.
+    let (ok, out, err) = set(
+        &file,
+        &[
+            "--device", "pump-a", "--device", "pump-b", "--canary", "50%", "--wait", "20",
+        ],
+    );
+    assert!(ok, "{out}\n{err}\n{}", agent_a.logs());
+    assert_eq!(out.matches(": applied (").count(), 2, "{out}");
+
+    // A silent canary: pump-0 does not report on the new document within the timeout.
+    let lower = json!({"rules": [hot(28.0)]});
+    let lower_file = write_json(dir, "lower.json", &lower);
+    let (ok, _, err) = set(
+        &lower_file,
+        &[
+            "--device",
+            "pump-0",
+            "--device",
+            "pump-a",
+            "--canary",
+            "1",
+            "--canary-timeout",
+            "1",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("(pump-0: no report); the other 1 devices were not touched"),
+        "{err}"
+    );
+    let (_, out, _) = osprey_rules(port, &["get", "--json", "--device", "pump-a"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["pump-a"],
+        doc,
+        "untouched"
+    );
+
+    // The record: three lines, newest first, each with its per-device results.
+    assert_owner_only(Path::new(log));
+    let (ok, out, err) = osprey_rules_with(&["changes", "--change-log", log], &[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("by tester: stopped by the canary"), "{out}");
+    let first = out.find(&hash(&lower)).unwrap();
+    assert!(
+        first < out.find(&hash(&doc)).unwrap(),
+        "newest first: {out}"
+    );
+    assert!(
+        out.contains("  pump-0: no report\n  pump-a: not attempted"),
+        "{out}"
+    );
+    let (ok, out, _) = osprey_rules_with(
+        &["changes", "--change-log", log, "--json", "--limit", "3"],
+        &[],
+    );
+    assert!(ok);
+    let records: Value = serde_json::from_str(&out).unwrap();
+    let records = records.as_array().unwrap();
+    assert_eq!(records.len(), 3);
+    let (passed, stopped) = (&records[1], &records[2]);
+    assert_eq!(passed["outcome"], "applied");
+    assert_eq!(passed["canary"]["devices"], json!(["pump-a"]));
+    assert_eq!(passed["canary"]["spec"], "50%");
+    assert_eq!(stopped["outcome"], "stopped");
+    assert_eq!(stopped["by"], "tester");
+    assert_eq!(stopped["hash"], hash(&doc));
+    assert_eq!(stopped["document"], doc);
+    assert_eq!(stopped["transport"], format!("mqtt 127.0.0.1:{port}"));
+    assert_eq!(
+        stopped["selection"],
+        json!({"devices": ["pump-0", "pump-a", "pump-b"]})
+    );
+    assert_eq!(
+        stopped["results"],
+        json!([
+            {"device": "pump-0", "result": "rejected", "field": "rules[0]",
+             "reason": "rule bearing-hot: no such sensor here"},
+            {"device": "pump-a", "result": "not_attempted"},
+            {"device": "pump-b", "result": "not_attempted"}])
+    );
+
+    // Without --change-log: $XDG_STATE_HOME/osprey/rules-changes.jsonl, directory 0700. (A
+    // device with no agent, so that --wait 0 cannot see it applied.)
+    let state = dir.join("state");
+    let out = Command::new(bin("osprey"))
+        .args([
+            "rules", "set", "--file", &file, "--device", "pump-9", "--wait", "0",
+        ])
+        .args(["--mqtt-port", &port.to_string()])
+        .env("XDG_STATE_HOME", &state)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let default_log = state.join("osprey/rules-changes.jsonl");
+    assert_owner_only(&default_log);
+    let line: Value =
+        serde_json::from_str(std::fs::read_to_string(&default_log).unwrap().trim()).unwrap();
+    assert_eq!(line["results"][0]["result"], "not_waited", "{line}");
+    assert!(line["by"].as_str().unwrap().contains('@'), "{line}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(state.join("osprey"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
+
+#[test]
+fn osprey_rules_selects_things_by_group_and_prefix_and_diffs_through_the_iot_data_plane() {
+    let prefix = osprey_tests::unique_name("line");
+    let things: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|s| format!("{prefix}-{s}"))
+        .collect();
+    let group = format!("{prefix}-group");
+    let empty_group = format!("{prefix}-empty");
+    for thing in &things {
+        aws_cli(&["iot", "create-thing", "--thing-name", thing]);
+    }
+    for g in [&group, &empty_group] {
+        aws_cli(&["iot", "create-thing-group", "--thing-group-name", g]);
+    }
+    for thing in &things[..2] {
+        aws_cli(&[
+            "iot",
+            "add-thing-to-thing-group",
+            "--thing-group-name",
+            &group,
+            "--thing-name",
+            thing,
+        ]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("changes.jsonl");
+    let log = log.to_str().unwrap();
+
+    // The group's things, and only them.
+    let doc = json!({"rules": [hot(30.0)]});
+    let file = write_json(dir.path(), "doc.json", &doc);
+    let (ok, out, err) = osprey_rules_aws(&[
+        "set",
+        "--file",
+        &file,
+        "--thing-group",
+        &group,
+        "--wait",
+        "0",
+        "--change-log",
+        log,
+    ]);
+    assert!(ok, "{out}\n{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let (ok, out, err) = osprey_rules_aws(&["get", "--json", "--prefix", &prefix]);
+    assert!(ok, "{err}");
+    let got: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(got[&things[0]], doc, "{out}");
+    assert_eq!(got[&things[1]], doc, "{out}");
+    assert!(got.get(&things[2]).is_none(), "not in the group: {out}");
+    let record: Value = serde_json::from_str(std::fs::read_to_string(log).unwrap().trim()).unwrap();
+    assert_eq!(record["selection"], json!({"thing_group": group}));
+    assert!(
+        record["transport"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("iot-data {}", osprey_tests::moto_endpoint())),
+        "{record}"
+    );
+    assert_eq!(record["results"][0]["result"], "not_waited");
+
+    // The first thing reports it applied over its local vibration rule, as its agent would.
+    let vibration = json!({"id": "vibration-high", "sensor": "bearing", "metric": "vibration",
+                           "when": "above", "threshold": 7.1, "clear": 6.0, "severity": "warning"});
+    let report = json!({
+        "rules": doc["rules"], "device": &things[0], "local_rules": [vibration],
+        "applied": {"source": "shadow osprey-config", "version": 2, "hash": hash(&doc),
+                    "time_ms": 1_767_225_600_000_i64},
+        "rejected": null});
+    put_reported(dir.path(), &things[0], &report);
+
+    // diff by prefix: all three things, each against its own shadow.
+    let lower = json!({"rules": [hot(25.0), cold()]});
+    let file = write_json(dir.path(), "lower.json", &lower);
+    let (ok, out, err) =
+        osprey_rules_aws(&["diff", "--json", "--file", &file, "--prefix", &prefix]);
+    assert!(ok, "{err}");
+    let rows: Value = serde_json::from_str(&out).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{out}");
+    let (a, b, c) = (&rows[0], &rows[1], &rows[2]);
+    assert_eq!(a["desired"]["hash"], hash(&doc));
+    assert_eq!(a["desired"]["changed"][0]["id"], "bearing-hot", "{a}");
+    assert_eq!(a["in_effect"]["hash"], hash(&doc));
+    assert_eq!(a["in_effect"]["added"][0]["id"], "bearing-cold", "{a}");
+    assert_eq!(a["in_effect"]["unchanged"], 1, "the local rule stays: {a}");
+    assert_eq!(b["in_effect"], Value::Null, "no report: {b}");
+    assert_eq!(c["desired"]["hash"], Value::Null, "{c}");
+    assert_eq!(c["desired"]["added"].as_array().unwrap().len(), 2, "{c}");
+    let (ok, out, _) = osprey_rules_aws(&["diff", "--file", &file, "--device", &things[0]]);
+    assert!(ok);
+    assert!(
+        out.contains("    ~ bearing-hot: clear 25.0 → 20.0, threshold 30.0 → 25.0\n"),
+        "{out}"
+    );
+
+    // An empty group says so; a group needs AWS.
+    let (ok, _, err) = osprey_rules_aws(&["status", "--thing-group", &empty_group]);
+    assert!(!ok && err.contains("has no things"), "{err}");
+    let (ok, _, err) = osprey_rules_with(&["status", "--thing-group", &group], &[]);
+    assert!(!ok && err.contains("--iot-data"), "{err}");
 }
