@@ -19,7 +19,7 @@
 //! and writes through [`store`]; [`api`] reads the store; [`serve`] wires them together for
 //! `osprey serve`, and [`bridge`] is `osprey bridge`; both expose Prometheus [`metrics`]. [`connection`] holds the MQTT and Kinesis
 //! client settings both of them share; [`rules`] is `osprey rules` (rule documents for devices
-//! over MQTT); [`secret`] reads the token, key and password files; [`batching`] gathers the MQTT
+//! over MQTT or AWS IoT shadows: set, diff, canary rollouts, the change record); [`secret`] reads the token, key and password files; [`batching`] gathers the MQTT
 //! source's publishes into store transactions; [`shutdown`], [`backoff`] and [`clock`] are small
 //! helpers.
 //!

@@ -98,8 +98,6 @@ pub struct SetReport {
     pub record: ChangeRecord,
     /// Every device the document was set on, the canary first, after its wait.
     pub statuses: Vec<DeviceStatus>,
-    /// How many devices went first (0: no canary).
-    pub canary_size: usize,
 }
 
 impl SetReport {
@@ -124,14 +122,19 @@ impl SetReport {
                 let why: Vec<String> = failed.iter().map(|r| r.to_string()).collect();
                 let devices: Vec<String> = canary.iter().map(|d| format!("--device {d}")).collect();
                 Err(format!(
-                    "the canary stopped the rollout ({}); the other {untouched} devices were not \
-                     touched. A device that rejected the document still runs its previous rules. \
-                     To retry, fix the document or the devices and run the same command again \
-                     (the same devices go first). To roll back the canary, set the document it \
-                     had before (`osprey rules changes --json` shows each change's document; \
+                    "the canary stopped the rollout ({}); {untouched} other {} not touched. A \
+                     device that rejected the document still runs its previous rules. To retry, \
+                     fix the document or the devices and run the same command again (the same \
+                     devices go first). To roll back the canary, set the document it had before \
+                     (`osprey rules changes --json` shows each change's document; \
                      {{\"rules\": []}} returns to the local rules): osprey rules set --file \
                      PREVIOUS.json {}",
                     why.join("; "),
+                    if untouched == 1 {
+                        "device was"
+                    } else {
+                        "devices were"
+                    },
                     devices.join(" ")
                 ))
             }
@@ -192,11 +195,7 @@ pub async fn set(
                     .map(|d| DeviceResult::plain(d, Outcome::NotAttempted)),
             );
             changes::append(&options.change_log, &record)?;
-            return Ok(SetReport {
-                record,
-                statuses,
-                canary_size,
-            });
+            return Ok(SetReport { record, statuses });
         }
         if !rest.is_empty() {
             tracing::info!(
@@ -223,11 +222,7 @@ pub async fn set(
         ChangeOutcome::Incomplete
     };
     changes::append(&options.change_log, &record)?;
-    Ok(SetReport {
-        record,
-        statuses,
-        canary_size,
-    })
+    Ok(SetReport { record, statuses })
 }
 
 /// Records one stage's results; on a connection error, records the stage's devices as unknown
@@ -308,7 +303,6 @@ mod tests {
         SetReport {
             record,
             statuses: Vec::new(),
-            canary_size: 1,
         }
     }
 
@@ -324,7 +318,7 @@ mod tests {
         );
         let message = stopped.verdict().unwrap_err();
         assert!(
-            message.contains("(a: no report); the other 2 devices were not touched"),
+            message.contains("(a: no report); 2 other devices were not touched"),
             "{message}"
         );
         assert!(
