@@ -889,7 +889,12 @@ fn osprey_rules_diffs_against_reported_rules_and_selects_by_prefix_and_file() {
     let (port, dir) = (rig.port(), rig.dir.path());
 
     // --prefix and --all find the devices by their retained reports.
+    let t0 = Instant::now();
     let (ok, out, err) = osprey_rules(port, &["status", "--prefix", "pump-"]);
+    println!(
+        "figure: osprey rules status --prefix (discovery, then status) {} ms",
+        t0.elapsed().as_millis()
+    );
     assert!(ok, "{err}");
     assert_eq!(
         out,
@@ -1101,14 +1106,20 @@ fn osprey_rules_canary_stops_on_a_refusal_or_silence_and_every_set_is_recorded()
     );
 
     // A canary of 50% of two: pump-a applies it, then pump-b gets it too.
+    let t0 = Instant::now();
     let (ok, out, err) = set(
         &file,
         &[
             "--device", "pump-a", "--device", "pump-b", "--canary", "50%", "--wait", "20",
         ],
     );
+    let canary_then_rest = t0.elapsed();
     assert!(ok, "{out}\n{err}\n{}", agent_a.logs());
     assert_eq!(out.matches(": applied (").count(), 2, "{out}");
+    println!(
+        "figure: osprey rules set --canary 50% on 2 devices, start to both reported applied {} ms",
+        canary_then_rest.as_millis()
+    );
 
     // A silent canary: pump-0 does not report on the new document within the timeout.
     let lower = json!({"rules": [hot(28.0)]});
