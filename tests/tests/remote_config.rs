@@ -1142,6 +1142,10 @@ fn osprey_rules_canary_stops_on_a_refusal_or_silence_and_every_set_is_recorded()
         err.contains("(pump-0: no report); 1 other device was not touched"),
         "{err}"
     );
+    assert!(
+        err.contains("(pump-0 has no earlier change in this log; `osprey rules changes"),
+        "it never applied one: {err}"
+    );
     let (_, out, _) = osprey_rules(port, &["get", "--json", "--device", "pump-a"]);
     assert_eq!(
         serde_json::from_str::<Value>(&out).unwrap()["pump-a"],

@@ -332,6 +332,16 @@ pub fn append(path: &Path, record: &ChangeRecord) -> Result<(), RulesError> {
         .map_err(|e| log_error(path, "write to", &e))
 }
 
+/// The newest of `records` (newest first) that `device` reported applied: the document to set
+/// again to roll it back.
+pub fn last_applied<'r>(records: &'r [ChangeRecord], device: &str) -> Option<&'r ChangeRecord> {
+    records.iter().find(|r| {
+        r.results
+            .iter()
+            .any(|d| d.device == device && d.result == Outcome::Applied)
+    })
+}
+
 /// The changes in the log at `path`, newest first, at most `limit`; with the number of lines
 /// that could not be read as a change. A log that does not exist yet has no changes.
 pub fn list(path: &Path, limit: usize) -> Result<(Vec<ChangeRecord>, usize), RulesError> {
@@ -438,5 +448,17 @@ mod tests {
         );
         let line = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<ChangeRecord>(&line).unwrap(), r);
+    }
+
+    #[test]
+    fn the_last_applied_change_of_a_device_is_the_newest_it_applied() {
+        let mut refused = record(1);
+        refused.results[0].result = Outcome::Rejected;
+        let newest_first = [refused, record(2), record(1)];
+        assert_eq!(
+            last_applied(&newest_first, "pump-1").map(|r| &r.id),
+            Some(&newest_first[2].id)
+        );
+        assert!(last_applied(&newest_first, "pump-3").is_none());
     }
 }

@@ -98,6 +98,9 @@ pub struct SetReport {
     pub record: ChangeRecord,
     /// Every device the document was set on, the canary first, after its wait.
     pub statuses: Vec<DeviceStatus>,
+    /// When the canary stopped the rollout: per canary device, the id of the last change it
+    /// applied before this one (in the same log), if any.
+    pub previous: Vec<(String, Option<String>)>,
 }
 
 impl SetReport {
@@ -121,12 +124,20 @@ impl SetReport {
                 let untouched = record.results.len() - canary.len();
                 let why: Vec<String> = failed.iter().map(|r| r.to_string()).collect();
                 let devices: Vec<String> = canary.iter().map(|d| format!("--device {d}")).collect();
+                let before: Vec<String> = self
+                    .previous
+                    .iter()
+                    .map(|(device, change)| match change {
+                        Some(id) => format!("{device} applied change {id}"),
+                        None => format!("{device} has no earlier change in this log"),
+                    })
+                    .collect();
                 Err(format!(
                     "the canary stopped the rollout ({}); {untouched} other {} not touched. A \
                      device that rejected the document still runs its previous rules. To retry, \
                      fix the document or the devices and run the same command again (the same \
                      devices go first). To roll back the canary, set the document it had before \
-                     (`osprey rules changes --json` shows each change's document; \
+                     ({}; `osprey rules changes --json` shows each change's document; \
                      {{\"rules\": []}} returns to the local rules): osprey rules set --file \
                      PREVIOUS.json {}",
                     why.join("; "),
@@ -135,6 +146,7 @@ impl SetReport {
                     } else {
                         "devices were"
                     },
+                    before.join(", "),
                     devices.join(" ")
                 ))
             }
@@ -194,8 +206,20 @@ pub async fn set(
                 rest.iter()
                     .map(|d| DeviceResult::plain(d, Outcome::NotAttempted)),
             );
+            let (earlier, _) = changes::list(&options.change_log, usize::MAX)?;
+            let previous = first
+                .iter()
+                .map(|d| {
+                    let change = changes::last_applied(&earlier, d).map(|r| r.id.clone());
+                    (d.clone(), change)
+                })
+                .collect();
             changes::append(&options.change_log, &record)?;
-            return Ok(SetReport { record, statuses });
+            return Ok(SetReport {
+                record,
+                statuses,
+                previous,
+            });
         }
         if !rest.is_empty() {
             tracing::info!(
@@ -222,7 +246,11 @@ pub async fn set(
         ChangeOutcome::Incomplete
     };
     changes::append(&options.change_log, &record)?;
-    Ok(SetReport { record, statuses })
+    Ok(SetReport {
+        record,
+        statuses,
+        previous: Vec::new(),
+    })
 }
 
 /// Records one stage's results; on a connection error, records the stage's devices as unknown
@@ -303,6 +331,7 @@ mod tests {
         SetReport {
             record,
             statuses: Vec::new(),
+            previous: vec![("a".into(), Some("20260101T000000Z-00000000".into()))],
         }
     }
 
@@ -323,6 +352,10 @@ mod tests {
         );
         assert!(
             message.ends_with("osprey rules set --file PREVIOUS.json --device a"),
+            "{message}"
+        );
+        assert!(
+            message.contains("(a applied change 20260101T000000Z-00000000; `osprey rules"),
             "{message}"
         );
         let done = report(
