@@ -46,6 +46,7 @@
 pub mod alerts;
 pub mod analytics;
 pub mod api;
+pub mod archive;
 pub mod backoff;
 pub mod batching;
 pub mod bridge;

@@ -449,6 +449,7 @@ fn to_message(
         windows: Vec::new(),
         alert: None,
         status: None,
+        telemetry: None,
     };
     match body {
         Body::Telemetry(batch) => {
@@ -460,6 +461,7 @@ fn to_message(
                 .map(|s| s.last_time_ms())
                 .max();
             message.windows = window::aggregate_spec(&batch, spec);
+            message.telemetry = Some(std::sync::Arc::new(batch));
         }
         Body::Alert(alert) => {
             message.event_ms = Some(alert.time_ms);

@@ -77,6 +77,9 @@ pub struct Message {
     /// The status, for status messages (it becomes the device's status if it is newer than
     /// the stored one).
     pub status: Option<StatusReport>,
+    /// The readings themselves, for telemetry messages: spooled for the archive
+    /// ([`crate::archive`]) when serve runs with one.
+    pub telemetry: Option<std::sync::Arc<osprey_protocol::TelemetryBatch>>,
 }
 
 /// A payload that could not be applied, kept for inspection.
@@ -344,11 +347,12 @@ fn apply_in_transaction(
     tally: &mut Tally,
 ) -> rusqlite::Result<Vec<Written>> {
     let tx = conn.transaction()?;
+    let archiving = crate::archive::enabled(&tx)?;
     let mut deferred = Deferred::default();
     let mut written = Vec::with_capacity(writes.len());
     for write in writes {
         written.push(match write {
-            Write::Message(m) => apply_message(&tx, m, updates, &mut deferred)?,
+            Write::Message(m) => apply_message(&tx, m, updates, &mut deferred, archiving)?,
             Write::DeadLetter(d) => {
                 deadletter::insert(&tx, d, limits, tally)?;
                 Written::DeadLettered
@@ -386,6 +390,7 @@ fn apply_message(
     m: &Message,
     updates: &mut Vec<WindowUpdate>,
     deferred: &mut Deferred,
+    archiving: bool,
 ) -> rusqlite::Result<Written> {
     let fresh = tx
         .prepare_cached(
@@ -407,6 +412,9 @@ fn apply_message(
             let mut store = deferred.windows(tx);
             updates.push(fold(&mut store, &m.device, w.clone(), watermark)?);
         }
+    }
+    if let (true, Some(batch)) = (archiving, &m.telemetry) {
+        crate::archive::spool(tx, m.received_ms, &m.device, m.epoch, m.seq, batch)?;
     }
     if let Some(alert) = &m.alert {
         insert_alert(tx, &m.device, m.epoch, m.seq, alert)?;
