@@ -19,7 +19,8 @@
 //! and writes through [`store`]; [`api`] reads the store; [`serve`] wires them together for
 //! `osprey serve`, and [`bridge`] is `osprey bridge`; both expose Prometheus [`metrics`]. [`connection`] holds the MQTT and Kinesis
 //! client settings both of them share; [`rules`] is `osprey rules` (rule documents for devices
-//! over MQTT); [`secret`] reads the token, key and password files; [`batching`] gathers the MQTT
+//! over MQTT); [`reported_rules`] is what serve learns of the rules each device runs (its
+//! retained report, the document set for it); [`secret`] reads the token, key and password files; [`batching`] gathers the MQTT
 //! source's publishes into store transactions; [`shutdown`], [`backoff`] and [`clock`] are small
 //! helpers.
 //!
@@ -60,6 +61,7 @@ pub mod fleet;
 pub mod metrics;
 pub mod pipeline;
 pub mod plan;
+pub mod reported_rules;
 pub mod rules;
 pub mod secret;
 pub mod serve;

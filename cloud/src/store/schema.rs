@@ -20,6 +20,7 @@
 //! | `archive_targets` | dir | the archive directory of the running serve, if any: the writer spools readings only then ([`crate::archive`]) |
 //! | `archive_spool` | id | the readings of applied telemetry messages (one row per series) not yet in an archive file |
 //! | `archive_files` | name | the archive files written: spool ids, readings, hour |
+//! | `device_rules` | device | the device's latest rules report (JSON) and the hash of the document set for it, with when serve received each ([`super::device_rules`]) |
 //!
 //! `series` and `alert_state` are derived from `windows` and `alerts` in the same transaction;
 //! they exist so the fleet view costs O(series), not O(history).
@@ -32,7 +33,7 @@
 //! | 3 | journal epochs (protocol 1.3): `seen` and `alerts` keyed by `(device, epoch, seq)`, the `epochs` and `device_events` tables, the status mark columns of `devices`; bounded dead letters and retention; the alert outbox |
 //! | 4 | `windows.corrections`: how many times late data changed a window after it had closed (`version` counts every merge) |
 //! | 5 | `status_history` (a device's statuses over time with their counters, bounded: [`super::timeline`]) and `devices.status_rows`, its per-device row count |
-//! | 6 | the archive's tables (`archive_targets`, `archive_spool`, `archive_files`: [`crate::archive`]), empty on upgrade |
+//! | 6 | the archive's tables (`archive_targets`, `archive_spool`, `archive_files`: [`crate::archive`]), empty on upgrade; `device_rules` (the rules each device reports it runs, and the document set for it: [`super::device_rules`]) |
 //!
 //! [`migrate`] upgrades a version-2, 3, 4 or 5 file in place, in one transaction: the rows of `seen` and
 //! `alerts` get epoch 0 (what a pre-1.3 gateway's messages are), each device that has messages
@@ -40,8 +41,9 @@
 //! really is one: a kept journal stays at epoch 0), and stored statuses keep no mark (the next
 //! status of any epoch replaces them) (2 → 3); windows already stored get `corrections` 0, as
 //! what late data corrected before is not known (3 → 4); the status history starts empty, as
-//! the statuses held before were not kept, and every device's row count is 0 (4 → 5). Each upgrade is a step function of its
-//! own.
+//! the statuses held before were not kept, and every device's row count is 0 (4 → 5); the
+//! devices' rules start unknown until their retained reports arrive again, which they do when
+//! serve subscribes (5 → 6). Each upgrade is a step function of its own.
 
 use rusqlite::Connection;
 
@@ -227,6 +229,9 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<Migration> {
     }
     if found < 5 {
         super::timeline::migrate_v5(&tx)?;
+    }
+    if found < 6 {
+        super::device_rules::migrate_v6(&tx)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
