@@ -14,6 +14,7 @@
 #            components clippy rustfmt
 #   PyPI:    moto[server] 5.x in the venv .osprey-test/venv
 #            cfn-lint and awscli in the same venv (deploy suite: template lint, provisioning on moto)
+#            duckdb in the same venv (ingest_batch suite: reads serve's Parquet archive)
 #            awsiotsdk in .osprey-test/awsiot-venv, a venv of its own (AWS's Device Shadow client, to
 #            check the shadow stand-in against; its awscrt stays away from moto's botocore)
 #   npm:     kinesalite 3.3.3 in .osprey-test/kinesalite (a second Kinesis implementation; only
@@ -28,6 +29,7 @@
 #   OSPREY_TEST_MOTO_ENDPOINT=http://127.0.0.1:PORT   the moto server
 #   OSPREY_TEST_MOTO_SERVER=.osprey-test/venv/bin/moto_server   for tests that start a private one
 #   OSPREY_TEST_AWSIOT_PYTHON=.osprey-test/awsiot-venv/bin/python   python with awsiotsdk
+#   OSPREY_TEST_DUCKDB_PYTHON=.osprey-test/venv/bin/python   python with duckdb
 #   OSPREY_TEST_KINESALITE_ENDPOINT=http://127.0.0.1:PORT   kinesalite (when installed)
 #   OSPREY_TEST_MOSQUITTO=/usr/sbin/mosquitto         the broker binary the harness starts
 #   AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
@@ -50,6 +52,8 @@ RUST_COMPONENTS=(clippy rustfmt)
 # 2^128, one past the hash range: tests/tests/kinesis.rs reads that as the end of the range).
 MOTO_SPEC='moto[server]>=5,<5.2'
 DEPLOY_PYPI=(cfn-lint awscli)
+# DuckDB reads serve's Parquet archive back in tests/tests/ingest_batch.rs.
+DUCKDB_SPEC='duckdb>=1,<2'
 TEST_TIMEOUT="${OSPREY_TEST_TIMEOUT:-40m}"
 
 if [[ -t 2 ]]; then BOLD=$'\033[1m' RED=$'\033[1;31m' OFF=$'\033[0m'; else BOLD="" RED="" OFF=""; fi
@@ -226,6 +230,12 @@ install_deploy_tools() {
     retry "$VENV/bin/python" -m pip install --disable-pip-version-check -q "${DEPLOY_PYPI[@]}"
 }
 
+# DuckDB (PyPI) into the moto venv, to read the archive's Parquet files as a user would.
+install_duckdb() {
+    if "$VENV/bin/python" -c 'import duckdb' 2>/dev/null; then log "duckdb: present in $VENV"; return 0; fi
+    retry "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$DUCKDB_SPEC"
+}
+
 # AWS's Device Shadow client for tests/tests/remote_config.rs (tests/sdk/shadow_check.py) and its
 # Greengrass IPC client for tests/tests/greengrass.rs (tests/sdk/greengrass_check.py).
 AWSIOT_VENV="$STATE/awsiot-venv"
@@ -337,6 +347,7 @@ step "install: moto venv" install_moto
 step "install: cfn-lint, awscli (venv)" install_deploy_tools
 step "install: kinesalite (npm)" install_kinesalite
 step "install: awsiotsdk (venv)" install_awsiotsdk
+step "install: duckdb (venv)" install_duckdb
 step "start: moto server" start_moto
 step "start: kinesalite" start_kinesalite
 
@@ -345,6 +356,7 @@ OSPREY_TEST_MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
 [[ -x "$OSPREY_TEST_MOSQUITTO" ]] || die "mosquitto not found at $OSPREY_TEST_MOSQUITTO"
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
 export OSPREY_TEST_MOTO_SERVER="$VENV/bin/moto_server"
+export OSPREY_TEST_DUCKDB_PYTHON="$VENV/bin/python"
 export OSPREY_TEST_AWSIOT_PYTHON="$AWSIOT_VENV/bin/python"
 
 if ((${#CMD[@]})); then

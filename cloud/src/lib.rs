@@ -19,7 +19,9 @@
 //! and writes through [`store`]; [`api`] reads the store; [`serve`] wires them together for
 //! `osprey serve`, and [`bridge`] is `osprey bridge`; both expose Prometheus [`metrics`]. [`connection`] holds the MQTT and Kinesis
 //! client settings both of them share; [`rules`] is `osprey rules` (rule documents for devices
-//! over MQTT or AWS IoT shadows: set, diff, canary rollouts, the change record); [`secret`] reads the token, key and password files; [`batching`] gathers the MQTT
+//! over MQTT or AWS IoT shadows: set, diff, canary rollouts, the change record);
+//! [`reported_rules`] is what serve learns of the rules each device runs (its retained report,
+//! the document set for it); [`secret`] reads the token, key and password files; [`batching`] gathers the MQTT
 //! source's publishes into store transactions; [`shutdown`], [`backoff`] and [`clock`] are small
 //! helpers.
 //!
@@ -46,6 +48,7 @@
 pub mod alerts;
 pub mod analytics;
 pub mod api;
+pub mod archive;
 pub mod backoff;
 pub mod batching;
 pub mod bridge;
@@ -59,6 +62,7 @@ pub mod fleet;
 pub mod metrics;
 pub mod pipeline;
 pub mod plan;
+pub mod reported_rules;
 pub mod rules;
 pub mod secret;
 pub mod serve;

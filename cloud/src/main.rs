@@ -512,6 +512,19 @@ struct ServeArgs {
     /// $OSPREY_ALERTS_WEBHOOK_SECRET instead of a file also works.
     #[arg(long, value_name = "PATH", requires = "alerts_webhook")]
     alerts_webhook_secret_file: Option<PathBuf>,
+    /// Keep every applied reading as Parquet files under DIR: date=YYYY-MM-DD/hour=HH/
+    /// (UTC, the hour the cloud received them), one row per reading (device, epoch, seq,
+    /// sensor, metric, unit, time, value, received). Exactly once across crashes and
+    /// redelivery; readings wait in the store until their file is written (see
+    /// --archive-every), and a stop writes the rest. Read with e.g. DuckDB:
+    /// read_parquet('DIR/**/*.parquet', hive_partitioning = true).
+    #[arg(long, value_name = "DIR", env = "OSPREY_ARCHIVE")]
+    archive: Option<PathBuf>,
+    /// Longest a reading waits before its archive file is written, in seconds (files are cut
+    /// at each hour's end too; shorter means more, smaller files).
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600, requires = "archive",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    archive_every: u64,
     #[command(flatten)]
     api: ApiArgs,
 }
@@ -1045,6 +1058,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
     cfg.windows = args.analytics.windows()?;
     cfg.signals = args.analytics.signals()?;
     cfg.retention = args.retention.config()?;
+    cfg.archive = args
+        .archive
+        .map(|dir| osprey_cloud::archive::ArchiveConfig {
+            every: std::time::Duration::from_secs(args.archive_every),
+            ..osprey_cloud::archive::ArchiveConfig::new(dir)
+        });
     let mut running = serve::start(cfg)
         .await
         .context("osprey serve could not start")?;
@@ -1068,6 +1087,7 @@ async fn serve_dynamodb(args: ServeArgs) -> Result<()> {
         ("--checkpoint-table", args.checkpoint_table.is_some()),
         ("--alerts-sns-topic", args.alerts_sns_topic.is_some()),
         ("--alerts-webhook", args.alerts_webhook.is_some()),
+        ("--archive", args.archive.is_some()),
     ];
     let given: Vec<&str> = ingest
         .iter()

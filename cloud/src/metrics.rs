@@ -23,6 +23,8 @@
 //! | `osprey_messages_duplicate_total` | counter | messages dropped as duplicates |
 //! | `osprey_dead_letters_total` | counter | payloads kept as dead letters |
 //! | `osprey_mqtt_messages_received_total` | counter | publishes the MQTT source received |
+//! | `osprey_rules_messages_received_total` | counter | rules reports and rule documents the MQTT source took ([`crate::reported_rules`]) |
+//! | `osprey_rules_reports_refused_total` | counter | of those, reports refused (too big, not a report, naming another device, an invalid rule) |
 //! | `osprey_identity_mismatches_total{claimed,source}` | counter | payloads naming another device than their authenticated source (at most 1000 label pairs, then `other`/`other`) |
 //! | `osprey_kinesis_iterator_age_milliseconds{shard}` | gauge | `MillisBehindLatest` of the shard's last GetRecords |
 //! | `osprey_kinesis_records_total{shard}` | counter | records read from the shard |
@@ -304,6 +306,18 @@ impl Collector for PipelineCollector {
             "osprey_mqtt_messages_received",
             "Publishes the MQTT source received (redeliveries included).",
             stats.mqtt_messages,
+        )?;
+        counter(
+            e,
+            "osprey_rules_messages_received",
+            "Rules reports and rule documents the MQTT source took from the broker (redeliveries included).",
+            stats.rules_messages,
+        )?;
+        counter(
+            e,
+            "osprey_rules_reports_refused",
+            "Rules reports refused: too big, not a report, naming another device than their topic's, or an invalid rule.",
+            stats.rules_refused,
         )?;
         if !stats.spoofed.is_empty() {
             let mut metric_encoder = e.encode_descriptor(

@@ -114,6 +114,18 @@ pub struct Prepared {
     writes: Vec<Write>,
     /// Per payload: how many writes it became, and why it was rejected.
     spans: Vec<(usize, Option<String>)>,
+    /// Writes of no payload that go in the same transaction ([`Prepared::with_side_writes`]).
+    side: Vec<Write>,
+}
+
+impl Prepared {
+    /// The same, with `writes` that belong to no payload stored in the same transaction
+    /// after the payloads' writes: the devices' rules reports and documents the MQTT source
+    /// takes out of its batches ([`crate::reported_rules`]). They have no outcome.
+    pub fn with_side_writes(mut self, writes: Vec<Write>) -> Prepared {
+        self.side.extend(writes);
+        self
+    }
 }
 
 /// Counters since start.
@@ -133,6 +145,12 @@ pub struct PipelineStats {
     /// The identity mismatches per (claimed, source) device pair (at most
     /// [`identity::MAX_SPOOF_PAIRS`] pairs, then one `other` pair).
     pub spoofed: Vec<Spoofed>,
+    /// MQTT source only: rules reports and rule documents taken from the broker
+    /// ([`crate::reported_rules`]; redeliveries included).
+    pub rules_messages: u64,
+    /// Of those, reports refused (too big, not a report, naming another device than their
+    /// topic's, an invalid rule).
+    pub rules_refused: u64,
     /// Kinesis source only: each shard's reader, by shard id (absent for other sources).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub shards: BTreeMap<String, ShardProgress>,
@@ -163,6 +181,8 @@ struct Counters {
     rejected: AtomicU64,
     mqtt_messages: AtomicU64,
     identity_mismatches: AtomicU64,
+    rules_messages: AtomicU64,
+    rules_refused: AtomicU64,
     source_connected: AtomicBool,
     spoofed: Mutex<SpoofCounts>,
     shards: Mutex<BTreeMap<String, ShardProgress>>,
@@ -182,6 +202,8 @@ impl IngestStats {
             rejected: self.0.rejected.load(Ordering::Relaxed),
             mqtt_messages: self.0.mqtt_messages.load(Ordering::Relaxed),
             identity_mismatches: self.0.identity_mismatches.load(Ordering::Relaxed),
+            rules_messages: self.0.rules_messages.load(Ordering::Relaxed),
+            rules_refused: self.0.rules_refused.load(Ordering::Relaxed),
             spoofed: self
                 .0
                 .spoofed
@@ -211,6 +233,15 @@ impl IngestStats {
     /// Counts a publish received by the MQTT source.
     pub fn count_mqtt_message(&self) {
         self.0.mqtt_messages.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a rules report or rule document taken from the broker, and whether it was
+    /// refused ([`crate::reported_rules::take`]).
+    pub fn count_rules_message(&self, refused: bool) {
+        self.0.rules_messages.fetch_add(1, Ordering::Relaxed);
+        if refused {
+            self.0.rules_refused.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts a payload refused for naming another device than its source (the pipeline
@@ -325,7 +356,11 @@ impl Pipeline {
                 }
             }
         }
-        Prepared { writes, spans }
+        Prepared {
+            writes,
+            spans,
+            side: Vec::new(),
+        }
     }
 
     /// The second half of [`Pipeline::ingest_batch`]: stores what [`Pipeline::prepare`] made
@@ -336,7 +371,13 @@ impl Pipeline {
         prepared: Prepared,
         checkpoint: Option<Checkpoint>,
     ) -> Result<Vec<Outcome>, PipelineError> {
-        let Prepared { writes, spans } = prepared;
+        let Prepared {
+            mut writes,
+            spans,
+            side,
+        } = prepared;
+        // After the payloads' writes, so the answers line up with `spans`.
+        writes.extend(side);
         let mut written = self.writer.write(writes, checkpoint).await?.into_iter();
         let outcomes = spans
             .into_iter()
@@ -449,6 +490,7 @@ fn to_message(
         windows: Vec::new(),
         alert: None,
         status: None,
+        telemetry: None,
     };
     match body {
         Body::Telemetry(batch) => {
@@ -460,6 +502,7 @@ fn to_message(
                 .map(|s| s.last_time_ms())
                 .max();
             message.windows = window::aggregate_spec(&batch, spec);
+            message.telemetry = Some(std::sync::Arc::new(batch));
         }
         Body::Alert(alert) => {
             message.event_ms = Some(alert.time_ms);

@@ -36,6 +36,7 @@ use crate::api::auth::ApiToken;
 use crate::api::host::AllowedHosts;
 use crate::api::ready::{Readiness, SourceKind};
 use crate::api::{self, ApiState};
+use crate::archive::ArchiveConfig;
 use crate::connection::kinesis::KinesisConfig;
 use crate::connection::mqtt::{MqttConfig, MqttConfigError, Subscriber};
 use crate::metrics::Metrics;
@@ -82,6 +83,8 @@ pub struct ServeConfig {
     pub retention: RetentionConfig,
     /// Where alert events are sent ([`crate::alerts`]); none by default.
     pub alert_outputs: AlertOutputs,
+    /// Every applied reading as Parquet files ([`crate::archive`]); off by default.
+    pub archive: Option<ArchiveConfig>,
 }
 
 impl ServeConfig {
@@ -97,6 +100,7 @@ impl ServeConfig {
             signals: SignalsConfig::default(),
             retention: RetentionConfig::default(),
             alert_outputs: AlertOutputs::default(),
+            archive: None,
         }
     }
 }
@@ -147,6 +151,9 @@ pub enum ServeError {
     /// The alert outputs cannot be set up.
     #[error(transparent)]
     Alerts(#[from] NotifierError),
+    /// The archive cannot be set up or written.
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
     /// The API address cannot be bound.
     #[error("cannot listen on {addr}: {cause}; pick another --listen address")]
     Bind {
@@ -203,6 +210,8 @@ pub struct Running {
     reader: StoreReader,
     store: Store,
     tasks: JoinSet<TaskResult>,
+    /// The store's file and the archive, for the last flush at shutdown.
+    archive: Option<(PathBuf, ArchiveConfig)>,
 }
 
 /// Opens the store, binds the API and starts the source. Returns once the API listens.
@@ -213,6 +222,30 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
     let store = tokio::task::spawn_blocking(move || Store::open_configured(db, signals, retention))
         .await
         .map_err(|e| StoreError::ReadTask(e.to_string()))??;
+    // The archive is registered (or unregistered) before the source starts, so every message
+    // applied from now on is spooled exactly when there is an archive.
+    let (db, archive) = (cfg.db.clone(), cfg.archive.clone());
+    let registered = tokio::task::spawn_blocking(move || {
+        let conn = rusqlite::Connection::open(&db)?;
+        crate::store::schema::configure(&conn)?;
+        crate::archive::register(&conn, archive.as_ref())
+    })
+    .await
+    .map_err(|e| StoreError::ReadTask(e.to_string()))?;
+    match (registered, &cfg.archive) {
+        (Ok(waiting), Some(archive)) => {
+            tracing::info!(dir = %archive.dir.display(), spooled = waiting, "archive on")
+        }
+        (Ok(1..), None) => tracing::warn!(
+            "readings of an earlier run wait in the archive spool; start with --archive DIR to \
+             write them"
+        ),
+        (Ok(_), None) => {}
+        (Err(e), _) => {
+            store.close().await?;
+            return Err(e.into());
+        }
+    }
     let pipeline = Pipeline::new(store.writer()).with_windows(cfg.windows);
     let reader = store.reader();
     let (trigger, shutdown) = shutdown::channel();
@@ -239,6 +272,12 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
             store.close().await?;
             return Err(e.into());
         }
+    }
+
+    if let Some(archive) = &cfg.archive {
+        let archiver = crate::archive::Archiver::new(&cfg.db, archive.clone());
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move { ("archiver", archiver.run(shutdown).await) });
     }
 
     // Check the source's settings before anything listens, so a typo fails `start`.
@@ -323,6 +362,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         reader,
         store,
         tasks,
+        archive: cfg.archive.map(|a| (cfg.db, a)),
     })
 }
 
@@ -440,6 +480,7 @@ impl Running {
             pipeline,
             store,
             mut tasks,
+            archive,
             ..
         } = self;
         trigger.trigger();
@@ -468,6 +509,18 @@ impl Running {
             .map_err(|_| ServeError::StoreBusy {
                 grace_s: SHUTDOWN_GRACE.as_secs(),
             })??;
+        if let Some((db, archive)) = archive {
+            // The store is closed: nothing more is spooled, so this writes every reading.
+            let written =
+                tokio::task::spawn_blocking(move || crate::archive::flush_all(&db, &archive))
+                    .await
+                    .map_err(|e| StoreError::ReadTask(e.to_string()))??;
+            tracing::info!(
+                files = written.files,
+                readings = written.readings,
+                "archive: written at stop"
+            );
+        }
         tracing::info!("osprey serve stopped");
         Ok(())
     }

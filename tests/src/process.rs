@@ -88,6 +88,34 @@ impl Proc {
         )
     }
 
+    /// `osprey serve --db DIR/osprey.db --listen 127.0.0.1:0` reading the broker on `mqtt_port`
+    /// of this machine, with `extra` arguments, and the URL it listens on once it says so.
+    ///
+    /// # Panics
+    ///
+    /// When it does not print its listening line within 30 s, with its logs.
+    pub fn serve_mqtt(dir: &std::path::Path, mqtt_port: u16, extra: &[&str]) -> (Proc, String) {
+        let mut serve = Proc::spawn(
+            Command::new(crate::bin("osprey"))
+                .arg("serve")
+                .arg("--db")
+                .arg(dir.join("osprey.db"))
+                .args(["--listen", "127.0.0.1:0", "--mqtt-host", "127.0.0.1"])
+                .args(["--mqtt-port", &mqtt_port.to_string()])
+                .args(extra)
+                .env("NO_COLOR", "1"),
+        );
+        let line =
+            serve.stdout_line_matching("osprey serve: listening on ", Duration::from_secs(30));
+        let url = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        (serve, url)
+    }
+
     /// The child's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

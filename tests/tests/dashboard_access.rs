@@ -1,8 +1,9 @@
 //! The dashboard as a person uses it, in headless Chromium driven over the DevTools protocol
 //! (`osprey_tests::Browser`): behind the API token, typed into the login form; and an
 //! accessibility audit of the fleet, device and alerts pages (text alternatives of charts,
-//! labels of form controls, every control reached by the Tab key with a visible focus ring,
-//! text contrast ≥ 4.5:1 from the computed CSS colours). Screenshots go to
+//! labels of form controls, every control reached by the Tab key with a visible focus ring at
+//! desktop and phone width, text contrast ≥ 4.5:1 from the computed CSS colours, and the same
+//! for the text drawn inside charts, recorded as the page draws it). Screenshots go to
 //! `target/screenshots/` (token-login-1440.png, token-fleet-1440.png, token-device-1440.png).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
@@ -226,8 +227,46 @@ const AUDIT_JS: &str = r##"(() => {
     const key = name(el) + " " + st.color + " on " + bg.join(",");
     if (ratio < need && !seen.has(key)) { seen.add(key); problems.push("contrast " + ratio.toFixed(2) + " < " + need + ": " + key); }
   }
+  // Text drawn inside charts: its colour against the canvas's background (needs CANVAS_TEXT_HOOK).
+  const hex = (s) => s.startsWith("#") ? [1, 3, 5].map((i) => parseInt(s.slice(i, i + 2), 16)).concat(1) : rgba(s);
+  for (const t of window.__canvasText || []) {
+    if (!t.canvas.isConnected || !visible(t.canvas) || !t.text.trim()) continue;
+    const bg = background(t.canvas);
+    const c = hex(t.color);
+    const fg = over([c[0], c[1], c[2], c[3] * t.alpha], bg);
+    const [a, b] = [lum(fg), lum(bg)];
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    const px = parseFloat((t.font.match(/([\d.]+)px/) || [0, 10])[1]) / (devicePixelRatio || 1);
+    const need = px >= 24 ? 3 : 4.5;
+    const key = "chart text " + JSON.stringify(t.text.slice(0, 30)) + " in " + name(t.canvas) + " " + t.color;
+    if (ratio < need && !seen.has(key)) { seen.add(key); problems.push("contrast " + ratio.toFixed(2) + " < " + need + ": " + key); }
+    if (px < 9 && !seen.has(key + " size")) { seen.add(key + " size"); problems.push("chart text under 9 px (" + px + "): " + key); }
+  }
   return problems;
 })()"##;
+
+/// Installed before any page script runs: records every piece of text drawn on a canvas (chart
+/// axes, rule labels) with its colour and font, so the audit can check text no DOM holds.
+const CANVAS_TEXT_HOOK: &str = r#"(() => {
+  const drawn = [];
+  Object.defineProperty(window, "__canvasText", { value: drawn });
+  const fillText = CanvasRenderingContext2D.prototype.fillText;
+  CanvasRenderingContext2D.prototype.fillText = function (text, ...rest) {
+    if (drawn.length > 2000) drawn.splice(0, 1000);
+    drawn.push({ canvas: this.canvas, text: String(text), color: String(this.fillStyle), font: this.font, alpha: this.globalAlpha });
+    return fillText.call(this, text, ...rest);
+  };
+})()"#;
+
+/// A browser whose pages record the text drawn on canvases ([`CANVAS_TEXT_HOOK`]).
+fn audited_browser(window: Window) -> Browser {
+    let mut browser = Browser::launch(window);
+    browser.call(
+        "Page.addScriptToEvaluateOnNewDocument",
+        serde_json::json!({ "source": CANVAS_TEXT_HOOK }),
+    );
+    browser
+}
 
 /// What names a control across re-renders (the fleet page replaces rows as they change):
 /// tag, id, link target and text.
@@ -280,7 +319,7 @@ fn keyboard_problems(browser: &mut Browser, page: &str) -> Vec<String> {
 
 /// The audit can fail: planted faults on the fleet page are each reported.
 fn audit_finds_what_it_looks_for(url: &str) {
-    let mut browser = Browser::launch(Window::DESKTOP);
+    let mut browser = audited_browser(Window::DESKTOP);
     browser.goto(&format!("{url}/"));
     browser.wait_for(
         "document.querySelectorAll('tr[data-device]').length > 0",
@@ -291,6 +330,7 @@ fn audit_finds_what_it_looks_for(url: &str) {
             const p = document.createElement("p"); p.textContent = "faint text"; p.style.color = "#aaaaaa"; p.style.background = "#ffffff";
             const i = document.createElement("input"); i.id = "unlabelled";
             const c = document.createElement("canvas"); c.id = "bare-chart";
+            const g = c.getContext("2d"); g.fillStyle = "#bbbbbb"; g.font = "12px sans-serif"; g.fillText("faint chart text", 4, 20);
             const a = document.createElement("a"); a.href = "#x"; a.textContent = "unreachable"; a.tabIndex = -1;
             const b = document.createElement("button"); b.textContent = "ringless"; b.style.outline = "none";
             m.prepend(p, i, c, a, b); })()"##,
@@ -301,6 +341,7 @@ fn audit_finds_what_it_looks_for(url: &str) {
         "contrast 2.32 < 4.5: p",
         "form control without a label: input#unlabelled",
         "chart without a text alternative: main#main",
+        "< 4.5: chart text \"faint chart text\" in canvas#bare-chart #bbbbbb",
     ] {
         assert!(
             text.contains(planted),
@@ -330,7 +371,7 @@ fn the_fleet_device_and_alerts_pages_pass_the_accessibility_audit() {
     audit_finds_what_it_looks_for(&url);
     let mut problems = Vec::new();
     for window in [Window::DESKTOP, Window::PHONE] {
-        let mut browser = Browser::launch(window);
+        let mut browser = audited_browser(window);
         for (page, ready) in [
             ("/", "document.querySelectorAll('tr[data-device]').length > 0"),
             (
@@ -343,9 +384,8 @@ fn the_fleet_device_and_alerts_pages_pass_the_accessibility_audit() {
             browser.wait_for(ready, &format!("{page} did not load"));
             let audit: Vec<String> = serde_json::from_value(browser.eval(AUDIT_JS)).unwrap();
             problems.extend(audit.into_iter().map(|p| format!("{page} at {}: {p}", window.width)));
-            if window == Window::DESKTOP {
-                problems.extend(keyboard_problems(&mut browser, page));
-            }
+            let at = format!("{page} at {}", window.width);
+            problems.extend(keyboard_problems(&mut browser, &at));
         }
     }
     assert!(

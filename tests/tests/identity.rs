@@ -367,8 +367,9 @@ fn kinesis_scenario(endpoint: &str) {
     );
 
     stream.put(&intruder_records());
+    // The pipeline counts a rejection before the store commits its dead letter: wait for both.
     let s = wait_stats(&api, &serve, "the intruder's records dead-lettered", |s| {
-        s["pipeline"]["rejected"] == 4
+        s["pipeline"]["rejected"] == 4 && s["store"]["dead_letters"] == 4
     });
     assert_eq!(s["pipeline"]["applied"], 0, "{s}");
     assert_eq!(

@@ -8,6 +8,10 @@
 //! readings each); some are published twice in a row (the same `(device, epoch, seq)` in one
 //! batch counts once) and some are junk on a device's topic (dead-lettered, stored once, and
 //! the rest of their batch applied).
+//!
+//! The same run archives every reading ([`osprey_cloud::archive`], `--archive DIR`): after the
+//! kills and a clean stop, DuckDB reads the Parquet files back and finds every reading that was
+//! produced, once, with its message's identity, in the partition of the hour it arrived.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
 
@@ -67,12 +71,15 @@ fn traffic() -> Traffic {
     out
 }
 
-fn start_serve(db: &Path, port: u16) -> (Proc, String) {
+fn start_serve(db: &Path, archive: &Path, port: u16) -> (Proc, String) {
     let mut serve = Proc::spawn(
         Command::new(bin("osprey"))
             .arg("serve")
             .arg("--db")
             .arg(db)
+            .arg("--archive")
+            .arg(archive)
+            .args(["--archive-every", "1"])
             .args(["--listen", "127.0.0.1:0", "--source", "mqtt", "--mqtt-port"])
             .arg(port.to_string())
             .args(["--mqtt-client-id", "osprey-ingest-batch-test"]),
@@ -129,7 +136,8 @@ fn serve_killed_mid_batch_counts_every_reading_once_after_restart() {
     let broker = Mosquitto::start(Listener::Plain, "max_inflight_messages 2000\n");
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("osprey.db");
-    let (mut serve, mut api) = start_serve(&db, broker.port());
+    let archive = dir.path().join("archive");
+    let (mut serve, mut api) = start_serve(&db, &archive, broker.port());
 
     let publisher = {
         let (port, publishes) = (broker.port(), traffic.publishes.clone());
@@ -150,7 +158,7 @@ fn serve_killed_mid_batch_counts_every_reading_once_after_restart() {
         serve.signal("KILL");
         let status = serve.wait_exit(Duration::from_secs(10));
         kills.push(format!("{status} after {n}+ applied"));
-        (serve, api) = start_serve(&db, broker.port());
+        (serve, api) = start_serve(&db, &archive, broker.port());
     }
     publisher.join().unwrap();
 
@@ -182,4 +190,128 @@ fn serve_killed_mid_batch_counts_every_reading_once_after_restart() {
         "kills: {kills:?}; the last serve's pipeline counters: {}",
         stats["pipeline"]
     );
+
+    // The archive: a clean stop writes what is still spooled; then every reading produced is
+    // in it exactly once.
+    serve.signal("TERM");
+    let status = serve.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status}\n{}", serve.logs());
+    let (archived, partitions) = read_archive(&archive);
+    let produced = produced_rows(&traffic.publishes);
+    assert_eq!(
+        archived.len(),
+        produced.len(),
+        "the archive holds {} readings, {} were produced (after {kills:?})",
+        archived.len(),
+        produced.len()
+    );
+    assert!(
+        archived == produced,
+        "the archive differs from the readings produced"
+    );
+    assert_eq!(
+        partitions.mismatched, 0,
+        "rows outside their arrival hour's partition"
+    );
+    eprintln!(
+        "archive: {} readings in {} files over {} hour partition(s), read back by DuckDB",
+        archived.len(),
+        partitions.files,
+        partitions.hours
+    );
+}
+
+/// One reading as archived: device, epoch, seq, sensor, metric, time (ms), value's bits.
+type Row = (String, u64, u64, String, String, i64, u64);
+
+/// Every reading of the (non-junk) publishes, each once, sorted.
+fn produced_rows(publishes: &[Publish]) -> Vec<Row> {
+    let mut rows = std::collections::BTreeSet::new();
+    for (_, payload) in publishes {
+        let Ok(envelope) = osprey_protocol::decode(payload) else {
+            continue;
+        };
+        let osprey_protocol::Body::Telemetry(batch) = &envelope.body else {
+            continue;
+        };
+        for s in &batch.series {
+            for (t, v) in s.readings() {
+                rows.insert((
+                    envelope.device.clone(),
+                    envelope.epoch,
+                    envelope.seq,
+                    s.sensor.clone(),
+                    s.metric.clone(),
+                    t,
+                    v.to_bits(),
+                ));
+            }
+        }
+    }
+    rows.into_iter().collect()
+}
+
+/// How the archive's files are laid out.
+struct Partitions {
+    files: u64,
+    hours: u64,
+    /// Rows whose `date=`/`hour=` is not the hour of their `received` time.
+    mismatched: u64,
+}
+
+/// Every row of the archive as DuckDB reads it (hive partitioning on), sorted.
+fn read_archive(archive: &Path) -> (Vec<Row>, Partitions) {
+    let python = std::env::var("OSPREY_TEST_DUCKDB_PYTHON").expect(
+        "OSPREY_TEST_DUCKDB_PYTHON: run through `bash tests/run.sh`, which installs DuckDB",
+    );
+    let script = r##"
+import duckdb, struct, sys
+files = sys.argv[1] + "/**/*.parquet"
+con = duckdb.connect()
+rows = con.execute("""SELECT device, epoch, seq, sensor, metric, epoch_ms(time), value
+    FROM read_parquet(?, hive_partitioning = true) ORDER BY ALL""", [files]).fetchall()
+for r in rows:
+    bits = struct.unpack("<Q", struct.pack("<d", r[6]))[0]
+    print(r[0], r[1], r[2], r[3], r[4], r[5], bits)
+stats = con.execute("""SELECT count(DISTINCT filename), count(DISTINCT (date, hour)),
+    count(*) FILTER (WHERE strftime(received AT TIME ZONE 'UTC', '%Y-%m-%d') != CAST(date AS VARCHAR)
+                      OR hour(received AT TIME ZONE 'UTC') != CAST(hour AS INTEGER))
+    FROM read_parquet(?, hive_partitioning = true, filename = true)""", [files]).fetchone()
+print("#", *stats)
+"##;
+    let out = Command::new(python)
+        .args(["-c", script])
+        .arg(archive)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "DuckDB could not read the archive: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut rows = Vec::new();
+    let mut partitions = None;
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f[0] == "#" {
+            partitions = Some(Partitions {
+                files: f[1].parse().unwrap(),
+                hours: f[2].parse().unwrap(),
+                mismatched: f[3].parse().unwrap(),
+            });
+            continue;
+        }
+        rows.push((
+            f[0].to_owned(),
+            f[1].parse().unwrap(),
+            f[2].parse().unwrap(),
+            f[3].to_owned(),
+            f[4].to_owned(),
+            f[5].parse().unwrap(),
+            f[6].parse().unwrap(),
+        ));
+    }
+    rows.sort();
+    (rows, partitions.expect("no partition statistics"))
 }

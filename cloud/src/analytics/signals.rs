@@ -68,7 +68,8 @@ pub struct SignalsConfig {
     pub min_baseline_windows: usize,
     /// A predicted crossing sooner than this raises a maintenance alert.
     pub horizon_ms: i64,
-    /// The rules whose levels are predicted (matched to series by sensor and metric).
+    /// The rules whose levels are predicted (matched to series by sensor and metric); serve
+    /// uses a device's own rules instead once it reported them ([`compute_with`]).
     pub rules: Vec<ThresholdRule>,
 }
 
@@ -212,6 +213,18 @@ pub fn compute(
     windows: &[WindowPoint],
     cfg: &SignalsConfig,
 ) -> Option<SeriesSignals> {
+    compute_with(sensor, metric, windows, cfg, &cfg.rules)
+}
+
+/// [`compute`] predicting crossings of `rules` instead of [`SignalsConfig::rules`] (a device's
+/// own rules, as it reported them).
+pub fn compute_with(
+    sensor: &str,
+    metric: &str,
+    windows: &[WindowPoint],
+    cfg: &SignalsConfig,
+    rules: &[ThresholdRule],
+) -> Option<SeriesSignals> {
     // The newest window plus up to `trend_windows` closed ones before it.
     let windows = &windows[windows.len().saturating_sub(cfg.trend_windows.max(2) + 1)..];
     let (newest, closed) = windows.split_last()?;
@@ -249,8 +262,7 @@ pub fn compute(
     });
     let mut predictions = Vec::new();
     if let Some(f) = fit.filter(|f| trend.is_some() && strong(f, cfg.predict_t)) {
-        for rule in cfg
-            .rules
+        for rule in rules
             .iter()
             .filter(|r| r.sensor == sensor && r.metric == metric)
         {

@@ -6,6 +6,9 @@
 // server): the mean with its p5–p95 band inside its min–max band, rule levels, raise/clear markers, and the predicted
 // breach drawn forward with its range. Each chart has a text summary and a table of its
 // numbers for screen readers; once drawn, its <figure> carries data-rendered and data-points.
+// The rules the device reports it runs (/api/devices/{id}/rules): each with its levels, units
+// and source, a notice of a document set for it that it has not applied yet, and of the last
+// document it refused with the reason.
 (() => {
   const O = Osprey;
   const RANGES = { "1h": 3600000, "24h": 86400000, "7d": 7 * 86400000, "30d": 30 * 86400000 };
@@ -62,6 +65,94 @@
     const more = O.el("a", "small", "All alerts of " + id);
     more.href = "/alerts" + O.query({ device: id });
     box.append(more);
+  }
+
+  // A rule's levels in words, with the unit of its series: [threshold, clear].
+  function levels(r) {
+    const q = (x) => O.quantity(x, r.unit);
+    const rate = (x) => O.num(x) + " " + (O.unit(r.unit) ? O.unit(r.unit) + "/s" : "per s");
+    switch (r.when) {
+      case "above": return ["≥ " + q(r.threshold), "below " + q(r.clear !== undefined ? r.clear : r.threshold)];
+      case "below": return ["≤ " + q(r.threshold), "above " + q(r.clear !== undefined ? r.clear : r.threshold)];
+      case "outside": return ["≤ " + q(r.low) + " or ≥ " + q(r.high),
+        "between " + q(r.clear_low !== undefined ? r.clear_low : r.low) + " and " + q(r.clear_high !== undefined ? r.clear_high : r.high)];
+      case "rate_above": return ["rate ≥ " + rate(r.threshold), "rate below " + rate(r.clear !== undefined ? r.clear : r.threshold)];
+      case "rate_below": return ["rate ≤ " + rate(r.threshold), "rate above " + rate(r.clear !== undefined ? r.clear : r.threshold)];
+      case "no_data": return ["no reading for " + O.duration(r.timeout_ms), "a reading arrives"];
+      default: return ["–", "–"];
+    }
+  }
+
+  const SOURCES = { document: "cloud document", local: "device config", server: "server (predictions only)" };
+
+  function rulesTable(rules, caption) {
+    const table = O.el("table", "cards rules");
+    table.append(O.el("caption", "", caption));
+    const head = O.el("tr");
+    for (const h of ["Rule", "Series", "When", "Threshold", "Clears", "Severity", "Source"]) { const th = O.el("th", "", h); th.scope = "col"; head.append(th); }
+    const thead = O.el("thead"); thead.append(head);
+    const body = O.el("tbody");
+    for (const r of rules) {
+      const tr = O.el("tr");
+      tr.dataset.ruleId = r.id;
+      tr.dataset.source = r.source;
+      const [raise, clear] = levels(r);
+      const cells = [["Rule", O.el("b", "", r.id)], ["Series", O.series(r.sensor, r.metric)], ["When", r.when.replace("_", " ")],
+        ["Threshold", raise], ["Clears", clear], ["Severity", O.badge(r.severity, r.severity)], ["Source", SOURCES[r.source] || r.source]];
+      for (const [label, content] of cells) {
+        const td = O.el("td");
+        td.dataset.label = label;
+        td.append(content);
+        tr.append(td);
+      }
+      body.append(tr);
+    }
+    table.append(thead, body);
+    return table;
+  }
+
+  function docName(d) {
+    return (d.source || "a document") + (d.version !== null && d.version !== undefined ? ", version " + d.version : "");
+  }
+
+  function rulesView(view) {
+    const box = document.getElementById("rules");
+    const card = document.getElementById("rules-card");
+    box.replaceChildren();
+    if (view instanceof Error) {
+      card.dataset.state = "unavailable";
+      box.append(O.el("p", "muted", "The device's rules cannot be shown: " + view.message));
+      return;
+    }
+    card.dataset.state = view.state;
+    if (view.pending) {
+      const p = O.el("p", "notice warn", "Pending change: a new rule document was set for this device" + (view.pending.set_ms ? " " + O.time(view.pending.set_ms) : "") +
+        " and it has not applied it yet (it may be offline). It runs the rules below until it does. Document ");
+      p.id = "rules-pending";
+      p.append(O.el("code", "", view.pending.hash), ".");
+      box.append(p);
+    }
+    if (view.rejected) {
+      const j = view.rejected;
+      const current = view.state === "rejected";
+      const p = O.el("p", "notice bad", (current ? "Refused: the device refused the document set for it" : "Last refused document") +
+        " (" + docName(j) + (j.time_ms ? ", " + O.time(j.time_ms) : "") + "). Reason: ");
+      p.id = "rules-rejected";
+      p.append(O.el("b", "", j.field + ": " + j.reason), current ? ". It keeps running the rules below." : ".");
+      box.append(p);
+    }
+    if (view.state === "no_report") {
+      box.append(O.el("p", "muted", "This device has not reported the rules it runs (remote configuration is off, or it has not connected since serve started keeping reports)."));
+      if (view.server_rules.length) box.append(rulesTable(view.server_rules, "The server's rules, whose crossings are predicted for this device"));
+      return;
+    }
+    const a = view.applied;
+    const about = O.el("p", "small", a ? "Document in effect: " + docName(a) + (a.time_ms ? ", applied " + O.time(a.time_ms) : "") + "; " : "No cloud document applied: the device runs its own config; ");
+    if (a) { about.append(O.el("code", "", a.hash), ". "); }
+    about.append("Reported " + O.time(view.reported_ms) + ". Maintenance predictions use these rules.");
+    box.append(about);
+    if (!view.rules.length) box.append(O.el("p", "muted", "The device runs no rules."));
+    else box.append(rulesTable(view.rules, view.rules.length + (view.rules.length === 1 ? " rule" : " rules") + " in effect"));
   }
 
   function gaps(hist) {
@@ -384,6 +475,9 @@
     clearTimeout(timer);
     for (const b of document.querySelectorAll("[data-range]")) b.setAttribute("aria-pressed", String(b.dataset.range === range));
     try {
+      // The rules are shown or explained on their own: a state without them (DynamoDB) still
+      // shows the rest of the page.
+      const rules = O.api(O.devicePath(id, "/rules"), load).catch((e) => e);
       const [summary, hist] = await Promise.all([
         O.api(O.devicePath(id), load),
         O.api(O.devicePath(id, "/history" + O.query({ range, points: 240 })), load),
@@ -391,6 +485,9 @@
       const episodes = await O.api("/api/alerts/episodes" + O.query({ device: id, from_ms: hist.from_ms, limit: 50 }), load);
       healthView(summary);
       alertsView(episodes);
+      const view = await rules;
+      if (view instanceof O.LoginNeeded) return;
+      rulesView(view);
       timelineView(hist, stripView(hist));
       chartsView(hist);
       document.getElementById("live").textContent = "updated " + new Date().toLocaleTimeString();

@@ -11,6 +11,7 @@ use super::error::ApiError;
 use super::params::Params;
 use super::{ApiState, StateSource};
 use crate::pipeline::PipelineStats;
+use crate::reported_rules::DeviceRules;
 use crate::store::signals::DeviceSignals;
 use crate::store::{
     AlertFilter, AlertRow, Counts, DeviceSummary, Maintenance, WindowFilter, WindowRow,
@@ -88,6 +89,21 @@ pub async fn device_signals(
 ) -> Result<Json<DeviceSignals>, ApiError> {
     known_device(&state, &device).await?;
     Ok(Json(state.reader.device_signals(&device).await?))
+}
+
+/// `GET /api/devices/{device}/rules`: the rules the device reports it runs, with their
+/// sources, the document set for it and its last refusal ([`crate::reported_rules`]). Known
+/// devices without a report answer with the server's rules their signals use.
+pub async fn device_rules(
+    State(state): State<ApiState>,
+    Path(device): Path<String>,
+) -> Result<Json<DeviceRules>, ApiError> {
+    let store = state.reader.store()?;
+    let (row, units) = store.device_rules(&device).await?;
+    if row.is_none() {
+        known_device(&state, &device).await?;
+    }
+    Ok(Json(DeviceRules::new(&device, row, &state.rules, &units)))
 }
 
 /// `GET /api/windows`.

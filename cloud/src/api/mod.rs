@@ -10,7 +10,8 @@
 //! | `GET /api/devices/{device}` | `DeviceSummary`, 404 if unknown |
 //! | `GET /api/devices/{device}/windows?sensor=&metric=&kind=&since_ms=&limit=` | `[WindowRow]`, newest first; 404 if unknown |
 //! | `GET /api/devices/{device}/signals` | `DeviceSignals`: health (score, reasons) and each series' signals (baseline, anomaly score, trend, predicted crossings, vibration); 404 if unknown |
-//! | `GET /api/devices/{device}/history?range=&to_ms=&points=` | each series downsampled into at most `points` buckets (mean, min, max, p5, p95, corrections), threshold lines, signals, alert events, status timeline ([`views`]); 404 if unknown |
+//! | `GET /api/devices/{device}/history?range=&to_ms=&points=` | each series downsampled into at most `points` buckets (mean, min, max, p5, p95, corrections), threshold lines (the device's rules in effect once it reported them, else serve's), signals, alert events, status timeline ([`views`]); 404 if unknown |
+//! | `GET /api/devices/{device}/rules` | `DeviceRules` ([`crate::reported_rules`]): the rules in effect with their source (`document`, `local`) and unit, the applied document (source, version, hash, time), the document set for it and whether it is pending, the last refusal (field, reason, time), which rules its signals use; SQLite store only; 404 if unknown |
 //! | `GET /api/fleet?q=&status=&severity=&sort=&offset=&limit=` | one page of the fleet, worst first by default, with the whole fleet's counts ([`views`]) |
 //! | `GET /api/fleet/events?…&after=` | the same page kept live: server-sent `fleet` (changed rows, order, counts) and `alert` events ([`live`]) |
 //! | `GET /api/alerts/episodes?device=&rule=&severity=&from_ms=&to_ms=&state=&limit=` | raise → clear episodes with durations, active first ([`views`]) |
@@ -68,7 +69,8 @@ pub struct ApiState {
     pub reader: StateSource,
     /// Ingest counters, for `/api/stats`.
     pub stats: IngestStats,
-    /// The rules `osprey serve` predicts crossings of: the device page draws their levels.
+    /// The rules `osprey serve` predicts crossings of for devices that have not reported their
+    /// own ([`crate::reported_rules`]): the device page draws their levels.
     pub rules: Arc<[ThresholdRule]>,
     /// Ends the live streams ([`live`]) when the server shuts down; `None`: they end only
     /// when their client goes.
@@ -108,6 +110,7 @@ pub fn router(state: ApiState) -> Router {
             get(handlers::device_signals),
         )
         .route("/api/devices/{device}/history", get(views::device_history))
+        .route("/api/devices/{device}/rules", get(handlers::device_rules))
         .route("/api/fleet", get(views::fleet))
         .route("/api/fleet/events", get(live::fleet_events))
         .route("/api/alerts/episodes", get(views::episodes))

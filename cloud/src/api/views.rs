@@ -20,7 +20,7 @@ use serde::Serialize;
 use super::error::ApiError;
 use super::handlers::{known_device, params, QueryPairs};
 use super::params::Params;
-use super::ApiState;
+use super::{ApiState, StateSource};
 use crate::analytics::signals::SeriesSignals;
 use crate::store::fleetview::{FleetPage, FleetQuery, FleetSort, Worst, MAX_PAGE};
 use crate::store::history::{Episode, EpisodeFilter, SeriesHistory, MAX_POINTS, MIN_POINTS};
@@ -174,6 +174,12 @@ pub async fn device_history(
     alerts.retain(|a| a.time_ms < to_ms);
     alerts.reverse();
     let signals = state.reader.device_signals(&device).await?.series;
+    // The levels the device runs once it reported them, else serve's.
+    let reported = match &state.reader {
+        StateSource::Sqlite(r) => r.device_rules_in_effect(&device).await?,
+        StateSource::Dynamo(_) => None,
+    };
+    let rules = reported.as_deref().unwrap_or(&state.rules[..]);
     let recorded = state
         .reader
         .status_timeline(&device, history.from_ms, to_ms, history.bucket_ms)
@@ -182,7 +188,7 @@ pub async fn device_history(
         .series
         .into_iter()
         .map(|h| SeriesView {
-            thresholds: thresholds(&state.rules, &alerts, &h.sensor, &h.metric),
+            thresholds: thresholds(rules, &alerts, &h.sensor, &h.metric),
             signals: signals
                 .iter()
                 .find(|s| s.sensor == h.sensor && s.metric == h.metric)
@@ -214,7 +220,7 @@ pub async fn device_history(
     }))
 }
 
-/// The levels to draw on `sensor`/`metric`: serve's rules for it (levels, not rates), then
+/// The levels to draw on `sensor`/`metric`: the rules for it (levels, not rates), then
 /// the levels of the device's alerts on it that no such rule has already given.
 fn thresholds(
     rules: &[ThresholdRule],

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, Publish, QoS,
-    SubscribeReasonCode, TlsConfiguration, Transport,
+    SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 
@@ -255,6 +255,8 @@ pub struct Subscriber {
     client: AsyncClient,
     eventloop: EventLoop,
     filter: String,
+    /// Filters subscribed in the same SUBSCRIBE whose refusal is only logged.
+    optional: Vec<String>,
     url: String,
     backoff: Backoff,
     subscribe_pending: bool,
@@ -278,11 +280,20 @@ impl Subscriber {
             client,
             eventloop,
             filter: filter.to_owned(),
+            optional: Vec::new(),
             url: cfg.url(),
             backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(10)),
             subscribe_pending: false,
             on_link: None,
         })
+    }
+
+    /// Also subscribes to `filters`, in the same SUBSCRIBE as the main filter. A broker that
+    /// refuses one of them (its ACL) gets a warning, not a retry: the main filter is what the
+    /// subscriber is for.
+    pub fn with_optional(mut self, filters: &[&str]) -> Subscriber {
+        self.optional = filters.iter().map(|f| (*f).to_owned()).collect();
+        self
     }
 
     /// Calls `observer(true)` on every confirmed subscription and `observer(false)` when the
@@ -303,7 +314,10 @@ impl Subscriber {
     pub async fn next(&mut self) -> Received {
         loop {
             if self.subscribe_pending {
-                match self.client.try_subscribe(&self.filter, QoS::AtLeastOnce) {
+                let filters = std::iter::once(&self.filter)
+                    .chain(&self.optional)
+                    .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                match self.client.try_subscribe_many(filters) {
                     Ok(()) => self.subscribe_pending = false,
                     Err(e) => tracing::warn!(error = %e, "could not queue the subscription yet"),
                 }
@@ -322,17 +336,24 @@ impl Subscriber {
                     self.subscribe_pending = true;
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    if ack
-                        .return_codes
-                        .iter()
-                        .any(|c| matches!(c, SubscribeReasonCode::Failure))
-                    {
+                    let refused =
+                        |c: &SubscribeReasonCode| matches!(c, SubscribeReasonCode::Failure);
+                    if ack.return_codes.first().is_none_or(refused) {
                         tracing::error!(broker = %self.url, filter = %self.filter,
                             "broker refused the subscription (check its ACL); retrying");
                         self.retry_subscription_later().await;
                         continue;
                     }
-                    tracing::info!(filter = %self.filter, "mqtt subscribed");
+                    for (filter, _) in self
+                        .optional
+                        .iter()
+                        .zip(ack.return_codes.iter().skip(1))
+                        .filter(|(_, c)| refused(c))
+                    {
+                        tracing::warn!(broker = %self.url, filter = %filter,
+                            "broker refused this subscription (check its ACL); going on without it");
+                    }
+                    tracing::info!(filter = %self.filter, also = ?self.optional, "mqtt subscribed");
                     self.link(true);
                     return Received::Subscribed;
                 }

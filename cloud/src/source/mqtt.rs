@@ -1,5 +1,8 @@
 //! The MQTT source: subscribe to every device's data topics at QoS 1 and ingest the publishes
-//! in batches, one store transaction per batch.
+//! in batches, one store transaction per batch. It also subscribes to the devices' retained
+//! rules reports and rule documents ([`crate::reported_rules`]), which are JSON, not messages:
+//! they are taken out of each batch before the pipeline decodes it and ride in the batch's
+//! transaction as side writes.
 //!
 //! ```text
 //!  broker ──QoS 1──► reader task ──bounded queue──► writer task: Batcher (crate::batching)
@@ -39,6 +42,7 @@ use crate::backoff::Backoff;
 use crate::batching::{BatchLimits, Batcher};
 use crate::connection::mqtt::{Acker, Flow, MqttConfig, MqttConfigError, Subscriber};
 use crate::pipeline::{Origin, Outcome, Pipeline, Prepared};
+use crate::reported_rules::{self, Taken};
 use crate::shutdown::{SetReady, Shutdown};
 
 /// Reads `cfg`'s broker into `pipeline` in batches within `limits` until `shutdown`; sets
@@ -53,6 +57,7 @@ pub async fn run(
 ) -> Result<(), MqttConfigError> {
     let link_stats = pipeline.stats_handle();
     let mut subscriber = Subscriber::new(&cfg, topic::ALL_DATA)?
+        .with_optional(&reported_rules::FILTERS)
         .observe_link(move |up| link_stats.set_source_connected(up));
     tracing::info!(broker = %cfg.url(), client_id = %cfg.client_id, filter = topic::ALL_DATA,
         max_batch = limits.max_items, linger_ms = limits.linger.as_millis() as u64,
@@ -111,7 +116,7 @@ impl Writer {
     async fn run(self, mut batcher: Batcher<Publish>) {
         let mut in_flight: Option<JoinHandle<Flow>> = None;
         while let Some(batch) = batcher.next(|p| p.payload.len()).await {
-            let prepared = self.pipeline.prepare(payloads(&batch));
+            let prepared = self.prepare(&batch);
             if let Some(previous) = in_flight.take() {
                 if previous.await.unwrap_or(Flow::Stop) == Flow::Stop {
                     return;
@@ -158,22 +163,41 @@ impl Writer {
                         _ = self.shutdown.wait() => return Flow::Stop,
                         _ = tokio::time::sleep(delay) => {}
                     }
-                    prepared = self.pipeline.prepare(payloads(&batch));
+                    prepared = self.prepare(&batch);
                 }
             }
         }
     }
 }
 
-/// The batch's payloads with where each came from.
-fn payloads(batch: &[Publish]) -> Vec<(&[u8], Origin)> {
-    batch
-        .iter()
-        .map(|p| {
-            let origin = Origin::Mqtt {
-                topic: p.topic.clone(),
-            };
-            (&p.payload[..], origin)
-        })
-        .collect()
+impl Writer {
+    /// A batch made ready for the store: its data payloads, with where each came from,
+    /// through the pipeline; its rules reports and documents as side writes (a refused report
+    /// is counted, logged and dropped).
+    fn prepare(&self, batch: &[Publish]) -> Prepared {
+        let received_ms = crate::clock::now_ms();
+        let stats = self.pipeline.stats_handle();
+        let mut payloads = Vec::with_capacity(batch.len());
+        let mut side = Vec::new();
+        for p in batch {
+            match reported_rules::take(&p.topic, &p.payload, received_ms) {
+                Taken::NotRules => {
+                    let origin = Origin::Mqtt {
+                        topic: p.topic.clone(),
+                    };
+                    payloads.push((&p.payload[..], origin));
+                }
+                Taken::Write(write) => {
+                    stats.count_rules_message(false);
+                    side.push(write);
+                }
+                Taken::Refused { device, reason } => {
+                    stats.count_rules_message(true);
+                    tracing::warn!(device = %device, topic = %p.topic, bytes = p.payload.len(),
+                        reason = %reason, "rules report refused");
+                }
+            }
+        }
+        self.pipeline.prepare(payloads).with_side_writes(side)
+    }
 }

@@ -9,10 +9,12 @@
 //! The tables are described in [`schema`]; the write rules (dedup through `seen`, merging
 //! windows) in [`writer`]; the queries in [`query`]; dead letters (stored once, bounded) in
 //! [`deadletter`]; what is deleted when in [`retention`]; the fleet page's ranking in
-//! [`fleetview`]; a device's downsampled series and alert episodes in [`history`].
+//! [`fleetview`]; a device's downsampled series and alert episodes in [`history`]; the rules
+//! each device reports it runs in [`device_rules`].
 
 pub mod deadletter;
 mod deferred;
+pub mod device_rules;
 pub mod fleetview;
 pub mod history;
 pub mod query;

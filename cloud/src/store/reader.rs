@@ -6,9 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use osprey_protocol::ThresholdRule;
 use rusqlite::{Connection, OpenFlags};
 
 use super::deadletter::{self, DeadLetterFilter, DeadLetterRow};
+use super::device_rules::{self, RulesRow};
 use super::retention::{Maintenance, MaintenanceStats};
 use super::{fleetview, history, query, schema, StoreError};
 
@@ -88,6 +90,32 @@ impl StoreReader {
     ) -> Result<super::signals::DeviceSignals, StoreError> {
         let device = device.to_owned();
         self.read(move |conn| super::signals::device_signals(conn, &device))
+            .await
+    }
+
+    /// A device's stored rules report and desired document hash, and `(sensor, metric, unit)`
+    /// of its series ([`super::device_rules`]).
+    pub async fn device_rules(
+        &self,
+        device: &str,
+    ) -> Result<(Option<RulesRow>, Vec<(String, String, String)>), StoreError> {
+        let device = device.to_owned();
+        self.read(move |conn| {
+            Ok((
+                device_rules::get(conn, &device)?,
+                device_rules::series_units(conn, &device)?,
+            ))
+        })
+        .await
+    }
+
+    /// The rules in effect `device` reported; `None` if it has not.
+    pub async fn device_rules_in_effect(
+        &self,
+        device: &str,
+    ) -> Result<Option<Vec<ThresholdRule>>, StoreError> {
+        let device = device.to_owned();
+        self.read(move |conn| device_rules::device_in_effect(conn, &device))
             .await
     }
 

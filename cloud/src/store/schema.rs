@@ -17,6 +17,10 @@
 //! | `checkpoints` | (stream, shard_id) | last Kinesis sequence number applied per shard |
 //! | `dead_letters` | id; unique `key` (source position) | payloads that could not be applied, with the reason, bounded ([`super::deadletter`]) |
 //! | `maintenance` | name | counts of what retention and the dead-letter caps deleted |
+//! | `archive_targets` | dir | the archive directory of the running serve, if any: the writer spools readings only then ([`crate::archive`]) |
+//! | `archive_spool` | id | the readings of applied telemetry messages (one row per series) not yet in an archive file |
+//! | `archive_files` | name | the archive files written: spool ids, readings, hour |
+//! | `device_rules` | device | the device's latest rules report (JSON) and the hash of the document set for it, with when serve received each ([`super::device_rules`]) |
 //!
 //! `series` and `alert_state` are derived from `windows` and `alerts` in the same transaction;
 //! they exist so the fleet view costs O(series), not O(history).
@@ -29,20 +33,22 @@
 //! | 3 | journal epochs (protocol 1.3): `seen` and `alerts` keyed by `(device, epoch, seq)`, the `epochs` and `device_events` tables, the status mark columns of `devices`; bounded dead letters and retention; the alert outbox |
 //! | 4 | `windows.corrections`: how many times late data changed a window after it had closed (`version` counts every merge) |
 //! | 5 | `status_history` (a device's statuses over time with their counters, bounded: [`super::timeline`]) and `devices.status_rows`, its per-device row count |
+//! | 6 | the archive's tables (`archive_targets`, `archive_spool`, `archive_files`: [`crate::archive`]), empty on upgrade; `device_rules` (the rules each device reports it runs, and the document set for it: [`super::device_rules`]) |
 //!
-//! [`migrate`] upgrades a version-2, 3 or 4 file in place, in one transaction: the rows of `seen` and
+//! [`migrate`] upgrades a version-2, 3, 4 or 5 file in place, in one transaction: the rows of `seen` and
 //! `alerts` get epoch 0 (what a pre-1.3 gateway's messages are), each device that has messages
 //! gets epoch 0 in `epochs` (so its first 1.3 epoch reads as a replaced journal only if it
 //! really is one: a kept journal stays at epoch 0), and stored statuses keep no mark (the next
 //! status of any epoch replaces them) (2 → 3); windows already stored get `corrections` 0, as
 //! what late data corrected before is not known (3 → 4); the status history starts empty, as
-//! the statuses held before were not kept, and every device's row count is 0 (4 → 5). Each upgrade is a step function of its
-//! own.
+//! the statuses held before were not kept, and every device's row count is 0 (4 → 5); the
+//! devices' rules start unknown until their retained reports arrive again, which they do when
+//! serve subscribes (5 → 6). Each upgrade is a step function of its own.
 
 use rusqlite::Connection;
 
 /// Schema version kept in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// How long a connection waits for another's lock before giving up.
 pub const BUSY_TIMEOUT_MS: u64 = 5_000;
@@ -190,7 +196,7 @@ pub enum Migration {
 }
 
 /// Puts the writer connection in WAL mode, creates the tables if they are missing and
-/// upgrades a version-2, 3 or 4 file in place (one transaction: all of it or none).
+/// upgrades a version-2 to 5 file in place (one transaction: all of it or none).
 ///
 /// WAL lets the API's read connections see committed data while the writer works.
 /// `synchronous = FULL` makes every commit durable (the WAL is synced before the commit
@@ -203,7 +209,7 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<Migration> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    if ![0, 2, 3, 4, SCHEMA_VERSION].contains(&found) {
+    if ![0, 2, 3, 4, 5, SCHEMA_VERSION].contains(&found) {
         return Ok(Migration::Incompatible { found });
     }
     // One transaction: a crash leaves the file at its old version, and the next open
@@ -213,6 +219,7 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<Migration> {
         ingest_epochs_2_to_3(&tx)?;
     }
     tx.execute_batch(DDL)?;
+    tx.execute_batch(crate::archive::DDL)?;
     if found < 3 {
         super::deadletter::migrate_v3(&tx)?;
         super::retention::migrate_v3(&tx, crate::clock::now_ms())?;
@@ -222,6 +229,9 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<Migration> {
     }
     if found < 5 {
         super::timeline::migrate_v5(&tx)?;
+    }
+    if found < 6 {
+        super::device_rules::migrate_v6(&tx)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;

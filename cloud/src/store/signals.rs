@@ -9,16 +9,23 @@
 //! stored windows alone, so replaying records (which changes no window) changes no signal, and
 //! the health of a device ([`device_health`]) is derived from its signals and active alerts
 //! when read.
+//!
+//! The rules whose crossings are predicted are the device's own when it has reported them
+//! ([`super::device_rules`], [`crate::reported_rules`]), else serve's ([`SignalsConfig::rules`]).
+//! The refresher keeps each reporting device's rules in effect parsed in memory: read from the
+//! table once when the writer starts (and again after a rolled-back transaction), replaced by
+//! each report that changes them, which also recomputes every series of that device.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use osprey_protocol::Severity;
+use osprey_protocol::{Severity, ThresholdRule};
 use rusqlite::{params, Connection, Transaction};
 use serde::Serialize;
 
+use super::device_rules::{self, RulesChange};
 use super::recent::RecentWindows;
 use crate::analytics::health::{self, ActiveAlert, Health};
-use crate::analytics::signals::{compute, Prediction, SeriesSignals, SignalsConfig};
+use crate::analytics::signals::{compute_with, Prediction, SeriesSignals, SignalsConfig};
 use crate::window::table::WindowUpdate;
 use crate::window::WindowKind;
 
@@ -36,11 +43,14 @@ pub struct DeviceSignals {
     pub series: Vec<SeriesSignals>,
 }
 
-/// The writer thread's signals: their settings and the newest windows of recent series.
+/// The writer thread's signals: their settings, the newest windows of recent series and the
+/// rules of the devices that reported theirs.
 #[derive(Debug)]
 pub(super) struct Refresher {
     cfg: SignalsConfig,
     recent: RecentWindows,
+    /// Each reporting device's rules in effect; `None` until read from the table.
+    device_rules: Option<HashMap<String, Vec<ThresholdRule>>>,
 }
 
 impl Refresher {
@@ -51,13 +61,25 @@ impl Refresher {
         Refresher {
             cfg,
             recent: RecentWindows::new(limit, max_series),
+            device_rules: None,
         }
     }
 
-    /// Forgets the windows kept in memory: after a rolled-back transaction, or after windows
-    /// were deleted.
+    /// Forgets the windows and rules kept in memory: after a rolled-back transaction, or
+    /// after windows were deleted. Both are read again from the table when next needed.
     pub(super) fn forget(&mut self) {
         self.recent.clear();
+        self.device_rules = None;
+    }
+
+    /// The rules `device`'s crossings are predicted for: its own once it reported them, else
+    /// serve's.
+    fn rules_of<'a>(
+        cfg: &'a SignalsConfig,
+        device_rules: &'a HashMap<String, Vec<ThresholdRule>>,
+        device: &str,
+    ) -> &'a [ThresholdRule] {
+        device_rules.get(device).map_or(&cfg.rules[..], |r| &r[..])
     }
 
     /// The windows kept in memory, for tests.
@@ -67,12 +89,28 @@ impl Refresher {
     }
 
     /// Recomputes the signals of every series whose tumbling windows are in `updates` (the
-    /// transaction's window changes, in order), once per series.
+    /// transaction's window changes, in order), once per series, and of every series of the
+    /// devices whose rules in effect changed (`rules_changed`, the transaction's reports).
     pub(super) fn refresh(
         &mut self,
         tx: &Transaction<'_>,
         updates: &[WindowUpdate],
+        rules_changed: Vec<RulesChange>,
     ) -> rusqlite::Result<()> {
+        let by_device = match self.device_rules.take() {
+            // The table already holds this transaction's reports.
+            None => device_rules::all_in_effect(tx)?,
+            Some(mut kept) => {
+                for (device, rules) in &rules_changed {
+                    match rules {
+                        Some(rules) => kept.insert(device.clone(), rules.clone()),
+                        None => kept.remove(device),
+                    };
+                }
+                kept
+            }
+        };
+        let by_device = &*self.device_rules.insert(by_device);
         let mut touched: BTreeMap<(&str, &str, &str), Vec<&WindowUpdate>> = BTreeMap::new();
         for u in updates.iter().filter(|u| u.kind == WindowKind::Tumbling) {
             touched
@@ -80,10 +118,23 @@ impl Refresher {
                 .or_default()
                 .push(u);
         }
+        let changed: BTreeSet<&str> = rules_changed.iter().map(|(d, _)| d.as_str()).collect();
+        let mut series_of_changed = Vec::new();
+        for device in changed {
+            for (sensor, metric, _) in device_rules::series_units(tx, device)? {
+                series_of_changed.push((device, sensor, metric));
+            }
+        }
+        for (device, sensor, metric) in &series_of_changed {
+            touched
+                .entry((*device, sensor.as_str(), metric.as_str()))
+                .or_default();
+        }
         for (series, changes) in touched {
             let (device, sensor, metric) = series;
             let (points, unit) = self.recent.points(tx, series, &changes)?;
-            let Some(mut signals) = compute(sensor, metric, points, &self.cfg) else {
+            let rules = Refresher::rules_of(&self.cfg, by_device, device);
+            let Some(mut signals) = compute_with(sensor, metric, points, &self.cfg, rules) else {
                 continue;
             };
             unit.clone_into(&mut signals.unit);
@@ -110,10 +161,12 @@ pub(super) fn from_table(
     let limit = cfg.trend_windows.saturating_add(1);
     let (mut points, unit) = super::recent::load(tx, series, limit)?;
     Ok(
-        compute(series.1, series.2, points.make_contiguous(), cfg).map(|mut s| {
-            s.unit = unit;
-            s
-        }),
+        crate::analytics::signals::compute(series.1, series.2, points.make_contiguous(), cfg).map(
+            |mut s| {
+                s.unit = unit;
+                s
+            },
+        ),
     )
 }
 

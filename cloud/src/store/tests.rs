@@ -33,6 +33,7 @@ fn telemetry(device: &str, seq: u64, windows: Vec<WindowDelta>) -> Write {
         windows,
         alert: None,
         status: None,
+        telemetry: None,
     })
 }
 
@@ -56,6 +57,7 @@ fn alert(device: &str, seq: u64, rule: &str, event: AlertEvent, time_ms: i64) ->
             time_ms,
         }),
         status: None,
+        telemetry: None,
     })
 }
 
@@ -75,6 +77,7 @@ fn status(device: &str, seq: u64, state: StatusState) -> Write {
             time_ms: 0,
             counters: Box::default(),
         }),
+        telemetry: None,
     })
 }
 
@@ -341,6 +344,7 @@ fn status_at(
             time_ms,
             counters: Box::default(),
         }),
+        telemetry: None,
     })
 }
 

@@ -22,7 +22,9 @@
 //! response): what its messages change in windows, device counters and series is folded in
 //! memory and written once at its end ([`super::deferred`], the same values as one
 //! transaction per message), and the signals of each touched series are computed once
-//! ([`super::signals`]).
+//! ([`super::signals`]). A rules report that changes what a device runs
+//! ([`super::device_rules`]) has every series of that device recomputed in the same
+//! transaction, with its new rules.
 //!
 //! After a transaction commits, the windows it changed are sent to
 //! [`StoreWriter::subscribe`]rs (a late reading's corrected window among them). Between jobs,
@@ -37,6 +39,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::deadletter::{self, DeadLetterLimits};
 use super::deferred::Deferred;
+use super::device_rules::{self, RulesWrite};
 use super::retention::{MaintenanceStats, RetentionConfig, Schedule, Tally};
 use super::signals::{Refresher, RECENT_SERIES};
 use super::status::{parse_state, state_name, StatusCounters, StatusMark, StatusReport};
@@ -77,6 +80,9 @@ pub struct Message {
     /// The status, for status messages (it becomes the device's status if it is newer than
     /// the stored one).
     pub status: Option<StatusReport>,
+    /// The readings themselves, for telemetry messages: spooled for the archive
+    /// ([`crate::archive`]) when serve runs with one.
+    pub telemetry: Option<std::sync::Arc<osprey_protocol::TelemetryBatch>>,
 }
 
 /// A payload that could not be applied, kept for inspection.
@@ -115,6 +121,9 @@ pub enum Write {
     DeadLetter(DeadLetter),
     /// Set a device's presence (idempotent; no dedup needed).
     Presence(Presence),
+    /// A device's rules report or the document set for it ([`super::device_rules`];
+    /// idempotent: the same report or hash again changes nothing).
+    Rules(RulesWrite),
 }
 
 /// How far a Kinesis shard has been applied.
@@ -344,17 +353,23 @@ fn apply_in_transaction(
     tally: &mut Tally,
 ) -> rusqlite::Result<Vec<Written>> {
     let tx = conn.transaction()?;
+    let archiving = crate::archive::enabled(&tx)?;
     let mut deferred = Deferred::default();
+    let mut rules_changed = Vec::new();
     let mut written = Vec::with_capacity(writes.len());
     for write in writes {
         written.push(match write {
-            Write::Message(m) => apply_message(&tx, m, updates, &mut deferred)?,
+            Write::Message(m) => apply_message(&tx, m, updates, &mut deferred, archiving)?,
             Write::DeadLetter(d) => {
                 deadletter::insert(&tx, d, limits, tally)?;
                 Written::DeadLettered
             }
             Write::Presence(p) => {
                 apply_presence(&tx, p)?;
+                Written::Applied
+            }
+            Write::Rules(r) => {
+                rules_changed.extend(device_rules::apply(&tx, r)?);
                 Written::Applied
             }
         });
@@ -375,7 +390,7 @@ fn apply_in_transaction(
             crate::clock::now_ms()
         ])?;
     }
-    signals.refresh(&tx, updates)?;
+    signals.refresh(&tx, updates, rules_changed)?;
     super::retention::record(&tx, tally)?;
     tx.commit()?;
     Ok(written)
@@ -386,6 +401,7 @@ fn apply_message(
     m: &Message,
     updates: &mut Vec<WindowUpdate>,
     deferred: &mut Deferred,
+    archiving: bool,
 ) -> rusqlite::Result<Written> {
     let fresh = tx
         .prepare_cached(
@@ -407,6 +423,9 @@ fn apply_message(
             let mut store = deferred.windows(tx);
             updates.push(fold(&mut store, &m.device, w.clone(), watermark)?);
         }
+    }
+    if let (true, Some(batch)) = (archiving, &m.telemetry) {
+        crate::archive::spool(tx, m.received_ms, &m.device, m.epoch, m.seq, batch)?;
     }
     if let Some(alert) = &m.alert {
         insert_alert(tx, &m.device, m.epoch, m.seq, alert)?;

@@ -70,6 +70,7 @@ fn write(rng: &mut ChaCha8Rng, i: u64) -> Write {
         windows: Vec::new(),
         alert: None,
         status: None,
+        telemetry: None,
     };
     match rng.random_range(0..40) {
         0 => Write::DeadLetter(DeadLetter {

@@ -61,6 +61,7 @@ fn message(rng: &mut ChaCha8Rng, device: &str, seq: u64, minute: i64, unit: &str
         windows,
         alert: None,
         status: None,
+        telemetry: None,
     })
 }
 

@@ -50,6 +50,7 @@ fn message(seq: u64, day: i64) -> Write {
         }],
         alert,
         status: None,
+        telemetry: None,
     })
 }
 

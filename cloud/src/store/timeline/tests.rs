@@ -26,6 +26,7 @@ fn status(seq: u64, state: StatusState, at_ms: i64, counters: StatusCounters) ->
             time_ms: at_ms,
             counters: Box::new(counters),
         }),
+        telemetry: None,
     })
 }
 
