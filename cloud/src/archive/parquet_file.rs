@@ -87,7 +87,10 @@ impl Rows {
 /// Writes `rows` to a new file at `path` (replacing a leftover one) and syncs it.
 pub fn write(path: &Path, rows: &Rows) -> Result<(), String> {
     let err = |e: &dyn std::fmt::Display| e.to_string();
+    use std::os::unix::fs::OpenOptionsExt;
+    // Readable by the owner and its group only, like the directory (0750).
     let file = OpenOptions::new()
+        .mode(0o640)
         .write(true)
         .create(true)
         .truncate(true)

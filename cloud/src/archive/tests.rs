@@ -129,7 +129,13 @@ fn an_hour_is_written_once_it_ends_with_every_reading_once() {
         }
     );
     let file = cfg.dir.join("date=2026-12-07/hour=10/readings-1-2.parquet");
-    assert!(file.exists(), "{file:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o007,
+        0,
+        "an archive file is readable by others: {mode:o}"
+    );
     // A stop writes the rest, in its own hour.
     let f = flush(&mut conn, &cfg, true, T10 + HOUR + 20_000).unwrap();
     assert_eq!(f.readings, 1);
