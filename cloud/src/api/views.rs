@@ -156,7 +156,10 @@ pub async fn device_history(
 ) -> Result<Json<DeviceHistory>, ApiError> {
     let p = params(query, &["range", "to_ms", "points"])?;
     let span = p.span_ms("range")?.unwrap_or(DEFAULT_RANGE_MS);
-    let to_ms = p.time_ms("to_ms")?.unwrap_or_else(crate::clock::now_ms);
+    let given_to = p.time_ms("to_ms")?;
+    let to_ms = given_to.unwrap_or_else(crate::clock::now_ms);
+    // Ranges are [from, to): "up to now" takes in what arrived in the current millisecond too.
+    let status_to = given_to.unwrap_or_else(|| to_ms.saturating_add(1));
     let points = p.int_in("points", MIN_POINTS, MAX_POINTS, DEFAULT_POINTS)?;
     let summary = known_device(&state, &device).await?;
     let history = state
@@ -182,7 +185,7 @@ pub async fn device_history(
     let rules = reported.as_deref().unwrap_or(&state.rules[..]);
     let recorded = state
         .reader
-        .status_timeline(&device, history.from_ms, to_ms, history.bucket_ms)
+        .status_timeline(&device, history.from_ms, status_to, history.bucket_ms)
         .await?;
     let series = history
         .series
