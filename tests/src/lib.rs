@@ -70,7 +70,9 @@ pub use cdp::Browser;
 pub use certs::{Certs, ClientCert, KeyForm};
 pub use demo::{demo_broker_port, start_demo};
 pub use greengrass::{Nucleus, Published, COMPONENT};
-pub use lambda::{base64, kinesis_event_json, moto_dynamodb, moto_state_tables};
+pub use lambda::{
+    base64, firehose_event_json, kinesis_event_json, moto_dynamodb, moto_state_tables,
+};
 pub use lambda_runtime::{LambdaRuntime, Outcome};
 pub use mosquitto::{mosquitto_publish, mosquitto_tool, Listener, Mosquitto};
 pub use moto::{moto_endpoint, unique_name, MotoServer};
