@@ -284,15 +284,7 @@ fn read(record: &FirehoseRecord, stream: &str) -> Read {
         Ok(messages) => messages,
         Err(rejection) => {
             if let Some(m) = &rejection.mismatch {
-                metrics::emit(&metrics::count_line(
-                    metrics::IDENTITY_MISMATCHES,
-                    received_ms,
-                    &[
-                        ("claimed", &m.claimed),
-                        ("source_device", &m.source),
-                        ("source", &origin.to_string()),
-                    ],
-                ));
+                metrics::emit_identity_mismatch(m, &origin.to_string(), received_ms);
             }
             return Read::Failed(format!("{origin}: {}", rejection.reason));
         }

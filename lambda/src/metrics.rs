@@ -39,6 +39,24 @@ pub const ARCHIVE_RECORDS_FAILED: &str = "ArchiveRecordsFailed";
 /// Metric name: rows (readings) the archive transformer produced.
 pub const ARCHIVE_ROWS: &str = "ArchiveRows";
 
+/// Counts one identity mismatch (a payload from `source` that claimed another device) as
+/// [`IDENTITY_MISMATCHES`], the pair as searchable properties.
+pub fn emit_identity_mismatch(
+    m: &osprey_cloud::pipeline::IdentityMismatch,
+    source: &str,
+    time_ms: i64,
+) {
+    emit(&count_line(
+        IDENTITY_MISMATCHES,
+        time_ms,
+        &[
+            ("claimed", &m.claimed),
+            ("source_device", &m.source),
+            ("source", source),
+        ],
+    ));
+}
+
 /// One EMF line counting `name` once at `time_ms`, with `properties` as extra fields.
 pub fn count_line(name: &str, time_ms: i64, properties: &[(&str, &str)]) -> String {
     values_line(time_ms, &[(name, 1.0, "Count")], properties)

@@ -19,10 +19,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed expectation is the report
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
-use osprey_cloud::archive::rows::COLUMNS;
+use osprey_cloud::archive::rows::{self, COLUMNS};
 use osprey_protocol::{Alert, AlertEvent, Body, Envelope, Severity, Status, StatusState};
 use osprey_tests::fleet::SimulatedDevice;
 use osprey_tests::{firehose_event_json, LambdaRuntime, Outcome};
@@ -58,28 +57,25 @@ fn invoke(
     (by_id, body.len())
 }
 
-/// The rows a payload's telemetry messages should give.
+/// The rows a payload's telemetry messages should give: serve's archive rows of each
+/// message (`archive::rows`), received at `ARRIVED`.
 fn expected_rows(payload: &[u8]) -> Vec<Row> {
+    let messages = osprey_protocol::decode_messages(payload).unwrap();
     let mut rows = Vec::new();
-    for m in osprey_protocol::decode_messages(payload).unwrap() {
+    for m in &messages {
         let Body::Telemetry(batch) = &m.body else {
             continue;
         };
-        for s in &batch.series {
-            for (t, v) in s.readings() {
-                rows.push((
-                    m.device.clone(),
-                    m.epoch,
-                    m.seq,
-                    s.sensor.clone(),
-                    s.metric.clone(),
-                    s.unit.clone(),
-                    t,
-                    v.to_bits(),
-                    ARRIVED,
-                ));
-            }
-        }
+        rows.extend(
+            rows::readings(&m.device, m.epoch, m.seq, batch, ARRIVED).map(|r| {
+                let (device, sensor) = (r.device.to_owned(), r.sensor.to_owned());
+                let (metric, unit) = (r.metric.to_owned(), r.unit.to_owned());
+                let bits = r.value.to_bits();
+                (
+                    device, r.epoch, r.seq, sensor, metric, unit, r.time, bits, r.received,
+                )
+            }),
+        );
     }
     rows
 }
@@ -87,9 +83,6 @@ fn expected_rows(payload: &[u8]) -> Vec<Row> {
 /// Reads `file` (the concatenated `Ok` data) with DuckDB: its column names and types, and its
 /// rows sorted.
 fn read_with_duckdb(file: &std::path::Path) -> (Vec<(String, String)>, Vec<Row>) {
-    let python = std::env::var("OSPREY_TEST_DUCKDB_PYTHON").expect(
-        "OSPREY_TEST_DUCKDB_PYTHON: run through `bash tests/run.sh`, which installs DuckDB",
-    );
     let script = r##"
 import duckdb, struct, sys
 con = duckdb.connect()
@@ -102,19 +95,10 @@ for r in rows:
     bits = struct.unpack("<Q", struct.pack("<d", r[7]))[0]
     print("\t".join(str(x) for x in (*r[:7], bits, r[8])))
 "##;
-    let out = Command::new(python)
-        .args(["-c", script])
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "DuckDB could not read the rows: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = osprey_tests::duckdb_script(script, &[file]);
     let mut columns = Vec::new();
     let mut rows = Vec::new();
-    for line in String::from_utf8(out.stdout).unwrap().lines() {
+    for line in out.lines() {
         if let Some(col) = line.strip_prefix("# ") {
             let (name, ty) = col.split_once(' ').unwrap();
             columns.push((name.to_owned(), ty.to_owned()));
