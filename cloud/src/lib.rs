@@ -62,6 +62,7 @@ pub mod fleet;
 pub mod metrics;
 pub mod pipeline;
 pub mod plan;
+pub mod replay;
 pub mod reported_rules;
 pub mod rules;
 pub mod secret;

@@ -56,6 +56,11 @@ enum Command {
     /// List the payloads the store could not apply (newest first), from its SQLite file
     /// (read-only, fine beside a running serve) or from a running serve's API.
     DeadLetters(DeadLettersArgs),
+    /// Put back into the Kinesis stream the device messages the AWS IoT topic rule failed to
+    /// put, from the objects its S3 error action wrote (deploy/aws/template.yaml): a payload
+    /// naming another device than its topic is refused, never put. With --delete, each object
+    /// is deleted once all its records are in the stream.
+    Replay(ReplayArgs),
     /// Rules from the cloud: over MQTT (brokers without Device Shadow; agents with
     /// [remote_config] mode = "topic"), or with --iot-data through AWS IoT's named shadow
     /// osprey-config (mode = "shadow"): set a rule document for devices, read it back, and see
@@ -275,6 +280,37 @@ struct DeadLettersArgs {
     /// roots].
     #[arg(long, value_name = "PEM", conflicts_with = "db")]
     ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    /// Bucket of the topic rule's S3 error action (the stack's HistoryBucket output).
+    #[arg(long, value_name = "BUCKET")]
+    bucket: String,
+    /// Only objects whose key starts with this (the template writes the telemetry rule's
+    /// failures under rule-errors/telemetry/).
+    #[arg(long, value_name = "PREFIX", default_value = "rule-errors/telemetry/")]
+    prefix: String,
+    /// The Kinesis stream to put the messages into.
+    #[arg(long, value_name = "STREAM")]
+    stream: String,
+    /// Endpoint for S3 and Kinesis instead of AWS's, e.g. http://127.0.0.1:5599 for moto.
+    /// Credentials come from the usual AWS environment variables or profile.
+    #[arg(long, value_name = "URL")]
+    endpoint_url: Option<String>,
+    /// AWS region of the bucket and the stream.
+    #[arg(long, value_name = "REGION", default_value = DEFAULT_REGION)]
+    region: String,
+    /// Read and judge every object, report what would be put; put and delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Delete each object once all its records are in the stream (objects with a refused or
+    /// undecodable message are kept).
+    #[arg(long)]
+    delete: bool,
+    /// Print the final counts as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The token (`$OSPREY_API_TOKEN` or `token_file`) and CA for reading a serve's API.
@@ -874,6 +910,7 @@ async fn main() -> ExitCode {
         Command::HealthReport(args) => health_report(args),
         Command::Fleet(args) => fleet(args).await,
         Command::DeadLetters(args) => dead_letters(args).await,
+        Command::Replay(args) => replay(args).await,
         Command::Rules(args) => match rules(args).await {
             Ok(code) => return code,
             Err(e) => Err(e),
@@ -1314,6 +1351,35 @@ async fn dead_letters(args: DeadLettersArgs) -> Result<()> {
         .context("osprey dead-letters")?;
     deadletters::print(&rows, args.json, &mut std::io::stdout().lock())
         .context("osprey dead-letters")
+}
+
+async fn replay(args: ReplayArgs) -> Result<()> {
+    use osprey_cloud::replay::{self, ReplayConfig};
+    let mut kinesis = KinesisConfig::new(args.stream);
+    kinesis.region = args.region;
+    kinesis.endpoint_url = args.endpoint_url;
+    let cfg = ReplayConfig {
+        bucket: args.bucket,
+        prefix: args.prefix,
+        kinesis,
+        dry_run: args.dry_run,
+        delete: args.delete,
+    };
+    let mut progress = replay::progress_printer(std::time::Duration::from_secs(5));
+    let report = replay::run(&cfg, &mut progress)
+        .await
+        .context("osprey replay")?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let mode = if cfg.dry_run {
+            " (dry run: nothing put or deleted)"
+        } else {
+            ""
+        };
+        println!("osprey replay: {}{mode}", report.line());
+    }
+    Ok(())
 }
 
 fn decode(file: &std::path::Path) -> Result<()> {

@@ -8,6 +8,10 @@
 //! | `OSPREY_SESSION_GAP_MS` | session windows closed by a silence this long; empty or unset: none | none |
 //! | `OSPREY_SIGNALS_EVERY_S` | seconds between two computations of a device's maintenance signals, after a batch of its messages (0: never) | `600` |
 //! | `OSPREY_STATE_TTL_DAYS` | days state items are kept after their time (0: for ever); the table's time to live must be on `expires_at` | `35` |
+//!
+//! And what the function is ([`mode`]): `OSPREY_MODE` unset, empty or `kinesis`, the
+//! aggregator behind the Kinesis event source mapping; `firehose-transform`, the archive's
+//! Firehose record transformer ([`crate::firehose`]), which needs none of the variables above.
 
 use std::num::NonZeroU32;
 
@@ -45,9 +49,37 @@ pub enum ConfigError {
         /// Its value.
         value: String,
     },
+    /// `OSPREY_MODE` names no mode.
+    #[error("OSPREY_MODE={value:?} must be kinesis (the aggregator, the default) or firehose-transform (the archive's record transformer)")]
+    Mode {
+        /// Its value.
+        value: String,
+    },
     /// The windows are not a valid combination.
     #[error("OSPREY_HOP_MS: {0}")]
     Spec(#[from] WindowSpecError),
+}
+
+/// What the function does with its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The aggregator: Kinesis event source mapping batches into DynamoDB.
+    Kinesis,
+    /// The archive's Kinesis Data Firehose record transformer.
+    FirehoseTransform,
+}
+
+/// The mode from `OSPREY_MODE` (looked up with `var`). An explicit setting rather than a guess
+/// from each event's shape: a function wired to the wrong source fails on its first event
+/// instead of quietly doing the other job, and the transformer needs no tables.
+pub fn mode(var: impl Fn(&str) -> Option<String>) -> Result<Mode, ConfigError> {
+    match var("OSPREY_MODE").as_deref().map(str::trim) {
+        None | Some("" | "kinesis") => Ok(Mode::Kinesis),
+        Some("firehose-transform") => Ok(Mode::FirehoseTransform),
+        Some(other) => Err(ConfigError::Mode {
+            value: other.to_owned(),
+        }),
+    }
 }
 
 fn millis(var: &'static str, value: &str) -> Result<NonZeroU32, ConfigError> {
@@ -168,6 +200,18 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn mode_defaults_to_the_aggregator_and_refuses_unknown_names() {
+        assert_eq!(mode(|_| None), Ok(Mode::Kinesis));
+        assert_eq!(mode(|_| Some("kinesis".into())), Ok(Mode::Kinesis));
+        assert_eq!(
+            mode(|_| Some("firehose-transform".into())),
+            Ok(Mode::FirehoseTransform)
+        );
+        let err = mode(|_| Some("firehose".into())).unwrap_err();
+        assert!(err.to_string().contains("firehose-transform"), "{err}");
     }
 
     #[test]

@@ -190,16 +190,7 @@ async fn classify(
     };
     let source = origin.to_string();
     if let Some(m) = &rejection.mismatch {
-        // Counted as the IdentityMismatches metric (EMF), the pair as searchable properties.
-        metrics::emit(&metrics::count_line(
-            metrics::IDENTITY_MISMATCHES,
-            received_ms,
-            &[
-                ("claimed", &m.claimed),
-                ("source_device", &m.source),
-                ("source", &source),
-            ],
-        ));
+        metrics::emit_identity_mismatch(m, &source, received_ms);
         tracing::warn!(claimed = %m.claimed, source_device = %m.source, source = %origin,
             "identity mismatch: a payload named another device than its partition key");
     }

@@ -23,6 +23,10 @@
 //! from the environment ([`config`]: `OSPREY_WINDOW_MS`, `OSPREY_HOP_MS`,
 //! `OSPREY_SESSION_GAP_MS`). `osprey fleet --dynamodb-table TABLE` reads the state back.
 //!
+//! The same binary is also the archive's Kinesis Data Firehose record transformer
+//! ([`firehose::transform`], `OSPREY_MODE=firehose-transform`): the stream's telemetry as one
+//! JSON row per reading, which Firehose converts to Parquet in S3.
+//!
 //! ```no_run
 //! # async fn f(client: aws_sdk_dynamodb::Client, json: &str) -> Result<(), serde_json::Error> {
 //! use aws_lambda_events::event::kinesis::KinesisEvent;
@@ -37,6 +41,7 @@
 pub mod alerts;
 pub mod config;
 pub mod dedup;
+pub mod firehose;
 pub mod handler;
 pub mod metrics;
 pub mod state;

@@ -1,4 +1,6 @@
-//! `osprey-lambda`: the Kinesis event source mapping handler on the Lambda runtime.
+//! `osprey-lambda`: the Kinesis event source mapping handler on the Lambda runtime, or, with
+//! `OSPREY_MODE=firehose-transform`, the archive's Kinesis Data Firehose record transformer
+//! (`osprey_lambda::firehose`; it reads no other variable).
 //!
 //! Environment: `OSPREY_STATE_TABLE` (dedup, windows, alerts, devices) and
 //! `OSPREY_DEAD_LETTER_TABLE`, both keyed by `pk` and `sk` (strings); the windows, as
@@ -13,7 +15,8 @@
 use aws_lambda_events::event::kinesis::KinesisEvent;
 use aws_lambda_events::event::streams::KinesisEventResponse;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
-use osprey_lambda::{handler, state::DynamoState};
+use osprey_lambda::config::Mode;
+use osprey_lambda::{firehose, handler, state::DynamoState};
 
 fn table(var: &str) -> Result<String, Error> {
     std::env::var(var).map_err(|_| {
@@ -32,6 +35,18 @@ async fn main() -> Result<(), Error> {
         )
         .without_time()
         .init();
+    let mode = osprey_lambda::config::mode(|name| std::env::var(name).ok())
+        .map_err(|e| Error::from(e.to_string()))?;
+    if mode == Mode::FirehoseTransform {
+        return lambda_runtime::run(service_fn(
+            |event: LambdaEvent<firehose::FirehoseEvent>| async move {
+                let (response, tally) = firehose::transform(&event.payload);
+                firehose::emit(&tally);
+                Ok::<firehose::Response, Error>(response)
+            },
+        ))
+        .await;
+    }
     let windows = osprey_lambda::config::window_spec(|name| std::env::var(name).ok())
         .map_err(|e| Error::from(e.to_string()))?;
     let ttl_days = osprey_lambda::config::ttl_days(|name| std::env::var(name).ok())

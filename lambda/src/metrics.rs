@@ -27,6 +27,36 @@ pub const READ_UNITS: &str = "ReadUnits";
 /// Metric name: new messages an invocation applied.
 pub const MESSAGES_APPLIED: &str = "MessagesApplied";
 
+/// Metric name: Firehose records the archive transformer answered `Ok` (rows archived).
+pub const ARCHIVE_RECORDS_OK: &str = "ArchiveRecordsOk";
+
+/// Metric name: Firehose records the archive transformer dropped (nothing to archive).
+pub const ARCHIVE_RECORDS_DROPPED: &str = "ArchiveRecordsDropped";
+
+/// Metric name: Firehose records the archive transformer failed (to the error prefix).
+pub const ARCHIVE_RECORDS_FAILED: &str = "ArchiveRecordsFailed";
+
+/// Metric name: rows (readings) the archive transformer produced.
+pub const ARCHIVE_ROWS: &str = "ArchiveRows";
+
+/// Counts one identity mismatch (a payload from `source` that claimed another device) as
+/// [`IDENTITY_MISMATCHES`], the pair as searchable properties.
+pub fn emit_identity_mismatch(
+    m: &osprey_cloud::pipeline::IdentityMismatch,
+    source: &str,
+    time_ms: i64,
+) {
+    emit(&count_line(
+        IDENTITY_MISMATCHES,
+        time_ms,
+        &[
+            ("claimed", &m.claimed),
+            ("source_device", &m.source),
+            ("source", source),
+        ],
+    ));
+}
+
 /// One EMF line counting `name` once at `time_ms`, with `properties` as extra fields.
 pub fn count_line(name: &str, time_ms: i64, properties: &[(&str, &str)]) -> String {
     values_line(time_ms, &[(name, 1.0, "Count")], properties)

@@ -1,5 +1,6 @@
-//! Lambda event fixtures: Kinesis events as the event source mapping delivers them, and the
-//! Lambda's DynamoDB tables on the moto server tests/run.sh started.
+//! Lambda event fixtures: Kinesis events as the event source mapping delivers them, Firehose
+//! data-transformation events as a delivery stream with a Kinesis source invokes its
+//! transformer, and the Lambda's DynamoDB tables on the moto server tests/run.sh started.
 
 use osprey_lambda::state::DynamoState;
 
@@ -74,4 +75,32 @@ pub fn kinesis_event_json(stream: &str, first: u32, records: &[(String, Vec<u8>)
         })
         .collect();
     format!(r#"{{"Records": [{}]}}"#, records.join(","))
+}
+
+/// The JSON of a Kinesis Data Firehose data-transformation event, as a delivery stream whose
+/// source is the Kinesis stream `stream` invokes its transformer (the shape of the Firehose
+/// developer guide): `records` as (partition key, data), shard 0, record ids `rec-0`, `rec-1`,
+/// …, every record arrived at `arrived_ms`.
+pub fn firehose_event_json(stream: &str, arrived_ms: i64, records: &[(String, Vec<u8>)]) -> String {
+    let records: Vec<String> = records
+        .iter()
+        .enumerate()
+        .map(|(i, (key, data))| {
+            let seq = format!("49568167373333333333333333333333333333333333{i:08}");
+            format!(
+                r#"{{"recordId": "rec-{i}", "approximateArrivalTimestamp": {arrived_ms},
+  "data": "{data}", "kinesisRecordMetadata": {{"sequenceNumber": "{seq}", "subsequenceNumber": 0,
+  "partitionKey": "{key}", "shardId": "shardId-000000000000",
+  "approximateArrivalTimestamp": {arrived_ms}}}}}"#,
+                data = base64(data)
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"invocationId": "a7234216-12b6-4bc0-96d7-82606c0e80cf",
+  "sourceKinesisStreamArn": "arn:aws:kinesis:us-east-1:123456789012:stream/{stream}",
+  "deliveryStreamArn": "arn:aws:firehose:us-east-1:123456789012:deliverystream/osprey-archive",
+  "region": "us-east-1", "records": [{}]}}"#,
+        records.join(",")
+    )
 }

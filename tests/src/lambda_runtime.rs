@@ -120,22 +120,38 @@ impl LambdaRuntime {
         dead_letter_table: &str,
         env: &[(&str, &str)],
     ) -> crate::Proc {
-        let mut cmd = Command::new(crate::bin("osprey-lambda"));
-        cmd.env("AWS_LAMBDA_RUNTIME_API", &self.address)
-            .env("AWS_LAMBDA_FUNCTION_NAME", "osprey-aggregator")
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-            .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/osprey-aggregator")
-            .env("AWS_LAMBDA_LOG_STREAM_NAME", "2026/12/07/[$LATEST]osprey")
-            .env("AWS_ENDPOINT_URL", crate::moto_endpoint())
+        let mut cmd = self.function_command("osprey-aggregator");
+        cmd.env("AWS_ENDPOINT_URL", crate::moto_endpoint())
             .env("OSPREY_STATE_TABLE", state_table)
             .env("OSPREY_DEAD_LETTER_TABLE", dead_letter_table)
-            .env_remove("OSPREY_ALERTS_TOPIC_ARN")
-            .env("RUST_LOG", "warn");
+            .env_remove("OSPREY_ALERTS_TOPIC_ARN");
         for (k, v) in env {
             cmd.env(k, v);
         }
         crate::Proc::spawn(&mut cmd)
+    }
+
+    /// Starts the built `osprey-lambda` against this API as the archive's Firehose record
+    /// transformer (`OSPREY_MODE=firehose-transform`, no tables), as the template configures it.
+    pub fn start_transformer(&self) -> crate::Proc {
+        let mut cmd = self.function_command("osprey-archive-transform");
+        cmd.env("OSPREY_MODE", "firehose-transform")
+            .env_remove("OSPREY_STATE_TABLE")
+            .env_remove("OSPREY_DEAD_LETTER_TABLE");
+        crate::Proc::spawn(&mut cmd)
+    }
+
+    /// The `osprey-lambda` command with the environment Lambda gives a function `name`.
+    fn function_command(&self, name: &str) -> Command {
+        let mut cmd = Command::new(crate::bin("osprey-lambda"));
+        cmd.env("AWS_LAMBDA_RUNTIME_API", &self.address)
+            .env("AWS_LAMBDA_FUNCTION_NAME", name)
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AWS_LAMBDA_LOG_GROUP_NAME", format!("/aws/lambda/{name}"))
+            .env("AWS_LAMBDA_LOG_STREAM_NAME", "2026/12/07/[$LATEST]osprey")
+            .env("RUST_LOG", "warn");
+        cmd
     }
 
     /// Requests the function made that are not part of the Runtime API (should be none).

@@ -18,6 +18,7 @@
 //!  shadow    ShadowService                              a stand-in for AWS IoT's Device Shadow service
 //!  greengrass Nucleus                                   a stand-in for the Greengrass nucleus's IPC server
 //!  fleet     SimulatedDevice, publish_all()             real agent payloads, a pipelined QoS 1 publisher
+//!  duckdb    duckdb_script(script, args)                DuckDB (python) reading what Osprey wrote for the lake
 //! ```
 //!
 //! Everything is blocking std code. Setup failures panic with a message that says what to do
@@ -50,6 +51,7 @@ mod browser;
 mod cdp;
 mod certs;
 mod demo;
+mod duckdb;
 pub mod fleet;
 mod greengrass;
 mod lambda;
@@ -69,8 +71,11 @@ pub use browser::{
 pub use cdp::Browser;
 pub use certs::{Certs, ClientCert, KeyForm};
 pub use demo::{demo_broker_port, start_demo};
+pub use duckdb::duckdb_script;
 pub use greengrass::{Nucleus, Published, COMPONENT};
-pub use lambda::{base64, kinesis_event_json, moto_dynamodb, moto_state_tables};
+pub use lambda::{
+    base64, firehose_event_json, kinesis_event_json, moto_dynamodb, moto_state_tables,
+};
 pub use lambda_runtime::{LambdaRuntime, Outcome};
 pub use mosquitto::{mosquitto_publish, mosquitto_tool, Listener, Mosquitto};
 pub use moto::{moto_endpoint, unique_name, MotoServer};

@@ -292,6 +292,137 @@ fn template_scopes_devices_to_their_topics_and_wires_rule_stream_lambda_and_alar
     );
     assert!(metrics.contains(&"IteratorAge".to_owned()), "{metrics:?}");
 
+    // The rules' failed puts land in the history bucket, where `osprey replay` looks by
+    // default; the error action may write only there.
+    for rule in ["TelemetryRule", "PresenceRule"] {
+        let s3 = at(
+            &t,
+            &[
+                "Resources",
+                rule,
+                "Properties",
+                "TopicRulePayload",
+                "ErrorAction",
+                "S3",
+            ],
+        );
+        assert_eq!(text(at(s3, &["BucketName"])), "HistoryBucket");
+        assert!(text(at(s3, &["Key"])).starts_with("rule-errors/"), "{rule}");
+    }
+    let telemetry_errors = text(at(
+        &t,
+        &[
+            "Resources",
+            "TelemetryRule",
+            "Properties",
+            "TopicRulePayload",
+            "ErrorAction",
+            "S3",
+            "Key",
+        ],
+    ));
+    let replay_help = succeed(Command::new(osprey_tests::bin("osprey")).args(["replay", "--help"]));
+    let default_prefix = "rule-errors/telemetry/";
+    assert!(
+        telemetry_errors.starts_with(default_prefix),
+        "{telemetry_errors}"
+    );
+    assert!(
+        stdout(&replay_help).contains(default_prefix),
+        "{}",
+        stdout(&replay_help)
+    );
+    let bucket = at(&t, &["Resources", "HistoryBucket"]);
+    assert_eq!(text(at(bucket, &["DeletionPolicy"])), "Retain");
+    assert_eq!(text(at(bucket, &["UpdateReplacePolicy"])), "Retain");
+    let block = at(bucket, &["Properties", "PublicAccessBlockConfiguration"]);
+    for setting in [
+        "BlockPublicAcls",
+        "BlockPublicPolicy",
+        "IgnorePublicAcls",
+        "RestrictPublicBuckets",
+    ] {
+        assert_eq!(block[setting], Value::Bool(true), "{setting}");
+    }
+    assert!(at(bucket, &["Properties", "BucketEncryption"]).is_mapping());
+
+    // The archive: stream -> Firehose -> the transformer (osprey-lambda in its Firehose mode)
+    // -> Parquet with the Glue table's schema, which is serve's archive schema, partitioned
+    // by date and hour; all of it only with ArchiveEnabled.
+    let firehose = at(&t, &["Resources", "ArchiveDeliveryStream", "Properties"]);
+    assert_eq!(
+        text(at(firehose, &["DeliveryStreamType"])),
+        "KinesisStreamAsSource"
+    );
+    assert_eq!(
+        text(at(
+            firehose,
+            &["KinesisStreamSourceConfiguration", "KinesisStreamARN"]
+        )),
+        "TelemetryStream.Arn"
+    );
+    let s3 = at(firehose, &["ExtendedS3DestinationConfiguration"]);
+    assert_eq!(
+        text(at(s3, &["Prefix"])),
+        "readings/date=!{timestamp:yyyy-MM-dd}/hour=!{timestamp:HH}/"
+    );
+    assert!(text(at(s3, &["ErrorOutputPrefix"])).contains("!{firehose:error-output-type}"));
+    let processor = &at(s3, &["ProcessingConfiguration", "Processors"])[0];
+    assert_eq!(
+        text(&processor["Parameters"][0]["ParameterValue"]),
+        "ArchiveTransformFunction.Arn"
+    );
+    let transformer = at(&t, &["Resources", "ArchiveTransformFunction", "Properties"]);
+    assert_eq!(
+        text(at(
+            transformer,
+            &["Environment", "Variables", "OSPREY_MODE"]
+        )),
+        "firehose-transform"
+    );
+    assert!(read("lambda/src/config.rs").contains("\"firehose-transform\""));
+    let conversion = at(s3, &["DataFormatConversionConfiguration"]);
+    assert!(at(
+        conversion,
+        &["InputFormatConfiguration", "Deserializer", "OpenXJsonSerDe"]
+    )
+    .is_mapping());
+    assert!(at(
+        conversion,
+        &["OutputFormatConfiguration", "Serializer", "ParquetSerDe"]
+    )
+    .is_mapping());
+    let table = at(
+        &t,
+        &["Resources", "ArchiveTable", "Properties", "TableInput"],
+    );
+    let columns: Vec<String> = at(table, &["StorageDescriptor", "Columns"])
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|c| text(&c["Name"]))
+        .collect();
+    assert_eq!(columns, osprey_cloud::archive::rows::COLUMNS);
+    let partitions: Vec<String> = at(table, &["PartitionKeys"])
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|c| text(&c["Name"]))
+        .collect();
+    assert_eq!(partitions, ["date", "hour"]);
+    for name in [
+        "ArchiveDatabase",
+        "ArchiveTable",
+        "ArchiveTransformFunction",
+        "ArchiveDeliveryRole",
+        "ArchiveDeliveryStream",
+    ] {
+        assert_eq!(
+            text(at(&t, &["Resources", name, "Condition"])),
+            "HasArchive"
+        );
+    }
+
     // Least privilege: no IAM statement grants every action or a service wildcard.
     for role in of_type("AWS::IAM::Role") {
         for policy in at(role, &["Properties", "Policies"]).as_sequence().unwrap() {

@@ -261,9 +261,6 @@ struct Partitions {
 
 /// Every row of the archive as DuckDB reads it (hive partitioning on), sorted.
 fn read_archive(archive: &Path) -> (Vec<Row>, Partitions) {
-    let python = std::env::var("OSPREY_TEST_DUCKDB_PYTHON").expect(
-        "OSPREY_TEST_DUCKDB_PYTHON: run through `bash tests/run.sh`, which installs DuckDB",
-    );
     let script = r##"
 import duckdb, struct, sys
 files = sys.argv[1] + "/**/*.parquet"
@@ -279,17 +276,7 @@ stats = con.execute("""SELECT count(DISTINCT filename), count(DISTINCT (date, ho
     FROM read_parquet(?, hive_partitioning = true, filename = true)""", [files]).fetchone()
 print("#", *stats)
 "##;
-    let out = Command::new(python)
-        .args(["-c", script])
-        .arg(archive)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "DuckDB could not read the archive: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = osprey_tests::duckdb_script(script, &[archive]);
     let mut rows = Vec::new();
     let mut partitions = None;
     for line in text.lines() {

@@ -22,13 +22,16 @@
 //! the file of the hour it arrived, with its own event time in `time`. Hive-style directory
 //! names, so DuckDB, Spark, Athena and pandas read `date` and `hour` as columns
 //! (`read_parquet('DIR/**/*.parquet', hive_partitioning = true)`). The schema is
-//! [`parquet_file::SCHEMA`] (ARCHITECTURE.md, "The archive").
+//! [`parquet_file::SCHEMA`] (ARCHITECTURE.md, "The archive"); which readings become rows, and
+//! their column values, is [`rows`], which the AWS lake's Firehose transformer (osprey-lambda)
+//! uses too.
 //!
 //! **When files are written.** The readings of an hour are written once the hour has ended, or
 //! once the oldest of them has waited [`ArchiveConfig::every`], or at once when the spool holds
 //! [`ArchiveConfig::max_file_readings`] (then in several files); at a stop, everything.
 
 mod parquet_file;
+pub mod rows;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -147,7 +150,7 @@ pub fn spool(
              (received_ms, device, epoch, seq, sensor, metric, unit, times, vals)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
-    for s in batch.series.iter().filter(|s| !s.values.is_empty()) {
+    for s in rows::series(batch) {
         let mut times = Vec::with_capacity(s.values.len() * 8);
         let mut vals = Vec::with_capacity(s.values.len() * 8);
         for (t, v) in s.readings() {

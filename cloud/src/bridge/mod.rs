@@ -38,7 +38,7 @@
 //!   key ([`crate::pipeline::check_origin`]).
 
 pub mod batch;
-mod put;
+pub(crate) mod put;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -4,11 +4,14 @@
 //! A batch closes when it is full (500 records / 5 MiB), when no record has arrived for the
 //! `gap`, or `linger` after its first record, whichever comes first: records go out at once
 //! when traffic pauses, and big batches form when it does not.
+//!
+//! [`sort_round`] (which records of an answer to send again) serves `osprey replay` too.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_sdk_kinesis::operation::put_records::PutRecordsOutput;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use aws_sdk_kinesis::Client;
@@ -129,17 +132,7 @@ async fn put_with_retry(w: &Writer, records: Vec<Pending>, shutdown: &mut Shutdo
             .send();
         w.counters.put_calls.fetch_add(1, Ordering::Relaxed);
         let round = match call.await {
-            Ok(output) => {
-                let outcomes: Vec<EntryOutcome<'_>> = output
-                    .records()
-                    .iter()
-                    .map(|r| match r.error_code() {
-                        None => Ok(()),
-                        Some(code) => Err((code, r.error_message().unwrap_or(""))),
-                    })
-                    .collect();
-                sort_round(pending, &outcomes, &mut backoff)
-            }
+            Ok(output) => sort_round(pending, &outcomes(&output), &mut backoff),
             Err(e) => {
                 w.counters.failed_calls.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %describe_error(&e), records = pending.len(),
@@ -187,11 +180,23 @@ async fn put_with_retry(w: &Writer, records: Vec<Pending>, shutdown: &mut Shutdo
 }
 
 /// One entry of a PutRecords answer: accepted, or refused with `(error code, message)`.
-pub(super) type EntryOutcome<'a> = Result<(), (&'a str, &'a str)>;
+pub(crate) type EntryOutcome<'a> = Result<(), (&'a str, &'a str)>;
+
+/// The entries of a PutRecords answer, in the order sent.
+pub(crate) fn outcomes(output: &PutRecordsOutput) -> Vec<EntryOutcome<'_>> {
+    output
+        .records()
+        .iter()
+        .map(|r| match r.error_code() {
+            None => Ok(()),
+            Some(code) => Err((code, r.error_message().unwrap_or(""))),
+        })
+        .collect()
+}
 
 /// What one PutRecords answer means for the records sent.
 #[derive(Debug, PartialEq)]
-pub(super) struct Round<T> {
+pub(crate) struct Round<T> {
     /// Records Kinesis accepted, in the order sent.
     pub accepted: Vec<T>,
     /// Records to send again, in the order sent: only the refused ones.
@@ -207,7 +212,7 @@ pub(super) struct Round<T> {
 /// Sorts `sent` by the answer's `outcomes` (one per record, in order; a record with no entry
 /// in a short answer counts as refused). Only refused records are retried, in their original
 /// order, after the next `backoff` delay; a fully accepted round resets the backoff.
-pub(super) fn sort_round<T>(
+pub(crate) fn sort_round<T>(
     sent: Vec<T>,
     outcomes: &[EntryOutcome<'_>],
     backoff: &mut Backoff,

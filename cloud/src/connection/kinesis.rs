@@ -62,6 +62,15 @@ impl KinesisConfig {
         aws_sdk_dynamodb::Client::new(&self.sdk_config().await)
     }
 
+    /// An S3 client with the same endpoint, region and timeouts; path-style addressing when
+    /// an endpoint is given (moto and LocalStack do not serve bucket host names).
+    pub async fn s3_client(&self) -> aws_sdk_s3::Client {
+        let config = aws_sdk_s3::config::Builder::from(&self.sdk_config().await)
+            .force_path_style(self.endpoint_url.is_some())
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
     async fn sdk_config(&self) -> aws_config::SdkConfig {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(self.region.clone()))
