@@ -78,7 +78,7 @@ pub use lambda::{
 };
 pub use lambda_runtime::{LambdaRuntime, Outcome};
 pub use mosquitto::{mosquitto_publish, mosquitto_tool, Listener, Mosquitto};
-pub use moto::{moto_endpoint, unique_name, MotoServer};
+pub use moto::{moto_endpoint, read_stream, unique_name, MotoServer};
 pub use net::{
     free_port, http_get, http_get_json, http_request, sse_events, wait_until, HttpResponse,
 };

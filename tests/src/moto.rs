@@ -139,3 +139,50 @@ impl MotoServer {
         &mut self.proc
     }
 }
+
+/// Every record of every shard of `stream`, from the trim horizon, in shard order:
+/// `(partition key, data)`. Reads each shard until a page is empty and the shard is caught up.
+///
+/// # Panics
+///
+/// When a Kinesis call fails.
+pub async fn read_stream(client: &aws_sdk_kinesis::Client, stream: &str) -> Vec<(String, Vec<u8>)> {
+    use aws_sdk_kinesis::types::ShardIteratorType;
+    let shards = client
+        .list_shards()
+        .stream_name(stream)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("ListShards {stream}: {e:?}"));
+    let mut out = Vec::new();
+    for shard in shards.shards() {
+        let mut iterator = client
+            .get_shard_iterator()
+            .stream_name(stream)
+            .shard_id(shard.shard_id())
+            .shard_iterator_type(ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GetShardIterator {stream}: {e:?}"))
+            .shard_iterator()
+            .map(str::to_owned);
+        while let Some(it) = iterator {
+            let page = client
+                .get_records()
+                .shard_iterator(&it)
+                .limit(1000)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("GetRecords {stream}: {e:?}"));
+            for r in page.records() {
+                let key = r.partition_key().unwrap_or_default().to_owned();
+                out.push((key, r.data().as_ref().to_vec()));
+            }
+            if page.records().is_empty() && page.millis_behind_latest().unwrap_or(0) == 0 {
+                break;
+            }
+            iterator = page.next_shard_iterator().map(str::to_owned);
+        }
+    }
+    out
+}

@@ -13,7 +13,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::types::ShardIteratorType;
 use aws_sdk_kinesis::Client;
 use osprey_cloud::metrics::parse_samples;
 use osprey_protocol::{Body, Envelope, Series, TelemetryBatch};
@@ -95,47 +94,6 @@ fn scrape(url: &str) -> BTreeMap<String, f64> {
         .unwrap()
         .into_iter()
         .collect()
-}
-
-/// Every record of every shard: `(partition key, data)`.
-async fn read_stream(client: &Client, stream: &str) -> Vec<(String, Vec<u8>)> {
-    let shards = client
-        .list_shards()
-        .stream_name(stream)
-        .send()
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    for shard in shards.shards() {
-        let mut iterator = client
-            .get_shard_iterator()
-            .stream_name(stream)
-            .shard_id(shard.shard_id())
-            .shard_iterator_type(ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .unwrap()
-            .shard_iterator()
-            .map(str::to_owned);
-        while let Some(it) = iterator {
-            let page = client
-                .get_records()
-                .shard_iterator(&it)
-                .limit(1000)
-                .send()
-                .await
-                .unwrap();
-            for r in page.records() {
-                let key = r.partition_key().unwrap_or_default().to_owned();
-                out.push((key, r.data().as_ref().to_vec()));
-            }
-            if page.records().is_empty() && page.millis_behind_latest().unwrap_or(0) == 0 {
-                break;
-            }
-            iterator = page.next_shard_iterator().map(str::to_owned);
-        }
-    }
-    out
 }
 
 #[test]
@@ -251,7 +209,7 @@ fn stalled_kinesis_holds_the_budget_pauses_mqtt_and_loses_nothing() {
     );
 
     // Every (device, seq) is in the stream, under its device's partition key.
-    let records = rt.block_on(read_stream(&client, &stream));
+    let records = rt.block_on(osprey_tests::read_stream(&client, &stream));
     let mut seen = BTreeSet::new();
     for (key, data) in &records {
         let envelope = osprey_protocol::decode(data).unwrap();

@@ -14,7 +14,6 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use aws_sdk_kinesis::types::ShardIteratorType;
 use osprey_tests::{bin, moto_endpoint, ten_readings, unique_name};
 
 const T0: i64 = 1_767_225_600_000;
@@ -67,48 +66,6 @@ fn report(out: &Output) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// Every record in the one-shard stream: (partition key, data).
-async fn stream_records(kinesis: &aws_sdk_kinesis::Client, stream: &str) -> Vec<(String, Vec<u8>)> {
-    let shards = kinesis
-        .list_shards()
-        .stream_name(stream)
-        .send()
-        .await
-        .unwrap();
-    let mut records = Vec::new();
-    for shard in shards.shards() {
-        let mut iterator = kinesis
-            .get_shard_iterator()
-            .stream_name(stream)
-            .shard_id(shard.shard_id())
-            .shard_iterator_type(ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .unwrap()
-            .shard_iterator
-            .unwrap();
-        loop {
-            let out = kinesis
-                .get_records()
-                .shard_iterator(&iterator)
-                .send()
-                .await
-                .unwrap();
-            records.extend(out.records().iter().map(|r| {
-                (
-                    r.partition_key().unwrap_or("").to_owned(),
-                    r.data().as_ref().to_vec(),
-                )
-            }));
-            match out.next_shard_iterator {
-                Some(next) if !out.records().is_empty() => iterator = next,
-                _ => break,
-            }
-        }
-    }
-    records
 }
 
 async fn keys(s3: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
@@ -190,7 +147,9 @@ async fn replay_puts_only_the_payloads_of_their_topics_device_and_deletes_what_i
     assert_eq!(dry["refused"], 1, "{dry}");
     assert_eq!(dry["unreadable_objects"], 1, "{dry}");
     assert_eq!(dry["deleted"], 0, "{dry}");
-    assert!(stream_records(&kinesis, &stream).await.is_empty());
+    assert!(osprey_tests::read_stream(&kinesis, &stream)
+        .await
+        .is_empty());
     assert_eq!(keys(&s3, &bucket).await.len(), 4);
 
     // The run: the good record in, keyed by its device; only its object deleted.
@@ -207,7 +166,7 @@ async fn replay_puts_only_the_payloads_of_their_topics_device_and_deletes_what_i
         "the refusal names the claimed device: {stderr}"
     );
     assert_eq!(
-        stream_records(&kinesis, &stream).await,
+        osprey_tests::read_stream(&kinesis, &stream).await,
         [("rp-pump-1".to_owned(), good.clone())]
     );
     assert_eq!(
@@ -225,7 +184,7 @@ async fn replay_puts_only_the_payloads_of_their_topics_device_and_deletes_what_i
         (again["objects"].as_u64(), again["put"].as_u64()),
         (Some(2), Some(0))
     );
-    assert_eq!(stream_records(&kinesis, &stream).await.len(), 1);
+    assert_eq!(osprey_tests::read_stream(&kinesis, &stream).await.len(), 1);
 
     // A stream that does not exist: a clear error, exit 1, the object kept.
     s3.put_object()
