@@ -259,15 +259,16 @@ fn main() {
             batch: None,
         },
         Profile {
-            // What it takes at 1 Hz: a flush writes at least one page, so fewer, fuller
-            // batches (`[batch] max_readings = 150`, `max_age_ms = 15000`).
-            name: "1 Hz x 10, 15 s batch",
+            // The defaults of earlier versions (`[batch] max_readings = 60`, `max_age_ms = 5000`,
+            // no target size): a flush writes at least one page, so small batches cost flash.
+            name: "1 Hz x 10, 5 s batch",
             hz: 1,
             series: 10,
             seconds,
             batch: Some(osprey_agent::BatchLimits {
-                max_readings: std::num::NonZeroUsize::new(150).unwrap(),
-                max_age: Duration::from_secs(15),
+                max_readings: std::num::NonZeroUsize::new(60).unwrap(),
+                max_age: Duration::from_secs(5),
+                target_bytes: osprey_agent::batch::DEFAULT_BATCH_BYTES,
                 ..osprey_agent::config::default_batch_limits()
             }),
         },

@@ -1,6 +1,13 @@
 //! The batcher: gathers readings into a columnar [`TelemetryBatch`] (one [`Series`] per sensor
 //! and metric) until it holds `max_readings` readings, its oldest reading is `max_age` old, or
-//! one more reading would make its message larger than `max_bytes`.
+//! one more reading would make its message larger than `target_bytes` (or `max_bytes`, if that
+//! is smaller).
+//!
+//! The defaults fill AWS IoT Core's billing unit: IoT Core meters a publish as its topic plus
+//! payload in 5 KB units, so a batch cut well below 5 KB pays for bytes it does not send, and one
+//! cut above it pays for a second unit. At low rates the age limit (a minute by default) cuts
+//! first, at high rates the size: 10 series at 1 Hz make one ~2.4 KB message a minute, 3 series
+//! at 1 kHz about three 4.8 KB messages a second.
 //!
 //! It is pure: the caller passes the current instant, so tests need no clock, and it hands a
 //! full batch back rather than sending it anywhere (the sampler decides where it goes).
@@ -23,6 +30,12 @@ use crate::reading::Reading;
 /// the protocol allows, so that every reading fits into some batch.
 pub const MIN_BATCH_BYTES: usize = 1024;
 
+/// Default [`BatchLimits::target_bytes`]: a telemetry message and its topic fit one 5 KB unit
+/// of AWS IoT Core's metering whether that unit is 5,000 or 5,120 bytes, with room for a topic of
+/// up to 200 bytes (the longest device id makes 148). Messages are measured for the longest device
+/// id and sequence number, so real ones are smaller still.
+pub const DEFAULT_TARGET_BYTES: usize = 4_800;
+
 /// Default and largest [`BatchLimits::max_bytes`]: the protocol's message limit (128 KiB, AWS
 /// IoT Core's payload limit).
 pub const DEFAULT_BATCH_BYTES: usize = MAX_MESSAGE_BYTES;
@@ -34,9 +47,14 @@ pub struct BatchLimits {
     pub max_readings: NonZeroUsize,
     /// ... or when its oldest reading is this old.
     pub max_age: Duration,
-    /// ... or before its encoded message would grow past this many bytes
+    /// ... or before its encoded message would grow past this many bytes: the hard limit on
+    /// every message the agent sends, backlog bundles included
     /// ([`MIN_BATCH_BYTES`]`..=`[`DEFAULT_BATCH_BYTES`]).
     pub max_bytes: usize,
+    /// ... or before its encoded message would grow past this many bytes: the size a telemetry
+    /// batch aims for ([`DEFAULT_TARGET_BYTES`], one IoT Core billing unit). Bundles of waiting
+    /// entries ignore it; a value above `max_bytes` means `max_bytes`.
+    pub target_bytes: usize,
 }
 
 /// Accumulates readings into a batch.
@@ -49,14 +67,21 @@ pub struct Batcher {
     readings: usize,
     /// When the first reading of the current batch arrived.
     opened: Option<Instant>,
+    /// Most bytes of a batch's message: the smaller of `target_bytes` and `max_bytes`.
+    cut_bytes: usize,
 }
 
 impl Batcher {
-    /// An empty batcher. A `max_bytes` outside [`MIN_BATCH_BYTES`]`..=`[`DEFAULT_BATCH_BYTES`]
-    /// is clamped into that range (the config loader rejects such values first).
+    /// An empty batcher. A `max_bytes` or `target_bytes` outside
+    /// [`MIN_BATCH_BYTES`]`..=`[`DEFAULT_BATCH_BYTES`] is clamped into that range (the config
+    /// loader rejects such values first).
     pub fn new(mut limits: BatchLimits) -> Batcher {
         limits.max_bytes = limits.max_bytes.clamp(MIN_BATCH_BYTES, DEFAULT_BATCH_BYTES);
+        limits.target_bytes = limits
+            .target_bytes
+            .clamp(MIN_BATCH_BYTES, DEFAULT_BATCH_BYTES);
         Batcher {
+            cut_bytes: limits.target_bytes.min(limits.max_bytes),
             limits,
             batch: TelemetryBatch::default(),
             sizes: Vec::new(),
@@ -131,7 +156,7 @@ impl Batcher {
         self.readings -= 1;
     }
 
-    /// Whether the current batch's message is within `max_bytes`.
+    /// Whether the current batch's message is within `cut_bytes`.
     fn fits(&mut self) -> bool {
         let count = self.batch.series.len();
         let bound: usize = self
@@ -140,14 +165,14 @@ impl Batcher {
             .iter()
             .map(Series::encoded_len_bound)
             .sum();
-        if TelemetryBatch::message_len_max(count, bound) <= self.limits.max_bytes {
+        if TelemetryBatch::message_len_max(count, bound) <= self.cut_bytes {
             return true;
         }
         let mut exact = 0;
         for (series, size) in self.batch.series.iter().zip(&mut self.sizes) {
             exact += *size.get_or_insert_with(|| series.encoded_len());
         }
-        TelemetryBatch::message_len_max(count, exact) <= self.limits.max_bytes
+        TelemetryBatch::message_len_max(count, exact) <= self.cut_bytes
     }
 
     /// Whether the batch is non-empty and its oldest reading is at least `max_age` old.
@@ -183,6 +208,7 @@ mod tests {
             max_readings: NonZeroUsize::new(max_readings).unwrap(),
             max_age: Duration::from_millis(max_age_ms),
             max_bytes: DEFAULT_BATCH_BYTES,
+            target_bytes: DEFAULT_BATCH_BYTES,
         }
     }
 
@@ -252,11 +278,19 @@ mod tests {
 
     /// Feeds `readings` through a batcher with `max_bytes`, flushing at the end.
     fn run(readings: &[Reading], max_readings: usize, max_bytes: usize) -> Vec<TelemetryBatch> {
+        run_with(
+            readings,
+            BatchLimits {
+                max_bytes,
+                ..limits(max_readings, 60_000)
+            },
+        )
+    }
+
+    /// Feeds `readings` through a batcher with `limits`, all at one instant, flushing at the end.
+    fn run_with(readings: &[Reading], limits: BatchLimits) -> Vec<TelemetryBatch> {
         let now = Instant::now();
-        let mut b = Batcher::new(BatchLimits {
-            max_bytes,
-            ..limits(max_readings, 60_000)
-        });
+        let mut b = Batcher::new(limits);
         let mut out: Vec<TelemetryBatch> = readings.iter().filter_map(|r| b.push(r, now)).collect();
         out.extend(b.take());
         out
@@ -366,5 +400,72 @@ mod tests {
             ..limits(10, 1000)
         });
         assert_eq!(b.limits.max_bytes, DEFAULT_BATCH_BYTES);
+    }
+
+    /// The message a batch makes for a device with a short id, as sent.
+    fn sent_len(batch: &TelemetryBatch) -> usize {
+        osprey_protocol::Envelope::new("gw-1", 1, osprey_protocol::Body::Telemetry(batch.clone()))
+            .encode()
+            .unwrap()
+            .len()
+    }
+
+    #[test]
+    fn the_target_cuts_below_the_hard_limit_and_the_smaller_of_the_two_wins() {
+        let readings: Vec<Reading> = (0..3000)
+            .flat_map(|t| sample(1_700_000_000_000 + t * 1000))
+            .collect();
+        let target = |target_bytes, max_bytes| BatchLimits {
+            target_bytes,
+            max_bytes,
+            ..limits(4096, 3_600_000)
+        };
+        let aimed = run_with(&readings, target(DEFAULT_TARGET_BYTES, DEFAULT_BATCH_BYTES));
+        assert!(aimed.len() > 2, "{} batches", aimed.len());
+        for b in &aimed[..aimed.len() - 1] {
+            let size = sent_len(b);
+            assert!(size <= DEFAULT_TARGET_BYTES, "a batch makes {size} bytes");
+            assert!(
+                size > DEFAULT_TARGET_BYTES * 3 / 4,
+                "a batch cut early: {size} bytes"
+            );
+        }
+        let hard = run_with(&readings, target(DEFAULT_TARGET_BYTES, 2000));
+        assert!(hard.len() > aimed.len());
+        assert!(hard.iter().all(|b| sent_len(b) <= 2000));
+        let total =
+            |bs: &[TelemetryBatch]| bs.iter().map(TelemetryBatch::reading_count).sum::<usize>();
+        assert_eq!(total(&aimed), readings.len());
+        assert_eq!(total(&hard), readings.len());
+    }
+
+    #[test]
+    fn by_default_a_slow_gateway_sends_a_minute_in_one_message_within_one_billing_unit() {
+        let defaults = crate::config::default_batch_limits();
+        let mut b = Batcher::new(defaults);
+        let start = Instant::now();
+        let mut sent = Vec::new();
+        // 10 series at 1 Hz for 3 minutes, the age limit checked each second as the sampler does.
+        for s in 0..180u64 {
+            let now = start + Duration::from_secs(s);
+            if b.is_due(now) {
+                sent.extend(b.take());
+            }
+            for k in 0..10 {
+                let r = Reading::new(
+                    &format!("s{k}"),
+                    "temperature",
+                    "Cel",
+                    1_700_000_000_000 + s as i64 * 1000,
+                    20.0 + (s % 7) as f64 * 0.1,
+                );
+                sent.extend(b.push(&r, now));
+            }
+        }
+        assert_eq!(sent.len(), 2, "two full minutes");
+        for batch in &sent {
+            assert_eq!(batch.reading_count(), 600);
+            assert!(sent_len(batch) < DEFAULT_TARGET_BYTES);
+        }
     }
 }

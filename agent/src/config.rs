@@ -55,13 +55,15 @@ use crate::tls::Tls;
 
 /// Default sample period.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(1000);
-/// Default number of readings that cuts a batch.
-pub const DEFAULT_MAX_READINGS: usize = 60;
 /// Largest allowed `batch.max_readings`: 4096 readings of at most ~14 bytes each stay well
 /// inside the 128 KiB message limit.
 pub const MAX_BATCH_READINGS: usize = 4096;
-/// Default age that cuts a batch.
-pub const DEFAULT_MAX_AGE: Duration = Duration::from_millis(5000);
+/// Default number of readings that cuts a batch: the most allowed, so that age and size decide
+/// (see [`crate::batch`] for why).
+pub const DEFAULT_MAX_READINGS: usize = MAX_BATCH_READINGS;
+/// Default age that cuts a batch: a minute, which fills most of a 5 KB IoT Core billing unit at
+/// 10 series × 1 Hz. It is also the longest a reading waits in memory before it is journaled.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(60);
 /// Default journal directory.
 pub const DEFAULT_JOURNAL_PATH: &str = "/var/lib/osprey-agent/journal";
 /// Default broker host.
@@ -443,6 +445,7 @@ pub fn default_batch_limits() -> BatchLimits {
         max_readings: NonZeroUsize::new(DEFAULT_MAX_READINGS).unwrap_or(NonZeroUsize::MIN),
         max_age: DEFAULT_MAX_AGE,
         max_bytes: crate::batch::DEFAULT_BATCH_BYTES,
+        target_bytes: crate::batch::DEFAULT_TARGET_BYTES,
     }
 }
 
@@ -458,6 +461,26 @@ fn from_raw(raw: &raw::AgentConfig, text: &str, base_dir: &Path) -> Result<Confi
         message: format!("{key}: {message}"),
     };
     let path = |s: &Spanned<String>| resolve(base_dir, s.get_ref());
+    // A message size in `MIN_BATCH_BYTES..=DEFAULT_BATCH_BYTES` (the protocol's message limit).
+    let message_bytes = |value: &Option<Spanned<u64>>, key: &str, default: usize| match value {
+        None => Ok(default),
+        Some(v) => usize::try_from(*v.get_ref())
+            .ok()
+            .filter(|n| {
+                (crate::batch::MIN_BATCH_BYTES..=crate::batch::DEFAULT_BATCH_BYTES).contains(n)
+            })
+            .ok_or_else(|| {
+                at(
+                    v.span(),
+                    key,
+                    &format!(
+                        "must be between {} and {} (the protocol's message limit)",
+                        crate::batch::MIN_BATCH_BYTES,
+                        crate::batch::DEFAULT_BATCH_BYTES
+                    ),
+                )
+            }),
+    };
     if let Some(p) = &raw.journal.path {
         if p.get_ref().is_empty() {
             return Err(at(p.span(), "journal.path", "must not be empty"));
@@ -478,25 +501,16 @@ fn from_raw(raw: &raw::AgentConfig, text: &str, base_dir: &Path) -> Result<Confi
                 )
             })?,
     };
-    let batch_bytes = match &raw.batch.max_bytes {
-        None => crate::batch::DEFAULT_BATCH_BYTES,
-        Some(v) => usize::try_from(*v.get_ref())
-            .ok()
-            .filter(|n| {
-                (crate::batch::MIN_BATCH_BYTES..=crate::batch::DEFAULT_BATCH_BYTES).contains(n)
-            })
-            .ok_or_else(|| {
-                at(
-                    v.span(),
-                    "batch.max_bytes",
-                    &format!(
-                        "must be between {} and {} (the protocol's message limit)",
-                        crate::batch::MIN_BATCH_BYTES,
-                        crate::batch::DEFAULT_BATCH_BYTES
-                    ),
-                )
-            })?,
-    };
+    let batch_bytes = message_bytes(
+        &raw.batch.max_bytes,
+        "batch.max_bytes",
+        crate::batch::DEFAULT_BATCH_BYTES,
+    )?;
+    let target_bytes = message_bytes(
+        &raw.batch.target_bytes,
+        "batch.target_bytes",
+        crate::batch::DEFAULT_TARGET_BYTES,
+    )?;
     if let Some(rule) = &raw.mqtt.basic_ingest_rule {
         let name = rule.get_ref();
         let valid = !name.is_empty()
@@ -599,6 +613,7 @@ fn from_raw(raw: &raw::AgentConfig, text: &str, base_dir: &Path) -> Result<Confi
                 .as_ref()
                 .map_or(DEFAULT_MAX_AGE, |v| Duration::from_millis(*v.get_ref())),
             max_bytes: batch_bytes,
+            target_bytes,
         },
         journal_path,
         journal_backend: raw.journal.backend.unwrap_or_default(),

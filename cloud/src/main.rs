@@ -65,7 +65,7 @@ enum Command {
     /// [remote_config] mode = "topic"), or with --iot-data through AWS IoT's named shadow
     /// osprey-config (mode = "shadow"): set a rule document for devices, read it back, and see
     /// what each device applied or refused (protocol/SPEC.md, "Remote configuration").
-    Rules(RulesArgs),
+    Rules(Box<RulesArgs>),
     /// Plan a fleet on the AWS path (IoT Core, Kinesis, Lambda, DynamoDB): messages and their
     /// sizes (encoded as the agent would), publishes per connection, shards, invocations,
     /// DynamoDB units and storage, and US dollars per month line by line, with the limits it
@@ -222,6 +222,36 @@ struct RulesSetArgs {
     /// ~/.local/state/osprey/rules-changes.jsonl].
     #[arg(long, value_name = "FILE")]
     change_log: Option<PathBuf>,
+    #[command(flatten)]
+    record: ChangeApiArgs,
+}
+
+/// Where changes are recorded besides the local file: a running `osprey serve`.
+#[derive(Debug, Args)]
+struct ChangeApiArgs {
+    /// Also record the change with this `osprey serve` (POST /api/rules/changes), as the
+    /// caller its token names; `osprey rules changes --api URL` and the API list them.
+    #[arg(long = "api", value_name = "URL")]
+    api: Option<String>,
+    /// File holding the serve's API token ($OSPREY_API_TOKEN, when set, gives it instead).
+    #[arg(long, value_name = "FILE", requires = "api")]
+    api_token_file: Option<PathBuf>,
+    /// PEM CA that signed an https serve's certificate [default: the system's roots].
+    #[arg(long, value_name = "FILE", requires = "api")]
+    ca_file: Option<PathBuf>,
+}
+
+impl ChangeApiArgs {
+    /// A client of the serve, when `--api` is given.
+    fn reader(&self) -> Result<Option<osprey_cloud::fleet::api::ApiReader>> {
+        let Some(url) = &self.api else {
+            return Ok(None);
+        };
+        let access = api_access(self.api_token_file.as_deref(), self.ca_file.clone())?;
+        Ok(Some(osprey_cloud::fleet::api::ApiReader::with_access(
+            url, &access,
+        )?))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -241,8 +271,13 @@ struct RulesDiffArgs {
 struct RulesChangesArgs {
     /// The change record [default: $XDG_STATE_HOME/osprey/rules-changes.jsonl, else
     /// ~/.local/state/osprey/rules-changes.jsonl].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "api")]
     change_log: Option<PathBuf>,
+    /// With --api: only the changes that named this device.
+    #[arg(long, value_name = "ID", requires = "api")]
+    device: Option<String>,
+    #[command(flatten)]
+    source: ChangeApiArgs,
     /// Print JSON (the records as written, newest first).
     #[arg(long)]
     json: bool,
@@ -341,17 +376,19 @@ struct PlanArgs {
     /// Readings per second of each series.
     #[arg(long, default_value_t = 1.0, value_name = "HZ")]
     hz: f64,
-    /// The agent's batch.max_readings (the agent's own default is 60; deploy/aws/
-    /// provision-device.sh writes 4096).
+    /// The agent's batch.max_readings (the default is the agent's).
     #[arg(long, default_value_t = 4096, value_name = "N")]
     max_readings: u64,
-    /// The agent's batch.max_age_ms (the agent's own default is 5000; deploy/aws/
-    /// provision-device.sh writes 60000).
+    /// The agent's batch.max_age_ms (the default is the agent's; earlier agents used 5000).
     #[arg(long, default_value_t = 60_000, value_name = "MS")]
     max_age_ms: u64,
-    /// The agent's batch.max_bytes.
+    /// The agent's batch.max_bytes (the default is the agent's).
     #[arg(long, default_value_t = 131_072, value_name = "BYTES")]
     max_bytes: u64,
+    /// The agent's batch.target_bytes (the default is the agent's: one 5 KB IoT Core unit;
+    /// earlier agents had none: give 131072).
+    #[arg(long, default_value_t = 4_800, value_name = "BYTES")]
+    target_bytes: u64,
     /// The agent's [status] interval_s (0: no periodic status).
     #[arg(long, default_value_t = 60.0, value_name = "SECS")]
     status_interval_s: f64,
@@ -911,7 +948,7 @@ async fn main() -> ExitCode {
         Command::Fleet(args) => fleet(args).await,
         Command::DeadLetters(args) => dead_letters(args).await,
         Command::Replay(args) => replay(args).await,
-        Command::Rules(args) => match rules(args).await {
+        Command::Rules(args) => match rules(*args).await {
             Ok(code) => return code,
             Err(e) => Err(e),
         },
@@ -955,6 +992,7 @@ async fn rules(args: RulesArgs) -> Result<ExitCode> {
                 change_log: change_log(set.change_log)?,
             };
             let selection = set.target.selection();
+            let serve = set.record.reader()?;
             let report =
                 rollout::set(&transport, &selection, &devices, &document, &options).await?;
             print_statuses(&report.statuses, set.target.json)?;
@@ -963,6 +1001,24 @@ async fn rules(args: RulesArgs) -> Result<ExitCode> {
                 report.record.id,
                 options.change_log.display()
             );
+            if let Some(serve) = serve {
+                let body = serde_json::to_vec(&report.record)?;
+                let answer = serve
+                    .post("/api/rules/changes", body)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "the change was made and is in {}, but serve did not record it; \
+                         `osprey rules changes --json` has the record to post again",
+                            options.change_log.display()
+                        )
+                    })?;
+                eprintln!(
+                    "osprey: change {} recorded by serve as {}",
+                    report.record.id,
+                    answer["recorded_by"].as_str().unwrap_or("?")
+                );
+            }
             if let Err(message) = report.verdict() {
                 bail!(message);
             }
@@ -1008,6 +1064,27 @@ async fn rules(args: RulesArgs) -> Result<ExitCode> {
             }
         }
         RulesCommand::Changes(args) => {
+            if let Some(serve) = args.source.reader()? {
+                let mut path = format!("/api/rules/changes?limit={}", args.limit.clamp(1, 10_000));
+                if let Some(device) = &args.device {
+                    path.push_str(&format!("&device={device}"));
+                }
+                let listed = serve.get(&path).await?;
+                let rows = listed.as_array().cloned().unwrap_or_default();
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                } else if rows.is_empty() {
+                    println!("no changes recorded by serve");
+                }
+                for row in rows.iter().filter(|_| !args.json) {
+                    let who = row["recorded_by"].as_str().unwrap_or("?");
+                    match serde_json::from_value::<changes::ChangeRecord>(row["change"].clone()) {
+                        Ok(record) => print!("[recorded by {who}] {record}"),
+                        Err(_) => println!("[recorded by {who}] {}", row["change"]),
+                    }
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let path = change_log(args.change_log)?;
             let (records, unreadable) = changes::list(&path, args.limit)?;
             if unreadable > 0 {
@@ -1226,6 +1303,7 @@ fn plan(args: PlanArgs) -> Result<()> {
         max_readings: args.max_readings,
         max_age_s: args.max_age_ms as f64 / 1000.0,
         max_bytes: args.max_bytes,
+        target_bytes: args.target_bytes,
         status_interval_s: args.status_interval_s,
         basic_ingest: args.basic_ingest,
         on_demand: args.on_demand,

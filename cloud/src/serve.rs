@@ -324,6 +324,7 @@ pub async fn start(cfg: ServeConfig) -> Result<Running, ServeError> {
         stats: pipeline.stats_handle(),
         rules: Arc::from(cfg.signals.rules.clone()),
         shutdown: Some(shutdown.clone()),
+        writer: Some(store.writer()),
     })
     .merge(
         Arc::new({

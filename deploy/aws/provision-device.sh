@@ -154,12 +154,11 @@ interval_ms = 1000
 [simulator]
 scenario = "steady"
 
-# Minute batches: about 3 bytes a reading instead of 14 with 5 s batches, and a twelfth of the
-# IoT Core messages (see osprey plan). The cloud sees readings up to a minute later; alerts
-# still leave at once.
-[batch]
-max_readings = 4096
-max_age_ms = 60000
+# Batches: the agent's defaults send a batch after a minute or at 4800 bytes (one IoT Core 5 KB
+# unit), whichever comes first: about 4 bytes a reading, one message a minute at 10 series x 1 Hz
+# (see osprey plan). The cloud sees readings up to a minute later; alerts leave at once.
+# [batch]
+# max_age_ms = 60000
 
 [journal]
 path = "/var/lib/osprey-agent/journal"

@@ -38,6 +38,7 @@ impl SimulatedDevice {
                 max_readings: NonZeroUsize::new(READINGS_PER_MESSAGE).unwrap_or(NonZeroUsize::MIN),
                 max_age: Duration::from_secs(3600),
                 max_bytes: osprey_protocol::MAX_MESSAGE_BYTES,
+                target_bytes: osprey_protocol::MAX_MESSAGE_BYTES,
             }),
             seq: 0,
         }

@@ -80,7 +80,8 @@ pub use lambda_runtime::{LambdaRuntime, Outcome};
 pub use mosquitto::{mosquitto_publish, mosquitto_tool, Listener, Mosquitto};
 pub use moto::{moto_endpoint, read_stream, unique_name, MotoServer};
 pub use net::{
-    free_port, http_get, http_get_json, http_request, sse_events, wait_until, HttpResponse,
+    free_port, http_get, http_get_json, http_request, http_request_with, sse_events, wait_until,
+    HttpResponse,
 };
 pub use paths::{bin, target_profile_dir, workspace_root};
 pub use payload::{motor_temperature, ten_readings};

@@ -134,6 +134,16 @@ pub fn http_request(
     url: &str,
     body: Option<(&str, &[u8])>,
 ) -> Result<HttpResponse, String> {
+    http_request_with(method, url, &[], body)
+}
+
+/// [`http_request`] with extra header lines (`"Authorization: Bearer …"`).
+pub fn http_request_with(
+    method: &str,
+    url: &str,
+    headers: &[&str],
+    body: Option<(&str, &[u8])>,
+) -> Result<HttpResponse, String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| format!("only http:// URLs are supported, got {url}"))?;
@@ -157,6 +167,10 @@ pub fn http_request(
         "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\
          Accept: application/json, */*\r\nUser-Agent: osprey-tests\r\n"
     );
+    for header in headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
     if let Some((content_type, bytes)) = body {
         request.push_str(&format!(
             "Content-Type: {content_type}\r\nContent-Length: {}\r\n",

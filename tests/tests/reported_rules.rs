@@ -244,3 +244,187 @@ fn serve_shows_the_rules_each_device_applied_refused_or_has_pending() {
         serve.logs()
     );
 }
+
+/// `osprey rules …` with `args`; `(success, stdout, stderr)`; the token, when given, from the
+/// environment (as a CI job would pass it).
+fn osprey_rules(args: &[&str], token: Option<&str>) -> (bool, String, String) {
+    let mut cmd = std::process::Command::new(osprey_tests::bin("osprey"));
+    cmd.arg("rules").args(args).env_remove("OSPREY_API_TOKEN");
+    if let Some(token) = token {
+        cmd.env("OSPREY_API_TOKEN", token);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `METHOD url` with the bearer `token` (if any) and a JSON body (if any).
+fn call(method: &str, url: &str, token: Option<&str>, body: Option<&Value>) -> (u16, Value) {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}"));
+    let headers: Vec<&str> = auth.iter().map(String::as_str).collect();
+    let bytes = body.map(|b| b.to_string().into_bytes());
+    let r = osprey_tests::http_request_with(
+        method,
+        url,
+        &headers,
+        bytes.as_deref().map(|b| ("application/json", b)),
+    )
+    .unwrap();
+    let status = r.status;
+    (
+        status,
+        serde_json::from_str(&r.text()).unwrap_or(Value::Null),
+    )
+}
+
+#[test]
+fn rules_changes_are_listed_by_serve_as_its_tokens_name_the_callers() {
+    const ALICE: &str = "alice-0123456789abcdef-token";
+    const BOT: &str = "bot-0123456789abcdef-token";
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("api-tokens");
+    std::fs::write(
+        &tokens,
+        format!("# who may call\nalice {ALICE}\nci-bot {BOT}\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&tokens, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let broker = Mosquitto::plain();
+    let port = broker.port();
+    let (serve, url) = Proc::serve_mqtt(
+        dir.path(),
+        port,
+        &["--api-token-file", tokens.to_str().unwrap()],
+    );
+    let agent = Proc::agent(&agent_config(dir.path(), port), "info");
+    let changes = format!("{url}/api/rules/changes");
+
+    // Alice lowers the threshold with one command; serve records it as alice, whatever the
+    // machine said its user was.
+    let file = dir.path().join("doc.json");
+    std::fs::write(&file, json!({"rules": [hot(30.0, 25.0)]}).to_string()).unwrap();
+    let log = dir.path().join("changes.jsonl");
+    let port_arg = port.to_string();
+    let set = [
+        "set",
+        "--device",
+        DEVICE,
+        "--file",
+        file.to_str().unwrap(),
+        "--wait",
+        "20",
+        "--mqtt-port",
+        &port_arg,
+        "--by",
+        "mallory@laptop",
+        "--change-log",
+        log.to_str().unwrap(),
+        "--api",
+        &url,
+    ];
+    let (ok, out, err) = osprey_rules(&set, Some(ALICE));
+    assert!(ok, "{out}\n{err}\n{}\n{}", agent.logs(), serve.logs());
+    assert!(err.contains("recorded by serve as alice"), "{err}");
+
+    let (status, listed) = call("GET", &changes, Some(BOT), None);
+    assert_eq!(status, 200, "{listed}");
+    let rows = listed.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{listed}");
+    let row = &rows[0];
+    assert_eq!(row["recorded_by"], "alice", "{row}");
+    assert_eq!(row["change"]["by"], "mallory@laptop", "{row}");
+    assert_eq!(row["change"]["results"][0]["device"], DEVICE, "{row}");
+    assert_eq!(row["change"]["results"][0]["result"], "applied", "{row}");
+    assert_eq!(
+        row["change"]["document"]["rules"][0]["threshold"], 30.0,
+        "{row}"
+    );
+    // The same record as the local file has, line for line.
+    let local: Value = serde_json::from_str(std::fs::read_to_string(&log).unwrap().trim()).unwrap();
+    assert_eq!(row["change"], local);
+
+    // Filtered by device; a device it did not name has none.
+    let (_, mine) = call(
+        "GET",
+        &format!("{changes}?device={DEVICE}"),
+        Some(BOT),
+        None,
+    );
+    assert_eq!(mine.as_array().unwrap().len(), 1);
+    let (_, other) = call("GET", &format!("{changes}?device=pump-99"), Some(BOT), None);
+    assert_eq!(other, json!([]));
+
+    // Without a token, or with a wrong one, nothing is recorded and nothing is listed.
+    let mut forged = local.clone();
+    forged["id"] = json!("20990101T000000Z-deadbeef");
+    for token in [None, Some("not-a-token-0123456789")] {
+        assert_eq!(call("POST", &changes, token, Some(&forged)).0, 401);
+        assert_eq!(call("GET", &changes, token, None).0, 401);
+    }
+    // A retried post of the same change is a duplicate: still alice's.
+    let (status, again) = call("POST", &changes, Some(BOT), Some(&local));
+    assert_eq!(
+        (status, &again["duplicate"]),
+        (200, &json!(true)),
+        "{again}"
+    );
+    let (_, listed) = call("GET", &changes, Some(BOT), None);
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["recorded_by"], "alice");
+    // A new change posted by the bot is the bot's, listed first.
+    let (status, posted) = call("POST", &changes, Some(BOT), Some(&forged));
+    assert_eq!(
+        (status, &posted["recorded_by"]),
+        (201, &json!("ci-bot")),
+        "{posted}"
+    );
+    let (_, listed) = call("GET", &format!("{changes}?limit=1"), Some(ALICE), None);
+    assert_eq!(listed[0]["change"]["id"], forged["id"], "{listed}");
+    // Junk and bad device ids are refused with the reason.
+    let (status, refused) = call("POST", &changes, Some(BOT), Some(&json!({"id": "x"})));
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a rules change record"),
+        "{refused}"
+    );
+    let mut bad_device = local.clone();
+    bad_device["id"] = json!("20990101T000000Z-00000001");
+    bad_device["results"][0]["device"] = json!("pump/7");
+    let (status, refused) = call("POST", &changes, Some(BOT), Some(&bad_device));
+    assert_eq!(status, 400, "{refused}");
+
+    // The CLI lists them from serve, with who recorded each.
+    let (ok, out, err) = osprey_rules(&["changes", "--api", &url, "--device", DEVICE], Some(ALICE));
+    assert!(ok, "{err}");
+    // Newest first: the bot's (same time, larger id), then alice's.
+    assert!(out.starts_with("[recorded by ci-bot] "), "{out}");
+    assert!(out.contains("\n[recorded by alice] "), "{out}");
+    assert!(out.contains("by mallory@laptop: applied"), "{out}");
+    assert!(out.contains(&format!("{DEVICE}: applied")), "{out}");
+    let (ok, _, err) = osprey_rules(&["changes", "--api", &url], None);
+    assert!(
+        !ok && err.contains("401") && err.contains("--api-token-file"),
+        "{err}"
+    );
+
+    // Kept across a restart of serve.
+    drop(serve);
+    let (_serve, url) = Proc::serve_mqtt(
+        dir.path(),
+        port,
+        &["--api-token-file", tokens.to_str().unwrap()],
+    );
+    let (_, listed) = call(
+        "GET",
+        &format!("{url}/api/rules/changes"),
+        Some(ALICE),
+        None,
+    );
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+}

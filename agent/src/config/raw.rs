@@ -98,13 +98,16 @@ pub(crate) struct SimulatorConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BatchConfig {
-    /// Cut a batch when it holds this many readings (default 60, at most 4096).
+    /// Cut a batch when it holds this many readings (default and at most 4096).
     pub(crate) max_readings: Option<Spanned<u64>>,
-    /// ... or when its oldest reading is this many milliseconds old (default 5000).
+    /// ... or when its oldest reading is this many milliseconds old (default 60000).
     pub(crate) max_age_ms: Option<Spanned<u64>>,
-    /// ... or before its message would exceed this many bytes (default and maximum 131072,
-    /// at least 1024).
+    /// ... or before its message would exceed this many bytes: the limit on every message,
+    /// backlog bundles included (default and maximum 131072, at least 1024).
     pub(crate) max_bytes: Option<Spanned<u64>>,
+    /// ... or before its message would exceed this many bytes: the size a telemetry batch aims
+    /// for (default 4800, one AWS IoT Core 5 KB billing unit; 1024 to 131072).
+    pub(crate) target_bytes: Option<Spanned<u64>>,
 }
 
 /// `[journal]`

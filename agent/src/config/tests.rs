@@ -46,6 +46,11 @@ fn minimal_config_gets_defaults() {
     let config = parse("device_id = \"pump-7\"\n").unwrap();
     assert_eq!(config.sampling.interval, DEFAULT_INTERVAL);
     assert_eq!(config.batch, default_batch_limits());
+    // A minute, or one 5 KB IoT Core unit; the count never decides first.
+    assert_eq!(config.batch.max_age, Duration::from_secs(60));
+    assert_eq!(config.batch.target_bytes, 4800);
+    assert_eq!(config.batch.max_bytes, 131_072);
+    assert_eq!(config.batch.max_readings.get(), MAX_BATCH_READINGS);
     assert_eq!(config.journal_path, PathBuf::from(DEFAULT_JOURNAL_PATH));
     assert_eq!(config.mqtt.host, DEFAULT_MQTT_HOST);
     assert_eq!(config.mqtt.port, DEFAULT_MQTT_PORT);
@@ -149,6 +154,16 @@ fn bad_values_are_located() {
             "batch.max_readings",
         ),
         ("[batch]\nmax_age_ms = 0\n", (3, 14), "batch.max_age_ms"),
+        (
+            "[batch]\ntarget_bytes = 100\n",
+            (3, 16),
+            "batch.target_bytes",
+        ),
+        (
+            "[batch]\ntarget_bytes = 200000\n",
+            (3, 16),
+            "batch.target_bytes",
+        ),
         ("[mqtt]\ninflight = 0\n", (3, 12), "mqtt.inflight"),
         ("[mqtt]\nport = 0\n", (3, 8), "mqtt.port"),
         ("[mqtt]\nhost = \" \"\n", (3, 8), "mqtt.host"),
@@ -352,4 +367,12 @@ fn journal_backend_is_read() {
         .unwrap();
         assert_eq!(config.journal_backend, backend);
     }
+}
+
+#[test]
+fn target_bytes_is_read_and_leaves_the_hard_limit_alone() {
+    let config =
+        parse("device_id = \"gw\"\n[batch]\ntarget_bytes = 20000\nmax_bytes = 65536\n").unwrap();
+    assert_eq!(config.batch.target_bytes, 20_000);
+    assert_eq!(config.batch.max_bytes, 65_536);
 }

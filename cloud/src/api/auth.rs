@@ -12,7 +12,13 @@
 //!
 //! Both sides are hashed before comparing so that the comparison neither stops at the first
 //! differing byte nor depends on the presented token's length; `subtle` does the comparison
-//! without branches on the data. The token is never logged: [`ApiToken`] prints as `***`.
+//! without branches on the data, against every token. The token is never logged: [`ApiToken`]
+//! prints as `***`.
+//!
+//! Who calls: the token file holds one token, or one `NAME TOKEN` per line (`#` comments), so
+//! that several people or tools each have their own. A request with a valid token carries the
+//! token's name as a [`Caller`] extension; the routes that record something (a rules change)
+//! record that name, as the server authenticated it, never what the body claims.
 
 use std::path::Path;
 
@@ -53,15 +59,28 @@ pub fn is_open(path: &str) -> bool {
     OPEN_ROUTES.contains(&path) || OPEN_PREFIXES.iter().any(|p| path.starts_with(p))
 }
 
-/// The API's bearer token; only its SHA-256 is kept in memory after start.
+/// Name of the token of a file that holds a single token (no `NAME TOKEN` lines).
+pub const SINGLE_TOKEN_NAME: &str = "api-token";
+
+/// Longest token name.
+pub const MAX_NAME_BYTES: usize = 64;
+
+/// The API's bearer tokens, each with its name; only their SHA-256 is kept in memory after
+/// start.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiToken {
-    digest: [u8; 32],
+    tokens: Vec<(String, [u8; 32])>,
 }
+
+/// Who made a request, as the token it presented names it ([`require_token`] adds it to the
+/// request's extensions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller(pub String);
 
 impl std::fmt::Debug for ApiToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ApiToken(***)")
+        let names: Vec<&str> = self.tokens.iter().map(|(n, _)| n.as_str()).collect();
+        write!(f, "ApiToken({} = ***)", names.join(", "))
     }
 }
 
@@ -81,18 +100,80 @@ pub enum TokenError {
         /// Its length.
         len: usize,
     },
+    /// A line of a file of named tokens is not `NAME TOKEN`.
+    #[error(
+        "API token file line {line}: {reason} (one token alone, or one `NAME TOKEN` per line; \
+         names are 1 to {MAX_NAME_BYTES} of A-Z a-z 0-9 . _ @ -)"
+    )]
+    BadLine {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl ApiToken {
-    /// A token from its text; refused if shorter than [`MIN_TOKEN_BYTES`].
+    /// A token from its text, or named tokens from `NAME TOKEN` lines (`#` comments, blank
+    /// lines skipped); refused if a token is shorter than [`MIN_TOKEN_BYTES`], a name is
+    /// repeated or malformed, or two names share a token.
     pub fn new(secret: &Secret) -> Result<ApiToken, TokenError> {
-        let text = secret.expose().trim();
-        if text.len() < MIN_TOKEN_BYTES {
-            return Err(TokenError::TooShort { len: text.len() });
+        let lines: Vec<(usize, &str)> = secret
+            .expose()
+            .lines()
+            .enumerate()
+            .map(|(i, l)| (i + 1, l.trim()))
+            .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        let single = match lines.as_slice() {
+            [(_, only)] if !only.contains(char::is_whitespace) => Some(*only),
+            [] => Some(""),
+            _ => None,
+        };
+        if let Some(text) = single {
+            if text.len() < MIN_TOKEN_BYTES {
+                return Err(TokenError::TooShort { len: text.len() });
+            }
+            return Ok(ApiToken {
+                tokens: vec![(SINGLE_TOKEN_NAME.to_owned(), Sha256::digest(text).into())],
+            });
         }
-        Ok(ApiToken {
-            digest: Sha256::digest(text.as_bytes()).into(),
-        })
+        let mut tokens: Vec<(String, [u8; 32])> = Vec::with_capacity(lines.len());
+        for (line, text) in lines {
+            let bad = |reason: &str| TokenError::BadLine {
+                line,
+                reason: reason.to_owned(),
+            };
+            let mut fields = text.split_whitespace();
+            let (Some(name), Some(token), None) = (fields.next(), fields.next(), fields.next())
+            else {
+                return Err(bad("expected a name and a token"));
+            };
+            if name.len() > MAX_NAME_BYTES
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
+            {
+                return Err(bad(
+                    "the name has characters other than A-Z a-z 0-9 . _ @ -",
+                ));
+            }
+            if token.len() < MIN_TOKEN_BYTES {
+                return Err(bad(&format!(
+                    "the token of {name} is {} bytes; use at least {MIN_TOKEN_BYTES}",
+                    token.len()
+                )));
+            }
+            let digest: [u8; 32] = Sha256::digest(token).into();
+            if tokens.iter().any(|(n, _)| n == name) {
+                return Err(bad(&format!("{name} is named twice")));
+            }
+            if tokens.iter().any(|(_, d)| *d == digest) {
+                return Err(bad(&format!("{name} has the same token as another name")));
+            }
+            tokens.push((name.to_owned(), digest));
+        }
+        Ok(ApiToken { tokens })
     }
 
     /// The token from `env` (the value of [`TOKEN_ENV`], if set) or else from `file` (refused
@@ -103,10 +184,22 @@ impl ApiToken {
             .transpose()
     }
 
-    /// Whether `presented` is the token, in time independent of where they differ.
+    /// Whether `presented` is one of the tokens, in time independent of where they differ.
     pub fn matches(&self, presented: &[u8]) -> bool {
+        self.caller(presented).is_some()
+    }
+
+    /// The name of the token `presented` is, if any: every token is compared, in time
+    /// independent of which one matches and where the others differ.
+    pub fn caller(&self, presented: &[u8]) -> Option<&str> {
         let digest: [u8; 32] = Sha256::digest(presented).into();
-        digest.ct_eq(&self.digest).into()
+        let mut found = None;
+        for (name, d) in &self.tokens {
+            if bool::from(digest.ct_eq(d)) {
+                found = Some(name.as_str());
+            }
+        }
+        found
     }
 }
 
@@ -129,8 +222,13 @@ pub async fn require_token(
         return next.run(request).await;
     }
     let presented = request.headers().get(AUTHORIZATION).and_then(bearer);
-    match presented {
-        Some(t) if token.matches(t) => next.run(request).await,
+    match presented.map(|t| token.caller(t)) {
+        Some(Some(name)) => {
+            let caller = Caller(name.to_owned());
+            let mut request = request;
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
         other => {
             let reason = if other.is_some() {
                 "wrong API token"
@@ -163,6 +261,43 @@ mod tests {
         assert!(!token.matches(b"0123456789abcdeF"));
         assert!(!token.matches(b""));
         assert!(!format!("{token:?}").contains("0123"));
+    }
+
+    #[test]
+    fn named_tokens_say_who_calls_and_bad_files_say_which_line() {
+        let file = "# operators\nalice 0123456789abcdef-alice\n\nci-bot  0123456789abcdef-bot\n";
+        let tokens = ApiToken::new(&Secret::new(file)).unwrap();
+        assert_eq!(tokens.caller(b"0123456789abcdef-alice"), Some("alice"));
+        assert_eq!(tokens.caller(b"0123456789abcdef-bot"), Some("ci-bot"));
+        assert_eq!(tokens.caller(b"alice"), None);
+        assert_eq!(tokens.caller(b"0123456789abcdef-alicE"), None);
+        assert!(!format!("{tokens:?}").contains("0123"));
+        let single = ApiToken::new(&Secret::new("0123456789abcdef\n")).unwrap();
+        assert_eq!(single.caller(b"0123456789abcdef"), Some(SINGLE_TOKEN_NAME));
+        for (bad, line, says) in [
+            ("alice 0123456789abcdef\nbob short\n", 2, "at least"),
+            (
+                "alice 0123456789abcdef\nalice 0123456789abcdeg\n",
+                2,
+                "named twice",
+            ),
+            (
+                "alice 0123456789abcdef\nbob 0123456789abcdef\n",
+                2,
+                "same token",
+            ),
+            ("al/ice 0123456789abcdef\n", 1, "characters"),
+            ("alice 0123456789abcdef extra\n", 1, "a name and a token"),
+        ] {
+            let err = ApiToken::new(&Secret::new(bad)).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                matches!(err, TokenError::BadLine { line: l, .. } if l == line),
+                "{bad:?}: {text}"
+            );
+            assert!(text.contains(says), "{bad:?}: {text}");
+            assert!(!text.contains("0123"), "a token in an error: {text}");
+        }
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! | `GET /api/devices/{device}/signals` | `DeviceSignals`: health (score, reasons) and each series' signals (baseline, anomaly score, trend, predicted crossings, vibration); 404 if unknown |
 //! | `GET /api/devices/{device}/history?range=&to_ms=&points=` | each series downsampled into at most `points` buckets (mean, min, max, p5, p95, corrections), threshold lines (the device's rules in effect once it reported them, else serve's), signals, alert events, status timeline ([`views`]); 404 if unknown |
 //! | `GET /api/devices/{device}/rules` | `DeviceRules` ([`crate::reported_rules`]): the rules in effect with their source (`document`, `local`) and unit, the applied document (source, version, hash, time), the document set for it and whether it is pending, the last refusal (field, reason, time), which rules its signals use; SQLite store only; 404 if unknown |
+//! | `POST /api/rules/changes` | records a change `osprey rules set --api` made, as the caller the token names ([`changes`]): 201 `{"id", "recorded_by", "recorded_ms", "duplicate"}` (200 for an id recorded before); SQLite store only |
+//! | `GET /api/rules/changes?device=&limit=` | `[{"recorded_by", "recorded_ms", "change"}]`, newest first ([`changes`]) |
 //! | `GET /api/fleet?q=&status=&severity=&sort=&offset=&limit=` | one page of the fleet, worst first by default, with the whole fleet's counts ([`views`]) |
 //! | `GET /api/fleet/events?…&after=` | the same page kept live: server-sent `fleet` (changed rows, order, counts) and `alert` events ([`live`]) |
 //! | `GET /api/alerts/episodes?device=&rule=&severity=&from_ms=&to_ms=&state=&limit=` | raise → clear episodes with durations, active first ([`views`]) |
@@ -36,6 +38,7 @@
 //! loopback Host names (421 otherwise); every response carries the security headers.
 
 pub mod auth;
+pub mod changes;
 pub mod deadletters;
 mod error;
 mod handlers;
@@ -48,6 +51,7 @@ pub mod ready;
 pub mod source;
 pub mod views;
 
+use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use axum::Router;
 
@@ -59,7 +63,7 @@ use osprey_protocol::ThresholdRule;
 
 use crate::pipeline::IngestStats;
 use crate::shutdown::Shutdown;
-use crate::store::StoreReader;
+use crate::store::{StoreReader, StoreWriter};
 pub use source::StateSource;
 
 /// What the handlers share.
@@ -75,6 +79,8 @@ pub struct ApiState {
     /// Ends the live streams ([`live`]) when the server shuts down; `None`: they end only
     /// when their client goes.
     pub shutdown: Option<Shutdown>,
+    /// Where the routes that record something write ([`changes`]); `None`: read-only.
+    pub writer: Option<StoreWriter>,
 }
 
 impl ApiState {
@@ -85,6 +91,7 @@ impl ApiState {
             stats,
             rules: Arc::from(Vec::new()),
             shutdown: None,
+            writer: None,
         }
     }
 }
@@ -111,6 +118,12 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/devices/{device}/history", get(views::device_history))
         .route("/api/devices/{device}/rules", get(handlers::device_rules))
+        .route(
+            "/api/rules/changes",
+            get(changes::list)
+                .post(changes::record)
+                .layer(DefaultBodyLimit::max(changes::MAX_RECORD_BYTES)),
+        )
         .route("/api/fleet", get(views::fleet))
         .route("/api/fleet/events", get(live::fleet_events))
         .route("/api/alerts/episodes", get(views::episodes))

@@ -1,10 +1,10 @@
 //! The fleet from a running `osprey serve`: `GET /api/devices`, `/api/devices/{id}` and its
-//! windows, over HTTP/1.1 or HTTPS (rustls: the CA of `--ca-file`, or else the system's
+//! windows (and `POST` for the routes that record something), over HTTP/1.1 or HTTPS (rustls: the CA of `--ca-file`, or else the system's
 //! roots), with the API token as `Authorization: Bearer` when one is given.
 
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -86,7 +86,7 @@ pub struct ApiReader {
     /// `Bearer <token>`, if any.
     authorization: Option<Secret>,
     /// hyper's pooled HTTP/1.1 client (TLS by rustls for https).
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl ApiReader {
@@ -145,16 +145,32 @@ impl ApiReader {
 
     /// `GET path` and its JSON body.
     pub async fn get(&self, path: &str) -> Result<Value, FleetError> {
+        self.call(hyper::Method::GET, path, None).await
+    }
+
+    /// `POST path` with a JSON body, and the JSON answer (200 or 201).
+    pub async fn post(&self, path: &str, body: Vec<u8>) -> Result<Value, FleetError> {
+        self.call(hyper::Method::POST, path, Some(Bytes::from(body)))
+            .await
+    }
+
+    /// One call: the JSON answer of a 2xx, or the error the serve gave.
+    async fn call(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<Value, FleetError> {
         let url = format!("{}{path}", self.base);
         let unreachable = |cause: String| FleetError::ApiUnreachable {
             url: url.clone(),
             cause,
         };
-        let (status, body) = tokio::time::timeout(TIMEOUT, self.exchange(&url))
+        let (status, body) = tokio::time::timeout(TIMEOUT, self.exchange(method, &url, body))
             .await
             .map_err(|_| unreachable(format!("no answer within {} s", TIMEOUT.as_secs())))?
             .map_err(unreachable)?;
-        if status != 200 {
+        if !(200..300).contains(&status) {
             let text = String::from_utf8_lossy(&body).into_owned();
             let message = serde_json::from_str::<Value>(&text)
                 .ok()
@@ -181,16 +197,28 @@ impl ApiReader {
     }
 
     /// One request: the status code and the whole body (at most [`MAX_BODY`] bytes).
-    async fn exchange(&self, url: &str) -> Result<(u16, Bytes), String> {
-        let mut request =
-            hyper::Request::get(url).header(hyper::header::ACCEPT, "application/json");
+    async fn exchange(
+        &self,
+        method: hyper::Method,
+        url: &str,
+        body: Option<Bytes>,
+    ) -> Result<(u16, Bytes), String> {
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(url)
+            .header(hyper::header::ACCEPT, "application/json");
+        if body.is_some() {
+            request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
         if let Some(authorization) = &self.authorization {
             let mut value = hyper::header::HeaderValue::from_str(authorization.expose())
                 .map_err(|_| "the API token has characters a header cannot carry".to_owned())?;
             value.set_sensitive(true);
             request = request.header(hyper::header::AUTHORIZATION, value);
         }
-        let request = request.body(Empty::new()).map_err(|e| e.to_string())?;
+        let request = request
+            .body(Full::new(body.unwrap_or_default()))
+            .map_err(|e| e.to_string())?;
         let response = self
             .client
             .request(request)

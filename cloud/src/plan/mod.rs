@@ -47,6 +47,11 @@ pub const SIGNALS_BYTES_PER_SERIES: f64 = 300.0;
 /// Windows a signals refresh reads per series.
 pub const SIGNALS_WINDOWS: f64 = 241.0;
 
+/// Bytes by which the agent's size bound of a message exceeds the plan's encoded example: the
+/// agent measures a batch for the longest device id (128 bytes against the example's 8) and the
+/// largest sequence number.
+pub const AGENT_SIZE_MARGIN: usize = 128;
+
 /// Lambda run time per invocation, and per device in it (an estimate: DynamoDB requests of
 /// about 5-10 ms, 16 devices at a time).
 pub const LAMBDA_BASE_S: f64 = 0.05;
@@ -68,6 +73,8 @@ pub struct Fleet {
     pub max_age_s: f64,
     /// The agent's `batch.max_bytes`.
     pub max_bytes: u64,
+    /// The agent's `batch.target_bytes` (a batch is cut at the smaller of the two).
+    pub target_bytes: u64,
     /// The agent's `[status] interval_s` (0: none).
     pub status_interval_s: f64,
     /// Publish to a Basic Ingest topic (`$aws/rules/…`): no messaging charge.
@@ -85,8 +92,8 @@ pub struct Fleet {
 }
 
 impl Default for Fleet {
-    /// 200 gateways of 10 series at 1 Hz with the batches `deploy/aws/provision-device.sh`
-    /// configures (minute batches) and the template's defaults.
+    /// 200 gateways of 10 series at 1 Hz with the agent's default batches (a minute, or one
+    /// 5 KB unit) and the template's defaults.
     fn default() -> Fleet {
         Fleet {
             devices: 200,
@@ -95,6 +102,7 @@ impl Default for Fleet {
             max_readings: 4096,
             max_age_s: 60.0,
             max_bytes: 131_072,
+            target_bytes: 4_800,
             status_interval_s: 60.0,
             basic_ingest: false,
             on_demand: false,
@@ -242,6 +250,11 @@ impl Fleet {
         if self.max_readings == 0 || !self.max_age_s.is_finite() || self.max_age_s <= 0.0 {
             return bad("--max-readings and --max-age-ms must be more than 0");
         }
+        if self.target_bytes.min(self.max_bytes) < 1024 {
+            return bad(
+                "--max-bytes and --target-bytes must be at least 1024 (the agent's minimum)",
+            );
+        }
         for (name, v) in [
             ("--status-interval-s", self.status_interval_s),
             ("--batching-window-s", self.batching_window_s),
@@ -267,13 +280,26 @@ pub fn plan(fleet: &Fleet, prices: &Prices) -> Result<Plan, FleetError> {
     let s = fleet.series as f64;
     let rate = s * fleet.hz;
     // The agent cuts a batch at max_readings, or when its oldest reading is max_age old, or
-    // before max_bytes; find the readings per message that fit all three.
+    // before the smaller of target_bytes and max_bytes, measured as the agent does (for the
+    // longest device id and sequence number); find the readings per message that fit all three.
     let mut per_series = ((fleet.max_readings as f64 / s).floor() as u64)
         .min((fleet.hz * fleet.max_age_s).ceil() as u64)
         .max(1);
     let mut payload = telemetry_message(fleet.series, per_series, fleet.hz);
-    while payload.len() as u64 > fleet.max_bytes && per_series > 1 {
-        per_series = per_series * 3 / 4;
+    let cut = fleet.target_bytes.min(fleet.max_bytes);
+    let fits = |p: &[u8]| (p.len() + AGENT_SIZE_MARGIN) as u64 <= cut;
+    if !fits(&payload) && per_series > 1 {
+        // The most readings per series that fit: lo always fits (or is 1), hi never does.
+        let (mut lo, mut hi) = (1, per_series);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if fits(&telemetry_message(fleet.series, mid, fleet.hz)) {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        per_series = lo;
         payload = telemetry_message(fleet.series, per_series, fleet.hz);
     }
     let readings = (per_series * fleet.series) as f64;
@@ -479,7 +505,7 @@ pub fn plan(fleet: &Fleet, prices: &Prices) -> Result<Plan, FleetError> {
     if facts.publishes_per_connection_s > IOT_PUBLISHES_PER_CONNECTION_S {
         warnings.push(format!(
             "each gateway publishes {:.0} messages/s; AWS IoT Core allows {} per connection: \
-             raise batch.max_readings or batch.max_age_ms",
+             raise batch.max_readings, batch.max_age_ms or batch.target_bytes",
             facts.publishes_per_connection_s, IOT_PUBLISHES_PER_CONNECTION_S
         ));
     }

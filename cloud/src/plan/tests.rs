@@ -1,10 +1,11 @@
 use super::*;
 
-/// The agent's own batch defaults (60 readings, 5 s).
+/// The batch defaults of earlier agents (60 readings, 5 s, no target size).
 fn five_s() -> Fleet {
     Fleet {
         max_readings: 60,
         max_age_s: 5.0,
+        target_bytes: 131_072,
         ..Fleet::default()
     }
 }
@@ -17,7 +18,7 @@ fn usd(plan: &Plan, service: &str, item: &str) -> f64 {
 }
 
 #[test]
-fn the_agents_defaults_send_a_message_every_five_seconds_and_cost_per_line() {
+fn the_earlier_defaults_send_a_message_every_five_seconds_and_cost_per_line() {
     let p = plan(&five_s(), &Prices::default()).unwrap();
     let x = &p.facts;
     // 60 readings at most, 5 s at most: 5 readings of each of 10 series.
@@ -150,7 +151,7 @@ fn the_table_names_every_line_and_the_total() {
 }
 
 #[test]
-fn the_provisioned_defaults_cost_under_a_dollar_a_gateway() {
+fn the_agents_defaults_cost_under_a_dollar_a_gateway() {
     let p = plan(&Fleet::default(), &Prices::default()).unwrap();
     assert_eq!(p.facts.message_interval_s, 60.0);
     assert!(p.per_device_usd < 1.0, "{}", render(&p));
@@ -160,4 +161,30 @@ fn the_provisioned_defaults_cost_under_a_dollar_a_gateway() {
     };
     let basic = plan(&basic, &Prices::default()).unwrap();
     assert!(basic.per_device_usd < p.per_device_usd);
+}
+
+#[test]
+fn at_higher_rates_the_default_batch_is_cut_at_one_billing_unit() {
+    for (series, hz) in [(10, 10.0), (3, 1000.0)] {
+        let fleet = Fleet {
+            series,
+            hz,
+            ..Fleet::default()
+        };
+        let p = plan(&fleet, &Prices::default()).unwrap();
+        let x = &p.facts;
+        assert_eq!(x.iot_units_per_message, 1, "{series} x {hz} Hz: {x:?}");
+        assert!(x.message_interval_s < 60.0, "{x:?}");
+        assert!(
+            x.message_bytes > 3 * IOT_UNIT_BYTES / 4,
+            "{series} x {hz} Hz: a unit not filled: {x:?}"
+        );
+        // Without the target the same fleet sends bigger messages of several units.
+        let big = Fleet {
+            target_bytes: 131_072,
+            ..fleet
+        };
+        let big = plan(&big, &Prices::default()).unwrap();
+        assert!(big.facts.iot_units_per_message > 1, "{:?}", big.facts);
+    }
 }

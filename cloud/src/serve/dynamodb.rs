@@ -76,6 +76,7 @@ pub async fn start(cfg: DynamoServeConfig) -> Result<ViewRunning, ServeError> {
         stats: stats.clone(),
         rules: Arc::from(cfg.signals.rules.clone()),
         shutdown: Some(shutdown.clone()),
+        writer: None,
     })
     .merge(
         Readiness {

@@ -21,6 +21,7 @@ pub mod query;
 pub mod reader;
 mod recent;
 pub mod retention;
+pub mod rule_changes;
 pub mod schema;
 pub mod signals;
 pub mod status;

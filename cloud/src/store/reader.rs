@@ -109,6 +109,17 @@ impl StoreReader {
         .await
     }
 
+    /// At most `limit` recorded rules changes, newest first; only those naming `device` when
+    /// given ([`super::rule_changes`]).
+    pub async fn rule_changes(
+        &self,
+        device: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<super::rule_changes::ChangeRow>, StoreError> {
+        self.read(move |conn| super::rule_changes::list(conn, device.as_deref(), limit))
+            .await
+    }
+
     /// The rules in effect `device` reported; `None` if it has not.
     pub async fn device_rules_in_effect(
         &self,

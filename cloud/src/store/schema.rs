@@ -34,8 +34,9 @@
 //! | 4 | `windows.corrections`: how many times late data changed a window after it had closed (`version` counts every merge) |
 //! | 5 | `status_history` (a device's statuses over time with their counters, bounded: [`super::timeline`]) and `devices.status_rows`, its per-device row count |
 //! | 6 | the archive's tables (`archive_targets`, `archive_spool`, `archive_files`: [`crate::archive`]), empty on upgrade; `device_rules` (the rules each device reports it runs, and the document set for it: [`super::device_rules`]) |
+//! | 7 | `rule_changes`, `rule_change_devices`: the rules changes operators recorded through the API ([`super::rule_changes`]), empty on upgrade |
 //!
-//! [`migrate`] upgrades a version-2, 3, 4 or 5 file in place, in one transaction: the rows of `seen` and
+//! [`migrate`] upgrades a version-2 to 6 file in place, in one transaction: the rows of `seen` and
 //! `alerts` get epoch 0 (what a pre-1.3 gateway's messages are), each device that has messages
 //! gets epoch 0 in `epochs` (so its first 1.3 epoch reads as a replaced journal only if it
 //! really is one: a kept journal stays at epoch 0), and stored statuses keep no mark (the next
@@ -48,7 +49,7 @@
 use rusqlite::Connection;
 
 /// Schema version kept in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// How long a connection waits for another's lock before giving up.
 pub const BUSY_TIMEOUT_MS: u64 = 5_000;
@@ -209,7 +210,7 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<Migration> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    if ![0, 2, 3, 4, 5, SCHEMA_VERSION].contains(&found) {
+    if ![0, 2, 3, 4, 5, 6, SCHEMA_VERSION].contains(&found) {
         return Ok(Migration::Incompatible { found });
     }
     // One transaction: a crash leaves the file at its old version, and the next open
@@ -232,6 +233,9 @@ pub fn migrate(conn: &Connection) -> rusqlite::Result<Migration> {
     }
     if found < 6 {
         super::device_rules::migrate_v6(&tx)?;
+    }
+    if found < 7 {
+        super::rule_changes::migrate_v7(&tx)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;

@@ -124,6 +124,9 @@ pub enum Write {
     /// A device's rules report or the document set for it ([`super::device_rules`];
     /// idempotent: the same report or hash again changes nothing).
     Rules(RulesWrite),
+    /// A rules change an operator made ([`super::rule_changes`]; the same id again is a
+    /// duplicate).
+    RuleChange(super::rule_changes::ChangeWrite),
 }
 
 /// How far a Kinesis shard has been applied.
@@ -372,6 +375,7 @@ fn apply_in_transaction(
                 rules_changed.extend(device_rules::apply(&tx, r)?);
                 Written::Applied
             }
+            Write::RuleChange(c) => super::rule_changes::apply(&tx, c)?,
         });
     }
     deferred.flush(&tx)?;
