@@ -229,8 +229,8 @@ struct RulesSetArgs {
 /// Where changes are recorded besides the local file: a running `osprey serve`.
 #[derive(Debug, Args)]
 struct ChangeApiArgs {
-    /// Also record the change with this `osprey serve` (POST /api/rules/changes), as the
-    /// caller its token names; `osprey rules changes --api URL` and the API list them.
+    /// An `osprey serve` that keeps the team's change record: `set` also posts its change
+    /// there (recorded as the caller the token names), `changes` lists what it keeps.
     #[arg(long = "api", value_name = "URL")]
     api: Option<String>,
     /// File holding the serve's API token ($OSPREY_API_TOKEN, when set, gives it instead).
