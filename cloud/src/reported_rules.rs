@@ -282,6 +282,10 @@ pub struct DeviceRules {
     pub signals_use: &'static str,
     /// Serve's rules, when the signals use them.
     pub server_rules: Vec<RuleView>,
+    /// The newest rules change recorded through the API that named this device
+    /// ([`crate::api::changes`]): `id`, `time_ms`, `by`, `recorded_by`, `result` (with `field`
+    /// and `reason` when refused); `None` when none was recorded.
+    pub last_change: Option<serde_json::Value>,
 }
 
 impl DeviceRules {
@@ -359,6 +363,7 @@ impl DeviceRules {
             } else {
                 view(server_rules, "server")
             },
+            last_change: None,
         }
     }
 }

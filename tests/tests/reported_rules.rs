@@ -170,6 +170,32 @@ fn serve_shows_the_rules_each_device_applied_refused_or_has_pending() {
         v["rules"][0]["unit"] == "Cel" && v["state"] == "rejected"
     });
 
+    // A change recorded through the API (a loopback serve without a token: recorded as such)
+    // is the device's last change, on its rules view and its page.
+    let record = json!({"id": "20260101T000000Z-0badc0de", "time": "2026-01-01T00:00:00Z",
+        "time_ms": 1_767_225_600_000_i64, "by": "ops@desk", "hash": "sha256:00",
+        "document": {"rules": [hot(30.0, 50.0)]}, "selection": {"devices": [DEVICE]},
+        "transport": "mqtt", "outcome": "incomplete",
+        "results": [{"device": DEVICE, "result": "rejected", "field": "rules[0]", "reason": "clear above"}]});
+    let (status, posted) = call(
+        "POST",
+        &format!("{url}/api/rules/changes"),
+        None,
+        Some(&record),
+    );
+    assert_eq!(
+        (status, &posted["recorded_by"]),
+        (201, &json!("local (no API token)")),
+        "{posted}"
+    );
+    let view = http_get_json(&format!("{url}/api/devices/{DEVICE}/rules"));
+    let last = &view["last_change"];
+    assert_eq!(
+        (&last["id"], &last["result"], &last["by"]),
+        (&record["id"], &json!("rejected"), &json!("ops@desk")),
+        "{view}"
+    );
+
     // The device page: the rules in effect with their sources, the refusal in words.
     let page = format!("{url}/devices/{DEVICE}");
     let dom = rendered_dom_in(&page, Window::DESKTOP);
@@ -184,6 +210,11 @@ fn serve_shows_the_rules_each_device_applied_refused_or_has_pending() {
         "{dom}"
     );
     assert!(dom.contains(r#"id="rules-rejected""#), "{dom}");
+    let last = tag_with(&dom, r#"id="rules-last-change""#).unwrap_or_default();
+    assert!(
+        dom.contains("by local (no API token) (ops@desk); the device refused it."),
+        "{last}\n{dom}"
+    );
     assert!(
         dom.contains("clear level 50 must be at or below the threshold 30"),
         "{dom}"

@@ -27,7 +27,7 @@ use super::handlers::{params, QueryPairs};
 use super::ApiState;
 use crate::clock::now_ms;
 use crate::rules::changes::ChangeRecord;
-use crate::store::rule_changes::ChangeWrite;
+use crate::store::rule_changes::{ChangeRow, ChangeWrite};
 use crate::store::{Write, Written};
 
 /// Who a change is recorded as on a serve that asks for no token (loopback only).
@@ -62,6 +62,28 @@ pub struct Listed {
     pub recorded_ms: i64,
     /// The record as the CLI wrote it.
     pub change: Value,
+}
+
+/// What a recorded change did to `device`: its id, time, who made it (as said and as recorded)
+/// and the device's result, for the device's rules view.
+pub fn for_device(row: &ChangeRow, device: &str) -> Value {
+    let change: Value = serde_json::from_str(&row.record).unwrap_or(Value::Null);
+    let result = change["results"]
+        .as_array()
+        .and_then(|results| results.iter().find(|r| r["device"] == device))
+        .cloned()
+        .unwrap_or(Value::Null);
+    serde_json::json!({
+        "id": change["id"],
+        "time_ms": change["time_ms"],
+        "by": change["by"],
+        "hash": change["hash"],
+        "recorded_by": row.recorded_by,
+        "recorded_ms": row.recorded_ms,
+        "result": result["result"],
+        "field": result["field"],
+        "reason": result["reason"],
+    })
 }
 
 /// Checks a posted record: a well-formed id, valid device ids, a size the store takes.

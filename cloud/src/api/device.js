@@ -141,6 +141,15 @@
       p.append(O.el("b", "", j.field + ": " + j.reason), current ? ". It keeps running the rules below." : ".");
       box.append(p);
     }
+    if (view.last_change) {
+      const c = view.last_change;
+      const results = { applied: "applied it", rejected: "refused it", no_report: "did not report on it in time",
+        not_waited: "was not waited for", not_attempted: "was not reached (the canary stopped the rollout)", unknown: "is unknown (the connection failed)" };
+      const p = O.el("p", "small", "Last change from the cloud: " + c.id + ", " + O.time(c.time_ms) + ", by " + c.recorded_by +
+        (c.by && c.by !== c.recorded_by ? " (" + c.by + ")" : "") + "; the device " + (results[c.result] || c.result) + ".");
+      p.id = "rules-last-change";
+      box.append(p);
+    }
     if (view.state === "no_report") {
       box.append(O.el("p", "muted", "This device has not reported the rules it runs (remote configuration is off, or it has not connected since serve started keeping reports)."));
       if (view.server_rules.length) box.append(rulesTable(view.server_rules, "The server's rules, whose crossings are predicted for this device"));

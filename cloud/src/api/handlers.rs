@@ -103,7 +103,12 @@ pub async fn device_rules(
     if row.is_none() {
         known_device(&state, &device).await?;
     }
-    Ok(Json(DeviceRules::new(&device, row, &state.rules, &units)))
+    let mut view = DeviceRules::new(&device, row, &state.rules, &units);
+    let newest = store.rule_changes(Some(device.clone()), 1).await?;
+    view.last_change = newest
+        .first()
+        .map(|row| super::changes::for_device(row, &device));
+    Ok(Json(view))
 }
 
 /// `GET /api/windows`.
