@@ -1,5 +1,6 @@
-//! What the Lambda's DynamoDB state costs per message, measured: a fleet sending as the agent
-//! does by default (ten series at 1 Hz, a message every 5 s), delivered in invocations as the
+//! What the Lambda's DynamoDB state costs per message, measured: a fleet of ten series at 1 Hz
+//! sending a message every 5 s (the agent's earlier default) and every minute (its default
+//! now, one 5 KB IoT Core unit at most), delivered in invocations as the
 //! event source mapping gathers them over its batching window, applied by the real handler
 //! against moto. moto does not bill, so the units are the function's own count by DynamoDB's
 //! documented item-size rules (`osprey_lambda::usage`), the same count its `WriteUnits` and
@@ -26,9 +27,11 @@ const DEVICES: u64 = 8;
 /// Simulated minutes of traffic per configuration.
 const MINUTES: i64 = 6;
 
-/// The agent's defaults: readings per second per series, seconds per message, series.
+/// Readings per second per series; seconds per message (earlier agents' default, and the
+/// default now); series.
 const HZ: i64 = 1;
 const BATCH_S: i64 = 5;
+const DEFAULT_BATCH_S: i64 = 60;
 const SERIES: [(&str, &str, &str); 10] = [
     ("motor", "temperature", "Cel"),
     ("motor", "current", "A"),
@@ -49,14 +52,14 @@ const TEMPLATE_WINDOW_S: i64 = 60;
 const WRITE_PRICE: f64 = 0.625;
 const READ_PRICE: f64 = 0.125;
 
-/// Message `seq` of `device`: `BATCH_S` seconds of every series from `start_ms`.
-fn message(device: &str, epoch: u64, seq: u64, start_ms: i64) -> Vec<u8> {
+/// Message `seq` of `device`: `batch_s` seconds of every series from `start_ms`.
+fn message(device: &str, epoch: u64, seq: u64, start_ms: i64, batch_s: i64) -> Vec<u8> {
     let series = SERIES
         .iter()
         .enumerate()
         .map(|(i, (sensor, metric, unit))| {
             let mut s = Series::new(sensor, metric, unit);
-            for k in 0..BATCH_S * HZ {
+            for k in 0..batch_s * HZ {
                 let t = start_ms + k * 1000 / HZ;
                 // A slow wave plus a little jitter, as a healthy machine reads.
                 let v = 20.0
@@ -75,15 +78,19 @@ fn message(device: &str, epoch: u64, seq: u64, start_ms: i64) -> Vec<u8> {
 }
 
 /// The fleet's messages in time order as (device, payload, send time).
-fn traffic() -> Vec<(String, Vec<u8>, i64)> {
+fn traffic(batch_s: i64) -> Vec<(String, Vec<u8>, i64)> {
+    // Devices start their batches at different instants, as real gateways do: 310 ms apart,
+    // and spread over the batch when it is longer than 5 s (minute batches all starting in the
+    // same second would each fill one minute window, which no fleet does).
+    let step_ms = 310 + (batch_s - BATCH_S) * 1000 / DEVICES as i64;
     let mut out = Vec::new();
-    for k in 0..(MINUTES * 60 / BATCH_S) {
+    for k in 0..(MINUTES * 60 / batch_s) {
         for d in 0..DEVICES {
             let device = format!("cost-{d:03}");
-            let start = T0 + k * BATCH_S * 1000 + d as i64 * 310;
+            let start = T0 + k * batch_s * 1000 + d as i64 * step_ms;
             out.push((
                 device.clone(),
-                message(&device, 0x5eed + d, k as u64 + 1, start),
+                message(&device, 0x5eed + d, k as u64 + 1, start, batch_s),
                 start,
             ));
         }
@@ -94,6 +101,7 @@ fn traffic() -> Vec<(String, Vec<u8>, i64)> {
 /// One configuration's figures.
 struct Figures {
     window_s: i64,
+    batch_s: i64,
     invocations: usize,
     messages: usize,
     write_units: f64,
@@ -101,10 +109,10 @@ struct Figures {
     items: u64,
 }
 
-async fn run(window_s: i64) -> Figures {
+async fn run(window_s: i64, batch_s: i64) -> Figures {
     let (client, table, dead) = moto_state_tables("cost").await;
     let state = DynamoState::new(client, &table, &dead);
-    let traffic = traffic();
+    let traffic = traffic(batch_s);
     // The event source mapping sends what arrived during its batching window (at 0 s it polls
     // about once a second). Its windows are not aligned to the minute: offset them.
     let span_ms = window_s.max(1) * 1000;
@@ -142,6 +150,7 @@ async fn run(window_s: i64) -> Figures {
     let usage = state.usage().figures();
     Figures {
         window_s,
+        batch_s,
         invocations,
         messages: traffic.len(),
         write_units: usage.write_units,
@@ -154,42 +163,53 @@ async fn run(window_s: i64) -> Figures {
 async fn write_units_per_message_at_the_agents_defaults() {
     let mut rows = Vec::new();
     for window_s in [0, 30, TEMPLATE_WINDOW_S] {
-        rows.push(run(window_s).await);
+        rows.push(run(window_s, BATCH_S).await);
     }
-    let messages_per_month = 30.0 * 86_400.0 / BATCH_S as f64;
-    let readings_per_message = (BATCH_S * HZ) as f64 * SERIES.len() as f64;
+    let minute = run(TEMPLATE_WINDOW_S, DEFAULT_BATCH_S).await;
     println!(
-        "{DEVICES} devices x {MINUTES} min, {} series at {HZ} Hz, a message every {BATCH_S} s",
+        "{DEVICES} devices x {MINUTES} min, {} series at {HZ} Hz",
         SERIES.len()
     );
     println!(
-        "{:>9} {:>11} {:>9} {:>9} {:>11} {:>12} {:>12}",
-        "window s", "invocations", "WU/msg", "RU/msg", "items/msg", "WU/reading", "$/dev-month"
+        "{:>7} {:>9} {:>11} {:>9} {:>9} {:>11} {:>12} {:>12}",
+        "batch s",
+        "window s",
+        "invocations",
+        "WU/msg",
+        "RU/msg",
+        "items/msg",
+        "WU/reading",
+        "$/dev-month"
     );
-    for f in &rows {
+    let month = |f: &Figures| {
         let per = |v: f64| v / f.messages as f64;
-        let month = messages_per_month
+        30.0 * 86_400.0 / f.batch_s as f64
             * (per(f.write_units) * WRITE_PRICE + per(f.read_units) * READ_PRICE)
-            / 1e6;
+            / 1e6
+    };
+    for f in rows.iter().chain([&minute]) {
+        let per = |v: f64| v / f.messages as f64;
+        let readings_per_message = (f.batch_s * HZ) as f64 * SERIES.len() as f64;
         println!(
-            "{:>9} {:>11} {:>9.2} {:>9.2} {:>11.2} {:>12.3} {:>12.2}",
+            "{:>7} {:>9} {:>11} {:>9.2} {:>9.2} {:>11.2} {:>12.3} {:>12.2}",
+            f.batch_s,
             f.window_s,
             f.invocations,
             per(f.write_units),
             per(f.read_units),
             per(f.items as f64),
             per(f.write_units) / readings_per_message,
-            month
+            month(f)
         );
     }
     // `osprey plan`'s model of the same fleet predicts these units per message.
-    for f in &rows {
+    for f in rows.iter().chain([&minute]) {
         let fleet = osprey_cloud::plan::Fleet {
             devices: DEVICES,
             series: SERIES.len() as u64,
             hz: HZ as f64,
-            max_readings: (BATCH_S * HZ) as u64 * SERIES.len() as u64,
-            max_age_s: BATCH_S as f64,
+            max_readings: (f.batch_s * HZ) as u64 * SERIES.len() as u64,
+            max_age_s: f.batch_s as f64,
             batching_window_s: f.window_s as f64,
             ..osprey_cloud::plan::Fleet::default()
         };
@@ -198,10 +218,11 @@ async fn write_units_per_message_at_the_agents_defaults() {
             .facts
             .write_units_per_message;
         let measured = f.write_units / f.messages as f64;
-        println!("window {:>3} s: osprey plan {planned:.2} write units per message, measured {measured:.2}", f.window_s);
+        println!("batch {:>2} s, window {:>3} s: osprey plan {planned:.2} write units per message, measured {measured:.2}", f.batch_s, f.window_s);
         assert!(
             (measured - planned).abs() <= 0.15 * planned,
-            "osprey plan says {planned:.2} write units per message at a {} s window, moto run {measured:.2}",
+            "osprey plan says {planned:.2} write units per message at {} s batches and a {} s window, moto run {measured:.2}",
+            f.batch_s,
             f.window_s
         );
     }
@@ -213,6 +234,14 @@ async fn write_units_per_message_at_the_agents_defaults() {
     );
     // Gathering more per invocation must cost less per message, or the batching is not working.
     assert!(rows[0].write_units > 2.0 * default.write_units);
+    // Minute batches write about as many units per reading (the same windows, once per
+    // invocation) in a twelfth of the messages: no dearer a month.
+    assert!(
+        month(&minute) <= month(default) * 1.05,
+        "minute batches ${:.3} against ${:.3} a device-month",
+        month(&minute),
+        month(default)
+    );
 }
 
 #[tokio::test]
