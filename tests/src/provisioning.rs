@@ -344,10 +344,13 @@ fn template_of(topic: &str) -> Option<&str> {
 
 /// Mosquitto ACL lines to append to the shipped ACL (`deploy/mosquitto/acl`) for fleet
 /// provisioning: the claim certificate ([`CLAIM_CN`]) may only publish the requests and read
-/// the answers (the claim policy of deploy/aws/template.yaml), and the stand-in
-/// ([`SERVICE_CN`]) may use every `$aws/` topic.
+/// the answers (the claim policy of deploy/aws/template.yaml): its `deny` lines override the
+/// shipped ACL's `pattern` lines, which would otherwise let it publish under
+/// `dt/osprey/osprey-claim/`. The stand-in ([`SERVICE_CN`]) may use every `$aws/` topic.
 pub const ACL_ADDITIONS: &str = "
 user osprey-claim
+topic deny dt/#
+topic deny cmd/#
 topic write $aws/certificates/create-from-csr/json
 topic read $aws/certificates/create-from-csr/json/+
 topic write $aws/certificates/create/json
