@@ -65,6 +65,7 @@ mod payload;
 mod process;
 pub mod provisioning;
 mod shadow;
+mod stand_in;
 mod subscriber;
 
 pub use browser::{

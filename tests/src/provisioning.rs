@@ -37,18 +37,15 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use osprey_agent::tls::{self, Tls};
-use rumqttc::{
-    Client, Event, MqttOptions, Packet, QoS, SubscribeFilter, TlsConfiguration, Transport,
-};
+use rumqttc::{Client, MqttOptions, QoS, TlsConfiguration, Transport};
 use serde_json::{json, Value};
 
-use crate::{wait_until, Certs, ClientCert};
+use crate::{Certs, ClientCert};
 
 const CREATE_FROM_CSR: &str = "$aws/certificates/create-from-csr/json";
 const CREATE_KEYS: &str = "$aws/certificates/create/json";
@@ -79,15 +76,13 @@ struct Pending {
 }
 
 struct Shared {
-    client: Client,
+    link: crate::stand_in::Link,
     certs: Arc<Certs>,
     /// Template name → thing-name prefix.
     templates: BTreeMap<String, String>,
     tokens: Mutex<BTreeMap<String, Pending>>,
     registered: Mutex<Vec<Registered>>,
     issued: AtomicU64,
-    ready: AtomicBool,
-    stop: AtomicBool,
 }
 
 /// The service: a thread with its own MQTT client (certificate CN [`SERVICE_CN`]) on the
@@ -114,9 +109,9 @@ impl FleetProvisioning {
             .set_clean_session(true)
             .set_max_packet_size(1024 * 1024, 1024 * 1024)
             .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(rustls)));
-        let (client, mut connection) = Client::new(options, 256);
+        let (client, connection) = Client::new(options, 256);
         let shared = Arc::new(Shared {
-            client,
+            link: crate::stand_in::Link::new(client),
             certs,
             templates: templates
                 .iter()
@@ -125,40 +120,12 @@ impl FleetProvisioning {
             tokens: Mutex::new(BTreeMap::new()),
             registered: Mutex::new(Vec::new()),
             issued: AtomicU64::new(0),
-            ready: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
         });
-        let worker = Arc::clone(&shared);
-        thread::spawn(move || {
-            for event in connection.iter() {
-                if worker.stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let filters = [CREATE_FROM_CSR, CREATE_KEYS, REGISTER]
-                            .iter()
-                            .map(|t| SubscribeFilter::new((*t).to_owned(), QoS::AtLeastOnce));
-                        let _ = worker.client.try_subscribe_many(filters);
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        worker.ready.store(true, Ordering::SeqCst)
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => worker.serve(&p.topic, &p.payload),
-                    Ok(_) => {}
-                    Err(_) => {
-                        worker.ready.store(false, Ordering::SeqCst);
-                        thread::sleep(Duration::from_millis(100));
-                    }
-                }
-            }
-        });
-        let ready = wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
-            shared.ready.load(Ordering::SeqCst).then_some(())
-        });
-        assert!(
-            ready.is_some(),
-            "fleet provisioning stand-in not subscribed within 10 s"
+        crate::stand_in::spawn(
+            "fleet provisioning stand-in",
+            connection,
+            Arc::clone(&shared),
+            &[CREATE_FROM_CSR, CREATE_KEYS, REGISTER],
         );
         FleetProvisioning { shared }
     }
@@ -176,8 +143,7 @@ impl FleetProvisioning {
 
 impl Drop for FleetProvisioning {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        let _ = self.shared.client.try_disconnect();
+        self.shared.link.close();
     }
 }
 
@@ -190,8 +156,17 @@ fn refusal(status: u16, code: &str, message: &str) -> Value {
     json!({ "statusCode": status, "errorCode": code, "errorMessage": message })
 }
 
-impl Shared {
+impl crate::stand_in::Service for Shared {
+    fn link(&self) -> &crate::stand_in::Link {
+        &self.link
+    }
     fn serve(&self, topic: &str, payload: &[u8]) {
+        self.handle(topic, payload);
+    }
+}
+
+impl Shared {
+    fn handle(&self, topic: &str, payload: &[u8]) {
         let answer = match topic {
             CREATE_FROM_CSR => self.create_from_csr(payload),
             CREATE_KEYS => self.create_keys(),
@@ -204,7 +179,7 @@ impl Shared {
             Ok(body) => ("accepted", body),
             Err(body) => ("rejected", body),
         };
-        let _ = self.client.try_publish(
+        let _ = self.link.client.try_publish(
             format!("{topic}/{suffix}"),
             QoS::AtLeastOnce,
             false,

@@ -49,6 +49,22 @@ fn at<'a>(value: &'a Value, path: &[&str]) -> &'a Value {
     })
 }
 
+/// The statements of the IoT policy resource `name` in template `t`.
+fn policy_statements<'a>(t: &'a Value, name: &str) -> &'a Vec<Value> {
+    at(
+        t,
+        &[
+            "Resources",
+            name,
+            "Properties",
+            "PolicyDocument",
+            "Statement",
+        ],
+    )
+    .as_sequence()
+    .unwrap()
+}
+
 fn text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
@@ -220,18 +236,7 @@ fn template_scopes_devices_to_their_topics_and_wires_rule_stream_lambda_and_alar
     );
 
     // Device policy: every statement is about the connecting thing's own name, no wildcards.
-    let statements = at(
-        &t,
-        &[
-            "Resources",
-            "DevicePolicy",
-            "Properties",
-            "PolicyDocument",
-            "Statement",
-        ],
-    )
-    .as_sequence()
-    .unwrap();
+    let statements = policy_statements(&t, "DevicePolicy");
     let mut actions = Vec::new();
     for s in statements {
         for resource in texts(at(s, &["Resource"])) {
@@ -1521,7 +1526,10 @@ fn pi_installer_rolls_back_when_the_upgraded_service_does_not_stay_up() {
 #[test]
 fn template_fleet_provisioning_names_things_by_serial_and_the_claim_policy_only_provisions() {
     let t = yaml("deploy/aws/template.yaml");
-    let props = at(&t, &["Resources", "FleetProvisioningTemplate", "Properties"]);
+    let props = at(
+        &t,
+        &["Resources", "FleetProvisioningTemplate", "Properties"],
+    );
     assert_eq!(text(at(props, &["Enabled"])), "true");
     assert!(text(at(props, &["ProvisioningRoleArn"])).contains("FleetProvisioningRole"));
     // The body is JSON once CloudFormation substitutes the stack's names into it.
@@ -1537,19 +1545,33 @@ fn template_fleet_provisioning_names_things_by_serial_and_the_claim_policy_only_
     );
     assert_eq!(thing["ThingGroups"], serde_json::json!(["osprey-fleet"]));
     assert!(body["Parameters"]["SerialNumber"].is_object());
-    assert_eq!(body["Resources"]["certificate"]["Properties"]["Status"], "ACTIVE");
-    assert_eq!(body["Resources"]["policy"]["Properties"]["PolicyName"], "stack-device");
+    assert_eq!(
+        body["Resources"]["certificate"]["Properties"]["Status"],
+        "ACTIVE"
+    );
+    assert_eq!(
+        body["Resources"]["policy"]["Properties"]["PolicyName"],
+        "stack-device"
+    );
     let role = at(&t, &["Resources", "FleetProvisioningRole", "Properties"]);
-    assert!(texts(at(role, &["ManagedPolicyArns"]))[0].ends_with("AWSIoTThingsRegistration"));
+    let policy = &at(role, &["Policies"])[0];
+    let granted = texts(&at(policy, &["PolicyDocument", "Statement"])[0]["Action"]);
+    for needed in [
+        "iot:CreateThing",
+        "iot:AddThingToThingGroup",
+        "iot:AttachThingPrincipal",
+        "iot:UpdateCertificate",
+        "iot:AttachPolicy",
+    ] {
+        assert!(
+            granted.iter().any(|a| a == needed),
+            "role lacks {needed}: {granted:?}"
+        );
+    }
 
     // The claim policy: every resource it allows is a fleet provisioning topic or the
     // provision-* client ids; nothing under dt/, cmd/ or a shadow.
-    let statements = at(
-        &t,
-        &["Resources", "ClaimPolicy", "Properties", "PolicyDocument", "Statement"],
-    )
-    .as_sequence()
-    .unwrap();
+    let statements = policy_statements(&t, "ClaimPolicy");
     let mut actions = Vec::new();
     for statement in statements {
         assert_eq!(text(at(statement, &["Effect"])), "Allow");
@@ -1559,7 +1581,9 @@ fn template_fleet_provisioning_names_things_by_serial_and_the_claim_policy_only_
                 resource.ends_with(":client/provision-*")
             } else {
                 resource.contains("/$aws/certificates/create")
-                    || resource.contains("/$aws/provisioning-templates/${AWS::StackName}-fleet/provision/json")
+                    || resource.contains(
+                        "/$aws/provisioning-templates/${AWS::StackName}-fleet/provision/json",
+                    )
             };
             assert!(allowed, "claim policy allows {action} on {resource}");
         }
@@ -1570,7 +1594,11 @@ fn template_fleet_provisioning_names_things_by_serial_and_the_claim_policy_only_
         actions,
         ["iot:Connect", "iot:Publish", "iot:Receive", "iot:Subscribe"]
     );
-    for output in ["FleetTemplateName", "ClaimPolicyName", "FleetThingGroupName"] {
+    for output in [
+        "FleetTemplateName",
+        "ClaimPolicyName",
+        "FleetThingGroupName",
+    ] {
         at(&t, &["Outputs", output, "Value"]);
     }
 }
@@ -1651,29 +1679,11 @@ fn provision_dry_run_calls_nothing_and_writes_a_config_the_agent_accepts() {
 
 #[test]
 fn provision_against_moto_creates_thing_and_certificate_and_a_working_config() {
-    let endpoint = moto_endpoint();
-    let aws = venv_tool("aws");
-    let path = format!(
-        "{}:{}",
-        aws.parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let aws_cmd = |args: &[&str]| {
-        let mut cmd = Command::new(&aws);
-        cmd.args(args);
-        on_moto(&mut cmd, &endpoint);
-        cmd
-    };
-    let policy = unique_name("osprey-device");
+    let moto = MotoCli::new();
+    let (endpoint, path) = (moto.endpoint.clone(), moto.path.clone());
+    let aws_cmd = |args: &[&str]| moto.cmd(args);
+    let policy = moto.policy();
     let thing = unique_name("pump");
-    succeed(&mut aws_cmd(&[
-        "iot",
-        "create-policy",
-        "--policy-name",
-        &policy,
-        "--policy-document",
-        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:Connect","Resource":"*"}]}"#,
-    ]));
 
     let certs = Certs::generate(&thing);
     let dir = tempfile::tempdir().unwrap();
@@ -1788,6 +1798,52 @@ impl MotoCli {
         policy
     }
 
+    /// provision-device.sh --csr for `thing` into `out_dir`, joining `group`.
+    fn provision_csr(
+        &self,
+        thing: &str,
+        (key, csr): (&Path, &Path),
+        policy: &str,
+        group: &str,
+        ca: &Path,
+        out_dir: &Path,
+    ) -> Output {
+        self.provision(
+            &[
+                "--policy",
+                policy,
+                "--csr",
+                csr.to_str().unwrap(),
+                "--device-key",
+                key.to_str().unwrap(),
+                "--thing-group",
+                group,
+                "--ca-file",
+                ca.to_str().unwrap(),
+                thing,
+            ],
+            out_dir,
+        )
+    }
+
+    /// The things in `group`, sorted.
+    fn members(&self, group: &str) -> Vec<String> {
+        let mut things: Vec<String> = self
+            .text(&[
+                "iot",
+                "list-things-in-thing-group",
+                "--thing-group-name",
+                group,
+                "--query",
+                "things",
+            ])
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        things.sort();
+        things
+    }
+
     /// provision-device.sh with ARGS on moto.
     fn provision(&self, args: &[&str], out_dir: &Path) -> Output {
         let mut cmd = provision(args, out_dir);
@@ -1821,20 +1877,12 @@ fn provision_with_csr_writes_no_key_points_at_the_device_key_and_joins_the_thing
     let (device_key, csr) = keygen(&thing, dir.path());
     let certs = Certs::generate(&thing);
     let out_dir = dir.path().join(&thing);
-    let out = moto.provision(
-        &[
-            "--policy",
-            &policy,
-            "--csr",
-            csr.to_str().unwrap(),
-            "--device-key",
-            device_key.to_str().unwrap(),
-            "--thing-group",
-            &group,
-            "--ca-file",
-            certs.ca.to_str().unwrap(),
-            &thing,
-        ],
+    let out = moto.provision_csr(
+        &thing,
+        (&device_key, &csr),
+        &policy,
+        &group,
+        &certs.ca,
         &out_dir,
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -1875,33 +1923,17 @@ fn provision_with_csr_writes_no_key_points_at_the_device_key_and_joins_the_thing
         "certificateDescription.status",
     ]);
     assert_eq!(status, "ACTIVE");
-    let members = moto.text(&[
-        "iot",
-        "list-things-in-thing-group",
-        "--thing-group-name",
-        &group,
-        "--query",
-        "things",
-    ]);
-    assert_eq!(members, thing);
+    assert_eq!(moto.members(&group), std::slice::from_ref(&thing));
 
     // A second device joins the existing group.
     let other = unique_name("pump");
     let (other_key, other_csr) = keygen(&other, &dir.path().join("other"));
-    let out = moto.provision(
-        &[
-            "--policy",
-            &policy,
-            "--csr",
-            other_csr.to_str().unwrap(),
-            "--device-key",
-            other_key.to_str().unwrap(),
-            "--thing-group",
-            &group,
-            "--ca-file",
-            certs.ca.to_str().unwrap(),
-            &other,
-        ],
+    let out = moto.provision_csr(
+        &other,
+        (&other_key, &other_csr),
+        &policy,
+        &group,
+        &certs.ca,
         &dir.path().join(&other),
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -1910,22 +1942,9 @@ fn provision_with_csr_writes_no_key_points_at_the_device_key_and_joins_the_thing
         "{}",
         stderr(&out)
     );
-    let mut members: Vec<String> = moto
-        .text(&[
-            "iot",
-            "list-things-in-thing-group",
-            "--thing-group-name",
-            &group,
-            "--query",
-            "things",
-        ])
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    members.sort();
     let mut expected = vec![thing.clone(), other];
     expected.sort();
-    assert_eq!(members, expected);
+    assert_eq!(moto.members(&group), expected);
 
     // Bad inputs are refused before any AWS call.
     fs::write(dir.path().join("not.csr"), "hello").unwrap();
