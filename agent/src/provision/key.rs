@@ -28,8 +28,20 @@ pub fn generate() -> Result<KeyPair, ProvisionError> {
 /// Writes `key` to `path` (PKCS#8 PEM, mode 0600), creating the directory (0700) if needed.
 /// Refuses an existing file unless `overwrite`.
 pub fn write(key: &KeyPair, path: &Path, overwrite: bool) -> Result<(), ProvisionError> {
-    let pem = key.serialize_pem();
+    let pem = pem("PRIVATE KEY", key.serialized_der());
     write_secret(path, pem.as_bytes(), overwrite)
+}
+
+/// `der` as a PEM block with `label` (RFC 7468: base64 in lines of 64 characters).
+fn pem(label: &str, der: &[u8]) -> String {
+    let base64 = aws_smithy_types::base64::encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in base64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }
 
 /// Writes secret `bytes` to a new 0600 file at `path` (or replaces it, with `overwrite`).
@@ -78,18 +90,24 @@ pub(crate) fn write_secret(
 
 /// Reads a PEM private key (PKCS#8; what [`write`] makes).
 pub fn load(path: &Path) -> Result<KeyPair, ProvisionError> {
-    let pem = std::fs::read_to_string(path).map_err(|source| ProvisionError::File {
+    let bytes = std::fs::read(path).map_err(|source| ProvisionError::File {
         action: "read",
         path: path.to_owned(),
         source,
     })?;
-    KeyPair::from_pem(&pem).map_err(|source| ProvisionError::Crypto {
+    let not_a_key = |source| ProvisionError::Crypto {
         what: format!(
             "{} is not a PKCS#8 PEM key this agent can sign a CSR with",
             path.display()
         ),
         source,
-    })
+    };
+    match rustls_pemfile::private_key(&mut bytes.as_slice()) {
+        Ok(Some(rustls::pki_types::PrivateKeyDer::Pkcs8(der))) => {
+            KeyPair::try_from(der.secret_pkcs8_der()).map_err(not_a_key)
+        }
+        _ => Err(not_a_key(rcgen::Error::CouldNotParseKeyPair)),
+    }
 }
 
 /// A PKCS#10 certificate signing request in PEM for `key`, with subject CN = `device_id`.
@@ -105,11 +123,8 @@ pub fn csr_pem(key: &KeyPair, device_id: &str) -> Result<String, ProvisionError>
         what: "cannot make the certificate signing request".into(),
         source,
     };
-    params
-        .serialize_request(key)
-        .map_err(crypto)?
-        .pem()
-        .map_err(crypto)
+    let csr = params.serialize_request(key).map_err(crypto)?;
+    Ok(pem("CERTIFICATE REQUEST", csr.der()))
 }
 
 #[cfg(test)]
@@ -144,8 +159,8 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         // The replaced key loads back as the same key.
         assert_eq!(
-            load(&path).unwrap().public_key_pem(),
-            other.public_key_pem()
+            load(&path).unwrap().public_key_raw(),
+            other.public_key_raw()
         );
     }
 
