@@ -17,7 +17,7 @@
 # For each target it builds `-p osprey-agent` with the size-optimised `gateway` profile (root
 # Cargo.toml), prints the binary's path and size, and runs `osprey-agent --help` under qemu.
 # Checks, each failing the build: the musl binary is static (no ELF interpreter) and stays under
-# the size budget of 4,000,000 bytes (OSPREY_MUSL_BUDGET_BYTES overrides); for the -gnu binaries it
+# the size budget of 4,194,304 bytes, 4 MiB (OSPREY_MUSL_BUDGET_BYTES overrides); for the -gnu binaries it
 # prints the newest glibc symbol version they need (what deploy/pi/install.sh compares against).
 #
 # Two ways to build, chosen per run:
@@ -47,7 +47,7 @@ BIN=osprey-agent
 PROFILE=gateway
 ALL_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf)
 DEFAULT_TEST_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
-MUSL_BUDGET_BYTES="${OSPREY_MUSL_BUDGET_BYTES:-4000000}"
+MUSL_BUDGET_BYTES="${OSPREY_MUSL_BUDGET_BYTES:-4194304}"
 
 if [[ -t 2 ]]; then BOLD=$'\033[1m' RED=$'\033[1;31m' OFF=$'\033[0m'; else BOLD="" RED="" OFF=""; fi
 log() { printf '%scross/build.sh:%s %s\n' "$BOLD" "$OFF" "$*" >&2; }

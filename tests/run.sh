@@ -15,8 +15,9 @@
 #   PyPI:    moto[server] 5.x in the venv .osprey-test/venv
 #            cfn-lint and awscli in the same venv (deploy suite: template lint, provisioning on moto)
 #            duckdb in the same venv (ingest_batch suite: reads serve's Parquet archive)
-#            awsiotsdk in .osprey-test/awsiot-venv, a venv of its own (AWS's Device Shadow client, to
-#            check the shadow stand-in against; its awscrt stays away from moto's botocore)
+#            awsiotsdk in .osprey-test/awsiot-venv, a venv of its own (AWS's Device Shadow and fleet
+#            provisioning clients, to check those stand-ins against; its awscrt stays away from
+#            moto's botocore)
 #   npm:     kinesalite 3.3.3 in .osprey-test/kinesalite (a second Kinesis implementation; only
 #            when node and npm are present, otherwise the kinesalite suite fails and says why)
 #
@@ -240,7 +241,7 @@ install_duckdb() {
 # Greengrass IPC client for tests/tests/greengrass.rs (tests/sdk/greengrass_check.py).
 AWSIOT_VENV="$STATE/awsiot-venv"
 AWSIOT_SPEC='awsiotsdk>=1.20,<2'
-awsiot_ready() { [[ -x "$AWSIOT_VENV/bin/python" ]] && "$AWSIOT_VENV/bin/python" -c 'import awsiot.iotshadow, awsiot.greengrasscoreipc.clientv2' 2>/dev/null; }
+awsiot_ready() { [[ -x "$AWSIOT_VENV/bin/python" ]] && "$AWSIOT_VENV/bin/python" -c 'import awsiot.iotshadow, awsiot.iotidentity, awsiot.greengrasscoreipc.clientv2' 2>/dev/null; }
 
 install_awsiotsdk() {
     if awsiot_ready; then log "awsiotsdk: present in $AWSIOT_VENV"; return 0; fi

@@ -25,6 +25,7 @@
 //! | [`remote_config`] | rule documents from a Device Shadow or a retained topic, laid over the TOML, kept on disk, reported back |
 //! | [`run`] | wires the stages for one device |
 //! | [`preflight`] | what `check` finds that would fail only on the device (unproduced sensors, missing programs, an open key) |
+//! | [`provision`] | the device's own key and CSR (`keygen`), fleet provisioning by claim over MQTT (`provision`) |
 //! | [`service`] | systemd readiness, status and a watchdog tied to sampler and journal progress |
 //!
 //! The library installs no global state (no tracing subscriber, no signal handler), so one
@@ -57,6 +58,7 @@ mod error;
 pub mod greengrass;
 pub mod journal;
 pub mod preflight;
+pub mod provision;
 pub mod reading;
 pub mod remote_config;
 pub mod rule;

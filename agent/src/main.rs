@@ -11,6 +11,7 @@ use osprey_agent::config::{Config, SensorKind};
 use osprey_agent::{journal, remote_config, service, tls};
 
 mod journal_cli;
+mod provision_cli;
 
 /// Osprey gateway agent: samples sensors, raises threshold alerts locally, keeps every
 /// message in an on-disk journal and delivers it over MQTT (QoS 1, optional mutual TLS for
@@ -83,6 +84,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make this device's private key (EC P-256, mode 0600) and a certificate signing request
+    /// (CN = the device id) for the operator. The key never leaves the device: the operator
+    /// turns the CSR into a certificate with `deploy/aws/provision-device.sh --csr FILE` and
+    /// copies only the certificate back. Refuses to replace an existing key unless --force.
+    ///
+    /// Run it as the user the agent runs as (`sudo -u osprey` on a Pi installed by
+    /// deploy/pi/install.sh), so the agent can read its key.
+    Keygen(provision_cli::KeygenArgs),
+    /// Fleet provisioning by claim: with the fleet's claim certificate, ask AWS IoT for this
+    /// device's own certificate (CreateCertificateFromCsr, the key made here and kept here;
+    /// or CreateKeysAndCertificate with --aws-key), register the thing with the provisioning
+    /// template (RegisterThing), then write the certificate to [mqtt.tls] cert and set
+    /// device_id in the config to the thing name.
+    ///
+    /// Idempotent: when [mqtt.tls] cert and key both exist it says so and exits 0 without
+    /// connecting, so one image can run it on every boot (see deploy/README.md, fleet).
+    Provision(provision_cli::ProvisionArgs),
     /// List the sensors this machine has: I2C buses and the addresses that answer (probed
     /// with one-byte reads, never writes), 1-Wire devices, hwmon sensors, thermal zones.
     Sensors {
@@ -126,6 +144,8 @@ fn main() -> ExitCode {
         Command::Greengrass { work } => greengrass(&work),
         Command::Journal { command } => journal_command(command),
         Command::Rules { config, json } => rules(&config, json),
+        Command::Keygen(args) => provision_cli::keygen(&args),
+        Command::Provision(args) => provision_cli::provision(&args),
         Command::Sensors { root } => {
             print!("{}", osprey_agent::sensors::scan::report(&root));
             Ok(())

@@ -16,6 +16,7 @@
 //!  browser   rendered_dom(url), screenshot(url, window)  headless Chromium's DOM after the scripts ran,
 //!            Window::{DESKTOP, PHONE}                   or a PNG in target/screenshots/
 //!  shadow    ShadowService                              a stand-in for AWS IoT's Device Shadow service
+//!  provisioning FleetProvisioning                       a stand-in for AWS IoT's fleet provisioning MQTT API
 //!  greengrass Nucleus                                   a stand-in for the Greengrass nucleus's IPC server
 //!  fleet     SimulatedDevice, publish_all()             real agent payloads, a pipelined QoS 1 publisher
 //!  duckdb    duckdb_script(script, args)                DuckDB (python) reading what Osprey wrote for the lake
@@ -62,7 +63,9 @@ mod net;
 mod paths;
 mod payload;
 mod process;
+pub mod provisioning;
 mod shadow;
+mod stand_in;
 mod subscriber;
 
 pub use browser::{

@@ -36,12 +36,11 @@
 //! `reported` while desired still differs (this stand-in does not).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS, SubscribeFilter};
+use rumqttc::{Client, MqttOptions, QoS};
 use serde_json::{json, Map, Value};
 
 use crate::wait_until;
@@ -97,10 +96,7 @@ type Refusal = (u16, &'static str);
 
 struct Shared {
     shadows: Mutex<BTreeMap<(String, String), Shadow>>,
-    client: Client,
-    /// Connected and subscribed.
-    ready: AtomicBool,
-    stop: AtomicBool,
+    link: crate::stand_in::Link,
 }
 
 /// The service: a thread with its own MQTT client on the broker. Dropping it disconnects.
@@ -121,43 +117,13 @@ impl ShadowService {
             .set_keep_alive(Duration::from_secs(5))
             .set_clean_session(true)
             .set_max_packet_size(1024 * 1024, 1024 * 1024);
-        let (client, mut connection) = Client::new(options, 1024);
+        let (client, connection) = Client::new(options, 1024);
         let shared = Arc::new(Shared {
             shadows: Mutex::new(BTreeMap::new()),
-            client,
-            ready: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
+            link: crate::stand_in::Link::new(client),
         });
-        let worker = Arc::clone(&shared);
-        thread::spawn(move || {
-            for event in connection.iter() {
-                if worker.stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let filters = REQUESTS
-                            .iter()
-                            .map(|t| SubscribeFilter::new((*t).to_owned(), QoS::AtLeastOnce));
-                        let _ = worker.client.try_subscribe_many(filters);
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        worker.ready.store(true, Ordering::SeqCst)
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        worker.serve(&p.topic, &p.payload);
-                    }
-                    Ok(_) => {}
-                    Err(_) => {
-                        worker.ready.store(false, Ordering::SeqCst);
-                        thread::sleep(Duration::from_millis(100));
-                    }
-                }
-            }
-        });
-        let service = ShadowService { shared };
-        service.wait_ready(Duration::from_secs(10));
-        service
+        crate::stand_in::spawn("shadow service", connection, Arc::clone(&shared), &REQUESTS);
+        ShadowService { shared }
     }
 
     /// Waits until the service is connected and subscribed (after a broker restart).
@@ -167,7 +133,7 @@ impl ShadowService {
     /// When it is not within `timeout`.
     pub fn wait_ready(&self, timeout: Duration) {
         let ready = wait_until(timeout, Duration::from_millis(20), || {
-            self.shared.ready.load(Ordering::SeqCst).then_some(())
+            self.shared.link.ready.load(Ordering::SeqCst).then_some(())
         });
         assert!(
             ready.is_some(),
@@ -195,8 +161,16 @@ impl ShadowService {
 
 impl Drop for ShadowService {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        let _ = self.shared.client.try_disconnect();
+        self.shared.link.close();
+    }
+}
+
+impl crate::stand_in::Service for Shared {
+    fn link(&self) -> &crate::stand_in::Link {
+        &self.link
+    }
+    fn serve(&self, topic: &str, payload: &[u8]) {
+        self.handle(topic, payload);
     }
 }
 
@@ -206,7 +180,7 @@ impl Shared {
     }
 
     /// Handles a request published on `topic`.
-    fn serve(&self, topic: &str, payload: &[u8]) {
+    fn handle(&self, topic: &str, payload: &[u8]) {
         let Some((thing, name, op)) = parse_topic(topic) else {
             return;
         };
@@ -380,8 +354,9 @@ impl Shared {
 
     /// Publishes an answer (QoS 1); lost when disconnected, as AWS's would be.
     fn publish(&self, topic: &str, doc: &Value) {
-        if self.ready.load(Ordering::SeqCst) {
+        if self.link.ready.load(Ordering::SeqCst) {
             let _ = self
+                .link
                 .client
                 .try_publish(topic, QoS::AtLeastOnce, false, doc.to_string());
         }

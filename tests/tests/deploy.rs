@@ -49,6 +49,22 @@ fn at<'a>(value: &'a Value, path: &[&str]) -> &'a Value {
     })
 }
 
+/// The statements of the IoT policy resource `name` in template `t`.
+fn policy_statements<'a>(t: &'a Value, name: &str) -> &'a Vec<Value> {
+    at(
+        t,
+        &[
+            "Resources",
+            name,
+            "Properties",
+            "PolicyDocument",
+            "Statement",
+        ],
+    )
+    .as_sequence()
+    .unwrap()
+}
+
 fn text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
@@ -220,18 +236,7 @@ fn template_scopes_devices_to_their_topics_and_wires_rule_stream_lambda_and_alar
     );
 
     // Device policy: every statement is about the connecting thing's own name, no wildcards.
-    let statements = at(
-        &t,
-        &[
-            "Resources",
-            "DevicePolicy",
-            "Properties",
-            "PolicyDocument",
-            "Statement",
-        ],
-    )
-    .as_sequence()
-    .unwrap();
+    let statements = policy_statements(&t, "DevicePolicy");
     let mut actions = Vec::new();
     for s in statements {
         for resource in texts(at(s, &["Resource"])) {
@@ -1518,6 +1523,86 @@ fn pi_installer_rolls_back_when_the_upgraded_service_does_not_stay_up() {
     drop(sshd);
 }
 
+#[test]
+fn template_fleet_provisioning_names_things_by_serial_and_the_claim_policy_only_provisions() {
+    let t = yaml("deploy/aws/template.yaml");
+    let props = at(
+        &t,
+        &["Resources", "FleetProvisioningTemplate", "Properties"],
+    );
+    assert_eq!(text(at(props, &["Enabled"])), "true");
+    assert!(text(at(props, &["ProvisioningRoleArn"])).contains("FleetProvisioningRole"));
+    // The body is JSON once CloudFormation substitutes the stack's names into it.
+    let body = text(at(props, &["TemplateBody"]))
+        .replace("${DeviceNamePrefix}", "gw-")
+        .replace("${FleetThingGroupName}", "osprey-fleet")
+        .replace("${DevicePolicy}", "stack-device");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let thing = &body["Resources"]["thing"]["Properties"];
+    assert_eq!(
+        thing["ThingName"],
+        serde_json::json!({"Fn::Join": ["", ["gw-", {"Ref": "SerialNumber"}]]})
+    );
+    assert_eq!(thing["ThingGroups"], serde_json::json!(["osprey-fleet"]));
+    assert!(body["Parameters"]["SerialNumber"].is_object());
+    assert_eq!(
+        body["Resources"]["certificate"]["Properties"]["Status"],
+        "ACTIVE"
+    );
+    assert_eq!(
+        body["Resources"]["policy"]["Properties"]["PolicyName"],
+        "stack-device"
+    );
+    let role = at(&t, &["Resources", "FleetProvisioningRole", "Properties"]);
+    let policy = &at(role, &["Policies"])[0];
+    let granted = texts(&at(policy, &["PolicyDocument", "Statement"])[0]["Action"]);
+    for needed in [
+        "iot:CreateThing",
+        "iot:AddThingToThingGroup",
+        "iot:AttachThingPrincipal",
+        "iot:UpdateCertificate",
+        "iot:AttachPolicy",
+    ] {
+        assert!(
+            granted.iter().any(|a| a == needed),
+            "role lacks {needed}: {granted:?}"
+        );
+    }
+
+    // The claim policy: every resource it allows is a fleet provisioning topic or the
+    // provision-* client ids; nothing under dt/, cmd/ or a shadow.
+    let statements = policy_statements(&t, "ClaimPolicy");
+    let mut actions = Vec::new();
+    for statement in statements {
+        assert_eq!(text(at(statement, &["Effect"])), "Allow");
+        let action = text(at(statement, &["Action"]));
+        for resource in texts(at(statement, &["Resource"])) {
+            let allowed = if action == "iot:Connect" {
+                resource.ends_with(":client/provision-*")
+            } else {
+                resource.contains("/$aws/certificates/create")
+                    || resource.contains(
+                        "/$aws/provisioning-templates/${AWS::StackName}-fleet/provision/json",
+                    )
+            };
+            assert!(allowed, "claim policy allows {action} on {resource}");
+        }
+        actions.push(action);
+    }
+    actions.sort();
+    assert_eq!(
+        actions,
+        ["iot:Connect", "iot:Publish", "iot:Receive", "iot:Subscribe"]
+    );
+    for output in [
+        "FleetTemplateName",
+        "ClaimPolicyName",
+        "FleetThingGroupName",
+    ] {
+        at(&t, &["Outputs", output, "Value"]);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Device provisioning
 // ---------------------------------------------------------------------------------------------
@@ -1594,29 +1679,11 @@ fn provision_dry_run_calls_nothing_and_writes_a_config_the_agent_accepts() {
 
 #[test]
 fn provision_against_moto_creates_thing_and_certificate_and_a_working_config() {
-    let endpoint = moto_endpoint();
-    let aws = venv_tool("aws");
-    let path = format!(
-        "{}:{}",
-        aws.parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let aws_cmd = |args: &[&str]| {
-        let mut cmd = Command::new(&aws);
-        cmd.args(args);
-        on_moto(&mut cmd, &endpoint);
-        cmd
-    };
-    let policy = unique_name("osprey-device");
+    let moto = MotoCli::new();
+    let (endpoint, path) = (moto.endpoint.clone(), moto.path.clone());
+    let aws_cmd = |args: &[&str]| moto.cmd(args);
+    let policy = moto.policy();
     let thing = unique_name("pump");
-    succeed(&mut aws_cmd(&[
-        "iot",
-        "create-policy",
-        "--policy-name",
-        &policy,
-        "--policy-document",
-        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:Connect","Resource":"*"}]}"#,
-    ]));
 
     let certs = Certs::generate(&thing);
     let dir = tempfile::tempdir().unwrap();
@@ -1678,6 +1745,331 @@ fn provision_against_moto_creates_thing_and_certificate_and_a_working_config() {
     // A second run into the same directory refuses instead of overwriting the key.
     let again = output(provision(&["--policy", &policy, &thing], &out_dir).env("PATH", &path));
     fails_saying(&again, "already holds a provisioned device");
+}
+
+/// The AWS CLI of the test venv pointed at moto, and a PATH that finds it (for the script).
+struct MotoCli {
+    endpoint: String,
+    aws: PathBuf,
+    path: String,
+}
+
+impl MotoCli {
+    fn new() -> MotoCli {
+        let aws = venv_tool("aws");
+        let path = format!(
+            "{}:{}",
+            aws.parent().unwrap().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        MotoCli {
+            endpoint: moto_endpoint(),
+            aws,
+            path,
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.aws);
+        cmd.args(args);
+        on_moto(&mut cmd, &self.endpoint);
+        cmd
+    }
+
+    /// `aws ARGS --output text`, trimmed.
+    fn text(&self, args: &[&str]) -> String {
+        let mut cmd = self.cmd(args);
+        cmd.args(["--output", "text"]);
+        stdout(&succeed(&mut cmd)).trim().to_owned()
+    }
+
+    fn policy(&self) -> String {
+        let policy = unique_name("osprey-device");
+        self.text(&[
+            "iot",
+            "create-policy",
+            "--policy-name",
+            &policy,
+            "--policy-document",
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:Connect","Resource":"*"}]}"#,
+            "--query",
+            "policyName",
+        ]);
+        policy
+    }
+
+    /// provision-device.sh --csr for `thing` into `out_dir`, joining `group`.
+    fn provision_csr(
+        &self,
+        thing: &str,
+        (key, csr): (&Path, &Path),
+        policy: &str,
+        group: &str,
+        ca: &Path,
+        out_dir: &Path,
+    ) -> Output {
+        self.provision(
+            &[
+                "--policy",
+                policy,
+                "--csr",
+                csr.to_str().unwrap(),
+                "--device-key",
+                key.to_str().unwrap(),
+                "--thing-group",
+                group,
+                "--ca-file",
+                ca.to_str().unwrap(),
+                thing,
+            ],
+            out_dir,
+        )
+    }
+
+    /// The things in `group`, sorted.
+    fn members(&self, group: &str) -> Vec<String> {
+        let mut things: Vec<String> = self
+            .text(&[
+                "iot",
+                "list-things-in-thing-group",
+                "--thing-group-name",
+                group,
+                "--query",
+                "things",
+            ])
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        things.sort();
+        things
+    }
+
+    /// provision-device.sh with ARGS on moto.
+    fn provision(&self, args: &[&str], out_dir: &Path) -> Output {
+        let mut cmd = provision(args, out_dir);
+        output(on_moto(cmd.env("PATH", &self.path), &self.endpoint))
+    }
+}
+
+/// `osprey-agent keygen` for `id` into `dir`: (key, CSR).
+fn keygen(id: &str, dir: &Path) -> (PathBuf, PathBuf) {
+    let key = dir.join("device-side/private.pem.key");
+    let out = succeed(
+        Command::new(bin("osprey-agent"))
+            .args(["keygen", "--device-id", id, "--key"])
+            .arg(&key),
+    );
+    assert!(
+        stdout(&out).contains("provision-device.sh --csr"),
+        "{}",
+        stdout(&out)
+    );
+    (key.clone(), key.parent().unwrap().join("device.csr.pem"))
+}
+
+#[test]
+fn provision_with_csr_writes_no_key_points_at_the_device_key_and_joins_the_thing_group() {
+    let moto = MotoCli::new();
+    let policy = moto.policy();
+    let thing = unique_name("pump");
+    let group = unique_name("line");
+    let dir = tempfile::tempdir().unwrap();
+    let (device_key, csr) = keygen(&thing, dir.path());
+    let certs = Certs::generate(&thing);
+    let out_dir = dir.path().join(&thing);
+    let out = moto.provision_csr(
+        &thing,
+        (&device_key, &csr),
+        &policy,
+        &group,
+        &certs.ca,
+        &out_dir,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("create-certificate-from-csr"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Only the certificate is here; the config names the key where keygen left it.
+    let written: Vec<String> = fs::read_dir(out_dir.join("certs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!written.iter().any(|f| f.contains("key")), "{written:?}");
+    assert!(out_dir.join("certs/device.pem.crt").is_file());
+    let config = Config::load(&out_dir.join("agent.toml")).unwrap();
+    let client = config.mqtt.tls.unwrap().client.unwrap();
+    assert_eq!(client.key, device_key);
+    assert_eq!(client.cert, out_dir.join("certs/device.pem.crt"));
+
+    // In moto: the thing holds one ACTIVE certificate and is in the group (created for it).
+    let cert_arn = moto.text(&[
+        "iot",
+        "list-thing-principals",
+        "--thing-name",
+        &thing,
+        "--query",
+        "principals[0]",
+    ]);
+    let cert_id = cert_arn.rsplit('/').next().unwrap();
+    let status = moto.text(&[
+        "iot",
+        "describe-certificate",
+        "--certificate-id",
+        cert_id,
+        "--query",
+        "certificateDescription.status",
+    ]);
+    assert_eq!(status, "ACTIVE");
+    assert_eq!(moto.members(&group), std::slice::from_ref(&thing));
+
+    // A second device joins the existing group.
+    let other = unique_name("pump");
+    let (other_key, other_csr) = keygen(&other, &dir.path().join("other"));
+    let out = moto.provision_csr(
+        &other,
+        (&other_key, &other_csr),
+        &policy,
+        &group,
+        &certs.ca,
+        &dir.path().join(&other),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("create-thing-group"),
+        "{}",
+        stderr(&out)
+    );
+    let mut expected = vec![thing.clone(), other];
+    expected.sort();
+    assert_eq!(moto.members(&group), expected);
+
+    // Bad inputs are refused before any AWS call.
+    fs::write(dir.path().join("not.csr"), "hello").unwrap();
+    let bad = moto.provision(
+        &[
+            "--policy",
+            &policy,
+            "--csr",
+            dir.path().join("not.csr").to_str().unwrap(),
+            "x1",
+        ],
+        &dir.path().join("x1"),
+    );
+    fails_saying(&bad, "is not a PEM certificate signing request");
+    let bad = moto.provision(
+        &[
+            "--policy",
+            &policy,
+            "--csr",
+            csr.to_str().unwrap(),
+            "--device-key",
+            "rel/key",
+            "x2",
+        ],
+        &dir.path().join("x2"),
+    );
+    fails_saying(&bad, "absolute path on the device");
+}
+
+#[test]
+fn provision_failing_after_the_certificate_leaves_no_certificate_or_thing_and_a_rerun_works() {
+    let moto = MotoCli::new();
+    let thing = unique_name("pump");
+    let group = unique_name("line");
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::generate(&thing);
+    let out_dir = dir.path().join(&thing);
+    for csr_mode in [true, false] {
+        let (_key, csr) = keygen(
+            &format!("{thing}-{csr_mode}"),
+            &dir.path().join(csr_mode.to_string()),
+        );
+        let mut args = vec![
+            "--thing-group",
+            &group,
+            "--ca-file",
+            certs.ca.to_str().unwrap(),
+        ];
+        if csr_mode {
+            args.extend(["--csr", csr.to_str().unwrap()]);
+        }
+        // A policy that does not exist: attach-policy fails after the certificate is made.
+        let missing = unique_name("no-such-policy");
+        let mut failing = args.clone();
+        failing.extend(["--policy", &missing, &thing]);
+        let out = moto.provision(&failing, &out_dir);
+        assert!(!out.status.success(), "{}", stderr(&out));
+        let said = stderr(&out);
+        assert!(said.contains("undoing this run's changes"), "{said}");
+        let cert_arn = said
+            .lines()
+            .find_map(|l| l.strip_prefix("provision-device.sh: certificate "))
+            .unwrap_or_else(|| panic!("no certificate line: {said}"))
+            .trim()
+            .to_owned();
+        let cert_id = cert_arn.rsplit('/').next().unwrap();
+        // The certificate is gone (not merely inactive), and so is the thing this run created.
+        let gone =
+            output(&mut moto.cmd(&["iot", "describe-certificate", "--certificate-id", cert_id]));
+        fails_saying(&gone, "ResourceNotFoundException");
+        let gone = output(&mut moto.cmd(&["iot", "describe-thing", "--thing-name", &thing]));
+        fails_saying(&gone, "ResourceNotFoundException");
+        let active = moto.text(&[
+            "iot",
+            "list-certificates",
+            "--query",
+            &format!("certificates[?certificateId=='{cert_id}' && status=='ACTIVE'].certificateId"),
+        ]);
+        assert_eq!(active, "", "an active certificate was left behind");
+        assert!(
+            !out_dir.join("certs/device.pem.crt").exists()
+                && !out_dir.join("certs/private.pem.key").exists(),
+            "files of the failed run were left"
+        );
+
+        // The same command with a policy that exists now succeeds in the same directory.
+        let policy = moto.policy();
+        let mut good = args.clone();
+        good.extend(["--policy", &policy, &thing]);
+        let out = moto.provision(&good, &out_dir);
+        assert!(out.status.success(), "re-run failed: {}", stderr(&out));
+        let principals = moto.text(&[
+            "iot",
+            "list-thing-principals",
+            "--thing-name",
+            &thing,
+            "--query",
+            "principals",
+        ]);
+        assert_eq!(principals.split_whitespace().count(), 1, "{principals}");
+
+        // Over the provisioned directory: a clear refusal, and nothing is created in AWS.
+        let again = moto.provision(&good, &out_dir);
+        fails_saying(&again, "already holds a provisioned device");
+        assert!(!stderr(&again).contains("create-"), "{}", stderr(&again));
+
+        // Clean slate for the other mode.
+        for f in [
+            "certs/device.pem.crt",
+            "certs/private.pem.key",
+            "agent.toml",
+        ] {
+            let _ = fs::remove_file(out_dir.join(f));
+        }
+        let cert = principals.trim();
+        moto.text(&[
+            "iot",
+            "detach-thing-principal",
+            "--thing-name",
+            &thing,
+            "--principal",
+            cert,
+        ]);
+        moto.text(&["iot", "delete-thing", "--thing-name", &thing]);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
