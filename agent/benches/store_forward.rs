@@ -15,8 +15,12 @@
 //! 4. `mosquitto_pub --repeat`, which is stop-and-wait (the next publish only after the
 //!    PUBACK), as a second line.
 //!
-//! Each line prints min / median / max over the rounds; the ratios are the medians of the
-//! per-round ratios.
+//! Each line prints min / median / max over the rounds, and each ratio the min / median / max
+//! of the per-round ratios.
+//!
+//! To profile one side alone, `OSPREY_BENCH_PROFILE=agent` or `=pipelined` builds the segment
+//! backlog and runs only that side, `OSPREY_BENCH_ROUNDS` times (e.g. under `perf record -g`
+//! or `perf stat`).
 //!
 //! ```sh
 //! cargo bench -p osprey-agent --bench store_forward            # needs mosquitto, mosquitto_pub
@@ -274,6 +278,40 @@ fn mosquitto_pub(port: u16, file: &Path, repeat: usize) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
+/// The telemetry entries of `journal`, as stored.
+fn stored_messages(journal: &dyn Journal) -> Vec<bytes::Bytes> {
+    journal
+        .read(Class::Telemetry, 0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|e| bytes::Bytes::from(e.message))
+        .collect()
+}
+
+/// `OSPREY_BENCH_PROFILE`: only the agent's drain of a segment backlog, or only the pipelined
+/// publisher, `rounds` times.
+fn profile(side: &str, all: &[TelemetryBatch], rounds: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let journal_dir = dir.path().join("segment");
+    let (journal, _, _) = backlog(&journal_dir, Backend::Segment, all);
+    let payloads = stored_messages(journal.as_ref());
+    drop(journal);
+    let broker = start_mosquitto();
+    let topic = topic::data(DEVICE, Kind::Telemetry);
+    for round in 0..rounds {
+        let secs = match side {
+            "agent" => {
+                let copy = dir.path().join(format!("copy-{round}"));
+                copy_dir(&journal_dir, &copy);
+                drain(&copy, broker.port, 0, 64, false).0
+            }
+            "pipelined" => pipelined::publish_all(broker.port, &topic, &payloads, 64).as_secs_f64(),
+            other => panic!("OSPREY_BENCH_PROFILE={other}: say agent or pipelined"),
+        };
+        println!("{side}: {:.0} msg/s", all.len() as f64 / secs);
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` lists benches; this one only runs under `cargo bench`
@@ -297,6 +335,11 @@ fn main() {
         "payload: telemetry batches of 60 readings (3 series), {} bytes encoded",
         payload.len()
     );
+
+    if let Ok(side) = std::env::var("OSPREY_BENCH_PROFILE") {
+        profile(&side, &all, rounds);
+        return;
+    }
 
     // 1. Append rate and disk bytes per reading, each durability policy (sled), then the
     // backlog in each backend (fsync per 100 ms).
@@ -329,12 +372,7 @@ fn main() {
         stored.push(journal.bytes());
         if backend == Backend::Segment {
             // The yardstick sends exactly the bytes the journal holds.
-            payloads = journal
-                .read(Class::Telemetry, 0, usize::MAX)
-                .unwrap()
-                .into_iter()
-                .map(|e| bytes::Bytes::from(e.message))
-                .collect();
+            payloads = stored_messages(journal.as_ref());
             assert_eq!(payloads.len(), all.len());
         }
     }
