@@ -109,8 +109,8 @@ const MAX_INCOMING_PACKET: usize = 256 * 1024;
 const MAX_OUTGOING_PACKET: usize = MAX_MESSAGE_BYTES + 1024;
 /// How long a clean shutdown waits for the offline status and DISCONNECT to be written.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Journal entries read at a time while filling a bundle.
-const PACK_READ: usize = 64;
+/// Journal entries read at a time: while filling a bundle, or plain entries for the window.
+const READ_AHEAD: usize = 64;
 /// Most events handled in one go before the window is refilled (the PUBACKs among them are
 /// removed from the journal together).
 const EVENT_BURST: usize = 64;
@@ -575,25 +575,51 @@ impl Uplink {
         let window = usize::from(self.mqtt.inflight.get());
         while session.unacked() < window {
             let now = Instant::now();
+            let mut room = window - session.unacked();
             if let Some(bucket) = session.bucket.as_mut() {
-                if bucket.available(now) == 0 {
+                let tokens = bucket.available(now);
+                if tokens == 0 {
                     session.wake_at = Some(bucket.next_token_at());
                     return Ok(true);
                 }
+                room = room.min(usize::try_from(tokens).unwrap_or(usize::MAX));
             }
-            let Some(unit) = self.next_unit(session)? else {
+            let units = self.next_units(session, room)?;
+            if units.is_empty() {
                 return Ok(true);
-            };
-            self.advance(session, unit.class(), unit.last_seq());
-            if let Some(bucket) = session.bucket.as_mut() {
-                bucket.take(now);
             }
-            let pending = Pending::Journaled(unit.kind, unit.seqs, unit.readings);
-            if !self.publish(client, session, unit.kind, unit.payload, pending) {
-                return Ok(false);
+            for unit in units {
+                self.advance(session, unit.class(), unit.last_seq());
+                if let Some(bucket) = session.bucket.as_mut() {
+                    bucket.take(now);
+                }
+                let pending = Pending::Journaled(unit.kind, unit.seqs, unit.readings);
+                if !self.publish(client, session, unit.kind, unit.payload, pending) {
+                    return Ok(false);
+                }
             }
         }
         Ok(true)
+    }
+
+    /// At most `room` units to publish next, in order. Alerts first, as [`Uplink::next_unit`]
+    /// picks them. With packing and interleaving off, the telemetry after them is read with
+    /// one journal read of up to `room` entries (at most [`READ_AHEAD`]), each its own unit:
+    /// one read per window refill instead of two per publish. Otherwise the one unit
+    /// [`Uplink::next_unit`] picks. Empty when nothing is waiting.
+    fn next_units(&self, session: &Session, room: usize) -> Result<Vec<Unit>, AgentError> {
+        if self.mqtt.pack_backlog || self.mqtt.interleave_live || room <= 1 {
+            return Ok(self.next_unit(session)?.into_iter().collect());
+        }
+        if let Some(unit) = self.pack(Class::Priority, session.priority_cursor, u64::MAX)? {
+            return Ok(vec![unit]);
+        }
+        let entries = self.journal.read(
+            Class::Telemetry,
+            session.telemetry_cursor,
+            room.min(READ_AHEAD),
+        )?;
+        Ok(entries.into_iter().map(Unit::plain).collect())
     }
 
     /// The next unit to publish: alerts first, then telemetry (see the module docs for
@@ -627,7 +653,7 @@ impl Uplink {
         let max_bytes = self.mqtt.pack_backlog.then_some(self.max_bytes);
         let mut packer = Packer::new(&self.device, max_bytes);
         let (current, foreign_below) = (self.journal.epoch(), self.journal.foreign_epochs_below());
-        let chunk = if max_bytes.is_some() { PACK_READ } else { 1 };
+        let chunk = if max_bytes.is_some() { READ_AHEAD } else { 1 };
         let mut from = from;
         'read: loop {
             let entries = self.journal.read(class, from, chunk)?;
