@@ -7,11 +7,13 @@
 //! round, in this order:
 //!
 //! 1. the agent drains a fresh copy of the backlog in the default (segment) journal: inflight
-//!    64, no rate cap, one publish per batch (`pack_backlog = false`), timed from `run` to its
-//!    return (journal open, connect, birth, drain, goodbye);
+//!    64, no rate cap, one publish per batch (`pack_backlog = false`), timed once connected
+//!    (first ConnAck to the empty journal, `RunSummary::delivered_after_connect`) and end to
+//!    end (`run` to its return: journal open, connect, birth, drain, goodbye, final sync);
 //! 2. the same with the backlog in a sled journal;
 //! 3. the pipelined publisher (`common/pipelined.rs`): the journal's stored bytes, same topic,
-//!    QoS 1, 64 in flight over rumqttc, no journal — the yardstick;
+//!    QoS 1, 64 in flight over rumqttc, no journal — the yardstick; timed once connected
+//!    (ConnAck to last PUBACK) and end to end (client created to DISCONNECT written);
 //! 4. `mosquitto_pub --repeat`, which is stop-and-wait (the next publish only after the
 //!    PUBACK), as a second line.
 //!
@@ -167,9 +169,9 @@ fn machine() -> String {
     )
 }
 
-/// Drains the journal in `dir` through the agent to the broker; returns seconds and the
-/// bundles sent.
-fn drain(dir: &Path, port: u16, rate: u32, inflight: u16, pack: bool) -> (f64, u64) {
+/// Drains the journal in `dir` through the agent to the broker; returns the seconds from
+/// `run` to its return and from the first ConnAck to the empty journal, and the bundles sent.
+fn drain(dir: &Path, port: u16, rate: u32, inflight: u16, pack: bool) -> (f64, f64, u64) {
     let mut config =
         Config::simulated(DEVICE, 1, Scenario::Steady, dir, "127.0.0.1", port).unwrap();
     config.sampling.max_samples = std::num::NonZeroU64::new(1);
@@ -186,7 +188,14 @@ fn drain(dir: &Path, port: u16, rate: u32, inflight: u16, pack: bool) -> (f64, u
         .block_on(osprey_agent::run(config, std::future::pending()))
         .unwrap();
     assert_eq!(summary.backlog, 0);
-    (started.elapsed().as_secs_f64(), summary.bundles)
+    let connected = summary
+        .delivered_after_connect
+        .expect("connected and drained");
+    (
+        started.elapsed().as_secs_f64(),
+        connected.as_secs_f64(),
+        summary.bundles,
+    )
 }
 
 /// A journal of `backend` in `dir` holding `batches` (fsync per 100 ms); returns it, the
@@ -229,7 +238,7 @@ fn spread(values: &[f64]) -> (f64, f64, f64) {
 fn rate_line(label: &str, rates: &[f64], readings_per_message: f64) {
     let (min, median, max) = spread(rates);
     println!(
-        "  {label:<44} {min:>7.0} / {median:>7.0} / {max:>7.0} msg/s  (median {:.0} readings/s)",
+        "  {label:<50} {min:>7.0} / {median:>7.0} / {max:>7.0} msg/s  (median {:.0} readings/s)",
         median * readings_per_message
     );
 }
@@ -237,7 +246,7 @@ fn rate_line(label: &str, rates: &[f64], readings_per_message: f64) {
 /// One line of ratios over the rounds.
 fn ratio_line(label: &str, ratios: &[f64]) {
     let (min, median, max) = spread(ratios);
-    println!("  {label:<44} {min:>7.2} / {median:>7.2} / {max:>7.2}");
+    println!("  {label:<50} {min:>7.2} / {median:>7.2} / {max:>7.2}");
 }
 
 /// Times `journal::open` of the journal in `dir` `times` times; returns the seconds of each.
@@ -303,12 +312,17 @@ fn profile(side: &str, all: &[TelemetryBatch], rounds: usize) {
             "agent" => {
                 let copy = dir.path().join(format!("copy-{round}"));
                 copy_dir(&journal_dir, &copy);
-                drain(&copy, broker.port, 0, 64, false).0
+                drain(&copy, broker.port, 0, 64, false).1
             }
-            "pipelined" => pipelined::publish_all(broker.port, &topic, &payloads, 64).as_secs_f64(),
+            "pipelined" => pipelined::publish_all(broker.port, &topic, &payloads, 64)
+                .connected
+                .as_secs_f64(),
             other => panic!("OSPREY_BENCH_PROFILE={other}: say agent or pipelined"),
         };
-        println!("{side}: {:.0} msg/s", all.len() as f64 / secs);
+        println!(
+            "{side}: {:.0} msg/s once connected",
+            all.len() as f64 / secs
+        );
     }
 }
 
@@ -404,46 +418,56 @@ fn main() {
     let repeat = all.len().min(20_000);
     let topic = topic::data(DEVICE, Kind::Telemetry);
     let messages = all.len() as f64;
-    let (mut segment, mut sled, mut piped, mut stop_wait) = (vec![], vec![], vec![], vec![]);
+    // Rates (msg/s) per round: [once connected, end to end] for the segment and sled agent
+    // and the pipelined publisher; mosquitto_pub end to end.
+    let (mut segment, mut sled, mut piped) = ([vec![], vec![]], [vec![], vec![]], [vec![], vec![]]);
+    let mut stop_wait = vec![];
     let mut written = Vec::new();
     for round in 0..rounds {
         for (backend, rates) in [(Backend::Segment, &mut segment), (Backend::Sled, &mut sled)] {
             let copy = dir.path().join(format!("{}-{round}", backend.name()));
             copy_dir(&dir.path().join(backend.name()), &copy);
             let before = disk_written();
-            let (secs, _) = drain(&copy, broker.port, 0, 64, false);
+            let (total, connected, _) = drain(&copy, broker.port, 0, 64, false);
             if backend == Backend::Segment {
                 written.push((disk_written() - before) as f64 / (messages * 60.0));
             }
-            rates.push(messages / secs);
+            rates[0].push(messages / connected);
+            rates[1].push(messages / total);
             std::fs::remove_dir_all(&copy).unwrap();
         }
-        let secs = pipelined::publish_all(broker.port, &topic, &payloads, 64).as_secs_f64();
-        piped.push(messages / secs);
+        let timing = pipelined::publish_all(broker.port, &topic, &payloads, 64);
+        piped[0].push(messages / timing.connected.as_secs_f64());
+        piped[1].push(messages / timing.total.as_secs_f64());
         stop_wait.push(repeat as f64 / mosquitto_pub(broker.port, &file, repeat));
     }
-    println!(
-        "drain {} readings, QoS 1, inflight 64, no rate cap, one publish per batch ({rounds} interleaved rounds, min / median / max):",
-        all.len() * 60
-    );
-    rate_line("agent, segment journal (default)", &segment, 60.0);
-    rate_line("agent, sled journal", &sled, 60.0);
-    rate_line("pipelined publisher (rumqttc, 64 in flight)", &piped, 60.0);
+    let ratio =
+        |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x / y).collect() };
+    for (i, span) in [
+        "once connected (first ConnAck to last PUBACK)",
+        "end to end (agent: run to return, journal open, birth and goodbye included; publisher: connect to DISCONNECT)",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        println!(
+            "drain {} readings, QoS 1, inflight 64, no rate cap, one publish per batch, {span}; {rounds} interleaved rounds, min / median / max:",
+            all.len() * 60
+        );
+        rate_line("agent, segment journal (default)", &segment[i], 60.0);
+        rate_line("agent, sled journal", &sled[i], 60.0);
+        rate_line("pipelined publisher (rumqttc, 64 in flight)", &piped[i], 60.0);
+        ratio_line("ratio agent (segment) / pipelined", &ratio(&segment[i], &piped[i]));
+        ratio_line("ratio agent (sled) / pipelined", &ratio(&sled[i], &piped[i]));
+    }
     rate_line(
-        &format!("mosquitto_pub, stop-and-wait (x{repeat})"),
+        &format!("mosquitto_pub, stop-and-wait (x{repeat}, end to end)"),
         &stop_wait,
         60.0,
     );
-    let ratio =
-        |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x / y).collect() };
     ratio_line(
-        "ratio agent (segment) / pipelined",
-        &ratio(&segment, &piped),
-    );
-    ratio_line("ratio agent (sled) / pipelined", &ratio(&sled, &piped));
-    ratio_line(
-        "ratio agent (segment) / mosquitto_pub",
-        &ratio(&segment, &stop_wait),
+        "ratio agent (segment, end to end) / mosquitto_pub",
+        &ratio(&segment[1], &stop_wait),
     );
     let (_, median, _) = spread(&written);
     println!(
@@ -454,7 +478,7 @@ fn main() {
     // packing on: bundles of up to 128 KiB.
     let copy = dir.path().join("packed");
     copy_dir(&dir.path().join(Backend::Segment.name()), &copy);
-    let (secs, bundles) = drain(&copy, broker.port, 100, 32, true);
+    let (secs, _, bundles) = drain(&copy, broker.port, 100, 32, true);
     println!(
         "drain backlog (segment, QoS 1, inflight 32, cap 100 publishes/s, packing on): {secs:.2} s = {:.0} msg/s = {:.0} readings/s, {bundles} bundles",
         messages / secs,

@@ -425,6 +425,7 @@ impl Uplink {
                 session.connected = true;
                 session.connected_at = Some(Instant::now());
                 Stats::add(&self.stats.connections, 1);
+                let _ = self.stats.first_connack.set(std::time::Instant::now());
                 match &self.greengrass {
                     Some(endpoint) => tracing::info!(
                         device = %self.device,

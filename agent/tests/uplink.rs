@@ -252,6 +252,7 @@ async fn max_samples_run_delivers_everything_then_returns() {
     );
     assert_eq!(summary.backlog, 0);
     assert_eq!(summary.published, summary.journaled);
+    assert!(summary.delivered_after_connect.is_some(), "{summary:?}");
     let received = broker.received_after(1).await;
     let seqs = journaled(&received, 0);
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
@@ -504,6 +505,7 @@ async fn journal_left_by_a_stopped_run_is_delivered_by_the_next() {
     let dir = tempfile::tempdir().unwrap();
     let stopped = leave_a_backlog_with_an_alert(dir.path()).await;
     assert_eq!(stopped.published, 0);
+    assert_eq!(stopped.delivered_after_connect, None, "never connected");
     assert_eq!(stopped.samples, 200, "{stopped:?}");
     assert_eq!(stopped.alerts, 1, "{stopped:?}");
     assert!(stopped.backlog >= 1, "{stopped:?}");

@@ -17,18 +17,26 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 
+/// How long [`publish_all`] took.
+pub struct Timing {
+    /// From creating the client to the DISCONNECT written after the last PUBACK (as the
+    /// agent's run is timed from its start to its goodbye).
+    pub total: Duration,
+    /// From the ConnAck to the last PUBACK (as the agent's `delivered_after_connect`).
+    pub connected: Duration,
+}
+
 /// Publishes every payload of `payloads` on `topic` to the broker on 127.0.0.1:`port`, at most
-/// `inflight` unacknowledged; returns the time from creating the client to the DISCONNECT
-/// written after the last PUBACK (as the agent's drain is timed from its start to its
-/// goodbye). Runs on its own two-worker runtime, as the agent's bench run does.
-pub fn publish_all(port: u16, topic: &str, payloads: &[Bytes], inflight: u16) -> Duration {
+/// `inflight` unacknowledged. Runs on its own two-worker runtime, as the agent's bench run
+/// does.
+pub fn publish_all(port: u16, topic: &str, payloads: &[Bytes], inflight: u16) -> Timing {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("a tokio runtime");
     let started = Instant::now();
-    runtime.block_on(async {
+    let connected = runtime.block_on(async {
         let mut options = MqttOptions::new("osprey-bench-pipelined", "127.0.0.1", port);
         options
             .set_clean_session(true)
@@ -50,6 +58,7 @@ pub fn publish_all(port: u16, topic: &str, payloads: &[Bytes], inflight: u16) ->
             })
         };
         let mut acked = 0;
+        let mut connack = None;
         while acked < payloads.len() {
             match eventloop
                 .poll()
@@ -57,9 +66,11 @@ pub fn publish_all(port: u16, topic: &str, payloads: &[Bytes], inflight: u16) ->
                 .expect("the pipelined publisher's connection")
             {
                 Event::Incoming(Packet::PubAck(_)) => acked += 1,
+                Event::Incoming(Packet::ConnAck(_)) => connack = Some(Instant::now()),
                 _ => continue,
             }
         }
+        let connected = connack.expect("a ConnAck").elapsed();
         producer.await.expect("the producer task");
         client.try_disconnect().expect("request DISCONNECT");
         while let Ok(event) = eventloop.poll().await {
@@ -67,6 +78,10 @@ pub fn publish_all(port: u16, topic: &str, payloads: &[Bytes], inflight: u16) ->
                 break;
             }
         }
+        connected
     });
-    started.elapsed()
+    Timing {
+        total: started.elapsed(),
+        connected,
+    }
 }
