@@ -34,6 +34,13 @@
 //! PublishToIoTCore response stands for the PUBACK; see `crate::greengrass`). Everything in
 //! this file is the same for both; only the will and the subscriptions are MQTT's alone.
 //!
+//! Draining: the control loop handles every event already waiting (up to 64) before it
+//! refills the window, and removes the entries of the PUBACKs among them with one
+//! [`Journal::remove_many`] (one gone record in the segment log); an entry is still removed
+//! only after its PUBACK, and the acknowledged entries of a connection that ends are removed
+//! before the next one starts. With packing and interleaving off, a refill reads up to 64
+//! entries at once (alerts still first). Nothing on the way decodes the stored envelopes.
+//!
 //! PUBACKs carry packet ids, not sequence numbers. rumqttc emits `Outgoing::Publish(pkid)` in
 //! the order publishes were requested, so the uplink pushes each requested message onto a FIFO
 //! and pops it when that event arrives, recording `pkid → seq` for the PUBACK.
