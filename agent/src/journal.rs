@@ -269,6 +269,17 @@ pub trait Journal: Send + Sync {
     /// removing a missing entry is not an error.
     fn remove(&self, class: Class, seq: u64) -> Result<bool, JournalError>;
 
+    /// Deletes every message of `items` (class, seq), as [`Journal::remove`] does one; returns
+    /// for each whether it was still stored (a seq named twice is stored the first time only).
+    /// A backend may write them as one record: the uplink hands it the PUBACKs that arrived
+    /// together.
+    fn remove_many(&self, items: &[(Class, u64)]) -> Result<Vec<bool>, JournalError> {
+        items
+            .iter()
+            .map(|&(class, seq)| self.remove(class, seq))
+            .collect()
+    }
+
     /// Takes back the drop count of messages the quota evicted while they were in flight and
     /// whose PUBACK then arrived (their [`Journal::remove`] found nothing): they were delivered
     /// after all, so the counters say exactly what the cloud misses.

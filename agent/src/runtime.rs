@@ -223,10 +223,13 @@ async fn run_inner(
         .map_err(|e| AgentError::join("journal writer", e))??;
 
     // Phase 2 (max_samples only): wait until everything is acknowledged.
+    let mut delivered_after_connect = None;
     if finished {
         tracing::info!(device = %device, backlog = journal.len(), "sampling done, delivering the journal");
         tokio::select! {
-            _ = drained(journal.as_ref(), &mut delivered_rx) => {}
+            _ = drained(journal.as_ref(), &mut delivered_rx) => {
+                delivered_after_connect = stats.first_connack.get().map(|t| t.elapsed());
+            }
             _ = &mut shutdown => tracing::info!(device = %device, "shutting down before the journal drained"),
             result = &mut uplink => return Err(uplink_ended(result)),
         }
@@ -242,6 +245,7 @@ async fn run_inner(
     let mut summary = stats.summary(journal.len());
     summary.dropped_readings = journal.counters().dropped.readings;
     summary.journal_recovered = recovery.is_some();
+    summary.delivered_after_connect = delivered_after_connect;
     tracing::info!(
         device = %device,
         samples = summary.samples,

@@ -15,6 +15,8 @@ pub(crate) struct Stats {
     pub(crate) bundles: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) connections: AtomicU64,
+    /// When the first ConnAck of the run arrived.
+    pub(crate) first_connack: std::sync::OnceLock<std::time::Instant>,
     /// Progress marks for the systemd watchdog.
     pub(crate) liveness: crate::service::Liveness,
 }
@@ -42,6 +44,7 @@ impl Stats {
             backlog,
             dropped_readings: 0,
             journal_recovered: false,
+            delivered_after_connect: None,
         }
     }
 }
@@ -76,4 +79,8 @@ pub struct RunSummary {
     pub dropped_readings: u64,
     /// Whether the journal was corrupt at start and was moved aside.
     pub journal_recovered: bool,
+    /// With `sampling.max_samples`: the time from the run's first ConnAck to the moment the
+    /// journal was empty (how fast a backlog drains once connected, without start-up and
+    /// shutdown); `None` when it never connected or the run was stopped first.
+    pub delivered_after_connect: Option<std::time::Duration>,
 }

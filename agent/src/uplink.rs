@@ -34,6 +34,13 @@
 //! PublishToIoTCore response stands for the PUBACK; see `crate::greengrass`). Everything in
 //! this file is the same for both; only the will and the subscriptions are MQTT's alone.
 //!
+//! Draining: the control loop handles every event already waiting (up to 64) before it
+//! refills the window, and removes the entries of the PUBACKs among them with one
+//! [`Journal::remove_many`] (one gone record in the segment log); an entry is still removed
+//! only after its PUBACK, and the acknowledged entries of a connection that ends are removed
+//! before the next one starts. With packing and interleaving off, a refill reads up to 64
+//! entries at once (alerts still first). Nothing on the way decodes the stored envelopes.
+//!
 //! PUBACKs carry packet ids, not sequence numbers. rumqttc emits `Outgoing::Publish(pkid)` in
 //! the order publishes were requested, so the uplink pushes each requested message onto a FIFO
 //! and pops it when that event arrives, recording `pkid → seq` for the PUBACK.
@@ -109,8 +116,11 @@ const MAX_INCOMING_PACKET: usize = 256 * 1024;
 const MAX_OUTGOING_PACKET: usize = MAX_MESSAGE_BYTES + 1024;
 /// How long a clean shutdown waits for the offline status and DISCONNECT to be written.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Journal entries read at a time while filling a bundle.
-const PACK_READ: usize = 64;
+/// Journal entries read at a time: while filling a bundle, or plain entries for the window.
+const READ_AHEAD: usize = 64;
+/// Most events handled in one go before the window is refilled (the PUBACKs among them are
+/// removed from the journal together).
+const EVENT_BURST: usize = 64;
 
 /// Delivers one device's journal.
 pub(crate) struct Uplink {
@@ -179,6 +189,9 @@ struct Session {
     status_at: Option<Instant>,
     /// Status messages requested and not yet acknowledged.
     statuses_unacked: usize,
+    /// Journal entries whose PUBACK arrived and that are not yet removed (see
+    /// [`Uplink::remove_acked`]): kind, seqs, readings of each publish.
+    acked: Vec<(Kind, Vec<u64>, Vec<u32>)>,
 }
 
 impl Session {
@@ -299,27 +312,70 @@ impl Uplink {
                 tracing::debug!(device = %self.device, host = %self.mqtt.host, port = self.mqtt.port, "connecting")
             }
         }
+        let end = self
+            .deliver(
+                &client,
+                &mut session,
+                &mut event_rx,
+                remote_out.as_deref_mut(),
+                stop_rx,
+                will_seq,
+            )
+            .await;
+        // Whatever ended the connection, the PUBACKs that did arrive count.
+        self.remove_acked(&mut session)?;
+        end
+    }
 
+    /// The control loop of one connection: keeps the window full, handles the connection's
+    /// events, until the connection is lost or a stop.
+    async fn deliver(
+        &self,
+        client: &Client,
+        session: &mut Session,
+        event_rx: &mut mpsc::Receiver<Result<Event, LinkError>>,
+        mut remote_out: Option<&mut mpsc::Receiver<RemoteOutgoing>>,
+        stop_rx: &mut watch::Receiver<bool>,
+        will_seq: u64,
+    ) -> Result<SessionEnd, AgentError> {
         loop {
-            if session.connected && !self.fill_window(&client, &mut session)? {
+            self.remove_acked(session)?;
+            if session.connected && !self.fill_window(client, session)? {
                 return Ok(session.lost());
             }
             tokio::select! {
-                event = event_rx.recv() => match event {
-                    Some(Ok(event)) => {
-                        if !self.on_event(event, &client, &mut session, will_seq).await? {
-                            return Ok(session.lost());
+                event = event_rx.recv() => {
+                    // Handle what else has already arrived before refilling the window, so
+                    // the PUBACKs among it are removed with one journal write.
+                    let mut next = event;
+                    let mut handled = 0;
+                    loop {
+                        match next {
+                            Some(Ok(event)) => {
+                                if !self.on_event(event, client, session, will_seq).await? {
+                                    return Ok(session.lost());
+                                }
+                            }
+                            Some(Err(error)) => {
+                                self.log_connection_error(&error, session.connected);
+                                return Ok(session.lost());
+                            }
+                            None => return Ok(session.lost()),
                         }
+                        handled += 1;
+                        if handled == EVENT_BURST {
+                            break;
+                        }
+                        next = match event_rx.try_recv() {
+                            Ok(event) => Some(event),
+                            Err(mpsc::error::TryRecvError::Empty) => break,
+                            Err(mpsc::error::TryRecvError::Disconnected) => None,
+                        };
                     }
-                    Some(Err(error)) => {
-                        self.log_connection_error(&error, session.connected);
-                        return Ok(session.lost());
-                    }
-                    None => return Ok(session.lost()),
-                },
+                }
                 _ = self.appended.notified(), if session.connected => {}
                 out = recv_or_pending(remote_out.as_deref_mut()), if session.connected => {
-                    if !self.publish_remote(&client, &mut session, out) {
+                    if !self.publish_remote(client, session, out) {
                         return Ok(session.lost());
                     }
                 }
@@ -327,12 +383,12 @@ impl Uplink {
                     session.wake_at = None;
                 }
                 _ = sleep_until_some(session.status_at), if session.status_at.is_some() => {
-                    if !self.periodic_status(&client, &mut session, will_seq).await? {
+                    if !self.periodic_status(client, session, will_seq).await? {
                         return Ok(session.lost());
                     }
                 }
                 _ = stopped(stop_rx) => {
-                    self.goodbye(&client, &mut session, &mut event_rx, will_seq).await?;
+                    self.goodbye(client, session, event_rx, will_seq).await?;
                     return Ok(SessionEnd::Stopped);
                 }
             }
@@ -376,6 +432,7 @@ impl Uplink {
                 session.connected = true;
                 session.connected_at = Some(Instant::now());
                 Stats::add(&self.stats.connections, 1);
+                let _ = self.stats.first_connack.set(std::time::Instant::now());
                 match &self.greengrass {
                     Some(endpoint) => tracing::info!(
                         device = %self.device,
@@ -423,26 +480,9 @@ impl Uplink {
             },
             Event::Incoming(Packet::PubAck(ack)) => match session.sent.remove(&ack.pkid) {
                 Some(Pending::Journaled(kind, seqs, readings)) => {
-                    let mut evicted = Dropped::default();
-                    for (&seq, &n) in seqs.iter().zip(&readings) {
-                        if !self.journal.remove(Class::of(kind), seq)? {
-                            // The quota evicted it while it was in flight and counted it as
-                            // dropped; the broker has it after all.
-                            evicted.add(Dropped::one(kind, n));
-                        }
-                    }
-                    if !evicted.is_empty() {
-                        self.journal.uncount_evicted(evicted)?;
-                        tracing::info!(device = %self.device, readings = evicted.readings,
-                            "evicted while in flight, then acknowledged: not dropped after all");
-                    }
-                    Stats::add(&self.stats.published, seqs.len() as u64);
-                    if seqs.len() > 1 {
-                        Stats::add(&self.stats.bundles, 1);
-                    }
-                    self.delivered_tx.send_replace(self.journal.len());
                     tracing::trace!(device = %self.device, seqs = seqs.len(), last = seqs.last(),
                         pkid = ack.pkid, "delivered");
+                    session.acked.push((kind, seqs, readings));
                 }
                 Some(Pending::Status(seq)) => {
                     session.statuses_unacked = session.statuses_unacked.saturating_sub(1);
@@ -482,6 +522,42 @@ impl Uplink {
         Ok(true)
     }
 
+    /// Removes the entries whose PUBACK has arrived since the last call from the journal, in
+    /// one [`Journal::remove_many`], and reports the delivery.
+    fn remove_acked(&self, session: &mut Session) -> Result<(), AgentError> {
+        if session.acked.is_empty() {
+            return Ok(());
+        }
+        let acked = std::mem::take(&mut session.acked);
+        let items: Vec<(Class, u64)> = acked
+            .iter()
+            .flat_map(|(kind, seqs, _)| seqs.iter().map(|&seq| (Class::of(*kind), seq)))
+            .collect();
+        let stored = self.journal.remove_many(&items)?;
+        let mut stored = stored.into_iter();
+        let mut evicted = Dropped::default();
+        for (kind, seqs, readings) in &acked {
+            for &n in readings {
+                if stored.next() == Some(false) {
+                    // The quota evicted it while it was in flight and counted it as dropped;
+                    // the broker has it after all.
+                    evicted.add(Dropped::one(*kind, n));
+                }
+            }
+            Stats::add(&self.stats.published, seqs.len() as u64);
+            if seqs.len() > 1 {
+                Stats::add(&self.stats.bundles, 1);
+            }
+        }
+        if !evicted.is_empty() {
+            self.journal.uncount_evicted(evicted)?;
+            tracing::info!(device = %self.device, readings = evicted.readings,
+                "evicted while in flight, then acknowledged: not dropped after all");
+        }
+        self.delivered_tx.send_replace(self.journal.len());
+        Ok(())
+    }
+
     /// Publishes a remote config message meant for this connection (older ones are dropped).
     /// `false`: the request channel is closed.
     fn publish_remote(&self, client: &Client, session: &mut Session, out: RemoteOutgoing) -> bool {
@@ -507,25 +583,51 @@ impl Uplink {
         let window = usize::from(self.mqtt.inflight.get());
         while session.unacked() < window {
             let now = Instant::now();
+            let mut room = window - session.unacked();
             if let Some(bucket) = session.bucket.as_mut() {
-                if bucket.available(now) == 0 {
+                let tokens = bucket.available(now);
+                if tokens == 0 {
                     session.wake_at = Some(bucket.next_token_at());
                     return Ok(true);
                 }
+                room = room.min(usize::try_from(tokens).unwrap_or(usize::MAX));
             }
-            let Some(unit) = self.next_unit(session)? else {
+            let units = self.next_units(session, room)?;
+            if units.is_empty() {
                 return Ok(true);
-            };
-            self.advance(session, unit.class(), unit.last_seq());
-            if let Some(bucket) = session.bucket.as_mut() {
-                bucket.take(now);
             }
-            let pending = Pending::Journaled(unit.kind, unit.seqs, unit.readings);
-            if !self.publish(client, session, unit.kind, unit.payload, pending) {
-                return Ok(false);
+            for unit in units {
+                self.advance(session, unit.class(), unit.last_seq());
+                if let Some(bucket) = session.bucket.as_mut() {
+                    bucket.take(now);
+                }
+                let pending = Pending::Journaled(unit.kind, unit.seqs, unit.readings);
+                if !self.publish(client, session, unit.kind, unit.payload, pending) {
+                    return Ok(false);
+                }
             }
         }
         Ok(true)
+    }
+
+    /// At most `room` units to publish next, in order. Alerts first, as [`Uplink::next_unit`]
+    /// picks them. With packing and interleaving off, the telemetry after them is read with
+    /// one journal read of up to `room` entries (at most [`READ_AHEAD`]), each its own unit:
+    /// one read per window refill instead of two per publish. Otherwise the one unit
+    /// [`Uplink::next_unit`] picks. Empty when nothing is waiting.
+    fn next_units(&self, session: &Session, room: usize) -> Result<Vec<Unit>, AgentError> {
+        if self.mqtt.pack_backlog || self.mqtt.interleave_live || room <= 1 {
+            return Ok(self.next_unit(session)?.into_iter().collect());
+        }
+        if let Some(unit) = self.pack(Class::Priority, session.priority_cursor, u64::MAX)? {
+            return Ok(vec![unit]);
+        }
+        let entries = self.journal.read(
+            Class::Telemetry,
+            session.telemetry_cursor,
+            room.min(READ_AHEAD),
+        )?;
+        Ok(entries.into_iter().map(Unit::plain).collect())
     }
 
     /// The next unit to publish: alerts first, then telemetry (see the module docs for
@@ -559,7 +661,7 @@ impl Uplink {
         let max_bytes = self.mqtt.pack_backlog.then_some(self.max_bytes);
         let mut packer = Packer::new(&self.device, max_bytes);
         let (current, foreign_below) = (self.journal.epoch(), self.journal.foreign_epochs_below());
-        let chunk = if max_bytes.is_some() { PACK_READ } else { 1 };
+        let chunk = if max_bytes.is_some() { READ_AHEAD } else { 1 };
         let mut from = from;
         'read: loop {
             let entries = self.journal.read(class, from, chunk)?;

@@ -31,6 +31,12 @@ const ACK_ALL: Script = Script {
     drop_after: None,
 };
 
+/// Acknowledges nothing and closes the connection after 4 publishes (a window of 4 full).
+const STALL_4: Script = Script {
+    ack: false,
+    drop_after: Some(4),
+};
+
 /// One received message (a bundle gives one per inner message, with the same `publish`).
 #[derive(Debug, Clone)]
 struct Received {
@@ -246,6 +252,7 @@ async fn max_samples_run_delivers_everything_then_returns() {
     );
     assert_eq!(summary.backlog, 0);
     assert_eq!(summary.published, summary.journaled);
+    assert!(summary.delivered_after_connect.is_some(), "{summary:?}");
     let received = broker.received_after(1).await;
     let seqs = journaled(&received, 0);
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
@@ -274,14 +281,7 @@ async fn max_samples_run_delivers_everything_then_returns() {
 async fn reconnect_resends_unacked_in_order() {
     // First connection: never acknowledge; the window (4) fills with the birth and three
     // journal entries, then the connection drops.
-    let mut broker = FakeBroker::start(vec![
-        Script {
-            ack: false,
-            drop_after: Some(4),
-        },
-        ACK_ALL,
-    ])
-    .await;
+    let mut broker = FakeBroker::start(vec![STALL_4, ACK_ALL]).await;
     let dir = tempfile::tempdir().unwrap();
     let summary = run_to_completion(config(dir.path(), broker.port, 150)).await;
 
@@ -329,14 +329,7 @@ async fn reconnect_resends_unacked_in_order() {
 async fn interleave_live_sends_fresh_telemetry_during_a_capped_catch_up() {
     // The first connection stalls and drops, so a backlog builds up; the second drains it at
     // 20 messages/s while sampling goes on at 75 batches/s.
-    let mut broker = FakeBroker::start(vec![
-        Script {
-            ack: false,
-            drop_after: Some(4),
-        },
-        ACK_ALL,
-    ])
-    .await;
+    let mut broker = FakeBroker::start(vec![STALL_4, ACK_ALL]).await;
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(dir.path(), broker.port, 1500);
     config.mqtt.interleave_live = true;
@@ -491,24 +484,28 @@ async fn live_telemetry_is_not_held_back_by_bundles() {
     );
 }
 
-#[tokio::test]
-async fn journal_left_by_a_stopped_run_is_delivered_by_the_next() {
-    let dir = tempfile::tempdir().unwrap();
-    // No broker: shut down after a while; everything stays journaled.
+/// Runs the agent with no broker, 200 samples (bearing-hot raises between samples 122 and
+/// 145), then the run waits for a delivery that cannot happen until it is shut down after
+/// 5 s; returns its summary. The shutdown comes late enough for a slow start (qemu takes over
+/// a second), and the amount journaled does not depend on when it comes.
+async fn leave_a_backlog_with_an_alert(dir: &std::path::Path) -> RunSummary {
     let unused_port = {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         l.local_addr().unwrap().port()
     };
-    // 200 samples (bearing-hot raises between samples 122 and 145), then the run waits for a
-    // delivery that cannot happen until it is shut down. The shutdown comes late enough for a
-    // slow start (qemu takes over a second), and the amount journaled does not depend on when
-    // it comes.
-    let mut offline = config(dir.path(), unused_port, 200);
+    let mut offline = config(dir, unused_port, 200);
     offline.sampling.interval = Duration::from_millis(5);
-    let stopped = run(offline, tokio::time::sleep(Duration::from_secs(5)))
+    run(offline, tokio::time::sleep(Duration::from_secs(5)))
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn journal_left_by_a_stopped_run_is_delivered_by_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let stopped = leave_a_backlog_with_an_alert(dir.path()).await;
     assert_eq!(stopped.published, 0);
+    assert_eq!(stopped.delivered_after_connect, None, "never connected");
     assert_eq!(stopped.samples, 200, "{stopped:?}");
     assert_eq!(stopped.alerts, 1, "{stopped:?}");
     assert!(stopped.backlog >= 1, "{stopped:?}");
@@ -540,6 +537,40 @@ async fn journal_left_by_a_stopped_run_is_delivered_by_the_next() {
     let envelopes: Vec<&Envelope> = received.iter().map(|r| &r.envelope).collect();
     let unique: BTreeSet<u64> = envelopes.iter().map(|e| e.seq).collect();
     assert_eq!(unique.len(), envelopes.len(), "no number used twice");
+    assert_eq!(
+        reading_count(&received) as u64,
+        stopped.readings + summary.readings
+    );
+}
+
+#[tokio::test]
+async fn an_unpacked_backlog_is_read_ahead_within_the_window_alerts_first_in_order() {
+    // Packing off: the uplink reads several entries per journal read to refill the window.
+    // A backlog with an alert in it; the first connection never acknowledges and drops after
+    // 4 publishes, the second acknowledges everything.
+    let dir = tempfile::tempdir().unwrap();
+    let stopped = leave_a_backlog_with_an_alert(dir.path()).await;
+    assert_eq!(stopped.alerts, 1, "{stopped:?}");
+    assert!(stopped.backlog >= 5, "{stopped:?}");
+
+    let mut broker = FakeBroker::start(vec![STALL_4, ACK_ALL]).await;
+    let mut config = config(dir.path(), broker.port, 30);
+    config.mqtt.pack_backlog = false;
+    let summary = run_to_completion(config).await;
+    let received = broker.received_after(2).await;
+
+    // The window of 4 holds the birth and three entries, the alert first.
+    assert_eq!(journal_publishes(&received, 0), 3, "{received:?}");
+    let alert = of_kind(&received, 0, Kind::Alert);
+    assert_eq!(journaled(&received, 0)[0], alert[0]);
+    // Then everything, one publish each, the alert first, telemetry in order.
+    let second = journaled(&received, 1);
+    assert_eq!(journal_publishes(&received, 1), second.len());
+    assert_eq!(second[0], alert[0]);
+    let telemetry = of_kind(&received, 1, Kind::Telemetry);
+    assert!(telemetry.windows(2).all(|w| w[0] < w[1]), "{telemetry:?}");
+    assert_eq!(summary.backlog, 0);
+    assert_eq!(summary.bundles, 0);
     assert_eq!(
         reading_count(&received) as u64,
         stopped.readings + summary.readings

@@ -1,7 +1,10 @@
-//! Pieces the agent's benches share: disk and memory figures from `/proc`, and appending a
-//! telemetry batch to a journal as the agent's writer does.
+//! Pieces the agent's benches share: disk and memory figures from `/proc`, appending a
+//! telemetry batch to a journal as the agent's writer does, and the pipelined publisher
+//! ([`pipelined`]) the drain is measured against.
 
 #![allow(dead_code)] // each bench uses its own subset
+
+pub mod pipelined;
 
 use osprey_agent::journal::{Journal, Record};
 use osprey_protocol::{Body, Envelope, Kind, TelemetryBatch};

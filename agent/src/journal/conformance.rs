@@ -32,6 +32,10 @@ macro_rules! conformance_tests {
                 c::append_remove_reopen_keeps_order_and_seq_continuity($open)
             }
             #[test]
+            fn remove_many_removes_each_stored_entry_once_and_durably() {
+                c::remove_many_removes_each_stored_entry_once_and_durably($open)
+            }
+            #[test]
             fn alerts_are_read_in_their_own_class() {
                 c::alerts_are_read_in_their_own_class($open)
             }
@@ -86,6 +90,40 @@ pub(crate) fn append_remove_reopen_keeps_order_and_seq_continuity(open: Opener) 
     // 6 went out as a status message before the restart; it is not reused, nor is
     // anything else of the leased block.
     assert!(j.reserve_seq().unwrap() > 6);
+}
+
+pub(crate) fn remove_many_removes_each_stored_entry_once_and_durably(open: Opener) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal");
+    {
+        let j = open(&path, JournalOptions::default());
+        for _ in 0..4 {
+            append_telemetry(&*j, 3);
+        }
+        let a = append_alert(&*j);
+        let (last, _) = append_telemetry(&*j, 3);
+        let before = j.bytes();
+        let found = j
+            .remove_many(&[
+                (Class::Telemetry, 2),
+                (Class::Priority, a),
+                (Class::Telemetry, 2), // named twice: stored the first time only
+                (Class::Telemetry, 99), // never stored
+                (Class::Priority, 1),  // a telemetry seq under the wrong class
+                (Class::Telemetry, 4),
+            ])
+            .unwrap();
+        assert_eq!(found, [true, true, false, false, false, true]);
+        assert_eq!(j.len(), 3);
+        assert!(j.bytes() < before);
+        assert_eq!(seqs(&*j, Class::Telemetry), [1, 3, last]);
+        assert!(j.remove_many(&[]).unwrap().is_empty());
+        j.sync().unwrap();
+    }
+    let j = open(&path, JournalOptions::default());
+    assert_eq!(j.len(), 3);
+    assert_eq!(seqs(&*j, Class::Priority), Vec::<u64>::new());
+    assert_eq!(seqs(&*j, Class::Telemetry), [1, 3, 6]);
 }
 
 pub(crate) fn alerts_are_read_in_their_own_class(open: Opener) {

@@ -435,6 +435,47 @@ impl Journal for SegmentJournal {
         result.map_err(self.io_err(format!("remove message {seq} from")))
     }
 
+    fn remove_many(&self, items: &[(Class, u64)]) -> Result<Vec<bool>, JournalError> {
+        let mut inner = lock(&self.inner);
+        let result = (|| {
+            let mut found = Vec::with_capacity(items.len());
+            let mut gone = Vec::new();
+            let mut taken = std::collections::HashSet::new();
+            for &(class, seq) in items {
+                let slot = match inner.locate(seq) {
+                    Some(id) => {
+                        inner.ensure_index(id)?;
+                        inner
+                            .segments
+                            .get(&id)
+                            .and_then(|s| s.live_slot(class, seq))
+                            .map(|slot| (id, slot.item()))
+                    }
+                    None => None,
+                };
+                let stored = slot.is_some_and(|_| taken.insert((class, seq)));
+                if let (true, Some(slot)) = (stored, slot) {
+                    gone.push(slot);
+                }
+                found.push(stored);
+            }
+            if !gone.is_empty() {
+                // One gone record for all of them: one write instead of one per message.
+                let record = Gone {
+                    state: None,
+                    items: gone.iter().map(|&(_, item)| item).collect(),
+                };
+                inner.write(&record.encode())?;
+                for (id, item) in &gone {
+                    inner.gone(*id, item);
+                }
+            }
+            inner.settle()?;
+            Ok(found)
+        })();
+        result.map_err(self.io_err(format!("remove {} messages from", items.len())))
+    }
+
     fn uncount_evicted(&self, delivered: Dropped) -> Result<(), JournalError> {
         if delivered.is_empty() {
             return Ok(());

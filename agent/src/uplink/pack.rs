@@ -34,6 +34,16 @@ pub(crate) struct Unit {
 }
 
 impl Unit {
+    /// A unit of one entry, published as it is stored.
+    pub(crate) fn plain(entry: Entry) -> Unit {
+        Unit {
+            kind: entry.kind,
+            seqs: vec![entry.seq],
+            readings: vec![entry.readings],
+            payload: entry.message,
+        }
+    }
+
     /// The journal class of its entries.
     pub(crate) fn class(&self) -> Class {
         Class::of(self.kind)
@@ -121,14 +131,13 @@ impl<'a> Packer<'a> {
             return Ok(None);
         };
         let (kind, last_seq) = (last.kind, last.seq);
+        if self.entries.len() == 1 {
+            return Ok(Some(Unit::plain(self.entries.swap_remove(0))));
+        }
         let seqs = self.entries.iter().map(|e| e.seq).collect();
         let readings = self.entries.iter().map(|e| e.readings).collect();
-        let payload = if self.entries.len() == 1 {
-            self.entries.swap_remove(0).message
-        } else {
-            let messages: Vec<&[u8]> = self.entries.iter().map(|e| e.message.as_slice()).collect();
-            encode_bundle(self.device, last_seq, &messages)?
-        };
+        let messages: Vec<&[u8]> = self.entries.iter().map(|e| e.message.as_slice()).collect();
+        let payload = encode_bundle(self.device, last_seq, &messages)?;
         Ok(Some(Unit {
             kind,
             seqs,

@@ -299,7 +299,11 @@ impl Segment {
         let ok = Header::decode(&buf)
             .filter(|h| h.seq == slot.seq && h.body_ok(&buf[HEADER_LEN..]))
             .is_some();
-        Ok(ok.then(|| buf.split_off(HEADER_LEN)))
+        // Shift the body down in place rather than copying it into a new allocation.
+        Ok(ok.then(|| {
+            buf.drain(..HEADER_LEN);
+            buf
+        }))
     }
 }
 

@@ -292,6 +292,9 @@ enum Op {
     Append(u32),
     Alert,
     Remove(usize),
+    /// Several removals in one `remove_many` (indices into the visible messages; repeats and
+    /// misses included), as the uplink hands over the PUBACKs that arrived together.
+    RemoveMany(Vec<usize>),
     Sync,
     Reopen,
 }
@@ -301,6 +304,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (1u32..40).prop_map(Op::Append),
         1 => Just(Op::Alert),
         3 => any::<usize>().prop_map(Op::Remove),
+        2 => proptest::collection::vec(any::<usize>(), 0..6).prop_map(Op::RemoveMany),
         1 => Just(Op::Sync),
         1 => Just(Op::Reopen),
     ]
@@ -419,6 +423,24 @@ proptest! {
                         model.remove(&seq);
                         removed_readings += u64::from(readings);
                     }
+                }
+                Op::RemoveMany(picks) => {
+                    let visible: Vec<u64> = model.keys().copied().filter(|s| *s <= synced_to).collect();
+                    let mut items = Vec::new();
+                    let mut expected = Vec::new();
+                    for (n, i) in picks.into_iter().enumerate() {
+                        // Every third pick names a seq that is not stored.
+                        let seq = match visible.get(i % visible.len().max(1)) {
+                            Some(&seq) if n % 3 != 2 => seq,
+                            _ => last_seq + 1000,
+                        };
+                        let class = model.get(&seq).map_or(Class::Telemetry, |v| v.0);
+                        expected.push(model.remove(&seq).map(|(_, readings, _)| {
+                            removed_readings += u64::from(readings);
+                        }).is_some());
+                        items.push((class, seq));
+                    }
+                    prop_assert_eq!(j.remove_many(&items).unwrap(), expected);
                 }
                 Op::Sync => {
                     j.sync().unwrap();
