@@ -229,9 +229,23 @@ fn the_fleet_device_and_alerts_pages_show_the_failing_machine_live_on_desktop_an
     // to 74 °C is predicted to reach bearing-hot's 80 °C in about 3 minutes; its chart draws the
     // forecast line to the crossing (purple pixels on the canvas), and says so in words. A healthy demo machine's chart has neither.
     publish_rising(&demo, RISING);
+    let mut published = std::time::Instant::now();
+    let mut last = String::new();
     wait_until(Duration::from_secs(30), Duration::from_millis(300), || {
-        // 404 until its message is applied.
+        // 404 until its message is applied. The demo's broker (rumqttd) can drop a publish
+        // whose connection closes right after its PUBACK ("no-connection id … is already
+        // gone", seen under load); a QoS 1 sender sends again, and the cloud's dedup on
+        // (device, epoch, seq) makes the copy harmless.
         let answer = http_get(&format!("{url}/api/devices/{RISING}/history"));
+        last = format!(
+            "{} {}",
+            answer.status,
+            answer.text().chars().take(600).collect::<String>()
+        );
+        if answer.status == 404 && published.elapsed() > Duration::from_secs(5) {
+            publish_rising(&demo, RISING);
+            published = std::time::Instant::now();
+        }
         let h: Value = serde_json::from_slice(&answer.body).ok()?;
         let s = h["series"]
             .as_array()?
@@ -239,7 +253,12 @@ fn the_fleet_device_and_alerts_pages_show_the_failing_machine_live_on_desktop_an
             .find(|s| s["sensor"] == "bearing")?;
         (s["signals"]["predictions"][0]["remaining_ms"].as_i64()? > 0).then_some(())
     })
-    .unwrap_or_else(|| panic!("no predicted breach for {RISING}\n{}", demo.logs()));
+    .unwrap_or_else(|| {
+        panic!(
+            "no predicted breach for {RISING}; last answer: {last}\n{}",
+            demo.logs()
+        )
+    });
     let mut browser = Browser::launch(Window::DESKTOP);
     let rising = forecast_pixels(&mut browser, &format!("{url}/devices/{RISING}"));
     eprintln!(
