@@ -207,11 +207,13 @@ fn the_fleet_device_and_alerts_pages_show_the_failing_machine_live_on_desktop_an
         .chain(std::iter::repeat('s'))
         .take(128)
         .collect();
-    publish_long_names(&demo, &long_device, &long_sensor);
-    wait_until(Duration::from_secs(30), Duration::from_millis(300), || {
-        let page = http_get_json(&format!("{url}/api/fleet?q=line-7&limit=1"));
-        (page["rows"][0]["latest"].as_array().map(Vec::len) == Some(1)).then_some(())
-    })
+    delivered(
+        || publish_long_names(&demo, &long_device, &long_sensor),
+        || {
+            let page = http_get_json(&format!("{url}/api/fleet?q=line-7&limit=1"));
+            (page["rows"][0]["latest"].as_array().map(Vec::len) == Some(1)).then_some(())
+        },
+    )
     .unwrap_or_else(|| panic!("the long-named device never showed\n{}", demo.logs()));
     for path in ["/?q=line-7".to_owned(), format!("/devices/{long_device}")] {
         let dom = rendered_dom_in(&format!("{url}{path}"), Window::PHONE);
@@ -228,31 +230,25 @@ fn the_fleet_device_and_alerts_pages_show_the_failing_machine_live_on_desktop_an
     // A predicted breach, drawn: a machine whose bearing has risen 2 °C a minute for 12 minutes
     // to 74 °C is predicted to reach bearing-hot's 80 °C in about 3 minutes; its chart draws the
     // forecast line to the crossing (purple pixels on the canvas), and says so in words. A healthy demo machine's chart has neither.
-    publish_rising(&demo, RISING);
-    let mut published = std::time::Instant::now();
     let mut last = String::new();
-    wait_until(Duration::from_secs(30), Duration::from_millis(300), || {
-        // 404 until its message is applied. The demo's broker (rumqttd) can drop a publish
-        // whose connection closes right after its PUBACK ("no-connection id … is already
-        // gone", seen under load); a QoS 1 sender sends again, and the cloud's dedup on
-        // (device, epoch, seq) makes the copy harmless.
-        let answer = http_get(&format!("{url}/api/devices/{RISING}/history"));
-        last = format!(
-            "{} {}",
-            answer.status,
-            answer.text().chars().take(600).collect::<String>()
-        );
-        if answer.status == 404 && published.elapsed() > Duration::from_secs(5) {
-            publish_rising(&demo, RISING);
-            published = std::time::Instant::now();
-        }
-        let h: Value = serde_json::from_slice(&answer.body).ok()?;
-        let s = h["series"]
-            .as_array()?
-            .iter()
-            .find(|s| s["sensor"] == "bearing")?;
-        (s["signals"]["predictions"][0]["remaining_ms"].as_i64()? > 0).then_some(())
-    })
+    delivered(
+        || publish_rising(&demo, RISING),
+        || {
+            // 404 until its message is applied.
+            let answer = http_get(&format!("{url}/api/devices/{RISING}/history"));
+            last = format!(
+                "{} {}",
+                answer.status,
+                answer.text().chars().take(600).collect::<String>()
+            );
+            let h: Value = serde_json::from_slice(&answer.body).ok()?;
+            let s = h["series"]
+                .as_array()?
+                .iter()
+                .find(|s| s["sensor"] == "bearing")?;
+            (s["signals"]["predictions"][0]["remaining_ms"].as_i64()? > 0).then_some(())
+        },
+    )
     .unwrap_or_else(|| {
         panic!(
             "no predicted breach for {RISING}; last answer: {last}\n{}",
@@ -373,15 +369,42 @@ fn publish_statuses(demo: &Proc, url: &str, device: &str) {
             .encode()
             .unwrap();
         let topic = format!("dt/osprey/{device}/status");
-        publish_all(demo_broker_port(demo), vec![(topic, payload)]);
-        wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
-            // 404 until the first status makes the device known.
-            let answer = http_get(&format!("{url}/api/devices/{device}/history"));
-            let h: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
-            (h["timeline"]["statuses"].as_array().map(Vec::len) == Some(i + 1)).then_some(())
-        })
+        delivered(
+            || {
+                publish_all(
+                    demo_broker_port(demo),
+                    vec![(topic.clone(), payload.clone())],
+                )
+            },
+            || {
+                // 404 until the first status makes the device known.
+                let answer = http_get(&format!("{url}/api/devices/{device}/history"));
+                let h: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+                (h["timeline"]["statuses"].as_array().map(Vec::len) == Some(i + 1)).then_some(())
+            },
+        )
         .unwrap_or_else(|| panic!("status {seq} of {device} never showed\n{}", demo.logs()));
     }
+}
+
+/// Publishes with `publish` until `seen` holds, for at most 30 s, sending again every 5 s.
+/// The demo's broker (rumqttd) was seen to drop a publish under load after its PUBACK, when the
+/// publisher's connection closed at once ("no-connection id … is already gone"); a QoS 1 sender
+/// sends again, and serve's dedup on (device, epoch, seq) makes a second copy harmless.
+fn delivered<T>(publish: impl Fn(), mut seen: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        publish();
+        let round = wait_until(
+            Duration::from_secs(5),
+            Duration::from_millis(200),
+            &mut seen,
+        );
+        if round.is_some() {
+            return round;
+        }
+    }
+    None
 }
 
 /// Publishes one telemetry message of `device` with a series of `sensor` to the demo's broker
