@@ -67,8 +67,6 @@ pub struct Batcher {
     readings: usize,
     /// When the first reading of the current batch arrived.
     opened: Option<Instant>,
-    /// Most bytes of a batch's message: the smaller of `target_bytes` and `max_bytes`.
-    cut_bytes: usize,
 }
 
 impl Batcher {
@@ -81,7 +79,6 @@ impl Batcher {
             .target_bytes
             .clamp(MIN_BATCH_BYTES, DEFAULT_BATCH_BYTES);
         Batcher {
-            cut_bytes: limits.target_bytes.min(limits.max_bytes),
             limits,
             batch: TelemetryBatch::default(),
             sizes: Vec::new(),
@@ -156,7 +153,12 @@ impl Batcher {
         self.readings -= 1;
     }
 
-    /// Whether the current batch's message is within `cut_bytes`.
+    /// Most bytes of a batch's message: the smaller of `target_bytes` and `max_bytes`.
+    fn cut_bytes(&self) -> usize {
+        self.limits.target_bytes.min(self.limits.max_bytes)
+    }
+
+    /// Whether the current batch's message is within [`Batcher::cut_bytes`].
     fn fits(&mut self) -> bool {
         let count = self.batch.series.len();
         let bound: usize = self
@@ -165,14 +167,14 @@ impl Batcher {
             .iter()
             .map(Series::encoded_len_bound)
             .sum();
-        if TelemetryBatch::message_len_max(count, bound) <= self.cut_bytes {
+        if TelemetryBatch::message_len_max(count, bound) <= self.cut_bytes() {
             return true;
         }
         let mut exact = 0;
         for (series, size) in self.batch.series.iter().zip(&mut self.sizes) {
             exact += *size.get_or_insert_with(|| series.encoded_len());
         }
-        TelemetryBatch::message_len_max(count, exact) <= self.cut_bytes
+        TelemetryBatch::message_len_max(count, exact) <= self.cut_bytes()
     }
 
     /// Whether the batch is non-empty and its oldest reading is at least `max_age` old.

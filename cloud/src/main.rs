@@ -1067,6 +1067,11 @@ async fn rules(args: RulesArgs) -> Result<ExitCode> {
             if let Some(serve) = args.source.reader()? {
                 let mut path = format!("/api/rules/changes?limit={}", args.limit.clamp(1, 10_000));
                 if let Some(device) = &args.device {
+                    if !osprey_protocol::valid_device_id(device) {
+                        bail!(
+                            "--device {device:?} is not a device id (1 to 128 of A-Z a-z 0-9 _ - :)"
+                        );
+                    }
                     path.push_str(&format!("&device={device}"));
                 }
                 let listed = serve.get(&path).await?;

@@ -88,6 +88,6 @@ pub use net::{
 };
 pub use paths::{bin, target_profile_dir, workspace_root};
 pub use payload::{motor_temperature, ten_readings};
-pub use process::{log_field, Proc};
+pub use process::{log_field, run_osprey, Proc};
 pub use shadow::ShadowService;
 pub use subscriber::{Publish, Subscriber};

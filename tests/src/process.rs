@@ -300,3 +300,29 @@ pub fn log_field(logs: &str, message: &str, key: &str) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// Runs `osprey ARGS` to the end: whether it succeeded, its standard output and standard error.
+/// `env` sets (or, with `None`, removes) variables; `XDG_STATE_HOME` points under the target
+/// directory unless `env` says otherwise, so a default state file (the rules change log) is
+/// never the user's own.
+pub fn run_osprey(args: &[&str], env: &[(&str, Option<&str>)]) -> (bool, String, String) {
+    let mut cmd = Command::new(crate::bin("osprey"));
+    cmd.args(args).env(
+        "XDG_STATE_HOME",
+        crate::target_profile_dir().join("test-state"),
+    );
+    for (name, value) in env {
+        match value {
+            Some(v) => cmd.env(name, v),
+            None => cmd.env_remove(name),
+        };
+    }
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run osprey {args:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

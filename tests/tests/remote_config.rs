@@ -591,23 +591,9 @@ fn osprey_rules(port: u16, args: &[&str]) -> (bool, String, String) {
 }
 
 /// `osprey rules ARGS WAY`: success, standard output, standard error. The default change log
-/// is under the target directory (`XDG_STATE_HOME`), never the user's own.
+/// is under the target directory ([`osprey_tests::run_osprey`]), never the user's own.
 fn osprey_rules_with(args: &[&str], way: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin("osprey"))
-        .arg("rules")
-        .args(args)
-        .args(way)
-        .env(
-            "XDG_STATE_HOME",
-            osprey_tests::target_profile_dir().join("test-state"),
-        )
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    osprey_tests::run_osprey(&[&["rules"], args, way].concat(), &[])
 }
 
 #[test]

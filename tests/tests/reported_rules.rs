@@ -279,17 +279,7 @@ fn serve_shows_the_rules_each_device_applied_refused_or_has_pending() {
 /// `osprey rules …` with `args`; `(success, stdout, stderr)`; the token, when given, from the
 /// environment (as a CI job would pass it).
 fn osprey_rules(args: &[&str], token: Option<&str>) -> (bool, String, String) {
-    let mut cmd = std::process::Command::new(osprey_tests::bin("osprey"));
-    cmd.arg("rules").args(args).env_remove("OSPREY_API_TOKEN");
-    if let Some(token) = token {
-        cmd.env("OSPREY_API_TOKEN", token);
-    }
-    let out = cmd.output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    osprey_tests::run_osprey(&[&["rules"], args].concat(), &[("OSPREY_API_TOKEN", token)])
 }
 
 /// `METHOD url` with the bearer `token` (if any) and a JSON body (if any).

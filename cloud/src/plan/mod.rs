@@ -47,11 +47,6 @@ pub const SIGNALS_BYTES_PER_SERIES: f64 = 300.0;
 /// Windows a signals refresh reads per series.
 pub const SIGNALS_WINDOWS: f64 = 241.0;
 
-/// Bytes by which the agent's size bound of a message exceeds the plan's encoded example: the
-/// agent measures a batch for the longest device id (128 bytes against the example's 8) and the
-/// largest sequence number.
-pub const AGENT_SIZE_MARGIN: usize = 128;
-
 /// Lambda run time per invocation, and per device in it (an estimate: DynamoDB requests of
 /// about 5-10 ms, 16 devices at a time).
 pub const LAMBDA_BASE_S: f64 = 0.05;
@@ -188,9 +183,9 @@ pub struct Plan {
 #[error("{0}")]
 pub struct FleetError(String);
 
-/// A telemetry message as the agent would send it: `series` series of `per_series` readings
+/// A telemetry batch as the agent would gather it: `series` series of `per_series` readings
 /// `1/hz` apart, values with two decimals that wander as a machine's do.
-fn telemetry_message(series: u64, per_series: u64, hz: f64) -> Vec<u8> {
+fn telemetry_batch(series: u64, per_series: u64, hz: f64) -> TelemetryBatch {
     let step_ms = (1000.0 / hz).max(1.0) as i64;
     let t0 = 1_767_225_600_000_i64;
     let all = (0..series)
@@ -211,14 +206,15 @@ fn telemetry_message(series: u64, per_series: u64, hz: f64) -> Vec<u8> {
             s
         })
         .collect();
-    Envelope::new(
-        "gw-00000",
-        1_000_000,
-        Body::Telemetry(TelemetryBatch { series: all }),
-    )
-    .with_epoch(0x5eed_5eed)
-    .encode()
-    .unwrap_or_default()
+    TelemetryBatch { series: all }
+}
+
+/// `batch`'s message as a gateway sends it.
+fn telemetry_message(batch: TelemetryBatch) -> Vec<u8> {
+    Envelope::new("gw-00000", 1_000_000, Body::Telemetry(batch))
+        .with_epoch(0x5eed_5eed)
+        .encode()
+        .unwrap_or_default()
 }
 
 fn status_message() -> Vec<u8> {
@@ -280,28 +276,31 @@ pub fn plan(fleet: &Fleet, prices: &Prices) -> Result<Plan, FleetError> {
     let s = fleet.series as f64;
     let rate = s * fleet.hz;
     // The agent cuts a batch at max_readings, or when its oldest reading is max_age old, or
-    // before the smaller of target_bytes and max_bytes, measured as the agent does (for the
-    // longest device id and sequence number); find the readings per message that fit all three.
+    // before the smaller of target_bytes and max_bytes; find the readings per message that fit
+    // all three.
     let mut per_series = ((fleet.max_readings as f64 / s).floor() as u64)
         .min((fleet.hz * fleet.max_age_s).ceil() as u64)
         .max(1);
-    let mut payload = telemetry_message(fleet.series, per_series, fleet.hz);
+    // The agent measures a batch for the longest device id and sequence number
+    // (`TelemetryBatch::max_message_len`); so does the plan.
     let cut = fleet.target_bytes.min(fleet.max_bytes);
-    let fits = |p: &[u8]| (p.len() + AGENT_SIZE_MARGIN) as u64 <= cut;
-    if !fits(&payload) && per_series > 1 {
+    let fits = |per_series| {
+        telemetry_batch(fleet.series, per_series, fleet.hz).max_message_len() as u64 <= cut
+    };
+    if !fits(per_series) && per_series > 1 {
         // The most readings per series that fit: lo always fits (or is 1), hi never does.
         let (mut lo, mut hi) = (1, per_series);
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
-            if fits(&telemetry_message(fleet.series, mid, fleet.hz)) {
+            if fits(mid) {
                 lo = mid;
             } else {
                 hi = mid;
             }
         }
         per_series = lo;
-        payload = telemetry_message(fleet.series, per_series, fleet.hz);
     }
+    let payload = telemetry_message(telemetry_batch(fleet.series, per_series, fleet.hz));
     let readings = (per_series * fleet.series) as f64;
     let interval = readings / rate;
     let topic = osprey_protocol::topic::data("gw-00000", osprey_protocol::Kind::Telemetry);
